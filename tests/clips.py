@@ -1,0 +1,164 @@
+"""Synthetic test videos whose frames carry their own index.
+
+Each frame is a grid of ``BITS`` large black/white blocks (4 columns x 3 rows);
+block k is white when bit k of ``index % 2**BITS`` is set.  Big flat blocks
+survive lossy codecs (mp4v, MJPG) at any quality, and ``frame_number`` reads
+the index back by averaging the centre of each block.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import cv2
+import numpy as np
+
+GRID_COLUMNS = 4
+GRID_ROWS = 3
+BITS = GRID_COLUMNS * GRID_ROWS
+MODULUS = 1 << BITS  # indices are recoverable modulo this (4096)
+
+_LOW, _HIGH = 16, 240
+
+
+def _block(shape_hw: tuple[int, int], bit: int) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1) of block ``bit`` in a frame of the given height and width."""
+    height, width = shape_hw
+    row, col = divmod(bit, GRID_COLUMNS)
+    y0, y1 = row * height // GRID_ROWS, (row + 1) * height // GRID_ROWS
+    x0, x1 = col * width // GRID_COLUMNS, (col + 1) * width // GRID_COLUMNS
+    return y0, y1, x0, x1
+
+
+def frame_image(index: int, size: tuple[int, int] = (64, 48)) -> np.ndarray:
+    """The H x W x 3 uint8 frame that encodes ``index`` (``size`` is (width, height))."""
+    width, height = size
+    frame = np.full((height, width, 3), _LOW, dtype=np.uint8)
+    value = index % MODULUS
+    for bit in range(BITS):
+        if value >> bit & 1:
+            y0, y1, x0, x1 = _block((height, width), bit)
+            frame[y0:y1, x0:x1] = _HIGH
+    return frame
+
+
+def frame_number(rgb: np.ndarray) -> int:
+    """Read back the index encoded by ``frame_image`` (modulo ``MODULUS``) from a decoded frame."""
+    gray = rgb.astype(np.float32).mean(axis=2) if rgb.ndim == 3 else rgb.astype(np.float32)
+    value = 0
+    for bit in range(BITS):
+        y0, y1, x0, x1 = _block(gray.shape[:2], bit)
+        dy, dx = (y1 - y0) // 4, (x1 - x0) // 4
+        centre = gray[y0 + dy : y1 - dy, x0 + dx : x1 - dx]
+        if float(centre.mean()) > (_LOW + _HIGH) / 2:
+            value |= 1 << bit
+    return value
+
+
+def make_clip(
+    path: str | os.PathLike[str],
+    n_frames: int,
+    fps: float = 10.0,
+    size: tuple[int, int] = (64, 48),
+    fourcc: str = "mp4v",
+) -> str:
+    """Write a video of ``n_frames`` self-numbering frames; ``size`` is (width, height)."""
+    path = os.fspath(path)
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*fourcc), fps, size)
+    if not writer.isOpened():
+        raise RuntimeError(f"cv2.VideoWriter cannot write {path!r} with fourcc {fourcc!r}")
+    try:
+        for index in range(n_frames):
+            writer.write(cv2.cvtColor(frame_image(index, size), cv2.COLOR_RGB2BGR))
+    finally:
+        writer.release()
+    return path
+
+
+def _header_counts(path: str) -> tuple[int, int]:
+    cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
+    try:
+        claimed = int(round(cap.get(cv2.CAP_PROP_FRAME_COUNT)))
+        real = 0
+        while cap.grab():
+            real += 1
+    finally:
+        cap.release()
+    return claimed, real
+
+
+def make_lying_clip(
+    path: str | os.PathLike[str],
+    real_frames: int,
+    claimed_frames: int,
+    fps: float = 10.0,
+    size: tuple[int, int] = (64, 48),
+) -> str:
+    """Write an MJPG .avi with ``real_frames`` frames whose header claims ``claimed_frames``.
+
+    AVI layout (little-endian): ``'avih' <u32 size> MainAVIHeader`` where
+    dwTotalFrames is the 5th u32 (offset 16 into the header), and
+    ``'strh' <u32 size> AVIStreamHeader`` where dwLength is at offset 32
+    (fccType, fccHandler, dwFlags, wPriority+wLanguage, dwInitialFrames,
+    dwScale, dwRate, dwStart, dwLength).  FFmpeg's AVI demuxer takes the
+    stream's frame count from strh.dwLength; both fields are patched.  The
+    function asserts that OpenCV then reports ``claimed_frames`` and still
+    decodes ``real_frames``, so a test notices if the trick stops working.
+    """
+    path = os.fspath(path)
+    if os.path.splitext(path)[1].lower() != ".avi":
+        raise ValueError("make_lying_clip writes an .avi file")
+    make_clip(path, real_frames, fps=fps, size=size, fourcc="MJPG")
+    with open(path, "rb") as fh:
+        data = bytearray(fh.read())
+    avih = data.find(b"avih")
+    strh = data.find(b"strh")
+    assert avih >= 0 and strh >= 0, "not an AVI file with avih/strh chunks"
+    assert data[strh + 8 : strh + 12] == b"vids", "first stream is not video"
+    assert struct.unpack_from("<I", data, avih + 8 + 16)[0] == real_frames
+    assert struct.unpack_from("<I", data, strh + 8 + 32)[0] == real_frames
+    struct.pack_into("<I", data, avih + 8 + 16, claimed_frames)
+    struct.pack_into("<I", data, strh + 8 + 32, claimed_frames)
+    with open(path, "wb") as fh:
+        fh.write(data)
+    claimed, real = _header_counts(path)
+    assert claimed == claimed_frames, f"header patch failed: OpenCV reports {claimed}, not {claimed_frames}"
+    assert real == real_frames, f"patched file decodes {real} frames, not {real_frames}"
+    return path
+
+
+def make_rotated_clip(
+    path: str | os.PathLike[str],
+    n_frames: int,
+    fps: float = 10.0,
+    size: tuple[int, int] = (64, 48),
+) -> str:
+    """Write an .mp4 whose track carries a 90-degree display rotation (no ffmpeg binary needed).
+
+    The 'tkhd' box's transformation matrix (nine big-endian 32-bit values after
+    the version-dependent times, the reserved fields, layer, alternate group and
+    volume) is replaced by a 90-degree rotation, which is what phones write and
+    what FFmpeg turns into a display matrix.  Asserts that OpenCV reports it.
+    """
+    path = os.fspath(path)
+    make_clip(path, n_frames, fps=fps, size=size, fourcc="mp4v")
+    with open(path, "rb") as fh:
+        data = bytearray(fh.read())
+    tkhd = data.find(b"tkhd")
+    assert tkhd >= 0, "no tkhd box"
+    version = data[tkhd + 4]
+    times = 8 + 8 + 4 + 4 + 8 if version == 1 else 4 + 4 + 4 + 4 + 4
+    matrix = tkhd + 4 + 4 + times + 8 + 2 + 2 + 2 + 2
+    identity = (0x10000, 0, 0, 0, 0x10000, 0, 0, 0, 0x40000000)
+    assert struct.unpack_from(">9i", data, matrix) == identity, "unexpected tkhd layout"
+    struct.pack_into(">9i", data, matrix, 0, 0x10000, 0, -0x10000, 0, 0, 0, 0, 0x40000000)
+    with open(path, "wb") as fh:
+        fh.write(data)
+    cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
+    try:
+        rotation = cap.get(cv2.CAP_PROP_ORIENTATION_META)
+    finally:
+        cap.release()
+    assert rotation in (90.0, 270.0, -90.0), f"rotation patch failed: OpenCV reports {rotation}"
+    return path

@@ -1,0 +1,3 @@
+from vqa_cli.cli import main
+
+main()

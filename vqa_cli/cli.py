@@ -1,0 +1,261 @@
+"""The ``vqa`` command line: thin commands over the jobs in ``ask``, ``caption`` and ``video``.
+
+Nothing heavy is imported here: torch and transformers load inside the commands that need
+them, so ``vqa --help`` and ``vqa frames`` stay fast. Known errors become one line on stderr
+through ``errors.describe``; exit 2 for usage errors, 1 for failures.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Literal
+
+import typer
+
+from vqa_cli import __version__, console
+from vqa_cli.errors import EXIT_USAGE, UsageError, describe
+from vqa_cli.modes import DEFAULT_MODE, ModeSettings
+
+app = typer.Typer(
+    name="vqa",
+    help="Ask questions about videos and caption folders of them with local video-language models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# ---- shared options (one definition each) ---------------------------------------------------
+Model = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="Hub id, local directory or alias (default: $VQA_MODEL or llava-next-video-7b).",
+                 show_default=False),
+]
+ModeName = Literal["anyres", "slowfast", "pooled"]
+Mode = Annotated[ModeName, typer.Option("--mode", help="How frames become tokens.")]
+Frames = Annotated[int | None, typer.Option("--frames", "-n", min=1, help="Frames to sample (default: the mode's).")]
+Start = Annotated[float | None, typer.Option("--start", min=0, help="Window start, seconds.")]
+End = Annotated[float | None, typer.Option("--end", min=0, help="Window end, seconds.")]
+Quant = Annotated[
+    Literal["4bit", "8bit", "none"] | None,
+    typer.Option("--quant",
+                 help="bitsandbytes quantization (default: 4bit with CUDA, none on CPU).", show_default=False),
+]
+Device = Annotated[str | None, typer.Option("--device", help="cuda, cuda:1, cpu (default: cuda if available).")]
+Dtype = Annotated[
+    Literal["auto", "float32", "float16", "bfloat16"] | None,
+    typer.Option("--dtype",
+                 help="Compute dtype (default: bfloat16/float16 on GPU, float32 on CPU).", show_default=False),
+]
+MaxNew = Annotated[int, typer.Option("--max-new-tokens", min=1, help="Most tokens to generate.")]
+Temperature = Annotated[float, typer.Option("--temperature", min=0, help="0 = greedy and deterministic.")]
+Seed = Annotated[int | None, typer.Option("--seed", help="Random seed for sampling (temperature > 0).")]
+Stride = Annotated[Literal["1", "2", "4"] | None, typer.Option("--stride",
+                                            help="anyres: per-frame pooling stride.", show_default=False)]
+SlowFrames = Annotated[int | None, typer.Option("--slow-frames", min=1, help="slowfast: slow-pathway frames.")]
+FastGrid = Annotated[int | None, typer.Option("--fast-grid", min=1, help="slowfast: fast-pathway grid side.")]
+Pool = Annotated[str | None, typer.Option("--pool", help="pooled: output T,H,W (default 16,12,12 at 24x24).")]
+RopeScale = Annotated[float | None, typer.Option("--rope-scale", min=1, help="Force a RoPE scaling factor.")]
+RopeType = Annotated[Literal["linear", "dynamic"], typer.Option("--rope-type",
+                                       help="RoPE scaling kind.")]
+TimePrompt = Annotated[bool, typer.Option("--time-prompt", help="Tell the model the duration and frame times.")]
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")]
+
+
+def _mode_settings(mode: str, stride: str | int | None, slow_frames: int | None, fast_grid: int | None,
+                   pool: str | None) -> ModeSettings:
+    pool_t = None
+    if pool:
+        try:
+            pool_t = tuple(int(x) for x in pool.split(","))
+        except ValueError:
+            pool_t = ()
+        if len(pool_t) != 3 or min(pool_t) < 1:
+            raise UsageError(f"--pool takes three positive integers T,H,W, not {pool!r}")
+    return ModeSettings(mode, stride=int(stride) if stride else None, slow_frames=slow_frames,
+                        fast_grid=fast_grid, pool=pool_t)
+
+
+def _settings(**kw):
+    from vqa_cli.engine import RunSettings
+    from vqa_cli.loading import default_model
+
+    if kw["start"] is not None and kw["end"] is not None and kw["end"] <= kw["start"]:
+        raise UsageError("--end must be after --start")
+    mode = _mode_settings(kw.pop("mode"), kw.pop("stride"), kw.pop("slow_frames"), kw.pop("fast_grid"),
+                          kw.pop("pool"))
+    return RunSettings(model=kw.pop("model") or default_model(), mode=mode, **kw)
+
+
+@app.command()
+def ask(
+    video: Annotated[str, typer.Argument(help="Video file (or an image).", show_default=False)],
+    question: Annotated[str, typer.Argument(help="The question.", show_default=False)],
+    model: Model = None,
+    mode: Mode = DEFAULT_MODE,
+    frames: Frames = None,
+    start: Start = None,
+    end: End = None,
+    quant: Quant = None,
+    device: Device = None,
+    dtype: Dtype = None,
+    max_new_tokens: MaxNew = 256,
+    temperature: Temperature = 0.0,
+    seed: Seed = None,
+    stride: Stride = None,
+    slow_frames: SlowFrames = None,
+    fast_grid: FastGrid = None,
+    pool: Pool = None,
+    rope_scale: RopeScale = None,
+    rope_type: RopeType = "linear",
+    time_prompt: TimePrompt = False,
+    as_json: Json = False,
+    plan: Annotated[bool, typer.Option("--plan", help="Show frames, tokens, RoPE and memory without running.")] = False,
+) -> int:
+    """Answer a question about a video, streaming the answer to stdout."""
+    from vqa_cli.ask import run_ask
+
+    settings = _settings(model=model, mode=mode, frames=frames, start=start, end=end, quant=quant, device=device,
+                         dtype=dtype, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                         stride=stride, slow_frames=slow_frames, fast_grid=fast_grid, pool=pool,
+                         rope_scale=rope_scale, rope_type=rope_type, time_prompt=time_prompt)
+    return run_ask(settings, video, question, as_json=as_json, plan_only=plan)
+
+
+@app.command()
+def caption(
+    paths: Annotated[list[str], typer.Argument(help="Videos, folders (recursive) or - for paths on stdin.",
+                                               show_default=False)],
+    out: Annotated[str, typer.Option("--out", "-o", help="JSON Lines output (- for stdout); re-runs resume it.")] = "-",
+    prompt: Annotated[str | None, typer.Option("--prompt", help="The captioning instruction.",
+                                               show_default=False)] = None,
+    model: Model = None,
+    mode: Mode = DEFAULT_MODE,
+    frames: Frames = None,
+    start: Start = None,
+    end: End = None,
+    quant: Quant = None,
+    device: Device = None,
+    dtype: Dtype = None,
+    max_new_tokens: MaxNew = 256,
+    temperature: Temperature = 0.0,
+    seed: Seed = None,
+    stride: Stride = None,
+    slow_frames: SlowFrames = None,
+    fast_grid: FastGrid = None,
+    pool: Pool = None,
+    rope_scale: RopeScale = None,
+    rope_type: RopeType = "linear",
+    time_prompt: TimePrompt = False,
+) -> int:
+    """Caption videos into JSON Lines, one record per video. Exit 0: all captioned; 1: some failed; 2: usage."""
+    from vqa_cli.caption import run_caption
+    from vqa_cli.prompt import DEFAULT_CAPTION_PROMPT
+
+    settings = _settings(model=model, mode=mode, frames=frames, start=start, end=end, quant=quant, device=device,
+                         dtype=dtype, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                         stride=stride, slow_frames=slow_frames, fast_grid=fast_grid, pool=pool,
+                         rope_scale=rope_scale, rope_type=rope_type, time_prompt=time_prompt)
+    return run_caption(settings, paths, out, prompt if prompt is not None else DEFAULT_CAPTION_PROMPT)
+
+
+@app.command()
+def frames(
+    video: Annotated[str, typer.Argument(help="Video file (or an image).", show_default=False)],
+    frames: Frames = None,
+    start: Start = None,
+    end: End = None,
+    mode: Mode = DEFAULT_MODE,
+    slow_frames: SlowFrames = None,
+    as_json: Json = False,
+    sheet: Annotated[str | None, typer.Option("--sheet", help="Write a contact sheet (.jpg/.png) of the frames.",
+                                              show_default=False)] = None,
+) -> int:
+    """Show which frames the model will see: indices and timestamps (no model is loaded)."""
+    from vqa_cli import modes
+    from vqa_cli.ask import check_input
+    from vqa_cli.video import sample_frames
+
+    if start is not None and end is not None and end <= start:
+        raise UsageError("--end must be after --start")
+    check_input(video)
+    n = frames or modes.default_frames(mode, 32)
+    clip = sample_frames(video, n, start=start, end=end)
+    pathways = _frame_pathways(mode, len(clip.indices), slow_frames)
+    if sheet:
+        from vqa_cli.sheet import contact_sheet
+
+        contact_sheet(clip, sheet)
+    if as_json:
+        console.emit_json({
+            "video": video,
+            "frames": len(clip.indices),
+            "frame_indices": clip.indices,
+            "timestamps": clip.timestamps,
+            "duration": clip.duration,
+            "fps": clip.fps,
+            "total_frames": clip.total_frames,
+            "header_frames": clip.header_frames,
+            "header_fps": clip.header_fps,
+            "mode": mode,
+            "pathways": pathways,
+        })
+    else:
+        names = {i: [p["name"] for p in pathways if i in p["frames"]] for i in range(len(clip.indices))}
+        if console.stdout_is_tty():
+            console.stderr.print(f"[dim]{video}: {clip.total_frames} frames, {clip.duration:.2f}s, "
+                                 f"{clip.fps:.2f} fps measured; {len(clip.indices)} sampled[/dim]")
+        for pos, (idx, ts) in enumerate(zip(clip.indices, clip.timestamps, strict=True)):
+            extra = f"\t{','.join(names[pos])}" if mode == "slowfast" else ""
+            print(f"{idx}\t{ts:.3f}{extra}")
+    if sheet:
+        console.info(f"contact sheet written to {sheet}")
+    return 0
+
+
+def _frame_pathways(mode: str, num_frames: int, slow_frames: int | None) -> list[dict]:
+    """Which sampled frames each pathway of ``mode`` uses (positions into the sampled list).
+
+    Frame selection does not depend on the model's grid, so the reference grid stands in.
+    """
+    from vqa_cli import modes
+
+    grid = (modes.REFERENCE_GRID, modes.REFERENCE_GRID)
+    plan = modes.plan_tokens(ModeSettings(mode, slow_frames=slow_frames), num_frames, grid, 2)
+    return [{"name": p.name, "frames": list(p.frame_positions)} for p in plan.pathways]
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"vqa {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Show the version and exit.")] = False,
+) -> None:
+    """Ask questions about videos and caption folders of them with local video-language models."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app, turning known errors into one line and an exit code."""
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=argv, prog_name="vqa", standalone_mode=False)
+    except typer.Exit as exc:
+        code = exc.exit_code
+    except typer.Abort:
+        console.error("interrupted")
+        code = 130
+    except typer.TyperException as exc:  # bad flags and arguments: typer prints usage and the problem
+        exc.show()
+        code = exc.exit_code if exc.exit_code else EXIT_USAGE
+    except BaseException as exc:  # noqa: BLE001 - the one place errors become messages
+        known = describe(exc)
+        if known is None:
+            raise
+        code, _, message = known
+        console.error(message)
+    sys.exit(code if isinstance(code, int) else 0)

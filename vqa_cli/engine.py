@@ -1,0 +1,278 @@
+"""The whole job for one video: frames -> pixels -> token grid -> mode -> prompt -> answer.
+
+``Checkpoint`` is everything known without weights (config, family adapter, tokenizer, chat
+template, processor config); it plans token budgets and the RoPE factor. ``Engine`` holds the
+loaded weights and answers questions about clips. ``ask`` and ``caption`` both use it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from vqa_cli import loading, modes, prompt, rope
+from vqa_cli.errors import ContextOverflowError, UsageError
+from vqa_cli.models.base import FamilyAdapter
+from vqa_cli.models.registry import adapter_for
+from vqa_cli.preprocess import ProcessorConfig, preprocess_frames
+from vqa_cli.video import Clip
+
+VISION_CHUNK = 16  # frames per vision-tower call: bounds activation memory on long clips
+_WORST_TIMES = 99999.99  # for budgeting the time instruction before timestamps are known
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything that changes an answer. Caption resume compares these."""
+
+    model: str
+    mode: modes.ModeSettings = field(default_factory=modes.ModeSettings)
+    frames: int | None = None  # None: the mode's default
+    start: float | None = None
+    end: float | None = None
+    quant: str | None = None  # None: 4bit on CUDA, none on CPU
+    device: str | None = None
+    dtype: str | None = None
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    seed: int | None = None
+    rope_scale: float | None = None  # None: automatic
+    rope_type: str = "linear"
+    time_prompt: bool = False
+
+    def identity(self) -> dict:
+        """The settings that decide the output (device and dtype placement excluded)."""
+        d = asdict(self)
+        d["mode"] = self.mode.to_dict()
+        for key in ("device",):
+            d.pop(key)
+        return d
+
+
+@dataclass
+class Budget:
+    plan: modes.TokenPlan
+    prompt_tokens: int
+    max_new_tokens: int
+    trained_context: int
+    rope_factor: float
+
+    @property
+    def total(self) -> int:
+        return self.plan.total + self.prompt_tokens + self.max_new_tokens
+
+    def to_dict(self) -> dict:
+        return {
+            **self.plan.to_dict(),
+            "prompt_tokens": self.prompt_tokens,
+            "max_new_tokens": self.max_new_tokens,
+            "total_tokens": self.total,
+            "trained_context": self.trained_context,
+            "rope_factor": self.rope_factor,
+            "context": int(self.trained_context * self.rope_factor),
+        }
+
+
+class Checkpoint:
+    """A checkpoint's configs, tokenizer and template: everything but the weights."""
+
+    def __init__(self, name: str) -> None:
+        from transformers import AutoTokenizer
+
+        self.name = name
+        self.dir: Path = loading.resolve_model_dir(name, weights=False)
+        self.config = loading.read_config(self.dir)
+        self.adapter: FamilyAdapter = adapter_for(self.config)
+        self.geometry = self.adapter.geometry()
+        self.tokenizer = AutoTokenizer.from_pretrained(self.dir, trust_remote_code=False)
+        self.template = prompt.load_chat_template(self.dir, self.tokenizer)
+        self.processor = ProcessorConfig.from_dir(self.dir)
+
+    def frames_for(self, settings: RunSettings) -> int:
+        n = settings.frames or modes.default_frames(settings.mode.name, self.adapter.default_frames)
+        if n < 1:
+            raise UsageError("--frames must be at least 1")
+        return n
+
+    def plan(self, settings: RunSettings, num_frames: int) -> modes.TokenPlan:
+        g = self.geometry
+        return modes.plan_tokens(settings.mode, num_frames, g.grid, g.native_stride)
+
+    def prompt_ids(self, question: str, time_text: str | None = None) -> list[int]:
+        text = prompt.render(self.tokenizer, self.template, f"{time_text}\n{question}" if time_text else question)
+        return prompt.token_ids(self.tokenizer, text)
+
+    def budget(self, settings: RunSettings, questions: list[str], num_frames: int | None = None) -> Budget:
+        """Token budget and RoPE factor for the longest of ``questions``; fails instead of truncating."""
+        n = num_frames or self.frames_for(settings)
+        time_text = prompt.time_instruction(_WORST_TIMES, [_WORST_TIMES] * n) if settings.time_prompt else None
+        prompt_tokens = max(len(self.prompt_ids(q, time_text)) for q in questions) - 1  # placeholder
+        plan = self.plan(settings, n)
+        ctx = self.geometry.trained_context
+        total = plan.total + prompt_tokens + settings.max_new_tokens
+        if settings.rope_scale is not None:
+            if settings.rope_scale < 1:
+                raise UsageError("--rope-scale must be at least 1")
+            factor = float(settings.rope_scale)
+        else:
+            factor = rope.required_factor(total, ctx)
+        limit = rope.MAX_FACTOR if settings.rope_scale is None else factor
+        if factor > limit or total > ctx * factor:
+            fit = self._frames_that_fit(settings, prompt_tokens, int(ctx * limit))
+            raise ContextOverflowError(
+                f"{plan.total} visual + {prompt_tokens} prompt + {settings.max_new_tokens} new tokens exceed "
+                f"the context ({ctx} x RoPE factor {limit:g} = {int(ctx * limit)}): "
+                f"at most {fit} frames fit in --mode {settings.mode.name}"
+            )
+        return Budget(plan, prompt_tokens, settings.max_new_tokens, ctx, factor)
+
+    def _frames_that_fit(self, settings: RunSettings, prompt_tokens: int, context: int) -> int:
+        fit = 0
+        for n in range(1, 4097):
+            if self.plan(settings, n).total + prompt_tokens + settings.max_new_tokens > context:
+                break
+            fit = n
+        return fit
+
+
+@dataclass
+class Answer:
+    text: str
+    clip: Clip
+    budget: Budget
+    timings: dict[str, float]
+    tokens: int
+    tokens_per_second: float
+
+    def record(self, settings: RunSettings, engine: Engine) -> dict:
+        c = self.clip
+        return {
+            "answer": self.text,
+            "model": settings.model,
+            "family": engine.checkpoint.adapter.name,
+            "mode": settings.mode.name,
+            "mode_settings": modes.resolve(
+                settings.mode, engine.checkpoint.geometry.grid, engine.checkpoint.geometry.native_stride
+            ).to_dict(),
+            "frames": len(c.indices),
+            "frame_indices": c.indices,
+            "timestamps": c.timestamps,
+            "duration": c.duration,
+            "visual_tokens": self.budget.plan.total,
+            "pathways": [p.to_dict() for p in self.budget.plan.pathways],
+            "prompt_tokens": self.budget.prompt_tokens,
+            "rope_factor": engine.rope_factor,
+            "generated_tokens": self.tokens,
+            "tokens_per_second": round(self.tokens_per_second, 3),
+            "timings": {k: round(v, 4) for k, v in self.timings.items()},
+            "device": engine.loaded.device,
+            "quant": engine.loaded.quant,
+            "dtype": str(engine.loaded.dtype).removeprefix("torch."),
+        }
+
+
+class Engine:
+    """Loaded weights plus the checkpoint: answers questions about clips."""
+
+    def __init__(self, checkpoint: Checkpoint, settings: RunSettings, rope_factor: float) -> None:
+        self.checkpoint = checkpoint
+        self.settings = settings
+        self.rope_factor = rope_factor
+        device = loading.resolve_device(settings.device)
+        dtype = loading.resolve_dtype(settings.dtype, device)
+        quant = loading.resolve_quant(settings.quant, device)
+        rope.apply_to_config(checkpoint.adapter.text_config(), rope_factor, settings.rope_type)
+        weights_dir = loading.resolve_model_dir(checkpoint.name, weights=True)
+        self.loaded = loading.load_model(weights_dir, checkpoint.config, device=device, dtype=dtype, quant=quant)
+        self.model = self.loaded.model
+        self.adapter = self.loaded.adapter
+        self.input_device = loading.input_device(self.model)
+
+    # ---- stages --------------------------------------------------------------------------
+    def pixels(self, clip: Clip) -> Any:
+        import torch
+
+        return torch.from_numpy(preprocess_frames(clip.frames, self.checkpoint.processor))
+
+    def visual_tokens(self, pixels: Any, settings: modes.ModeSettings) -> Any:
+        """Pixels [T, 3, H, W] -> visual token sequence [N, D] for ``settings``' mode."""
+        import torch
+
+        g = self.checkpoint.geometry
+        s = modes.resolve(settings, g.grid, g.native_stride)
+        vision_dtype = next(self.model.model.vision_tower.parameters()).dtype
+        with torch.inference_mode():
+            grids = [
+                self.adapter.encode_frames(self.model, chunk.to(self.input_device, vision_dtype))
+                for chunk in pixels.split(VISION_CHUNK)
+            ]
+            grid = torch.cat(grids)
+            if s.name == "anyres":
+                return modes.anyres(self.adapter.native_tokens(self.model, grid, s.stride))
+            projected = self.adapter.project(self.model, grid)
+            if s.name == "slowfast":
+                return modes.slowfast(projected, s.slow_frames, s.fast_grid)
+            return modes.pooled(projected, s.pool)
+
+    def prompt_inputs(self, question: str, clip: Clip, features: Any) -> tuple[Any, Any]:
+        import torch
+
+        time_text = prompt.time_instruction(clip.duration, clip.timestamps) if self.settings.time_prompt else None
+        ids = self.checkpoint.prompt_ids(question, time_text)
+        placeholder = self.adapter.video_token_id()
+        ids = prompt.expand_placeholder(ids, placeholder, features.shape[0])
+        ids_t = torch.tensor([ids], device=self.input_device)
+        with torch.inference_mode():
+            embeds = prompt.embed(self.model, ids_t, features, placeholder)
+        return ids_t, embeds
+
+    # ---- the job ---------------------------------------------------------------------------
+    def answer(
+        self,
+        clip: Clip,
+        question: str,
+        *,
+        on_text: Callable[[str], None] | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> Answer:
+        from vqa_cli.generate import generate
+
+        timings = dict(timings or {})
+        settings = replace(self.settings, frames=len(clip.indices))
+        budget = self.checkpoint.budget(settings, [question], num_frames=len(clip.indices))
+        if budget.rope_factor > self.rope_factor and self.settings.rope_scale is None:
+            raise ContextOverflowError(
+                f"this request needs RoPE factor {budget.rope_factor:g} but the model was loaded with "
+                f"{self.rope_factor:g}"
+            )
+        t = time.perf_counter()
+        pixels = self.pixels(clip)
+        timings["preprocess"] = time.perf_counter() - t
+        t = time.perf_counter()
+        features = self.visual_tokens(pixels, self.settings.mode)
+        timings["encode"] = time.perf_counter() - t
+        ids, embeds = self.prompt_inputs(question, clip, features)
+        gen = generate(
+            self.model,
+            self.checkpoint.tokenizer,
+            ids,
+            embeds,
+            max_new_tokens=self.settings.max_new_tokens,
+            temperature=self.settings.temperature,
+            seed=self.settings.seed,
+            on_text=on_text,
+        )
+        timings["first_token"] = gen.first_token
+        timings["generate"] = gen.total
+        return Answer(gen.text, clip, budget, timings, gen.tokens, gen.tokens_per_second)
+
+
+def open_engine(settings: RunSettings, questions: list[str]) -> tuple[Checkpoint, Budget, Engine]:
+    """Resolve, budget (fails early, before weights load) and load."""
+    checkpoint = Checkpoint(settings.model)
+    budget = checkpoint.budget(settings, questions)
+    engine = Engine(checkpoint, settings, budget.rope_factor)
+    return checkpoint, budget, engine

@@ -1,0 +1,84 @@
+"""Known errors and the one table that turns them into one-line messages and exit codes.
+
+Users never see a traceback for their own mistake: every exception a user can cause is a
+``VqaError`` (or a library exception listed in ``_FOREIGN``) and is printed as one line.
+Exit codes: 2 for usage errors (bad flags, missing inputs, unknown models), 1 for failures.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class VqaError(Exception):
+    """An error whose message is meant for users, printed as one line."""
+
+    exit_code = EXIT_FAILURE
+    kind = "error"
+
+
+class UsageError(VqaError):
+    exit_code = EXIT_USAGE
+    kind = "usage"
+
+
+class InputNotFoundError(UsageError):
+    kind = "not_found"
+
+
+class UnknownModelError(UsageError):
+    kind = "unknown_model"
+
+
+class ModelNotCachedError(VqaError):
+    kind = "not_cached"
+
+
+class UnsupportedModelError(VqaError):
+    kind = "unsupported_architecture"
+
+
+class ContextOverflowError(UsageError):
+    kind = "context_overflow"
+
+
+class OutOfMemoryError(VqaError):
+    kind = "out_of_memory"
+
+
+OOM_HINT = "out of GPU memory: try --quant 4bit or fewer --frames"
+
+# Exceptions raised by libraries, matched by class name so this module imports nothing heavy.
+_FOREIGN: dict[str, tuple[int, str, str | None]] = {
+    # name: (exit code, kind, fixed message or None to use str(exc))
+    "OutOfMemoryError": (EXIT_FAILURE, "out_of_memory", OOM_HINT),  # torch.cuda.OutOfMemoryError
+    "VideoError": (EXIT_FAILURE, "video", None),  # vqa_cli.video
+}
+
+
+def one_line(text: str) -> str:
+    """First non-empty line of ``text``, stripped: messages never span lines."""
+    for line in str(text).splitlines():
+        if line.strip():
+            return line.strip()
+    return str(text).strip()
+
+
+def describe(exc: BaseException) -> tuple[int, str, str] | None:
+    """(exit code, kind, one-line message) for a known error, None for a bug."""
+    if isinstance(exc, VqaError):
+        return exc.exit_code, exc.kind, one_line(str(exc))
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED, "interrupted", "interrupted"
+    for cls in type(exc).__mro__:
+        if cls.__name__ in _FOREIGN:
+            code, kind, message = _FOREIGN[cls.__name__]
+            return code, kind, message or one_line(str(exc))
+    if isinstance(exc, MemoryError):
+        return EXIT_FAILURE, "out_of_memory", "out of memory: try fewer --frames or --quant 4bit"
+    if isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower():
+        return EXIT_FAILURE, "out_of_memory", OOM_HINT
+    return None

@@ -1,0 +1,109 @@
+"""Generated text: streaming ``generate`` with per-token timings.
+
+The streamer hands each new piece of text to a callback as soon as it decodes to whole
+characters, and records when the first and last tokens arrived so prefill (time to first
+token) and decode speed are measured where they happen.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from transformers.generation.streamers import BaseStreamer
+
+
+class TimedTextStreamer(BaseStreamer):
+    """Incremental detokenisation with timings; the prompt (first ``put``) is skipped."""
+
+    def __init__(self, tokenizer: Any, on_text: Callable[[str], None] | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.on_text = on_text
+        self.tokens: list[int] = []
+        self.emitted = ""
+        self.text = ""
+        self.started = time.perf_counter()
+        self.first_token_at: float | None = None
+        self.last_token_at: float | None = None
+        self._prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        now = time.perf_counter()
+        if self.first_token_at is None:
+            self.first_token_at = now
+        self.last_token_at = now
+        self.tokens.extend(int(t) for t in value.reshape(-1).tolist())
+        self.text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        # Hold back an incomplete multi-byte character until the next token completes it.
+        if not self.text.endswith("\ufffd"):
+            self._emit(self.text)
+
+    def end(self) -> None:
+        self._emit(self.text)
+
+    def _emit(self, text: str) -> None:
+        new = text[len(self.emitted):] if text.startswith(self.emitted) else text
+        self.emitted = text
+        if new and self.on_text is not None:
+            self.on_text(new)
+
+
+@dataclass
+class Generation:
+    text: str
+    tokens: int
+    first_token: float  # seconds from the call to the first new token (prefill included)
+    total: float  # seconds for the whole generate call
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Decode speed after the first token (prefill excluded)."""
+        span = self.total - self.first_token
+        return (self.tokens - 1) / span if self.tokens > 1 and span > 0 else 0.0
+
+
+def sampling_kwargs(temperature: float, seed: int | None) -> dict:
+    """Greedy at temperature 0 (deterministic); otherwise sampling with a fixed seed when given."""
+    import torch
+
+    if temperature <= 0:
+        return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    if seed is not None:
+        torch.manual_seed(seed)
+    return {"do_sample": True, "temperature": temperature, "top_p": None, "top_k": None}
+
+
+def generate(
+    model: Any,
+    tokenizer: Any,
+    ids: Any,
+    embeds: Any,
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    seed: int | None = None,
+    on_text: Callable[[str], None] | None = None,
+) -> Generation:
+    """Generate from prompt embeddings, streaming text to ``on_text``."""
+    import torch
+
+    streamer = TimedTextStreamer(tokenizer, on_text)
+    attention_mask = torch.ones_like(ids)
+    with torch.inference_mode():
+        model.generate(
+            input_ids=ids,
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            max_new_tokens=max_new_tokens,
+            streamer=streamer,
+            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+            **sampling_kwargs(temperature, seed),
+        )
+    total = time.perf_counter() - streamer.started
+    first = (streamer.first_token_at or time.perf_counter()) - streamer.started
+    return Generation(streamer.text.strip(), len(streamer.tokens), first, total)

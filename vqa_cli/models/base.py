@@ -1,0 +1,75 @@
+"""What every model family adapter provides.
+
+An adapter knows one family's layout: how frames become a per-frame token grid, the family's
+own (native) pooling, the projector into the language model, the video placeholder, the
+modules to keep unquantized and the trained context. Everything family-specific lives in
+the adapter; the pipeline, modes and prompts only talk to this interface.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Static facts of a checkpoint, read from its config alone (no weights)."""
+
+    image_size: int  # vision input side in pixels
+    grid: tuple[int, int]  # patch grid per frame (h, w)
+    native_stride: int  # the family's own per-frame pooling stride (1 = none)
+    vision_hidden: int
+    text_hidden: int
+    trained_context: int  # positions the language model was trained with
+    text_layers: int
+    kv_heads: int
+    head_dim: int
+    vocab_size: int
+
+
+class FamilyAdapter:
+    """Base class: one subclass per model family, registered in ``registry.py``."""
+
+    name: ClassVar[str]
+    model_types: ClassVar[tuple[str, ...]]  # config.json ``model_type`` values handled
+    model_class: ClassVar[str]  # transformers class name, imported lazily
+    video_token: ClassVar[str] = "<video>"
+    default_frames: ClassVar[int] = 32
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    # ---- static facts -------------------------------------------------------------
+    def geometry(self) -> Geometry:
+        raise NotImplementedError
+
+    def video_token_id(self) -> int:
+        raise NotImplementedError
+
+    def quant_skip_modules(self) -> list[str]:
+        """Module-name prefixes kept in full precision under bitsandbytes.
+
+        ``llm_int8_skip_modules`` replaces transformers' default list and matches from the
+        start of the module name, so it must name the head too.
+        """
+        raise NotImplementedError
+
+    def text_config(self) -> Any:
+        return self.config.text_config
+
+    # ---- tensors ----------------------------------------------------------------------
+    def encode_frames(self, model: Any, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels [T, 3, H, W] -> vision features before the projector, as a grid [T, h, w, Dv]."""
+        raise NotImplementedError
+
+    def native_tokens(self, model: Any, grid: torch.Tensor, stride: int | None = None) -> torch.Tensor:
+        """The checkpoint's own per-frame pooling and projection: grid -> [T, n, D] in LM space."""
+        raise NotImplementedError
+
+    def project(self, model: Any, features: torch.Tensor) -> torch.Tensor:
+        """Vision features [..., Dv] -> language-model embeddings [..., D]."""
+        raise NotImplementedError

@@ -1,0 +1,53 @@
+"""Registry of model families and known checkpoints.
+
+A family is found from the checkpoint's ``config.json`` ``model_type``; a checkpoint alias is a
+short name for a hub id. Adding a family means one adapter class here and one tiny-checkpoint
+recipe in ``vqa_cli/testing.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from vqa_cli.errors import UnsupportedModelError
+from vqa_cli.models.base import FamilyAdapter
+from vqa_cli.models.llava_next_video import LlavaNextVideoAdapter
+
+FAMILIES: tuple[type[FamilyAdapter], ...] = (LlavaNextVideoAdapter,)
+
+
+@dataclass(frozen=True)
+class KnownCheckpoint:
+    alias: str
+    repo_id: str
+    family: str
+    params: str
+
+
+CHECKPOINTS: tuple[KnownCheckpoint, ...] = (
+    KnownCheckpoint("llava-next-video-7b", "llava-hf/LLaVA-NeXT-Video-7B-hf", "llava-next-video", "7B"),
+    KnownCheckpoint("llava-next-video-7b-dpo", "llava-hf/LLaVA-NeXT-Video-7B-DPO-hf", "llava-next-video", "7B"),
+)
+
+DEFAULT_MODEL = "llava-next-video-7b"
+
+
+def resolve_alias(name: str) -> str:
+    """A short alias to its hub id; anything else is returned unchanged."""
+    for ckpt in CHECKPOINTS:
+        if name.lower() == ckpt.alias:
+            return ckpt.repo_id
+    return name
+
+
+def family_for_model_type(model_type: str) -> type[FamilyAdapter]:
+    for family in FAMILIES:
+        if model_type in family.model_types:
+            return family
+    known = ", ".join(t for f in FAMILIES for t in f.model_types)
+    raise UnsupportedModelError(f"unsupported architecture {model_type!r} (supported: {known})")
+
+
+def adapter_for(config: Any) -> FamilyAdapter:
+    return family_for_model_type(config.model_type)(config)

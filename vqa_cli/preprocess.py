@@ -1,0 +1,114 @@
+"""Frames to the checkpoint's vision input, as its own processor config says (no torchvision).
+
+Resize (shortest edge, PIL resampling, as transformers' PIL image processors do), centre crop,
+rescale and normalise. PIL does the resampling so the pixels match the checkpoint's processor
+exactly; everything else is numpy.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+_CONFIG_FILES = ("video_preprocessor_config.json", "preprocessor_config.json")
+
+
+@dataclass(frozen=True)
+class ProcessorConfig:
+    do_resize: bool = True
+    shortest_edge: int | None = 336
+    size_hw: tuple[int, int] | None = None  # used when the config gives height/width
+    resample: int = 3  # PIL.Image.BICUBIC
+    do_center_crop: bool = True
+    crop_hw: tuple[int, int] = (336, 336)
+    do_rescale: bool = True
+    rescale_factor: float = 1 / 255
+    do_normalize: bool = True
+    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ProcessorConfig:
+        size = d.get("size") or {}
+        if isinstance(size, int):
+            size = {"shortest_edge": size}
+        crop = d.get("crop_size") or {}
+        if isinstance(crop, int):
+            crop = {"height": crop, "width": crop}
+        shortest = size.get("shortest_edge")
+        size_hw = (size["height"], size["width"]) if "height" in size and "width" in size else None
+        defaults = cls()
+        return cls(
+            do_resize=bool(d.get("do_resize", True)),
+            shortest_edge=shortest if size_hw is None else None,
+            size_hw=size_hw,
+            resample=int(d.get("resample", 3)),
+            do_center_crop=bool(d.get("do_center_crop", True)),
+            crop_hw=(crop.get("height", 336), crop.get("width", 336)) if crop else defaults.crop_hw,
+            do_rescale=bool(d.get("do_rescale", True)),
+            rescale_factor=float(d.get("rescale_factor", 1 / 255)),
+            do_normalize=bool(d.get("do_normalize", True)),
+            mean=tuple(d.get("image_mean", defaults.mean)),
+            std=tuple(d.get("image_std", defaults.std)),
+        )
+
+    @classmethod
+    def from_dir(cls, directory: str | Path) -> ProcessorConfig:
+        """The video processor config when the checkpoint has one, else its image processor's."""
+        for name in _CONFIG_FILES:
+            path = Path(directory) / name
+            if path.is_file():
+                return cls.from_dict(json.loads(path.read_text()))
+        return cls()
+
+    @property
+    def output_hw(self) -> tuple[int, int]:
+        if self.do_center_crop:
+            return self.crop_hw
+        if self.size_hw:
+            return self.size_hw
+        raise ValueError("output size depends on the input (shortest-edge resize without crop)")
+
+
+def resize_hw(height: int, width: int, cfg: ProcessorConfig) -> tuple[int, int]:
+    """Target (h, w): shortest edge to ``shortest_edge``, the long edge truncated (torchvision rule)."""
+    if cfg.size_hw:
+        return cfg.size_hw
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = cfg.shortest_edge, int(cfg.shortest_edge * long / short)
+    return (new_long, new_short) if width <= height else (new_short, new_long)
+
+
+def preprocess_frame(frame: np.ndarray, cfg: ProcessorConfig) -> np.ndarray:
+    """One RGB uint8 frame [H, W, 3] -> float32 [3, h, w]."""
+    from PIL import Image
+
+    img = frame
+    if cfg.do_resize:
+        h, w = resize_hw(frame.shape[0], frame.shape[1], cfg)
+        if (h, w) != frame.shape[:2]:
+            img = np.asarray(Image.fromarray(frame).resize((w, h), resample=cfg.resample))
+    if cfg.do_center_crop:
+        ch, cw = cfg.crop_hw
+        h, w = img.shape[:2]
+        if h < ch or w < cw:  # pad with zeros like transformers' centre crop does for small inputs
+            padded = np.zeros((max(h, ch), max(w, cw), 3), dtype=img.dtype)
+            top, left = (padded.shape[0] - h + 1) // 2, (padded.shape[1] - w + 1) // 2
+            padded[top:top + h, left:left + w] = img
+            img, (h, w) = padded, padded.shape[:2]
+        top, left = (h - ch) // 2, (w - cw) // 2
+        img = img[top:top + ch, left:left + cw]
+    out = img.astype(np.float32)
+    if cfg.do_rescale:
+        out *= np.float32(cfg.rescale_factor)
+    if cfg.do_normalize:
+        out = (out - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)
+    return np.ascontiguousarray(out.transpose(2, 0, 1))
+
+
+def preprocess_frames(frames: np.ndarray, cfg: ProcessorConfig) -> np.ndarray:
+    """[T, H, W, 3] uint8 -> [T, 3, h, w] float32."""
+    return np.stack([preprocess_frame(f, cfg) for f in frames])

@@ -1,0 +1,78 @@
+"""Prompt embeddings: chat template -> token ids with the video placeholder expanded -> embeddings.
+
+The prompt text comes from the checkpoint's own chat template. Its single video placeholder is
+expanded to exactly as many tokens as the mode produces (the processors hard-code their own
+counts, so vqa expands it itself), and the visual features are scattered into those positions
+of the input embeddings.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from vqa_cli.errors import UnsupportedModelError
+
+DEFAULT_CAPTION_PROMPT = (
+    "Describe this video in detail: the setting, the people and objects in it, "
+    "and what happens, in order."
+)
+
+TIME_INSTRUCTION = (
+    "The video lasts for {duration:.2f} seconds, and {frames} frames are uniformly sampled from it. "
+    "These frames are located at {times}. Please answer the following questions related to this video."
+)
+
+
+def load_chat_template(model_dir: Path, tokenizer: Any) -> str:
+    """The checkpoint's chat template: ``chat_template.jinja``, ``chat_template.json``, or the tokenizer's."""
+    jinja = model_dir / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text()
+    as_json = model_dir / "chat_template.json"
+    if as_json.is_file():
+        return json.loads(as_json.read_text())["chat_template"]
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, str) and template:
+        return template
+    raise UnsupportedModelError(f"{model_dir} has no chat template")
+
+
+def time_instruction(duration: float, timestamps: list[float]) -> str:
+    times = ",".join(f"{t:.2f}s" for t in timestamps)
+    return TIME_INSTRUCTION.format(duration=duration, frames=len(timestamps), times=times)
+
+
+def render(tokenizer: Any, template: str, question: str, *, system: str | None = None) -> str:
+    """One user turn holding the video and the question, ready for the assistant's answer."""
+    messages: list[dict] = []
+    if system:
+        messages.append({"role": "system", "content": [{"type": "text", "text": system}]})
+    messages.append({"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]})
+    return tokenizer.apply_chat_template(
+        messages, chat_template=template, tokenize=False, add_generation_prompt=True
+    )
+
+
+def token_ids(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of a rendered prompt, with the tokenizer's own special tokens (BOS) as the processor adds them."""
+    return list(tokenizer(text, add_special_tokens=True)["input_ids"])
+
+
+def expand_placeholder(ids: list[int], placeholder_id: int, count: int) -> list[int]:
+    """Replace the single placeholder id with ``count`` copies of it."""
+    positions = [i for i, t in enumerate(ids) if t == placeholder_id]
+    if len(positions) != 1:
+        raise UnsupportedModelError(
+            f"the chat template produced {len(positions)} video placeholders; expected exactly one"
+        )
+    at = positions[0]
+    return ids[:at] + [placeholder_id] * count + ids[at + 1:]
+
+
+def embed(model: Any, ids: Any, features: Any, placeholder_id: int) -> Any:
+    """Input embeddings [1, L, D] with ``features`` [N, D] scattered into the N placeholder positions."""
+    embeds = model.get_input_embeddings()(ids)
+    mask = (ids == placeholder_id).unsqueeze(-1).expand_as(embeds)
+    return embeds.masked_scatter(mask, features.to(embeds.device, embeds.dtype))
