@@ -87,6 +87,7 @@ class Checkpoint:
         self.config = loading.read_config(self.dir)
         self.adapter: FamilyAdapter = adapter_for(self.config)
         self.geometry = self.adapter.geometry()
+        self.base_rope = dict(getattr(self.adapter.text_config(), "rope_parameters", None) or {})
         self.tokenizer = AutoTokenizer.from_pretrained(self.dir, trust_remote_code=False)
         self.template = prompt.load_chat_template(self.dir, self.tokenizer)
         self.processor = ProcessorConfig.from_dir(self.dir)
@@ -184,7 +185,7 @@ class Engine:
         device = loading.resolve_device(settings.device)
         dtype = loading.resolve_dtype(settings.dtype, device)
         quant = loading.resolve_quant(settings.quant, device)
-        rope.apply_to_config(checkpoint.adapter.text_config(), rope_factor, settings.rope_type)
+        rope.apply_to_config(checkpoint.adapter.text_config(), checkpoint.base_rope, rope_factor, settings.rope_type)
         weights_dir = loading.resolve_model_dir(checkpoint.name, weights=True)
         self.loaded = loading.load_model(weights_dir, checkpoint.config, device=device, dtype=dtype, quant=quant)
         self.model = self.loaded.model

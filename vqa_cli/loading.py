@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,6 +151,8 @@ def load_model(model_dir: Path, config: Any, *, device: str, dtype: Any, quant: 
     # vqa shows its own spinner; transformers' per-tensor bar and advice would interleave with it.
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    # bitsandbytes warns on every 8-bit matmul that fp32 inputs are cast to fp16: expected on CPU.
+    warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
     adapter = adapter_for(config)
     if not any(model_dir.glob("*.safetensors")):
         raise UnknownModelError(f"{str(model_dir)!r} has no .safetensors weights (pickled weights are not loaded)")

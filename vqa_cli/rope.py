@@ -37,9 +37,7 @@ def scaled_rope_parameters(existing: dict | None, factor: float, rope_type: str)
     return params
 
 
-def apply_to_config(text_config: Any, factor: float, rope_type: str) -> None:
-    """Set the scaling on a text config in place, before the model is built from it."""
-    if factor != 1.0:
-        text_config.rope_parameters = scaled_rope_parameters(
-            getattr(text_config, "rope_parameters", None), factor, rope_type
-        )
+def apply_to_config(text_config: Any, base: dict | None, factor: float, rope_type: str) -> None:
+    """Set the scaling on a text config in place, from the checkpoint's own ``base`` parameters,
+    before the model is built from it (so a second load never inherits an earlier factor)."""
+    text_config.rope_parameters = scaled_rope_parameters(base, factor, rope_type)
