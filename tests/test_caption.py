@@ -7,8 +7,8 @@ import os
 import sys
 
 import pytest
-
 from clips import make_clip
+
 from vqa_cli.caption import expand_inputs, resume, settings_id
 from vqa_cli.cli import main
 

@@ -50,7 +50,7 @@ def test_anyres_pooling_equals_avgpool2d_per_frame():
     out = modes.spatial_avg_pool(grid, 2)
     ref = nn.AvgPool2d(2, 2)(grid.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
     torch.testing.assert_close(out, ref)
-    assert modes.anyres(out.reshape(3, 144, 8)).shape == (432, 8)
+    assert modes.plan_tokens(ModeSettings("anyres"), 3, GRID, 2).total == out.shape[0] * 144
 
 
 def test_fewer_frames_than_slow_frames_uses_every_frame_once():
@@ -95,3 +95,8 @@ def test_overrides_change_the_layout():
     assert modes.plan_tokens(ModeSettings("anyres", stride=4), 2, GRID, 2).total == 2 * 36
     assert modes.plan_tokens(ModeSettings("pooled", pool=(8, 6, 6)), 32, GRID, 2).total == 288
     assert modes.plan_tokens(ModeSettings("slowfast", slow_frames=5, fast_grid=2), 50, GRID, 2).total == 5 * 288 + 200
+
+
+def test_a_native_path_that_rounds_up_and_appends_a_newline_is_planned():
+    plan = modes.plan_tokens(ModeSettings("anyres"), 8, (27, 27), 2, native_ceil=True, suffix_tokens=1)
+    assert plan.total == 8 * 14 * 14 + 1

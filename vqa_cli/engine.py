@@ -100,7 +100,8 @@ class Checkpoint:
 
     def plan(self, settings: RunSettings, num_frames: int) -> modes.TokenPlan:
         g = self.geometry
-        return modes.plan_tokens(settings.mode, num_frames, g.grid, g.native_stride)
+        return modes.plan_tokens(settings.mode, num_frames, g.grid, g.native_stride, native_ceil=g.native_ceil,
+                                 suffix_tokens=g.video_suffix_tokens)
 
     def prompt_ids(self, question: str, time_text: str | None = None) -> list[int]:
         text = prompt.render(self.tokenizer, self.template, f"{time_text}\n{question}" if time_text else question)
@@ -204,7 +205,7 @@ class Engine:
 
         g = self.checkpoint.geometry
         s = modes.resolve(settings, g.grid, g.native_stride)
-        vision_dtype = next(self.model.model.vision_tower.parameters()).dtype
+        vision_dtype = next(self.adapter.vision_tower(self.model).parameters()).dtype
         with torch.inference_mode():
             grids = [
                 self.adapter.encode_frames(self.model, chunk.to(self.input_device, vision_dtype))
@@ -212,7 +213,7 @@ class Engine:
             ]
             grid = torch.cat(grids)
             if s.name == "anyres":
-                return modes.anyres(self.adapter.native_tokens(self.model, grid, s.stride))
+                return self.adapter.native_tokens(self.model, grid, s.stride)
             projected = self.adapter.project(self.model, grid)
             if s.name == "slowfast":
                 return modes.slowfast(projected, s.slow_frames, s.fast_grid)

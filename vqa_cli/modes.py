@@ -111,14 +111,32 @@ def resolve(settings: ModeSettings, grid: tuple[int, int], native_stride: int) -
     raise ValueError(f"unknown mode {settings.name!r}")
 
 
-def plan_tokens(settings: ModeSettings, num_frames: int, grid: tuple[int, int], native_stride: int) -> TokenPlan:
-    """The visual token layout of a mode, from the geometry alone."""
+def plan_tokens(
+    settings: ModeSettings,
+    num_frames: int,
+    grid: tuple[int, int],
+    native_stride: int,
+    *,
+    native_ceil: bool = False,
+    suffix_tokens: int = 0,
+) -> TokenPlan:
+    """The visual token layout of a mode, from the geometry alone.
+
+    ``native_ceil`` and ``suffix_tokens`` describe the family's own (anyres) path: whether its
+    pooling rounds the grid up, and tokens it appends once per video.
+    """
     s = resolve(settings, grid, native_stride)
     h, w = grid
     every = tuple(range(num_frames))
     if s.name == "anyres":
-        gh, gw = h // s.stride, w // s.stride
-        return TokenPlan("anyres", num_frames, (Pathway("frames", every, (gh, gw), num_frames * gh * gw),))
+        if native_ceil:
+            gh, gw = -(-h // s.stride), -(-w // s.stride)
+        else:
+            gh, gw = h // s.stride, w // s.stride
+        blocks = [Pathway("frames", every, (gh, gw), num_frames * gh * gw)]
+        if suffix_tokens:
+            blocks.append(Pathway("suffix", (), (suffix_tokens,), suffix_tokens))
+        return TokenPlan("anyres", num_frames, tuple(blocks))
     if s.name == "slowfast":
         slow = tuple(slow_positions(num_frames, s.slow_frames))
         sw = (w + 1) // 2
@@ -142,11 +160,6 @@ def spatial_avg_pool(grid: torch.Tensor, stride: int) -> torch.Tensor:
         return grid
     x = grid.permute(0, 3, 1, 2)
     return F.avg_pool2d(x, kernel_size=stride, stride=stride).permute(0, 2, 3, 1)
-
-
-def anyres(tokens_per_frame: torch.Tensor) -> torch.Tensor:
-    """[T, n, D] (already natively pooled and projected) -> [T*n, D], frames concatenated."""
-    return tokens_per_frame.reshape(-1, tokens_per_frame.shape[-1])
 
 
 def slowfast(grid: torch.Tensor, slow_frames: int, fast_grid: int) -> torch.Tensor:

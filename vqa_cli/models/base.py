@@ -29,6 +29,8 @@ class Geometry:
     kv_heads: int
     head_dim: int
     vocab_size: int
+    native_ceil: bool = False  # native pooling rounds the grid up (bilinear to ceil(h/s)) instead of down
+    video_suffix_tokens: int = 0  # tokens the native path appends once per video (e.g. a newline embedding)
 
 
 class FamilyAdapter:
@@ -67,8 +69,13 @@ class FamilyAdapter:
         raise NotImplementedError
 
     def native_tokens(self, model: Any, grid: torch.Tensor, stride: int | None = None) -> torch.Tensor:
-        """The checkpoint's own per-frame pooling and projection: grid -> [T, n, D] in LM space."""
+        """The checkpoint's own video path after the vision tower: grid -> [N, D] in LM space
+        (per-frame pooling, projection, frames concatenated, any per-video extra tokens)."""
         raise NotImplementedError
+
+    def vision_tower(self, model: Any) -> Any:
+        """The module that encodes frames (its parameters' dtype and device take the pixels)."""
+        return model.model.vision_tower
 
     def project(self, model: Any, features: torch.Tensor) -> torch.Tensor:
         """Vision features [..., Dv] -> language-model embeddings [..., D]."""

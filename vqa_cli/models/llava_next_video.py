@@ -62,7 +62,7 @@ class LlavaNextVideoAdapter(FamilyAdapter):
         if self.config.spatial_pool_mode != "average":
             raise NotImplementedError(f"spatial_pool_mode={self.config.spatial_pool_mode!r}")
         pooled = modes.spatial_avg_pool(grid, stride)  # before the projector, as the checkpoint does
-        return self.project(model, pooled.flatten(1, 2))
+        return self.project(model, pooled.flatten(0, 2))
 
     def project(self, model: Any, features):
         projector = model.model.multi_modal_projector
