@@ -55,6 +55,11 @@ Stride = Annotated[Literal["1", "2", "4"] | None, typer.Option("--stride",
 SlowFrames = Annotated[int | None, typer.Option("--slow-frames", min=1, help="slowfast: slow-pathway frames.")]
 FastGrid = Annotated[int | None, typer.Option("--fast-grid", min=1, help="slowfast: fast-pathway grid side.")]
 Pool = Annotated[str | None, typer.Option("--pool", help="pooled: output T,H,W (default 16,12,12 at 24x24).")]
+Guide = Annotated[bool, typer.Option("--guide", help="pooled: PPLLaVA prompt-guided pooling (needs a CLIP model).")]
+GuideModel = Annotated[str | None, typer.Option("--guide-model", help="CLIP model for --guide "
+                                                "(default: openai/clip-vit-large-patch14-336).", show_default=False)]
+GuideKernel = Annotated[str | None, typer.Option("--guide-kernel", help="pooled --guide: window T,H,W "
+                                                 "(default 2,3,3 at 24x24).", show_default=False)]
 RopeScale = Annotated[float | None, typer.Option("--rope-scale", min=1, help="Force a RoPE scaling factor.")]
 RopeType = Annotated[Literal["linear", "dynamic"], typer.Option("--rope-type",
                                        help="RoPE scaling kind.")]
@@ -62,18 +67,27 @@ TimePrompt = Annotated[bool, typer.Option("--time-prompt", help="Tell the model 
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")]
 
 
+def _triple(flag: str, text: str | None) -> tuple[int, int, int] | None:
+    if not text:
+        return None
+    try:
+        values = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or min(values) < 1:
+        raise UsageError(f"{flag} takes three positive integers T,H,W, not {text!r}")
+    return values  # type: ignore[return-value]
+
+
 def _mode_settings(mode: str, stride: str | int | None, slow_frames: int | None, fast_grid: int | None,
-                   pool: str | None) -> ModeSettings:
-    pool_t = None
-    if pool:
-        try:
-            pool_t = tuple(int(x) for x in pool.split(","))
-        except ValueError:
-            pool_t = ()
-        if len(pool_t) != 3 or min(pool_t) < 1:
-            raise UsageError(f"--pool takes three positive integers T,H,W, not {pool!r}")
+                   pool: str | None, guide: bool = False, guide_kernel: str | None = None) -> ModeSettings:
+    if (guide or guide_kernel) and mode != "pooled":
+        raise UsageError("--guide works with --mode pooled")
+    if guide and pool:
+        raise UsageError("--pool and --guide are two different poolings: pick one (--guide-kernel sets the window)")
     return ModeSettings(mode, stride=int(stride) if stride else None, slow_frames=slow_frames,
-                        fast_grid=fast_grid, pool=pool_t)
+                        fast_grid=fast_grid, pool=_triple("--pool", pool), guide=guide,
+                        guide_kernel=_triple("--guide-kernel", guide_kernel))
 
 
 def _settings(**kw):
@@ -83,7 +97,10 @@ def _settings(**kw):
     if kw["start"] is not None and kw["end"] is not None and kw["end"] <= kw["start"]:
         raise UsageError("--end must be after --start")
     mode = _mode_settings(kw.pop("mode"), kw.pop("stride"), kw.pop("slow_frames"), kw.pop("fast_grid"),
-                          kw.pop("pool"))
+                          kw.pop("pool"), kw.pop("guide"), kw.pop("guide_kernel"))
+    guide_model = kw.pop("guide_model")
+    if guide_model:
+        kw["guide_model"] = guide_model
     return RunSettings(model=kw.pop("model") or default_model(), mode=mode, **kw)
 
 
@@ -106,6 +123,9 @@ def ask(
     slow_frames: SlowFrames = None,
     fast_grid: FastGrid = None,
     pool: Pool = None,
+    guide: Guide = False,
+    guide_model: GuideModel = None,
+    guide_kernel: GuideKernel = None,
     rope_scale: RopeScale = None,
     rope_type: RopeType = "linear",
     time_prompt: TimePrompt = False,
@@ -117,8 +137,9 @@ def ask(
 
     settings = _settings(model=model, mode=mode, frames=frames, start=start, end=end, quant=quant, device=device,
                          dtype=dtype, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                         stride=stride, slow_frames=slow_frames, fast_grid=fast_grid, pool=pool,
-                         rope_scale=rope_scale, rope_type=rope_type, time_prompt=time_prompt)
+                         stride=stride, slow_frames=slow_frames, fast_grid=fast_grid, pool=pool, guide=guide,
+                         guide_model=guide_model, guide_kernel=guide_kernel, rope_scale=rope_scale,
+                         rope_type=rope_type, time_prompt=time_prompt)
     return run_ask(settings, video, question, as_json=as_json, plan_only=plan)
 
 
@@ -144,6 +165,9 @@ def caption(
     slow_frames: SlowFrames = None,
     fast_grid: FastGrid = None,
     pool: Pool = None,
+    guide: Guide = False,
+    guide_model: GuideModel = None,
+    guide_kernel: GuideKernel = None,
     rope_scale: RopeScale = None,
     rope_type: RopeType = "linear",
     time_prompt: TimePrompt = False,
@@ -154,8 +178,9 @@ def caption(
 
     settings = _settings(model=model, mode=mode, frames=frames, start=start, end=end, quant=quant, device=device,
                          dtype=dtype, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                         stride=stride, slow_frames=slow_frames, fast_grid=fast_grid, pool=pool,
-                         rope_scale=rope_scale, rope_type=rope_type, time_prompt=time_prompt)
+                         stride=stride, slow_frames=slow_frames, fast_grid=fast_grid, pool=pool, guide=guide,
+                         guide_model=guide_model, guide_kernel=guide_kernel, rope_scale=rope_scale,
+                         rope_type=rope_type, time_prompt=time_prompt)
     return run_caption(settings, paths, out, prompt if prompt is not None else DEFAULT_CAPTION_PROMPT)
 
 

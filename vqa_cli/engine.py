@@ -15,6 +15,7 @@ from typing import Any
 
 from vqa_cli import loading, modes, prompt, rope
 from vqa_cli.errors import ContextOverflowError, UsageError
+from vqa_cli.guide import DEFAULT_GUIDE_MODEL
 from vqa_cli.models.base import FamilyAdapter
 from vqa_cli.models.registry import adapter_for
 from vqa_cli.preprocess import ProcessorConfig, preprocess_frames
@@ -42,6 +43,7 @@ class RunSettings:
     rope_scale: float | None = None  # None: automatic
     rope_type: str = "linear"
     time_prompt: bool = False
+    guide_model: str = DEFAULT_GUIDE_MODEL  # CLIP model for --guide (prompt-guided pooling)
 
     def identity(self) -> dict:
         """The settings that decide the output (device and dtype placement excluded)."""
@@ -49,6 +51,8 @@ class RunSettings:
         d["mode"] = self.mode.to_dict()
         for key in ("device",):
             d.pop(key)
+        if not self.mode.guide:
+            d.pop("guide_model")
         return d
 
 
@@ -103,16 +107,26 @@ class Checkpoint:
         return modes.plan_tokens(settings.mode, num_frames, g.grid, g.native_stride, native_ceil=g.native_ceil,
                                  suffix_tokens=g.video_suffix_tokens)
 
-    def prompt_ids(self, question: str, time_text: str | None = None) -> list[int]:
-        text = prompt.render(self.tokenizer, self.template, f"{time_text}\n{question}" if time_text else question)
+    def prompt_ids(self, question: str, time_text: str | None = None, media: str = "video") -> list[int]:
+        text = prompt.render(self.tokenizer, self.template, f"{time_text}\n{question}" if time_text else question,
+                             media=media)
         return prompt.token_ids(self.tokenizer, text)
 
-    def budget(self, settings: RunSettings, questions: list[str], num_frames: int | None = None) -> Budget:
-        """Token budget and RoPE factor for the longest of ``questions``; fails instead of truncating."""
+    def budget(
+        self,
+        settings: RunSettings,
+        questions: list[str],
+        num_frames: int | None = None,
+        plan: modes.TokenPlan | None = None,
+    ) -> Budget:
+        """Token budget and RoPE factor for the longest of ``questions``; fails instead of truncating.
+
+        ``plan`` overrides the mode's layout (a still image's AnyRes tiles are only known once read).
+        """
         n = num_frames or self.frames_for(settings)
         time_text = prompt.time_instruction(_WORST_TIMES, [_WORST_TIMES] * n) if settings.time_prompt else None
         prompt_tokens = max(len(self.prompt_ids(q, time_text)) for q in questions) - 1  # placeholder
-        plan = self.plan(settings, n)
+        plan = plan or self.plan(settings, n)
         ctx = self.geometry.trained_context
         total = plan.total + prompt_tokens + settings.max_new_tokens
         if settings.rope_scale is not None:
@@ -192,6 +206,12 @@ class Engine:
         self.model = self.loaded.model
         self.adapter = self.loaded.adapter
         self.input_device = loading.input_device(self.model)
+        self.guide = None
+        if settings.mode.guide:
+            from vqa_cli.guide import Guide
+
+            self.guide = Guide(settings.guide_model, vision_hidden=checkpoint.geometry.vision_hidden,
+                               device=str(self.input_device), dtype=dtype)
 
     # ---- stages --------------------------------------------------------------------------
     def pixels(self, clip: Clip) -> Any:
@@ -199,8 +219,10 @@ class Engine:
 
         return torch.from_numpy(preprocess_frames(clip.frames, self.checkpoint.processor))
 
-    def visual_tokens(self, pixels: Any, settings: modes.ModeSettings) -> Any:
-        """Pixels [T, 3, H, W] -> visual token sequence [N, D] for ``settings``' mode."""
+    def visual_tokens(self, pixels: Any, settings: modes.ModeSettings, prompt_text: str = "") -> Any:
+        """Pixels [T, 3, H, W] -> visual token sequence [N, D] for ``settings``' mode.
+
+        ``prompt_text`` is what guided pooling (``--guide``) weighs the tokens against."""
         import torch
 
         g = self.checkpoint.geometry
@@ -217,14 +239,24 @@ class Engine:
             projected = self.adapter.project(self.model, grid)
             if s.name == "slowfast":
                 return modes.slowfast(projected, s.slow_frames, s.fast_grid)
+            if s.guide:
+                if self.guide is None:
+                    raise UsageError("prompt-guided pooling needs an engine loaded with --guide")
+                weights = self.guide.relevance(grid, prompt_text)
+                return modes.guided_pool(projected, weights.to(projected.device), s.guide_kernel)
             return modes.pooled(projected, s.pool)
+
+    def uses_image_path(self, clip: Clip) -> bool:
+        """A still image in anyres mode goes through the family's own AnyRes image path, when it has one."""
+        return clip.is_image and self.settings.mode.name == "anyres" and self.adapter.image_token_id() is not None
 
     def prompt_inputs(self, question: str, clip: Clip, features: Any) -> tuple[Any, Any]:
         import torch
 
         time_text = prompt.time_instruction(clip.duration, clip.timestamps) if self.settings.time_prompt else None
-        ids = self.checkpoint.prompt_ids(question, time_text)
-        placeholder = self.adapter.video_token_id()
+        image = self.uses_image_path(clip)
+        ids = self.checkpoint.prompt_ids(question, None if image else time_text, media="image" if image else "video")
+        placeholder = self.adapter.image_token_id() if image else self.adapter.video_token_id()
         ids = prompt.expand_placeholder(ids, placeholder, features.shape[0])
         ids_t = torch.tensor([ids], device=self.input_device)
         with torch.inference_mode():
@@ -240,22 +272,28 @@ class Engine:
         on_text: Callable[[str], None] | None = None,
         timings: dict[str, float] | None = None,
     ) -> Answer:
+        import torch
+
         from vqa_cli.generate import generate
 
         timings = dict(timings or {})
         settings = replace(self.settings, frames=len(clip.indices))
-        budget = self.checkpoint.budget(settings, [question], num_frames=len(clip.indices))
-        if budget.rope_factor > self.rope_factor and self.settings.rope_scale is None:
-            raise ContextOverflowError(
-                f"this request needs RoPE factor {budget.rope_factor:g} but the model was loaded with "
-                f"{self.rope_factor:g}"
-            )
-        t = time.perf_counter()
-        pixels = self.pixels(clip)
-        timings["preprocess"] = time.perf_counter() - t
-        t = time.perf_counter()
-        features = self.visual_tokens(pixels, self.settings.mode)
-        timings["encode"] = time.perf_counter() - t
+        if self.uses_image_path(clip):
+            t = time.perf_counter()
+            with torch.inference_mode():
+                features = self.adapter.image_tokens(self.model, self.checkpoint.dir, clip.frames[0])
+            timings["preprocess"], timings["encode"] = 0.0, time.perf_counter() - t
+            n = features.shape[0]
+            plan = modes.TokenPlan("anyres", 1, (modes.Pathway("image", (0,), (n,), n),))
+            budget = self._checked_budget(settings, question, plan)
+        else:
+            budget = self._checked_budget(settings, question)
+            t = time.perf_counter()
+            pixels = self.pixels(clip)
+            timings["preprocess"] = time.perf_counter() - t
+            t = time.perf_counter()
+            features = self.visual_tokens(pixels, self.settings.mode, question)
+            timings["encode"] = time.perf_counter() - t
         ids, embeds = self.prompt_inputs(question, clip, features)
         gen = generate(
             self.model,
@@ -270,6 +308,17 @@ class Engine:
         timings["first_token"] = gen.first_token
         timings["generate"] = gen.total
         return Answer(gen.text, clip, budget, timings, gen.tokens, gen.tokens_per_second)
+
+    def _checked_budget(self, settings: RunSettings, question: str, plan: modes.TokenPlan | None = None) -> Budget:
+        """This request's budget; it must fit the RoPE factor the weights were loaded with."""
+        budget = self.checkpoint.budget(settings, [question], num_frames=len(plan.pathways[0].frame_positions)
+                                        if plan else settings.frames, plan=plan)
+        if budget.rope_factor > self.rope_factor and self.settings.rope_scale is None:
+            raise ContextOverflowError(
+                f"this request needs RoPE factor {budget.rope_factor:g} but the model was loaded with "
+                f"{self.rope_factor:g}: pass --rope-scale {budget.rope_factor:g}"
+            )
+        return budget
 
 
 def open_engine(settings: RunSettings, questions: list[str]) -> tuple[Checkpoint, Budget, Engine]:

@@ -12,6 +12,8 @@ geometry alone (no tensors, no torch) for ``--plan``, RoPE scaling and the place
   adaptively average-pooled to ``fast_grid``. Slow tokens first, then fast, frame-major.
 - ``pooled`` (PLLaVA): after the projector, 3-D adaptive average pooling of ``[T, h, w]`` to
   ``pool``; fewer frames than the pool's T are repeated (what adaptive pooling does).
+  With ``guide`` (PPLLaVA): non-overlapping 3-D windows whose weights are the prompt relevance
+  of each token, re-softmaxed inside the window at temperature 0.01.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ SLOWFAST_FAST_GRID = 4  # at a 24x24 grid
 POOLED_FRAMES = 32
 POOLED_T = 16
 POOLED_SIDE = 12  # at a 24x24 grid
+GUIDE_KERNEL_T = 2  # PPLLaVA: windows of (2, 3, 3), stride = kernel, at a 24x24 grid ...
+GUIDE_SIDE = 8  # ... i.e. 8x8 windows per frame pair; other grids keep 8x8 windows
+GUIDE_TEMPERATURE = 0.01
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,8 @@ class ModeSettings:
     slow_frames: int | None = None  # slowfast
     fast_grid: int | None = None  # slowfast
     pool: tuple[int, int, int] | None = None  # pooled: (T, H, W)
+    guide: bool = False  # pooled: PPLLaVA prompt-guided pooling instead of plain averaging
+    guide_kernel: tuple[int, int, int] | None = None  # pooled + guide: 3-D window (= stride)
 
     def to_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -106,6 +113,12 @@ def resolve(settings: ModeSettings, grid: tuple[int, int], native_stride: int) -
             fast_grid=settings.fast_grid or _scaled(SLOWFAST_FAST_GRID, side),
         )
     if settings.name == "pooled":
+        if settings.guide:
+            kernel = settings.guide_kernel or (
+                GUIDE_KERNEL_T, math.ceil(grid[0] / _scaled(GUIDE_SIDE, grid[0])),
+                math.ceil(grid[1] / _scaled(GUIDE_SIDE, grid[1])),
+            )
+            return ModeSettings("pooled", guide=True, guide_kernel=tuple(kernel))
         pool = settings.pool or (POOLED_T, _scaled(POOLED_SIDE, grid[0]), _scaled(POOLED_SIDE, grid[1]))
         return ModeSettings("pooled", pool=tuple(pool))
     raise ValueError(f"unknown mode {settings.name!r}")
@@ -145,6 +158,10 @@ def plan_tokens(
             Pathway("slow", slow, (h, sw), len(slow) * h * sw),
             Pathway("fast", every, fg, num_frames * fg[0] * fg[1]),
         ))
+    if s.guide:
+        kt, kh, kw = s.guide_kernel
+        t, ph, pw = math.ceil(num_frames / kt), math.ceil(h / kh), math.ceil(w / kw)
+        return TokenPlan("pooled", num_frames, (Pathway("guided", every, (t, ph, pw), t * ph * pw),))
     t, ph, pw = s.pool
     return TokenPlan("pooled", num_frames, (Pathway("pooled", every, (t, ph, pw), t * ph * pw),))
 
@@ -185,3 +202,51 @@ def pooled(grid: torch.Tensor, pool: tuple[int, int, int]) -> torch.Tensor:
     x = grid.permute(3, 0, 1, 2).unsqueeze(0)  # [1, D, T, h, w]
     out = F.adaptive_avg_pool3d(x, pool)[0]  # [D, t, h', w']
     return out.permute(1, 2, 3, 0).reshape(-1, grid.shape[-1])
+
+
+def relevance(visual: torch.Tensor, text: torch.Tensor, logit_scale: float | torch.Tensor) -> torch.Tensor:
+    """PPLLaVA relevance: [T, h, w, E] visual and [E] text embeddings (CLIP space) -> [T, h, w].
+
+    Both are L2-normalised; the scaled cosine similarities are softmaxed over all T*h*w tokens.
+    """
+    import torch
+
+    v = torch.nn.functional.normalize(visual.float(), dim=-1)
+    t = torch.nn.functional.normalize(text.float(), dim=-1)
+    scale = torch.as_tensor(logit_scale, dtype=torch.float32).exp()
+    logits = (v @ t) * scale
+    return logits.flatten().softmax(0).reshape(logits.shape)
+
+
+def guided_pool(
+    grid: torch.Tensor,
+    weights: torch.Tensor,
+    kernel: tuple[int, int, int],
+    temperature: float = GUIDE_TEMPERATURE,
+) -> torch.Tensor:
+    """[T, h, w, D] features and [T, h, w] relevance -> [t*h'*w', D] (PPLLaVA prompt-guided pooling).
+
+    Non-overlapping windows of ``kernel`` (stride = kernel), ceil-padded; each window's output is the
+    average of its tokens weighted by ``softmax(relevance / temperature)`` inside the window. Padding
+    gets zero weight. Uniform relevance gives plain average pooling; one-hot relevance picks the token.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    t, h, w, d = grid.shape
+    kt, kh, kw = kernel
+    pt, ph, pw = (-t) % kt, (-h) % kh, (-w) % kw
+    x = F.pad(grid.permute(3, 0, 1, 2), (0, pw, 0, ph, 0, pt))  # [D, T', H', W']
+    r = F.pad(weights.float() / temperature, (0, pw, 0, ph, 0, pt), value=float("-inf"))
+    T, H, W = (t + pt) // kt, (h + ph) // kh, (w + pw) // kw
+
+    def windows(a: torch.Tensor) -> torch.Tensor:  # [..., T', H', W'] -> [..., T, H, W, kt*kh*kw]
+        lead = a.shape[:-3]
+        n = len(lead)
+        a = a.reshape(*lead, T, kt, H, kh, W, kw)
+        a = a.permute(*range(n), n, n + 2, n + 4, n + 1, n + 3, n + 5)
+        return a.reshape(*lead, T, H, W, kt * kh * kw)
+
+    wts = torch.softmax(windows(r), dim=-1)  # [T, H, W, K]
+    out = (windows(x) * wts.to(x.dtype)).sum(-1)  # [D, T, H, W]
+    return out.permute(1, 2, 3, 0).reshape(-1, d)

@@ -44,12 +44,12 @@ def time_instruction(duration: float, timestamps: list[float]) -> str:
     return TIME_INSTRUCTION.format(duration=duration, frames=len(timestamps), times=times)
 
 
-def render(tokenizer: Any, template: str, question: str, *, system: str | None = None) -> str:
-    """One user turn holding the video and the question, ready for the assistant's answer."""
+def render(tokenizer: Any, template: str, question: str, *, system: str | None = None, media: str = "video") -> str:
+    """One user turn holding the video (or image) and the question, ready for the assistant's answer."""
     messages: list[dict] = []
     if system:
         messages.append({"role": "system", "content": [{"type": "text", "text": system}]})
-    messages.append({"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]})
+    messages.append({"role": "user", "content": [{"type": media}, {"type": "text", "text": question}]})
     return tokenizer.apply_chat_template(
         messages, chat_template=template, tokenize=False, add_generation_prompt=True
     )

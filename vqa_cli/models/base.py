@@ -73,6 +73,14 @@ class FamilyAdapter:
         (per-frame pooling, projection, frames concatenated, any per-video extra tokens)."""
         raise NotImplementedError
 
+    def image_token_id(self) -> int | None:
+        """The image placeholder id when the family has a separate still-image path, else None."""
+        return None
+
+    def image_tokens(self, model: Any, model_dir: Any, frame: Any) -> torch.Tensor:
+        """A still image [H, W, 3] through the family's own image path -> [N, D] (when it has one)."""
+        raise NotImplementedError
+
     def vision_tower(self, model: Any) -> Any:
         """The module that encodes frames (its parameters' dtype and device take the pixels)."""
         return model.model.vision_tower

@@ -64,6 +64,24 @@ class LlavaNextVideoAdapter(FamilyAdapter):
         pooled = modes.spatial_avg_pool(grid, stride)  # before the projector, as the checkpoint does
         return self.project(model, pooled.flatten(0, 2))
 
+    def image_token_id(self) -> int:
+        return int(self.config.image_token_index)
+
+    def image_tokens(self, model: Any, model_dir: Any, frame: Any):
+        """A still image through the checkpoint's own AnyRes tiling (its image processor and image path):
+        tiles of the best-fitting grid resolution plus an overview, unpadded, with newline tokens."""
+        import torch
+        from transformers import LlavaNextImageProcessorPil
+
+        processor = LlavaNextImageProcessorPil.from_pretrained(model_dir)
+        inputs = processor(images=[frame], return_tensors="pt")
+        tower = self.vision_tower(model)
+        weight = next(tower.parameters())
+        out = model.model.get_image_features(
+            inputs["pixel_values"].to(weight.device, weight.dtype), inputs["image_sizes"].to(weight.device)
+        )
+        return torch.cat(list(out.pooler_output), dim=0)
+
     def project(self, model: Any, features):
         projector = model.model.multi_modal_projector
         return projector(features.to(projector.linear_1.weight.dtype))
