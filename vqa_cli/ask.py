@@ -9,7 +9,7 @@ from pathlib import Path
 
 from vqa_cli import console
 from vqa_cli.errors import InputNotFoundError
-from vqa_cli.video import Clip, probe, sample_frames
+from vqa_cli.video import Clip, is_image_path, probe, sample_frames
 
 
 def check_input(path: str) -> None:
@@ -76,7 +76,8 @@ def run_ask(settings, video: str, question: str, *, as_json: bool = False, plan_
     check_input(video)
     with console.status("reading model config"):
         checkpoint = Checkpoint(settings.model)
-        budget = checkpoint.budget(settings, [question])
+        # A still image is one frame: budget (and pick the RoPE factor) for that, not the mode's default.
+        budget = checkpoint.budget(settings, [question], num_frames=1 if is_image_path(video) else None)
     if plan_only:
         print_plan(plan_record(checkpoint, settings, budget), as_json)
         return 0
@@ -111,7 +112,7 @@ def run_ask(settings, video: str, question: str, *, as_json: bool = False, plan_
         thinking.stop()
     timings = answer.timings
     timings["total"] = time.perf_counter() - run_started  # wall clock: decode overlaps load
-    record = answer.record(settings, engine)
+    record = {"video": video, "question": question, **answer.record(settings, engine)}
     if as_json:
         console.emit_json(record)
     else:

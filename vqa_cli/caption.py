@@ -1,28 +1,39 @@
-"""``vqa caption``: caption many videos into JSON Lines, resumably.
+"""``vqa caption``: caption many videos into JSON Lines, resumably, at scale.
 
-Inputs are files, folders (recursive, known video extensions, sorted) or ``-`` for paths on
-stdin. Each video gets exactly one record; a video that fails gets a record with ``error`` and
-the run goes on. Re-running with the same ``--out`` skips videos already captioned with the
-same settings, retries those that failed (their old error records are dropped), and repairs a
-partial last line left by a killed run. The next video decodes while the model works.
+- Inputs are files, folders (recursive, known video extensions, sorted) or ``-`` for paths on
+  stdin. Each video gets exactly one record; a video that fails gets a record with ``error``.
+- Pipelined: decode-ahead worker threads (OpenCV releases the GIL) fill a bounded window of
+  clips while the model works; the model takes them in batches (left-padded batched generate).
+  On out-of-memory a batch is split in halves and retried, and later batches stay smaller.
+- Kill-safe: each record is one appended, flushed line. A re-run skips videos already captioned
+  with the same settings, retries failed ones (dropping their old error records) and repairs a
+  partial last line. Ctrl-C stops after the current batch and prints the summary.
+- Sharding: ``--shard I/N`` takes a deterministic hash share of the videos (cluster array jobs);
+  under ``accelerate launch`` each process takes its share, writes its own part file and the
+  main process merges the parts into ``--out`` at the end.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vqa_cli import console, writer
-from vqa_cli.errors import EXIT_FAILURE, EXIT_OK, InputNotFoundError, UsageError, describe, one_line
+from vqa_cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, InputNotFoundError, UsageError, describe, one_line
 from vqa_cli.video import VIDEO_EXTENSIONS, Clip, sample_frames
 
-DECODE_AHEAD = 2  # videos decoded ahead of the model: bounds memory to a few clips of frames
+RECORD_FIELDS = ("model", "mode", "frames", "frame_indices", "timestamps", "duration", "visual_tokens", "rope_factor",
+                 "timings")
 
 
 def expand_inputs(paths: Iterable[str], stdin: Any = None) -> list[str]:
@@ -30,24 +41,35 @@ def expand_inputs(paths: Iterable[str], stdin: Any = None) -> list[str]:
     out: list[str] = []
     for p in paths:
         if p == "-":
-            for line in (stdin or sys.stdin):
-                line = line.strip()
-                if line:
-                    out.append(line)
+            out.extend(line.strip() for line in (stdin or sys.stdin) if line.strip())
             continue
         path = Path(p)
         if path.is_dir():
-            found = sorted(
-                str(f) for f in path.rglob("*") if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS
-            )
-            out.extend(found)
+            out.extend(sorted(str(f) for f in path.rglob("*") if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS))
         elif path.exists():
             out.append(p)
         else:
             raise InputNotFoundError(f"no such file or folder: {p!r}")
-    # Same path twice -> one record.
     seen: set[str] = set()
-    return [p for p in out if not (p in seen or seen.add(p))]
+    return [p for p in out if not (p in seen or seen.add(p))]  # same path twice -> one record
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"I/N"`` (0 <= I < N) -> (I, N)."""
+    if not text:
+        return None
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError:
+        index, count = -1, 0
+    if count < 1 or not 0 <= index < count:
+        raise UsageError(f"--shard takes I/N with 0 <= I < N (e.g. 0/4), not {text!r}")
+    return index, count
+
+
+def in_shard(video: str, index: int, count: int) -> bool:
+    """A stable split by the path's hash: the same on every machine and for any input order."""
+    return int(hashlib.sha1(video.encode()).hexdigest(), 16) % count == index
 
 
 def settings_id(identity: dict, prompt: str) -> str:
@@ -62,114 +84,293 @@ def resume(out: str, videos: list[str], sid: str) -> list[str]:
         return videos
     records, damaged = writer.read_records(out)
     done = {r.get("video") for r in records if r.get("settings_id") == sid and r.get("error") is None}
+    retry = set(videos) - done
     kept = [r for r in records if not (r.get("settings_id") == sid and r.get("error") is not None
-                                       and r.get("video") in set(videos) - done)]
+                                       and r.get("video") in retry)]
     if damaged or len(kept) != len(records):
         writer.rewrite(out, kept)
     return [v for v in videos if v not in done]
 
 
+def captioned(path: str, sid: str) -> set[str]:
+    """Videos with a caption under these settings in an existing output (read only)."""
+    records, _ = writer.read_records(path) if path != "-" else ([], False)
+    return {r.get("video") for r in records if r.get("settings_id") == sid and r.get("error") is None}
+
+
+def merge_parts(out: str, parts: list[str]) -> None:
+    """Fold part files into ``out``: one record per (video, settings), a caption beating an error."""
+    records, _ = writer.read_records(out)
+    for part in parts:
+        records.extend(writer.read_records(part)[0])
+    merged: dict[tuple, dict] = {}
+    for rec in records:
+        key = (rec.get("video"), rec.get("settings_id"))
+        if key not in merged or (merged[key].get("error") is not None and rec.get("error") is None):
+            merged[key] = rec
+    writer.rewrite(out, list(merged.values()))
+    for part in parts:
+        Path(part).unlink(missing_ok=True)
+
+
+@dataclass
+class Summary:
+    videos: int = 0
+    skipped: int = 0
+    ok: int = 0
+    errors: Counter = field(default_factory=Counter)
+    frames_decoded: int = 0
+    tokens_generated: int = 0
+    stage_seconds: Counter = field(default_factory=Counter)
+    oom_backoffs: int = 0
+    interrupted: bool = False
+    wall_seconds: float = 0.0
+    load_seconds: float = 0.0
+
+    def add(self, record: dict) -> None:
+        if record["error"] is None:
+            self.ok += 1
+        else:
+            self.errors[record.get("error_kind", "error")] += 1
+        self.frames_decoded += record.get("frames") or 0
+        self.tokens_generated += record.get("generated_tokens") or 0
+        for stage, seconds in (record.get("timings") or {}).items():
+            if stage in ("decode", "preprocess", "encode"):
+                self.stage_seconds[stage] += seconds
+
+    def to_dict(self) -> dict:
+        done = self.ok + sum(self.errors.values())
+        return {
+            "videos": self.videos,
+            "already_done": self.skipped,
+            "processed": done,
+            "ok": self.ok,
+            "errors": dict(self.errors),
+            "frames_decoded": self.frames_decoded,
+            "tokens_generated": self.tokens_generated,
+            "videos_per_second": round(done / self.wall_seconds, 4) if self.wall_seconds else 0.0,
+            "seconds": {"load": round(self.load_seconds, 3), "wall": round(self.wall_seconds, 3),
+                        **{k: round(v, 3) for k, v in self.stage_seconds.items()}},
+            "oom_backoffs": self.oom_backoffs,
+            "interrupted": self.interrupted,
+        }
+
+    def line(self) -> str:
+        d = self.to_dict()
+        errors = ", ".join(f"{k} {v}" for k, v in sorted(self.errors.items())) or "none"
+        return (f"{d['ok']} captioned, {d['processed'] - d['ok']} failed ({errors}), {d['already_done']} already done; "
+                f"{d['videos_per_second']:.2f} videos/s, {d['tokens_generated']} tokens"
+                + (" (interrupted)" if self.interrupted else ""))
+
+
+DECODE_TIMEOUT = 600.0  # seconds per file: a pathological file is recorded as an error, never hangs the run
+
+
 def _decode(path: str, frames: int, start: float | None, end: float | None) -> tuple[Clip, float]:
     started = time.perf_counter()
-    clip = sample_frames(path, frames, start=start, end=end)
+    clip = sample_frames(path, frames, start=start, end=end, timeout=DECODE_TIMEOUT)
     return clip, time.perf_counter() - started
 
 
-def _error_record(video: str, settings: Any, sid: str, message: str, kind: str) -> dict:
+def _error_record(video: str, settings: Any, sid: str, exc: BaseException) -> dict:
+    known = describe(exc)
     return {
-        "video": video,
-        "caption": None,
-        "model": settings.model,
-        "mode": settings.mode.name,
-        "frames": 0,
-        "frame_indices": [],
-        "timestamps": [],
-        "duration": None,
-        "visual_tokens": None,
-        "timings": {},
-        "error": message,
-        "error_kind": kind,
-        "settings_id": sid,
+        "video": video, "caption": None, "model": settings.model, "mode": settings.mode.name, "frames": 0,
+        "frame_indices": [], "timestamps": [], "duration": None, "visual_tokens": None, "rope_factor": None,
+        "timings": {}, "generated_tokens": 0, "batch_size": None,
+        "error": known[2] if known else f"{type(exc).__name__}: {one_line(str(exc))}",
+        "error_kind": known[1] if known else "internal", "settings_id": sid,
     }
 
 
-def run_caption(settings: Any, inputs: list[str], out: str, prompt: str, *, stdin: Any = None) -> int:
+def _is_oom(exc: BaseException) -> bool:
+    known = describe(exc)
+    return known is not None and known[1] == "out_of_memory"
+
+
+class _StopFlag:
+    """First Ctrl-C: finish the current batch, then stop. Second Ctrl-C: stop now."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _StopFlag:
+        def handler(signum: int, frame: Any) -> None:
+            if self.stop:
+                raise KeyboardInterrupt
+            self.stop = True
+            console.info("stopping after the current batch (Ctrl-C again to stop now)")
+
+        try:
+            self._previous = signal.signal(signal.SIGINT, handler)
+        except ValueError:  # not the main thread: no signal handling
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+class Captioner:
+    """One process's captioning run over its share of the videos."""
+
+    def __init__(self, engine: Any, settings: Any, prompt: str, sid: str, *, batch_size: int, workers: int,
+                 frames: int) -> None:
+        self.engine, self.settings, self.prompt, self.sid = engine, settings, prompt, sid
+        self.batch_size, self.workers, self.frames = batch_size, workers, frames
+        self.summary = Summary()
+
+    def record(self, video: str, answer: Any, batch: int) -> dict:
+        rec = answer.record(self.settings, self.engine)
+        return {"video": video, "caption": rec["answer"], **{k: rec[k] for k in RECORD_FIELDS},
+                "generated_tokens": rec["generated_tokens"], "batch_size": batch, "error": None,
+                "error_kind": None, "settings_id": self.sid}
+
+    def caption_batch(self, items: list[tuple[str, Clip, float]]) -> list[dict]:
+        """Caption decoded clips; out of memory splits the batch and lowers the batch size."""
+        try:
+            answers = self.engine.answer_batch([c for _, c, _ in items], self.prompt,
+                                               timings=[{"decode": d} for _, _, d in items])
+            return [self.record(v, a, len(items)) for (v, _, _), a in zip(items, answers, strict=True)]
+        except Exception as exc:
+            if _is_oom(exc) and len(items) > 1:
+                self.summary.oom_backoffs += 1
+                self.batch_size = max(1, len(items) // 2)
+                _free_cuda_cache()
+                half = len(items) // 2
+                return self.caption_batch(items[:half]) + self.caption_batch(items[half:])
+            if len(items) > 1:  # find the culprit: one by one
+                return [rec for item in items for rec in self.caption_batch([item])]
+            return [_error_record(items[0][0], self.settings, self.sid, exc)]
+
+    def run(self, videos: list[str], sink: writer.JsonlWriter) -> Summary:
+        started = time.perf_counter()
+        window = max(2 * self.batch_size, self.workers + 1)  # clips decoded ahead: bounds memory
+        progress = _progress(len(videos))
+        with ThreadPoolExecutor(max_workers=self.workers) as pool, progress, _StopFlag() as flag:
+            task = progress.add_task("captioning", total=len(videos)) if progress else None
+            queue = iter(videos)
+            pending: list[tuple[str, Future]] = []
+
+            def refill() -> None:
+                while len(pending) < window:
+                    video = next(queue, None)
+                    if video is None:
+                        return
+                    s = self.settings
+                    pending.append((video, pool.submit(_decode, video, self.frames, s.start, s.end)))
+
+            refill()
+            while pending and not flag.stop:
+                batch: list[tuple[str, Clip, float]] = []
+                records: list[dict] = []
+                while pending and len(batch) < self.batch_size:
+                    video, future = pending.pop(0)
+                    refill()
+                    try:
+                        clip, seconds = future.result()
+                        batch.append((video, clip, seconds))
+                    except Exception as exc:  # an undecodable video is recorded, the run goes on
+                        records.append(_error_record(video, self.settings, self.sid, exc))
+                if batch:
+                    records.extend(self.caption_batch(batch))
+                for rec in records:
+                    sink.write(rec)
+                    self.summary.add(rec)
+                    if rec["error"] is not None:
+                        if progress:
+                            progress.console.print(f"[yellow]{rec['video']}[/yellow]: {rec['error']}")
+                        else:
+                            console.info(f"{rec['video']}: {rec['error']}")
+                if progress:
+                    progress.advance(task, len(records))
+            self.summary.interrupted = flag.stop and bool(pending)
+            for _, future in pending:
+                future.cancel()
+        self.summary.wall_seconds = time.perf_counter() - started
+        return self.summary
+
+
+def _free_cuda_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _distributed() -> Any:
+    """accelerate's process state when launched with several processes (``accelerate launch``), else None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def run_caption(settings: Any, inputs: list[str], out: str, prompt: str, *, batch_size: int = 4, workers: int = 2,
+                shard: str | None = None, summary_path: str | None = None, stdin: Any = None) -> int:
+    from dataclasses import replace
+
     from vqa_cli.engine import Checkpoint, Engine
 
-    videos = expand_inputs(inputs, stdin)
     if not prompt.strip():
         raise UsageError("--prompt must not be empty")
+    if batch_size < 1 or workers < 1:
+        raise UsageError("--batch-size and --workers must be at least 1")
+    videos = expand_inputs(inputs, stdin)
+    if not videos:
+        raise UsageError(f"no videos found in {' '.join(inputs)} (known extensions: "
+                         f"{' '.join(sorted(VIDEO_EXTENSIONS))})")
+    share = parse_shard(shard)
+    if share:
+        videos = [v for v in videos if in_shard(v, *share)]
     sid = settings_id(settings.identity(), prompt)
-    todo = resume(out, videos, sid)
-    skipped = len(videos) - len(todo)
-    if not todo:
-        console.info(f"nothing to do: all {len(videos)} videos already captioned in {out}")
-        return EXIT_OK
 
-    with console.status("reading model config"):
-        checkpoint = Checkpoint(settings.model)
-        budget = checkpoint.budget(settings, [prompt])
-    frames = budget.plan.frames
-    with console.status(f"loading {settings.model}"):
-        started = time.perf_counter()
-        engine = Engine(checkpoint, settings, budget.rope_factor)
-        load_seconds = time.perf_counter() - started
+    state = _distributed()
+    target = out
+    if state is not None:
+        if out == "-":
+            raise UsageError("with several processes, --out must be a file (each process writes a part)")
+        videos = [v for v in videos if in_shard(v, state.process_index, state.num_processes)]
+        target = f"{out}.part{state.process_index}of{state.num_processes}"
+        if settings.device in (None, "auto", "cuda") and state.device.type == "cuda":
+            settings = replace(settings, device=str(state.device))
+    # Under accelerate only the main process rewrites --out (at the merge); the others just read it.
+    done = captioned(out, sid) | captioned(target, sid)
+    todo = [v for v in videos if v not in done]
 
-    errors = 0
-    run_started = time.perf_counter()
-    progress = _progress(len(todo))
-    with writer.JsonlWriter(out) as sink, ThreadPoolExecutor(max_workers=1) as pool, progress:
-        task = progress.add_task("captioning", total=len(todo)) if progress else None
-        pending: list[tuple[str, Future]] = []
-        queue = iter(todo)
-
-        def refill() -> None:
-            while len(pending) < DECODE_AHEAD:
-                video = next(queue, None)
-                if video is None:
-                    return
-                pending.append((video, pool.submit(_decode, video, frames, settings.start, settings.end)))
-
-        refill()
-        while pending:
-            video, future = pending.pop(0)
-            refill()
-            try:
-                clip, decode_seconds = future.result()
-                answer = engine.answer(clip, prompt, timings={"decode": decode_seconds})
-                rec = answer.record(settings, engine)
-                record = {
-                    "video": video,
-                    "caption": rec.pop("answer"),
-                    **{k: rec[k] for k in ("model", "mode", "frames", "frame_indices", "timestamps",
-                                           "duration", "visual_tokens", "rope_factor", "timings")},
-                    "error": None,
-                    "settings_id": sid,
-                }
-            except Exception as exc:  # one bad video must not stop the run
-                known = describe(exc)
-                message = known[2] if known else f"{type(exc).__name__}: {one_line(str(exc))}"
-                kind = known[1] if known else "internal"
-                record = _error_record(video, settings, sid, message, kind)
-                errors += 1
-                if not progress:
-                    console.info(f"{video}: {message}")
-            sink.write(record)
-            if progress:
-                progress.advance(task)
-
-    elapsed = time.perf_counter() - run_started
-    done = len(todo) - errors
-    console.info(
-        f"{done} captioned, {errors} failed, {skipped} already done; "
-        f"{len(todo) / elapsed:.2f} videos/s (model load {load_seconds:.1f}s)"
-        + ("" if out == "-" else f"; written to {out}")
-    )
-    return EXIT_FAILURE if errors else EXIT_OK
+    summary = Summary(videos=len(videos), skipped=len(videos) - len(todo))
+    if todo:
+        with console.status("reading model config"):
+            checkpoint = Checkpoint(settings.model)
+            budget = checkpoint.budget(settings, [prompt])
+        with console.status(f"loading {settings.model}"):
+            started = time.perf_counter()
+            engine = Engine(checkpoint, settings, budget.rope_factor)
+            load_seconds = time.perf_counter() - started
+        resume(target, todo, sid)  # now that the model is up: drop old error records of retried videos
+        captioner = Captioner(engine, settings, prompt, sid, batch_size=batch_size, workers=workers,
+                              frames=budget.plan.frames)
+        with writer.JsonlWriter(target) as sink:
+            summary = captioner.run(todo, sink)
+        summary.videos, summary.skipped, summary.load_seconds = len(videos), len(videos) - len(todo), load_seconds
+    if state is not None:
+        state.wait_for_everyone()
+        if state.is_main_process:
+            merge_parts(out, [f"{out}.part{i}of{state.num_processes}" for i in range(state.num_processes)])
+    console.info(summary.line() if todo else f"nothing to do: all {len(videos)} videos already captioned in {out}")
+    if summary_path:
+        Path(summary_path).write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
+    if summary.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_FAILURE if summary.errors else EXIT_OK
 
 
 def _progress(total: int) -> Any:
-    """A rich progress bar on stderr with count, rate and ETA; None when stderr is not a TTY."""
+    """A rich progress bar on stderr with count, rate and ETA; a falsy no-op when stderr is not a TTY."""
     if not console.stderr_is_tty():
         return _NoProgress()
     from rich.progress import (
@@ -188,16 +389,8 @@ def _progress(total: int) -> Any:
             speed = task.finished_speed or task.speed
             return Text("-- videos/s" if speed is None else f"{speed:.2f} videos/s")
 
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        Rate(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        console=console.stderr,
-    )
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(), TimeElapsedColumn(),
+                    TextColumn("eta"), TimeRemainingColumn(), console=console.stderr)
 
 
 class _NoProgress:

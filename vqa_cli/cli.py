@@ -150,6 +150,12 @@ def caption(
     out: Annotated[str, typer.Option("--out", "-o", help="JSON Lines output (- for stdout); re-runs resume it.")] = "-",
     prompt: Annotated[str | None, typer.Option("--prompt", help="The captioning instruction.",
                                                show_default=False)] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Videos per generate call.")] = 4,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Decode-ahead threads.")] = 2,
+    shard: Annotated[str | None, typer.Option("--shard", help="Take share I of N (I/N, 0-based): array jobs.",
+                                              show_default=False)] = None,
+    summary: Annotated[str | None, typer.Option("--summary", help="Also write the run summary as JSON here.",
+                                                show_default=False)] = None,
     model: Model = None,
     mode: Mode = DEFAULT_MODE,
     frames: Frames = None,
@@ -181,7 +187,8 @@ def caption(
                          stride=stride, slow_frames=slow_frames, fast_grid=fast_grid, pool=pool, guide=guide,
                          guide_model=guide_model, guide_kernel=guide_kernel, rope_scale=rope_scale,
                          rope_type=rope_type, time_prompt=time_prompt)
-    return run_caption(settings, paths, out, prompt if prompt is not None else DEFAULT_CAPTION_PROMPT)
+    return run_caption(settings, paths, out, prompt if prompt is not None else DEFAULT_CAPTION_PROMPT,
+                       batch_size=batch_size, workers=workers, shard=shard, summary_path=summary)
 
 
 @app.command()
@@ -203,6 +210,11 @@ def frames(
 
     if start is not None and end is not None and end <= start:
         raise UsageError("--end must be after --start")
+    if sheet:
+        from vqa_cli.sheet import SHEET_FORMATS
+
+        if not sheet.lower().endswith(tuple(SHEET_FORMATS)):
+            raise UsageError(f"--sheet must end in one of {', '.join(sorted(SHEET_FORMATS))}")
     check_input(video)
     n = frames or modes.default_frames(mode, 32)
     clip = sample_frames(video, n, start=start, end=end)

@@ -46,11 +46,13 @@ class RunSettings:
     guide_model: str = DEFAULT_GUIDE_MODEL  # CLIP model for --guide (prompt-guided pooling)
 
     def identity(self) -> dict:
-        """The settings that decide the output (device and dtype placement excluded)."""
+        """The settings that decide the output: everything but the device placement, with unused
+        knobs left out (the seed when decoding greedily, the guide model without --guide)."""
         d = asdict(self)
         d["mode"] = self.mode.to_dict()
-        for key in ("device",):
-            d.pop(key)
+        d.pop("device")
+        if self.temperature <= 0:
+            d.pop("seed")
         if not self.mode.guide:
             d.pop("guide_model")
         return d
@@ -105,7 +107,7 @@ class Checkpoint:
     def plan(self, settings: RunSettings, num_frames: int) -> modes.TokenPlan:
         g = self.geometry
         return modes.plan_tokens(settings.mode, num_frames, g.grid, g.native_stride, native_ceil=g.native_ceil,
-                                 suffix_tokens=g.video_suffix_tokens)
+                                 suffix_tokens=g.video_suffix_tokens, frame_prefix_tokens=g.frame_prefix_tokens)
 
     def prompt_ids(self, question: str, time_text: str | None = None, media: str = "video") -> list[int]:
         text = prompt.render(self.tokenizer, self.template, f"{time_text}\n{question}" if time_text else question,
@@ -225,17 +227,19 @@ class Engine:
         ``prompt_text`` is what guided pooling (``--guide``) weighs the tokens against."""
         import torch
 
+        from vqa_cli.models.base import FrameFeatures
+
         g = self.checkpoint.geometry
         s = modes.resolve(settings, g.grid, g.native_stride)
         vision_dtype = next(self.adapter.vision_tower(self.model).parameters()).dtype
         with torch.inference_mode():
-            grids = [
+            frames = FrameFeatures.cat([
                 self.adapter.encode_frames(self.model, chunk.to(self.input_device, vision_dtype))
                 for chunk in pixels.split(VISION_CHUNK)
-            ]
-            grid = torch.cat(grids)
+            ])
+            grid = frames.grid
             if s.name == "anyres":
-                return self.adapter.native_tokens(self.model, grid, s.stride)
+                return self.adapter.native_tokens(self.model, frames, s.stride)
             projected = self.adapter.project(self.model, grid)
             if s.name == "slowfast":
                 return modes.slowfast(projected, s.slow_frames, s.fast_grid)
@@ -272,28 +276,10 @@ class Engine:
         on_text: Callable[[str], None] | None = None,
         timings: dict[str, float] | None = None,
     ) -> Answer:
-        import torch
-
         from vqa_cli.generate import generate
 
         timings = dict(timings or {})
-        settings = replace(self.settings, frames=len(clip.indices))
-        if self.uses_image_path(clip):
-            t = time.perf_counter()
-            with torch.inference_mode():
-                features = self.adapter.image_tokens(self.model, self.checkpoint.dir, clip.frames[0])
-            timings["preprocess"], timings["encode"] = 0.0, time.perf_counter() - t
-            n = features.shape[0]
-            plan = modes.TokenPlan("anyres", 1, (modes.Pathway("image", (0,), (n,), n),))
-            budget = self._checked_budget(settings, question, plan)
-        else:
-            budget = self._checked_budget(settings, question)
-            t = time.perf_counter()
-            pixels = self.pixels(clip)
-            timings["preprocess"] = time.perf_counter() - t
-            t = time.perf_counter()
-            features = self.visual_tokens(pixels, self.settings.mode, question)
-            timings["encode"] = time.perf_counter() - t
+        budget, features = self._features(clip, question, timings)
         ids, embeds = self.prompt_inputs(question, clip, features)
         gen = generate(
             self.model,
@@ -308,6 +294,46 @@ class Engine:
         timings["first_token"] = gen.first_token
         timings["generate"] = gen.total
         return Answer(gen.text, clip, budget, timings, gen.tokens, gen.tokens_per_second)
+
+    def answer_batch(self, clips: list[Clip], question: str, timings: list[dict] | None = None) -> list[Answer]:
+        """Several clips, one question, one left-padded batched ``generate`` (captioning)."""
+        from vqa_cli.generate import generate_batch
+
+        timings = [dict(t) for t in (timings or [{} for _ in clips])]
+        budgets, rows = [], []
+        for clip, tm in zip(clips, timings, strict=True):
+            budget, features = self._features(clip, question, tm)
+            budgets.append(budget)
+            rows.append(self.prompt_inputs(question, clip, features))
+        gens = generate_batch(self.model, self.checkpoint.tokenizer, rows, max_new_tokens=self.settings.max_new_tokens,
+                              temperature=self.settings.temperature, seed=self.settings.seed)
+        answers = []
+        for clip, budget, tm, gen in zip(clips, budgets, timings, gens, strict=True):
+            tm["first_token"], tm["generate"] = gen.first_token, gen.total
+            answers.append(Answer(gen.text, clip, budget, tm, gen.tokens, gen.tokens_per_second))
+        return answers
+
+    def _features(self, clip: Clip, question: str, timings: dict[str, float]) -> tuple[Budget, Any]:
+        """Budget check, then the clip's visual tokens (timing preprocess and encode into ``timings``)."""
+        import torch
+
+        settings = replace(self.settings, frames=len(clip.indices))
+        if self.uses_image_path(clip):
+            t = time.perf_counter()
+            with torch.inference_mode():
+                features = self.adapter.image_tokens(self.model, self.checkpoint.dir, clip.frames[0])
+            timings["preprocess"], timings["encode"] = 0.0, time.perf_counter() - t
+            n = features.shape[0]
+            plan = modes.TokenPlan("anyres", 1, (modes.Pathway("image", (0,), (n,), n),))
+            return self._checked_budget(settings, question, plan), features
+        budget = self._checked_budget(settings, question)
+        t = time.perf_counter()
+        pixels = self.pixels(clip)
+        timings["preprocess"] = time.perf_counter() - t
+        t = time.perf_counter()
+        features = self.visual_tokens(pixels, self.settings.mode, question)
+        timings["encode"] = time.perf_counter() - t
+        return budget, features
 
     def _checked_budget(self, settings: RunSettings, question: str, plan: modes.TokenPlan | None = None) -> Budget:
         """This request's budget; it must fit the RoPE factor the weights were loaded with."""

@@ -107,3 +107,73 @@ def generate(
     total = time.perf_counter() - streamer.started
     first = (streamer.first_token_at or time.perf_counter()) - streamer.started
     return Generation(streamer.text.strip(), len(streamer.tokens), first, total)
+
+
+class _FirstTokenClock(BaseStreamer):
+    """Records when the first new tokens arrive (any batch size); the prompt ``put`` is skipped."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.first_token_at: float | None = None
+        self._prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+        elif self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+
+    def end(self) -> None:
+        return None
+
+
+def left_pad(rows: list[tuple[Any, Any]], pad_id: int) -> tuple[Any, Any, Any]:
+    """[(ids [1, L_i], embeds [1, L_i, D])] -> left-padded ids [B, L], embeds [B, L, D], attention mask."""
+    import torch
+
+    width = max(ids.shape[1] for ids, _ in rows)
+    ids_out, emb_out, mask_out = [], [], []
+    for ids, emb in rows:
+        pad = width - ids.shape[1]
+        ids_out.append(torch.cat([ids.new_full((1, pad), pad_id), ids], dim=1))
+        emb_out.append(torch.cat([emb.new_zeros((1, pad, emb.shape[2])), emb], dim=1))
+        mask_out.append(torch.cat([ids.new_zeros((1, pad)), torch.ones_like(ids)], dim=1))
+    return torch.cat(ids_out), torch.cat(emb_out), torch.cat(mask_out)
+
+
+def generate_batch(
+    model: Any,
+    tokenizer: Any,
+    rows: list[tuple[Any, Any]],
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    seed: int | None = None,
+) -> list[Generation]:
+    """Left-padded batched generation for several prompts at once (no streaming)."""
+    import torch
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids, embeds, mask = left_pad(rows, pad_id)
+    clock = _FirstTokenClock()
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=ids,
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            streamer=clock,
+            pad_token_id=pad_id,
+            **sampling_kwargs(temperature, seed),
+        )
+    total = time.perf_counter() - clock.started
+    first = (clock.first_token_at or time.perf_counter()) - clock.started
+    new = out[:, ids.shape[1]:] if out.shape[1] > ids.shape[1] and torch.equal(out[:, :ids.shape[1]], ids) else out
+    eos = model.generation_config.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
+    results = []
+    for row in new.tolist():
+        n = next((i + 1 for i, t in enumerate(row) if t in eos_ids), len(row))
+        text = tokenizer.decode(row[:n], skip_special_tokens=True).strip()
+        results.append(Generation(text, n, first, total))
+    return results

@@ -68,7 +68,8 @@ class ModeSettings:
     guide_kernel: tuple[int, int, int] | None = None  # pooled + guide: 3-D window (= stride)
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
+        """The parameters that are set (unset ones and ``guide=False`` left out)."""
+        return {k: v for k, v in self.__dict__.items() if v is not None and v is not False}
 
 
 @dataclass(frozen=True)
@@ -132,11 +133,13 @@ def plan_tokens(
     *,
     native_ceil: bool = False,
     suffix_tokens: int = 0,
+    frame_prefix_tokens: int = 0,
 ) -> TokenPlan:
     """The visual token layout of a mode, from the geometry alone.
 
-    ``native_ceil`` and ``suffix_tokens`` describe the family's own (anyres) path: whether its
-    pooling rounds the grid up, and tokens it appends once per video.
+    ``native_ceil``, ``suffix_tokens`` and ``frame_prefix_tokens`` describe the family's own
+    (anyres) path: whether its pooling rounds the grid up, tokens it appends once per video, and
+    tokens it puts before each frame's grid (Video-LLaVA's CLS).
     """
     s = resolve(settings, grid, native_stride)
     h, w = grid
@@ -146,7 +149,7 @@ def plan_tokens(
             gh, gw = -(-h // s.stride), -(-w // s.stride)
         else:
             gh, gw = h // s.stride, w // s.stride
-        blocks = [Pathway("frames", every, (gh, gw), num_frames * gh * gw)]
+        blocks = [Pathway("frames", every, (gh, gw), num_frames * (frame_prefix_tokens + gh * gw))]
         if suffix_tokens:
             blocks.append(Pathway("suffix", (), (suffix_tokens,), suffix_tokens))
         return TokenPlan("anyres", num_frames, tuple(blocks))

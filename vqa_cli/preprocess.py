@@ -46,7 +46,8 @@ class ProcessorConfig:
             shortest_edge=shortest if size_hw is None else None,
             size_hw=size_hw,
             resample=int(d.get("resample", 3)),
-            do_center_crop=bool(d.get("do_center_crop", True)),
+            # Unset means: crop when the config names a crop size (SigLIP configs name none).
+            do_center_crop=bool(crop) if d.get("do_center_crop") is None else bool(d["do_center_crop"]),
             crop_hw=(crop.get("height", 336), crop.get("width", 336)) if crop else defaults.crop_hw,
             do_rescale=bool(d.get("do_rescale", True)),
             rescale_factor=float(d.get("rescale_factor", 1 / 255)),

@@ -1,11 +1,15 @@
 """Offline test checkpoints: random weights, real geometry, the real loading path.
 
-``python -m vqa_cli.testing tiny-checkpoint DIR [--family llava-next-video]`` writes a
-checkpoint directory laid out like a hub repository (config, safetensors, tokenizer,
+``python -m vqa_cli.testing tiny-checkpoint DIR [--family llava-next-video|video-llava|llava-onevision]``
+writes a checkpoint directory laid out like a hub repository (config, safetensors, tokenizer,
 processor configs, chat template) so that ``vqa ask clip.mp4 "q" --model DIR`` goes through
 exactly the code a hub checkpoint goes through. Only the hidden sizes are tiny: the vision
-geometry (336 px, patch 14, a 24x24 grid), the text context (4096 positions) and the token
-layout match the real checkpoint, so token counts and RoPE decisions are the real ones.
+geometry, the text context and the token layout match the real checkpoint, so token counts and
+RoPE decisions are the real ones:
+
+- llava-next-video: CLIP 336 px, patch 14 (24x24), Llama with 4096 positions;
+- video-llava: CLIP 224 px, patch 14 (16x16 + CLS), Llama with 4096 positions;
+- llava-onevision: SigLIP 384 px, patch 14 (27x27), Qwen2 with 32768 positions, ChatML template.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 # A small English corpus for the offline BPE tokenizer: enough merges that random weights
 # still produce word-like text when streamed.
@@ -29,9 +34,12 @@ the weather is cloudy and the river flows under an old stone bridge
 
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+SIGLIP_MEAN = [0.5, 0.5, 0.5]
+SIGLIP_STD = [0.5, 0.5, 0.5]
 
-# Vicuna-style template of the LLaVA-NeXT-Video checkpoints: "USER: <video>\n{text} ASSISTANT:".
-LLAVA_NEXT_VIDEO_TEMPLATE = (
+# Vicuna-style template of the LLaVA-NeXT-Video and Video-LLaVA checkpoints:
+# "USER: <video>\n{text} ASSISTANT:".
+VICUNA_TEMPLATE = (
     "{% for message in messages %}"
     "{% if message['role'] == 'system' %}{{ message['content'][0]['text'] + ' ' }}"
     "{% else %}{{ message['role'].upper() + ': ' }}"
@@ -42,11 +50,43 @@ LLAVA_NEXT_VIDEO_TEMPLATE = (
     "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
 )
 
-FAMILIES = ("llava-next-video",)
+# Qwen ChatML of the LLaVA-OneVision / LLaVA-Video checkpoints:
+# "<|im_start|>user\n<video>\n{text}<|im_end|>\n<|im_start|>assistant\n".
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% for item in message['content'] if item['type'] == 'image' %}{{ '<image>' }}{% endfor %}"
+    "{% for item in message['content'] if item['type'] == 'video' %}{{ '<video>' }}{% endfor %}"
+    "{% for item in message['content'] if item['type'] == 'text' %}{{ '\n' + item['text'] }}{% endfor %}"
+    "{{ '<|im_end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+LLAVA_SPECIALS = {"bos": "<s>", "eos": "</s>", "pad": "<unk>", "extra": ("<video>", "<image>")}
+QWEN_SPECIALS = {
+    "bos": None,
+    "eos": "<|im_end|>",
+    "pad": "<|endoftext|>",
+    "extra": ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"),
+}
+
+FAMILIES = ("llava-next-video", "video-llava", "llava-onevision")
+
+# Tiny sizes shared by every recipe: only widths and depths shrink, never the token geometry.
+_TINY_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
+_TINY_TEXT = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "num_key_value_heads": 2}
 
 
-def build_tokenizer(vocab_size: int = 512):
-    """A byte-level BPE tokenizer trained offline, with LLaVA's special tokens."""
+def build_tokenizer(
+    vocab_size: int = 512,
+    *,
+    bos: str | None = "<s>",
+    eos: str = "</s>",
+    pad: str = "<unk>",
+    extra: tuple[str, ...] = ("<video>", "<image>"),
+):
+    """A byte-level BPE tokenizer trained offline, with LLaVA's special tokens (or those given)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -65,112 +105,163 @@ def build_tokenizer(vocab_size: int = 512):
     tok.train_from_iterator(_CORPUS.splitlines(), trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
-        bos_token="<s>",
-        eos_token="</s>",
+        bos_token=bos,
+        eos_token=eos,
         unk_token="<unk>",
-        pad_token="<unk>",
+        pad_token=pad,
         padding_side="left",
     )
-    fast.add_special_tokens({"additional_special_tokens": ["<video>", "<image>"]})
+    fast.add_special_tokens({"additional_special_tokens": list(extra)})
     return fast
 
 
-def _llava_next_video(out: Path, seed: int) -> None:
-    import torch
-    from transformers import (
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaNextVideoConfig,
-        LlavaNextVideoForConditionalGeneration,
+def _text_config(cls: type, tokenizer: Any, context: int, rope_theta: float) -> Any:
+    """A tiny decoder with the real model's context and the tokenizer's special ids."""
+    eos = tokenizer.eos_token_id
+    return cls(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=context,
+        rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=eos,
+        pad_token_id=tokenizer.pad_token_id,
+        **_TINY_TEXT,
     )
 
-    tokenizer = build_tokenizer()
-    tokenizer.chat_template = LLAVA_NEXT_VIDEO_TEMPLATE
-    video_id = tokenizer.convert_tokens_to_ids("<video>")
-    image_id = tokenizer.convert_tokens_to_ids("<image>")
-    vision = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=336,
-        patch_size=14,
-        projection_dim=32,
-    )
-    text = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+
+def _processor(size: dict, crop: dict | None, mean: list[float], std: list[float]) -> dict:
+    """Shared fields of a hub image/video processor config."""
+    return {
+        "do_resize": True,
+        "size": size,
+        "resample": 3,
+        "do_center_crop": crop is not None,
+        "crop_size": crop,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": mean,
+        "image_std": std,
+        "do_convert_rgb": True,
+    }
+
+
+def _clip_processor(side: int) -> dict:
+    return _processor({"shortest_edge": side}, {"height": side, "width": side}, CLIP_MEAN, CLIP_STD)
+
+
+def _save(out: Path, model: Any, tokenizer: Any, template: str, files: dict[str, dict]) -> None:
+    """Weights, tokenizer, chat template and the processor JSON files, laid out like a hub repository."""
+    generation = model.generation_config
+    generation.bos_token_id = tokenizer.bos_token_id
+    generation.eos_token_id = tokenizer.eos_token_id
+    generation.pad_token_id = tokenizer.pad_token_id
+    tokenizer.chat_template = template
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    for name, content in files.items():
+        (out / name).write_text(json.dumps(content, indent=2))
+    (out / "chat_template.json").write_text(json.dumps({"chat_template": template}))
+
+
+def _build(config: Any, class_name: str, seed: int) -> Any:
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    return getattr(transformers, class_name)(config).eval()
+
+
+def _media_ids(tokenizer: Any) -> dict[str, int]:
+    return {
+        "video_token_index": tokenizer.convert_tokens_to_ids("<video>"),
+        "image_token_index": tokenizer.convert_tokens_to_ids("<image>"),
+    }
+
+
+def _llava_next_video(out: Path, seed: int) -> None:
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextVideoConfig
+
+    tokenizer = build_tokenizer(**LLAVA_SPECIALS)
     config = LlavaNextVideoConfig(
-        vision_config=vision,
-        text_config=text,
-        video_token_index=video_id,
-        image_token_index=image_id,
+        vision_config=CLIPVisionConfig(image_size=336, patch_size=14, projection_dim=32, **_TINY_VISION),
+        text_config=_text_config(LlamaConfig, tokenizer, 4096, 10000.0),
         vision_feature_layer=-2,
         vision_feature_select_strategy="default",
         spatial_pool_stride=2,
         spatial_pool_mode="average",
+        **_media_ids(tokenizer),
     )
-    torch.manual_seed(seed)
-    model = LlavaNextVideoForConditionalGeneration(config).eval()
-    model.generation_config.bos_token_id = tokenizer.bos_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    model = _build(config, "LlavaNextVideoForConditionalGeneration", seed)
+    processor = _clip_processor(336)
+    _save(out, model, tokenizer, VICUNA_TEMPLATE, {
+        "preprocessor_config.json": dict(processor, image_processor_type="LlavaNextImageProcessor",
+                                         image_grid_pinpoints=config.image_grid_pinpoints, do_pad=True),
+        "video_preprocessor_config.json": dict(processor, video_processor_type="LlavaNextVideoVideoProcessor"),
+        "processor_config.json": {"processor_class": "LlavaNextVideoProcessor", "patch_size": 14,
+                                  "vision_feature_select_strategy": "default"},
+    })
 
-    processor = {
-        "do_resize": True,
-        "size": {"shortest_edge": 336},
-        "resample": 3,
-        "do_center_crop": True,
-        "crop_size": {"height": 336, "width": 336},
-        "do_rescale": True,
-        "rescale_factor": 1 / 255,
-        "do_normalize": True,
-        "image_mean": CLIP_MEAN,
-        "image_std": CLIP_STD,
-        "do_convert_rgb": True,
-    }
-    image_proc = dict(
-        processor,
-        image_processor_type="LlavaNextImageProcessor",
-        image_grid_pinpoints=config.image_grid_pinpoints,
-        do_pad=True,
+
+def _video_llava(out: Path, seed: int) -> None:
+    """LanguageBind/Video-LLaVA-7B-hf: CLIP ViT-L/14 at 224 (two towers), Vicuna 7B with 4096 positions."""
+    from transformers import CLIPVisionConfig, LlamaConfig, VideoLlavaConfig
+
+    tokenizer = build_tokenizer(**LLAVA_SPECIALS)
+    config = VideoLlavaConfig(
+        vision_config=CLIPVisionConfig(image_size=224, patch_size=14, projection_dim=32, **_TINY_VISION),
+        text_config=_text_config(LlamaConfig, tokenizer, 4096, 10000.0),
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        **_media_ids(tokenizer),
     )
-    video_proc = dict(processor, video_processor_type="LlavaNextVideoVideoProcessor")
-    (out / "preprocessor_config.json").write_text(json.dumps(image_proc, indent=2))
-    (out / "video_preprocessor_config.json").write_text(json.dumps(video_proc, indent=2))
-    (out / "processor_config.json").write_text(
-        json.dumps(
-            {
-                "processor_class": "LlavaNextVideoProcessor",
-                "patch_size": 14,
-                "vision_feature_select_strategy": "default",
-            },
-            indent=2,
-        )
+    model = _build(config, "VideoLlavaForConditionalGeneration", seed)
+    processor = _clip_processor(224)
+    _save(out, model, tokenizer, VICUNA_TEMPLATE, {
+        "preprocessor_config.json": dict(processor, image_processor_type="VideoLlavaImageProcessor"),
+        "video_preprocessor_config.json": dict(processor, video_processor_type="VideoLlavaVideoProcessor"),
+        "processor_config.json": {"processor_class": "VideoLlavaProcessor", "patch_size": 14,
+                                  "vision_feature_select_strategy": "default", "num_additional_image_tokens": 1},
+    })
+
+
+def _llava_onevision(out: Path, seed: int) -> None:
+    """llava-hf/llava-onevision-qwen2-*-ov-hf: SigLIP at 384 px (27x27), Qwen2 with 32768 positions."""
+    from transformers import LlavaOnevisionConfig, Qwen2Config, SiglipVisionConfig
+
+    tokenizer = build_tokenizer(**QWEN_SPECIALS)
+    config = LlavaOnevisionConfig(
+        vision_config=SiglipVisionConfig(image_size=384, patch_size=14, vision_use_head=False, **_TINY_VISION),
+        text_config=_text_config(Qwen2Config, tokenizer, 32768, 1000000.0),
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        **_media_ids(tokenizer),
     )
-    (out / "chat_template.json").write_text(json.dumps({"chat_template": LLAVA_NEXT_VIDEO_TEMPLATE}))
+    model = _build(config, "LlavaOnevisionForConditionalGeneration", seed)
+    # The hub's image processor config names no centre crop; its video processor config, saved by
+    # transformers, writes every setting out, a disabled crop as null.
+    processor = _processor({"height": 384, "width": 384}, None, SIGLIP_MEAN, SIGLIP_STD)
+    image = {k: v for k, v in processor.items() if k not in ("do_center_crop", "crop_size")}
+    _save(out, model, tokenizer, CHATML_TEMPLATE, {
+        "preprocessor_config.json": dict(image, image_processor_type="LlavaOnevisionImageProcessor",
+                                         image_grid_pinpoints=config.image_grid_pinpoints, do_pad=True),
+        "video_preprocessor_config.json": dict(processor, do_center_crop=None,
+                                               video_processor_type="LlavaOnevisionVideoProcessor"),
+        "processor_config.json": {"processor_class": "LlavaOnevisionProcessor", "num_image_tokens": 729,
+                                  "vision_feature_select_strategy": "full", "vision_aspect_ratio": "anyres_max_9"},
+    })
+
+
+_BUILDERS = {"llava-next-video": _llava_next_video, "video-llava": _video_llava, "llava-onevision": _llava_onevision}
 
 
 def tiny_checkpoint(out: str | Path, family: str = "llava-next-video", seed: int = 0) -> Path:
     """Write a random-weight checkpoint of ``family`` with the real geometry into ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    builders = {"llava-next-video": _llava_next_video}
-    if family not in builders:
-        raise ValueError(f"unknown family {family!r}; known: {', '.join(builders)}")
-    builders[family](out, seed)
+    if family not in _BUILDERS:
+        raise ValueError(f"unknown family {family!r}; known: {', '.join(_BUILDERS)}")
+    _BUILDERS[family](out, seed)
     return out
 
 

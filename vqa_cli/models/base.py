@@ -8,10 +8,14 @@ the adapter; the pipeline, modes and prompts only talk to this interface.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    import numpy as np
     import torch
 
 
@@ -31,6 +35,47 @@ class Geometry:
     vocab_size: int
     native_ceil: bool = False  # native pooling rounds the grid up (bilinear to ceil(h/s)) instead of down
     video_suffix_tokens: int = 0  # tokens the native path appends once per video (e.g. a newline embedding)
+    frame_prefix_tokens: int = 0  # tokens the native path puts before each frame's grid (e.g. the CLS token)
+
+
+@dataclass
+class FrameFeatures:
+    """Vision features of T frames before the projector.
+
+    ``grid`` holds the patch tokens, the input of every mode. ``prefix`` holds per-frame tokens
+    that only the family's own path uses, in front of each frame's grid (Video-LLaVA's CLS).
+    """
+
+    grid: torch.Tensor  # [T, h, w, Dv]
+    prefix: torch.Tensor | None = None  # [T, k, Dv]
+
+    def __len__(self) -> int:
+        return int(self.grid.shape[0])
+
+    @classmethod
+    def cat(cls, parts: Sequence[FrameFeatures]) -> FrameFeatures:
+        """Frames encoded in chunks, joined in order."""
+        import torch
+
+        grid = torch.cat([p.grid for p in parts])
+        prefixes = [p.prefix for p in parts if p.prefix is not None]
+        if prefixes and len(prefixes) != len(parts):
+            raise ValueError("some chunks carry prefix tokens and some do not")
+        return cls(grid, torch.cat(prefixes) if prefixes else None)
+
+
+def layer_features(tower: Any, pixels: torch.Tensor, layer: int | Sequence[int]) -> torch.Tensor:
+    """Hidden states [T, L, Dv] of ``layer`` (or of several layers, concatenated on the channels).
+
+    Asks the tower for those layers only, as the models' own ``get_*_features`` do.
+    """
+    import torch
+
+    selection = layer if isinstance(layer, int) else list(layer)
+    out = tower(pixels, output_hidden_states=selection, return_dict=True)
+    if isinstance(layer, int):
+        return out.hidden_states[layer]
+    return torch.cat([out.hidden_states[i] for i in layer], dim=-1)
 
 
 class FamilyAdapter:
@@ -50,7 +95,12 @@ class FamilyAdapter:
         raise NotImplementedError
 
     def video_token_id(self) -> int:
-        raise NotImplementedError
+        return int(self.config.video_token_index)
+
+    def image_token_id(self) -> int | None:
+        """The image placeholder when the family has its own still-image path (``image_tokens``), else None:
+        stills then go through the video path as one frame."""
+        return None
 
     def quant_skip_modules(self) -> list[str]:
         """Module-name prefixes kept in full precision under bitsandbytes.
@@ -63,28 +113,50 @@ class FamilyAdapter:
     def text_config(self) -> Any:
         return self.config.text_config
 
+    def _geometry(self, native_stride: int, **native: Any) -> Geometry:
+        """The geometry of a ViT + decoder checkpoint (``vision_config``/``text_config``); ``native``
+        holds the family's extra native-path facts (``native_ceil``, ``video_suffix_tokens``, ...)."""
+        v, t = self.config.vision_config, self.text_config()
+        side = v.image_size // v.patch_size
+        heads = t.num_attention_heads
+        return Geometry(
+            image_size=v.image_size,
+            grid=(side, side),
+            native_stride=native_stride,
+            vision_hidden=v.hidden_size,
+            text_hidden=t.hidden_size,
+            trained_context=int(t.max_position_embeddings),
+            text_layers=t.num_hidden_layers,
+            kv_heads=getattr(t, "num_key_value_heads", None) or heads,
+            head_dim=getattr(t, "head_dim", None) or t.hidden_size // heads,
+            vocab_size=t.vocab_size,
+            **native,
+        )
+
     # ---- tensors ----------------------------------------------------------------------
-    def encode_frames(self, model: Any, pixels: torch.Tensor) -> torch.Tensor:
-        """Pixels [T, 3, H, W] -> vision features before the projector, as a grid [T, h, w, Dv]."""
+    def encode_frames(self, model: Any, pixels: torch.Tensor) -> FrameFeatures:
+        """Pixels [T, 3, H, W] -> vision features before the projector (grid [T, h, w, Dv])."""
         raise NotImplementedError
 
-    def native_tokens(self, model: Any, grid: torch.Tensor, stride: int | None = None) -> torch.Tensor:
-        """The checkpoint's own video path after the vision tower: grid -> [N, D] in LM space
-        (per-frame pooling, projection, frames concatenated, any per-video extra tokens)."""
+    def native_tokens(self, model: Any, frames: FrameFeatures, stride: int | None = None) -> torch.Tensor:
+        """The checkpoint's own video path after the vision tower: features -> [N, D] in LM space
+        (per-frame pooling, projection, frames concatenated, any per-frame or per-video extra tokens)."""
         raise NotImplementedError
 
-    def image_token_id(self) -> int | None:
-        """The image placeholder id when the family has a separate still-image path, else None."""
-        return None
-
-    def image_tokens(self, model: Any, model_dir: Any, frame: Any) -> torch.Tensor:
-        """A still image [H, W, 3] through the family's own image path -> [N, D] (when it has one)."""
-        raise NotImplementedError
+    def image_tokens(self, model: Any, model_dir: Path, image: np.ndarray) -> torch.Tensor:
+        """One RGB still [H, W, 3] -> [N, D] through the checkpoint's own image path (``image_token_id``)."""
+        raise NotImplementedError(f"{self.name} has no still-image path")
 
     def vision_tower(self, model: Any) -> Any:
         """The module that encodes frames (its parameters' dtype and device take the pixels)."""
         return model.model.vision_tower
 
     def project(self, model: Any, features: torch.Tensor) -> torch.Tensor:
-        """Vision features [..., Dv] -> language-model embeddings [..., D]."""
-        raise NotImplementedError
+        """Vision features [..., Dv] -> language-model embeddings [..., D] (the LLaVA two-layer MLP)."""
+        projector = model.model.multi_modal_projector
+        return projector(features.to(projector.linear_1.weight.dtype))
+
+    def to_grid(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Patch tokens [T, h*w, Dv] in row-major order -> [T, h, w, Dv]."""
+        h, w = self.geometry().grid
+        return tokens.reshape(tokens.shape[0], h, w, tokens.shape[-1])

@@ -2,15 +2,17 @@
 
 CLIP ViT-L/14 at 336 px gives a 24x24 grid per frame from the second-to-last layer with the
 CLS token dropped; the checkpoint's own video path averages 2x2 windows *before* the
-projector (``vision_resampler``), 144 tokens per frame.
+projector (``vision_resampler``), 144 tokens per frame. A still image takes the checkpoint's
+AnyRes image path instead: tiles plus an overview, unpadded, with newline embeddings.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from vqa_cli import modes
-from vqa_cli.models.base import FamilyAdapter, Geometry
+from vqa_cli.models.base import FamilyAdapter, FrameFeatures, Geometry, layer_features
 
 
 class LlavaNextVideoAdapter(FamilyAdapter):
@@ -20,68 +22,36 @@ class LlavaNextVideoAdapter(FamilyAdapter):
     default_frames = 32
 
     def geometry(self) -> Geometry:
-        v, t = self.config.vision_config, self.config.text_config
-        side = v.image_size // v.patch_size
-        heads = t.num_attention_heads
-        return Geometry(
-            image_size=v.image_size,
-            grid=(side, side),
-            native_stride=int(self.config.spatial_pool_stride),
-            vision_hidden=v.hidden_size,
-            text_hidden=t.hidden_size,
-            trained_context=int(t.max_position_embeddings),
-            text_layers=t.num_hidden_layers,
-            kv_heads=getattr(t, "num_key_value_heads", None) or heads,
-            head_dim=getattr(t, "head_dim", None) or t.hidden_size // heads,
-            vocab_size=t.vocab_size,
-        )
-
-    def video_token_id(self) -> int:
-        return int(self.config.video_token_index)
+        return self._geometry(int(self.config.spatial_pool_stride))
 
     def quant_skip_modules(self) -> list[str]:
         return ["lm_head", "model.vision_tower", "model.multi_modal_projector", "model.vision_resampler"]
 
-    def encode_frames(self, model: Any, pixels):
-        inner = model.model
-        layer = self.config.vision_feature_layer
-        out = inner.vision_tower(pixels, output_hidden_states=True, return_dict=True)
-        if isinstance(layer, int):
-            feats = out.hidden_states[layer]
-        else:
-            import torch
-
-            feats = torch.cat([out.hidden_states[i] for i in layer], dim=-1)
+    def encode_frames(self, model: Any, pixels: Any) -> FrameFeatures:
+        feats = layer_features(self.vision_tower(model), pixels, self.config.vision_feature_layer)
         if self.config.vision_feature_select_strategy == "default":
             feats = feats[:, 1:]
-        h, w = self.geometry().grid
-        return feats.reshape(feats.shape[0], h, w, feats.shape[-1])
+        return FrameFeatures(self.to_grid(feats))
 
-    def native_tokens(self, model: Any, grid, stride: int | None = None):
+    def native_tokens(self, model: Any, frames: FrameFeatures, stride: int | None = None) -> Any:
         stride = self.geometry().native_stride if stride is None else stride
         if self.config.spatial_pool_mode != "average":
             raise NotImplementedError(f"spatial_pool_mode={self.config.spatial_pool_mode!r}")
-        pooled = modes.spatial_avg_pool(grid, stride)  # before the projector, as the checkpoint does
+        pooled = modes.spatial_avg_pool(frames.grid, stride)  # before the projector, as the checkpoint does
         return self.project(model, pooled.flatten(0, 2))
 
-    def image_token_id(self) -> int:
+    def image_token_id(self) -> int | None:
         return int(self.config.image_token_index)
 
-    def image_tokens(self, model: Any, model_dir: Any, frame: Any):
-        """A still image through the checkpoint's own AnyRes tiling (its image processor and image path):
-        tiles of the best-fitting grid resolution plus an overview, unpadded, with newline tokens."""
+    def image_tokens(self, model: Any, model_dir: Path, image: Any) -> Any:
         import torch
         from transformers import LlavaNextImageProcessorPil
 
-        processor = LlavaNextImageProcessorPil.from_pretrained(model_dir)
-        inputs = processor(images=[frame], return_tensors="pt")
-        tower = self.vision_tower(model)
-        weight = next(tower.parameters())
+        inputs = LlavaNextImageProcessorPil.from_pretrained(model_dir)(images=[image], return_tensors="pt")
+        param = next(self.vision_tower(model).parameters())
         out = model.model.get_image_features(
-            inputs["pixel_values"].to(weight.device, weight.dtype), inputs["image_sizes"].to(weight.device)
+            pixel_values=inputs["pixel_values"].to(param.device, param.dtype),
+            image_sizes=inputs["image_sizes"].to(param.device),
+            return_dict=True,
         )
-        return torch.cat(list(out.pooler_output), dim=0)
-
-    def project(self, model: Any, features):
-        projector = model.model.multi_modal_projector
-        return projector(features.to(projector.linear_1.weight.dtype))
+        return torch.cat(list(out.pooler_output))

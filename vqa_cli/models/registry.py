@@ -13,8 +13,10 @@ from typing import Any
 from vqa_cli.errors import UnsupportedModelError
 from vqa_cli.models.base import FamilyAdapter
 from vqa_cli.models.llava_next_video import LlavaNextVideoAdapter
+from vqa_cli.models.llava_onevision import LlavaOnevisionAdapter
+from vqa_cli.models.video_llava import VideoLlavaAdapter
 
-FAMILIES: tuple[type[FamilyAdapter], ...] = (LlavaNextVideoAdapter,)
+FAMILIES: tuple[type[FamilyAdapter], ...] = (LlavaNextVideoAdapter, VideoLlavaAdapter, LlavaOnevisionAdapter)
 
 
 @dataclass(frozen=True)
@@ -22,12 +24,23 @@ class KnownCheckpoint:
     alias: str
     repo_id: str
     family: str
-    params: str
+    params: str  # nominal size as the model's name gives it ("7B"); exact counts come from the config
+
+    @property
+    def nominal_parameters(self) -> int:
+        """``params`` as a number: "0.5B" -> 500_000_000."""
+        scale = {"M": 10**6, "B": 10**9}[self.params[-1].upper()]
+        return int(float(self.params[:-1]) * scale)
 
 
 CHECKPOINTS: tuple[KnownCheckpoint, ...] = (
     KnownCheckpoint("llava-next-video-7b", "llava-hf/LLaVA-NeXT-Video-7B-hf", "llava-next-video", "7B"),
     KnownCheckpoint("llava-next-video-7b-dpo", "llava-hf/LLaVA-NeXT-Video-7B-DPO-hf", "llava-next-video", "7B"),
+    KnownCheckpoint("video-llava-7b", "LanguageBind/Video-LLaVA-7B-hf", "video-llava", "7B"),
+    KnownCheckpoint("llava-onevision-0.5b", "llava-hf/llava-onevision-qwen2-0.5b-ov-hf", "llava-onevision", "0.5B"),
+    KnownCheckpoint("llava-onevision-7b", "llava-hf/llava-onevision-qwen2-7b-ov-hf", "llava-onevision", "7B"),
+    # LLaVA-Video has OneVision's architecture; transformers loads it as ``llava_onevision``.
+    KnownCheckpoint("llava-video-7b", "llava-hf/LLaVA-Video-7B-Qwen2-hf", "llava-onevision", "7B"),
 )
 
 DEFAULT_MODEL = "llava-next-video-7b"
@@ -39,6 +52,14 @@ def resolve_alias(name: str) -> str:
         if name.lower() == ckpt.alias:
             return ckpt.repo_id
     return name
+
+
+def find_checkpoint(name: str) -> KnownCheckpoint | None:
+    """The known checkpoint for an alias or hub id, if it is one."""
+    for ckpt in CHECKPOINTS:
+        if name.lower() in (ckpt.alias, ckpt.repo_id.lower()):
+            return ckpt
+    return None
 
 
 def family_for_model_type(model_type: str) -> type[FamilyAdapter]:

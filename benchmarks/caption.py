@@ -1,0 +1,129 @@
+"""Captioning throughput: vqa's pipelined, batched ``caption`` against a naive loop, same run.
+
+Baseline ("naive loop"): for each video, one at a time: an OpenCV seek loop for the frames
+(``CAP_PROP_POS_FRAMES`` then ``read`` per target), the checkpoint's preprocessing, and plain
+transformers ``generate(pixel_values_videos=...)``. vqa: ``vqa caption`` with decode-ahead
+workers and batched generation. Same checkpoint, frames, prompt and greedy decoding.
+
+    python benchmarks/caption.py [--videos 16] [--frames 8] [--batch-size 4] [--model DIR]
+
+Without ``--model`` a tiny random-weight checkpoint with the real geometry is built. Prints a
+markdown table with videos/s and the ratio to the baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+def make_videos(folder: Path, count: int, seconds: float, size: tuple[int, int]) -> list[str]:
+    """Moving-pattern clips (H.264-like load is not needed: mp4v at 30 fps)."""
+    paths = []
+    w, h = size
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        path = folder / f"clip{i:03d}.mp4"
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (w, h))
+        base = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        for t in range(int(seconds * 30)):
+            writer.write(np.roll(base, shift=4 * t, axis=1))
+        writer.release()
+        paths.append(str(path))
+    return paths
+
+
+def naive_loop(model_dir: str, videos: list[str], frames: int, prompt: str, max_new_tokens: int) -> float:
+    """The baseline; returns seconds for all videos (model already loaded, like vqa's timing)."""
+    import torch
+    from transformers import AutoTokenizer, LlavaNextVideoForConditionalGeneration
+
+    from vqa_cli import prompt as prompts
+    from vqa_cli.preprocess import ProcessorConfig, preprocess_frames
+
+    model = LlavaNextVideoForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    template = prompts.load_chat_template(Path(model_dir), tok)
+    cfg = ProcessorConfig.from_dir(model_dir)
+    vid = model.config.video_token_index
+    started = time.perf_counter()
+    for path in videos:
+        cap = cv2.VideoCapture(path)
+        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        kept = []
+        for k in range(frames):
+            cap.set(cv2.CAP_PROP_POS_FRAMES, int((k + 0.5) * total / frames))
+            ok, frame = cap.read()
+            if ok:
+                kept.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+        cap.release()
+        pixels = torch.from_numpy(preprocess_frames(np.stack(kept), cfg))[None]
+        ids = prompts.token_ids(tok, prompts.render(tok, template, prompt))
+        n = len(kept) * (model.config.vision_config.image_size // model.config.vision_config.patch_size // 2) ** 2
+        ids = torch.tensor([prompts.expand_placeholder(ids, vid, n)])
+        with torch.inference_mode():
+            model.generate(input_ids=ids, pixel_values_videos=pixels, attention_mask=torch.ones_like(ids),
+                           max_new_tokens=max_new_tokens, do_sample=False)
+    return time.perf_counter() - started
+
+
+def vqa_caption(model_dir: str, folder: str, out: str, frames: int, prompt: str, max_new_tokens: int,
+                batch_size: int, workers: int) -> float:
+    """vqa's caption; returns the run's wall seconds after model load (from its summary)."""
+    summary = Path(out).with_suffix(".summary.json")
+    cmd = [sys.executable, "-m", "vqa_cli", "caption", folder, "--out", out, "--model", model_dir, "--frames",
+           str(frames), "--max-new-tokens", str(max_new_tokens), "--prompt", prompt, "--batch-size", str(batch_size),
+           "--workers", str(workers), "--dtype", "float32", "--summary", str(summary)]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return json.loads(summary.read_text())["seconds"]["wall"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--videos", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--size", default="640x360")
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--model", help="checkpoint directory (default: a tiny random-weight one)")
+    args = parser.parse_args()
+    prompt = "Describe this video in detail."
+    w, h = (int(x) for x in args.size.split("x"))
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        model_dir = args.model
+        if model_dir is None:
+            from vqa_cli.testing import tiny_checkpoint
+
+            model_dir = str(tiny_checkpoint(work / "tiny"))
+        folder = work / "videos"
+        folder.mkdir()
+        videos = make_videos(folder, args.videos, args.seconds, (w, h))
+        naive = naive_loop(model_dir, videos, args.frames, prompt, args.max_new_tokens)
+        ours = vqa_caption(model_dir, str(folder), str(work / "out.jsonl"), args.frames, prompt,
+                           args.max_new_tokens, args.batch_size, args.workers)
+        ours1 = vqa_caption(model_dir, str(folder), str(work / "out1.jsonl"), args.frames, prompt,
+                            args.max_new_tokens, 1, args.workers)
+    cpu = platform.processor() or platform.machine()
+    print(f"{args.videos} clips of {args.seconds:g} s {args.size} @30 fps, {args.frames} frames, "
+          f"{args.max_new_tokens} new tokens, greedy; {cpu}; model load excluded\n")
+    print("| method | seconds | videos/s | vs naive loop |")
+    print("|---|---|---|---|")
+    for name, secs in [("naive loop (baseline)", naive), (f"vqa caption, batch 1, {args.workers} workers", ours1),
+                       (f"vqa caption, batch {args.batch_size}, {args.workers} workers", ours)]:
+        print(f"| {name} | {secs:.2f} | {args.videos / secs:.2f} | {naive / secs:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
