@@ -160,3 +160,24 @@ def test_frames_plain_output_is_tab_separated(clip_path, capsys):
     code, out, _ = run(["frames", clip_path, "--frames", "3"], capsys)
     lines = out.strip().splitlines()
     assert code == 0 and len(lines) == 3 and all(len(line.split("\t")) == 2 for line in lines)
+
+
+def test_models_lists_every_alias_offline(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    code, out, _ = run(["models", "--json"], capsys)
+    rows = json.loads(out)
+    assert code == 0 and {r["alias"] for r in rows} >= {"llava-next-video-7b", "video-llava-7b",
+                                                         "llava-onevision-0.5b"}
+    assert not any(r["cached"] for r in rows)
+    code, out, _ = run(["models"], capsys)
+    assert code == 0 and out.splitlines()[0].startswith("alias\tfamily")
+
+
+def test_download_without_a_network_is_one_line(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path))
+    code, out, err = run(["download", "llava-onevision-0.5b"], capsys)
+    assert code == 1 and "cannot download" in err and "Traceback" not in err

@@ -31,9 +31,15 @@ def decode(path: str, frames: int, start: float | None, end: float | None) -> tu
 def plan_record(checkpoint, settings, budget) -> dict:
     from vqa_cli import loading, plan
 
-    device = loading.resolve_device(settings.device)
+    # Planning may target a device this machine lacks (--device cuda on a laptop): no availability check.
+    import torch
+
+    device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
     quant = loading.resolve_quant(settings.quant, device)
-    dtype = loading.resolve_dtype(settings.dtype, device)
+    if settings.dtype in (None, "auto") and device.startswith("cuda"):
+        dtype = torch.bfloat16
+    else:
+        dtype = loading.resolve_dtype(settings.dtype, device)
     memory = plan.estimate_memory(checkpoint.adapter, quant, dtype.itemsize, budget.total)
     return {
         "model": settings.model,

@@ -262,6 +262,48 @@ def _frame_pathways(mode: str, num_frames: int, slow_frames: int | None) -> list
     return [{"name": p.name, "frames": list(p.frame_positions)} for p in plan.pathways]
 
 
+@app.command()
+def models(as_json: Json = False) -> int:
+    """List known checkpoints: alias, family, size, memory per quantization, whether cached."""
+    from vqa_cli.catalog import list_models
+
+    rows = list_models()
+    if as_json:
+        console.emit_json(rows)
+        return 0
+    header = ["alias", "family", "params", "disk GB", "4bit GiB", "8bit GiB", "bf16 GiB", "cached"]
+    table = [[r["alias"] + (" *" if r["default"] else ""), r["family"], r["params"],
+              f"{r['disk_gb']:.1f}" + ("~" if r["disk_estimated"] else ""),
+              *(f"{r['memory_gib'][q]:.1f}" + ("~" if r["memory_estimated"] else "") for q in ("4bit", "8bit", "none")),
+              "yes" if r["cached"] else ("config" if r["config_cached"] else "no")] for r in rows]
+    if console.stdout_is_tty():
+        from rich.table import Table
+
+        t = Table(*header, caption="* default; ~ estimated from the nominal size (weights only, fp16)")
+        for row in table:
+            t.add_row(*row)
+        from rich.console import Console
+
+        Console().print(t)
+    else:
+        print("\t".join(header))
+        for row in table:
+            print("\t".join(row))
+    return 0
+
+
+@app.command()
+def download(
+    model: Annotated[str, typer.Argument(help="Alias or hub id.", show_default=False)],
+) -> int:
+    """Fetch a checkpoint (safetensors, configs, tokenizer) into the Hugging Face cache for offline use."""
+    from vqa_cli.catalog import download as fetch
+
+    path = fetch(model, progress=console.stderr_is_tty())
+    print(path)
+    return 0
+
+
 def _version(value: bool) -> None:
     if value:
         print(f"vqa {__version__}")

@@ -115,17 +115,27 @@ def build_tokenizer(
     return fast
 
 
-def _text_config(cls: type, tokenizer: Any, context: int, rope_theta: float) -> Any:
-    """A tiny decoder with the real model's context and the tokenizer's special ids."""
+# The real LLaVA-NeXT-Video-7B sizes (CLIP ViT-L/14-336 + Vicuna-7B), for full-cost benchmarks and --plan:
+# random weights of this geometry cost exactly what the real checkpoint costs.
+_7B_VISION = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16}
+_7B_TEXT = {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
+            "num_key_value_heads": 32, "rms_norm_eps": 1e-5}
+_7B_VOCAB = 32064
+GEOMETRIES = ("tiny", "7b")
+
+
+def _text_config(cls: type, tokenizer: Any, context: int, rope_theta: float, sizes: dict | None = None,
+                 vocab_size: int | None = None) -> Any:
+    """A decoder (tiny unless ``sizes`` says otherwise) with the real model's context and the tokenizer's ids."""
     eos = tokenizer.eos_token_id
     return cls(
-        vocab_size=len(tokenizer),
+        vocab_size=vocab_size or len(tokenizer),
         max_position_embeddings=context,
         rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=eos,
         pad_token_id=tokenizer.pad_token_id,
-        **_TINY_TEXT,
+        **(sizes or _TINY_TEXT),
     )
 
 
@@ -151,13 +161,23 @@ def _clip_processor(side: int) -> dict:
 
 
 def _save(out: Path, model: Any, tokenizer: Any, template: str, files: dict[str, dict]) -> None:
-    """Weights, tokenizer, chat template and the processor JSON files, laid out like a hub repository."""
-    generation = model.generation_config
+    """Weights, tokenizer, chat template and the processor JSON files, laid out like a hub repository.
+
+    ``model`` may be a bare config: then only configs are written (for ``--plan`` and the catalog).
+    """
+    from transformers import GenerationConfig, PreTrainedConfig
+
+    configs_only = isinstance(model, PreTrainedConfig)
+    generation = GenerationConfig.from_model_config(model) if configs_only else model.generation_config
     generation.bos_token_id = tokenizer.bos_token_id
     generation.eos_token_id = tokenizer.eos_token_id
     generation.pad_token_id = tokenizer.pad_token_id
     tokenizer.chat_template = template
-    model.save_pretrained(out)
+    if configs_only:
+        model.save_pretrained(out)
+        generation.save_pretrained(out)
+    else:
+        model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     for name, content in files.items():
         (out / name).write_text(json.dumps(content, indent=2))
@@ -179,20 +199,23 @@ def _media_ids(tokenizer: Any) -> dict[str, int]:
     }
 
 
-def _llava_next_video(out: Path, seed: int) -> None:
+def _llava_next_video(out: Path, seed: int, geometry: str = "tiny", weights: bool = True) -> None:
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextVideoConfig
 
     tokenizer = build_tokenizer(**LLAVA_SPECIALS)
+    big = geometry == "7b"
     config = LlavaNextVideoConfig(
-        vision_config=CLIPVisionConfig(image_size=336, patch_size=14, projection_dim=32, **_TINY_VISION),
-        text_config=_text_config(LlamaConfig, tokenizer, 4096, 10000.0),
+        vision_config=CLIPVisionConfig(image_size=336, patch_size=14, projection_dim=768 if big else 32,
+                                       **(_7B_VISION if big else _TINY_VISION)),
+        text_config=_text_config(LlamaConfig, tokenizer, 4096, 10000.0, _7B_TEXT if big else None,
+                                 _7B_VOCAB if big else None),
         vision_feature_layer=-2,
         vision_feature_select_strategy="default",
         spatial_pool_stride=2,
         spatial_pool_mode="average",
         **_media_ids(tokenizer),
     )
-    model = _build(config, "LlavaNextVideoForConditionalGeneration", seed)
+    model = _build(config, "LlavaNextVideoForConditionalGeneration", seed) if weights else config
     processor = _clip_processor(336)
     _save(out, model, tokenizer, VICUNA_TEMPLATE, {
         "preprocessor_config.json": dict(processor, image_processor_type="LlavaNextImageProcessor",
@@ -255,13 +278,23 @@ def _llava_onevision(out: Path, seed: int) -> None:
 _BUILDERS = {"llava-next-video": _llava_next_video, "video-llava": _video_llava, "llava-onevision": _llava_onevision}
 
 
-def tiny_checkpoint(out: str | Path, family: str = "llava-next-video", seed: int = 0) -> Path:
-    """Write a random-weight checkpoint of ``family`` with the real geometry into ``out``."""
+def tiny_checkpoint(out: str | Path, family: str = "llava-next-video", seed: int = 0, geometry: str = "tiny",
+                    weights: bool = True) -> Path:
+    """Write a random-weight checkpoint of ``family`` with the real geometry into ``out``.
+
+    ``geometry="7b"`` (LLaVA-NeXT-Video) uses the real 7B widths and depths too; ``weights=False``
+    writes configs, tokenizer and template only.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if family not in _BUILDERS:
         raise ValueError(f"unknown family {family!r}; known: {', '.join(_BUILDERS)}")
-    _BUILDERS[family](out, seed)
+    if geometry != "tiny" or not weights:
+        if family != "llava-next-video":
+            raise ValueError("--geometry 7b and --no-weights are available for llava-next-video")
+        _llava_next_video(out, seed, geometry=geometry, weights=weights)
+    else:
+        _BUILDERS[family](out, seed)
     return out
 
 
@@ -272,8 +305,12 @@ def main(argv: list[str] | None = None) -> int:
     tiny.add_argument("dir")
     tiny.add_argument("--family", default="llava-next-video", choices=FAMILIES)
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--geometry", default="tiny", choices=GEOMETRIES,
+                      help="tiny widths (default) or the real 7B sizes (llava-next-video)")
+    tiny.add_argument("--no-weights", action="store_true", help="configs, tokenizer and template only")
     args = parser.parse_args(argv)
-    path = tiny_checkpoint(args.dir, family=args.family, seed=args.seed)
+    path = tiny_checkpoint(args.dir, family=args.family, seed=args.seed, geometry=args.geometry,
+                           weights=not args.no_weights)
     print(path)
     return 0
 
