@@ -29,10 +29,10 @@ def decode(path: str, frames: int, start: float | None, end: float | None) -> tu
 
 
 def plan_record(checkpoint, settings, budget) -> dict:
-    from vqa_cli import loading, plan
-
     # Planning may target a device this machine lacks (--device cuda on a laptop): no availability check.
     import torch
+
+    from vqa_cli import loading, plan
 
     device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
     quant = loading.resolve_quant(settings.quant, device)
