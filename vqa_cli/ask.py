@@ -75,21 +75,43 @@ def print_plan(record: dict, as_json: bool) -> None:
     print("\n".join(lines))
 
 
-def run_ask(settings, video: str, question: str, *, as_json: bool = False, plan_only: bool = False) -> int:
+class StreamPrinter:
+    """Writes streamed text to stdout; stops the spinner at the first piece and trims leading space."""
+
+    def __init__(self, spinner_text: str | None = None) -> None:
+        self.spinner = console.spinner(spinner_text) if spinner_text else None
+        self.started = False
+
+    def __call__(self, text: str) -> None:
+        if not self.started:
+            self.stop()
+            self.started = True
+            text = text.lstrip()
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    def stop(self) -> None:
+        if self.spinner is not None:
+            self.spinner.stop()
+
+
+def open_video(settings, video: str, questions: list[str], *, reserve: int = 0):
+    """Check the input, budget, then load the weights while the frames decode on a worker thread.
+
+    Returns (checkpoint, budget, engine, clip, timings). ``reserve`` adds room for later chat turns.
+    """
+    from dataclasses import replace
+
     from vqa_cli.engine import Checkpoint, Engine
 
-    run_started = time.perf_counter()
     check_input(video)
     with console.status("reading model config"):
         checkpoint = Checkpoint(settings.model)
         # A still image is one frame: budget (and pick the RoPE factor) for that, not the mode's default.
-        budget = checkpoint.budget(settings, [question], num_frames=1 if is_image_path(video) else None)
-    if plan_only:
-        print_plan(plan_record(checkpoint, settings, budget), as_json)
-        return 0
-
+        planning = replace(settings, max_new_tokens=settings.max_new_tokens + reserve)
+        budget = checkpoint.budget(planning, questions, num_frames=1 if is_image_path(video) else None)
     frames = budget.plan.frames
-    # Frames decode on a worker thread while the weights load: OpenCV releases the GIL.
+    # OpenCV releases the GIL, so decoding overlaps the weight loading.
     with ThreadPoolExecutor(max_workers=1) as pool:
         decoding = pool.submit(decode, video, frames, settings.start, settings.end)
         with console.status(f"loading {settings.model}"):
@@ -98,24 +120,30 @@ def run_ask(settings, video: str, question: str, *, as_json: bool = False, plan_
             load_seconds = time.perf_counter() - started
         with console.status(f"decoding {frames} frames"):
             clip, decode_seconds = decoding.result()
+    return checkpoint, budget, engine, clip, {"load": load_seconds, "decode": decode_seconds}
 
-    streaming = not as_json
-    pieces: list[str] = []
-    thinking = console.spinner("encoding video and reading the prompt")
 
-    def on_text(text: str) -> None:
-        if not pieces:
-            thinking.stop()
-            text = text.lstrip()
-        pieces.append(text)
-        sys.stdout.write(text)
-        sys.stdout.flush()
+def run_ask(settings, video: str, questions: list[str], *, as_json: bool = False, plan_only: bool = False) -> int:
+    """One question: streamed answer. Several: one video encode and one shared prefill, then each question."""
+    from vqa_cli.engine import Checkpoint
 
-    timings = {"load": load_seconds, "decode": decode_seconds}
+    run_started = time.perf_counter()
+    if plan_only:
+        check_input(video)
+        checkpoint = Checkpoint(settings.model)
+        budget = checkpoint.budget(settings, questions, num_frames=1 if is_image_path(video) else None)
+        print_plan(plan_record(checkpoint, settings, budget), as_json)
+        return 0
+    _, budget, engine, clip, timings = open_video(settings, video, questions)
+    if len(questions) > 1:
+        return _ask_many(engine, clip, questions, timings, run_started, as_json, video)
+
+    question = questions[0]
+    printer = StreamPrinter(None if as_json else "encoding video and reading the prompt")
     try:
-        answer = engine.answer(clip, question, on_text=on_text if streaming else None, timings=timings)
+        answer = engine.answer(clip, question, on_text=None if as_json else printer, timings=timings)
     finally:
-        thinking.stop()
+        printer.stop()
     timings = answer.timings
     timings["total"] = time.perf_counter() - run_started  # wall clock: decode overlaps load
     record = {"video": video, "question": question, **answer.record(settings, engine)}
@@ -131,3 +159,45 @@ def run_ask(settings, video: str, question: str, *, as_json: bool = False, plan_
                 f"first token {timings['first_token']:.2f}s, {record['tokens_per_second']:.1f} tok/s[/dim]"
             )
     return 0
+
+
+_PER_ANSWER = ("answer", "generated_tokens", "tokens_per_second", "prompt_tokens")
+
+
+def _ask_many(engine, clip, questions: list[str], timings: dict, run_started: float, as_json: bool,
+              video: str) -> int:
+    from vqa_cli.conversation import Conversation
+    from vqa_cli.engine import Answer
+
+    conversation = Conversation.open(engine, clip, " ".join(questions), timings)
+    answers = []
+    for i, question in enumerate(questions):
+        if not as_json:
+            sys.stdout.write(("\n" if i else "") + f"Q: {question}\nA: ")
+        printer = StreamPrinter(None if as_json else "thinking")
+        try:
+            turn = conversation.ask(question, keep=False, on_text=None if as_json else printer)
+        finally:
+            printer.stop()
+        if not as_json:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        gen = turn.generation
+        answers.append({"question": question, "answer": turn.answer, "generated_tokens": gen.tokens,
+                        "tokens_per_second": round(gen.tokens_per_second, 3), "prompt_tokens_fed": turn.fed_tokens,
+                        "timings": {"first_token": round(gen.first_token, 4), "generate": round(gen.total, 4)}})
+    timings["total"] = time.perf_counter() - run_started
+    budget = engine.checkpoint.budget(engine.settings, questions, num_frames=len(clip.indices),
+                                      plan=None if not engine.uses_image_path(clip) else _image_plan(conversation))
+    shared = Answer("", clip, budget, timings, 0, 0.0).record(engine.settings, engine)
+    if as_json:
+        console.emit_json({"video": video, "answers": answers,
+                           **{k: v for k, v in shared.items() if k not in _PER_ANSWER}})
+    return 0
+
+
+def _image_plan(conversation):
+    from vqa_cli import modes
+
+    n = conversation.features.shape[0]
+    return modes.TokenPlan("anyres", 1, (modes.Pathway("image", (0,), (n,), n),))

@@ -107,7 +107,10 @@ def _settings(**kw):
 @app.command()
 def ask(
     video: Annotated[str, typer.Argument(help="Video file (or an image).", show_default=False)],
-    question: Annotated[str, typer.Argument(help="The question.", show_default=False)],
+    questions: Annotated[list[str] | None, typer.Argument(help="One or more questions (the video is encoded once).",
+                                                          show_default=False)] = None,
+    questions_file: Annotated[str | None, typer.Option("--questions", help="More questions, one per line (- = stdin).",
+                                                       show_default=False)] = None,
     model: Model = None,
     mode: Mode = DEFAULT_MODE,
     frames: Frames = None,
@@ -132,15 +135,66 @@ def ask(
     as_json: Json = False,
     plan: Annotated[bool, typer.Option("--plan", help="Show frames, tokens, RoPE and memory without running.")] = False,
 ) -> int:
-    """Answer a question about a video, streaming the answer to stdout."""
+    """Answer questions about a video, streaming the answers to stdout."""
     from vqa_cli.ask import run_ask
+
+    asked = list(questions or []) + _read_questions(questions_file)
+    if not asked:
+        raise UsageError("give a question (or --questions FILE)")
 
     settings = _settings(model=model, mode=mode, frames=frames, start=start, end=end, quant=quant, device=device,
                          dtype=dtype, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
                          stride=stride, slow_frames=slow_frames, fast_grid=fast_grid, pool=pool, guide=guide,
                          guide_model=guide_model, guide_kernel=guide_kernel, rope_scale=rope_scale,
                          rope_type=rope_type, time_prompt=time_prompt)
-    return run_ask(settings, video, question, as_json=as_json, plan_only=plan)
+    return run_ask(settings, video, asked, as_json=as_json, plan_only=plan)
+
+
+def _read_questions(path: str | None) -> list[str]:
+    if not path:
+        return []
+    if path == "-":
+        lines = sys.stdin.read().splitlines()
+    else:
+        try:
+            with open(path, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except OSError as exc:
+            raise UsageError(f"cannot read --questions {path!r}: {exc.strerror}") from None
+    return [line.strip() for line in lines if line.strip()]
+
+
+@app.command()
+def chat(
+    video: Annotated[str, typer.Argument(help="Video file (or an image).", show_default=False)],
+    model: Model = None,
+    mode: Mode = DEFAULT_MODE,
+    frames: Frames = None,
+    start: Start = None,
+    end: End = None,
+    quant: Quant = None,
+    device: Device = None,
+    dtype: Dtype = None,
+    max_new_tokens: MaxNew = 256,
+    temperature: Temperature = 0.0,
+    seed: Seed = None,
+    stride: Stride = None,
+    slow_frames: SlowFrames = None,
+    fast_grid: FastGrid = None,
+    pool: Pool = None,
+    rope_scale: RopeScale = None,
+    rope_type: RopeType = "linear",
+    time_prompt: TimePrompt = False,
+) -> int:
+    """Talk about a video: the conversation stays in the KV cache (/reset, /frames, /save FILE, /quit)."""
+    from vqa_cli.chat import run_chat
+
+    settings = _settings(model=model, mode=mode, frames=frames, start=start, end=end, quant=quant, device=device,
+                         dtype=dtype, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                         stride=stride, slow_frames=slow_frames, fast_grid=fast_grid, pool=pool, guide=False,
+                         guide_model=None, guide_kernel=None, rope_scale=rope_scale, rope_type=rope_type,
+                         time_prompt=time_prompt)
+    return run_chat(settings, video)
 
 
 @app.command()

@@ -127,6 +127,11 @@ _MAX_WORKERS: int | None = None
 # Raw header frame counts above this are not used to plan a counting pass.
 _MAX_PLANNED_FRAMES = 10_000_000
 
+# Keyframe packets decoded per in-memory capture (each batch also decodes frame 0 again).
+_PACKET_BATCH = 32
+# A demuxer-only capture reads at most this many packets from the start to find one.
+_RAW_RESCAN_LIMIT = 20_000
+
 _FRAME_TYPE_I = float(ord("I"))
 _START_CODES = (b"\x00\x00\x01", b"\x00\x00\x00\x01")
 _open_lock = threading.Lock()
@@ -287,29 +292,6 @@ def _open_raw(fs_path: str) -> cv2.VideoCapture | None:
     return cap
 
 
-def _decode_packet(data: bytes) -> np.ndarray | None:
-    """Decode one self-contained intra-coded packet with a fresh in-memory capture (BGR), or None."""
-    # The capture reads from the stream without owning it: keep it alive until release().
-    stream = io.BytesIO(data)
-    with _quiet_opening():
-        try:
-            cap = cv2.VideoCapture(stream, cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, 1])
-        except cv2.error:
-            return None
-    try:
-        if not cap.isOpened():
-            return None
-        ok, frame = cap.read()
-        if not ok or frame is None or cap.get(cv2.CAP_PROP_FRAME_TYPE) != _FRAME_TYPE_I:
-            return None
-        return frame
-    except cv2.error:
-        return None
-    finally:
-        cap.release()
-        stream.close()
-
-
 def _rotate(frame: np.ndarray, degrees: int) -> np.ndarray:
     """Apply a display rotation the way OpenCV's CAP_PROP_ORIENTATION_AUTO does."""
     if degrees == 90:
@@ -443,7 +425,8 @@ class _Index:
     header_frames: int
     header_fps: float
     rotation: int
-    extradata: bytes
+    extradata: bytes  # prepended to packets decoded on their own (start-code codecs only)
+    codec: str  # "h264", "hevc" or the FOURCC in lower case
     _rank: dict[float, int] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -482,6 +465,7 @@ def _scan_index(fs_path: str, deadline: _Deadline) -> _Index | None:
         header_frames = _header_int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
         header_fps = _header_float(cap.get(cv2.CAP_PROP_FPS))
         rotation = int(cap.get(cv2.CAP_PROP_ORIENTATION_META)) % 360
+        codec = _codec_name(cap.get(cv2.CAP_PROP_FOURCC))
         extradata = b""
         extra_index = int(cap.get(cv2.CAP_PROP_CODEC_EXTRADATA_INDEX))
         if extra_index:
@@ -517,7 +501,21 @@ def _scan_index(fs_path: str, deadline: _Deadline) -> _Index | None:
         header_fps=header_fps,
         rotation=rotation if rotation in (90, 180, 270) else 0,
         extradata=extradata if extradata.startswith(_START_CODES) else b"",
+        codec=codec,
     )
+
+
+def _codec_name(fourcc: float) -> str:
+    """CAP_PROP_FOURCC (a codec tag, or FFmpeg's codec name when the container has no tag) -> a name."""
+    try:
+        tag = int(fourcc).to_bytes(4, "little").decode("latin-1").strip("\x00 ").lower()
+    except (OverflowError, ValueError):
+        return ""
+    if tag in ("avc1", "avc3", "h264", "x264", "davc"):
+        return "h264"
+    if tag in ("hev1", "hvc1", "hevc", "h265", "x265"):
+        return "hevc"
+    return tag
 
 
 # --------------------------------------------------------------------------- exact decoding
@@ -747,12 +745,46 @@ def _decode_exact(job: _Job, targets: list[int], eof: bool) -> int:
 # --------------------------------------------------------------------------- keyframe decoding
 
 
+def _nal_types(packet: bytes, codec: str) -> set[int]:
+    """NAL unit types in an Annex B packet (H.264: 5 bits, HEVC: 6 bits after the forbidden bit)."""
+    types = set()
+    at = packet.find(b"\x00\x00\x01")
+    while at >= 0 and at + 3 < len(packet):
+        header = packet[at + 3]
+        types.add(header & 0x1F if codec == "h264" else (header >> 1) & 0x3F)
+        at = packet.find(b"\x00\x00\x01", at + 3)
+    return types
+
+
+def _self_contained(packet: bytes, codec: str) -> bool:
+    """False for keyframe packets that may not decode without earlier packets.
+
+    H.264 keyframes must carry an IDR slice (open-GOP I-frames marked as
+    keyframes may not be output on their own); HEVC ones an IRAP picture.
+    Other codecs are checked after decoding (frame type and frame count).
+    """
+    if codec == "h264":
+        return 5 in _nal_types(packet, codec)
+    if codec == "hevc":
+        return any(16 <= t <= 23 for t in _nal_types(packet, codec))
+    return True
+
+
 class _Packets:
-    """Keyframes decoded on their own: the packet comes from a demuxer-only capture."""
+    """Keyframes decoded from their packets alone, without decoding the frames between them.
+
+    Packets come from a demuxer-only capture (its seeks land on keyframes).  A
+    batch of keyframe packets is decoded by one in-memory capture, always behind
+    the file's first packet: decoders take state from the start of a stream
+    (FFmpeg reads x264's version from the first packet's SEI and works around
+    that encoder's bugs), and frame 0 doubles as the check that the batch
+    decodes to the same pixels as the file does.
+    """
 
     def __init__(self, job: _Job) -> None:
         self.job = job
         self.raw: cv2.VideoCapture | None = None
+        self.at = -1  # decode position of the packet the raw capture read last
         self.decoded = 0
 
     def close(self) -> None:
@@ -760,30 +792,93 @@ class _Packets:
             self.raw.release()
             self.raw = None
 
-    def frame(self, rank: int) -> np.ndarray | None:
-        """Keyframe ``rank`` as RGB (upright), or None when it cannot be decoded on its own."""
-        data = self._packet(rank)
-        if data is None:
+    def decode(self, keys: list[int], reference: np.ndarray) -> tuple[dict[int, np.ndarray], bool]:
+        """Decode keyframes ``keys``; returns (frames found, whether frame 0 matched ``reference``).
+
+        Keyframes whose packets cannot be fetched or do not decode cleanly are
+        left out of the result.
+        """
+        index = self.job.index
+        first = self._packet(0)
+        if first is None:
+            return {}, False
+        packets = {}
+        for k in keys:
+            data = first if k == 0 else self._packet(k)
+            if data is not None and _self_contained(data, index.codec):
+                packets[k] = data
+        frames: dict[int, np.ndarray] = {}
+        batches = [list(packets)[i : i + _PACKET_BATCH] for i in range(0, len(packets), _PACKET_BATCH)] or [[]]
+        for batch in batches:
+            self.job.check()
+            decoded = self._decode_batch(first, [packets[k] for k in batch])
+            if decoded is None:
+                if not frames and not batch:
+                    return {}, False
+                continue
+            head, rest = decoded
+            if not np.array_equal(head, reference):
+                return {}, False
+            frames.update(zip(batch, rest, strict=True))
+        return frames, True
+
+    def _decode_batch(self, first: bytes, packets: list[bytes]) -> tuple[np.ndarray, list[np.ndarray]] | None:
+        """Decode ``first`` + ``packets`` in one in-memory stream: (frame 0, the others) as RGB, or None."""
+        index = self.job.index
+        # The capture reads from the stream without owning it: keep it alive until release().
+        stream = io.BytesIO(index.extradata + first + b"".join(packets))
+        with _quiet_opening():
+            try:
+                cap = cv2.VideoCapture(stream, cv2.CAP_FFMPEG, [])
+            except cv2.error:
+                return None
+        try:
+            if not cap.isOpened():
+                return None
+            frames = []
+            while len(frames) < len(packets) + 1:
+                ok, frame = cap.read()
+                if not ok or frame is None or cap.get(cv2.CAP_PROP_FRAME_TYPE) != _FRAME_TYPE_I:
+                    return None
+                self.decoded += 1
+                frames.append(_to_rgb(_rotate(frame, index.rotation)))
+            if cap.grab():
+                return None  # the packets were split into more frames than they are
+            return frames[0], frames[1:]
+        except cv2.error:
             return None
-        frame = _decode_packet(self.job.index.extradata + data)
-        self.decoded += 1
-        if frame is None:
-            return None
-        return _to_rgb(_rotate(frame, self.job.index.rotation))
+        finally:
+            cap.release()
+            stream.close()
 
     def _packet(self, rank: int) -> bytes | None:
+        """The packet of keyframe ``rank`` (demuxer output, Annex B for H.264/HEVC), or None."""
         index = self.job.index
+        target = index.dpos[rank]
+        earlier = index.key_at_or_before(rank - 1) if rank > 0 else 0
+        span = target - index.dpos[earlier] + 2 * _MAX_REORDER + _SEEK_LEAD
         if self.raw is None:
             self.raw = _open_raw(self.job.fs_path)
+            self.at = -1
             if self.raw is None:
                 return None
-        earlier = index.key_at_or_before(rank - 1) if rank > 0 else 0
-        limit = index.dpos[rank] - index.dpos[earlier] + 2 * _MAX_REORDER + _SEEK_LEAD
-        # A demuxer-only seek lands on the keyframe at or before the time; some
-        # containers (MPEG-TS) land near it instead, so retry from the keyframe before.
-        for start in dict.fromkeys((rank, earlier)):
-            self.raw.set(cv2.CAP_PROP_POS_MSEC, index.ms[start])
-            data = self._scan_to(rank, limit)
+        # Read on when the packet is close ahead; else seek (a demuxer-only seek lands on the
+        # keyframe at or before the time; MPEG-TS lands near it, hence the earlier keyframe);
+        # else read from the start of the file.
+        attempts: list[float | None] = [None] if 0 <= target - self.at <= span else []
+        attempts += [index.ms[rank], index.ms[earlier], -1.0]
+        for start in attempts:
+            if start == -1.0:
+                if target > _RAW_RESCAN_LIMIT:
+                    break
+                self.close()
+                self.raw = _open_raw(self.job.fs_path)
+                self.at = -1
+                if self.raw is None:
+                    return None
+            elif start is not None:
+                self.raw.set(cv2.CAP_PROP_POS_MSEC, start)
+            data = self._scan_to(rank, target + 1 if start == -1.0 else span)
             if data is not None:
                 return data
         return None
@@ -799,12 +894,13 @@ class _Packets:
             found = index.rank(raw.get(cv2.CAP_PROP_POS_MSEC))
             if found is None:
                 return None
+            self.at = index.dpos[found]
             if found == rank:
                 if not raw.get(cv2.CAP_PROP_LRF_HAS_KEY_FRAME):
                     return None
                 ok, packet = raw.retrieve()
                 return packet.tobytes() if ok and packet is not None and packet.size else None
-            if index.dpos[found] > index.dpos[rank]:
+            if self.at > index.dpos[rank]:
                 return None  # passed it
         return None
 
@@ -826,45 +922,39 @@ def _nearest_keys(index: _Index, targets: list[int], allowed: range) -> list[int
 
 
 def _decode_keyframes(job: _Job, keys: list[int]) -> tuple[int, bool]:
-    """Decode the keyframes ``keys`` one packet each, with the end check running beside them.
+    """Decode the keyframes ``keys`` from their packets, with the end check running beside them.
 
-    Returns (frames decoded, whether packet decoding worked); when it does not,
-    nothing but the frame-0 check has been decoded and the caller decodes exactly.
+    Returns (frames decoded, whether packet decoding works for this file).  When
+    it does not, only frame 0 has been decoded and the caller decodes exactly;
+    keyframes that do not decode on their own are decoded exactly here.
     """
     index = job.index
     tail = _Walker(job, threads=1 if _cpu_count() > 1 else 0, keep_first=True)
     packets = _Packets(job)
     try:
         tail.open()
-        # Same pixels as the sequential decoder?  Checked once per file on frame 0.
-        reference = tail.first
-        probe_frame = packets.frame(0)
-        if reference is None or probe_frame is None or not np.array_equal(probe_frame, reference):
-            tail.close()
-            return tail.decoded + packets.decoded, False
-        if 0 in job.wanted:
-            job.frames[0] = reference
+        assert tail.first is not None
         tail_runs = _plan_runs(index, [], eof=True)
-        missing: list[int] = []
         failure: BaseException | None = None
+        frames: dict[int, np.ndarray] = {}
+        works = False
         with ThreadPoolExecutor(max_workers=1) as pool:
             future = pool.submit(_walk_parallel, job, [tail_runs], [tail])
             try:
-                for k in keys:
-                    if k not in job.frames:
-                        frame = packets.frame(k)
-                        if frame is None:
-                            missing.append(k)
-                        else:
-                            job.frames[k] = frame
-            except BaseException as exc:  # noqa: BLE001 - re-raised below, after the end check stops
-                job.stop.set()
+                frames, works = packets.decode(keys, tail.first)
+            except BaseException as exc:  # noqa: BLE001 - re-raised below, once the end check has stopped
                 failure = exc
+            if failure is not None or not works:
+                job.stop.set()
             tail_failure = future.exception()
         for exc in (failure, tail_failure):
             if exc is not None and not isinstance(exc, _Cancelled):
                 raise exc
         decoded = tail.decoded + packets.decoded
+        if not works:
+            return decoded, False
+        job.frames.update(frames)
+        missing = [k for k in keys if k not in job.frames]
         if missing:
             decoded += _decode_exact(job, missing, eof=False)
         return decoded, True

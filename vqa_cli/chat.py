@@ -1,0 +1,94 @@
+"""``vqa chat``: a multi-turn conversation about one video, kept in the KV cache.
+
+Interactive on a terminal (a prompt on stderr, answers streamed to stdout, context use after
+each answer); driven through stdin it reads one message per line and prints one answer per
+line. Commands: ``/reset`` (forget the turns, keep the video), ``/frames``, ``/save FILE``
+(the transcript as JSON), ``/quit`` (or end of input).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from vqa_cli import console
+from vqa_cli.ask import StreamPrinter, open_video
+from vqa_cli.errors import ContextOverflowError
+
+TURN_RESERVE = 1024  # context kept free for later turns when choosing the RoPE factor
+WARN_AT = 0.9  # warn when this share of the context is used
+
+HELP = "commands: /reset  /frames  /save FILE  /quit"
+
+
+def _read(interactive: bool) -> str | None:
+    try:
+        if interactive:
+            return console.stderr.input("[bold cyan]you>[/bold cyan] ")
+        line = sys.stdin.readline()
+        return None if line == "" else line.rstrip("\n")
+    except EOFError:
+        return None
+
+
+def run_chat(settings: Any, video: str) -> int:
+    from vqa_cli.conversation import Conversation
+
+    interactive = sys.stdin.isatty() and console.stderr_is_tty()
+    _, _, engine, clip, _ = open_video(settings, video, ["?"], reserve=TURN_RESERVE)
+    with console.status("encoding the video"):
+        conversation = Conversation.open(engine, clip)
+    limit = conversation.context_limit
+    if interactive:
+        console.stderr.print(f"[dim]{video}: {len(clip.indices)} frames, {conversation.features.shape[0]} visual "
+                             f"tokens, context {limit}. {HELP}[/dim]")
+    turns: list[dict] = []
+    while True:
+        line = _read(interactive)
+        if line is None:
+            break
+        text = line.strip()
+        if not text:
+            continue
+        if text.startswith("/"):
+            command, _, arg = text.partition(" ")
+            if command in ("/quit", "/exit"):
+                break
+            if command == "/reset":
+                conversation.reset()
+                turns.clear()
+                console.info("conversation reset (the video stays encoded)")
+            elif command == "/frames":
+                for idx, ts in zip(clip.indices, clip.timestamps, strict=True):
+                    print(f"{idx}\t{ts:.3f}", flush=True)
+            elif command == "/save":
+                if not arg.strip():
+                    console.error("/save needs a file name")
+                    continue
+                record = {"video": video, "model": settings.model, "mode": settings.mode.name,
+                          "frame_indices": clip.indices, "timestamps": clip.timestamps, "turns": turns}
+                with open(arg.strip(), "w", encoding="utf-8") as f:
+                    json.dump(record, f, ensure_ascii=False, indent=2)
+                console.info(f"saved {len(turns)} turns to {arg.strip()}")
+            else:
+                console.error(f"unknown command {command}; {HELP}")
+            continue
+        printer = StreamPrinter("thinking" if interactive else None)
+        try:
+            turn = conversation.ask(text, keep=True, on_text=printer)
+        except ContextOverflowError as exc:
+            printer.stop()
+            console.error(str(exc))
+            continue
+        finally:
+            printer.stop()
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        turns.append({"question": text, "answer": turn.answer})
+        used = conversation.used_tokens()
+        if interactive:
+            console.stderr.print(f"[dim]context {used}/{limit} tokens[/dim]")
+        if used >= WARN_AT * limit:
+            console.info(f"warning: the context is {used / limit:.0%} full ({used}/{limit}); /reset to start over")
+    return 0

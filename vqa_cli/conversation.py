@@ -1,0 +1,159 @@
+"""Several questions about one video, and multi-turn chat: encode once, reuse the KV cache.
+
+The video is encoded once; its visual tokens sit in the prompt's prefix. Every turn renders the
+whole conversation through the checkpoint's chat template, and only the tokens after the
+longest common prefix with what the KV cache already holds are fed to the model: the cache is
+cropped back to that point and extended. So
+
+- several independent questions (``vqa ask VIDEO Q1 Q2 ...``) share one prefill of the system
+  prompt and video tokens; after each answer the cache is cropped back to that shared prefix,
+  so memory never grows with the number of questions;
+- a chat keeps every turn in the cache and only feeds the new user message (plus the previous
+  answer again in the rare case its text re-tokenizes differently from the ids generated).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from vqa_cli import prompt
+from vqa_cli.errors import ContextOverflowError
+from vqa_cli.generate import Generation, TimedTextStreamer, sampling_kwargs
+from vqa_cli.video import Clip
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+@dataclass
+class Turn:
+    question: str
+    answer: str
+    generation: Generation
+    fed_tokens: int  # prompt tokens this turn had to prefill (the rest came from the cache)
+    context_tokens: int  # tokens in the conversation after this turn
+
+
+@dataclass
+class Conversation:
+    """One clip, its visual tokens, a message history and the KV cache that holds it."""
+
+    engine: Any
+    clip: Clip
+    features: Any  # [N, D] visual tokens, kept to rebuild the cache if a turn diverges before them
+    messages: list[dict] = field(default_factory=list)
+    cache: Any = None
+    cached_ids: list[int] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, engine: Any, clip: Clip, prompt_text: str = "", timings: dict | None = None) -> Conversation:
+        """Encode the clip once and prefill the shared prefix (``prompt_text`` guides --guide pooling)."""
+        timings = {} if timings is None else timings
+        _, features = engine._features(clip, prompt_text, timings)
+        conversation = cls(engine, clip, features)
+        started = time.perf_counter()
+        conversation.prefill()
+        timings["prefill"] = time.perf_counter() - started
+        return conversation
+
+    def prefill(self) -> None:
+        """Run the prompt prefix every question shares (template head, video tokens) into the cache."""
+        import torch
+        from transformers import DynamicCache
+
+        a = self._ids([{"role": "user", "text": "a"}])
+        b = self._ids([{"role": "user", "text": "b"}])
+        shared = a[: common_prefix(a, b)]
+        self.cache = DynamicCache(config=self.engine.model.config)
+        ids_t = torch.tensor([shared], device=self.engine.input_device)
+        with torch.inference_mode():
+            embeds = prompt.embed(self.engine.model, ids_t, self.features, self._placeholder())
+            self.engine.model(inputs_embeds=embeds, attention_mask=torch.ones_like(ids_t),
+                              past_key_values=self.cache, use_cache=True)
+        self.cached_ids = shared
+
+    @property
+    def context_limit(self) -> int:
+        g = self.engine.checkpoint.geometry
+        return int(g.trained_context * self.engine.rope_factor)
+
+    def _ids(self, messages: list[dict]) -> list[int]:
+        """Token ids of the whole conversation, video placeholder expanded, ready for the next answer."""
+        ck, adapter = self.engine.checkpoint, self.engine.adapter
+        image = self.engine.uses_image_path(self.clip)
+        placeholder = adapter.image_token_id() if image else adapter.video_token_id()
+        text = ck.tokenizer.apply_chat_template(
+            self._template_messages(messages, "image" if image else "video"), chat_template=ck.template,
+            tokenize=False, add_generation_prompt=True,
+        )
+        return prompt.expand_placeholder(prompt.token_ids(ck.tokenizer, text), placeholder, self.features.shape[0])
+
+    def _template_messages(self, messages: list[dict], media: str) -> list[dict]:
+        out = []
+        for i, m in enumerate(messages):
+            content: list[dict] = [{"type": media}] if i == 0 else []
+            text = m["text"]
+            if i == 0 and self.engine.settings.time_prompt and media == "video":
+                text = f"{prompt.time_instruction(self.clip.duration, self.clip.timestamps)}\n{text}"
+            content.append({"type": "text", "text": text})
+            out.append({"role": m["role"], "content": content})
+        return out
+
+    def ask(self, question: str, *, keep: bool, on_text: Callable[[str], None] | None = None) -> Turn:
+        """Answer ``question`` after the history; ``keep`` appends the turn to the conversation."""
+        import torch
+
+        engine = self.engine
+        messages = self.messages + [{"role": "user", "text": question}]
+        ids = self._ids(messages)
+        limit = self.context_limit
+        if len(ids) + engine.settings.max_new_tokens > limit:
+            raise ContextOverflowError(
+                f"the conversation needs {len(ids)} + {engine.settings.max_new_tokens} tokens but the context holds "
+                f"{limit}: /reset to start over, or ask with fewer --frames"
+            )
+        if self.cache is None:
+            self.prefill()
+        # Keep at least one token to feed: generate needs a new position to start from.
+        reuse = min(common_prefix(ids, self.cached_ids), len(ids) - 1)
+        if self.cache.get_seq_length() > reuse:
+            self.cache.crop(reuse - self.cache.get_seq_length())
+        ids_t = torch.tensor([ids], device=engine.input_device)
+        with torch.inference_mode():
+            embeds = prompt.embed(engine.model, ids_t, self.features, self._placeholder())
+        streamer = TimedTextStreamer(engine.checkpoint.tokenizer, on_text)
+        tok = engine.checkpoint.tokenizer
+        with torch.inference_mode():
+            out = engine.model.generate(
+                input_ids=ids_t, inputs_embeds=embeds, attention_mask=torch.ones_like(ids_t),
+                past_key_values=self.cache, max_new_tokens=engine.settings.max_new_tokens, streamer=streamer,
+                pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+                **sampling_kwargs(engine.settings.temperature, engine.settings.seed),
+            )
+        total = time.perf_counter() - streamer.started
+        first = (streamer.first_token_at or time.perf_counter()) - streamer.started
+        gen = Generation(streamer.text.strip(), len(streamer.tokens), first, total)
+        full = out[0].tolist()
+        self.cached_ids = full[: self.cache.get_seq_length()]
+        if keep:
+            self.messages = messages + [{"role": "assistant", "text": gen.text}]
+        return Turn(question, gen.text, gen, len(ids) - reuse, self.cache.get_seq_length())
+
+    def _placeholder(self) -> int:
+        adapter = self.engine.adapter
+        return adapter.image_token_id() if self.engine.uses_image_path(self.clip) else adapter.video_token_id()
+
+    def reset(self) -> None:
+        """Forget the turns; the video's prefix stays cached (the next turn shares it)."""
+        self.messages = []
+
+    def used_tokens(self) -> int:
+        return self.cache.get_seq_length() if self.cache is not None else 0
