@@ -184,12 +184,20 @@ def _save(out: Path, model: Any, tokenizer: Any, template: str, files: dict[str,
     (out / "chat_template.json").write_text(json.dumps({"chat_template": template}))
 
 
-def _build(config: Any, class_name: str, seed: int) -> Any:
+def _build(config: Any, class_name: str, seed: int, dtype: Any = None) -> Any:
+    """Random weights; ``dtype`` (e.g. bfloat16 for the 7B geometry) is used while building, so a 7B model
+    never exists in float32 (28 GB)."""
     import torch
     import transformers
 
     torch.manual_seed(seed)
-    return getattr(transformers, class_name)(config).eval()
+    previous = torch.get_default_dtype()
+    if dtype is not None:
+        torch.set_default_dtype(dtype)
+    try:
+        return getattr(transformers, class_name)(config).eval()
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def _media_ids(tokenizer: Any) -> dict[str, int]:
@@ -215,7 +223,12 @@ def _llava_next_video(out: Path, seed: int, geometry: str = "tiny", weights: boo
         spatial_pool_mode="average",
         **_media_ids(tokenizer),
     )
-    model = _build(config, "LlavaNextVideoForConditionalGeneration", seed) if weights else config
+    if weights:
+        import torch
+
+        model = _build(config, "LlavaNextVideoForConditionalGeneration", seed, torch.bfloat16 if big else None)
+    else:
+        model = config
     processor = _clip_processor(336)
     _save(out, model, tokenizer, VICUNA_TEMPLATE, {
         "preprocessor_config.json": dict(processor, image_processor_type="LlavaNextImageProcessor",
