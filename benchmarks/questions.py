@@ -65,7 +65,7 @@ def main() -> None:
             reused = []
             t = time.perf_counter()
             conversation = Conversation.open(engine, clip, " ".join(questions))
-            for i, q in enumerate(questions):
+            for q in questions:
                 conversation.ask(q, keep=False)
                 reused.append(time.perf_counter() - t)  # the first includes the encode and prefix prefill
                 t = time.perf_counter()

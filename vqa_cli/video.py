@@ -808,19 +808,19 @@ class _Packets:
             if data is not None and _self_contained(data, index.codec):
                 packets[k] = data
         frames: dict[int, np.ndarray] = {}
-        batches = [list(packets)[i : i + _PACKET_BATCH] for i in range(0, len(packets), _PACKET_BATCH)] or [[]]
-        for batch in batches:
+        matched = False
+        order = list(packets)
+        for batch in [order[i : i + _PACKET_BATCH] for i in range(0, len(order), _PACKET_BATCH)] or [[]]:
             self.job.check()
             decoded = self._decode_batch(first, [packets[k] for k in batch])
             if decoded is None:
-                if not frames and not batch:
-                    return {}, False
-                continue
+                continue  # these keyframes stay missing
             head, rest = decoded
             if not np.array_equal(head, reference):
                 return {}, False
+            matched = True
             frames.update(zip(batch, rest, strict=True))
-        return frames, True
+        return frames, matched
 
     def _decode_batch(self, first: bytes, packets: list[bytes]) -> tuple[np.ndarray, list[np.ndarray]] | None:
         """Decode ``first`` + ``packets`` in one in-memory stream: (frame 0, the others) as RGB, or None."""
@@ -921,12 +921,12 @@ def _nearest_keys(index: _Index, targets: list[int], allowed: range) -> list[int
     return chosen
 
 
-def _decode_keyframes(job: _Job, keys: list[int]) -> tuple[int, bool]:
+def _decode_keyframes(job: _Job, keys: list[int]) -> tuple[int, int]:
     """Decode the keyframes ``keys`` from their packets, with the end check running beside them.
 
-    Returns (frames decoded, whether packet decoding works for this file).  When
-    it does not, only frame 0 has been decoded and the caller decodes exactly;
-    keyframes that do not decode on their own are decoded exactly here.
+    Returns (frames decoded, keyframes that had to be decoded exactly).  When
+    packet decoding does not work for this file at all, nothing is kept and the
+    second value is -1: the caller decodes exactly.
     """
     index = job.index
     tail = _Walker(job, threads=1 if _cpu_count() > 1 else 0, keep_first=True)
@@ -952,12 +952,12 @@ def _decode_keyframes(job: _Job, keys: list[int]) -> tuple[int, bool]:
                 raise exc
         decoded = tail.decoded + packets.decoded
         if not works:
-            return decoded, False
+            return decoded, -1
         job.frames.update(frames)
         missing = [k for k in keys if k not in job.frames]
         if missing:
             decoded += _decode_exact(job, missing, eof=False)
-        return decoded, True
+        return decoded, len(missing)
     finally:
         tail.close()
         packets.close()
@@ -1224,14 +1224,17 @@ def _sample_indexed(
     job = _Job(path, fs_path, index, set(keys) if mode == "keyframe" else set(targets), deadline)
     decoded = 0
     if mode == "keyframe":
-        decoded, worked = _decode_keyframes(job, keys)
-        if not worked and seek == "auto":
+        decoded, exactly = _decode_keyframes(job, keys)
+        if exactly < 0 and seek == "auto":
             mode = "exact"
             job = _Job(path, fs_path, index, set(targets), deadline)
-        elif not worked:
+        elif exactly < 0:
             job = _Job(path, fs_path, index, set(keys), deadline)
             decoded += _decode_exact(job, keys, eof=True)
             warnings.append("keyframes of this codec do not decode on their own; decoded them exactly")
+        elif exactly:
+            warnings.append(f"{exactly} keyframe{'s' if exactly != 1 else ''} did not decode on their own; "
+                            "decoded exactly")
     if mode == "exact":
         decoded += _decode_exact(job, targets, eof=True)
         chosen = targets
