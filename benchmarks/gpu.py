@@ -72,45 +72,22 @@ def decode_bytes_per_token(model: Any) -> int:
     return total
 
 
-class Clock:
-    """A generate streamer that records when the first and last new tokens arrive."""
-
-    def __init__(self) -> None:
-        self.started = time.perf_counter()
-        self.first = self.last = None
-        self.count = 0
-        self._prompt = False
-
-    def put(self, value: Any) -> None:
-        if not self._prompt:
-            self._prompt = True
-            return
-        now = time.perf_counter()
-        self.first = self.first or now
-        self.last = now
-        self.count += value.numel()
-
-    def end(self) -> None:
-        pass
-
-
 def timed_generate(model: Any, device: str, new_tokens: int, **inputs: Any) -> tuple[float, float]:
     """(seconds to first token, decode tokens/s after it) for greedy generation of exactly ``new_tokens``."""
     import torch
-    from transformers.generation.streamers import BaseStreamer
 
-    class _Clock(Clock, BaseStreamer):
-        pass
+    from vqa_cli.generate import TokenClock
 
-    clock = _Clock()
+    clock = TokenClock()
     sync(device)
     clock.started = time.perf_counter()
     with torch.inference_mode():
         model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                        streamer=clock, temperature=None, top_p=None, top_k=None)
     sync(device)
-    ttft = clock.first - clock.started
-    rate = (clock.count - 1) / (clock.last - clock.first) if clock.count > 1 else 0.0
+    ttft = clock.first_token_at - clock.started
+    span = clock.last_token_at - clock.first_token_at
+    rate = (clock.steps - 1) / span if clock.steps > 1 and span > 0 else 0.0
     return ttft, rate
 
 

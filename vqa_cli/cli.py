@@ -90,10 +90,18 @@ def _mode_settings(mode: str, stride: str | int | None, slow_frames: int | None,
                         guide_kernel=_triple("--guide-kernel", guide_kernel))
 
 
-def _settings(**kw):
+_SETTING_OPTIONS = ("model", "mode", "frames", "start", "end", "quant", "device", "dtype", "max_new_tokens",
+                    "temperature", "seed", "stride", "slow_frames", "fast_grid", "pool", "guide", "guide_model",
+                    "guide_kernel", "rope_scale", "rope_type", "time_prompt")
+
+
+def _settings(options: dict):
+    """RunSettings from a command's shared options (its ``locals()``); options it lacks take their defaults."""
     from vqa_cli.engine import RunSettings
     from vqa_cli.loading import default_model
 
+    kw = {"guide": False, "guide_model": None, "guide_kernel": None,
+          **{k: v for k, v in options.items() if k in _SETTING_OPTIONS}}
     if kw["start"] is not None and kw["end"] is not None and kw["end"] <= kw["start"]:
         raise UsageError("--end must be after --start")
     mode = _mode_settings(kw.pop("mode"), kw.pop("stride"), kw.pop("slow_frames"), kw.pop("fast_grid"),
@@ -142,11 +150,7 @@ def ask(
     if not asked:
         raise UsageError("give a question (or --questions FILE)")
 
-    settings = _settings(model=model, mode=mode, frames=frames, start=start, end=end, quant=quant, device=device,
-                         dtype=dtype, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                         stride=stride, slow_frames=slow_frames, fast_grid=fast_grid, pool=pool, guide=guide,
-                         guide_model=guide_model, guide_kernel=guide_kernel, rope_scale=rope_scale,
-                         rope_type=rope_type, time_prompt=time_prompt)
+    settings = _settings(locals())
     return run_ask(settings, video, asked, as_json=as_json, plan_only=plan)
 
 
@@ -189,11 +193,7 @@ def chat(
     """Talk about a video: the conversation stays in the KV cache (/reset, /frames, /save FILE, /quit)."""
     from vqa_cli.chat import run_chat
 
-    settings = _settings(model=model, mode=mode, frames=frames, start=start, end=end, quant=quant, device=device,
-                         dtype=dtype, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                         stride=stride, slow_frames=slow_frames, fast_grid=fast_grid, pool=pool, guide=False,
-                         guide_model=None, guide_kernel=None, rope_scale=rope_scale, rope_type=rope_type,
-                         time_prompt=time_prompt)
+    settings = _settings(locals())
     return run_chat(settings, video)
 
 
@@ -236,11 +236,7 @@ def caption(
     from vqa_cli.caption import run_caption
     from vqa_cli.prompt import DEFAULT_CAPTION_PROMPT
 
-    settings = _settings(model=model, mode=mode, frames=frames, start=start, end=end, quant=quant, device=device,
-                         dtype=dtype, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                         stride=stride, slow_frames=slow_frames, fast_grid=fast_grid, pool=pool, guide=guide,
-                         guide_model=guide_model, guide_kernel=guide_kernel, rope_scale=rope_scale,
-                         rope_type=rope_type, time_prompt=time_prompt)
+    settings = _settings(locals())
     return run_caption(settings, paths, out, prompt if prompt is not None else DEFAULT_CAPTION_PROMPT,
                        batch_size=batch_size, workers=workers, shard=shard, summary_path=summary)
 

@@ -109,19 +109,23 @@ def generate(
     return Generation(streamer.text.strip(), len(streamer.tokens), first, total)
 
 
-class _FirstTokenClock(BaseStreamer):
-    """Records when the first new tokens arrive (any batch size); the prompt ``put`` is skipped."""
+class TokenClock(BaseStreamer):
+    """Records when new tokens arrive and how many (any batch size); the prompt ``put`` is skipped."""
 
     def __init__(self) -> None:
         self.started = time.perf_counter()
         self.first_token_at: float | None = None
+        self.last_token_at: float | None = None
+        self.steps = 0
         self._prompt_seen = False
 
     def put(self, value: Any) -> None:
         if not self._prompt_seen:
             self._prompt_seen = True
-        elif self.first_token_at is None:
-            self.first_token_at = time.perf_counter()
+            return
+        self.last_token_at = time.perf_counter()
+        self.first_token_at = self.first_token_at or self.last_token_at
+        self.steps += 1
 
     def end(self) -> None:
         return None
@@ -155,7 +159,7 @@ def generate_batch(
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     ids, embeds, mask = left_pad(rows, pad_id)
-    clock = _FirstTokenClock()
+    clock = TokenClock()
     with torch.inference_mode():
         out = model.generate(
             input_ids=ids,

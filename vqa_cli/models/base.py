@@ -135,8 +135,14 @@ class FamilyAdapter:
 
     # ---- tensors ----------------------------------------------------------------------
     def encode_frames(self, model: Any, pixels: torch.Tensor) -> FrameFeatures:
-        """Pixels [T, 3, H, W] -> vision features before the projector (grid [T, h, w, Dv])."""
-        raise NotImplementedError
+        """Pixels [T, 3, H, W] -> vision features before the projector (grid [T, h, w, Dv]).
+
+        The LLaVA default: the configured layer(s), the CLS token dropped under the "default" strategy.
+        """
+        feats = layer_features(self.vision_tower(model), pixels, self.config.vision_feature_layer)
+        if self.config.vision_feature_select_strategy == "default":
+            feats = feats[:, 1:]
+        return FrameFeatures(self.to_grid(feats))
 
     def native_tokens(self, model: Any, frames: FrameFeatures, stride: int | None = None) -> torch.Tensor:
         """The checkpoint's own video path after the vision tower: features -> [N, D] in LM space

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from vqa_cli import modes
-from vqa_cli.models.base import FamilyAdapter, FrameFeatures, Geometry, layer_features
+from vqa_cli.models.base import FamilyAdapter, FrameFeatures, Geometry
 
 
 class LlavaNextVideoAdapter(FamilyAdapter):
@@ -26,12 +26,6 @@ class LlavaNextVideoAdapter(FamilyAdapter):
 
     def quant_skip_modules(self) -> list[str]:
         return ["lm_head", "model.vision_tower", "model.multi_modal_projector", "model.vision_resampler"]
-
-    def encode_frames(self, model: Any, pixels: Any) -> FrameFeatures:
-        feats = layer_features(self.vision_tower(model), pixels, self.config.vision_feature_layer)
-        if self.config.vision_feature_select_strategy == "default":
-            feats = feats[:, 1:]
-        return FrameFeatures(self.to_grid(feats))
 
     def native_tokens(self, model: Any, frames: FrameFeatures, stride: int | None = None) -> Any:
         stride = self.geometry().native_stride if stride is None else stride

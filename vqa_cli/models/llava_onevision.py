@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from vqa_cli.models.base import FamilyAdapter, FrameFeatures, Geometry, layer_features
+from vqa_cli.models.base import FamilyAdapter, FrameFeatures, Geometry
 
 
 def bilinear_pool(grid: Any, stride: int) -> Any:
@@ -39,12 +39,6 @@ class LlavaOnevisionAdapter(FamilyAdapter):
 
     def quant_skip_modules(self) -> list[str]:
         return ["lm_head", "model.vision_tower", "model.multi_modal_projector"]
-
-    def encode_frames(self, model: Any, pixels: Any) -> FrameFeatures:
-        feats = layer_features(self.vision_tower(model), pixels, self.config.vision_feature_layer)
-        if self.config.vision_feature_select_strategy == "default":
-            feats = feats[:, 1:]
-        return FrameFeatures(self.to_grid(feats))
 
     def native_tokens(self, model: Any, frames: FrameFeatures, stride: int | None = None) -> Any:
         import torch
