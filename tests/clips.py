@@ -9,7 +9,9 @@ the index back by averaging the centre of each block.
 from __future__ import annotations
 
 import os
+import shutil
 import struct
+import subprocess
 
 import cv2
 import numpy as np
@@ -162,3 +164,124 @@ def make_rotated_clip(
         cap.release()
     assert rotation in (90.0, 270.0, -90.0), f"rotation patch failed: OpenCV reports {rotation}"
     return path
+
+
+# --------------------------------------------------------------------------- decoding oracle
+
+
+def decode_all(path: str | os.PathLike[str]) -> tuple[list[np.ndarray], list[float]]:
+    """Every frame of a full sequential OpenCV decode (RGB, upright) and its CAP_PROP_POS_MSEC.
+
+    A failed grab followed by good ones is a damaged packet and is skipped, as
+    vqa's counting pass does; 32 failures in a row end the file.
+    """
+    cap = cv2.VideoCapture(os.fspath(path), cv2.CAP_FFMPEG)
+    cap.set(cv2.CAP_PROP_ORIENTATION_AUTO, 1)
+    frames: list[np.ndarray] = []
+    ms: list[float] = []
+    failures = 0
+    try:
+        while failures <= 32:
+            if not cap.grab():
+                failures += 1
+                continue
+            failures = 0
+            frames.append(cv2.cvtColor(cap.retrieve()[1], cv2.COLOR_BGR2RGB))
+            ms.append(cap.get(cv2.CAP_PROP_POS_MSEC))
+    finally:
+        cap.release()
+    return frames, ms
+
+
+# --------------------------------------------------------------------------- clips made by ffmpeg
+
+
+def ffmpeg_clip(
+    path: str | os.PathLike[str],
+    n_frames: int,
+    encoder: list[str],
+    fps: float = 30.0,
+    size: tuple[int, int] = (128, 96),
+    filters: str | None = None,
+) -> str | None:
+    """Encode self-numbering frames with the ffmpeg binary (None when it is not installed).
+
+    ``encoder`` holds the output options, e.g. ``["-c:v", "libx264", "-g", "50"]``;
+    ``filters`` an optional ``-vf`` filter chain (e.g. a setpts expression).
+    """
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        return None
+    path = os.fspath(path)
+    width, height = size
+    raw = b"".join(frame_image(i, size).tobytes() for i in range(n_frames))
+    cmd = [ffmpeg, "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}"]
+    cmd += ["-r", f"{fps:g}", "-i", "-"]
+    if filters:
+        cmd += ["-vf", filters]
+    cmd += [*encoder, path]
+    subprocess.run(cmd, input=raw, check=True, capture_output=True)
+    return path
+
+
+def x264(gop: int, bframes: int, *extra: str) -> list[str]:
+    """libx264 options for a fixed keyframe interval (no scene-cut keyframes) and B-frames."""
+    params = f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes={bframes}"
+    return ["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-x264-params", params, *extra]
+
+
+def audio_only(path: str | os.PathLike[str]) -> str | None:
+    """An AAC-in-MP4 file without any video stream (None without ffmpeg)."""
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        return None
+    path = os.fspath(path)
+    cmd = [ffmpeg, "-v", "error", "-y", "-f", "lavfi", "-i", "sine=frequency=440:duration=1", "-c:a", "aac", path]
+    subprocess.run(cmd, check=True, capture_output=True)
+    return path
+
+
+def claim_fps_mkv(path: str | os.PathLike[str], claimed_fps: float) -> None:
+    """Rewrite a Matroska video track's DefaultDuration so that the header claims ``claimed_fps``.
+
+    The element (ID 0x23E383, an unsigned integer of nanoseconds per frame) is
+    what FFmpeg turns into the stream's average frame rate; the blocks' own
+    timestamps are left alone.  Asserts that OpenCV then reports the claim.
+    """
+    path = os.fspath(path)
+    with open(path, "rb") as fh:
+        data = bytearray(fh.read())
+    at = data.find(b"\x23\xe3\x83")
+    assert at >= 0, "no DefaultDuration element"
+    size_byte = data[at + 3]
+    length = 8 - (size_byte.bit_length() - 1)  # EBML size: the leading 1 bit marks the width
+    assert length == 1, "unexpected DefaultDuration size"
+    width = size_byte & 0x7F
+    value = round(1e9 / claimed_fps)
+    data[at + 4 : at + 4 + width] = value.to_bytes(width, "big")
+    with open(path, "wb") as fh:
+        fh.write(data)
+    cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
+    try:
+        reported = cap.get(cv2.CAP_PROP_FPS)
+    finally:
+        cap.release()
+    assert abs(reported - claimed_fps) < 0.5, f"fps patch failed: OpenCV reports {reported}"
+
+
+def damage(path: str | os.PathLike[str], out: str | os.PathLike[str], at: float, n_bytes: int, seed: int = 0) -> str:
+    """Copy a file with ``n_bytes`` of random garbage written at fraction ``at`` of its size."""
+    data = bytearray(open(path, "rb").read())
+    start = int(len(data) * at)
+    data[start : start + n_bytes] = np.random.default_rng(seed).integers(0, 256, n_bytes, dtype=np.uint8).tobytes()
+    with open(out, "wb") as fh:
+        fh.write(data)
+    return os.fspath(out)
+
+
+def truncate(path: str | os.PathLike[str], out: str | os.PathLike[str], keep: float) -> str:
+    """Copy the first ``keep`` fraction of a file (a download cut short)."""
+    data = open(path, "rb").read()
+    with open(out, "wb") as fh:
+        fh.write(data[: int(len(data) * keep)])
+    return os.fspath(out)

@@ -170,3 +170,11 @@ def test_merge_prefers_a_caption_over_an_error(tmp_path):
     part.write_text(json.dumps({"video": "a", "settings_id": "s", "error": None, "caption": "c"}) + "\n")
     caption.merge_parts(str(out), [str(part)])
     assert _records(out) == [{"video": "a", "settings_id": "s", "error": None, "caption": "c"}] and not part.exists()
+
+
+def test_accelerate_processes_split_a_shard_evenly_again():
+    videos = [f"/data/clip{i:04d}.mp4" for i in range(1000)]
+    shard = [v for v in videos if in_shard(v, 0, 2)]
+    procs = [[v for v in shard if in_shard(v, i, 2, salt="process:")] for i in range(2)]
+    assert sorted(procs[0] + procs[1]) == sorted(shard)
+    assert all(0.4 * len(shard) < len(p) < 0.6 * len(shard) for p in procs)

@@ -15,7 +15,19 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from clips import frame_number, make_clip, make_lying_clip, make_rotated_clip  # noqa: E402
+from clips import (  # noqa: E402
+    audio_only,
+    claim_fps_mkv,
+    damage,
+    decode_all,
+    ffmpeg_clip,
+    frame_number,
+    make_clip,
+    make_lying_clip,
+    make_rotated_clip,
+    truncate,
+    x264,
+)
 
 from vqa_cli import video  # noqa: E402
 from vqa_cli.sheet import PADDING, contact_sheet, label_height, sheet_size  # noqa: E402
@@ -293,6 +305,20 @@ def test_bad_arguments(clip100: str) -> None:
         sample_frames(clip100, 0)
     with pytest.raises(ValueError):
         sample_frames(clip100, 4, timeout=0)
+    bad: list[dict[str, object]] = [
+        {},  # neither num_frames nor fps
+        {"num_frames": 4, "fps": 1.0},  # both
+        {"fps": 0.0},
+        {"fps": -1.0},
+        {"fps": math.nan},
+        {"fps": "fast"},
+        {"num_frames": 4, "max_frames": 0},
+        {"num_frames": 4, "seek": "fast"},
+        {"num_frames": True},
+    ]
+    for kwargs in bad:
+        with pytest.raises(ValueError):
+            sample_frames(clip100, **kwargs)  # type: ignore[arg-type]
 
 
 def test_timeout(clip100: str) -> None:
@@ -387,3 +413,378 @@ def test_broken_timestamps_are_repaired() -> None:
     assert shifted == pytest.approx([0.0, 0.04, 0.08])
     single, interval = video._repair_timestamps([0.0], header_fps=0.0)
     assert single == [0.0] and interval > 0
+
+
+# ------------------------------------------------------------------ seeking: exactness against a full decode
+
+FFMPEG = shutil.which("ffmpeg") is not None
+needs_ffmpeg = pytest.mark.skipif(not FFMPEG, reason="ffmpeg not installed")
+SEEKS = ["exact", "keyframe", "auto"]
+
+
+def assert_real_frames(clip: Clip, oracle: list[np.ndarray]) -> None:
+    """Oracle: a full sequential decode.  Every returned frame is the frame at its index."""
+    assert clip.total_frames == len(oracle)
+    for frame, i in zip(clip.frames, clip.indices, strict=True):
+        assert np.array_equal(frame, oracle[i]), f"frame {i} differs from the sequential decode"
+
+
+@pytest.fixture(scope="module")
+def encoded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Self-numbering 300-frame clips with known keyframe intervals (ffmpeg) plus OpenCV-written ones."""
+    folder = tmp_path_factory.mktemp("encoded")
+    clips = {
+        "mp4v-gop12.mp4": make_clip(folder / "mp4v.mp4", 300, fps=30.0),
+        "mjpg-intra.avi": make_clip(folder / "mjpg.avi", 120, fps=30.0, fourcc="MJPG"),
+    }
+    if FFMPEG:
+        made = {
+            "h264-gop10.mp4": ffmpeg_clip(folder / "g10.mp4", 300, x264(10, 0)),
+            "h264-gop50-bf2.mp4": ffmpeg_clip(folder / "g50.mp4", 300, x264(50, 2)),
+            "h264-gop25-bf3.mkv": ffmpeg_clip(folder / "g25.mkv", 300, x264(25, 3)),
+            "h264-gop50-bf2.ts": ffmpeg_clip(folder / "g50.ts", 300, x264(50, 2)),
+            "h264-open-gop.mkv": ffmpeg_clip(folder / "open.mkv", 300, x264(50, 2, "-x264opts", "open_gop=1")),
+        }
+        clips.update({k: v for k, v in made.items() if v is not None})
+    return clips
+
+
+@pytest.fixture(scope="module")
+def oracles(encoded: dict[str, str]) -> dict[str, list[np.ndarray]]:
+    return {name: decode_all(path)[0] for name, path in encoded.items()}
+
+
+@pytest.mark.parametrize("seek", SEEKS)
+def test_frames_equal_the_sequential_decode_in_every_seek_mode(
+    encoded: dict[str, str], oracles: dict[str, list[np.ndarray]], seek: str
+) -> None:
+    for name, path in encoded.items():
+        total = len(oracles[name])
+        for n in (1, 5, 32):
+            clip = sample_frames(path, n, seek=seek)  # type: ignore[arg-type]
+            assert_real_frames(clip, oracles[name])
+            assert [frame_number(f) for f in clip.frames] == clip.indices, name
+            assert clip.timestamps == [round(i / 30.0, 3) for i in clip.indices], name
+            if clip.seek == "exact":
+                assert clip.indices == uniform_indices(total, n), name
+            assert clip.seek in ("exact", "keyframe") and (seek != "exact" or clip.seek == "exact")
+
+
+def test_exact_mode_decodes_less_than_the_whole_clip(encoded: dict[str, str]) -> None:
+    for name in ("mp4v-gop12.mp4", "h264-gop10.mp4", "h264-gop25-bf3.mkv"):
+        if name in encoded:
+            clip = sample_frames(encoded[name], 3)
+            assert clip.decoded < clip.total_frames, name
+
+
+@needs_ffmpeg
+def test_h264_packets_leave_out_non_reference_frames(encoded: dict[str, str]) -> None:
+    """Frames 0..299 of a GOP-25, 3-B-frame clip: 32 targets need fewer decodes than frames."""
+    clip = sample_frames(encoded["h264-gop25-bf3.mkv"], 32)
+    assert clip.seek == "exact" and clip.indices == uniform_indices(300, 32)
+    assert clip.decoded < 0.8 * clip.total_frames
+
+
+@needs_ffmpeg
+def test_exact_mode_without_packets_seeks_and_grabs(
+    encoded: dict[str, str], oracles: dict[str, list[np.ndarray]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(video, "_PACKETS_FOR_EXACT", False)
+    for name in ("h264-gop50-bf2.mp4", "h264-gop25-bf3.mkv", "h264-gop50-bf2.ts"):
+        for n in (2, 7):
+            clip = sample_frames(encoded[name], n)
+            assert clip.indices == uniform_indices(300, n)
+            assert_real_frames(clip, oracles[name])
+
+
+@needs_ffmpeg
+def test_parallel_captures_give_the_same_frames(encoded: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(video, "_PACKETS_FOR_EXACT", False)
+    monkeypatch.setattr(video, "_PARALLEL_MIN_DECODES", 0)
+    path = encoded["h264-gop10.mp4"]
+    monkeypatch.setattr(video, "_MAX_WORKERS", 1)
+    one = sample_frames(path, 6)
+    monkeypatch.setattr(video, "_MAX_WORKERS", 3)
+    three = sample_frames(path, 6)
+    assert one.indices == three.indices == uniform_indices(300, 6)
+    assert np.array_equal(one.frames, three.frames)
+
+
+@needs_ffmpeg
+def test_packet_decoding_that_disagrees_with_the_file_is_not_used(
+    encoded: dict[str, str], oracles: dict[str, list[np.ndarray]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The per-file check (frame 0 through packets == frame 0 from the file) guards both packet paths."""
+    real = video._PacketDecoder.first_frame
+
+    def wrong(self: video._PacketDecoder) -> np.ndarray | None:
+        frame = real(self)
+        return None if frame is None else 255 - frame
+
+    monkeypatch.setattr(video._PacketDecoder, "first_frame", wrong)
+    name = "h264-gop25-bf3.mkv"
+    for seek in ("exact", "keyframe"):
+        clip = sample_frames(encoded[name], 32, seek=seek)  # type: ignore[arg-type]
+        assert_real_frames(clip, oracles[name])
+
+
+# ------------------------------------------------------------------ keyframe and auto modes
+
+
+@needs_ffmpeg
+def test_keyframe_mode_snaps_targets_to_the_nearest_keyframe(encoded: dict[str, str]) -> None:
+    clip = sample_frames(encoded["h264-gop50-bf2.mp4"], 4, seek="keyframe")
+    # Targets 37, 112, 187, 262; keyframes every 50 frames.
+    assert clip.seek == "keyframe"
+    assert clip.indices == [50, 100, 200, 250]
+    assert clip.timestamps == [round(i / 30.0, 3) for i in clip.indices]
+    assert [frame_number(f) for f in clip.frames] == clip.indices
+    assert not clip.warnings
+
+
+@needs_ffmpeg
+def test_keyframe_mode_decodes_about_one_frame_per_target(encoded: dict[str, str]) -> None:
+    path = encoded["h264-gop10.mp4"]
+    two = sample_frames(path, 2, seek="keyframe")
+    twenty = sample_frames(path, 20, seek="keyframe")
+    assert len(twenty.indices) == 20 and all(i % 10 == 0 for i in twenty.indices)
+    # The fixed part (frame 0 check, end check) is the same; each further keyframe costs one decode.
+    assert twenty.decoded - two.decoded <= len(twenty.indices) - len(two.indices)
+
+
+@needs_ffmpeg
+def test_keyframe_mode_returns_one_frame_per_keyframe_and_says_so(encoded: dict[str, str]) -> None:
+    clip = sample_frames(encoded["h264-gop50-bf2.mp4"], 32, seek="keyframe")
+    assert clip.indices == [0, 50, 100, 150, 200, 250]
+    assert any("share 6 keyframes" in w for w in clip.warnings)
+
+
+@needs_ffmpeg
+def test_keyframe_mode_stays_inside_the_window(encoded: dict[str, str]) -> None:
+    clip = sample_frames(encoded["h264-gop50-bf2.mp4"], 3, start=3.0, end=6.0, seek="keyframe")
+    assert all(3.0 <= t < 6.0 for t in clip.timestamps)
+    assert clip.indices == [100, 150]
+    # No keyframe inside the window: exact frames instead.
+    inside = sample_frames(encoded["h264-gop50-bf2.mp4"], 3, start=3.4, end=4.9, seek="keyframe")
+    assert inside.seek == "exact" and all(3.4 <= t < 4.9 for t in inside.timestamps)
+
+
+@needs_ffmpeg
+def test_keyframe_mode_reaches_open_gop_keyframes_by_seeking(
+    encoded: dict[str, str], oracles: dict[str, list[np.ndarray]]
+) -> None:
+    """Open-GOP I-frames are not IDR frames: they are not decoded from their packet alone."""
+    name = "h264-open-gop.mkv"
+    clip = sample_frames(encoded[name], 4, seek="keyframe")
+    assert clip.seek == "keyframe"
+    assert_real_frames(clip, oracles[name])
+    assert any("decoded them by seeking" in w for w in clip.warnings)
+
+
+def test_auto_mode_is_exact_when_exact_decoding_is_cheap(clip100: str) -> None:
+    clip = sample_frames(clip100, 8, seek="auto")
+    assert clip.seek == "exact" and clip.indices == uniform_indices(N_FRAMES, 8)
+
+
+@needs_ffmpeg
+def test_auto_mode_picks_keyframes_above_the_threshold(
+    encoded: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = encoded["h264-gop50-bf2.mp4"]
+    monkeypatch.setattr(video, "AUTO_KEYFRAME_ABOVE", 50)
+    assert sample_frames(path, 4, seek="auto").seek == "keyframe"
+    # 32 targets share 6 keyframes: auto does not drop frames, it decodes exactly.
+    assert sample_frames(path, 32, seek="auto").seek == "exact"
+    monkeypatch.setattr(video, "AUTO_KEYFRAME_ABOVE", 10_000)
+    assert sample_frames(path, 4, seek="auto").seek == "exact"
+
+
+def test_keyframe_mode_on_an_intra_only_clip_is_exact(encoded: dict[str, str]) -> None:
+    clip = sample_frames(encoded["mjpg-intra.avi"], 7, seek="keyframe")
+    assert clip.indices == uniform_indices(120, 7)
+    assert [frame_number(f) for f in clip.frames] == clip.indices
+
+
+def test_keyframe_mode_applies_rotation(tmp_path: Path) -> None:
+    path = make_rotated_clip(tmp_path / "phone.mp4", 40, size=(64, 48))
+    exact = sample_frames(path, 3)
+    keyframes = sample_frames(path, 3, seek="keyframe")
+    assert keyframes.frames.shape[1:] == (64, 48, 3)
+    oracle, _ = decode_all(path)
+    assert_real_frames(keyframes, oracle)
+    assert_real_frames(exact, oracle)
+
+
+# ------------------------------------------------------------------ sampling by rate
+
+
+def test_fps_sampling_matches_uniform_indices_for_constant_rate(clip100: str) -> None:
+    for rate, count in ((1.0, 10), (2.5, 25), (0.3, 3), (0.01, 1)):
+        clip = sample_frames(clip100, fps=rate)
+        assert clip.indices == uniform_indices(N_FRAMES, count)
+        assert_clip_consistent(clip)
+    assert sample_frames(clip100, fps=1000.0).indices == list(range(N_FRAMES))
+
+
+def test_fps_sampling_in_a_window_and_capped(clip100: str) -> None:
+    window = sample_frames(clip100, fps=2.0, start=2.0, end=5.0)
+    assert window.indices == [22, 27, 32, 37, 42, 47]
+    assert sample_frames(clip100, fps=5.0, max_frames=8).indices == uniform_indices(N_FRAMES, 8)
+    assert sample_frames(clip100, 50, max_frames=4).indices == uniform_indices(N_FRAMES, 4)
+    assert sample_frames(clip100, fps=1.0, end=1000.0).indices == uniform_indices(N_FRAMES, 10)
+
+
+@needs_ffmpeg
+def test_variable_frame_rate_timestamps_and_fps_sampling(tmp_path: Path) -> None:
+    """Frames 0-99 at 30 fps, then 10 fps: timestamps are each frame's own, rate sampling follows time."""
+    expr = "setpts='if(lt(N,100),N/30,100/30+(N-100)/10)/TB'"
+    path = ffmpeg_clip(tmp_path / "vfr.mp4", 200, x264(25, 2, "-fps_mode", "passthrough"), filters=expr)
+    assert path is not None
+    oracle, _ = decode_all(path)
+
+    def time_of(i: int) -> float:
+        return round(i / 30 if i < 100 else 100 / 30 + (i - 100) / 10, 3)
+
+    for seek in SEEKS:
+        clip = sample_frames(path, 6, seek=seek)  # type: ignore[arg-type]
+        assert_real_frames(clip, oracle)
+        assert clip.timestamps == [time_of(i) for i in clip.indices]
+    assert sample_frames(path, 6).indices == uniform_indices(200, 6)
+    rate = sample_frames(path, fps=1.0)  # 13.27 s: 13 one-second slices
+    assert len(rate.indices) == 13
+    assert sum(t < 100 / 30 for t in rate.timestamps) == 3  # the first 3.3 s get 3 slices, not half of them
+    assert clip.duration == pytest.approx(time_of(199) + 1 / 30, abs=2e-3)  # median interval
+
+
+# ------------------------------------------------------------------ headers that lie, damaged files
+
+
+@pytest.mark.parametrize("seek", SEEKS)
+def test_lying_frame_count_in_every_seek_mode(tmp_path: Path, seek: str) -> None:
+    for real, claimed in ((68, 444), (162, 0), (30, 20)):
+        path = make_lying_clip(tmp_path / f"liar{claimed}.avi", real, claimed)
+        oracle, _ = decode_all(path)
+        clip = sample_frames(path, 8, seek=seek)  # type: ignore[arg-type]
+        assert clip.total_frames == real and clip.header_frames == claimed
+        assert_real_frames(clip, oracle)
+        assert max(clip.timestamps) < clip.duration == pytest.approx(real / FPS)
+
+
+@needs_ffmpeg
+@pytest.mark.parametrize("claimed", [187.0, 10.0])
+def test_lying_frame_rate(tmp_path: Path, claimed: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = ffmpeg_clip(tmp_path / "rate.mkv", 250, x264(25, 2), fps=25.0)
+    assert path is not None
+    claim_fps_mkv(path, claimed)
+    oracle, _ = decode_all(path)
+    for packets in (True, False):
+        monkeypatch.setattr(video, "_PACKETS_FOR_EXACT", packets)
+        for seek in SEEKS:
+            clip = sample_frames(path, 5, seek=seek)  # type: ignore[arg-type]
+            assert clip.header_fps == pytest.approx(claimed, abs=0.5)
+            assert clip.fps == pytest.approx(25.0)
+            assert clip.duration == pytest.approx(10.0)
+            assert_real_frames(clip, oracle)
+
+
+def test_damaged_packet_is_skipped_and_reported(tmp_path: Path) -> None:
+    path = make_clip(tmp_path / "clean.avi", 40, fps=25.0, fourcc="MJPG")
+    data = bytearray(Path(path).read_bytes())
+    chunks = [i for i in range(len(data)) if data[i : i + 4] == b"00dc"]
+    frame = chunks[20] + 8 + 100  # inside the 21st JPEG, past its headers
+    data[frame : frame + 60] = np.random.default_rng(1).integers(0, 256, 60, dtype=np.uint8).tobytes()
+    broken = tmp_path / "broken.avi"
+    broken.write_bytes(bytes(data))
+    oracle, _ = decode_all(broken)
+    assert len(oracle) == 39
+    for seek in ("exact", "auto"):
+        clip = sample_frames(str(broken), 10, seek=seek)  # type: ignore[arg-type]
+        assert_real_frames(clip, oracle)
+        assert clip.damaged == 1 and any("skipped 1 undecodable packet" in w for w in clip.warnings)
+    # Keyframe seeking decodes only the keyframes it returns, so it cannot see damage elsewhere:
+    # its frames are still the real frames at their timestamps (indices follow the packets).
+    clip = sample_frames(str(broken), 10, seek="keyframe")
+    assert [frame_number(f) for f in clip.frames] == [round(t * 25) for t in clip.timestamps]
+
+
+@needs_ffmpeg
+@pytest.mark.parametrize("name", ["h264-gop50-bf2.ts", "h264-gop25-bf3.mkv"])
+def test_garbage_in_the_middle_never_breaks_exact_frames(encoded: dict[str, str], tmp_path: Path, name: str) -> None:
+    broken = damage(encoded[name], tmp_path / f"broken{Path(name).suffix}", at=0.5, n_bytes=3000)
+    oracle, _ = decode_all(broken)
+    clip = sample_frames(broken, 32)
+    assert clip.indices == uniform_indices(len(oracle), 32)
+    assert_real_frames(clip, oracle)
+
+
+@pytest.mark.parametrize("name", ["mjpg-intra.avi", "h264-gop25-bf3.mkv", "h264-gop50-bf2.ts"])
+def test_truncated_file(encoded: dict[str, str], tmp_path: Path, name: str) -> None:
+    if name not in encoded:
+        pytest.skip("ffmpeg not installed")
+    cut = truncate(encoded[name], tmp_path / f"cut{Path(name).suffix}", keep=0.7)
+    oracle, _ = decode_all(cut)
+    for seek in SEEKS:
+        clip = sample_frames(cut, 6, seek=seek)  # type: ignore[arg-type]
+        assert_real_frames(clip, oracle)
+        assert max(clip.timestamps) < clip.duration
+
+
+def test_truncated_mp4_without_its_index_is_an_error(tmp_path: Path) -> None:
+    """OpenCV's VideoWriter puts the moov box last: cut short, nothing is decodable."""
+    cut = truncate(make_clip(tmp_path / "whole.mp4", 30), tmp_path / "cut.mp4", keep=0.7)
+    with pytest.raises(VideoError, match="cannot decode"):
+        sample_frames(cut, 4)
+
+
+@pytest.mark.parametrize("seek", SEEKS)
+def test_one_frame_video(tmp_path: Path, seek: str) -> None:
+    path = make_clip(tmp_path / "one.mp4", 1)
+    clip = sample_frames(path, 5, seek=seek)  # type: ignore[arg-type]
+    assert clip.indices == [0] and clip.timestamps == [0.0] and clip.total_frames == 1
+    assert frame_number(clip.frames[0]) == 0
+    assert clip.duration > 0 and clip.fps > 0
+    assert sample_frames(path, fps=30.0).indices == [0]
+
+
+@needs_ffmpeg
+def test_audio_only_file_is_not_a_video(tmp_path: Path) -> None:
+    path = audio_only(tmp_path / "sound.mp4")
+    assert path is not None
+    with pytest.raises(VideoError, match="cannot decode"):
+        sample_frames(path, 4)
+
+
+@pytest.mark.parametrize("seek", SEEKS)
+def test_timeout_in_every_seek_mode(clip100: str, seek: str) -> None:
+    with pytest.raises(VideoError, match="took longer than"):
+        sample_frames(clip100, 4, timeout=1e-9, seek=seek)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ the packet index and its helpers
+
+
+def test_packet_index_matches_the_sequential_decode(encoded: dict[str, str]) -> None:
+    for name, path in encoded.items():
+        index = video._scan_index(path, video._Deadline(path, None))
+        if name == "mjpg-intra.avi":
+            assert index is not None and index.keys == list(range(120))
+        if index is None:
+            continue
+        _, ms = decode_all(path)
+        assert index.ms == ms, name
+        assert index.keys[0] == 0
+
+
+def test_h264_bitstream_helpers() -> None:
+    # ue(v): 1 -> 0, 010 -> 1, 011 -> 2, 00100 -> 3
+    assert video._read_ue(bytes([0b10100110, 0b01000000]), 0) == (0, 1)
+    assert video._read_ue(bytes([0b10100110, 0b01000000]), 1) == (1, 4)
+    assert video._read_ue(bytes([0b10100110, 0b01000000]), 4) == (2, 7)
+    assert video._read_ue(bytes([0b10100110, 0b01000000]), 7) == (3, 12)
+    assert video._read_ue(b"\x00", 0) is None
+    sps, idr, b_nonref = b"\x00\x00\x00\x01\x67\x64", b"\x00\x00\x01\x65\x88\x84", b"\x00\x00\x01\x01\x9e\x00"
+    assert [u[0] for u in video._nal_units(sps + idr)] == [0x67, 0x65]
+    assert video._self_contained(sps + idr, "h264") and not video._self_contained(b_nonref, "h264")
+    assert video._h264_picture(sps + idr) == (True, "I")  # first_mb 0, slice_type 7 -> I
+    assert video._h264_picture(b_nonref)[0] is False
+    assert video._stream_header(sps + idr, "h264") == b"\x00\x00\x00\x01\x67\x64"

@@ -95,6 +95,23 @@ class StreamPrinter:
             self.spinner.stop()
 
 
+def planned_frames(settings) -> int:
+    """The frame count a request will use, from ``config.json`` alone (no transformers import)."""
+    import json
+
+    from vqa_cli import loading, modes
+    from vqa_cli.models.registry import family_for_model_type
+
+    if settings.frames:
+        return settings.frames
+    config = loading.resolve_model_dir(settings.model, weights=False) / "config.json"
+    try:
+        model_type = json.loads(config.read_text())["model_type"]
+    except (OSError, ValueError, KeyError):
+        return modes.default_frames(settings.mode.name, 32)  # the checkpoint check will say what is wrong
+    return modes.default_frames(settings.mode.name, family_for_model_type(model_type).default_frames)
+
+
 def open_video(settings, video: str, questions: list[str], *, reserve: int = 0):
     """Check the input, budget, then load the weights while the frames decode on a worker thread.
 
@@ -105,15 +122,15 @@ def open_video(settings, video: str, questions: list[str], *, reserve: int = 0):
     from vqa_cli.engine import Checkpoint, Engine
 
     check_input(video)
-    with console.status("reading model config"):
-        checkpoint = Checkpoint(settings.model)
-        # A still image is one frame: budget (and pick the RoPE factor) for that, not the mode's default.
-        planning = replace(settings, max_new_tokens=settings.max_new_tokens + reserve)
-        budget = checkpoint.budget(planning, questions, num_frames=1 if is_image_path(video) else None)
-    frames = budget.plan.frames
-    # OpenCV releases the GIL, so decoding overlaps the weight loading.
+    # Decoding starts first (OpenCV releases the GIL), overlapping the imports, the configs and the weights.
+    frames = 1 if is_image_path(video) else planned_frames(settings)
     with ThreadPoolExecutor(max_workers=1) as pool:
         decoding = pool.submit(decode, video, frames, settings.start, settings.end)
+        with console.status("reading model config"):
+            checkpoint = Checkpoint(settings.model)
+            # A still image is one frame: budget (and pick the RoPE factor) for that, not the mode's default.
+            planning = replace(settings, max_new_tokens=settings.max_new_tokens + reserve)
+            budget = checkpoint.budget(planning, questions, num_frames=frames)
         with console.status(f"loading {settings.model}"):
             started = time.perf_counter()
             engine = Engine(checkpoint, settings, budget.rope_factor)

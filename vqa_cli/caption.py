@@ -67,9 +67,12 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return index, count
 
 
-def in_shard(video: str, index: int, count: int) -> bool:
-    """A stable split by the path's hash: the same on every machine and for any input order."""
-    return int(hashlib.sha1(video.encode()).hexdigest(), 16) % count == index
+def in_shard(video: str, index: int, count: int, salt: str = "") -> bool:
+    """A stable split by the path's hash: the same on every machine and for any input order.
+
+    ``salt`` makes independent splits: accelerate's processes split a ``--shard`` evenly again.
+    """
+    return int(hashlib.sha1((salt + video).encode()).hexdigest(), 16) % count == index
 
 
 def settings_id(identity: dict, prompt: str) -> str:
@@ -334,7 +337,7 @@ def run_caption(settings: Any, inputs: list[str], out: str, prompt: str, *, batc
     if state is not None:
         if out == "-":
             raise UsageError("with several processes, --out must be a file (each process writes a part)")
-        videos = [v for v in videos if in_shard(v, state.process_index, state.num_processes)]
+        videos = [v for v in videos if in_shard(v, state.process_index, state.num_processes, salt="process:")]
         target = f"{out}.part{state.process_index}of{state.num_processes}"
         if settings.device in (None, "auto", "cuda") and state.device.type == "cuda":
             settings = replace(settings, device=str(state.device))
@@ -363,6 +366,8 @@ def run_caption(settings: Any, inputs: list[str], out: str, prompt: str, *, batc
             merge_parts(out, [f"{out}.part{i}of{state.num_processes}" for i in range(state.num_processes)])
     console.info(summary.line() if todo else f"nothing to do: all {len(videos)} videos already captioned in {out}")
     if summary_path:
+        if state is not None:  # one summary per process, next to its part file
+            summary_path = f"{summary_path}.part{state.process_index}of{state.num_processes}"
         Path(summary_path).write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
     if summary.interrupted:
         return EXIT_INTERRUPTED

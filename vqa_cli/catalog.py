@@ -140,7 +140,10 @@ def download(name: str, progress: bool = True) -> Path:
     if not progress:
         disable_progress_bars()
     try:
-        return loading.resolve_model_dir(name, weights=True)
+        path = loading.resolve_model_dir(name, weights=True)
+        if path.is_relative_to(hub_cache_dir()) and weight_files(path) is None:
+            raise ModelNotCachedError(f"{name!r}: only its configs are in the cache and the hub cannot be reached")
+        return path
     except ModelNotCachedError as exc:
         raise ModelNotCachedError(f"cannot download {name!r}: the hub cannot be reached") from exc
     finally:

@@ -68,8 +68,12 @@ def run_chat(settings: Any, video: str) -> int:
                     continue
                 record = {"video": video, "model": settings.model, "mode": settings.mode.name,
                           "frame_indices": clip.indices, "timestamps": clip.timestamps, "turns": turns}
-                with open(arg.strip(), "w", encoding="utf-8") as f:
-                    json.dump(record, f, ensure_ascii=False, indent=2)
+                try:
+                    with open(arg.strip(), "w", encoding="utf-8") as f:
+                        json.dump(record, f, ensure_ascii=False, indent=2)
+                except OSError as exc:
+                    console.error(f"cannot save to {arg.strip()!r}: {exc.strerror}")
+                    continue
                 console.info(f"saved {len(turns)} turns to {arg.strip()}")
             else:
                 console.error(f"unknown command {command}; {HELP}")
@@ -80,6 +84,8 @@ def run_chat(settings: Any, video: str) -> int:
         except ContextOverflowError as exc:
             printer.stop()
             console.error(str(exc))
+            if not interactive:  # keep one answer line per message for scripts
+                print(flush=True)
             continue
         finally:
             printer.stop()

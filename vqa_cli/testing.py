@@ -322,8 +322,11 @@ def main(argv: list[str] | None = None) -> int:
                       help="tiny widths (default) or the real 7B sizes (llava-next-video)")
     tiny.add_argument("--no-weights", action="store_true", help="configs, tokenizer and template only")
     args = parser.parse_args(argv)
-    path = tiny_checkpoint(args.dir, family=args.family, seed=args.seed, geometry=args.geometry,
-                           weights=not args.no_weights)
+    try:
+        path = tiny_checkpoint(args.dir, family=args.family, seed=args.seed, geometry=args.geometry,
+                               weights=not args.no_weights)
+    except ValueError as exc:
+        parser.error(str(exc))
     print(path)
     return 0
 

@@ -1,34 +1,40 @@
 """Frame sampling with OpenCV: a video (or image) file -> sampled RGB frames with timestamps.
 
 Container headers are not trusted: the frame count and frame rate a file claims
-are often wrong.  Instead the file is first read in OpenCV's demuxer-only mode
-(``CAP_PROP_FORMAT=-1``), which costs no decoding: every video packet's own
-presentation time and keyframe flag become a *packet index* (frame i is the
-packet with the i-th smallest presentation time).  With that index:
+are often wrong.  The file is first read in OpenCV's demuxer-only mode
+(``CAP_PROP_FORMAT=-1``), which decodes nothing: each video packet's own
+presentation time and keyframe flag make a *packet index* (frame i is the packet
+with the i-th smallest presentation time).  With it:
 
-* ``seek="exact"`` decodes as little as possible and still returns exactly the
-  frames a full sequential decode gives at the requested indices.  Targets are
-  grouped into runs: inside a run the decoder grabs forward (``grab()`` without
-  colour conversion; only kept frames are ``retrieve()``-d), a new run starts
-  with a seek when the next target lies further away than a seek costs.  The
-  FFmpeg backend's seek lands on the keyframe at least 16 frames before the
-  requested one and decodes forward from there, which the planner models.  Every
-  grabbed frame is identified by its own timestamp (``CAP_PROP_POS_MSEC``) and
-  checked against the index, also right after a seek.  Runs are spread over
-  several captures in threads when the machine has cores to spare.
+* ``seek="exact"`` returns exactly the frames a full sequential decode gives at
+  the requested indices, decoding as little as possible, in one of two ways.
+  Seek and grab: targets are grouped into runs; inside a run a capture grabs
+  forward (``grab()`` decodes without colour conversion; only kept frames are
+  ``retrieve()``-d); a run starts with a seek when the next target lies further
+  away than a seek costs.  OpenCV's FFmpeg backend seeks to the keyframe at least
+  16 frames before the requested one and decodes forward, which the planner
+  models.  Every grabbed frame is identified by its own timestamp
+  (``CAP_PROP_POS_MSEC``) and checked against the index, also right after a
+  seek.  Runs are spread over one capture per core, in threads.  Packets (H.264,
+  when that decodes clearly fewer frames): per keyframe interval, the packets from
+  the keyframe to the last target are read in demuxer-only mode, non-reference
+  frames that are not targets are left out, and the rest is decoded by an
+  in-memory capture; checked once per file against the file's own decoder
+  (frame 0 and the last frame must match pixel for pixel).
 * ``seek="keyframe"`` snaps each target to its nearest keyframe and decodes only
-  that keyframe: the packet is read in demuxer-only mode (a demuxer-only seek
-  lands exactly on a keyframe) and decoded on its own by a fresh in-memory
-  capture, which is verified once per file to give the same pixels as the
-  sequential decoder.
+  keyframes, from their packets (same checks); where keyframes do not decode from
+  their packets alone (VP8/VP9, Theora, open-GOP H.264) they are reached by seeking.
 * ``seek="auto"`` uses keyframe seeking when exact decoding would decode more
-  than ``AUTO_KEYFRAME_ABOVE`` frames and every target has a keyframe of its own.
+  than ``AUTO_KEYFRAME_ABOVE`` frames, every target has a keyframe of its own and
+  keyframe seeking would decode fewer frames; exact decoding otherwise.
 
-The index is trusted only after a cheap end check: seeking to the index's last
-frame must decode it and nothing may follow it.  Whenever the decoder disagrees
-with the index (damaged or truncated files, timestamps that repeat or jump back,
+The index is trusted after a cheap end check: seeking to its last frame must
+decode that frame and nothing may follow.  Whenever the decoder disagrees with
+the index (damaged or truncated files, timestamps that repeat or jump back,
 streams that do not start with a keyframe), a counting pass decodes the whole
-file sequentially instead, skipping and reporting undecodable packets.
+file sequentially instead, skipping and reporting undecodable packets.  Damage in
+parts of a file that are not decoded cannot be seen; there indices follow the
+packets (timestamps are always the frames' own).
 """
 
 from __future__ import annotations
@@ -94,8 +100,8 @@ SeekMode = Literal["exact", "keyframe", "auto"]
 SEEK_MODES: tuple[str, ...] = ("exact", "keyframe", "auto")
 
 # seek="auto" switches to keyframe seeking when exact decoding would decode more
-# frames than this (about 4 s of 1080p H.264 on two cores) and every target has
-# a keyframe of its own.
+# frames than this (2 to 4 s of 1080p H.264 on two cores), every target has a
+# keyframe of its own and keyframe seeking would decode fewer frames.
 AUTO_KEYFRAME_ABOVE = 1000
 
 # Frame rates outside this range in a header are treated as nonsense.
@@ -124,10 +130,17 @@ _MAX_FAILED_GRABS = 32
 _PARALLEL_MIN_DECODES = 240
 # At most this many captures decode one file in parallel (None: one per core).
 _MAX_WORKERS: int | None = None
+# Exact decoding of H.264 goes through the packets (leaving out non-reference frames) when
+# that decodes at most this share of the frames seeking and grabbing would.
+_PACKETS_FOR_EXACT = True
+_PACKET_GAIN = 0.8
+# Opening an in-memory capture costs about this many decoded frames.
+_STREAM_COST = 3
 # Raw header frame counts above this are not used to plan a counting pass.
 _MAX_PLANNED_FRAMES = 10_000_000
 
-# Keyframe packets decoded per in-memory capture (each batch also decodes frame 0 again).
+# Keyframe packets decoded per in-memory capture (for codecs other than H.264/HEVC each
+# batch decodes frame 0 again, in front, for the decoder's sake).
 _PACKET_BATCH = 32
 # A demuxer-only capture reads at most this many packets from the start to find one.
 _RAW_RESCAN_LIMIT = 20_000
@@ -405,11 +418,33 @@ class _Timeline:
                 f"start {_fmt_seconds(request.lo)} is past the end of {_quote(path)} "
                 f"(duration {_fmt_seconds(self.duration)})"
             )
-        targets = _window_targets(self.timestamps, request.count(self.duration), request.lo, request.hi)
+        if request.fps is None:
+            targets = _window_targets(self.timestamps, request.count(self.duration), request.lo, request.hi)
+        else:
+            targets = self._slice_targets(request.count(self.duration), request.lo, min(request.hi, self.duration))
         if not targets:
             shown_end = _fmt_seconds(min(request.hi, self.duration))
             raise VideoError(f"no frames of {_quote(path)} between {_fmt_seconds(request.lo)} and {shown_end}")
         return targets
+
+    def _slice_targets(self, count: int, lo: float, hi: float) -> list[int]:
+        """The frame shown at the middle of each of ``count`` equal time slices of [lo, hi).
+
+        For a constant frame rate these are the frames ``uniform_indices`` picks;
+        for a variable one each slice of time gets its own frame.  Slices shorter
+        than a frame can share one; it is returned once.
+        """
+        first = bisect.bisect_left(self.timestamps, lo)
+        stop = bisect.bisect_left(self.timestamps, hi)
+        if first >= stop:
+            return []
+        chosen = []
+        for k in range(count):
+            middle = lo + (k + 0.5) * (hi - lo) / count
+            # Timestamps are rounded to milliseconds: allow for that at slice boundaries.
+            shown = bisect.bisect_right(self.timestamps, middle + 5e-4) - 1
+            chosen.append(min(max(shown, first), stop - 1))
+        return sorted(set(chosen))
 
 
 # --------------------------------------------------------------------------- packet index
@@ -427,10 +462,25 @@ class _Index:
     rotation: int
     extradata: bytes  # prepended to packets decoded on their own (start-code codecs only)
     codec: str  # "h264", "hevc" or the FOURCC in lower case
+    refs: list[bool] | None  # H.264: whether frame i may be a reference for others (nal_ref_idc > 0)
     _rank: dict[float, int] = field(default_factory=dict, repr=False)
+    _ref_sum: list[int] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         self._rank = {m: i for i, m in enumerate(self.ms)}
+        self._ref_sum = list(itertools.accumulate((int(r) for r in self.refs or ()), initial=0))
+
+    def references(self, lo: int, hi: int) -> int:
+        """Reference frames among frames lo..hi (inclusive); all of them when unknown."""
+        if self.refs is None:
+            return hi - lo + 1
+        return self._ref_sum[hi + 1] - self._ref_sum[lo]
+
+    @property
+    def regular(self) -> bool:
+        """No gap between frames longer than 2.5 median gaps (a lost packet leaves one)."""
+        gaps = [b - a for a, b in itertools.pairwise(self.ms)]
+        return not gaps or max(gaps) <= 2.5 * statistics.median(gaps)
 
     @property
     def n(self) -> int:
@@ -445,6 +495,10 @@ class _Index:
         if i < len(self.ms) and abs(self.ms[i] - ms) <= _MS_TOLERANCE:
             return i
         return None
+
+    def is_key(self, i: int) -> bool:
+        k = bisect.bisect_left(self.keys, i)
+        return k < len(self.keys) and self.keys[k] == i
 
     def key_at_or_before(self, i: int) -> int:
         return self.keys[max(bisect.bisect_right(self.keys, i) - 1, 0)]
@@ -461,6 +515,7 @@ def _scan_index(fs_path: str, deadline: _Deadline) -> _Index | None:
         return None
     ms: list[float] = []
     keys: list[bool] = []
+    refs: list[bool] = []
     try:
         header_frames = _header_int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
         header_fps = _header_float(cap.get(cv2.CAP_PROP_FPS))
@@ -473,9 +528,14 @@ def _scan_index(fs_path: str, deadline: _Deadline) -> _Index | None:
             if ok and extra is not None:
                 extradata = extra.tobytes()
         get = cap.get
+        h264 = codec == "h264"
         while cap.grab():
             ms.append(get(cv2.CAP_PROP_POS_MSEC))
             keys.append(get(cv2.CAP_PROP_LRF_HAS_KEY_FRAME) != 0)
+            if h264:
+                ok, packet = cap.retrieve()
+                # Unknown counts as a reference: the estimate then never expects too little work.
+                refs.append(not ok or packet is None or _h264_reference(packet.reshape(-1)))
             if len(ms) % 512 == 0:
                 deadline.check()
     except cv2.error:
@@ -502,7 +562,19 @@ def _scan_index(fs_path: str, deadline: _Deadline) -> _Index | None:
         rotation=rotation if rotation in (90, 180, 270) else 0,
         extradata=extradata if extradata.startswith(_START_CODES) else b"",
         codec=codec,
+        refs=[refs[d] for d in order] if refs else None,
     )
+
+
+def _h264_reference(packet: np.ndarray) -> bool:
+    """Whether an Annex B H.264 packet's picture may be a reference (looks at its first slice only)."""
+    head = packet[:256].tobytes()
+    at = head.find(b"\x00\x00\x01")
+    while 0 <= at < len(head) - 3:
+        if head[at + 3] & 0x1F in (1, 5):
+            return head[at + 3] >> 5 & 3 != 0
+        at = head.find(b"\x00\x00\x01", at + 3)
+    return _h264_picture(packet.tobytes())[0] if len(head) == 256 else True
 
 
 def _codec_name(fourcc: float) -> str:
@@ -592,11 +664,11 @@ class _Job:
 class _Walker:
     """One decoding capture that walks through runs, checking every frame against the index."""
 
-    def __init__(self, job: _Job, threads: int = 0, keep_first: bool = False) -> None:
+    def __init__(self, job: _Job, threads: int = 0, keep: frozenset[int] = frozenset()) -> None:
         self.job = job
         self.threads = threads
-        self.keep_first = keep_first
-        self.first: np.ndarray | None = None  # frame 0 (RGB) when keep_first
+        self.keep = keep  # frames to keep for this walker's caller (in self.kept), besides job.wanted
+        self.kept: dict[int, np.ndarray] = {}
         self.cap: cv2.VideoCapture | None = None
         self.pos = -1
         self.first_unit = 0
@@ -614,12 +686,7 @@ class _Walker:
             raise _Mismatch("the first frame is not the first packet")
         self.first_unit = _cv_unit(job.index.header_fps, ms)
         self.pos = 0
-        if self.keep_first or 0 in job.wanted:
-            frame = self._retrieve()
-            if self.keep_first:
-                self.first = frame
-            if 0 in job.wanted:
-                job.frames[0] = frame
+        self._take(0)
 
     def close(self) -> None:
         if self.cap is not None:
@@ -637,6 +704,17 @@ class _Walker:
                 assert self.cap is not None
                 if self.cap.grab():
                     raise _Mismatch("the file has more frames than packets")
+
+    def _take(self, rank: int) -> None:
+        """Retrieve the current frame if someone wants it."""
+        for_job = rank in self.job.wanted and rank not in self.job.frames
+        for_caller = rank in self.keep and rank not in self.kept
+        if for_job or for_caller:
+            frame = self._retrieve()
+            if for_job:
+                self.job.frames[rank] = frame
+            if for_caller:
+                self.kept[rank] = frame
 
     def _retrieve(self) -> np.ndarray:
         assert self.cap is not None
@@ -670,8 +748,7 @@ class _Walker:
             self.decoded += max(0, found - land)  # decoded inside the seek (estimated)
             if found <= target:
                 self.pos = found
-                if found in self.job.wanted and found not in self.job.frames:
-                    self.job.frames[found] = self._retrieve()
+                self._take(found)
                 return
             if land == 0:
                 break
@@ -686,8 +763,7 @@ class _Walker:
             if found != self.pos + 1:
                 raise _Mismatch("decoded frames skip or repeat a packet")
             self.pos = found
-            if found in self.job.wanted and found not in self.job.frames:
-                self.job.frames[found] = self._retrieve()
+            self._take(found)
         if self.pos != target:
             raise _Mismatch("walked past a target")
 
@@ -731,8 +807,8 @@ def _walk_parallel(job: _Job, groups: list[list[_Run]], walkers: list[_Walker]) 
         raise real[0]
 
 
-def _decode_exact(job: _Job, targets: list[int], eof: bool) -> int:
-    """Decode ``job.wanted`` frames (exactly) plus the end check; returns frames decoded."""
+def _decode_walking(job: _Job, targets: list[int], eof: bool) -> int:
+    """Decode ``targets`` exactly by seeking and grabbing (plus the end check); returns frames decoded."""
     runs = _plan_runs(job.index, targets, eof)
     workers = _worker_count(runs)
     groups = _split_runs(runs, workers)
@@ -742,142 +818,138 @@ def _decode_exact(job: _Job, targets: list[int], eof: bool) -> int:
     return sum(w.decoded for w in walkers)
 
 
-# --------------------------------------------------------------------------- keyframe decoding
+# --------------------------------------------------------------------------- decoding from packets
+#
+# A demuxer-only capture hands out the file's packets (Annex B for H.264/HEVC)
+# and an in-memory capture decodes a stream made of chosen packets.  That
+# reaches a keyframe without decoding anything else, and, for H.264, the frames
+# leading to a target without the non-reference frames (nal_ref_idc 0: no other
+# frame is predicted from them), which the seek-and-grab path must decode.
+# Every stream starts with what decoders take from the start of a file (the
+# first packet's parameter sets and SEI: FFmpeg reads x264's version there and
+# works around that encoder's bugs), and each file is checked once against the
+# file's own decoder: frame 0 and the last frame (decoded by the end check
+# anyway) must come out pixel for pixel the same.
 
 
-def _nal_types(packet: bytes, codec: str) -> set[int]:
-    """NAL unit types in an Annex B packet (H.264: 5 bits, HEVC: 6 bits after the forbidden bit)."""
-    types = set()
+def _nal_units(packet: bytes) -> list[tuple[int, int, int]]:
+    """(header byte, start, end) of each NAL unit in an Annex B packet."""
+    starts = []
     at = packet.find(b"\x00\x00\x01")
     while at >= 0 and at + 3 < len(packet):
-        header = packet[at + 3]
-        types.add(header & 0x1F if codec == "h264" else (header >> 1) & 0x3F)
+        starts.append(at + 3)
         at = packet.find(b"\x00\x00\x01", at + 3)
-    return types
+    ends = [s - 3 for s in starts[1:]] + [len(packet)]
+    return [(packet[s], s, e) for s, e in zip(starts, ends, strict=True)]
+
+
+def _nal_type(header: int, codec: str) -> int:
+    return header & 0x1F if codec == "h264" else (header >> 1) & 0x3F
+
+
+def _is_vcl(nal_type: int, codec: str) -> bool:
+    return 1 <= nal_type <= 5 if codec == "h264" else nal_type < 32
 
 
 def _self_contained(packet: bytes, codec: str) -> bool:
-    """False for keyframe packets that may not decode without earlier packets.
+    """False for keyframe packets whose picture may need earlier packets.
 
     H.264 keyframes must carry an IDR slice (open-GOP I-frames marked as
-    keyframes may not be output on their own); HEVC ones an IRAP picture.
-    Other codecs are checked after decoding (frame type and frame count).
+    keyframes may not even be output on their own); HEVC ones an IRAP picture.
+    Other codecs are checked after decoding (frame type, frame count, pixels).
     """
-    if codec == "h264":
-        return 5 in _nal_types(packet, codec)
-    if codec == "hevc":
-        return any(16 <= t <= 23 for t in _nal_types(packet, codec))
-    return True
+    if codec not in ("h264", "hevc"):
+        return True
+    types = {_nal_type(h, codec) for h, _, _ in _nal_units(packet)}
+    return 5 in types if codec == "h264" else any(16 <= t <= 23 for t in types)
 
 
-class _Packets:
-    """Keyframes decoded from their packets alone, without decoding the frames between them.
+def _stream_header(packet: bytes, codec: str) -> bytes:
+    """The first packet's non-picture NAL units (parameter sets, SEI), to put in front of a stream."""
+    skip = {9, 10, 11, 12} if codec == "h264" else {35, 36, 37, 38}  # delimiters, end of stream, filler
+    return b"".join(
+        b"\x00\x00\x00\x01" + packet[start:end]
+        for header, start, end in _nal_units(packet)
+        if not _is_vcl(_nal_type(header, codec), codec) and _nal_type(header, codec) not in skip
+    )
 
-    Packets come from a demuxer-only capture (its seeks land on keyframes).  A
-    batch of keyframe packets is decoded by one in-memory capture, always behind
-    the file's first packet: decoders take state from the start of a stream
-    (FFmpeg reads x264's version from the first packet's SEI and works around
-    that encoder's bugs), and frame 0 doubles as the check that the batch
-    decodes to the same pixels as the file does.
-    """
+
+def _read_ue(data: bytes, bit: int) -> tuple[int, int] | None:
+    """An Exp-Golomb ue(v) value at ``bit``: (value, next bit), or None past the end."""
+    zeros = 0
+    while True:
+        if bit >= 8 * len(data) or zeros > 31:
+            return None
+        if data[bit >> 3] >> (7 - (bit & 7)) & 1:
+            break
+        zeros += 1
+        bit += 1
+    bit += 1
+    value = 0
+    for _ in range(zeros):
+        if bit >= 8 * len(data):
+            return None
+        value = value << 1 | data[bit >> 3] >> (7 - (bit & 7)) & 1
+        bit += 1
+    return (1 << zeros) - 1 + value, bit
+
+
+def _h264_picture(packet: bytes) -> tuple[bool, str | None]:
+    """(whether other frames may be predicted from this picture, its picture type as FFmpeg names it)."""
+    reference = False
+    kind = None
+    for header, start, _ in _nal_units(packet):
+        if header & 0x1F not in (1, 5):
+            continue
+        reference = reference or header >> 5 & 3 != 0
+        if kind is None:
+            # slice_header: first_mb_in_slice ue(v), slice_type ue(v); drop emulation-prevention bytes.
+            head = packet[start + 1 : start + 17].replace(b"\x00\x00\x03", b"\x00\x00")
+            first = _read_ue(head, 0)
+            slice_type = _read_ue(head, first[1]) if first else None
+            kind = "PBIpi"[slice_type[0] % 5] if slice_type else "?"
+    return reference, kind
+
+
+class _RawReader:
+    """The packets of one file in decode order, from a demuxer-only capture."""
 
     def __init__(self, job: _Job) -> None:
         self.job = job
-        self.raw: cv2.VideoCapture | None = None
-        self.at = -1  # decode position of the packet the raw capture read last
-        self.decoded = 0
+        self.cap: cv2.VideoCapture | None = None
+        self.at = -1  # decode position of the packet read last
 
     def close(self) -> None:
-        if self.raw is not None:
-            self.raw.release()
-            self.raw = None
+        if self.cap is not None:
+            self.cap.release()
+            self.cap = None
 
-    def decode(self, keys: list[int], reference: np.ndarray) -> tuple[dict[int, np.ndarray], bool]:
-        """Decode keyframes ``keys``; returns (frames found, whether frame 0 matched ``reference``).
+    def _reopen(self) -> bool:
+        self.close()
+        self.cap = _open_raw(self.job.fs_path)
+        self.at = -1
+        return self.cap is not None
 
-        Keyframes whose packets cannot be fetched or do not decode cleanly are
-        left out of the result.
-        """
+    def fetch(self, rank: int) -> bytes | None:
+        """The packet of keyframe ``rank``; afterwards ``next()`` reads on from it."""
         index = self.job.index
-        first = self._packet(0)
-        if first is None:
-            return {}, False
-        packets = {}
-        for k in keys:
-            data = first if k == 0 else self._packet(k)
-            if data is not None and _self_contained(data, index.codec):
-                packets[k] = data
-        frames: dict[int, np.ndarray] = {}
-        matched = False
-        order = list(packets)
-        for batch in [order[i : i + _PACKET_BATCH] for i in range(0, len(order), _PACKET_BATCH)] or [[]]:
-            self.job.check()
-            decoded = self._decode_batch(first, [packets[k] for k in batch])
-            if decoded is None:
-                continue  # these keyframes stay missing
-            head, rest = decoded
-            if not np.array_equal(head, reference):
-                return {}, False
-            matched = True
-            frames.update(zip(batch, rest, strict=True))
-        return frames, matched
-
-    def _decode_batch(self, first: bytes, packets: list[bytes]) -> tuple[np.ndarray, list[np.ndarray]] | None:
-        """Decode ``first`` + ``packets`` in one in-memory stream: (frame 0, the others) as RGB, or None."""
-        index = self.job.index
-        # The capture reads from the stream without owning it: keep it alive until release().
-        stream = io.BytesIO(index.extradata + first + b"".join(packets))
-        with _quiet_opening():
-            try:
-                cap = cv2.VideoCapture(stream, cv2.CAP_FFMPEG, [])
-            except cv2.error:
-                return None
-        try:
-            if not cap.isOpened():
-                return None
-            frames = []
-            while len(frames) < len(packets) + 1:
-                ok, frame = cap.read()
-                if not ok or frame is None or cap.get(cv2.CAP_PROP_FRAME_TYPE) != _FRAME_TYPE_I:
-                    return None
-                self.decoded += 1
-                frames.append(_to_rgb(_rotate(frame, index.rotation)))
-            if cap.grab():
-                return None  # the packets were split into more frames than they are
-            return frames[0], frames[1:]
-        except cv2.error:
+        if self.cap is None and not self._reopen():
             return None
-        finally:
-            cap.release()
-            stream.close()
-
-    def _packet(self, rank: int) -> bytes | None:
-        """The packet of keyframe ``rank`` (demuxer output, Annex B for H.264/HEVC), or None."""
-        index = self.job.index
         target = index.dpos[rank]
         earlier = index.key_at_or_before(rank - 1) if rank > 0 else 0
         span = target - index.dpos[earlier] + 2 * _MAX_REORDER + _SEEK_LEAD
-        if self.raw is None:
-            self.raw = _open_raw(self.job.fs_path)
-            self.at = -1
-            if self.raw is None:
-                return None
         # Read on when the packet is close ahead; else seek (a demuxer-only seek lands on the
         # keyframe at or before the time; MPEG-TS lands near it, hence the earlier keyframe);
         # else read from the start of the file.
         attempts: list[float | None] = [None] if 0 <= target - self.at <= span else []
         attempts += [index.ms[rank], index.ms[earlier], -1.0]
         for start in attempts:
+            assert self.cap is not None
             if start == -1.0:
-                if target > _RAW_RESCAN_LIMIT:
-                    break
-                self.close()
-                self.raw = _open_raw(self.job.fs_path)
-                self.at = -1
-                if self.raw is None:
+                if target > _RAW_RESCAN_LIMIT or not self._reopen():
                     return None
             elif start is not None:
-                self.raw.set(cv2.CAP_PROP_POS_MSEC, start)
+                self.cap.set(cv2.CAP_PROP_POS_MSEC, start)
             data = self._scan_to(rank, target + 1 if start == -1.0 else span)
             if data is not None:
                 return data
@@ -885,24 +957,350 @@ class _Packets:
 
     def _scan_to(self, rank: int, limit: int) -> bytes | None:
         index = self.job.index
-        raw = self.raw
-        assert raw is not None
+        cap = self.cap
+        assert cap is not None
         for _ in range(limit):
             self.job.check()
-            if not raw.grab():
+            if not cap.grab():
                 return None
-            found = index.rank(raw.get(cv2.CAP_PROP_POS_MSEC))
+            found = index.rank(cap.get(cv2.CAP_PROP_POS_MSEC))
             if found is None:
                 return None
             self.at = index.dpos[found]
             if found == rank:
-                if not raw.get(cv2.CAP_PROP_LRF_HAS_KEY_FRAME):
-                    return None
-                ok, packet = raw.retrieve()
-                return packet.tobytes() if ok and packet is not None and packet.size else None
+                return self._bytes() if cap.get(cv2.CAP_PROP_LRF_HAS_KEY_FRAME) else None
             if self.at > index.dpos[rank]:
                 return None  # passed it
         return None
+
+    def next(self) -> tuple[int, bytes] | None:
+        """The next packet in decode order as (frame index, bytes); None unless it is the expected one."""
+        index = self.job.index
+        cap = self.cap
+        if cap is None or self.at < 0:
+            return None
+        self.job.check()
+        if not cap.grab():
+            return None
+        found = index.rank(cap.get(cv2.CAP_PROP_POS_MSEC))
+        if found is None or index.dpos[found] != self.at + 1:
+            return None
+        self.at += 1
+        data = self._bytes()
+        return None if data is None else (found, data)
+
+    def _bytes(self) -> bytes | None:
+        assert self.cap is not None
+        ok, packet = self.cap.retrieve()
+        return packet.tobytes() if ok and packet is not None and packet.size else None
+
+
+class _PacketDecoder:
+    """Decodes streams of chosen packets of one file (see the section comment)."""
+
+    def __init__(self, job: _Job, first: bytes, threads: int) -> None:
+        self.job = job
+        self.first = first  # the file's first packet (frame 0)
+        self.threads = threads
+        codec = job.index.codec
+        self.header = _stream_header(first, codec) if codec in ("h264", "hevc") else None
+        self.decoded = 0  # frames decoded, by all threads using this decoder
+        self._count_lock = threading.Lock()
+
+    def _prefix(self, starts_with_first: bool) -> tuple[bytes, int]:
+        """Bytes to put in front of a stream, and how many frames they decode to."""
+        index = self.job.index
+        if self.header is not None:
+            return index.extradata + self.header, 0
+        if starts_with_first:
+            return index.extradata, 0
+        return index.extradata + self.first, 1  # other codecs: frame 0 in front, skipped
+
+    def first_frame(self) -> np.ndarray | None:
+        frames = self._decode(self.job.index.extradata + self.first, [0], {0}, [None])
+        return None if frames is None else frames.get(0)
+
+    def keyframes(self, reader: _RawReader, keys: list[int]) -> tuple[dict[int, np.ndarray], list[int]]:
+        """Decode keyframes from their packets alone: (frames, keys that could not be)."""
+        codec = self.job.index.codec
+        chosen: list[tuple[int, bytes]] = []
+        failed = []
+        for k in keys:
+            data = reader.fetch(k)
+            if data is not None and _self_contained(data, codec):
+                chosen.append((k, data))
+            else:
+                failed.append(k)
+        if not chosen:
+            return {}, failed
+        prefix, lead = self._prefix(chosen[0][0] == 0)
+        ranks = [k for k, _ in chosen]
+        stream = prefix + b"".join(data for _, data in chosen)
+        frames = self._decode(stream, [-1] * lead + ranks, set(ranks), [None] * lead + ["I"] * len(ranks))
+        if frames is None:
+            return {}, keys
+        return frames, failed
+
+    def run(self, reader: _RawReader, key: int, targets: list[int]) -> dict[int, np.ndarray] | None:
+        """Decode ``targets`` (all in keyframe ``key``'s interval) from the packets from ``key`` on."""
+        index = self.job.index
+        codec = index.codec
+        first = reader.fetch(key)
+        if first is None or not _self_contained(first, codec):
+            return None
+        wanted = set(targets)
+        last = max(index.dpos[t] for t in targets)
+        chosen = [(key, first)]  # decode order
+        while reader.at < last:
+            item = reader.next()
+            if item is None:
+                return None
+            rank, data = item
+            if rank < key:
+                continue  # a leading picture of the keyframe: nothing after the keyframe needs it
+            if rank != key and index.is_key(rank):
+                return None  # a target lies beyond the next keyframe in decode order
+            if rank in wanted or codec != "h264" or _h264_picture(data)[0]:
+                chosen.append((rank, data))
+        prefix, lead = self._prefix(key == 0)
+        ranks = sorted(rank for rank, _ in chosen)
+        kinds: list[str | None] = [None] * len(ranks)
+        if codec == "h264":
+            kind_of = {rank: _h264_picture(data)[1] for rank, data in chosen}
+            kinds = [kind_of[r] if kind_of[r] in ("I", "P", "B") else None for r in ranks]
+        stream = prefix + b"".join(data for _, data in chosen)
+        return self._decode(stream, [-1] * lead + ranks, wanted, [None] * lead + kinds)
+
+    def _decode(
+        self, data: bytes, ranks: list[int], keep: set[int], kinds: list[str | None]
+    ) -> dict[int, np.ndarray] | None:
+        """Decode a stream whose frames come out as ``ranks``; None unless it gives exactly those."""
+        # The capture reads from the stream without owning it: keep it alive until release().
+        stream = io.BytesIO(data)
+        params = [cv2.CAP_PROP_N_THREADS, self.threads] if self.threads > 0 else []
+        with _quiet_opening():
+            try:
+                cap = cv2.VideoCapture(stream, cv2.CAP_FFMPEG, params)
+            except cv2.error:
+                return None
+        frames: dict[int, np.ndarray] = {}
+        try:
+            if not cap.isOpened():
+                return None
+            for rank, kind in zip(ranks, kinds, strict=True):
+                self.job.check()
+                if not cap.grab():
+                    return None
+                with self._count_lock:
+                    self.decoded += 1
+                if kind is not None and cap.get(cv2.CAP_PROP_FRAME_TYPE) != float(ord(kind)):
+                    return None  # the frames do not come out in the order expected
+                if rank in keep:
+                    ok, frame = cap.retrieve()
+                    if not ok or frame is None:
+                        return None
+                    frames[rank] = _to_rgb(_rotate(frame, self.job.index.rotation))
+            if cap.grab():
+                return None  # more frames than packets
+            return frames
+        except cv2.error:
+            return None
+        finally:
+            cap.release()
+            stream.close()
+
+
+@dataclass
+class _PacketResult:
+    frames: dict[int, np.ndarray] = field(default_factory=dict)
+    failed: list[int] = field(default_factory=list)
+
+
+def _decode_from_packets(job: _Job, targets: list[int], keyframes: bool) -> tuple[int, int] | None:
+    """Decode ``targets`` (keyframes, or any frames exactly) from packets, with the end check beside.
+
+    Returns (frames decoded, targets that had to be decoded by seeking and
+    grabbing instead), or None when packet decoding does not reproduce this
+    file's frames; then nothing has been kept but the end check's frames.
+    """
+    index = job.index
+    last = index.n - 1
+    workers = max(1, _cpu_count() if _MAX_WORKERS is None else _MAX_WORKERS)
+    threads = 1 if workers > 1 else 0
+    tail = _Walker(job, threads=threads, keep=frozenset({0, last}))
+    reader = _RawReader(job)
+    try:
+        tail.open()
+        first = reader.fetch(0)
+    except BaseException:
+        tail.close()
+        raise
+    finally:
+        reader.close()
+    if first is None:
+        tail.close()
+        return None
+    decoder = _PacketDecoder(job, first, threads)
+
+    # Work units: batches of keyframes, or the targets of one keyframe interval each.
+    units: list[tuple[int, list[int]]] = []
+    if keyframes:
+        keys = sorted(set(targets))
+        units = [(-1, keys[i : i + _PACKET_BATCH]) for i in range(0, len(keys), _PACKET_BATCH)]
+    else:
+        for t in sorted(set(targets)):
+            key = index.key_at_or_before(t)
+            if units and units[-1][0] == key:
+                units[-1][1].append(t)
+            else:
+                units.append((key, [t]))
+    # The last frame checks the packet decoding against the end check's; the last interval's run
+    # decodes it on the way when it has targets, else the check decodes it separately.
+    last_key = index.key_at_or_before(last)
+    check_in_units = not keyframes and bool(units) and units[-1][0] == last_key
+    if check_in_units and last not in units[-1][1]:
+        units[-1][1].append(last)
+    costs = [len(ts) if key < 0 else index.dpos[max(ts)] - index.dpos[key] + 1 for key, ts in units]
+    groups = _split_costs(costs, workers)
+
+    def work(group: list[int]) -> _PacketResult:
+        result = _PacketResult()
+        reader = _RawReader(job)
+        try:
+            for u in group:
+                key, ts = units[u]
+                if key < 0:
+                    frames, failed = decoder.keyframes(reader, ts)
+                    result.frames.update(frames)
+                    result.failed += failed
+                else:
+                    found = decoder.run(reader, key, ts)
+                    if found is None:
+                        result.failed += ts
+                    else:
+                        result.frames.update(found)
+            return result
+        finally:
+            reader.close()
+
+    def check() -> _PacketResult:
+        """Frame 0 and the last frame decoded from packets (compared with the end check's)."""
+        result = _PacketResult()
+        zero = decoder.first_frame()
+        if zero is not None:
+            result.frames[0] = zero
+        if not check_in_units:
+            reader = _RawReader(job)
+            try:
+                end = decoder.run(reader, last_key, [last])
+            finally:
+                reader.close()
+            if end is not None:
+                result.frames.update(end)
+        return result
+
+    def end_check() -> _PacketResult:
+        try:
+            tail.walk(_plan_runs(index, [], eof=True))
+        finally:
+            tail.close()
+        return _PacketResult()
+
+    tasks = [end_check, check] + [lambda g=g: work(g) for g in groups if g]
+    results: list[_PacketResult] = []
+    failure: BaseException | None = None
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(task) for task in tasks]
+        for future in futures:
+            try:
+                results.append(future.result())
+            except BaseException as exc:  # noqa: BLE001 - the first real failure is raised below
+                job.stop.set()
+                if failure is None or isinstance(failure, _Cancelled):
+                    failure = exc
+    decoded = tail.decoded + decoder.decoded
+    if failure is not None:
+        raise failure
+    checked = dict(results[1].frames)
+    for r in results[2:]:
+        if last in r.frames:
+            checked[last] = r.frames[last]
+    if not all(i in checked and np.array_equal(checked[i], tail.kept[i]) for i in (0, last)):
+        return None
+    fallback = sorted({t for r in results[2:] for t in r.failed})
+    for r in results[2:]:
+        job.frames.update((i, f) for i, f in r.frames.items() if i in job.wanted)
+    if fallback:
+        decoded += _decode_walking(job, fallback, eof=False)
+    return decoded, len(fallback)
+
+
+def _split_costs(costs: list[float], parts: int) -> list[list[int]]:
+    """Cut item positions into at most ``parts`` consecutive groups of about equal cost."""
+    parts = max(1, min(parts, len(costs)))
+    total = sum(costs)
+    groups: list[list[int]] = [[]]
+    done = 0.0
+    for i, cost in enumerate(costs):
+        if groups[-1] and len(groups) < parts and done + cost / 2 > total * len(groups) / parts:
+            groups.append([])
+        groups[-1].append(i)
+        done += cost
+    return groups
+
+
+def _decode_exact(job: _Job, targets: list[int], eof: bool) -> int:
+    """Decode ``targets`` exactly (plus the end check when ``eof``); returns frames decoded.
+
+    H.264 files go through their packets when that reproduces the file's frames
+    (it leaves out non-reference frames); everything else seeks and grabs.
+    """
+    if eof and _exact_cost(job.index, targets)[1]:
+        done = _decode_from_packets(job, targets, keyframes=False)
+        if done is not None:
+            return done[0]
+        job.stop.clear()
+    return _decode_walking(job, targets, eof)
+
+
+def _exact_cost(index: _Index, targets: list[int]) -> tuple[int, bool]:
+    """Estimated frames exact decoding of ``targets`` (and the end check) decodes; whether via packets."""
+    walking = sum(r.cost for r in _plan_runs(index, targets, eof=True))
+    if _PACKETS_FOR_EXACT and index.refs is not None and index.regular:
+        packets = _packet_cost(index, targets)
+        if packets <= _PACKET_GAIN * walking:
+            return packets, True
+    return walking, False
+
+
+def _keyframe_cost(index: _Index, keys: list[int]) -> tuple[int, bool]:
+    """Estimated frames decoding keyframes ``keys`` (and the end check) decodes; whether via packets."""
+    walking = sum(r.cost for r in _plan_runs(index, keys, eof=True))
+    last = index.n - 1
+    packets = (
+        1  # frame 0 check
+        + (last - index.landing(last) + 1)  # end check
+        + index.references(index.key_at_or_before(last), last)  # last-frame check
+        + len(keys)
+        + _STREAM_COST * (2 + len(keys) // _PACKET_BATCH)
+    )
+    return (packets, True) if packets < walking else (walking, False)
+
+
+def _packet_cost(index: _Index, targets: list[int]) -> int:
+    """Frames the packet path decodes for ``targets``: reference frames and targets per keyframe
+    interval, plus its checks (frame 0, the last frame) and the end check."""
+    last = index.n - 1
+    spans: dict[int, list[int]] = {}
+    for t in targets:
+        spans.setdefault(index.key_at_or_before(t), []).append(t)
+    last_key = index.key_at_or_before(last)
+    spans.setdefault(last_key, []).append(last)
+    cost = 1 + (last - index.landing(last) + 1)  # frame 0 check, end check
+    for key, ts in spans.items():
+        top = max(ts)
+        cost += index.references(key, top) + sum(1 for t in set(ts) if not index.references(t, t)) + _STREAM_COST
+    return cost
 
 
 def _has_key_in(index: _Index, window: range) -> bool:
@@ -919,48 +1317,6 @@ def _nearest_keys(index: _Index, targets: list[int], allowed: range) -> list[int
         candidates = keys[max(i - 1, 0) : i + 1]
         chosen.append(min(candidates, key=lambda k: (abs(k - t), k)))
     return chosen
-
-
-def _decode_keyframes(job: _Job, keys: list[int]) -> tuple[int, int]:
-    """Decode the keyframes ``keys`` from their packets, with the end check running beside them.
-
-    Returns (frames decoded, keyframes that had to be decoded exactly).  When
-    packet decoding does not work for this file at all, nothing is kept and the
-    second value is -1: the caller decodes exactly.
-    """
-    index = job.index
-    tail = _Walker(job, threads=1 if _cpu_count() > 1 else 0, keep_first=True)
-    packets = _Packets(job)
-    try:
-        tail.open()
-        assert tail.first is not None
-        tail_runs = _plan_runs(index, [], eof=True)
-        failure: BaseException | None = None
-        frames: dict[int, np.ndarray] = {}
-        works = False
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            future = pool.submit(_walk_parallel, job, [tail_runs], [tail])
-            try:
-                frames, works = packets.decode(keys, tail.first)
-            except BaseException as exc:  # noqa: BLE001 - re-raised below, once the end check has stopped
-                failure = exc
-            if failure is not None or not works:
-                job.stop.set()
-            tail_failure = future.exception()
-        for exc in (failure, tail_failure):
-            if exc is not None and not isinstance(exc, _Cancelled):
-                raise exc
-        decoded = tail.decoded + packets.decoded
-        if not works:
-            return decoded, -1
-        job.frames.update(frames)
-        missing = [k for k in keys if k not in job.frames]
-        if missing:
-            decoded += _decode_exact(job, missing, eof=False)
-        return decoded, len(missing)
-    finally:
-        tail.close()
-        packets.close()
 
 
 # --------------------------------------------------------------------------- counting pass
@@ -1156,13 +1512,19 @@ def sample_frames(
 ) -> Clip:
     """Sample frames from a video (optionally within [start, end) seconds).
 
-    Exactly one of ``num_frames`` (that many frames, uniform: the middle frame of
-    each of ``num_frames`` equal segments of the window's frames) and ``fps``
-    (``floor(window seconds * fps)`` frames, at least one, spread the same way)
-    is required; ``max_frames`` caps either.  The window and the spreading use
-    the real frame count and timestamps, never the header's.  Fewer frames than
-    asked are returned when the video (or window) has fewer.  Image paths are
-    read as one-frame clips (the window is ignored).
+    Exactly one of ``num_frames`` and ``fps`` is required:
+
+    * ``num_frames``: that many frames, uniform over the window's frames (the
+      middle frame of each of ``num_frames`` equal segments: ``uniform_indices``);
+    * ``fps``: a rate over the window's real duration: ``floor(seconds * fps)``
+      equal time slices (at least one) and the frame shown at the middle of each.
+      For a constant frame rate these are the frames ``num_frames`` would give;
+      for a variable one every slice of time gets its frame.
+
+    ``max_frames`` caps either.  The window and the spreading use the real frame
+    count and timestamps, never the header's.  Fewer frames than asked are
+    returned when the video (or window) has fewer.  Image paths are read as
+    one-frame clips (the window is ignored).
 
     ``seek`` chooses how the frames are reached:
 
@@ -1172,11 +1534,13 @@ def sample_frames(
       and only that keyframe is decoded (about one decoded frame per returned
       frame), for very long videos.  Targets sharing a keyframe give one frame,
       so fewer frames than asked may come back; indices and timestamps are those
-      of the frames returned.  Codecs whose keyframes cannot be decoded on their
-      own fall back to exact decoding of those keyframes.
+      of the frames returned.  Keyframes that cannot be decoded from their
+      packet alone (VP8/VP9, Theora, open-GOP H.264) are reached by seeking, which
+      decodes from the keyframe before.  Damage in the frames in between cannot be
+      seen (indices then follow the packets; timestamps are the frames' own).
     * ``"auto"``: ``"keyframe"`` when exact decoding would decode more than
-      ``AUTO_KEYFRAME_ABOVE`` frames, every target has its own keyframe and the
-      file's keyframes decode on their own; ``"exact"`` otherwise.
+      ``AUTO_KEYFRAME_ABOVE`` frames, every target has a keyframe of its own and
+      keyframe seeking would decode fewer frames; ``"exact"`` otherwise.
 
     ``clip.seek`` says which was used.  ``timeout`` (seconds) bounds the whole
     call; it is checked between frames.
@@ -1218,24 +1582,30 @@ def _sample_indexed(
             if seek == "keyframe":
                 mode = "keyframe"
             elif len(keys) == len(targets):
-                exact_cost = sum(r.cost for r in _plan_runs(index, targets, eof=True))
-                mode = "keyframe" if exact_cost > AUTO_KEYFRAME_ABOVE else "exact"
+                exact_cost = _exact_cost(index, targets)[0]
+                if exact_cost > AUTO_KEYFRAME_ABOVE and _keyframe_cost(index, keys)[0] < exact_cost:
+                    mode = "keyframe"
 
-    job = _Job(path, fs_path, index, set(keys) if mode == "keyframe" else set(targets), deadline)
     decoded = 0
     if mode == "keyframe":
-        decoded, exactly = _decode_keyframes(job, keys)
-        if exactly < 0 and seek == "auto":
+        job = _Job(path, fs_path, index, set(keys), deadline)
+        via_packets = _keyframe_cost(index, keys)[1]
+        done = _decode_from_packets(job, keys, keyframes=True) if via_packets else None
+        if done is not None:
+            decoded, exactly = done
+            if exactly:
+                warnings.append(
+                    f"{exactly} keyframe{'s' if exactly != 1 else ''} did not decode on their own; decoded exactly"
+                )
+        elif via_packets and seek == "auto":
             mode = "exact"
-            job = _Job(path, fs_path, index, set(targets), deadline)
-        elif exactly < 0:
+        else:
             job = _Job(path, fs_path, index, set(keys), deadline)
-            decoded += _decode_exact(job, keys, eof=True)
-            warnings.append("keyframes of this codec do not decode on their own; decoded them exactly")
-        elif exactly:
-            warnings.append(f"{exactly} keyframe{'s' if exactly != 1 else ''} did not decode on their own; "
-                            "decoded exactly")
+            decoded += _decode_walking(job, keys, eof=True)
+            if via_packets:
+                warnings.append("keyframes of this file do not decode on their own; decoded them by seeking")
     if mode == "exact":
+        job = _Job(path, fs_path, index, set(targets), deadline)
         decoded += _decode_exact(job, targets, eof=True)
         chosen = targets
     else:
