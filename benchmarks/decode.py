@@ -249,8 +249,9 @@ def methods() -> list[Method]:
 class Table:
     title: str
     counts: list[int]
-    rows: dict[str, dict[int, list[Result]]] = field(default_factory=dict)  # method -> n -> one per clip
-    verdicts: dict[str, dict[int, str]] = field(default_factory=dict)
+    # method -> n -> path -> result / verdict
+    results: dict[str, dict[int, dict[str, Result]]] = field(default_factory=dict)
+    verdicts: dict[str, dict[int, dict[str, str]]] = field(default_factory=dict)
 
 
 def measure(method: Method, path: str, targets: list[int], repeat: int) -> Result:
@@ -263,7 +264,7 @@ def measure(method: Method, path: str, targets: list[int], repeat: int) -> Resul
         try:
             indices, frames = method.run(path, targets)
         except Exception as exc:  # noqa: BLE001 - a peer failing on a file is a result too
-            return Result(float("nan"), [], [], note=f"failed: {type(exc).__name__}: {exc}"[:120])
+            return Result(float("nan"), [], [], note=f"failed: {type(exc).__name__}: {exc}"[:160])
         best = min(best, time.perf_counter() - start)
     clip = getattr(method.run, "last_clip", None)
     if clip is not None:
@@ -275,30 +276,28 @@ def run_clips(title: str, paths: list[str], counts: list[int], repeat: int, all_
     table = Table(title, counts)
     for path in paths:
         real, _ = opencv_reference(path, set())
-        results: dict[str, dict[int, Result]] = {}
         for n in counts:
             targets = uniform_indices(real, n)
             for method in all_methods:
                 result = measure(method, path, targets, repeat)
-                results.setdefault(method.name, {})[n] = result
+                table.results.setdefault(method.name, {}).setdefault(n, {})[path] = result
                 print(f"  {Path(path).name} n={n} {method.name}: {result.seconds:.3f}s {result.note}", file=sys.stderr)
         # References: one sequential decode per library, hashing only the indices someone returned.
         for library, reference in REFERENCES.items():
-            names = [m.name for m in all_methods if m.library == library]
-            if not names:
+            mine = [m for m in all_methods if m.library == library]
+            if not mine:
                 continue
-            needed = {i for name in names for r in results[name].values() for i in r.indices}
-            count, hashes = reference(path, needed)
-            for method in all_methods:
-                if method.library != library:
-                    continue
+            needed = {i for m in mine for n in counts for i in table.results[m.name][n][path].indices}
+            try:
+                count, hashes = reference(path, needed)
+            except Exception as exc:  # noqa: BLE001
+                count, hashes = -1, {}
+                print(f"  {Path(path).name}: {library} reference decode failed: {exc}", file=sys.stderr)
+            for method in mine:
                 for n in counts:
-                    result = results[method.name][n]
+                    result = table.results[method.name][n][path]
                     verdict = verdict_for(method, result, uniform_indices(real, n), hashes, count, real)
-                    table.verdicts.setdefault(method.name, {}).setdefault(n, "")
-                    previous = table.verdicts[method.name][n]
-                    table.verdicts[method.name][n] = worst(previous, verdict)
-                    table.rows.setdefault(method.name, {}).setdefault(n, []).append(result)
+                    table.verdicts.setdefault(method.name, {}).setdefault(n, {})[path] = verdict
     return table
 
 
@@ -308,7 +307,7 @@ def verdict_for(
     if result.note.startswith("failed"):
         return "failed"
     if count != real:
-        return f"ref has {count} frames"
+        return f"reference decodes {count} frames, OpenCV {real}"
     same = len(result.hashes) == len(result.indices) and all(
         hashes.get(i) == h for i, h in zip(result.indices, result.hashes, strict=True)
     )
@@ -319,24 +318,40 @@ def verdict_for(
     return "keyframes" if not method.exact_by_design else "NO (other indices)"
 
 
-def worst(a: str, b: str) -> str:
-    order = ["", "yes", "keyframes", "NO (other indices)", "NO", "failed"]
-    rank = {v: i for i, v in enumerate(order)}
-    return max(a, b, key=lambda v: rank.get(v, len(order)))
+def summary(verdicts: dict[str, str]) -> str:
+    """One cell for a method's verdicts over several files."""
+    order = ["yes", "keyframes", "NO (other indices)", "NO"]
+    seen = [v for v in order if v in verdicts.values()]
+    text = " + ".join(seen) if seen else ""
+    odd = sorted({Path(p).name for p, v in verdicts.items() if v not in order})
+    if odd:
+        text += (", " if text else "") + "failed: " + ", ".join(odd)
+    return text
 
 
 def render(table: Table) -> str:
-    baseline = {n: sum(r.seconds for r in table.rows[BASELINE][n]) for n in table.counts}
-    head = "| method | " + " | ".join(f"{n} frames: s | × baseline | exact" for n in table.counts) + " |"
+    paths = sorted({p for per_n in table.results.values() for r in per_n.values() for p in r})
+    # Sums and ratios only over files every method handled, so that they compare the same work.
+    common = [p for p in paths if all(r[n][p].seconds == r[n][p].seconds for r in table.results.values()
+                                      for n in table.counts)]
+    baseline = {n: sum(table.results[BASELINE][n][p].seconds for p in common) for n in table.counts}
+    head = "| method | " + " | ".join(f"{n} frames: s | × faster | exact" for n in table.counts) + " |"
     rule = "|---|" + "---:|---:|:---|" * len(table.counts)
     lines = [f"**{table.title}**", "", head, rule]
-    for name, per_n in table.rows.items():
+    for name, per_n in table.results.items():
         cells = []
         for n in table.counts:
-            seconds = sum(r.seconds for r in per_n[n])
-            speedup = baseline[n] / seconds if seconds and seconds == seconds else float("nan")
-            cells += [f"{seconds:.3f}", f"{speedup:.2f}", table.verdicts[name][n]]
+            seconds = sum(per_n[n][p].seconds for p in common)
+            speedup = baseline[n] / seconds if seconds > 0 else float("nan")
+            cells += [f"{seconds:.3f}", f"{speedup:.2f}", summary(table.verdicts[name][n])]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    left_out = [p for p in paths if p not in common]
+    if left_out:
+        lines.append("")
+        for p in left_out:
+            failed = sorted({name for name, per_n in table.results.items() for n in table.counts
+                             if per_n[n][p].seconds != per_n[n][p].seconds})
+            lines.append(f"Left out of the sums: {Path(p).name} (failed: {', '.join(failed)}).")
     return "\n".join(lines)
 
 
