@@ -75,11 +75,11 @@ def test_out_of_memory_splits_the_batch_and_records_it(engine_factory, folder, t
     real = engine.answer_batch
     calls = []
 
-    def limited(clips, question, timings=None):
+    def limited(clips, question, timings=None, pixels=None):
         calls.append(len(clips))
         if len(clips) > 1:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9 GiB")
-        return real(clips, question, timings)
+        return real(clips, question, timings, pixels)
 
     monkeypatch.setattr(engine, "answer_batch", limited)
     run = Captioner(engine, engine.settings, "Describe.", "sid", batch_size=4, workers=1, frames=4)
@@ -178,3 +178,11 @@ def test_accelerate_processes_split_a_shard_evenly_again():
     procs = [[v for v in shard if in_shard(v, i, 2, salt="process:")] for i in range(2)]
     assert sorted(procs[0] + procs[1]) == sorted(shard)
     assert all(0.4 * len(shard) < len(p) < 0.6 * len(shard) for p in procs)
+
+
+def test_batch_encoded_together_from_worker_pixels_equals_one_at_a_time(engine_factory, folder):
+    engine = engine_factory(frames=4, max_new_tokens=8)
+    clips = [sample_frames(str(folder / f"v{i}.mp4"), 4) for i in range(3)]
+    single = [engine.answer(c, "Describe the video.").text for c in clips]
+    together = engine.answer_batch(clips, "Describe the video.", pixels=[engine.pixels(c) for c in clips])
+    assert [a.text for a in together] == single

@@ -169,10 +169,14 @@ class Summary:
 DECODE_TIMEOUT = 600.0  # seconds per file: a pathological file is recorded as an error, never hangs the run
 
 
-def _decode(path: str, frames: int, start: float | None, end: float | None) -> tuple[Clip, float]:
+def _decode(path: str, frames: int, start: float | None, end: float | None, engine: Any = None
+            ) -> tuple[Clip, float, Any, float]:
+    """A worker's share: decode, then (when ``engine`` is given) preprocess to pixels, off the model's thread."""
     started = time.perf_counter()
     clip = sample_frames(path, frames, start=start, end=end, timeout=DECODE_TIMEOUT)
-    return clip, time.perf_counter() - started
+    decoded = time.perf_counter()
+    pixels = engine.pixels(clip) if engine is not None and not engine.uses_image_path(clip) else None
+    return clip, decoded - started, pixels, time.perf_counter() - decoded
 
 
 def _error_record(video: str, settings: Any, sid: str, exc: BaseException) -> dict:
@@ -231,12 +235,13 @@ class Captioner:
                 "generated_tokens": rec["generated_tokens"], "batch_size": batch, "error": None,
                 "error_kind": None, "settings_id": self.sid}
 
-    def caption_batch(self, items: list[tuple[str, Clip, float]]) -> list[dict]:
+    def caption_batch(self, items: list[tuple[str, Clip, float, Any, float]]) -> list[dict]:
         """Caption decoded clips; out of memory splits the batch and lowers the batch size."""
         try:
-            answers = self.engine.answer_batch([c for _, c, _ in items], self.prompt,
-                                               timings=[{"decode": d} for _, _, d in items])
-            return [self.record(v, a, len(items)) for (v, _, _), a in zip(items, answers, strict=True)]
+            answers = self.engine.answer_batch([it[1] for it in items], self.prompt,
+                                               timings=[{"decode": it[2], "preprocess": it[4]} for it in items],
+                                               pixels=[it[3] for it in items])
+            return [self.record(it[0], a, len(items)) for it, a in zip(items, answers, strict=True)]
         except Exception as exc:
             if _is_oom(exc) and len(items) > 1:
                 self.summary.oom_backoffs += 1
@@ -263,18 +268,17 @@ class Captioner:
                     if video is None:
                         return
                     s = self.settings
-                    pending.append((video, pool.submit(_decode, video, self.frames, s.start, s.end)))
+                    pending.append((video, pool.submit(_decode, video, self.frames, s.start, s.end, self.engine)))
 
             refill()
             while pending and not flag.stop:
-                batch: list[tuple[str, Clip, float]] = []
+                batch: list[tuple[str, Clip, float, Any, float]] = []
                 records: list[dict] = []
                 while pending and len(batch) < self.batch_size:
                     video, future = pending.pop(0)
                     refill()
                     try:
-                        clip, seconds = future.result()
-                        batch.append((video, clip, seconds))
+                        batch.append((video, *future.result()))
                     except Exception as exc:  # an undecodable video is recorded, the run goes on
                         records.append(_error_record(video, self.settings, self.sid, exc))
                 if batch:

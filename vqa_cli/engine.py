@@ -221,22 +221,32 @@ class Engine:
 
         return torch.from_numpy(preprocess_frames(clip.frames, self.checkpoint.processor))
 
-    def visual_tokens(self, pixels: Any, settings: modes.ModeSettings, prompt_text: str = "") -> Any:
-        """Pixels [T, 3, H, W] -> visual token sequence [N, D] for ``settings``' mode.
-
-        ``prompt_text`` is what guided pooling (``--guide``) weighs the tokens against."""
+    def encode(self, pixels: Any) -> Any:
+        """Pixels [T, 3, H, W] -> FrameFeatures, through the vision tower in chunks of VISION_CHUNK frames."""
         import torch
 
         from vqa_cli.models.base import FrameFeatures
 
-        g = self.checkpoint.geometry
-        s = modes.resolve(settings, g.grid, g.native_stride)
         vision_dtype = next(self.adapter.vision_tower(self.model).parameters()).dtype
         with torch.inference_mode():
-            frames = FrameFeatures.cat([
+            return FrameFeatures.cat([
                 self.adapter.encode_frames(self.model, chunk.to(self.input_device, vision_dtype))
                 for chunk in pixels.split(VISION_CHUNK)
             ])
+
+    def visual_tokens(self, pixels: Any, settings: modes.ModeSettings, prompt_text: str = "") -> Any:
+        """Pixels [T, 3, H, W] -> visual token sequence [N, D] for ``settings``' mode.
+
+        ``prompt_text`` is what guided pooling (``--guide``) weighs the tokens against."""
+        return self.aggregate(self.encode(pixels), settings, prompt_text)
+
+    def aggregate(self, frames: Any, settings: modes.ModeSettings, prompt_text: str = "") -> Any:
+        """FrameFeatures of one clip -> its visual token sequence [N, D] in ``settings``' mode."""
+        import torch
+
+        g = self.checkpoint.geometry
+        s = modes.resolve(settings, g.grid, g.native_stride)
+        with torch.inference_mode():
             grid = frames.grid
             if s.name == "anyres":
                 return self.adapter.native_tokens(self.model, frames, s.stride)
@@ -295,14 +305,34 @@ class Engine:
         timings["generate"] = gen.total
         return Answer(gen.text, clip, budget, timings, gen.tokens, gen.tokens_per_second)
 
-    def answer_batch(self, clips: list[Clip], question: str, timings: list[dict] | None = None) -> list[Answer]:
-        """Several clips, one question, one left-padded batched ``generate`` (captioning)."""
+    def answer_batch(self, clips: list[Clip], question: str, timings: list[dict] | None = None,
+                     pixels: list[Any] | None = None) -> list[Answer]:
+        """Several clips, one question, one left-padded batched ``generate`` (captioning).
+
+        ``pixels``: each clip's preprocessed pixels when done elsewhere (decode workers); the video
+        clips' frames then go through the vision tower together.
+        """
         from vqa_cli.generate import generate_batch
 
         timings = [dict(t) for t in (timings or [{} for _ in clips])]
+        encoded: list[Any] = [None] * len(clips)
+        if pixels is not None:
+            import torch
+
+            video = [i for i, c in enumerate(clips) if not self.uses_image_path(c) and pixels[i] is not None]
+            if video:
+                t = time.perf_counter()
+                frames = self.encode(torch.cat([pixels[i] for i in video]))
+                share = (time.perf_counter() - t) / len(video)
+                start = 0
+                for i in video:
+                    n = pixels[i].shape[0]
+                    encoded[i] = frames.slice(start, start + n)
+                    timings[i]["encode"] = share
+                    start += n
         budgets, rows = [], []
-        for clip, tm in zip(clips, timings, strict=True):
-            budget, features = self._features(clip, question, tm)
+        for clip, tm, frames_i in zip(clips, timings, encoded, strict=True):
+            budget, features = self._features(clip, question, tm, frames_i)
             budgets.append(budget)
             rows.append(self.prompt_inputs(question, clip, features))
         gens = generate_batch(self.model, self.checkpoint.tokenizer, rows, max_new_tokens=self.settings.max_new_tokens,
@@ -313,8 +343,12 @@ class Engine:
             answers.append(Answer(gen.text, clip, budget, tm, gen.tokens, gen.tokens_per_second))
         return answers
 
-    def _features(self, clip: Clip, question: str, timings: dict[str, float]) -> tuple[Budget, Any]:
-        """Budget check, then the clip's visual tokens (timing preprocess and encode into ``timings``)."""
+    def _features(self, clip: Clip, question: str, timings: dict[str, float], frames: Any = None
+                  ) -> tuple[Budget, Any]:
+        """Budget check, then the clip's visual tokens (timing preprocess and encode into ``timings``).
+
+        ``frames``: the clip's FrameFeatures when already encoded (a batch goes through the tower at once).
+        """
         import torch
 
         settings = replace(self.settings, frames=len(clip.indices))
@@ -328,11 +362,13 @@ class Engine:
             return self._checked_budget(settings, question, plan), features
         budget = self._checked_budget(settings, question)
         t = time.perf_counter()
-        pixels = self.pixels(clip)
-        timings["preprocess"] = time.perf_counter() - t
-        t = time.perf_counter()
-        features = self.visual_tokens(pixels, self.settings.mode, question)
-        timings["encode"] = time.perf_counter() - t
+        if frames is None:
+            pixels = self.pixels(clip)
+            timings["preprocess"] = time.perf_counter() - t
+            t = time.perf_counter()
+            frames = self.encode(pixels)
+        features = self.aggregate(frames, self.settings.mode, question)
+        timings["encode"] = timings.get("encode", 0.0) + time.perf_counter() - t
         return budget, features
 
     def _checked_budget(self, settings: RunSettings, question: str, plan: modes.TokenPlan | None = None) -> Budget:

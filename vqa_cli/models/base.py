@@ -52,6 +52,10 @@ class FrameFeatures:
     def __len__(self) -> int:
         return int(self.grid.shape[0])
 
+    def slice(self, start: int, stop: int) -> FrameFeatures:
+        """Frames ``start:stop`` (one clip out of a batch encoded together)."""
+        return FrameFeatures(self.grid[start:stop], None if self.prefix is None else self.prefix[start:stop])
+
     @classmethod
     def cat(cls, parts: Sequence[FrameFeatures]) -> FrameFeatures:
         """Frames encoded in chunks, joined in order."""
