@@ -120,6 +120,9 @@ def test_plan_needs_no_weights(tiny_dir, tmp_path, clip_path, capsys):
         (["frames", "{broken}"], 1, "cannot decode"),
         (["caption", "/no/such/folder", "--model", "{tiny}"], 2, "no such file or folder"),
         (["nonsense-command"], 2, "No such command"),
+        (["frames", "{clip}", "--fps", "2", "--frames", "3"], 2, "pick one"),
+        (["frames", "{clip}", "--max-frames", "3"], 2, "--max-frames caps --fps"),
+        (["ask", "{clip}", "q", "--seek", "sideways"], 2, "sideways"),
     ],
 )
 def test_user_mistakes_get_one_line_and_the_right_exit_code(argv, code, message, tiny_dir, clip_path, tmp_path,
@@ -182,3 +185,21 @@ def test_download_without_a_network_is_one_line(capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path))
     code, out, err = run(["download", "llava-onevision-0.5b"], capsys)
     assert code == 1 and "cannot download" in err and "Traceback" not in err
+
+
+def test_fps_sampling_is_capped_and_reported(tiny_dir, clip_path, capsys):
+    code, out, err = run(["ask", clip_path, "q", "--model", str(tiny_dir), "--fps", "4", "--max-frames", "8",
+                          "--max-new-tokens", "2", "--json"], capsys)
+    record = json.loads(out)
+    assert code == 0, err
+    assert record["frames"] == 8 and record["visual_tokens"] == 8 * 144  # 3 s x 4 fps = 12, capped at 8
+    code, out, _ = run(["frames", clip_path, "--fps", "2", "--json"], capsys)
+    record = json.loads(out)
+    assert record["frames"] == 6 and record["seek"] in ("exact", "keyframe")
+
+
+def test_keyframe_seek_reports_the_frames_it_returns(clip_path, capsys):
+    code, out, _ = run(["frames", clip_path, "--frames", "4", "--seek", "keyframe", "--json"], capsys)
+    record = json.loads(out)
+    assert code == 0 and record["seek"] == "keyframe"
+    assert len(record["frame_indices"]) == len(record["timestamps"]) == record["frames"] >= 1

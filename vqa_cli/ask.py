@@ -9,7 +9,7 @@ from pathlib import Path
 
 from vqa_cli import console
 from vqa_cli.errors import InputNotFoundError
-from vqa_cli.video import Clip, is_image_path, probe, sample_frames
+from vqa_cli.video import is_image_path, probe
 
 
 def check_input(path: str) -> None:
@@ -20,12 +20,6 @@ def check_input(path: str) -> None:
     if Path(path).is_dir():
         raise InputNotFoundError(f"{path!r} is a directory: `vqa ask` takes one video (see `vqa caption`)")
     probe(path)
-
-
-def decode(path: str, frames: int, start: float | None, end: float | None) -> tuple[Clip, float]:
-    started = time.perf_counter()
-    clip = sample_frames(path, frames, start=start, end=end)
-    return clip, time.perf_counter() - started
 
 
 def plan_record(checkpoint, settings, budget) -> dict:
@@ -99,17 +93,18 @@ def planned_frames(settings) -> int:
     """The frame count a request will use, from ``config.json`` alone (no transformers import)."""
     import json
 
-    from vqa_cli import loading, modes
+    from vqa_cli import loading
+    from vqa_cli.engine import frames_for
     from vqa_cli.models.registry import family_for_model_type
 
-    if settings.frames:
+    if settings.frames and not settings.fps:
         return settings.frames
     config = loading.resolve_model_dir(settings.model, weights=False) / "config.json"
     try:
-        model_type = json.loads(config.read_text())["model_type"]
+        default = family_for_model_type(json.loads(config.read_text())["model_type"]).default_frames
     except (OSError, ValueError, KeyError):
-        return modes.default_frames(settings.mode.name, 32)  # the checkpoint check will say what is wrong
-    return modes.default_frames(settings.mode.name, family_for_model_type(model_type).default_frames)
+        default = 32  # the checkpoint check that follows says what is wrong
+    return frames_for(settings, default)
 
 
 def open_video(settings, video: str, questions: list[str], *, reserve: int = 0):
@@ -119,13 +114,13 @@ def open_video(settings, video: str, questions: list[str], *, reserve: int = 0):
     """
     from dataclasses import replace
 
-    from vqa_cli.engine import Checkpoint, Engine
+    from vqa_cli.engine import Checkpoint, Engine, sample_clip
 
     check_input(video)
     # Decoding starts first (OpenCV releases the GIL), overlapping the imports, the configs and the weights.
     frames = 1 if is_image_path(video) else planned_frames(settings)
     with ThreadPoolExecutor(max_workers=1) as pool:
-        decoding = pool.submit(decode, video, frames, settings.start, settings.end)
+        decoding = pool.submit(sample_clip, video, settings, frames)
         with console.status("reading model config"):
             checkpoint = Checkpoint(settings.model)
             # A still image is one frame: budget (and pick the RoPE factor) for that, not the mode's default.

@@ -30,7 +30,7 @@ from typing import Any
 
 from vqa_cli import console, writer
 from vqa_cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, InputNotFoundError, UsageError, describe, one_line
-from vqa_cli.video import VIDEO_EXTENSIONS, Clip, sample_frames
+from vqa_cli.video import VIDEO_EXTENSIONS, Clip
 
 RECORD_FIELDS = ("model", "mode", "frames", "frame_indices", "timestamps", "duration", "visual_tokens", "rope_factor",
                  "timings")
@@ -169,14 +169,14 @@ class Summary:
 DECODE_TIMEOUT = 600.0  # seconds per file: a pathological file is recorded as an error, never hangs the run
 
 
-def _decode(path: str, frames: int, start: float | None, end: float | None, engine: Any = None
-            ) -> tuple[Clip, float, Any, float]:
+def _decode(path: str, settings: Any, frames: int, engine: Any = None) -> tuple[Clip, float, Any, float]:
     """A worker's share: decode, then (when ``engine`` is given) preprocess to pixels, off the model's thread."""
+    from vqa_cli.engine import sample_clip
+
+    clip, seconds = sample_clip(path, settings, frames, timeout=DECODE_TIMEOUT)
     started = time.perf_counter()
-    clip = sample_frames(path, frames, start=start, end=end, timeout=DECODE_TIMEOUT)
-    decoded = time.perf_counter()
     pixels = engine.pixels(clip) if engine is not None and not engine.uses_image_path(clip) else None
-    return clip, decoded - started, pixels, time.perf_counter() - decoded
+    return clip, seconds, pixels, time.perf_counter() - started
 
 
 def _error_record(video: str, settings: Any, sid: str, exc: BaseException) -> dict:
@@ -267,8 +267,7 @@ class Captioner:
                     video = next(queue, None)
                     if video is None:
                         return
-                    s = self.settings
-                    pending.append((video, pool.submit(_decode, video, self.frames, s.start, s.end, self.engine)))
+                    pending.append((video, pool.submit(_decode, video, self.settings, self.frames, self.engine)))
 
             refill()
             while pending and not flag.stop:

@@ -34,6 +34,13 @@ Model = Annotated[
 ModeName = Literal["anyres", "slowfast", "pooled"]
 Mode = Annotated[ModeName, typer.Option("--mode", help="How frames become tokens.")]
 Frames = Annotated[int | None, typer.Option("--frames", "-n", min=1, help="Frames to sample (default: the mode's).")]
+Fps = Annotated[float | None, typer.Option("--fps", min=0.001, help="Sample at this rate instead of --frames.",
+                                           show_default=False)]
+MaxFrames = Annotated[int | None, typer.Option("--max-frames", min=1, show_default=False,
+                                               help="Cap for --fps (default: the mode's frames).")]
+Seek = Annotated[Literal["exact", "keyframe", "auto"], typer.Option(
+    "--seek", help="exact frames, nearest keyframes (fast on long videos), or auto (keyframes when exact would decode "
+    "over 1000 frames).")]
 Start = Annotated[float | None, typer.Option("--start", min=0, help="Window start, seconds.")]
 End = Annotated[float | None, typer.Option("--end", min=0, help="Window end, seconds.")]
 Quant = Annotated[
@@ -90,9 +97,21 @@ def _mode_settings(mode: str, stride: str | int | None, slow_frames: int | None,
                         guide_kernel=_triple("--guide-kernel", guide_kernel))
 
 
-_SETTING_OPTIONS = ("model", "mode", "frames", "start", "end", "quant", "device", "dtype", "max_new_tokens",
-                    "temperature", "seed", "stride", "slow_frames", "fast_grid", "pool", "guide", "guide_model",
-                    "guide_kernel", "rope_scale", "rope_type", "time_prompt")
+_SETTING_OPTIONS = ("model", "mode", "frames", "fps", "max_frames", "seek", "start", "end", "quant", "device",
+                    "dtype", "max_new_tokens", "temperature", "seed", "stride", "slow_frames", "fast_grid", "pool",
+                    "guide", "guide_model", "guide_kernel", "rope_scale", "rope_type", "time_prompt")
+
+
+def _check_window(start: float | None, end: float | None) -> None:
+    if start is not None and end is not None and end <= start:
+        raise UsageError("--end must be after --start")
+
+
+def _check_rate(frames: int | None, fps: float | None, max_frames: int | None) -> None:
+    if fps and frames:
+        raise UsageError("--frames and --fps are two ways to choose frames: pick one (--max-frames caps --fps)")
+    if max_frames and not fps:
+        raise UsageError("--max-frames caps --fps; with --frames give the count itself")
 
 
 def _settings(options: dict):
@@ -102,8 +121,8 @@ def _settings(options: dict):
 
     kw = {"guide": False, "guide_model": None, "guide_kernel": None,
           **{k: v for k, v in options.items() if k in _SETTING_OPTIONS}}
-    if kw["start"] is not None and kw["end"] is not None and kw["end"] <= kw["start"]:
-        raise UsageError("--end must be after --start")
+    _check_window(kw["start"], kw["end"])
+    _check_rate(kw["frames"], kw["fps"], kw["max_frames"])
     mode = _mode_settings(kw.pop("mode"), kw.pop("stride"), kw.pop("slow_frames"), kw.pop("fast_grid"),
                           kw.pop("pool"), kw.pop("guide"), kw.pop("guide_kernel"))
     guide_model = kw.pop("guide_model")
@@ -122,6 +141,9 @@ def ask(
     model: Model = None,
     mode: Mode = DEFAULT_MODE,
     frames: Frames = None,
+    fps: Fps = None,
+    max_frames: MaxFrames = None,
+    seek: Seek = "auto",
     start: Start = None,
     end: End = None,
     quant: Quant = None,
@@ -174,6 +196,9 @@ def chat(
     model: Model = None,
     mode: Mode = DEFAULT_MODE,
     frames: Frames = None,
+    fps: Fps = None,
+    max_frames: MaxFrames = None,
+    seek: Seek = "auto",
     start: Start = None,
     end: End = None,
     quant: Quant = None,
@@ -213,6 +238,9 @@ def caption(
     model: Model = None,
     mode: Mode = DEFAULT_MODE,
     frames: Frames = None,
+    fps: Fps = None,
+    max_frames: MaxFrames = None,
+    seek: Seek = "auto",
     start: Start = None,
     end: End = None,
     quant: Quant = None,
@@ -245,6 +273,9 @@ def caption(
 def frames(
     video: Annotated[str, typer.Argument(help="Video file (or an image).", show_default=False)],
     frames: Frames = None,
+    fps: Fps = None,
+    max_frames: MaxFrames = None,
+    seek: Seek = "auto",
     start: Start = None,
     end: End = None,
     mode: Mode = DEFAULT_MODE,
@@ -254,20 +285,22 @@ def frames(
                                               show_default=False)] = None,
 ) -> int:
     """Show which frames the model will see: indices and timestamps (no model is loaded)."""
-    from vqa_cli import modes
     from vqa_cli.ask import check_input
-    from vqa_cli.video import sample_frames
+    from vqa_cli.engine import sample_clip
 
-    if start is not None and end is not None and end <= start:
-        raise UsageError("--end must be after --start")
+    _check_window(start, end)
+    _check_rate(frames, fps, max_frames)
     if sheet:
         from vqa_cli.sheet import SHEET_FORMATS
 
         if not sheet.lower().endswith(tuple(SHEET_FORMATS)):
             raise UsageError(f"--sheet must end in one of {', '.join(sorted(SHEET_FORMATS))}")
     check_input(video)
-    n = frames or modes.default_frames(mode, 32)
-    clip = sample_frames(video, n, start=start, end=end)
+    from vqa_cli.engine import RunSettings, frames_for
+
+    request = RunSettings(model="", mode=ModeSettings(mode), frames=frames, fps=fps, max_frames=max_frames, seek=seek,
+                          start=start, end=end)
+    clip, _ = sample_clip(video, request, frames_for(request, 32))
     pathways = _frame_pathways(mode, len(clip.indices), slow_frames)
     if sheet:
         from vqa_cli.sheet import contact_sheet
@@ -284,6 +317,10 @@ def frames(
             "total_frames": clip.total_frames,
             "header_frames": clip.header_frames,
             "header_fps": clip.header_fps,
+            "seek": clip.seek,
+            "decoded": clip.decoded,
+            "damaged": clip.damaged,
+            "warnings": clip.warnings,
             "mode": mode,
             "pathways": pathways,
         })

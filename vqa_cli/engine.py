@@ -32,6 +32,9 @@ class RunSettings:
     model: str
     mode: modes.ModeSettings = field(default_factory=modes.ModeSettings)
     frames: int | None = None  # None: the mode's default
+    fps: float | None = None  # sample at this rate instead, capped by max_frames
+    max_frames: int | None = None  # with fps; None: the mode's default frame count
+    seek: str = "auto"  # exact | keyframe | auto (see video.sample_frames)
     start: float | None = None
     end: float | None = None
     quant: str | None = None  # None: 4bit on CUDA, none on CPU
@@ -56,6 +59,28 @@ class RunSettings:
         if not self.mode.guide:
             d.pop("guide_model")
         return d
+
+
+def frames_for(settings: RunSettings, family_default: int) -> int:
+    """The most frames a request samples (what the token budget is planned for)."""
+    n = (settings.max_frames if settings.fps else settings.frames) or modes.default_frames(
+        settings.mode.name, family_default)
+    if n < 1:
+        raise UsageError("--frames must be at least 1")
+    return n
+
+
+def sample_clip(path: str, settings: RunSettings, frames: int, timeout: float | None = None) -> tuple[Clip, float]:
+    """The request's frames of ``path`` (``frames``, or ``--fps`` capped at ``frames``) and the seconds taken."""
+    from vqa_cli.video import sample_frames
+
+    started = time.perf_counter()
+    if settings.fps:
+        clip = sample_frames(path, None, settings.start, settings.end, timeout, fps=settings.fps, max_frames=frames,
+                             seek=settings.seek)
+    else:
+        clip = sample_frames(path, frames, settings.start, settings.end, timeout, seek=settings.seek)
+    return clip, time.perf_counter() - started
 
 
 @dataclass
@@ -99,10 +124,7 @@ class Checkpoint:
         self.processor = ProcessorConfig.from_dir(self.dir)
 
     def frames_for(self, settings: RunSettings) -> int:
-        n = settings.frames or modes.default_frames(settings.mode.name, self.adapter.default_frames)
-        if n < 1:
-            raise UsageError("--frames must be at least 1")
-        return n
+        return frames_for(settings, self.adapter.default_frames)
 
     def plan(self, settings: RunSettings, num_frames: int) -> modes.TokenPlan:
         g = self.geometry
