@@ -1,0 +1,42 @@
+"""The GPU benchmark's arithmetic, and (heavy) the whole script at the tiny geometry on the CPU."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import gpu  # noqa: E402
+
+
+def test_decode_floor_counts_the_language_model_and_head_once(engine_factory):
+    model = engine_factory(frames=4).model
+    expected = sum(p.numel() * p.element_size() for n, p in model.named_parameters()
+                   if n.startswith(("model.language_model", "lm_head")) and "embed_tokens" not in n)
+    assert gpu.decode_bytes_per_token(model) == expected
+    vision = sum(p.numel() for n, p in model.named_parameters() if n.startswith("model.vision_tower"))
+    assert vision > 0  # the vision tower is not read per token and is left out
+
+
+def test_table_states_ratios_and_fraction_of_the_floor():
+    row = {"who": "vqa", "mode": "anyres", "frames": 32, "visual_tokens": 4608, "rope_factor": 2.0,
+           "decode_s": 1.0, "preprocess_s": 0.1, "encode_s": 0.2, "prefill_s": 0.3, "e2e_ttft_s": 1.6,
+           "tokens_per_s": 50.0, "peak_gib": None, "floor_bytes": 10**9}
+    base = dict(row, who="transformers", mode="anyres (native)", tokens_per_s=25.0)
+    text = gpu.table([row, base], bandwidth=100.0)  # floor: 100 GB/s / 1 GB = 100 tok/s
+    assert "| 50.0 | 2.00x | 100.0 | 50% |" in text and "| 25.0 | 1.00x | 100.0 | 25% |" in text
+
+
+@pytest.mark.heavy
+def test_gpu_benchmark_runs_end_to_end_at_the_tiny_geometry(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--geometry", "tiny", "--device",
+                           "cpu", "--new-tokens", "8", "--modes", "anyres", "pooled", "--workdir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| vqa") or line.startswith("| transformers")]
+    assert len(rows) == 3
