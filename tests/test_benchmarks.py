@@ -16,7 +16,8 @@ import gpu  # noqa: E402
 
 def test_decode_floor_counts_the_language_model_and_head_once(engine_factory):
     model = engine_factory(frames=4).model
-    expected = sum(p.numel() * p.element_size() for n, p in model.named_parameters()
+    tensors = list(model.named_parameters()) + list(model.named_buffers())  # buffers: rotary, quant state
+    expected = sum(p.numel() * p.element_size() for n, p in tensors
                    if n.startswith(("model.language_model", "lm_head")) and "embed_tokens" not in n)
     assert gpu.decode_bytes_per_token(model) == expected
     vision = sum(p.numel() for n, p in model.named_parameters() if n.startswith("model.vision_tower"))
