@@ -7,8 +7,11 @@ through ``errors.describe``; exit 2 for usage errors, 1 for failures.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import sys
-from typing import Annotated, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, get_type_hints
 
 import typer
 
@@ -74,6 +77,77 @@ TimePrompt = Annotated[bool, typer.Option("--time-prompt", help="Tell the model 
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")]
 
 
+# ---- option groups: one declaration each, added to the commands that take them ----------------
+def _sampling_options(
+    frames: Frames = None,
+    fps: Fps = None,
+    max_frames: MaxFrames = None,
+    seek: Seek = "auto",
+    start: Start = None,
+    end: End = None,
+) -> None:
+    """Which frames: how many (or at what rate), how to seek, which window."""
+
+
+def _model_options(
+    model: Model = None,
+    mode: Mode = DEFAULT_MODE,
+    quant: Quant = None,
+    device: Device = None,
+    dtype: Dtype = None,
+    max_new_tokens: MaxNew = 256,
+    temperature: Temperature = 0.0,
+    seed: Seed = None,
+    stride: Stride = None,
+    slow_frames: SlowFrames = None,
+    fast_grid: FastGrid = None,
+    pool: Pool = None,
+    rope_scale: RopeScale = None,
+    rope_type: RopeType = "linear",
+    time_prompt: TimePrompt = False,
+) -> None:
+    """Which model, mode, precision and decoding."""
+
+
+def _guide_options(
+    guide: Guide = False,
+    guide_model: GuideModel = None,
+    guide_kernel: GuideKernel = None,
+) -> None:
+    """Prompt-guided pooling."""
+
+
+def with_options(*groups: Callable[..., None]) -> Callable[[Callable[..., int]], Callable[..., int]]:
+    """Give a command the parameters of the option ``groups``; they reach it together as ``options``.
+
+    Typer reads a command's parameters from its signature, so the wrapper shows the command's own
+    parameters followed by the groups' (declared once above) and hands the groups' values over as a dict.
+    """
+
+    def params(f: Callable[..., Any]) -> list[inspect.Parameter]:
+        hints = get_type_hints(f, include_extras=True)  # resolved: a given __signature__ is not evaluated
+        return [p.replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=hints[p.name])
+                for p in inspect.signature(f).parameters.values() if p.name != "options"]
+
+    def decorate(command: Callable[..., int]) -> Callable[..., int]:
+        own = params(command)
+        extra = [p for group in groups for p in params(group)]
+        names = {p.name for p in extra}
+        annotations = {p.name: p.annotation for p in own + extra}
+
+        @functools.wraps(command)
+        def wrapper(*args: Any, **kwargs: Any) -> int:
+            options = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
+            return command(*args, options=options, **kwargs)
+
+        wrapper.__signature__ = inspect.Signature(own + extra)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = annotations
+        del wrapper.__wrapped__  # Typer must see the new signature, not the command's
+        return wrapper
+
+    return decorate
+
+
 def _triple(flag: str, text: str | None) -> tuple[int, int, int] | None:
     if not text:
         return None
@@ -132,38 +206,17 @@ def _settings(options: dict):
 
 
 @app.command()
+@with_options(_sampling_options, _model_options, _guide_options)
 def ask(
     video: Annotated[str, typer.Argument(help="Video file (or an image).", show_default=False)],
     questions: Annotated[list[str] | None, typer.Argument(help="One or more questions (the video is encoded once).",
                                                           show_default=False)] = None,
     questions_file: Annotated[str | None, typer.Option("--questions", help="More questions, one per line (- = stdin).",
                                                        show_default=False)] = None,
-    model: Model = None,
-    mode: Mode = DEFAULT_MODE,
-    frames: Frames = None,
-    fps: Fps = None,
-    max_frames: MaxFrames = None,
-    seek: Seek = "auto",
-    start: Start = None,
-    end: End = None,
-    quant: Quant = None,
-    device: Device = None,
-    dtype: Dtype = None,
-    max_new_tokens: MaxNew = 256,
-    temperature: Temperature = 0.0,
-    seed: Seed = None,
-    stride: Stride = None,
-    slow_frames: SlowFrames = None,
-    fast_grid: FastGrid = None,
-    pool: Pool = None,
-    guide: Guide = False,
-    guide_model: GuideModel = None,
-    guide_kernel: GuideKernel = None,
-    rope_scale: RopeScale = None,
-    rope_type: RopeType = "linear",
-    time_prompt: TimePrompt = False,
     as_json: Json = False,
     plan: Annotated[bool, typer.Option("--plan", help="Show frames, tokens, RoPE and memory without running.")] = False,
+    *,
+    options: dict,
 ) -> int:
     """Answer questions about a video, streaming the answers to stdout."""
     from vqa_cli.ask import run_ask
@@ -172,7 +225,7 @@ def ask(
     if not asked:
         raise UsageError("give a question (or --questions FILE)")
 
-    settings = _settings(locals())
+    settings = _settings(options)
     return run_ask(settings, video, asked, as_json=as_json, plan_only=plan)
 
 
@@ -191,38 +244,21 @@ def _read_questions(path: str | None) -> list[str]:
 
 
 @app.command()
+@with_options(_sampling_options, _model_options)
 def chat(
     video: Annotated[str, typer.Argument(help="Video file (or an image).", show_default=False)],
-    model: Model = None,
-    mode: Mode = DEFAULT_MODE,
-    frames: Frames = None,
-    fps: Fps = None,
-    max_frames: MaxFrames = None,
-    seek: Seek = "auto",
-    start: Start = None,
-    end: End = None,
-    quant: Quant = None,
-    device: Device = None,
-    dtype: Dtype = None,
-    max_new_tokens: MaxNew = 256,
-    temperature: Temperature = 0.0,
-    seed: Seed = None,
-    stride: Stride = None,
-    slow_frames: SlowFrames = None,
-    fast_grid: FastGrid = None,
-    pool: Pool = None,
-    rope_scale: RopeScale = None,
-    rope_type: RopeType = "linear",
-    time_prompt: TimePrompt = False,
+    *,
+    options: dict,
 ) -> int:
     """Talk about a video: the conversation stays in the KV cache (/reset, /frames, /save FILE, /quit)."""
     from vqa_cli.chat import run_chat
 
-    settings = _settings(locals())
+    settings = _settings(options)
     return run_chat(settings, video)
 
 
 @app.command()
+@with_options(_sampling_options, _model_options, _guide_options)
 def caption(
     paths: Annotated[list[str], typer.Argument(help="Videos, folders (recursive) or - for paths on stdin.",
                                                show_default=False)],
@@ -235,61 +271,37 @@ def caption(
                                               show_default=False)] = None,
     summary: Annotated[str | None, typer.Option("--summary", help="Also write the run summary as JSON here.",
                                                 show_default=False)] = None,
-    model: Model = None,
-    mode: Mode = DEFAULT_MODE,
-    frames: Frames = None,
-    fps: Fps = None,
-    max_frames: MaxFrames = None,
-    seek: Seek = "auto",
-    start: Start = None,
-    end: End = None,
-    quant: Quant = None,
-    device: Device = None,
-    dtype: Dtype = None,
-    max_new_tokens: MaxNew = 256,
-    temperature: Temperature = 0.0,
-    seed: Seed = None,
-    stride: Stride = None,
-    slow_frames: SlowFrames = None,
-    fast_grid: FastGrid = None,
-    pool: Pool = None,
-    guide: Guide = False,
-    guide_model: GuideModel = None,
-    guide_kernel: GuideKernel = None,
-    rope_scale: RopeScale = None,
-    rope_type: RopeType = "linear",
-    time_prompt: TimePrompt = False,
+    *,
+    options: dict,
 ) -> int:
     """Caption videos into JSON Lines, one record per video. Exit 0: all captioned; 1: some failed; 2: usage."""
     from vqa_cli.caption import run_caption
     from vqa_cli.prompt import DEFAULT_CAPTION_PROMPT
 
-    settings = _settings(locals())
+    settings = _settings(options)
     return run_caption(settings, paths, out, prompt if prompt is not None else DEFAULT_CAPTION_PROMPT,
                        batch_size=batch_size, workers=workers, shard=shard, summary_path=summary)
 
 
 @app.command()
+@with_options(_sampling_options)
 def frames(
     video: Annotated[str, typer.Argument(help="Video file (or an image).", show_default=False)],
-    frames: Frames = None,
-    fps: Fps = None,
-    max_frames: MaxFrames = None,
-    seek: Seek = "auto",
-    start: Start = None,
-    end: End = None,
     mode: Mode = DEFAULT_MODE,
     slow_frames: SlowFrames = None,
     as_json: Json = False,
     sheet: Annotated[str | None, typer.Option("--sheet", help="Write a contact sheet (.jpg/.png) of the frames.",
                                               show_default=False)] = None,
+    *,
+    options: dict,
 ) -> int:
     """Show which frames the model will see: indices and timestamps (no model is loaded)."""
     from vqa_cli.ask import check_input
     from vqa_cli.engine import sample_clip
 
-    _check_window(start, end)
-    _check_rate(frames, fps, max_frames)
+    o = options
+    _check_window(o["start"], o["end"])
+    _check_rate(o["frames"], o["fps"], o["max_frames"])
     if sheet:
         from vqa_cli.sheet import SHEET_FORMATS
 
@@ -298,8 +310,7 @@ def frames(
     check_input(video)
     from vqa_cli.engine import RunSettings, frames_for
 
-    request = RunSettings(model="", mode=ModeSettings(mode), frames=frames, fps=fps, max_frames=max_frames, seek=seek,
-                          start=start, end=end)
+    request = RunSettings(model="", mode=ModeSettings(mode), **options)
     clip, _ = sample_clip(video, request, frames_for(request, 32))
     pathways = _frame_pathways(mode, len(clip.indices), slow_frames)
     if sheet:
