@@ -200,16 +200,9 @@ def _ask_many(engine, clip, questions: list[str], timings: dict, run_started: fl
                         "timings": {"first_token": round(gen.first_token, 4), "generate": round(gen.total, 4)}})
     timings["total"] = time.perf_counter() - run_started
     budget = engine.checkpoint.budget(engine.settings, questions, num_frames=len(clip.indices),
-                                      plan=None if not engine.uses_image_path(clip) else _image_plan(conversation))
+                                      plan=conversation.plan)
     shared = Answer("", clip, budget, timings, 0, 0.0).record(engine.settings, engine)
     if as_json:
         console.emit_json({"video": video, "answers": answers,
                            **{k: v for k, v in shared.items() if k not in _PER_ANSWER}})
     return 0
-
-
-def _image_plan(conversation):
-    from vqa_cli import modes
-
-    n = conversation.features.shape[0]
-    return modes.TokenPlan("anyres", 1, (modes.Pathway("image", (0,), (n,), n),))

@@ -86,7 +86,7 @@ def resume(out: str, videos: list[str], sid: str) -> list[str]:
     if out == "-":
         return videos
     records, damaged = writer.read_records(out)
-    done = {r.get("video") for r in records if r.get("settings_id") == sid and r.get("error") is None}
+    done = _captioned(records, sid)
     retry = set(videos) - done
     kept = [r for r in records if not (r.get("settings_id") == sid and r.get("error") is not None
                                        and r.get("video") in retry)]
@@ -97,7 +97,10 @@ def resume(out: str, videos: list[str], sid: str) -> list[str]:
 
 def captioned(path: str, sid: str) -> set[str]:
     """Videos with a caption under these settings in an existing output (read only)."""
-    records, _ = writer.read_records(path) if path != "-" else ([], False)
+    return _captioned(writer.read_records(path)[0] if path != "-" else [], sid)
+
+
+def _captioned(records: list[dict], sid: str) -> set[str]:
     return {r.get("video") for r in records if r.get("settings_id") == sid and r.get("error") is None}
 
 

@@ -50,6 +50,7 @@ class Conversation:
     clip: Clip
     features: Any  # [N, D] visual tokens, kept to rebuild the cache if a turn diverges before them
     messages: list[dict] = field(default_factory=list)
+    plan: Any = None  # the clip's visual token layout (modes.TokenPlan)
     cache: Any = None
     cached_ids: list[int] = field(default_factory=list)
 
@@ -57,8 +58,8 @@ class Conversation:
     def open(cls, engine: Any, clip: Clip, prompt_text: str = "", timings: dict | None = None) -> Conversation:
         """Encode the clip once and prefill the shared prefix (``prompt_text`` guides --guide pooling)."""
         timings = {} if timings is None else timings
-        _, features = engine._features(clip, prompt_text, timings)
-        conversation = cls(engine, clip, features)
+        budget, features = engine._features(clip, prompt_text, timings)
+        conversation = cls(engine, clip, features, plan=budget.plan)
         started = time.perf_counter()
         conversation.prefill()
         timings["prefill"] = time.perf_counter() - started
@@ -75,7 +76,7 @@ class Conversation:
         self.cache = DynamicCache(config=self.engine.model.config)
         ids_t = torch.tensor([shared], device=self.engine.input_device)
         with torch.inference_mode():
-            embeds = prompt.embed(self.engine.model, ids_t, self.features, self._placeholder())
+            embeds = prompt.embed(self.engine.model, ids_t, self.features, self.engine.placeholder_id(self.clip))
             self.engine.model(inputs_embeds=embeds, attention_mask=torch.ones_like(ids_t),
                               past_key_values=self.cache, use_cache=True)
         self.cached_ids = shared
@@ -87,9 +88,9 @@ class Conversation:
 
     def _ids(self, messages: list[dict]) -> list[int]:
         """Token ids of the whole conversation, video placeholder expanded, ready for the next answer."""
-        ck, adapter = self.engine.checkpoint, self.engine.adapter
+        ck = self.engine.checkpoint
         image = self.engine.uses_image_path(self.clip)
-        placeholder = adapter.image_token_id() if image else adapter.video_token_id()
+        placeholder = self.engine.placeholder_id(self.clip)
         text = ck.tokenizer.apply_chat_template(
             self._template_messages(messages, "image" if image else "video"), chat_template=ck.template,
             tokenize=False, add_generation_prompt=True,
@@ -128,7 +129,7 @@ class Conversation:
             self.cache.crop(reuse - self.cache.get_seq_length())
         ids_t = torch.tensor([ids], device=engine.input_device)
         with torch.inference_mode():
-            embeds = prompt.embed(engine.model, ids_t, self.features, self._placeholder())
+            embeds = prompt.embed(engine.model, ids_t, self.features, self.engine.placeholder_id(self.clip))
         streamer = TimedTextStreamer(engine.checkpoint.tokenizer, on_text)
         tok = engine.checkpoint.tokenizer
         with torch.inference_mode():
@@ -146,10 +147,6 @@ class Conversation:
         if keep:
             self.messages = messages + [{"role": "assistant", "text": gen.text}]
         return Turn(question, gen.text, gen, len(ids) - reuse, self.cache.get_seq_length())
-
-    def _placeholder(self) -> int:
-        adapter = self.engine.adapter
-        return adapter.image_token_id() if self.engine.uses_image_path(self.clip) else adapter.video_token_id()
 
     def reset(self) -> None:
         """Forget the turns; the video's prefix stays cached (the next turn shares it)."""

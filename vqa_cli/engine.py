@@ -286,13 +286,17 @@ class Engine:
         """A still image in anyres mode goes through the family's own AnyRes image path, when it has one."""
         return clip.is_image and self.settings.mode.name == "anyres" and self.adapter.image_token_id() is not None
 
+    def placeholder_id(self, clip: Clip) -> int:
+        """The prompt placeholder the clip's visual tokens replace: image for the AnyRes image path, else video."""
+        return self.adapter.image_token_id() if self.uses_image_path(clip) else self.adapter.video_token_id()
+
     def prompt_inputs(self, question: str, clip: Clip, features: Any) -> tuple[Any, Any]:
         import torch
 
         time_text = prompt.time_instruction(clip.duration, clip.timestamps) if self.settings.time_prompt else None
         image = self.uses_image_path(clip)
         ids = self.checkpoint.prompt_ids(question, None if image else time_text, media="image" if image else "video")
-        placeholder = self.adapter.image_token_id() if image else self.adapter.video_token_id()
+        placeholder = self.placeholder_id(clip)
         ids = prompt.expand_placeholder(ids, placeholder, features.shape[0])
         ids_t = torch.tensor([ids], device=self.input_device)
         with torch.inference_mode():
@@ -379,9 +383,7 @@ class Engine:
             with torch.inference_mode():
                 features = self.adapter.image_tokens(self.model, self.checkpoint.dir, clip.frames[0])
             timings["preprocess"], timings["encode"] = 0.0, time.perf_counter() - t
-            n = features.shape[0]
-            plan = modes.TokenPlan("anyres", 1, (modes.Pathway("image", (0,), (n,), n),))
-            return self._checked_budget(settings, question, plan), features
+            return self._checked_budget(settings, question, modes.image_plan(features.shape[0])), features
         budget = self._checked_budget(settings, question)
         t = time.perf_counter()
         if frames is None:

@@ -87,6 +87,11 @@ class TokenPlan:
                 "pathways": [p.to_dict() for p in self.pathways]}
 
 
+def image_plan(tokens: int) -> TokenPlan:
+    """The layout of a still image through a family's AnyRes image path (its count known once encoded)."""
+    return TokenPlan("anyres", 1, (Pathway("image", (0,), (tokens,), tokens),))
+
+
 def default_frames(mode: str, family_default: int) -> int:
     return {"anyres": family_default, "slowfast": SLOWFAST_FRAMES, "pooled": POOLED_FRAMES}[mode]
 
