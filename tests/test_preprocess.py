@@ -66,3 +66,38 @@ def test_shortest_edge_resize_truncates_the_long_edge_like_torchvision():
     cfg = ProcessorConfig()
     assert resize_hw(1080, 1920, cfg) == (336, 597)
     assert resize_hw(1920, 1080, cfg) == (597, 336)
+
+
+def _reference(frame: np.ndarray, cfg: ProcessorConfig) -> np.ndarray:
+    """The plain recipe: PIL resize of the whole frame, centre crop, float32 rescale and normalise."""
+    from PIL import Image
+
+    h, w = resize_hw(frame.shape[0], frame.shape[1], cfg)
+    img = np.asarray(Image.fromarray(frame).resize((w, h), resample=cfg.resample))
+    ch, cw = cfg.crop_hw
+    top, left = (h - ch) // 2, (w - cw) // 2
+    out = img[top:top + ch, left:left + cw].astype(np.float32) * np.float32(cfg.rescale_factor)
+    out = (out - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)
+    return out.transpose(2, 0, 1)
+
+
+@pytest.mark.parametrize("resample", [1, 2, 3, 4, 5, 0])
+@pytest.mark.parametrize("size", [(360, 640), (1080, 1920), (720, 1280), (337, 500), (341, 1000), (1000, 341),
+                                  (240, 320), (336, 400)])
+def test_column_cropped_resampling_and_lookup_give_the_same_bytes(size, resample):
+    rng = np.random.default_rng(size[0] * 7 + size[1] + resample)
+    frame = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+    cfg = ProcessorConfig(resample=resample)
+    assert np.array_equal(preprocess_frames(frame[None], cfg)[0], _reference(frame, cfg))
+
+
+def test_lookup_table_equals_the_float_formula_for_every_level():
+    from vqa_cli.preprocess import normalize
+
+    cfg = ProcessorConfig(mean=(0.5, 0.25, 0.125), std=(0.2, 0.3, 0.7), rescale_factor=1 / 255)
+    levels = np.repeat(np.arange(256, dtype=np.uint8)[:, None, None], 3, axis=2)  # [256, 1, 3]
+    expected = (levels.astype(np.float32) * np.float32(cfg.rescale_factor) - np.asarray(cfg.mean, np.float32)) \
+        / np.asarray(cfg.std, np.float32)
+    assert np.array_equal(normalize(levels, cfg), expected.transpose(2, 0, 1))
+    raw = ProcessorConfig(do_rescale=False, do_normalize=False)
+    assert np.array_equal(normalize(levels, raw), levels.astype(np.float32).transpose(2, 0, 1))

@@ -788,3 +788,21 @@ def test_h264_bitstream_helpers() -> None:
     assert video._h264_picture(sps + idr) == (True, "I")  # first_mb 0, slice_type 7 -> I
     assert video._h264_picture(b_nonref)[0] is False
     assert video._stream_header(sps + idr, "h264") == b"\x00\x00\x00\x01\x67\x64"
+
+
+def test_core_budget_limits_this_threads_decoders_and_keeps_the_frames(clip_path):
+    import threading
+
+    from vqa_cli import video
+
+    full = video.sample_frames(clip_path, 6)
+    with video.core_budget(1):
+        assert video._cpu_count() == 1 and video._default_threads() == 1
+        seen = []
+        other = threading.Thread(target=lambda: seen.append(video._default_threads()))
+        other.start()
+        other.join()
+        assert seen == [0]  # another thread keeps the default
+        budgeted = video.sample_frames(clip_path, 6)
+    assert video._default_threads() == 0
+    assert budgeted.indices == full.indices and np.array_equal(budgeted.frames, full.frames)

@@ -172,11 +172,15 @@ class Summary:
 DECODE_TIMEOUT = 600.0  # seconds per file: a pathological file is recorded as an error, never hangs the run
 
 
-def _decode(path: str, settings: Any, frames: int, engine: Any = None) -> tuple[Clip, float, Any, float]:
-    """A worker's share: decode, then (when ``engine`` is given) preprocess to pixels, off the model's thread."""
+def _decode(path: str, settings: Any, frames: int, engine: Any = None,
+            cores: int | None = None) -> tuple[Clip, float, Any, float]:
+    """A worker's share: decode (with ``cores`` of the machine's cores), then (when ``engine`` is given)
+    preprocess to pixels, off the model's thread."""
     from vqa_cli.engine import sample_clip
+    from vqa_cli.video import core_budget
 
-    clip, seconds = sample_clip(path, settings, frames, timeout=DECODE_TIMEOUT)
+    with core_budget(cores or os.cpu_count() or 1):
+        clip, seconds = sample_clip(path, settings, frames, timeout=DECODE_TIMEOUT)
     started = time.perf_counter()
     pixels = engine.pixels(clip) if engine is not None and not engine.uses_image_path(clip) else None
     return clip, seconds, pixels, time.perf_counter() - started
@@ -259,6 +263,7 @@ class Captioner:
     def run(self, videos: list[str], sink: writer.JsonlWriter) -> Summary:
         started = time.perf_counter()
         window = max(2 * self.batch_size, self.workers + 1)  # clips decoded ahead: bounds memory
+        cores = max(1, (os.cpu_count() or 1) // self.workers)  # each worker's decoders share the cores
         progress = _progress(len(videos))
         with ThreadPoolExecutor(max_workers=self.workers) as pool, progress, _StopFlag() as flag:
             task = progress.add_task("captioning", total=len(videos)) if progress else None
@@ -270,7 +275,8 @@ class Captioner:
                     video = next(queue, None)
                     if video is None:
                         return
-                    pending.append((video, pool.submit(_decode, video, self.settings, self.frames, self.engine)))
+                    pending.append((video, pool.submit(_decode, video, self.settings, self.frames, self.engine,
+                                                       cores)))
 
             refill()
             while pending and not flag.stop:

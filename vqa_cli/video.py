@@ -250,11 +250,38 @@ def _stack(frames: list[np.ndarray]) -> np.ndarray:
     return np.ascontiguousarray(np.stack(same, axis=0))
 
 
+_budget = threading.local()
+
+
 def _cpu_count() -> int:
+    """Cores this thread may decode with: the machine's, or fewer under ``core_budget``."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+        cores = max(1, os.cpu_count() or 1)
+    budget = getattr(_budget, "cores", None)
+    return min(cores, budget) if budget else cores
+
+
+def _default_threads() -> int:
+    """Decoder threads for a capture that has this thread's cores to itself (0: OpenCV's default)."""
+    return getattr(_budget, "cores", None) or 0
+
+
+@contextmanager
+def core_budget(cores: int) -> Iterator[None]:
+    """Decode with at most ``cores`` cores in this thread (parallel captures and decoder threads).
+
+    For callers that decode several files at once, such as ``vqa caption``'s decode-ahead
+    workers: decoders that each take every core only contend, and frame threading has its own
+    cost, so the work per file is cheaper when each file gets its share of the cores.
+    """
+    previous = getattr(_budget, "cores", None)
+    _budget.cores = max(1, cores)
+    try:
+        yield
+    finally:
+        _budget.cores = previous
 
 
 @contextmanager
@@ -272,10 +299,11 @@ def _quiet_opening() -> Iterator[None]:
 def _open_capture(path: str, fs_path: str, threads: int = 0) -> cv2.VideoCapture:
     """Open a decoding capture with the FFmpeg backend (auto-rotation on); VideoError if it cannot.
 
-    ``threads`` > 0 sets the FFmpeg decoder's thread count; 0 keeps OpenCV's
-    default (one per core, at most 16).
+    ``threads`` > 0 sets the FFmpeg decoder's thread count; 0 takes the thread's
+    ``core_budget``, or else OpenCV's default (one per core, at most 16).
     """
     backend = cv2.CAP_FFMPEG if cv2.videoio_registry.hasBackend(cv2.CAP_FFMPEG) else cv2.CAP_ANY
+    threads = threads or _default_threads()
     params = [cv2.CAP_PROP_N_THREADS, threads] if threads > 0 and backend == cv2.CAP_FFMPEG else []
     with _quiet_opening():
         try:
@@ -812,7 +840,7 @@ def _decode_walking(job: _Job, targets: list[int], eof: bool) -> int:
     runs = _plan_runs(job.index, targets, eof)
     workers = _worker_count(runs)
     groups = _split_runs(runs, workers)
-    threads = 0 if len(groups) == 1 else max(1, _cpu_count() // len(groups))
+    threads = _default_threads() if len(groups) == 1 else max(1, _cpu_count() // len(groups))
     walkers = [_Walker(job, threads) for _ in groups]
     _walk_parallel(job, groups, walkers)
     return sum(w.decoded for w in walkers)
@@ -1126,7 +1154,7 @@ def _decode_from_packets(job: _Job, targets: list[int], keyframes: bool) -> tupl
     index = job.index
     last = index.n - 1
     workers = max(1, _cpu_count() if _MAX_WORKERS is None else _MAX_WORKERS)
-    threads = 1 if workers > 1 else 0
+    threads = 1 if workers > 1 else _default_threads()
     tail = _Walker(job, threads=threads, keep=frozenset({0, last}))
     reader = _RawReader(job)
     try:
