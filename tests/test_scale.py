@@ -186,3 +186,37 @@ def test_batch_encoded_together_from_worker_pixels_equals_one_at_a_time(engine_f
     single = [engine.answer(c, "Describe the video.").text for c in clips]
     together = engine.answer_batch(clips, "Describe the video.", pixels=[engine.pixels(c) for c in clips])
     assert [a.text for a in together] == single
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
+def test_decode_workers_run_at_a_lower_priority_than_the_model():
+    import threading
+
+    seen: dict[str, int] = {}
+
+    def worker() -> None:
+        caption._lower_priority()
+        seen["worker"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert seen["worker"] == min(19, before + caption.WORKER_NICENESS)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before  # the model's thread keeps its own
+
+
+def test_a_model_on_the_cpu_leaves_one_core_to_the_decoders(monkeypatch):
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(caption, "cpu_cores", lambda: 4)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        with caption._model_threads(SimpleNamespace(input_device=torch.device("cpu"))):
+            assert torch.get_num_threads() == 3
+        assert torch.get_num_threads() == 4
+        with caption._model_threads(SimpleNamespace(input_device=torch.device("cuda", 0))):
+            assert torch.get_num_threads() == 4  # a GPU model keeps torch's setting
+    finally:
+        torch.set_num_threads(previous)

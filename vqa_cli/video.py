@@ -253,12 +253,17 @@ def _stack(frames: list[np.ndarray]) -> np.ndarray:
 _budget = threading.local()
 
 
-def _cpu_count() -> int:
-    """Cores this thread may decode with: the machine's, or fewer under ``core_budget``."""
+def cpu_cores() -> int:
+    """Cores this process may run on."""
     try:
-        cores = max(1, len(os.sched_getaffinity(0)))
+        return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
-        cores = max(1, os.cpu_count() or 1)
+        return max(1, os.cpu_count() or 1)
+
+
+def _cpu_count() -> int:
+    """Cores this thread may decode with: the process's, or fewer under ``core_budget``."""
+    cores = cpu_cores()
     budget = getattr(_budget, "cores", None)
     return min(cores, budget) if budget else cores
 
