@@ -41,3 +41,13 @@ def test_gpu_benchmark_runs_end_to_end_at_the_tiny_geometry(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| vqa") or line.startswith("| transformers")]
     assert len(rows) == 3
+
+
+@pytest.mark.heavy
+def test_caption_benchmark_runs_end_to_end(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "caption.py"), "--videos", "3", "--seconds", "2",
+                           "--repeats", "1", "--max-new-tokens", "4", "--batch-size", "2"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith(("| naive", "| vqa"))]
+    assert len(rows) == 3 and rows[0].split("|")[4].strip() == "1.00x"

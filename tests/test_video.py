@@ -515,17 +515,41 @@ def test_packet_decoding_that_disagrees_with_the_file_is_not_used(
     encoded: dict[str, str], oracles: dict[str, list[np.ndarray]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The per-file check (frame 0 through packets == frame 0 from the file) guards both packet paths."""
-    real = video._PacketDecoder.first_frame
+    real = video._PacketDecoder._decode
+    calls = []
 
-    def wrong(self: video._PacketDecoder) -> np.ndarray | None:
-        frame = real(self)
-        return None if frame is None else 255 - frame
+    def wrong(self: video._PacketDecoder, *args: object) -> dict[int, np.ndarray] | None:
+        frames = real(self, *args)  # type: ignore[arg-type]
+        calls.append(frames)
+        if frames and 0 in frames:
+            frames[0] = 255 - frames[0]
+        return frames
 
-    monkeypatch.setattr(video._PacketDecoder, "first_frame", wrong)
+    monkeypatch.setattr(video._PacketDecoder, "_decode", wrong)
     name = "h264-gop25-bf3.mkv"
     for seek in ("exact", "keyframe"):
+        calls.clear()
         clip = sample_frames(encoded[name], 32, seek=seek)  # type: ignore[arg-type]
+        assert calls, seek  # the packet path was tried
         assert_real_frames(clip, oracles[name])
+
+
+@needs_ffmpeg
+def test_exact_packets_go_through_one_stream_per_group(encoded: dict[str, str], monkeypatch: pytest.MonkeyPatch
+                                                       ) -> None:
+    """Opening an in-memory stream costs several frames' decoding: the keyframe intervals share one."""
+    opened = []
+    real = video._PacketDecoder._decode
+
+    def counting(self: video._PacketDecoder, *args: object) -> dict[int, np.ndarray] | None:
+        opened.append(1)
+        return real(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(video._PacketDecoder, "_decode", counting)
+    monkeypatch.setattr(video, "_MAX_WORKERS", 1)
+    clip = sample_frames(encoded["h264-gop10.mp4"], 8, seek="exact")  # 8 targets in 8 intervals, + frame 0, last
+    assert clip.indices == uniform_indices(300, 8) and clip.decoded < 300
+    assert len(opened) == 1
 
 
 # ------------------------------------------------------------------ keyframe and auto modes
