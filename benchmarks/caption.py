@@ -9,7 +9,10 @@ workers and batched generation. Same checkpoint, frames, prompt and greedy decod
 
     python benchmarks/caption.py [--videos 16] [--frames 8] [--batch-size 4] [--repeats 3] [--model DIR]
 
-Without ``--model`` a tiny random-weight checkpoint with the real geometry is built. The methods
+Without ``--model`` a random-weight checkpoint is built: ``--geometry tiny`` (the default; the real
+patch grid, small widths) or ``7b`` (LLaVA-NeXT-Video-7B's sizes, about 14 GB written; for a GPU:
+``--geometry 7b --device cuda``, 4-bit and bfloat16 being vqa's CUDA defaults). Both methods load
+the model the same way (vqa's loading: same weights, quantization and placement). The methods
 run in turn, ``--repeats`` rounds (the machines are noisy); the table gives each method's median
 seconds, videos/s and the ratio of medians to the baseline, and the ratios of every round.
 """
@@ -55,16 +58,23 @@ def make_videos(folder: Path, count: int, seconds: float, size: tuple[int, int],
     return paths
 
 
-def naive_loop(model_dir: str, videos: list[str], frames: int, prompt: str,
-               max_new_tokens: int) -> tuple[float, dict[str, float]]:
-    """The baseline: (seconds for all videos, seconds per stage); the model is loaded before the clock starts,
-    as vqa's timing excludes loading too."""
+def naive_loop(model_dir: str, videos: list[str], frames: int, prompt: str, max_new_tokens: int,
+               place: dict[str, str | None]) -> tuple[float, dict[str, float]]:
+    """The baseline: (seconds for all videos, seconds per stage). The model is loaded before the clock starts,
+    as vqa's timing excludes loading too, and the same way (``place``: device, dtype, quant; vqa's defaults
+    where None): the same weights, quantization and placement, so only the loop differs."""
     import torch
-    from transformers import AutoTokenizer, CLIPImageProcessorPil, LlavaNextVideoForConditionalGeneration
+    from transformers import AutoConfig, AutoTokenizer, CLIPImageProcessorPil
 
+    from vqa_cli import loading
     from vqa_cli import prompt as prompts
 
-    model = LlavaNextVideoForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
+    device = loading.resolve_device(place["device"])
+    model = loading.load_model(Path(model_dir), AutoConfig.from_pretrained(model_dir), device=device,
+                               dtype=loading.resolve_dtype(place["dtype"], device),
+                               quant=loading.resolve_quant(place["quant"], device)).model
+    where = loading.input_device(model)
+    vision_dtype = next(model.model.vision_tower.parameters()).dtype
     tok = AutoTokenizer.from_pretrained(model_dir)
     processor = CLIPImageProcessorPil.from_pretrained(model_dir)
     template = prompts.load_chat_template(Path(model_dir), tok)
@@ -83,11 +93,11 @@ def naive_loop(model_dir: str, videos: list[str], frames: int, prompt: str,
                 kept.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
         cap.release()
         t1 = time.perf_counter()
-        pixels = processor(kept, return_tensors="pt")["pixel_values"][None]
+        pixels = processor(kept, return_tensors="pt")["pixel_values"][None].to(where, vision_dtype)
         t2 = time.perf_counter()
         ids = prompts.token_ids(tok, prompts.render(tok, template, prompt))
         n = len(kept) * (model.config.vision_config.image_size // model.config.vision_config.patch_size // 2) ** 2
-        ids = torch.tensor([prompts.expand_placeholder(ids, vid, n)])
+        ids = torch.tensor([prompts.expand_placeholder(ids, vid, n)], device=where)
         with torch.inference_mode():
             model.generate(input_ids=ids, pixel_values_videos=pixels, attention_mask=torch.ones_like(ids),
                            max_new_tokens=max_new_tokens, do_sample=False)
@@ -98,12 +108,13 @@ def naive_loop(model_dir: str, videos: list[str], frames: int, prompt: str,
 
 
 def vqa_caption(model_dir: str, folder: str, out: str, frames: int, prompt: str, max_new_tokens: int,
-                batch_size: int, workers: int) -> float:
+                batch_size: int, workers: int, place: dict[str, str | None]) -> float:
     """vqa's caption; returns the run's wall seconds after model load (from its summary)."""
     summary = Path(out).with_suffix(".summary.json")
     cmd = [sys.executable, "-m", "vqa_cli", "caption", folder, "--out", out, "--model", model_dir, "--frames",
            str(frames), "--max-new-tokens", str(max_new_tokens), "--prompt", prompt, "--batch-size", str(batch_size),
-           "--workers", str(workers), "--dtype", "float32", "--summary", str(summary)]
+           "--workers", str(workers), "--summary", str(summary)]
+    cmd += [arg for key, value in place.items() if value for arg in (f"--{key}", value)]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return json.loads(summary.read_text())["seconds"]["wall"]
 
@@ -120,9 +131,15 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--model", help="checkpoint directory (default: a tiny random-weight one)")
+    parser.add_argument("--model", help="checkpoint directory (default: a random-weight one of --geometry)")
+    parser.add_argument("--geometry", choices=("tiny", "7b"), default="tiny",
+                        help="the random-weight checkpoint built without --model (7b: LLaVA-NeXT-Video-7B's sizes)")
+    parser.add_argument("--device", help="vqa's default: cuda when there is one, else cpu")
+    parser.add_argument("--quant", choices=("4bit", "8bit", "none"), help="vqa's default: 4bit on CUDA, none on CPU")
+    parser.add_argument("--dtype", help="vqa's default: bfloat16 on CUDA, float32 on CPU")
     args = parser.parse_args()
     prompt = "Describe this video in detail."
+    place = {"device": args.device, "dtype": args.dtype, "quant": args.quant}
     w, h = (int(x) for x in args.size.split("x"))
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -130,7 +147,7 @@ def main() -> None:
         if model_dir is None:
             from vqa_cli.testing import tiny_checkpoint
 
-            model_dir = str(tiny_checkpoint(work / "tiny"))
+            model_dir = str(tiny_checkpoint(work / args.geometry, geometry=args.geometry))
         folder = work / "videos"
         folder.mkdir()
         if args.codec == "h264" and shutil.which("ffmpeg") is None:
@@ -141,15 +158,17 @@ def main() -> None:
         runs: dict[str, list[float]] = {name: [] for name in names}
         stage_runs: list[dict[str, float]] = []
         for r in range(args.repeats):
-            naive, stages = naive_loop(model_dir, videos, args.frames, prompt, args.max_new_tokens)
+            naive, stages = naive_loop(model_dir, videos, args.frames, prompt, args.max_new_tokens, place)
             runs[names[0]].append(naive)
             stage_runs.append(stages)
             for name, batch in ((names[1], 1), (names[2], args.batch_size)):
                 runs[name].append(vqa_caption(model_dir, str(folder), str(work / f"out{r}-{batch}.jsonl"), args.frames,
-                                              prompt, args.max_new_tokens, batch, args.workers))
+                                              prompt, args.max_new_tokens, batch, args.workers, place))
     cpu = platform.processor() or platform.machine()
     print(f"{args.videos} {args.codec} clips of {args.seconds:g} s {args.size} @30 fps, {args.frames} frames, "
-          f"{args.max_new_tokens} new tokens, greedy; {cpu}; model load excluded; median of {args.repeats} rounds\n")
+          f"{args.max_new_tokens} new tokens, greedy; {args.model or args.geometry + ' random weights'}; "
+          f"{' '.join(f'{k} {v}' for k, v in place.items() if v) or 'vqa default placement'}; {cpu}; "
+          f"model load excluded; median of {args.repeats} rounds\n")
     print("| method | seconds | videos/s | vs naive loop | each round |")
     print("|---|---|---|---|---|")
     base = statistics.median(runs[names[0]])
