@@ -127,7 +127,8 @@ def main() -> None:
     parser.add_argument("--codec", choices=("mp4v", "h264"), default="mp4v",
                         help="h264 needs the ffmpeg command (apt-get install ffmpeg)")
     parser.add_argument("--frames", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=64,
+                        help="a detailed caption is longer; 16 makes decoding the bottleneck (the hardest case)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
