@@ -174,17 +174,16 @@ class Summary:
 DECODE_TIMEOUT = 600.0  # seconds per file: a pathological file is recorded as an error, never hangs the run
 
 
-def _decode(path: str, settings: Any, frames: int, engine: Any = None,
-            cores: int | None = None) -> tuple[Clip, float, Any, float]:
-    """A worker's share: decode (with ``cores`` of the machine's cores), then (when ``engine`` is given)
-    preprocess to pixels, off the model's thread."""
+def _decode(path: str, settings: Any, frames: int, engine: Any, cores: int) -> tuple[Clip, float, Any, float]:
+    """A worker's share, off the model's thread: decode (with ``cores`` of the machine's cores), then
+    preprocess to pixels (a still image on the image path is left to the engine)."""
     from vqa_cli.engine import sample_clip
     from vqa_cli.video import core_budget
 
-    with core_budget(cores or cpu_cores()):
+    with core_budget(cores):
         clip, seconds = sample_clip(path, settings, frames, timeout=DECODE_TIMEOUT)
     started = time.perf_counter()
-    pixels = engine.pixels(clip) if engine is not None and not engine.uses_image_path(clip) else None
+    pixels = None if engine.uses_image_path(clip) else engine.pixels(clip)
     return clip, seconds, pixels, time.perf_counter() - started
 
 
@@ -340,8 +339,7 @@ def _model_threads(engine: Any) -> Iterator[None]:
 
     cores = cpu_cores()
     previous = torch.get_num_threads()
-    on_cpu = getattr(getattr(engine, "input_device", None), "type", "cpu") == "cpu"
-    if on_cpu and cores > 1:
+    if engine.input_device.type == "cpu" and cores > 1:
         torch.set_num_threads(max(1, min(previous, cores - 1)))
     try:
         yield

@@ -182,9 +182,8 @@ def preprocess_frame(frame: np.ndarray, cfg: ProcessorConfig) -> np.ndarray:
 
 def preprocess_frames(frames: np.ndarray, cfg: ProcessorConfig) -> np.ndarray:
     """[T, H, W, 3] uint8 -> [T, 3, h, w] float32."""
-    first = resize_and_crop(frames[0], cfg)
-    out = np.empty((len(frames), 3, *first.shape[:2]), dtype=np.float32)
-    normalize(first, cfg, out[0])
-    for i in range(1, len(frames)):
-        normalize(resize_and_crop(frames[i], cfg), cfg, out[i])
+    crops = [resize_and_crop(f, cfg) for f in frames]
+    out = np.empty((len(crops), 3, *crops[0].shape[:2]), dtype=np.float32)
+    for img, plane in zip(crops, out, strict=True):
+        normalize(img, cfg, plane)
     return out

@@ -1261,8 +1261,6 @@ def _decode_from_packets(job: _Job, targets: list[int], keyframes: bool) -> tupl
     def check() -> _PacketResult:
         """Keyframe mode: frame 0 and the last frame decoded from packets (compared with the end check's)."""
         result = _PacketResult()
-        if not keyframes:
-            return result
         zero = decoder.first_frame()
         if zero is not None:
             result.frames[0] = zero
@@ -1282,7 +1280,8 @@ def _decode_from_packets(job: _Job, targets: list[int], keyframes: bool) -> tupl
             tail.close()
         return _PacketResult()
 
-    tasks = [end_check, check] + [lambda g=g: work(g) for g in groups if g]
+    # (exact: frame 0 and the last frame come with the work units' streams)
+    tasks = [end_check, check if keyframes else _PacketResult] + [lambda g=g: work(g) for g in groups if g]
     results: list[_PacketResult] = []
     failure: BaseException | None = None
     with ThreadPoolExecutor(max_workers=workers) as pool:
