@@ -49,6 +49,24 @@ class OutOfMemoryError(VqaError):
     kind = "out_of_memory"
 
 
+class OutputRefusedError(UsageError):
+    """An output path vqa will not write: not one of its own files, an input, a folder, unwritable."""
+
+    kind = "output"
+
+
+class OutputBusyError(UsageError):
+    """Another vqa process holds the output's lock."""
+
+    kind = "output_busy"
+
+
+class OutputWriteError(VqaError):
+    """Writing an output failed part-way (a full disk, a vanished folder): what was written stays."""
+
+    kind = "output_write"
+
+
 OOM_HINT = "out of GPU memory: try --quant 4bit or fewer --frames"
 
 # Exceptions raised by libraries, matched by class name so this module imports nothing heavy.
