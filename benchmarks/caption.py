@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -33,10 +32,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from clips import ffmpeg_exe  # noqa: E402  (one place finds ffmpeg: PATH, else imageio-ffmpeg)
+
 
 def make_videos(folder: Path, count: int, seconds: float, size: tuple[int, int], codec: str = "mp4v") -> list[str]:
     """Moving-pattern clips at 30 fps: OpenCV's MPEG-4 Part 2 (``mp4v``, a keyframe every 12 frames), or
-    ``h264``: the same clips re-encoded by the ``ffmpeg`` command with libx264's defaults (a keyframe
+    ``h264``: the same clips re-encoded by ffmpeg (``ffmpeg_exe``) with libx264's defaults (a keyframe
     every 250 frames, B-frames), which is what most real collections hold."""
     paths = []
     w, h = size
@@ -50,7 +52,7 @@ def make_videos(folder: Path, count: int, seconds: float, size: tuple[int, int],
         writer.release()
         if codec == "h264":
             encoded = path.with_name(f"{path.stem}-h264.mp4")
-            subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(path), "-c:v", "libx264", "-preset",
+            subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-y", "-i", str(path), "-c:v", "libx264", "-preset",
                             "veryfast", "-pix_fmt", "yuv420p", str(encoded)], check=True)
             path.unlink()
             path = encoded
@@ -125,7 +127,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--size", default="640x360")
     parser.add_argument("--codec", choices=("mp4v", "h264"), default="mp4v",
-                        help="h264 needs the ffmpeg command (apt-get install ffmpeg)")
+                        help="h264 needs ffmpeg: the command on PATH, else imageio-ffmpeg's (the test extra)")
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=64,
                         help="a detailed caption is longer; 16 makes decoding the bottleneck (the hardest case)")
@@ -151,8 +153,11 @@ def main() -> None:
             model_dir = str(tiny_checkpoint(work / args.geometry, geometry=args.geometry))
         folder = work / "videos"
         folder.mkdir()
-        if args.codec == "h264" and shutil.which("ffmpeg") is None:
-            sys.exit("--codec h264 needs the ffmpeg command (apt-get install ffmpeg)")
+        if args.codec == "h264":
+            try:
+                ffmpeg_exe()
+            except FileNotFoundError as err:
+                sys.exit(f"--codec h264: {err}")
         videos = make_videos(folder, args.videos, args.seconds, (w, h), args.codec)
         names = ["naive loop (baseline)", f"vqa caption, batch 1, {args.workers} workers",
                  f"vqa caption, batch {args.batch_size}, {args.workers} workers"]

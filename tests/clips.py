@@ -8,6 +8,7 @@ the index back by averaging the centre of each block.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import struct
@@ -196,6 +197,27 @@ def decode_all(path: str | os.PathLike[str]) -> tuple[list[np.ndarray], list[flo
 # --------------------------------------------------------------------------- clips made by ffmpeg
 
 
+@functools.cache
+def ffmpeg_exe() -> str:
+    """The ffmpeg binary: the ``ffmpeg`` command on PATH, else the static build that imageio-ffmpeg bundles.
+
+    imageio-ffmpeg is in the ``test`` extra, so after the README's install every test that needs
+    ffmpeg runs, with or without a system ffmpeg.  Raises FileNotFoundError (never skips) when
+    neither is there, so a missing binary cannot pass for a green run.
+    """
+    found = shutil.which("ffmpeg")
+    if found:
+        return found
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        raise FileNotFoundError(
+            "no ffmpeg: install the test extra (pip install -e '.[test]', which brings imageio-ffmpeg) "
+            "or put an ffmpeg command on PATH"
+        ) from None
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
 def ffmpeg_clip(
     path: str | os.PathLike[str],
     n_frames: int,
@@ -203,19 +225,16 @@ def ffmpeg_clip(
     fps: float = 30.0,
     size: tuple[int, int] = (128, 96),
     filters: str | None = None,
-) -> str | None:
-    """Encode self-numbering frames with the ffmpeg binary (None when it is not installed).
+) -> str:
+    """Encode self-numbering frames with the ffmpeg binary (``ffmpeg_exe``).
 
     ``encoder`` holds the output options, e.g. ``["-c:v", "libx264", "-g", "50"]``;
     ``filters`` an optional ``-vf`` filter chain (e.g. a setpts expression).
     """
-    ffmpeg = shutil.which("ffmpeg")
-    if ffmpeg is None:
-        return None
     path = os.fspath(path)
     width, height = size
     raw = b"".join(frame_image(i, size).tobytes() for i in range(n_frames))
-    cmd = [ffmpeg, "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}"]
+    cmd = [ffmpeg_exe(), "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}"]
     cmd += ["-r", f"{fps:g}", "-i", "-"]
     if filters:
         cmd += ["-vf", filters]
@@ -230,13 +249,10 @@ def x264(gop: int, bframes: int, *extra: str) -> list[str]:
     return ["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-x264-params", params, *extra]
 
 
-def audio_only(path: str | os.PathLike[str]) -> str | None:
-    """An AAC-in-MP4 file without any video stream (None without ffmpeg)."""
-    ffmpeg = shutil.which("ffmpeg")
-    if ffmpeg is None:
-        return None
+def audio_only(path: str | os.PathLike[str]) -> str:
+    """An AAC-in-MP4 file without any video stream (made by ``ffmpeg_exe``)."""
     path = os.fspath(path)
-    cmd = [ffmpeg, "-v", "error", "-y", "-f", "lavfi", "-i", "sine=frequency=440:duration=1", "-c:a", "aac", path]
+    cmd = [ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i", "sine=frequency=440:duration=1", "-c:a", "aac", path]
     subprocess.run(cmd, check=True, capture_output=True)
     return path
 

@@ -40,7 +40,7 @@ def _records(path):
 
 
 def test_folders_are_searched_recursively_sorted_and_filtered(folder):
-    found = expand_inputs([str(folder)])
+    found = expand_inputs([str(folder)]).videos
     assert found == sorted(found) and len(found) == 3
     assert not any(p.endswith(".txt") for p in found)
 
@@ -105,7 +105,8 @@ def test_a_partial_last_line_from_a_killed_run_is_repaired(folder, tmp_path):
     sid = settings_id({"x": 1}, "p")
     done = {"video": "a.mp4", "caption": "ok", "error": None, "settings_id": sid}
     out.write_text(json.dumps(done) + "\n" + '{"video": "b.mp4", "capt')
-    assert resume(str(out), ["a.mp4", "b.mp4"], sid) == ["b.mp4"]
+    todo, repaired = resume(str(out), ["a.mp4", "b.mp4"], sid)
+    assert todo == ["b.mp4"] and repaired.dropped_lines == 1 and not repaired.newline_added
     assert _records(out) == [done]
 
 

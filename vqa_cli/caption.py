@@ -34,26 +34,59 @@ from vqa_cli import console, writer
 from vqa_cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, InputNotFoundError, UsageError, describe, one_line
 from vqa_cli.video import VIDEO_EXTENSIONS, Clip, cpu_cores
 
-RECORD_FIELDS = ("model", "mode", "frames", "frame_indices", "timestamps", "duration", "visual_tokens", "rope_factor",
-                 "timings")
+RECORD_FIELDS = ("model", "mode", "frames", "frame_indices", "timestamps", "duration", "warnings", "visual_tokens",
+                 "rope_factor", "timings")
 
 
-def expand_inputs(paths: Iterable[str], stdin: Any = None) -> list[str]:
+@dataclass
+class Inputs:
+    """The videos named by the inputs, and the folders the walk could not read (``(folder, reason)``)."""
+
+    videos: list[str]
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+
+
+def stdin_paths(stream: Any) -> list[str]:
+    """One path per line: only the line ending is removed (names may start or end with spaces);
+    blank lines are skipped."""
+    out = []
+    for line in stream:
+        path = line.removesuffix("\n").removesuffix("\r")
+        if path.strip():
+            out.append(path)
+    return out
+
+
+def walk_videos(folder: Path, unreadable: list[tuple[str, str]]) -> list[str]:
+    """Video files under ``folder`` (recursive, sorted); folders that cannot be read go to ``unreadable``."""
+
+    def failed(exc: OSError) -> None:
+        unreadable.append((str(exc.filename or folder), exc.strerror or str(exc)))
+
+    found = []
+    for root, _, files in os.walk(folder, onerror=failed):
+        found.extend(os.path.join(root, f) for f in files
+                     if Path(f).suffix.lower() in VIDEO_EXTENSIONS and os.path.isfile(os.path.join(root, f)))
+    return sorted(found)
+
+
+def expand_inputs(paths: Iterable[str], stdin: Any = None) -> Inputs:
     """Videos named by ``paths``: files as given, folders searched recursively, ``-`` = stdin lines."""
     out: list[str] = []
+    unreadable: list[tuple[str, str]] = []
     for p in paths:
         if p == "-":
-            out.extend(line.strip() for line in (stdin or sys.stdin) if line.strip())
+            out.extend(stdin_paths(stdin or sys.stdin))
             continue
         path = Path(p)
         if path.is_dir():
-            out.extend(sorted(str(f) for f in path.rglob("*") if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS))
+            out.extend(walk_videos(path, unreadable))
         elif path.exists():
             out.append(p)
         else:
             raise InputNotFoundError(f"no such file or folder: {p!r}")
     seen: set[str] = set()
-    return [p for p in out if not (p in seen or seen.add(p))]  # same path twice -> one record
+    return Inputs([p for p in out if not (p in seen or seen.add(p))], unreadable)  # same path twice -> one record
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -83,38 +116,60 @@ def settings_id(identity: dict, prompt: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def resume(out: str, videos: list[str], sid: str) -> list[str]:
-    """Videos still to caption; rewrites ``out`` without old error records and partial lines."""
+def resume(out: str, videos: list[str], sid: str) -> tuple[list[str], writer.Repair]:
+    """Videos still to caption, after making the file's last line whole (see ``writer.repair``).
+
+    Error records stay until a later record of the same video and settings supersedes them
+    (``compact``): a run killed before retrying a video loses nothing.
+    """
     if out == "-":
-        return videos
-    records, damaged = writer.read_records(out)
-    done = _captioned(records, sid)
-    retry = set(videos) - done
-    kept = [r for r in records if not (r.get("settings_id") == sid and r.get("error") is not None
-                                       and r.get("video") in retry)]
-    if damaged or len(kept) != len(records):
-        writer.rewrite(out, kept)
-    return [v for v in videos if v not in done]
+        return videos, writer.Repair()
+    existing = writer.read_output(out)
+    repaired = writer.repair(out, existing)
+    done = _captioned(existing.records, sid)
+    return [v for v in videos if v not in done], repaired
 
 
 def captioned(path: str, sid: str) -> set[str]:
     """Videos with a caption under these settings in an existing output (read only)."""
-    return _captioned(writer.read_records(path)[0] if path != "-" else [], sid)
+    return _captioned(writer.read_records(path) if path != "-" else [], sid)
 
 
 def _captioned(records: list[dict], sid: str) -> set[str]:
     return {r.get("video") for r in records if r.get("settings_id") == sid and r.get("error") is None}
 
 
+def superseded(records: list[dict], resolved: set[tuple[str, str]] = frozenset()) -> list[int]:
+    """Positions of error records a later record of the same (video, settings) replaces, or whose
+    (video, settings) is in ``resolved`` (an unreadable folder that this run could read)."""
+    last: dict[tuple, int] = {}
+    for i, rec in enumerate(records):
+        last[(rec.get("video"), rec.get("settings_id"))] = i
+    return [i for i, rec in enumerate(records) if rec.get("error") is not None
+            and (last[(rec.get("video"), rec.get("settings_id"))] != i
+                 or (rec.get("video"), rec.get("settings_id")) in resolved)]
+
+
+def compact(out: str, resolved: set[tuple[str, str]] = frozenset()) -> int:
+    """Drop superseded error records (see ``superseded``) with one atomic rewrite; how many were dropped."""
+    if out == "-" or not Path(out).exists():
+        return 0
+    records = writer.read_records(out)
+    drop = set(superseded(records, resolved))
+    if drop:
+        writer.rewrite(out, [r for i, r in enumerate(records) if i not in drop])
+    return len(drop)
+
+
 def merge_parts(out: str, parts: list[str]) -> None:
     """Fold part files into ``out``: one record per (video, settings), a caption beating an error."""
-    records, _ = writer.read_records(out)
+    records = writer.read_records(out)
     for part in parts:
-        records.extend(writer.read_records(part)[0])
+        records.extend(writer.read_records(part))
     merged: dict[tuple, dict] = {}
-    for rec in records:
+    for rec in records:  # in order: a later record replaces an earlier error, never an earlier caption
         key = (rec.get("video"), rec.get("settings_id"))
-        if key not in merged or (merged[key].get("error") is not None and rec.get("error") is None):
+        if key not in merged or merged[key].get("error") is not None:
             merged[key] = rec
     writer.rewrite(out, list(merged.values()))
     for part in parts:
@@ -134,6 +189,8 @@ class Summary:
     interrupted: bool = False
     wall_seconds: float = 0.0
     load_seconds: float = 0.0
+    repair: writer.Repair = field(default_factory=writer.Repair)
+    superseded: int = 0  # old error records replaced by this run's records
 
     def add(self, record: dict) -> None:
         if record["error"] is None:
@@ -146,8 +203,11 @@ class Summary:
             if stage in ("decode", "preprocess", "encode"):
                 self.stage_seconds[stage] += seconds
 
+    def processed(self) -> int:
+        return self.ok + sum(self.errors.values())
+
     def to_dict(self) -> dict:
-        done = self.ok + sum(self.errors.values())
+        done = self.processed()
         return {
             "videos": self.videos,
             "already_done": self.skipped,
@@ -161,6 +221,8 @@ class Summary:
                         **{k: round(v, 3) for k, v in self.stage_seconds.items()}},
             "oom_backoffs": self.oom_backoffs,
             "interrupted": self.interrupted,
+            "output_repair": self.repair.to_dict(),
+            "superseded_error_records": self.superseded,
         }
 
     def line(self) -> str:
@@ -168,7 +230,16 @@ class Summary:
         errors = ", ".join(f"{k} {v}" for k, v in sorted(self.errors.items())) or "none"
         return (f"{d['ok']} captioned, {d['processed'] - d['ok']} failed ({errors}), {d['already_done']} already done; "
                 f"{d['videos_per_second']:.2f} videos/s, {d['tokens_generated']} tokens"
-                + (" (interrupted)" if self.interrupted else ""))
+                + (" (interrupted)" if self.interrupted else "") + self.repair_note())
+
+    def repair_note(self) -> str:
+        """What resuming changed in the output file, as a clause of the summary line ("" when nothing)."""
+        notes = []
+        if self.repair.dropped_lines:
+            notes.append(f"dropped {self.repair.dropped_lines} cut-off last line left by an interrupted run")
+        if self.repair.newline_added:
+            notes.append("added the missing newline after the last record")
+        return "; " + "; ".join(notes) if notes else ""
 
 
 DECODE_TIMEOUT = 600.0  # seconds per file: a pathological file is recorded as an error, never hangs the run
@@ -191,7 +262,8 @@ def _error_record(video: str, settings: Any, sid: str, exc: BaseException) -> di
     known = describe(exc)
     return {
         "video": video, "caption": None, "model": settings.model, "mode": settings.mode.name, "frames": 0,
-        "frame_indices": [], "timestamps": [], "duration": None, "visual_tokens": None, "rope_factor": None,
+        "frame_indices": [], "timestamps": [], "duration": None, "warnings": [], "visual_tokens": None,
+        "rope_factor": None,
         "timings": {}, "generated_tokens": 0, "batch_size": None,
         "error": known[2] if known else f"{type(exc).__name__}: {one_line(str(exc))}",
         "error_kind": known[1] if known else "internal", "settings_id": sid,
@@ -364,18 +436,24 @@ def _distributed() -> Any:
     return PartialState(cpu=not torch.cuda.is_available())
 
 
+def _input_record(folder: str, reason: str, settings: Any, sid: str) -> dict:
+    """The error record of a folder the walk could not read (kind ``input``)."""
+    rec = _error_record(folder, settings, sid, InputNotFoundError(f"cannot read folder {folder!r}: {reason}"))
+    rec["error_kind"] = "input"
+    return rec
+
+
 def run_caption(settings: Any, inputs: list[str], out: str, prompt: str, *, batch_size: int = 4, workers: int = 2,
                 shard: str | None = None, summary_path: str | None = None, stdin: Any = None) -> int:
     from dataclasses import replace
-
-    from vqa_cli.engine import Checkpoint, Engine
 
     if not prompt.strip():
         raise UsageError("--prompt must not be empty")
     if batch_size < 1 or workers < 1:
         raise UsageError("--batch-size and --workers must be at least 1")
-    videos = expand_inputs(inputs, stdin)
-    if not videos:
+    found = expand_inputs(inputs, stdin)
+    videos = found.videos
+    if not videos and not found.unreadable:
         raise UsageError(f"no videos found in {' '.join(inputs)} (known extensions: "
                          f"{' '.join(sorted(VIDEO_EXTENSIONS))})")
     share = parse_shard(shard)
@@ -392,11 +470,50 @@ def run_caption(settings: Any, inputs: list[str], out: str, prompt: str, *, batc
         target = f"{out}.part{state.process_index}of{state.num_processes}"
         if settings.device in (None, "auto", "cuda") and state.device.type == "cuda":
             settings = replace(settings, device=str(state.device))
-    # Under accelerate only the main process rewrites --out (at the merge); the others just read it.
-    done = captioned(out, sid) | captioned(target, sid)
-    todo = [v for v in videos if v not in done]
+    if state is not None and state.process_index != 0:
+        found.unreadable = []  # reported once, by the main process
+    if summary_path and state is not None:  # one summary per process, next to its part file
+        summary_path = f"{summary_path}.part{state.process_index}of{state.num_processes}"
+    # Everything about the outputs is checked before anything loads or is written.
+    writer.check_output(out, videos)
+    if target != out:
+        writer.check_output(target, videos)
+    if summary_path:
+        if os.path.realpath(summary_path) in {os.path.realpath(out), os.path.realpath(target)}:
+            raise UsageError("--summary and --out name the same file")
+        writer.check_output(summary_path, videos, flag="--summary", keys=writer.SUMMARY_KEYS)
+    owns_out = state is None or state.is_main_process
+    with writer.locked(target), (writer.locked(out) if owns_out and target != out else writer.NullLock()):
+        summary = _caption_locked(settings, videos, found, out, target, prompt, sid, batch_size, workers)
+        if state is not None:
+            state.wait_for_everyone()
+            if state.is_main_process:
+                merge_parts(out, [f"{out}.part{i}of{state.num_processes}" for i in range(state.num_processes)])
+    console.info(summary.line() if summary.processed() or summary.repair_note()
+                 else f"nothing to do: all {len(videos)} videos already captioned in {out}")
+    if summary_path:
+        writer.write_json(summary_path, summary.to_dict())
+    if summary.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_FAILURE if summary.errors else EXIT_OK
 
-    summary = Summary(videos=len(videos), skipped=len(videos) - len(todo))
+
+def _caption_locked(settings: Any, videos: list[str], found: Inputs, out: str, target: str, prompt: str, sid: str,
+                    batch_size: int, workers: int) -> Summary:
+    """The run, once this process holds the output's lock: resume, load, caption, compact."""
+    from vqa_cli.engine import Checkpoint, Engine
+
+    # Under accelerate only the main process rewrites --out (at the merge); the others just read it.
+    done = captioned(out, sid) if target != out else set()
+    todo, repaired = resume(target, [v for v in videos if v not in done], sid)
+    summary = Summary(videos=len(videos), skipped=len(videos) - len(todo), repair=repaired)
+    folders = [_input_record(folder, reason, settings, sid) for folder, reason in found.unreadable]
+    if folders:
+        with writer.JsonlWriter(target) as sink:
+            for rec in folders:
+                sink.write(rec)
+                summary.add(rec)
+                console.info(f"{rec['video']}: {rec['error']}")
     if todo:
         with console.status("reading model config"):
             checkpoint = Checkpoint(settings.model)
@@ -405,24 +522,28 @@ def run_caption(settings: Any, inputs: list[str], out: str, prompt: str, *, batc
             started = time.perf_counter()
             engine = Engine(checkpoint, settings, budget.rope_factor)
             load_seconds = time.perf_counter() - started
-        resume(target, todo, sid)  # now that the model is up: drop old error records of retried videos
         captioner = Captioner(engine, settings, prompt, sid, batch_size=batch_size, workers=workers,
                               frames=budget.plan.frames)
-        with writer.JsonlWriter(target) as sink:
-            summary = captioner.run(todo, sink)
-        summary.videos, summary.skipped, summary.load_seconds = len(videos), len(videos) - len(todo), load_seconds
-    if state is not None:
-        state.wait_for_everyone()
-        if state.is_main_process:
-            merge_parts(out, [f"{out}.part{i}of{state.num_processes}" for i in range(state.num_processes)])
-    console.info(summary.line() if todo else f"nothing to do: all {len(videos)} videos already captioned in {out}")
-    if summary_path:
-        if state is not None:  # one summary per process, next to its part file
-            summary_path = f"{summary_path}.part{state.process_index}of{state.num_processes}"
-        Path(summary_path).write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
-    if summary.interrupted:
-        return EXIT_INTERRUPTED
-    return EXIT_FAILURE if summary.errors else EXIT_OK
+        captioner.summary = summary
+        try:
+            with writer.JsonlWriter(target) as sink:
+                captioner.run(todo, sink)
+        finally:
+            summary.load_seconds = load_seconds
+            summary.superseded = compact(target, _readable_folders(target, found, sid))
+    else:
+        summary.superseded = compact(target, _readable_folders(target, found, sid))
+    return summary
+
+
+def _readable_folders(target: str, found: Inputs, sid: str) -> set[tuple[str, str]]:
+    """(folder, settings) of input-error records whose folder this run walked without trouble."""
+    if target == "-":
+        return set()
+    bad = {folder for folder, _ in found.unreadable}
+    return {(r["video"], sid) for r in writer.read_records(target)
+            if r.get("error_kind") == "input" and r.get("settings_id") == sid and r["video"] not in bad
+            and Path(r["video"]).is_dir()}
 
 
 def _progress(total: int) -> Any:

@@ -8,13 +8,12 @@ line. Commands: ``/reset`` (forget the turns, keep the video), ``/frames``, ``/s
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
-from vqa_cli import console
+from vqa_cli import console, writer
 from vqa_cli.ask import StreamPrinter, open_video
-from vqa_cli.errors import ContextOverflowError
+from vqa_cli.errors import ContextOverflowError, VqaError
 
 TURN_RESERVE = 1024  # context kept free for later turns when choosing the RoPE factor
 WARN_AT = 0.9  # warn when this share of the context is used
@@ -69,8 +68,11 @@ def run_chat(settings: Any, video: str) -> int:
                 record = {"video": video, "model": settings.model, "mode": settings.mode.name,
                           "frame_indices": clip.indices, "timestamps": clip.timestamps, "turns": turns}
                 try:
-                    with open(arg.strip(), "w", encoding="utf-8") as f:
-                        json.dump(record, f, ensure_ascii=False, indent=2)
+                    writer.check_output(arg.strip(), [video], flag="/save", keys=None)
+                    writer.write_json(arg.strip(), record)
+                except VqaError as exc:
+                    console.error(str(exc))
+                    continue
                 except OSError as exc:
                     console.error(f"cannot save to {arg.strip()!r}: {exc.strerror}")
                     continue

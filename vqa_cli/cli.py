@@ -308,6 +308,10 @@ def frames(
         if not sheet.lower().endswith(tuple(SHEET_FORMATS)):
             raise UsageError(f"--sheet must end in one of {', '.join(sorted(SHEET_FORMATS))}")
     check_input(video)
+    if sheet:
+        from vqa_cli.writer import check_output
+
+        check_output(sheet, [video], flag="--sheet", keys=None)
     from vqa_cli.engine import RunSettings, frames_for
 
     request = RunSettings(model="", mode=ModeSettings(mode), **options)

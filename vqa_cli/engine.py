@@ -201,6 +201,7 @@ class Answer:
             "frame_indices": c.indices,
             "timestamps": c.timestamps,
             "duration": c.duration,
+            "warnings": list(c.warnings),
             "visual_tokens": self.budget.plan.total,
             "pathways": [p.to_dict() for p in self.budget.plan.pathways],
             "prompt_tokens": self.budget.prompt_tokens,

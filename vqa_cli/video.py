@@ -1628,10 +1628,18 @@ def sample_frames(
     index = _scan_index(fs_path, deadline)
     if index is not None:
         try:
-            return _sample_indexed(path, fs_path, index, request, seek, deadline)
+            return _checked_count(_sample_indexed(path, fs_path, index, request, seek, deadline))
         except _Mismatch:
             pass  # the counting pass below decides
-    return _sample_counting(path, fs_path, index, request, deadline)
+    return _checked_count(_sample_counting(path, fs_path, index, request, deadline))
+
+
+def _checked_count(clip: Clip) -> Clip:
+    """Warn when the file holds a frame count other than its header's (a file cut short looks whole)."""
+    if clip.header_frames > 0 and abs(clip.total_frames - clip.header_frames) > 1:
+        clip.warnings.append(f"the header says {clip.header_frames} frames but {clip.total_frames} were found: "
+                             "the file may be cut short or damaged")
+    return clip
 
 
 def _sample_indexed(

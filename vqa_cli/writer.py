@@ -1,78 +1,396 @@
-"""JSON Lines output: one record per line, appended and flushed as whole lines.
+"""Output files: JSON Lines records appended as whole lines, and the rules that keep a user's files safe.
 
-Reading tolerates what a killed run leaves behind: a partial last line (no newline, or not
-valid JSON) is dropped, and ``rewrite`` puts the file back in order atomically.
+- ``check_output`` runs before anything loads: vqa writes only to its own files (an existing
+  file must be vqa JSON Lines, or empty), never to an input, a folder, an unwritable place or a
+  full disk. Refusals are one-line ``OutputRefusedError`` (exit 2).
+- ``OutputLock``: one writer per output file, through ``flock`` on a lock file beside it
+  (released by the kernel when a process dies, even by ``kill -9``).
+- ``read_output`` reads what a killed run leaves behind; ``repair`` gives a complete last record
+  its missing newline and cuts only an unparsable, cut-off last line (never a complete record).
+- ``rewrite`` replaces a file atomically through an exclusively created temporary file beside the
+  real file (the target of a symlink), keeping its permissions.
+- ``JsonlWriter`` appends each record in one write; when the disk refuses a write, the file is cut
+  back to the last whole record and ``OutputWriteError`` (exit 1) says how many were written.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import stat
 import sys
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from vqa_cli.errors import OutputBusyError, OutputRefusedError, OutputWriteError
 
-def read_records(path: str | Path) -> tuple[list[dict], bool]:
-    """(complete records, whether anything had to be dropped) of an existing JSONL file."""
+RECORD_KEYS = frozenset({"video", "error", "settings_id"})  # every vqa record has these
+SUMMARY_KEYS = frozenset({"videos", "processed", "ok", "errors"})  # every vqa --summary has these
+MAX_LINE_BYTES = 1 << 24  # longer "lines" are not vqa records (a binary file, say): no need to read them whole
+MIN_FREE_BYTES = 1 << 20  # less than this free on the output's file system counts as a full disk
+
+
+@dataclass
+class Output:
+    """The complete records of an existing JSON Lines file and the state of its last line."""
+
+    records: list[dict] = field(default_factory=list)
+    newline_missing: bool = False  # the last line is a complete record without its newline
+    cut_bytes: int = 0  # bytes of an unparsable, cut-off last line (a write killed half-way)
+    good_size: int = 0  # bytes of the complete lines (the file's size after a repair, before a newline)
+
+
+@dataclass
+class Repair:
+    """What ``repair`` changed, for the run's summary."""
+
+    dropped_lines: int = 0
+    newline_added: bool = False
+
+    def to_dict(self) -> dict:
+        reason = "a cut-off last line left by an interrupted run" if self.dropped_lines else None
+        return {"dropped_lines": self.dropped_lines, "reason": reason, "newline_added": self.newline_added}
+
+
+def _where(path: str | Path) -> str:
+    return f"'{path}'" if str(path).isprintable() else repr(str(path))
+
+
+def _is_record(obj: Any, keys: frozenset[str]) -> bool:
+    return isinstance(obj, dict) and keys <= obj.keys()
+
+
+def read_output(path: str | Path, keys: frozenset[str] = RECORD_KEYS) -> Output:
+    """Records of an existing vqa JSON Lines file (an empty ``Output`` when there is no file).
+
+    Raises ``OutputRefusedError`` when a complete line is not a vqa record: the file is someone
+    else's (or damaged in a way vqa did not cause), and nothing may be written to it.
+    """
     p = Path(path)
-    if not p.is_file():
-        return [], False
-    records: list[dict] = []
-    dropped = False
+    out = Output()
+    if not p.exists():
+        return out
     with p.open("rb") as f:
-        for raw in f:
-            if not raw.endswith(b"\n"):
-                dropped = True  # a line cut off by a kill
-                break
+        for number, raw in enumerate(iter(lambda: f.readline(MAX_LINE_BYTES), b""), start=1):
+            complete = raw.endswith(b"\n")
             line = raw.strip()
-            if not line:
+            if not line:  # a blank line
+                out.good_size += len(raw) if complete else 0
                 continue
             try:
                 obj = json.loads(line)
-            except ValueError:
-                dropped = True
-                continue
-            if isinstance(obj, dict):
-                records.append(obj)
-            else:
-                dropped = True
-    return records, dropped
+            except (ValueError, UnicodeDecodeError):
+                obj = ...
+            if not complete and obj is ... and line.startswith(b"{") and len(raw) < MAX_LINE_BYTES - 1:
+                out.cut_bytes = len(raw)  # a record cut off by a kill: the only thing a repair drops
+                break
+            if not _is_record(obj, keys):
+                what = "not JSON" if obj is ... else "not a vqa record"
+                raise OutputRefusedError(f"{_where(path)} is not a vqa JSON Lines file (line {number} is {what}): "
+                                         "refusing to write to it; choose another --out")
+            out.records.append(obj)
+            out.good_size += len(raw)
+            out.newline_missing = not complete
+    return out
 
 
-def rewrite(path: str | Path, records: list[dict]) -> None:
-    """Replace the file's contents with ``records`` atomically (temp file + rename)."""
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, p)
+def read_records(path: str | Path) -> list[dict]:
+    """The complete records of a vqa JSON Lines file (see ``read_output``)."""
+    return read_output(path).records
 
 
-class JsonlWriter:
-    """Appends records as single lines to a file (or stdout for ``-``), flushing each one."""
+def repair(path: str | Path, existing: Output | None = None) -> Repair:
+    """Make the last line whole: add a complete record's missing newline, cut an unparsable cut-off line."""
+    existing = existing if existing is not None else read_output(path)
+    done = Repair()
+    if existing.cut_bytes:
+        with open(path, "r+b") as f:
+            f.truncate(existing.good_size)
+        done.dropped_lines = 1
+    if existing.newline_missing:
+        with open(path, "ab") as f:
+            f.write(b"\n")
+        done.newline_added = True
+    return done
+
+
+def rewrite(path: str | Path, records: Iterable[dict]) -> None:
+    """Replace the file's contents with ``records`` atomically, keeping its permissions.
+
+    The temporary file is created exclusively (never through an existing name or a symlink)
+    beside the real file, so a symlinked ``path`` keeps its link and gets new contents.
+    """
+    real = Path(os.path.realpath(path))
+    mode = stat.S_IMODE(real.stat().st_mode) if real.exists() else 0o666 & ~_umask()
+    fd, tmp = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".tmp", dir=real.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), mode)
+            for rec in records:
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, real)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(real.parent)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write one JSON document atomically (creating parent folders), e.g. a ``--summary``."""
+    real = Path(os.path.realpath(path))
+    real.parent.mkdir(parents=True, exist_ok=True)
+    mode = stat.S_IMODE(real.stat().st_mode) if real.exists() else 0o666 & ~_umask()
+    fd, tmp = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".tmp", dir=real.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), mode)
+            f.write(json.dumps(obj, indent=2) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, real)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ---- checks before anything loads -----------------------------------------------------------
+
+
+def _existing_ancestor(path: Path) -> Path:
+    p = path
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _check_writable(path: str, flag: str) -> None:
+    """Refuse a place this process cannot write: a folder, a read-only file or folder, a full disk."""
+    real = Path(os.path.realpath(path))
+    if real.is_dir():
+        raise OutputRefusedError(f"{flag} {_where(path)} is a folder, not a file")
+    if real.exists() and not real.is_file():
+        raise OutputRefusedError(f"{flag} {_where(path)} is not a regular file")
+    folder = _existing_ancestor(real.parent)
+    if not folder.is_dir():
+        raise OutputRefusedError(f"{flag} {_where(path)}: {_where(folder)} is a file, not a folder")
+    # Try it rather than trust permission bits: root, ACLs and read-only mounts all answer truthfully.
+    if real.exists():
+        try:
+            with open(real, "ab"):
+                pass
+        except OSError as exc:
+            raise OutputRefusedError(f"cannot write {flag} {_where(path)}: {exc.strerror}") from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".vqa-write-check.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputRefusedError(f"cannot write {flag} {_where(path)}: {_where(folder)}: {exc.strerror}") from None
+    try:
+        fs = os.statvfs(folder)
+    except OSError:
+        return
+    if fs.f_bavail * fs.f_frsize < MIN_FREE_BYTES:
+        raise OutputWriteError(f"cannot write {flag} {_where(path)}: no space left on the device of {_where(folder)}")
+
+
+def check_output(path: str, inputs: Iterable[str], *, flag: str = "--out",
+                 keys: frozenset[str] | None = RECORD_KEYS) -> None:
+    """Everything that can be known about an output before the model loads; ``-`` (stdout) is always fine.
+
+    Refuses (``OutputRefusedError``, exit 2) an output that is one of the ``inputs``, an existing
+    file whose complete lines are not all vqa records (``keys``; ``SUMMARY_KEYS``: a vqa summary;
+    None: any file may be replaced), a folder, or a place that cannot be written; a full disk is
+    ``OutputWriteError`` (exit 1). Nothing is created or changed.
+    """
+    if path == "-":
+        return
+    real = Path(os.path.realpath(path))
+    if real.exists():
+        me = real.stat()
+        for video in inputs:
+            try:
+                same = os.path.samestat(me, os.stat(video))
+            except OSError:
+                same = False
+            if same:
+                raise OutputRefusedError(f"{flag} {_where(path)} is one of the input videos: refusing to overwrite it")
+    if keys is not None and real.is_file() and real.stat().st_size:
+        if keys == SUMMARY_KEYS:
+            _check_summary(path, real, flag)
+        else:
+            read_output(real, keys)
+    _check_writable(path, flag)
+
+
+def _check_summary(path: str, real: Path, flag: str) -> None:
+    try:
+        obj = json.loads(real.read_bytes())
+    except (ValueError, UnicodeDecodeError, OSError):
+        obj = None
+    if not _is_record(obj, SUMMARY_KEYS):
+        raise OutputRefusedError(f"{flag} {_where(path)} exists and is not a vqa summary: refusing to overwrite it")
+
+
+# ---- one writer per file ---------------------------------------------------------------------
+
+
+def lock_path(path: str | Path) -> Path:
+    """The lock file of an output: hidden, beside the real file (a symlink's target)."""
+    real = Path(os.path.realpath(path))
+    return real.with_name(f".{real.name}.lock")
+
+
+class OutputLock:
+    """An exclusive ``flock`` on the output's lock file for as long as this process writes the output.
+
+    A second process gets ``OutputBusyError`` (exit 2) naming the output and the holder's pid. The
+    kernel releases the lock when the holder exits in any way. The lock file holds the pid and is
+    removed on release.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._file: IO[str]
+        self.lock = lock_path(path)
+        self._fd: int | None = None
+
+    def __enter__(self) -> OutputLock:
+        import fcntl
+
+        self.lock.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_pid(fd)
+                os.close(fd)
+                who = f"another vqa process (pid {holder})" if holder else "another vqa process"
+                raise OutputBusyError(f"{_where(self.path)} is being written by {who}: wait for it to finish "
+                                      "or choose another --out") from None
+            # The holder before us may have removed the file after we opened it: lock the file on disk.
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(self.lock, follow_symlinks=False))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(self.lock)  # while still locked: a waiting process re-checks the name
+        os.close(self._fd)
+        self._fd = None
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        return int(os.pread(fd, 32, 0).split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class NullLock:
+    """Stands in for ``OutputLock`` when writing to stdout."""
+
+    def __enter__(self) -> NullLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def locked(path: str) -> OutputLock | NullLock:
+    return NullLock() if path == "-" else OutputLock(path)
+
+
+# ---- appending ----------------------------------------------------------------------------------
+
+
+class JsonlWriter:
+    """Appends records as single lines to a file (or stdout for ``-``), each in one write, flushed.
+
+    A write the disk refuses (full, quota, file size limit) is undone back to the last whole record
+    and raised as ``OutputWriteError``: the records written so far stay intact.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.written = 0
+        self._fd: int | None = None
+        self._stdout: IO[str] | None = None
         if path == "-":
-            self._file = sys.stdout
+            self._stdout = sys.stdout
         else:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+            real = Path(os.path.realpath(path))
+            real.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(real, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
 
     def write(self, record: dict[str, Any]) -> None:
-        # One write call per record: a kill leaves at most one partial line, never a mix.
-        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._file.flush()
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        if self._stdout is not None:
+            self._stdout.write(line)
+            self._stdout.flush()
+            self.written += 1
+            return
+        assert self._fd is not None
+        data = line.encode("utf-8")
+        good = os.fstat(self._fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(self._fd, view)
+                if n <= 0:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                view = view[n:]
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, good)  # no partial line left behind
+            raise OutputWriteError(f"cannot write to {_where(self.path)}: {exc.strerror or exc}; the {self.written} "
+                                   "records written by this run before it are intact") from None
+        self.written += 1
 
     def close(self) -> None:
-        if self._file is not sys.stdout:
-            os.fsync(self._file.fileno())
-            self._file.close()
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
 
     def __enter__(self) -> JsonlWriter:
         return self
