@@ -355,13 +355,16 @@ def test_a_write_refused_mid_run_keeps_the_records_written_so_far_and_exits_1(vi
 # ---- 6. stdin names, 7. unreadable folders, 8. files cut short ------------------------------------------
 
 
-def test_stdin_paths_keep_their_spaces_and_skip_blank_lines(videos, tmp_path):
-    spaced = tmp_path / " spaced name .mp4"
-    spaced.write_bytes((videos / "a.mp4").read_bytes())
+def test_stdin_paths_keep_their_spaces_and_skip_blank_lines(videos, tmp_path, monkeypatch):
     import io
 
-    found = expand_inputs(["-"], io.StringIO(f"{spaced}\r\n\n   \n{videos / 'b.mp4'}\n{spaced}")).videos
-    assert found == [str(spaced), str(videos / "b.mp4")]
+    monkeypatch.chdir(tmp_path)
+    for name in (" leading.mp4", "trailing.mp4 ", "  both  .mp4  "):
+        (tmp_path / name).write_bytes((videos / "a.mp4").read_bytes())
+    lines = " leading.mp4\r\n\n   \ntrailing.mp4 \n  both  .mp4  \n" + f"{videos / 'b.mp4'}\n leading.mp4"
+    found = expand_inputs(["-"], io.StringIO(lines)).videos
+    assert found == [" leading.mp4", "trailing.mp4 ", "  both  .mp4  ", str(videos / "b.mp4")]
+    assert all(Path(p).is_file() for p in found)
 
 
 def test_a_folder_that_cannot_be_read_is_an_input_error_record_and_exit_1(videos, tiny_dir, tmp_path):

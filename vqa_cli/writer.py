@@ -22,7 +22,7 @@ import os
 import stat
 import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -59,6 +59,15 @@ class Repair:
 
 def _where(path: str | Path) -> str:
     return f"'{path}'" if str(path).isprintable() else repr(str(path))
+
+
+@contextlib.contextmanager
+def _writing(path: str | Path, what: str = "write") -> Iterator[None]:
+    """Turn an OSError while changing an output into one line (``OutputWriteError``, exit 1)."""
+    try:
+        yield
+    except OSError as exc:
+        raise OutputWriteError(f"cannot {what} {_where(path)}: {exc.strerror or exc}") from None
 
 
 def _is_record(obj: Any, keys: frozenset[str]) -> bool:
@@ -108,14 +117,15 @@ def repair(path: str | Path, existing: Output | None = None) -> Repair:
     """Make the last line whole: add a complete record's missing newline, cut an unparsable cut-off line."""
     existing = existing if existing is not None else read_output(path)
     done = Repair()
-    if existing.cut_bytes:
-        with open(path, "r+b") as f:
-            f.truncate(existing.good_size)
-        done.dropped_lines = 1
-    if existing.newline_missing:
-        with open(path, "ab") as f:
-            f.write(b"\n")
-        done.newline_added = True
+    with _writing(path, "repair"):
+        if existing.cut_bytes:
+            with open(path, "r+b") as f:
+                f.truncate(existing.good_size)
+            done.dropped_lines = 1
+        if existing.newline_missing:
+            with open(path, "ab") as f:
+                f.write(b"\n")
+            done.newline_added = True
     return done
 
 
@@ -125,14 +135,26 @@ def rewrite(path: str | Path, records: Iterable[dict]) -> None:
     The temporary file is created exclusively (never through an existing name or a symlink)
     beside the real file, so a symlinked ``path`` keeps its link and gets new contents.
     """
+    with _writing(path, "rewrite"):
+        _replace(Path(os.path.realpath(path)), (json.dumps(rec, ensure_ascii=False) + "\n" for rec in records))
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write one JSON document atomically (creating parent folders), e.g. a ``--summary``."""
     real = Path(os.path.realpath(path))
+    with _writing(path):
+        real.parent.mkdir(parents=True, exist_ok=True)
+        _replace(real, [json.dumps(obj, indent=2, ensure_ascii=False) + "\n"])
+
+
+def _replace(real: Path, chunks: Iterable[str]) -> None:
+    """Atomically give ``real`` the contents ``chunks`` (its mode kept) through an exclusive temporary file."""
     mode = stat.S_IMODE(real.stat().st_mode) if real.exists() else 0o666 & ~_umask()
     fd, tmp = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".tmp", dir=real.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             os.fchmod(f.fileno(), mode)
-            for rec in records:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            f.writelines(chunks)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, real)
@@ -141,25 +163,6 @@ def rewrite(path: str | Path, records: Iterable[dict]) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(real.parent)
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    """Write one JSON document atomically (creating parent folders), e.g. a ``--summary``."""
-    real = Path(os.path.realpath(path))
-    real.parent.mkdir(parents=True, exist_ok=True)
-    mode = stat.S_IMODE(real.stat().st_mode) if real.exists() else 0o666 & ~_umask()
-    fd, tmp = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".tmp", dir=real.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            os.fchmod(f.fileno(), mode)
-            f.write(json.dumps(obj, indent=2) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, real)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _umask() -> int:
@@ -285,9 +288,10 @@ class OutputLock:
     def __enter__(self) -> OutputLock:
         import fcntl
 
-        self.lock.parent.mkdir(parents=True, exist_ok=True)
         while True:
-            fd = os.open(self.lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            with _writing(self.lock, "create the lock file"):
+                self.lock.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -358,8 +362,9 @@ class JsonlWriter:
             self._stdout = sys.stdout
         else:
             real = Path(os.path.realpath(path))
-            real.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(real, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            with _writing(path, "open"):
+                real.parent.mkdir(parents=True, exist_ok=True)
+                self._fd = os.open(real, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
 
     def write(self, record: dict[str, Any]) -> None:
         line = json.dumps(record, ensure_ascii=False) + "\n"

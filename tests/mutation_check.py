@@ -1,0 +1,263 @@
+"""Mutation check: break one formula, wiring step or constant at a time and make sure a test goes red.
+
+Not collected by pytest (the name does not start with ``test_``). Run it from the repository root:
+
+    python tests/mutation_check.py                 # every mutant, a markdown table on stdout
+    python tests/mutation_check.py --only modes    # the mutants whose name starts with "modes"
+    python tests/mutation_check.py --list
+
+Each mutant replaces one snippet of one file (it must occur exactly once, so a stale mutant fails
+loudly instead of silently testing nothing) in a scratch copy of the working tree, then runs the
+tests named for it with that copy first on ``PYTHONPATH`` (subprocesses started by the tests
+inherit it). A mutant is *killed* when the tests fail, and *survives* when they pass. The
+unmutated copy must pass the same tests first. The result table goes in docs/testing.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    path: str  # file, relative to the repository root
+    old: str
+    new: str
+    tests: tuple[str, ...]  # pytest node ids or files
+    what: str  # one line for the table
+
+
+M = Mutant
+MODES_T = ("tests/test_modes.py", "tests/test_wiring.py")
+GUIDE_T = ("tests/test_guide.py", "tests/test_wiring.py")
+PROMPT_T = ("tests/test_prompt.py", "tests/test_prompt_ids.py", "tests/test_engine.py")
+CONV_T = ("tests/test_conversation.py", "tests/test_wiring.py")
+PRE_T = ("tests/test_preprocess.py",)
+VIDEO_T = ("tests/test_video.py",)
+SAFE_T = ("tests/test_output_safety.py", "tests/test_caption.py")
+
+MUTANTS: list[Mutant] = [
+    # ---- modes: the papers' formulas and constants
+    M("modes.slow-positions-round", "vqa_cli/modes.py", "int(math.floor(i * num_frames / slow))",
+      "int(round(i * num_frames / slow))", MODES_T, "slow frames at round() instead of floor() of linspace"),
+    M("modes.slow-avg", "vqa_cli/modes.py", "slow_tokens = F.max_pool2d(x, kernel_size=(1, 2), stride=(1, 2), "
+      "ceil_mode=True)", "slow_tokens = F.avg_pool2d(x, kernel_size=(1, 2), stride=(1, 2), ceil_mode=True)",
+      MODES_T, "slow pathway averages instead of max-pooling"),
+    M("modes.slow-columns", "vqa_cli/modes.py", "F.max_pool2d(x, kernel_size=(1, 2), stride=(1, 2), ceil_mode=True)",
+      "F.max_pool2d(x, kernel_size=(2, 1), stride=(2, 1), ceil_mode=True)", MODES_T,
+      "slow pathway pools pairs of rows instead of neighbours in a row"),
+    M("modes.order", "vqa_cli/modes.py", "return torch.cat([slow_tokens, fast], dim=0)",
+      "return torch.cat([fast, slow_tokens], dim=0)", MODES_T, "fast tokens before slow"),
+    M("modes.pooled-max", "vqa_cli/modes.py", "out = F.adaptive_avg_pool3d(x, pool)[0]",
+      "out = F.adaptive_max_pool3d(x, pool)[0]", MODES_T, "PLLaVA pooling takes the max"),
+    M("modes.pooled-transpose", "vqa_cli/modes.py", "return out.permute(1, 2, 3, 0).reshape(-1, grid.shape[-1])",
+      "return out.permute(1, 3, 2, 0).reshape(-1, grid.shape[-1])", MODES_T, "pooled tokens column-major"),
+    M("modes.fast-grid-constant", "vqa_cli/modes.py", "SLOWFAST_FAST_GRID = 4", "SLOWFAST_FAST_GRID = 3",
+      ("tests/test_modes.py",), "fast grid 3x3 instead of 4x4"),
+    M("modes.pool-side-constant", "vqa_cli/modes.py", "POOLED_SIDE = 12", "POOLED_SIDE = 11",
+      ("tests/test_modes.py",), "PLLaVA output side 11 instead of 12"),
+    M("modes.scaled-floor", "vqa_cli/modes.py", "return max(1, round(value * grid_side / REFERENCE_GRID))",
+      "return max(1, int(value * grid_side / REFERENCE_GRID))", ("tests/test_modes.py",),
+      "parameters for other grids truncated instead of rounded"),
+    M("modes.relevance-no-exp", "vqa_cli/modes.py", "scale = torch.as_tensor(logit_scale, dtype=torch.float32).exp()",
+      "scale = torch.as_tensor(logit_scale, dtype=torch.float32)", GUIDE_T, "logit scale used without exp"),
+    M("modes.relevance-no-normalise", "vqa_cli/modes.py", "v = torch.nn.functional.normalize(visual.float(), dim=-1)",
+      "v = visual.float()", GUIDE_T, "visual embeddings not L2-normalised"),
+    M("modes.guide-temperature", "vqa_cli/modes.py", "r = F.pad(weights.float() / temperature,",
+      "r = F.pad(weights.float() * temperature,", GUIDE_T, "window softmax temperature multiplied"),
+    M("modes.anyres-max", "vqa_cli/modes.py", "return F.avg_pool2d(x, kernel_size=stride, stride=stride)"
+      ".permute(0, 2, 3, 1)", "return F.max_pool2d(x, kernel_size=stride, stride=stride).permute(0, 2, 3, 1)",
+      ("tests/test_modes.py", "tests/test_engine.py"), "anyres per-frame pooling takes the max"),
+    # ---- engine: wiring of the stages
+    M("engine.pool-before-projector", "vqa_cli/engine.py", "                return modes.slowfast(projected, "
+      "s.slow_frames, s.fast_grid)", "                return self.adapter.project(self.model, modes.slowfast("
+      "grid, s.slow_frames, s.fast_grid))", ("tests/test_wiring.py",), "slowfast pools before the projector"),
+    M("engine.pooled-before-projector", "vqa_cli/engine.py", "            return modes.pooled(projected, s.pool)",
+      "            return self.adapter.project(self.model, modes.pooled(grid, s.pool))", ("tests/test_wiring.py",),
+      "pooled pools before the projector"),
+    M("engine.guide-ignores-prompt", "vqa_cli/engine.py", "weights = self.guide.relevance(grid, prompt_text)",
+      "weights = self.guide.relevance(grid, '')", GUIDE_T, "guided pooling ignores the question"),
+    M("engine.guide-plain-pool", "vqa_cli/engine.py",
+      "return modes.guided_pool(projected, weights.to(projected.device), s.guide_kernel)",
+      "return modes.guided_pool(projected, torch.zeros_like(weights), s.guide_kernel)", GUIDE_T,
+      "guided pooling with uniform weights"),
+    M("engine.time-prompt-dropped", "vqa_cli/engine.py",
+      "ids = self.checkpoint.prompt_ids(question, None if image else time_text, media=\"image\" if image else "
+      "\"video\")", "ids = self.checkpoint.prompt_ids(question, None, media=\"image\" if image else \"video\")",
+      PROMPT_T, "--time-prompt text not put in the prompt"),
+    M("engine.chunks-reversed", "vqa_cli/engine.py", "for chunk in pixels.split(VISION_CHUNK)",
+      "for chunk in reversed(pixels.split(VISION_CHUNK))", ("tests/test_families.py",),
+      "vision chunks joined in the wrong order"),
+    M("engine.batch-slice-shift", "vqa_cli/engine.py", "encoded[i] = frames.slice(start, start + n)",
+      "encoded[i] = frames.slice(max(0, start - 1), max(0, start - 1) + n)", ("tests/test_scale.py",),
+      "a batch's clips get each other's frames"),
+    M("engine.question-not-guiding", "vqa_cli/engine.py",
+      "features = self.aggregate(frames, self.settings.mode, question)",
+      "features = self.aggregate(frames, self.settings.mode, \"\")", GUIDE_T,
+      "the question never reaches guided pooling"),
+    # ---- prompt
+    M("prompt.no-bos", "vqa_cli/prompt.py", "return list(tokenizer(text, add_special_tokens=True)[\"input_ids\"])",
+      "return list(tokenizer(text, add_special_tokens=False)[\"input_ids\"])", PROMPT_T, "BOS dropped"),
+    M("prompt.expand-short", "vqa_cli/prompt.py", "return ids[:at] + [placeholder_id] * count + ids[at + 1:]",
+      "return ids[:at] + [placeholder_id] * (count - 1) + ids[at + 1:]", PROMPT_T,
+      "one placeholder too few"),
+    M("prompt.features-reversed", "vqa_cli/prompt.py",
+      "return embeds.masked_scatter(mask, features.to(embeds.device, embeds.dtype))",
+      "return embeds.masked_scatter(mask, features.flip(0).to(embeds.device, embeds.dtype))",
+      ("tests/test_prompt.py", "tests/test_engine.py"), "visual tokens scattered in reverse order"),
+    M("prompt.media-after-text", "vqa_cli/prompt.py",
+      '"content": [{"type": media}, {"type": "text", "text": question}]})',
+      '"content": [{"type": "text", "text": question}, {"type": media}]})',
+      PROMPT_T, "video part after the text part"),
+    # ---- conversation: KV-cache reuse
+    M("conversation.no-crop", "vqa_cli/conversation.py",
+      "            self.cache.crop(reuse - self.cache.get_seq_length())", "            pass", CONV_T,
+      "stale turns left in the cache"),
+    M("conversation.reuse-off-by-one", "vqa_cli/conversation.py",
+      "reuse = min(common_prefix(ids, self.cached_ids), len(ids) - 1)",
+      "reuse = min(common_prefix(ids, self.cached_ids) + 1, len(ids) - 1)", CONV_T,
+      "one token too many taken from the cache"),
+    M("conversation.history-dropped", "vqa_cli/conversation.py",
+      "messages = self.messages + [{\"role\": \"user\", \"text\": question}]",
+      "messages = [{\"role\": \"user\", \"text\": question}]", CONV_T, "chat forgets earlier turns"),
+    # ---- preprocess
+    M("preprocess.mean-std-swapped", "vqa_cli/preprocess.py",
+      "out = (out - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)",
+      "out = (out - np.asarray(cfg.std, np.float32)) / np.asarray(cfg.mean, np.float32)", PRE_T,
+      "mean and std swapped"),
+    M("preprocess.crop-off-by-one", "vqa_cli/preprocess.py", "    left = (w - cw) // 2\n    img = img.crop(",
+      "    left = (w - cw + 1) // 2\n    img = img.crop(", PRE_T, "fast crop one column off"),
+    M("preprocess.resize-round", "vqa_cli/preprocess.py",
+      "new_short, new_long = cfg.shortest_edge, int(cfg.shortest_edge * long / short)",
+      "new_short, new_long = cfg.shortest_edge, round(cfg.shortest_edge * long / short)", PRE_T,
+      "long edge rounded instead of truncated"),
+    M("preprocess.bgr", "vqa_cli/preprocess.py", "np.take(table[c], img[:, :, c], out=out[c])",
+      "np.take(table[c], img[:, :, 2 - c], out=out[c])", PRE_T, "channels in BGR order"),
+    # ---- guide
+    M("guide.no-post-layernorm", "vqa_cli/guide.py",
+      "visual = m.visual_projection(m.vision_model.post_layernorm(grid.to(weight.device, weight.dtype)))",
+      "visual = m.visual_projection(grid.to(weight.device, weight.dtype))", GUIDE_T,
+      "CLIP post-layernorm skipped"),
+    M("guide.short-text", "vqa_cli/guide.py",
+      "tokens = self.tokenizer(prompt, truncation=True, max_length=self.max_length, return_tensors=\"pt\")",
+      "tokens = self.tokenizer(prompt, truncation=True, max_length=3, return_tensors=\"pt\")", GUIDE_T,
+      "question cut to 3 tokens"),
+    # ---- video
+    M("video.uniform-start", "vqa_cli/video.py", "return [((2 * k + 1) * total) // (2 * n) for k in range(n)]",
+      "return [(k * total) // n for k in range(n)]", VIDEO_T, "segment starts instead of midpoints"),
+    M("video.nearest-key-later", "vqa_cli/video.py",
+      "chosen.append(min(candidates, key=lambda k: (abs(k - t), k)))",
+      "chosen.append(max(candidates, key=lambda k: (-abs(k - t), k)))", VIDEO_T,
+      "keyframe ties go to the later keyframe"),
+    M("video.count-warning-threshold", "vqa_cli/video.py", "abs(clip.total_frames - clip.header_frames) > 1",
+      "abs(clip.total_frames - clip.header_frames) > 100", ("tests/test_output_safety.py",),
+      "a file cut short is not flagged"),
+    # ---- output safety (caption, writer)
+    M("writer.accepts-foreign-lines", "vqa_cli/writer.py", "            if not _is_record(obj, keys):",
+      "            if False:", SAFE_T, "a non-vqa file is taken as vqa's"),
+    M("writer.drops-unterminated-record", "vqa_cli/writer.py",
+      "if not complete and obj is ... and line.startswith(b\"{\") and len(raw) < MAX_LINE_BYTES - 1:",
+      "if not complete:", SAFE_T, "a complete last record without newline is dropped"),
+    M("writer.no-lock", "vqa_cli/writer.py", "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)", "pass",
+      SAFE_T, "no lock"),
+    M("writer.no-undo", "vqa_cli/writer.py", "                os.ftruncate(self._fd, good)  # no partial line left "
+      "behind", "                pass", SAFE_T, "a refused write leaves a partial line"),
+    M("writer.temp-through-symlink", "vqa_cli/writer.py",
+      "    fd, tmp = tempfile.mkstemp(prefix=f\".{real.name}.\", suffix=\".tmp\", dir=real.parent)\n    try:",
+      "    tmp = str(real.with_name(f\".{real.name}.tmp\"))\n"
+      "    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)\n    try:", SAFE_T,
+      "the temporary file is opened through an existing name"),
+    M("writer.input-not-checked", "vqa_cli/writer.py", "            if same:\n                raise OutputRefusedError",
+      "            if False:\n                raise OutputRefusedError", SAFE_T, "--out may be an input video"),
+    M("caption.strip-stdin", "vqa_cli/caption.py", "        path = line.removesuffix(\"\\n\").removesuffix(\"\\r\")",
+      "        path = line.strip()", SAFE_T, "stdin names lose their spaces"),
+    M("caption.walk-errors-ignored", "vqa_cli/caption.py", "    for root, _, files in os.walk(folder, onerror=failed):",
+      "    for root, _, files in os.walk(folder):", SAFE_T, "unreadable folders skipped in silence"),
+    M("caption.errors-deleted-upfront", "vqa_cli/caption.py",
+      "    existing = writer.read_output(out)\n    repaired = writer.repair(out, existing)",
+      "    existing = writer.read_output(out)\n    repaired = writer.repair(out, existing)\n"
+      "    writer.rewrite(out, [r for r in existing.records if r.get(\"error\") is None])", SAFE_T,
+      "old error records deleted before the retry"),
+]
+
+
+def _copy_tree(dest: Path) -> None:
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.splitlines()
+    for rel in files:
+        src = ROOT / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+
+
+def _pytest(tree: Path, tests: tuple[str, ...], timeout: float) -> tuple[bool, float, str]:
+    env = {**os.environ, "PYTHONPATH": str(tree) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    started = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
+                              cwd=tree, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return False, time.perf_counter() - started, "timeout"
+    lines = proc.stdout.strip().splitlines() or [""]
+    failed = [line for line in lines if line.startswith(("FAILED", "ERROR"))]
+    return proc.returncode == 0, time.perf_counter() - started, (failed or lines[-1:])[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="", help="run the mutants whose name starts with this")
+    parser.add_argument("--list", action="store_true")
+    parser.add_argument("--timeout", type=float, default=900.0)
+    args = parser.parse_args(argv)
+    chosen = [m for m in MUTANTS if m.name.startswith(args.only)]
+    if args.list:
+        for m in chosen:
+            print(f"{m.name}\t{m.what}")
+        return 0
+    with tempfile.TemporaryDirectory(prefix="vqa-mutants-") as tmp:
+        tree = Path(tmp)
+        _copy_tree(tree)
+        for m in chosen:  # every snippet must be there exactly once
+            count = (tree / m.path).read_text().count(m.old)
+            if count != 1:
+                print(f"stale mutant {m.name}: its snippet occurs {count} times in {m.path}", file=sys.stderr)
+                return 2
+        tests = tuple(dict.fromkeys(t for m in chosen for t in m.tests))
+        ok, seconds, tail = _pytest(tree, tests, args.timeout)
+        print(f"baseline: {'green' if ok else 'RED'} in {seconds:.0f} s ({tail})", file=sys.stderr)
+        if not ok:
+            return 2
+        print("| mutant | file | what was broken | tests run | result |")
+        print("|---|---|---|---|---|")
+        survivors = 0
+        for m in chosen:
+            target = tree / m.path
+            original = target.read_text()
+            target.write_text(original.replace(m.old, m.new))
+            try:
+                ok, seconds, tail = _pytest(tree, m.tests, args.timeout)
+            finally:
+                target.write_text(original)
+            survivors += ok
+            result = "**survived**" if ok else f"killed ({tail.removeprefix('FAILED ').split(' - ')[0]})"
+            print(f"| {m.name} | {m.path} | {m.what} | {', '.join(Path(t).name for t in m.tests)} | {result} |",
+                  flush=True)
+            print(f"{m.name}: {'SURVIVED' if ok else 'killed'} in {seconds:.0f} s", file=sys.stderr)
+        print(f"\n{len(chosen) - survivors} of {len(chosen)} mutants killed", flush=True)
+    return 1 if survivors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
