@@ -42,3 +42,43 @@ def engine_factory(tiny_dir):
         return cache[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def family_dirs(tmp_path_factory, tiny_dir) -> dict[str, Path]:
+    """One tiny checkpoint per family (LLaVA-NeXT-Video's is the shared ``tiny_dir``)."""
+    from vqa_cli.testing import FAMILIES, tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("families")
+    return {f: tiny_dir if f == "llava-next-video" else tiny_checkpoint(root / f, family=f) for f in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def guide_dir(tmp_path_factory) -> Path:
+    """A random CLIP model whose vision width matches the tiny checkpoints' vision towers (32)."""
+    import torch
+    from tokenizers import processors
+    from transformers import CLIPConfig, CLIPModel
+
+    from vqa_cli.testing import build_tokenizer
+
+    # Like CLIP's tokenizer: every text is wrapped in start/end tokens and the end token has the highest id,
+    # so the text tower pools the last position (the whole prompt), not whatever token has the highest id.
+    start, end = "<|startoftext|>", "<|endoftext|>"
+    tok = build_tokenizer(bos=start, eos=end, pad=end, extra=(start, end))
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{start} $A {end}", special_tokens=[(start, tok.convert_tokens_to_ids(start)),
+                                                    (end, tok.convert_tokens_to_ids(end))])
+    assert tok.eos_token_id == len(tok) - 1
+    config = CLIPConfig(
+        text_config={"vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                     "num_attention_heads": 4, "max_position_embeddings": 77, "eos_token_id": tok.eos_token_id},
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                       "image_size": 336, "patch_size": 14},
+        projection_dim=16,
+    )
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("guide") / "clip"
+    CLIPModel(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out

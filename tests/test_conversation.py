@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from vqa_cli.conversation import Conversation, common_prefix
+from vqa_cli.conversation import Conversation
 from vqa_cli.video import sample_frames
 
 QUESTIONS = ["What happens in the video?", "Who is in the video?", "Describe the scene in detail.",
@@ -30,22 +30,19 @@ def test_reused_cache_answers_equal_asking_each_question_alone(engine, clip_path
 
 
 def test_first_step_logits_from_the_cache_equal_a_full_prefill(engine, clip_path):
+    # The logits are the ones Conversation.ask itself produced; the oracle is the model's own forward of the whole
+    # one-question prompt with its own video path and no cache (tests/test_wiring.py does this for every family).
     clip = sample_frames(clip_path, 6)
     conversation = Conversation.open(engine, clip)
     conversation.ask(QUESTIONS[0], keep=False)
-    ids = conversation._ids([{"role": "user", "text": QUESTIONS[1]}])
-    reuse = common_prefix(ids, conversation.cached_ids)
-    conversation.cache.crop(reuse - conversation.cache.get_seq_length())
-    from vqa_cli import prompt
-
-    ids_t = torch.tensor([ids])
+    turn = conversation.ask(QUESTIONS[1], keep=False, first_logits=True)
+    pixels = engine.pixels(clip)
+    ids, _ = engine.prompt_inputs(QUESTIONS[1], clip, engine.visual_tokens(pixels, engine.settings.mode))
     with torch.no_grad():
-        embeds = prompt.embed(engine.model, ids_t, conversation.features, engine.adapter.video_token_id())
-        cached = engine.model(inputs_embeds=embeds[:, reuse:], past_key_values=conversation.cache,
-                              attention_mask=torch.ones_like(ids_t)).logits[0, -1]
-        full = engine.model(inputs_embeds=embeds, attention_mask=torch.ones_like(ids_t)).logits[0, -1]
-    assert reuse > 6 * 144  # the video tokens came from the cache
-    assert (cached - full).abs().max().item() <= 1e-4
+        full = engine.model(input_ids=ids, pixel_values_videos=pixels[None],
+                            attention_mask=torch.ones_like(ids)).logits[0, -1]
+    assert turn.fed_tokens < ids.shape[1] - 6 * 144  # the video tokens came from the cache
+    assert (turn.first_logits - full).abs().max().item() <= 1e-4
 
 
 def test_memory_does_not_grow_across_independent_questions(engine, clip_path):

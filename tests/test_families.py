@@ -20,15 +20,6 @@ NEW_FAMILIES = ("video-llava", "llava-onevision")
 QUESTION = "What happens in the video?"
 
 
-@pytest.fixture(scope="session")
-def family_dirs(tmp_path_factory, tiny_dir) -> dict[str, Path]:
-    """One tiny checkpoint per family (LLaVA-NeXT-Video's is the shared one from conftest)."""
-    from vqa_cli.testing import tiny_checkpoint
-
-    root = tmp_path_factory.mktemp("families")
-    return {"llava-next-video": tiny_dir, **{f: tiny_checkpoint(root / f, family=f) for f in NEW_FAMILIES}}
-
-
 def _engine(model_dir: Path, **kw) -> Engine:
     settings = RunSettings(model=str(model_dir), **{"dtype": "float32", "max_new_tokens": 4, **kw})
     checkpoint = Checkpoint(settings.model)

@@ -52,28 +52,6 @@ def test_plan_counts_1024_tokens_for_32_frames_at_24x24():
     assert modes.plan_tokens(ModeSettings("pooled", guide=True), 32, (24, 24), 2).total == 1024
 
 
-@pytest.fixture(scope="module")
-def guide_dir(tmp_path_factory):
-    """A random CLIP model whose vision width matches the tiny LLaVA-NeXT-Video checkpoint (32)."""
-    from transformers import CLIPConfig, CLIPModel
-
-    from vqa_cli.testing import build_tokenizer
-
-    tok = build_tokenizer()
-    config = CLIPConfig(
-        text_config={"vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                     "num_attention_heads": 4, "max_position_embeddings": 77, "eos_token_id": tok.eos_token_id},
-        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-                       "image_size": 336, "patch_size": 14},
-        projection_dim=16,
-    )
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("guide") / "clip"
-    CLIPModel(config).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
 def test_guided_pooling_end_to_end(tiny_dir, guide_dir, clip_path, capsys):
     from vqa_cli.cli import main
 

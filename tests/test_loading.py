@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vqa_cli import loading
-from vqa_cli.errors import ModelNotCachedError, UnknownModelError, UnsupportedModelError
+from vqa_cli.errors import CheckpointError, ModelNotCachedError, UnknownModelError, UnsupportedModelError
 from vqa_cli.models.registry import adapter_for, resolve_alias
 from vqa_cli.video import sample_frames
 
@@ -89,3 +89,99 @@ def test_quantized_loading_on_cpu_through_the_same_path(engine_factory, clip_pat
     assert kept and all(type(m) is torch.nn.Linear for m in kept)
     answer = engine.answer(sample_frames(clip_path, 4), "What happens?")
     assert answer.tokens > 0 and engine.loaded.quant == quant
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "x.json is empty"),
+        (b"  \n", "x.json is empty"),
+        (b'{"a": 1,}', "x.json is not valid JSON (Expecting property name enclosed in double quotes: line 1, "
+                       "column 9)"),
+        (b"[]", "x.json is not a JSON object"),
+        (b"\xff\xfe{}", "x.json is not UTF-8 text (byte 0)"),
+    ],
+)
+def test_a_broken_json_file_is_named_with_its_cause(tmp_path, content, message):
+    (tmp_path / "x.json").write_bytes(content)
+    with pytest.raises(CheckpointError) as info:
+        loading.read_json(tmp_path / "x.json")
+    assert str(info.value) == f"{tmp_path}/{message}"
+
+
+def test_an_unreadable_json_file_says_why(tmp_path):
+    (tmp_path / "x.json").mkdir()
+    with pytest.raises(CheckpointError, match=r"cannot read .*x.json: Is a directory"):
+        loading.read_json(tmp_path / "x.json")
+
+
+def test_a_model_type_that_is_not_a_name_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": 5}))
+    with pytest.raises(CheckpointError, match="model_type 5 is not an architecture name"):
+        loading.read_config_dict(tmp_path)
+
+
+def _shard(source, target):
+    """``source``'s weights as two shards and an index."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("*.safetensors"))
+    tensors = load_file(source / "model.safetensors")
+    names = sorted(tensors)
+    halves = {"model-00001-of-00002.safetensors": names[: len(names) // 2],
+              "model-00002-of-00002.safetensors": names[len(names) // 2:]}
+    for file, keys in halves.items():
+        save_file({k: tensors[k] for k in keys}, target / file, metadata={"format": "pt"})
+    weight_map = {k: file for file, keys in halves.items() for k in keys}
+    (target / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+
+def test_a_sharded_checkpoint_loads_and_a_truncated_shard_is_named(tiny_dir, tmp_path):
+    target = tmp_path / "sharded"
+    _shard(tiny_dir, target)
+    config = loading.read_config(target)
+    assert [p.name for p in loading.weight_files(target)] == ["model-00001-of-00002.safetensors",
+                                                               "model-00002-of-00002.safetensors"]
+    assert loading.load_model(target, config, device="cpu", dtype=torch.float32, quant="none").model is not None
+    second = target / "model-00002-of-00002.safetensors"
+    second.write_bytes(second.read_bytes()[:-16])
+    with pytest.raises(CheckpointError, match=r"model-00002-of-00002.safetensors is truncated or corrupt"):
+        loading.load_model(target, config, device="cpu", dtype=torch.float32, quant="none")
+
+
+def test_a_folder_without_tokenizer_files_is_refused_before_transformers_invents_one(tmp_path):
+    (tmp_path / "tokenizer_config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="has no tokenizer"):
+        loading.load_tokenizer(tmp_path)
+
+
+def test_a_model_type_transformers_does_not_know_is_unsupported(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "no_such_model"}))
+    with pytest.raises(UnsupportedModelError, match=r"config.json: unsupported architecture 'no_such_model': "
+                                                    r"transformers .* does not know it"):
+        loading.read_config(tmp_path)
+
+
+def test_a_read_error_while_loading_weights_names_the_file(tiny_dir, monkeypatch):
+    import errno
+
+    import transformers
+
+    config = loading.read_config(tiny_dir)
+    cls = getattr(transformers, adapter_for(config).model_class)
+    weights = str(tiny_dir / "model.safetensors")
+
+    def failing(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error", weights)
+
+    monkeypatch.setattr(cls, "from_pretrained", failing)
+    with pytest.raises(CheckpointError, match=r"cannot read .*model.safetensors: Input/output error"):
+        loading.load_model(tiny_dir, config, device="cpu", dtype=torch.float32, quant="none")
+
+
+def test_a_processor_config_with_a_value_of_the_wrong_kind_is_named(tiny_dir, tmp_path):
+    target = tmp_path / "ckpt"
+    shutil.copytree(tiny_dir, target, ignore=shutil.ignore_patterns("*.safetensors"))
+    (target / "video_preprocessor_config.json").write_text(json.dumps({"size": "large"}))
+    with pytest.raises(CheckpointError, match=r"video_preprocessor_config.json: 'str' object has no attribute"):
+        loading.read_processor_config(target)

@@ -100,3 +100,85 @@ def test_overrides_change_the_layout():
 def test_a_native_path_that_rounds_up_and_appends_a_newline_is_planned():
     plan = modes.plan_tokens(ModeSettings("anyres"), 8, (27, 27), 2, native_ceil=True, suffix_tokens=1)
     assert plan.total == 8 * 14 * 14 + 1
+
+
+# ---- slow-frame selection at other frame counts ------------------------------------------------------------
+
+
+def _reference_slow_positions(num_frames: int, slow: int) -> list[int]:
+    """SlowFast-LLaVA's own rule, from apple/ml-slowfast-llava (slowfast_llava/llava/model/llava_arch.py,
+    ``LlavaMetaForCausalLM.prepare_slowfast``): ``torch.linspace(0, T, slow + 1)`` (float32), converted with
+    ``.to(torch.int32)`` (truncation toward zero: a floor for these non-negative values), then the last index
+    popped. The reference has no case for T < slow: the positions then repeat (T=7: 0,0,1,2,2,3,4,4,5,6) and
+    some frames become slow frames twice. vqa deliberately takes each frame once instead (docs/modes.md: "With
+    fewer frames than slow frames, every frame is a slow frame once"): the same frames, without the repeats.
+    """
+    positions = torch.linspace(0, num_frames, slow + 1).to(torch.int32).tolist()
+    positions.pop()
+    return positions
+
+
+@pytest.mark.parametrize(("frames", "slow"), [(f, s) for f in (32, 11, 13, 64, 10, 16, 50, 99, 100, 257)
+                                               for s in (10, 4, 7, 16) if f >= s])
+def test_slow_positions_equal_the_reference_linspace(frames, slow):
+    expected = _reference_slow_positions(frames, slow)
+    assert modes.slow_positions(frames, slow) == expected
+    plan = modes.plan_tokens(ModeSettings("slowfast", slow_frames=slow), frames, GRID, 2)
+    assert list(plan.pathways[0].frame_positions) == expected
+
+
+@pytest.mark.parametrize("frames", [1, 3, 7, 9])
+def test_fewer_frames_than_slow_frames_take_the_references_frames_without_repeats(frames):
+    reference = _reference_slow_positions(frames, 10)
+    assert len(reference) == 10  # the reference repeats frames to make up 10
+    assert modes.slow_positions(frames, 10) == sorted(set(reference)) == list(range(frames))
+
+
+@pytest.mark.parametrize("frames", [32, 7, 11, 13, 64])
+def test_slowfast_tensors_at_other_frame_counts_equal_the_reference_pathways(frames):
+    grid = _grid(frames, seed=frames)
+    out = modes.slowfast(grid, 10, 4)
+    idx = _reference_slow_positions(frames, 10) if frames >= 10 else list(range(frames))  # vqa's rule below 10
+    tokens = grid[idx].reshape(len(idx), 576, 8).transpose(1, 2)  # [S, D, 576], row-major tokens
+    slow_ref = nn.MaxPool1d(2, 2)(tokens).transpose(1, 2).reshape(-1, 8)
+    fast_ref = nn.AdaptiveAvgPool2d((4, 4))(grid.permute(0, 3, 1, 2)).permute(0, 2, 3, 1).reshape(-1, 8)
+    assert out.shape[0] == len(idx) * 288 + frames * 16 == modes.plan_tokens(ModeSettings("slowfast"), frames,
+                                                                                GRID, 2).total
+    torch.testing.assert_close(out[: len(idx) * 288], slow_ref)
+    torch.testing.assert_close(out[len(idx) * 288:], fast_ref)
+
+
+# ---- derived parameters at other grids, pinned to docs/modes.md ("Other grid sizes") and docs/models.md ----------
+
+# grid side: (slow tokens grid, fast grid side, pooled output, guide window,
+#             tokens: slowfast at 50 frames, pooled at 32, pooled --guide at 32), written out from the docs' formulas:
+# slow s x ceil(s/2); fast round(4s/24) (27: 4.5 -> 4, the 4x4 of docs/models.md); pool (16, round(12s/24) x2);
+# guide (2, ceil(s / round(8s/24)) x2).
+DERIVED = {
+    24: ((24, 12), 4, (16, 12, 12), (2, 3, 3), (3680, 2304, 1024)),
+    16: ((16, 8), 3, (16, 8, 8), (2, 4, 4), (1730, 1024, 256)),  # Video-LLaVA
+    27: ((27, 14), 4, (16, 14, 14), (2, 3, 3), (4580, 3136, 1296)),  # LLaVA-OneVision
+    14: ((14, 7), 2, (16, 7, 7), (2, 3, 3), (1180, 784, 400)),
+}
+
+
+@pytest.mark.parametrize("side", list(DERIVED))
+def test_derived_parameters_are_the_documented_numbers(side):
+    slow_grid, fast, pool, kernel, (sf_tokens, pooled_tokens, guide_tokens) = DERIVED[side]
+    grid = (side, side)
+    sf = modes.resolve(ModeSettings("slowfast"), grid, 2)
+    assert (sf.slow_frames, sf.fast_grid) == (10, fast)
+    assert modes.resolve(ModeSettings("pooled"), grid, 2).pool == pool
+    assert modes.resolve(ModeSettings("pooled", guide=True), grid, 2).guide_kernel == kernel
+
+    plan = modes.plan_tokens(ModeSettings("slowfast"), 50, grid, 2)
+    assert plan.pathways[0].grid == slow_grid and plan.pathways[1].grid == (fast, fast)
+    assert plan.total == sf_tokens
+    assert modes.plan_tokens(ModeSettings("pooled"), 32, grid, 2).total == pooled_tokens
+    assert modes.plan_tokens(ModeSettings("pooled", guide=True), 32, grid, 2).total == guide_tokens
+
+    # The tensor paths produce those counts too.
+    assert modes.slowfast(_grid(50, side, side, d=2), 10, fast).shape == (sf_tokens, 2)
+    g32 = _grid(32, side, side, d=2)
+    assert modes.pooled(g32, pool).shape == (pooled_tokens, 2)
+    assert modes.guided_pool(g32, torch.zeros(32, side, side), kernel).shape == (guide_tokens, 2)

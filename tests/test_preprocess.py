@@ -1,4 +1,4 @@
-"""Preprocessing parity with the checkpoint's own image processor (transformers' CLIPImageProcessorPil)."""
+"""Preprocessing parity with the checkpoint's own image processor (transformers' PIL image processors)."""
 
 from __future__ import annotations
 
@@ -101,3 +101,95 @@ def test_lookup_table_equals_the_float_formula_for_every_level():
     assert np.array_equal(normalize(levels, cfg), expected.transpose(2, 0, 1))
     raw = ProcessorConfig(do_rescale=False, do_normalize=False)
     assert np.array_equal(normalize(levels, raw), levels.astype(np.float32).transpose(2, 0, 1))
+
+
+# ---- each family's checkpoint, at awkward sizes, against its own processor loaded from its files ------------
+#
+# The real video processors (LlavaNextVideoVideoProcessor, VideoLlavaVideoProcessor, LlavaOnevisionVideoProcessor)
+# need torchvision, which vqa must not depend on. Each oracle below is an image processor that performs the same
+# steps from the same file, video_preprocessor_config.json, loaded by transformers itself (not vqa's
+# ProcessorConfig):
+# - LLaVA-NeXT-Video: shortest edge to 336, long edge truncated, 336x336 centre crop, CLIP mean/std:
+#   CLIPImageProcessorPil (PilBackend: PIL resize, numpy crop/rescale/normalise).
+# - Video-LLaVA: the same recipe at 224: VideoLlavaImageProcessor, the class its preprocessor_config.json names,
+#   a separate implementation (transformers' older BaseImageProcessor with image_transforms' functions).
+# - LLaVA-OneVision: resize to exactly 384x384 (aspect ratio not kept), no crop (the config's null crop), SigLIP
+#   mean/std 0.5: SiglipImageProcessorPil. (Its image config names LlavaOnevisionImageProcessor, whose AnyRes
+#   tiling is the image path, not the video one.)
+# The torchvision video processors resample with torch's own bicubic, which does not reproduce PIL's bytes; vqa
+# follows the PIL image processors (the original LLaVA pipelines preprocess with PIL too). Sizes, crop offsets
+# (floor of half the excess) and the long edge's truncation are the same in both backends.
+
+FAMILY_SIZES = [(480, 854), (288, 352), (500, 500), (517, 333), (333, 517), (854, 480), (1920, 1080), (17, 31),
+                (224, 224), (336, 336), (384, 384)]  # (height, width): 854x480, 352x288, 1:1, odd, portrait, tiny
+
+
+def _family_oracle(family: str, model_dir: Path):
+    from transformers import CLIPImageProcessorPil, SiglipImageProcessorPil, VideoLlavaImageProcessor
+
+    cls = {"llava-next-video": CLIPImageProcessorPil, "video-llava": VideoLlavaImageProcessor,
+           "llava-onevision": SiglipImageProcessorPil}[family]
+    proc = cls.from_pretrained(model_dir, image_processor_filename="video_preprocessor_config.json")
+    kwargs = {"return_legacy_image_output": False} if family == "video-llava" else {}
+    return lambda frames: proc(list(frames), return_tensors="np", **kwargs)["pixel_values"]
+
+
+FAMILY_OUTPUT = {"llava-next-video": 336, "video-llava": 224, "llava-onevision": 384}
+
+
+@pytest.mark.parametrize("size", FAMILY_SIZES)
+@pytest.mark.parametrize("family", list(FAMILY_OUTPUT))
+def test_pixels_equal_the_checkpoints_own_processor_at_awkward_sizes(family_dirs, family, size):
+    rng = np.random.default_rng(size[0] * 31 + size[1])
+    frames = rng.integers(0, 256, (2, *size, 3), dtype=np.uint8)
+    oracle = _family_oracle(family, family_dirs[family])(frames)
+    side = FAMILY_OUTPUT[family]
+    assert oracle.shape == (2, 3, side, side)
+    ours = preprocess_frames(frames, ProcessorConfig.from_dir(family_dirs[family]))
+    assert ours.shape == oracle.shape
+    assert np.abs(ours - oracle).max() <= 1e-5
+
+
+@pytest.mark.parametrize("family", list(FAMILY_OUTPUT))
+def test_engine_pixels_use_the_checkpoints_processor(family_dirs, family):
+    """Engine.pixels, as ask and caption call it, on a clip of odd landscape and portrait frames."""
+    import torch
+
+    from vqa_cli.engine import Checkpoint, Engine, RunSettings
+    from vqa_cli.video import Clip
+
+    settings = RunSettings(model=str(family_dirs[family]), dtype="float32", max_new_tokens=1)
+    engine = Engine(Checkpoint(settings.model), settings, 1.0)
+    oracle = _family_oracle(family, family_dirs[family])
+    for size in [(517, 333), (480, 854)]:
+        frames = np.random.default_rng(size[1]).integers(0, 256, (3, *size, 3), dtype=np.uint8)
+        clip = Clip(path="clip.mp4", frames=frames, indices=[0, 1, 2], timestamps=[0.0, 0.5, 1.0], duration=1.5,
+                    fps=2.0, total_frames=3, is_image=False, header_frames=3, header_fps=2.0)
+        pixels = engine.pixels(clip)
+        assert isinstance(pixels, torch.Tensor) and pixels.dtype == torch.float32
+        assert np.abs(pixels.numpy() - oracle(frames)).max() <= 1e-5, size
+
+
+@pytest.mark.parametrize(("family", "changes"), [
+    ("llava-next-video", {"crop_size": {"height": 300, "width": 300}}),  # crop inside the resized frame both ways
+    ("llava-next-video", {"crop_size": {"height": 300, "width": 320}}),
+    ("video-llava", {"size": {"shortest_edge": 250}}),
+    ("llava-onevision", {"size": {"height": 384, "width": 320}}),  # a non-square target, aspect ratio not kept
+])
+@pytest.mark.parametrize("size", [(480, 854), (517, 333), (1920, 1080)])
+def test_pixels_follow_edited_processor_configs(family_dirs, tmp_path, family, changes, size):
+    """Configs no released checkpoint has, to reach every crop offset and target shape: the same file, both sides.
+
+    The unchanged image processor config sits next to the edited video one: video frames follow the video one.
+    """
+    import json
+    import shutil
+
+    shutil.copy(family_dirs[family] / "preprocessor_config.json", tmp_path)
+    cfg = json.loads((family_dirs[family] / "video_preprocessor_config.json").read_text())
+    (tmp_path / "video_preprocessor_config.json").write_text(json.dumps({**cfg, **changes}))
+    frames = np.random.default_rng(size[0] + size[1]).integers(0, 256, (2, *size, 3), dtype=np.uint8)
+    oracle = _family_oracle(family, tmp_path)(frames)
+    ours = preprocess_frames(frames, ProcessorConfig.from_dir(tmp_path))
+    assert ours.shape == oracle.shape
+    assert np.abs(ours - oracle).max() <= 1e-5

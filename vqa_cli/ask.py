@@ -90,21 +90,17 @@ class StreamPrinter:
 
 
 def planned_frames(settings) -> int:
-    """The frame count a request will use, from ``config.json`` alone (no transformers import)."""
-    import json
+    """The frame count a request will use, from ``config.json`` alone (no transformers import).
 
+    A missing, broken or unsupported ``config.json`` fails here with the checkpoint check's own message."""
     from vqa_cli import loading
     from vqa_cli.engine import frames_for
-    from vqa_cli.models.registry import family_for_model_type
 
     if settings.frames and not settings.fps:
         return settings.frames
-    config = loading.resolve_model_dir(settings.model, weights=False) / "config.json"
-    try:
-        default = family_for_model_type(json.loads(config.read_text())["model_type"]).default_frames
-    except (OSError, ValueError, KeyError):
-        default = 32  # the checkpoint check that follows says what is wrong
-    return frames_for(settings, default)
+    model_dir = loading.resolve_model_dir(settings.model, weights=False)
+    family = loading.checkpoint_family(model_dir, loading.read_config_dict(model_dir)["model_type"])
+    return frames_for(settings, family.default_frames)
 
 
 def open_video(settings, video: str, questions: list[str], *, reserve: int = 0):

@@ -500,20 +500,17 @@ def run_caption(settings: Any, inputs: list[str], out: str, prompt: str, *, batc
 
 def _caption_locked(settings: Any, videos: list[str], found: Inputs, out: str, target: str, prompt: str, sid: str,
                     batch_size: int, workers: int) -> Summary:
-    """The run, once this process holds the output's lock: resume, load, caption, compact."""
+    """The run, once this process holds the output's lock: resume, load, caption, compact.
+
+    The model loads before anything is written: a broken checkpoint leaves the output untouched
+    (not even repaired)."""
     from vqa_cli.engine import Checkpoint, Engine
 
     # Under accelerate only the main process rewrites --out (at the merge); the others just read it.
     done = captioned(out, sid) if target != out else set()
-    todo, repaired = resume(target, [v for v in videos if v not in done], sid)
-    summary = Summary(videos=len(videos), skipped=len(videos) - len(todo), repair=repaired)
-    folders = [_input_record(folder, reason, settings, sid) for folder, reason in found.unreadable]
-    if folders:
-        with writer.JsonlWriter(target) as sink:
-            for rec in folders:
-                sink.write(rec)
-                summary.add(rec)
-                console.info(f"{rec['video']}: {rec['error']}")
+    done |= captioned(target, sid)
+    todo = [v for v in videos if v not in done]
+    engine, load_seconds = None, 0.0
     if todo:
         with console.status("reading model config"):
             checkpoint = Checkpoint(settings.model)
@@ -522,6 +519,16 @@ def _caption_locked(settings: Any, videos: list[str], found: Inputs, out: str, t
             started = time.perf_counter()
             engine = Engine(checkpoint, settings, budget.rope_factor)
             load_seconds = time.perf_counter() - started
+    todo, repaired = resume(target, todo, sid)
+    summary = Summary(videos=len(videos), skipped=len(videos) - len(todo), repair=repaired)
+    folders = [_input_record(folder, reason, settings, sid) for folder, reason in found.unreadable]
+    if folders:
+        with writer.JsonlWriter(target) as sink:
+            for rec in folders:
+                sink.write(rec)
+                summary.add(rec)
+                console.info(f"{rec['video']}: {rec['error']}")
+    if engine is not None:
         captioner = Captioner(engine, settings, prompt, sid, batch_size=batch_size, workers=workers,
                               frames=budget.plan.frames)
         captioner.summary = summary

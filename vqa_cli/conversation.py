@@ -40,6 +40,7 @@ class Turn:
     generation: Generation
     fed_tokens: int  # prompt tokens this turn had to prefill (the rest came from the cache)
     context_tokens: int  # tokens in the conversation after this turn
+    first_logits: Any = None  # [vocab] logits of the first generated token; only with ask(..., first_logits=True)
 
 
 @dataclass
@@ -108,8 +109,13 @@ class Conversation:
             out.append({"role": m["role"], "content": content})
         return out
 
-    def ask(self, question: str, *, keep: bool, on_text: Callable[[str], None] | None = None) -> Turn:
-        """Answer ``question`` after the history; ``keep`` appends the turn to the conversation."""
+    def ask(self, question: str, *, keep: bool, on_text: Callable[[str], None] | None = None,
+            first_logits: bool = False) -> Turn:
+        """Answer ``question`` after the history; ``keep`` appends the turn to the conversation.
+
+        ``first_logits`` also keeps the raw logits the model gave for the first new token (``Turn.first_logits``),
+        for checking the cached prefill against a full one; normal turns do not pay for them.
+        """
         import torch
 
         engine = self.engine
@@ -132,21 +138,23 @@ class Conversation:
             embeds = prompt.embed(engine.model, ids_t, self.features, self.engine.placeholder_id(self.clip))
         streamer = TimedTextStreamer(engine.checkpoint.tokenizer, on_text)
         tok = engine.checkpoint.tokenizer
+        extra = {"output_logits": True, "return_dict_in_generate": True} if first_logits else {}
         with torch.inference_mode():
             out = engine.model.generate(
                 input_ids=ids_t, inputs_embeds=embeds, attention_mask=torch.ones_like(ids_t),
                 past_key_values=self.cache, max_new_tokens=engine.settings.max_new_tokens, streamer=streamer,
                 pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-                **sampling_kwargs(engine.settings.temperature, engine.settings.seed),
+                **sampling_kwargs(engine.settings.temperature, engine.settings.seed), **extra,
             )
         total = time.perf_counter() - streamer.started
         first = (streamer.first_token_at or time.perf_counter()) - streamer.started
         gen = Generation(streamer.text.strip(), len(streamer.tokens), first, total)
-        full = out[0].tolist()
+        logits = out.logits[0][0].clone() if first_logits else None  # step 0, batch row 0: before any processor
+        full = (out.sequences if first_logits else out)[0].tolist()
         self.cached_ids = full[: self.cache.get_seq_length()]
         if keep:
             self.messages = messages + [{"role": "assistant", "text": gen.text}]
-        return Turn(question, gen.text, gen, len(ids) - reuse, self.cache.get_seq_length())
+        return Turn(question, gen.text, gen, len(ids) - reuse, self.cache.get_seq_length(), logits)
 
     def reset(self) -> None:
         """Forget the turns; the video's prefix stays cached (the next turn shares it)."""

@@ -16,8 +16,6 @@ from typing import Any
 from vqa_cli import loading, modes, prompt, rope
 from vqa_cli.errors import ContextOverflowError, UsageError
 from vqa_cli.guide import DEFAULT_GUIDE_MODEL
-from vqa_cli.models.base import FamilyAdapter
-from vqa_cli.models.registry import adapter_for
 from vqa_cli.preprocess import ProcessorConfig, preprocess_frames
 from vqa_cli.video import Clip
 
@@ -111,17 +109,15 @@ class Checkpoint:
     """A checkpoint's configs, tokenizer and template: everything but the weights."""
 
     def __init__(self, name: str) -> None:
-        from transformers import AutoTokenizer
-
+        """Read the checkpoint's files; a missing or broken one is a ``CheckpointError`` naming it."""
         self.name = name
         self.dir: Path = loading.resolve_model_dir(name, weights=False)
-        self.config = loading.read_config(self.dir)
-        self.adapter: FamilyAdapter = adapter_for(self.config)
+        self.config, self.adapter = loading.read_checkpoint_config(self.dir)
         self.geometry = self.adapter.geometry()
         self.base_rope = dict(getattr(self.adapter.text_config(), "rope_parameters", None) or {})
-        self.tokenizer = AutoTokenizer.from_pretrained(self.dir, trust_remote_code=False)
-        self.template = prompt.load_chat_template(self.dir, self.tokenizer)
-        self.processor = ProcessorConfig.from_dir(self.dir)
+        self.tokenizer = loading.load_tokenizer(self.dir)
+        self.template = loading.read_chat_template(self.dir, self.tokenizer)
+        self.processor: ProcessorConfig = loading.read_processor_config(self.dir)
 
     def frames_for(self, settings: RunSettings) -> int:
         return frames_for(settings, self.adapter.default_frames)
@@ -237,6 +233,7 @@ class Engine:
 
             self.guide = Guide(settings.guide_model, vision_hidden=checkpoint.geometry.vision_hidden,
                                device=str(self.input_device), dtype=dtype)
+        loading.cpu_notice(settings.device, device)
 
     # ---- stages --------------------------------------------------------------------------
     def pixels(self, clip: Clip) -> Any:

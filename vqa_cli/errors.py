@@ -41,6 +41,18 @@ class UnsupportedModelError(VqaError):
     kind = "unsupported_architecture"
 
 
+# Checkpoints: naming something that is not a checkpoint at all (no such directory or hub id, a
+# directory without config.json or without .safetensors weights) is a usage error (2). A checkpoint
+# whose files are there but broken (corrupt or empty JSON, truncated or corrupt safetensors, weights
+# that do not match config.json, a missing tokenizer, shard or chat template) is a failure (1), like
+# an undecodable video: the command was right, the files are not. So is an architecture vqa cannot
+# run (UnsupportedModelError). Either way the message names the file and the cause.
+class CheckpointError(VqaError):
+    """A checkpoint's files are broken or incomplete: the message names the file and what is wrong."""
+
+    kind = "checkpoint"
+
+
 class ContextOverflowError(UsageError):
     kind = "context_overflow"
 

@@ -18,7 +18,7 @@ DEFAULT_GUIDE_MODEL = "openai/clip-vit-large-patch14-336"
 
 class Guide:
     def __init__(self, name: str, *, vision_hidden: int, device: str, dtype: Any) -> None:
-        from transformers import AutoTokenizer, CLIPModel
+        from transformers import CLIPModel
 
         directory = loading.resolve_model_dir(name, weights=True)
         config = loading.read_config(directory)
@@ -29,12 +29,12 @@ class Guide:
                 f"--guide-model {name!r} has vision width {config.vision_config.hidden_size}, "
                 f"the checkpoint's vision tower has {vision_hidden}: use the CLIP model it was built on"
             )
-        model = CLIPModel.from_pretrained(directory, dtype=dtype, use_safetensors=True).to(device).eval()
+        model = loading.load_weights(CLIPModel, directory, dtype=dtype).to(device).eval()
         # Only the text tower, the vision post-layernorm and the projections are used.
         model.vision_model.encoder = None
         model.vision_model.embeddings = None
         self.model = model
-        self.tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
+        self.tokenizer = loading.load_tokenizer(directory)
         self.max_length = int(getattr(config.text_config, "max_position_embeddings", 77))
         self.device = device
 

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -19,14 +20,27 @@ from pathlib import Path
 from typing import Any
 
 from vqa_cli import console
-from vqa_cli.errors import ModelNotCachedError, UnknownModelError, UsageError
+from vqa_cli.errors import (
+    CheckpointError,
+    ModelNotCachedError,
+    UnknownModelError,
+    UnsupportedModelError,
+    UsageError,
+)
 from vqa_cli.models.base import FamilyAdapter
-from vqa_cli.models.registry import CHECKPOINTS, DEFAULT_MODEL, adapter_for, resolve_alias
+from vqa_cli.models.registry import CHECKPOINTS, DEFAULT_MODEL, adapter_for, family_for_model_type, resolve_alias
 
 QUANTS = ("4bit", "8bit", "none")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 CONFIG_PATTERNS = ["*.json", "*.jinja", "tokenizer.model", "*.txt", "*.tiktoken"]
 WEIGHT_PATTERNS = ["*.safetensors"]
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_INDEX = "model.safetensors.index.json"
+# Files a tokenizer is built from (any one will do; those CONFIG_PATTERNS fetches, plus *.tiktoken) and the
+# JSON files that configure it.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt")
+TOKENIZER_JSON = ("tokenizer_config.json", "tokenizer.json", "special_tokens_map.json")
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _cpu_notice_shown = False
 
@@ -71,28 +85,231 @@ def resolve_model_dir(name: str, *, weights: bool = True) -> Path:
         ) from exc
 
 
-def read_config(model_dir: Path) -> Any:
-    from transformers import AutoConfig
+# ---- reading a checkpoint's files: every way they can be broken is a CheckpointError naming the file ----
+def _cause(exc: BaseException) -> str:
+    """A library exception's message as a short cause on one line."""
+    if isinstance(exc, KeyError) and exc.args:
+        return f"no {exc.args[0]!r} entry"
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    text = f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+    return text if len(text) <= 300 else text[:299] + "…"
 
-    if not (model_dir / "config.json").is_file():
+
+def file_problem(path: Path, exc: BaseException) -> str:
+    """What is wrong with ``path``, from the exception reading or parsing it raised: one line naming it."""
+    if isinstance(exc, json.JSONDecodeError):
+        if not exc.doc.strip():
+            return f"{path} is empty"
+        return f"{path} is not valid JSON ({exc.msg}: line {exc.lineno}, column {exc.colno})"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"{path} is not UTF-8 text (byte {exc.start})"
+    if isinstance(exc, OSError):
+        return f"cannot read {path}: {exc.strerror or _cause(exc)}"
+    return f"{path}: {_cause(exc)}"
+
+
+def read_json(path: Path) -> dict:
+    """A checkpoint's JSON file as a dict; unreadable, empty, not JSON or not an object: a CheckpointError."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(file_problem(path, exc)) from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} is not a JSON object")
+    return data
+
+
+def read_config_dict(model_dir: Path) -> dict:
+    """``config.json`` as plain JSON (no transformers import), checked to name a ``model_type``."""
+    path = model_dir / CONFIG_FILE
+    if not path.is_file():
         raise UnknownModelError(f"{str(model_dir)!r} is not a model checkpoint (no config.json)")
-    return AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
+    data = read_json(path)
+    if "model_type" not in data:
+        raise CheckpointError(f"{path} has no model_type: it is not a transformers model config")
+    if not isinstance(data["model_type"], str) or not data["model_type"]:
+        raise CheckpointError(f"{path}: model_type {data['model_type']!r} is not an architecture name")
+    return data
+
+
+def checkpoint_family(model_dir: Path, model_type: str) -> type[FamilyAdapter]:
+    """The vqa family of a checkpoint's ``model_type``; the refusal names its config.json."""
+    try:
+        return family_for_model_type(model_type)
+    except UnsupportedModelError as exc:
+        raise UnsupportedModelError(f"{model_dir / CONFIG_FILE}: {exc}") from None
+
+
+def read_config(model_dir: Path) -> Any:
+    """The transformers config of any checkpoint (a vqa family or not: the guide model is CLIP)."""
+    import transformers
+    from huggingface_hub.errors import StrictDataclassError
+    from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    path = model_dir / CONFIG_FILE
+    model_type = read_config_dict(model_dir)["model_type"]
+    if model_type not in CONFIG_MAPPING:
+        raise UnsupportedModelError(f"{path}: unsupported architecture {model_type!r}: transformers "
+                                    f"{transformers.__version__} does not know it")
+    try:
+        return AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
+    except StrictDataclassError as exc:  # a field of the wrong type: the cause says which
+        raise CheckpointError(f"{path}: {_cause(exc.__cause__ or exc).split('. Errors:')[0]}") from exc
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: {_cause(exc)}") from exc
+
+
+def read_checkpoint_config(model_dir: Path) -> tuple[Any, FamilyAdapter]:
+    """A vqa checkpoint's config and family adapter; the family is checked before transformers reads it."""
+    family = checkpoint_family(model_dir, read_config_dict(model_dir)["model_type"])
+    config = read_config(model_dir)
+    return config, family(config)
+
+
+def has_tokenizer(model_dir: Path) -> bool:
+    """Whether ``model_dir`` has a file a tokenizer is built from."""
+    return any((model_dir / name).is_file() for name in TOKENIZER_FILES) or any(model_dir.glob("*.tiktoken"))
+
+
+def load_tokenizer(model_dir: Path) -> Any:
+    """The checkpoint's tokenizer; a missing or broken one is a CheckpointError naming the file."""
+    from transformers import AutoTokenizer
+
+    if not has_tokenizer(model_dir):  # transformers would build an empty one for some families (CLIP)
+        raise CheckpointError(f"{model_dir} has no tokenizer: no tokenizer.json or tokenizer.model")
+    try:
+        return AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(_tokenizer_problem(model_dir, exc)) from exc
+    except Exception as exc:
+        if type(exc) is not Exception:  # the tokenizers library (Rust) raises plain Exception for a bad tokenizer.json
+            raise
+        raise CheckpointError(_tokenizer_problem(model_dir, exc)) from exc
+
+
+def _tokenizer_problem(model_dir: Path, exc: BaseException) -> str:
+    for name in TOKENIZER_JSON:
+        if (model_dir / name).is_file():
+            read_json(model_dir / name)  # a file that is not a JSON object says so itself
+    source = model_dir / "tokenizer.json"
+    return f"{source if source.is_file() else model_dir}: cannot load the tokenizer: {_cause(exc)}"
+
+
+def read_chat_template(model_dir: Path, tokenizer: Any) -> str:
+    """The checkpoint's chat template (see ``prompt.load_chat_template``); missing or broken: a CheckpointError."""
+    from vqa_cli.prompt import load_chat_template
+
+    jinja, as_json = model_dir / "chat_template.jinja", model_dir / "chat_template.json"
+    if not jinja.is_file() and as_json.is_file():
+        template = read_json(as_json).get("chat_template")
+        if not isinstance(template, str) or not template.strip():
+            raise CheckpointError(f'{as_json} has no "chat_template" string')
+    try:
+        return load_chat_template(model_dir, tokenizer)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckpointError(file_problem(jinja, exc)) from exc
+    except UnsupportedModelError as exc:  # load_chat_template found none
+        raise CheckpointError(f"{model_dir} has no chat template: no chat_template.jinja, chat_template.json "
+                              "or chat_template in tokenizer_config.json") from exc
+
+
+def read_processor_config(model_dir: Path) -> Any:
+    """The checkpoint's video (else image) processor config; a broken one is a CheckpointError naming it."""
+    from vqa_cli.preprocess import _CONFIG_FILES, ProcessorConfig
+
+    for name in _CONFIG_FILES:  # both: the video one feeds frames, the image one a still's AnyRes path
+        if (model_dir / name).is_file():
+            read_json(model_dir / name)  # not JSON, not an object: says so
+    path = next((model_dir / n for n in _CONFIG_FILES if (model_dir / n).is_file()), None)
+    try:
+        return ProcessorConfig.from_dir(model_dir)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # a value of the wrong kind
+        raise CheckpointError(f"{path or model_dir}: {_cause(exc)}") from exc
+
+
+def weight_files(model_dir: Path) -> list[Path]:
+    """The .safetensors files transformers will read; a shard the index names but the folder lacks fails here."""
+    single, index = model_dir / WEIGHTS_FILE, model_dir / WEIGHTS_INDEX
+    if single.is_file() or not index.is_file():
+        files = sorted(model_dir.glob("*.safetensors"))
+        for path in files:
+            if not path.is_file():  # a hub cache link whose blob is gone, or a folder
+                what = "a broken link" if path.is_symlink() and not path.exists() else "not a file"
+                raise CheckpointError(f"{path} is {what}: download the checkpoint again")
+        return files
+    weight_map = read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f'{index} has no "weight_map"')
+    shards = sorted({str(name) for name in weight_map.values()})
+    for name in shards:
+        if not (model_dir / name).is_file():
+            raise CheckpointError(f"{index} names {name}, which is missing: download the checkpoint again")
+    return [model_dir / name for name in shards]
+
+
+def _safetensors_problem(model_dir: Path, files: list[Path], exc: BaseException) -> str:
+    """Which weight file is broken: safetensors' own error does not say."""
+    from safetensors import SafetensorError, safe_open
+
+    def detail(e: BaseException) -> str:
+        return _cause(e).removeprefix("Error while deserializing header: ")
+
+    for path in files:
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except SafetensorError as bad:
+            return f"{path} is truncated or corrupt ({detail(bad)}): download it again"
+        except OSError as bad:
+            return file_problem(path, bad)
+    return f"the weights in {model_dir} cannot be read ({detail(exc)}): download them again"
+
+
+def load_weights(cls: Any, model_dir: Path, **kwargs: Any) -> Any:
+    """``cls.from_pretrained(model_dir, **kwargs)`` from safetensors; broken or mismatched weights are a
+    CheckpointError naming the file (or, for a tensor whose shape is not the config's, the tensor)."""
+    from safetensors import SafetensorError
+
+    files = weight_files(model_dir)
+    try:
+        # Mismatched shapes are collected rather than raised so the message can name the tensor.
+        model, info = cls.from_pretrained(model_dir, use_safetensors=True, ignore_mismatched_sizes=True,
+                                          output_loading_info=True, **kwargs)
+    except SafetensorError as exc:
+        raise CheckpointError(_safetensors_problem(model_dir, files, exc)) from exc
+    except OSError as exc:  # a file that vanished or cannot be read
+        where = exc.filename or f"the weights in {model_dir}"
+        raise CheckpointError(f"cannot read {where}: {exc.strerror or _cause(exc)}") from exc
+    mismatched = sorted(info.get("mismatched_keys") or ())
+    if mismatched:
+        name, found, expected = mismatched[0]
+        more = f" (and {len(mismatched) - 1} more)" if len(mismatched) > 1 else ""
+        raise CheckpointError(f"the weights in {model_dir} do not match its config.json: {name} has shape "
+                              f"{list(found)}, the config says {list(expected)}{more}")
+    return model
 
 
 def resolve_device(device: str | None) -> str:
+    """The device a request runs on: ``cuda`` when available and none was asked for, else ``cpu``."""
     import torch
 
-    global _cpu_notice_shown
     if device in (None, "", "auto"):
-        if torch.cuda.is_available():
-            return "cuda"
-        if not _cpu_notice_shown:
-            console.info("no CUDA GPU found: running on CPU (slow)")
-            _cpu_notice_shown = True
-        return "cpu"
+        return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {device}: no CUDA GPU is available here")
     return device
+
+
+def cpu_notice(requested: str | None, device: str) -> None:
+    """Say once per process that the model runs on the CPU because no GPU was found (after it loaded,
+    so that a failed load stays one line)."""
+    global _cpu_notice_shown
+    if requested in (None, "", "auto") and device == "cpu" and not _cpu_notice_shown:
+        console.info("no CUDA GPU found: running on CPU (slow)")
+        _cpu_notice_shown = True
 
 
 def resolve_quant(quant: str | None, device: str) -> str:
@@ -159,13 +376,13 @@ def load_model(model_dir: Path, config: Any, *, device: str, dtype: Any, quant: 
     cls = getattr(transformers, adapter.model_class)
     device_map: Any = "auto" if device == "cuda" else {"": device}
     started = time.perf_counter()
-    model = cls.from_pretrained(
+    model = load_weights(
+        cls,
         model_dir,
         config=config,
         dtype=dtype,
         quantization_config=quantization_config(quant, adapter, dtype),
         device_map=device_map,
-        use_safetensors=True,
     )
     model.eval()
     return LoadedModel(model, adapter, device, dtype, quant, time.perf_counter() - started)

@@ -74,8 +74,17 @@ FAMILIES = ("llava-next-video", "video-llava", "llava-onevision")
 
 # Tiny sizes shared by every recipe: only widths and depths shrink, never the token geometry.
 _TINY_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
+# The decoder's (and, through the composite config, the projector's) initialisation scale. At transformers'
+# default 0.02 a 64-wide decoder is almost linear: attention is near-uniform, the residual stream is the last
+# token's embedding, and every question about every video gets the same answer ("rererere..."), so tests
+# comparing answers could not see a wrongly wired model. At 0.4 (3.2 / sqrt(64)) attention is peaked and the
+# lm_head's logits spread (std ~3): different questions and different videos give different first-step logits
+# and greedy answers that part within a token or two (tests/test_tiny_checkpoint.py), while float32 paths that
+# should agree still agree to ~5e-6. The vision towers keep their defaults: their features already differ
+# between two frames as much as they vary inside one.
+TINY_INITIALIZER_RANGE = 0.4
 _TINY_TEXT = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-              "num_key_value_heads": 2}
+              "num_key_value_heads": 2, "initializer_range": TINY_INITIALIZER_RANGE}
 
 
 def build_tokenizer(
