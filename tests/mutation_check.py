@@ -46,6 +46,7 @@ CONV_T = ("tests/test_conversation.py", "tests/test_wiring.py")
 PRE_T = ("tests/test_preprocess.py",)
 VIDEO_T = ("tests/test_video.py",)
 SAFE_T = ("tests/test_output_safety.py", "tests/test_caption.py")
+CKPT_T = ("tests/test_checkpoint_errors.py", "tests/test_loading.py")
 
 MUTANTS: list[Mutant] = [
     # ---- modes: the papers' formulas and constants
@@ -131,6 +132,35 @@ MUTANTS: list[Mutant] = [
     M("conversation.history-dropped", "vqa_cli/conversation.py",
       "messages = self.messages + [{\"role\": \"user\", \"text\": question}]",
       "messages = [{\"role\": \"user\", \"text\": question}]", CONV_T, "chat forgets earlier turns"),
+    M("conversation.last-step-logits", "vqa_cli/conversation.py", "logits = out.logits[0][0].clone()",
+      "logits = out.logits[-1][0].clone()", CONV_T, "first-step logits taken from the last step"),
+    M("conversation.media-every-turn", "vqa_cli/conversation.py",
+      'content: list[dict] = [{"type": media}] if i == 0 else []', 'content: list[dict] = [{"type": media}]',
+      ("tests/test_prompt_ids.py", *CONV_T), "the video placeholder in every user turn"),
+    # ---- checkpoint errors (loading)
+    M("loading.json-untranslated", "vqa_cli/loading.py",
+      "    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:\n"
+      "        raise CheckpointError(file_problem",
+      "    except () as exc:\n        raise CheckpointError(file_problem", CKPT_T,
+      "a corrupt JSON file of the checkpoint is a traceback"),
+    M("loading.safetensors-untranslated", "vqa_cli/loading.py",
+      "    except SafetensorError as exc:\n        raise CheckpointError(_safetensors_problem",
+      "    except ImportError as exc:\n        raise CheckpointError(_safetensors_problem", CKPT_T,
+      "truncated weights are a traceback"),
+    M("loading.mismatch-ignored", "vqa_cli/loading.py", "    if mismatched:", "    if False:", CKPT_T,
+      "weights of the wrong shape load as random ones"),
+    M("loading.missing-silent", "vqa_cli/loading.py", "    if missing:  # loaded at random", "    if False:",
+      CKPT_T, "missing tensors load at random in silence"),
+    M("loading.no-tokenizer-check", "vqa_cli/loading.py", "    if not has_tokenizer(model_dir):",
+      "    if False:", CKPT_T, "a checkpoint without tokenizer files is not refused"),
+    M("loading.notice-before-load", "vqa_cli/loading.py",
+      '        return "cuda" if torch.cuda.is_available() else "cpu"',
+      '        cpu_notice(None, "cpu")\n        return "cuda" if torch.cuda.is_available() else "cpu"', CKPT_T,
+      "the CPU notice comes before a failed load (two lines)"),
+    M("caption.repairs-before-load", "vqa_cli/caption.py",
+      "    engine, load_seconds = None, 0.0\n    if todo:",
+      "    resume(target, todo, sid)\n    engine, load_seconds = None, 0.0\n    if todo:", CKPT_T,
+      "a broken checkpoint still repairs the output"),
     # ---- preprocess
     M("preprocess.mean-std-swapped", "vqa_cli/preprocess.py",
       "out = (out - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)",

@@ -259,3 +259,22 @@ def test_a_broken_guide_model_is_one_line(name, guide_model, tiny_dir, clip_path
     assert code == case.code and len(lines) == 1 and "Traceback" not in err, err
     assert str(broken) in lines[0] and case.file in lines[0] and case.cause in lines[0], lines[0]
     assert not out_file.exists() or out_file.read_text() == ""
+
+
+def test_a_tensor_missing_from_the_weights_is_a_warning_naming_it(tiny_dir, clip_path, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "ckpt"
+    shutil.copytree(tiny_dir, model)
+    tensors = load_file(model / "model.safetensors")
+    name = next(k for k in sorted(tensors) if k.endswith("multi_modal_projector.linear_1.weight"))
+    del tensors[name]
+    save_file(tensors, model / "model.safetensors", metadata={"format": "pt"})
+    code, out, err = run(["ask", clip_path, "q", "--model", str(model), "--frames", "2", "--max-new-tokens", "2"],
+                         capsys)
+    assert code == 0 and out.strip(), err
+    warning = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and str(model) in warning[0] and "multi_modal_projector.linear_1.weight" in warning[0]
+    code, _, err = run(["ask", clip_path, "q", "--model", str(tiny_dir), "--frames", "2", "--max-new-tokens", "2"],
+                       capsys)
+    assert code == 0 and "warning:" not in err  # a whole checkpoint loads without one

@@ -289,6 +289,11 @@ def load_weights(cls: Any, model_dir: Path, **kwargs: Any) -> Any:
         more = f" (and {len(mismatched) - 1} more)" if len(mismatched) > 1 else ""
         raise CheckpointError(f"the weights in {model_dir} do not match its config.json: {name} has shape "
                               f"{list(found)}, the config says {list(expected)}{more}")
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:  # loaded at random: say so (not refused: a checkpoint may legitimately leave a buffer out)
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        console.info(f"warning: the weights in {model_dir} lack {missing[0]}{more}: initialised at random, "
+                     "so answers may be meaningless; download the checkpoint again")
     return model
 
 

@@ -112,6 +112,14 @@ def build_tokenizer(
         show_progress=False,
     )
     tok.train_from_iterator(_CORPUS.splitlines(), trainer=trainer)
+    bos_id = tok.token_to_id(bos) if bos is not None else None
+    if bos_id is not None:
+        # Llama's tokenizer prepends BOS to every encoded text (Qwen's has none): so must this one, or a
+        # prompt that lost its BOS would look right to every test.
+        from tokenizers import processors
+
+        tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                           special_tokens=[(bos, bos_id)])
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=bos,
