@@ -800,3 +800,13 @@ def test_core_budget_limits_this_threads_decoders_and_keeps_the_frames(clip_path
         budgeted = video.sample_frames(clip_path, 6)
     assert video._default_threads() == 0
     assert budgeted.indices == full.indices and np.array_equal(budgeted.frames, full.frames)
+
+
+def test_each_target_snaps_to_its_nearest_keyframe_inside_the_window_ties_to_the_earlier() -> None:
+    from types import SimpleNamespace
+
+    index = SimpleNamespace(keys=[0, 10, 20, 40])
+    # 5 and 15 are halfway: the earlier keyframe; 12 -> 10, 31 -> 40 (9 away vs 11), 30 -> 20 (a tie).
+    assert video._nearest_keys(index, [5, 15, 12, 31, 30], range(0, 50)) == [0, 10, 10, 40, 20]
+    # Keyframes outside the window are never chosen, however near.
+    assert video._nearest_keys(index, [3, 25, 45], range(10, 35)) == [10, 20, 20]
