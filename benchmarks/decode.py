@@ -36,8 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vqa_cli import video  # noqa: E402
-from vqa_cli.video import VIDEO_EXTENSIONS, sample_frames, uniform_indices  # noqa: E402
+from vqa_cli.video import VIDEO_EXTENSIONS, DecodeOptions, sample_frames, uniform_indices  # noqa: E402
 
 BASELINE = "OpenCV seek loop (BASELINE)"
 
@@ -106,13 +105,10 @@ def opencv_grab_all(path: str, targets: list[int]) -> tuple[list[int], list[np.n
 
 
 def vqa_method(seek: str, workers: int | None = None) -> Callable[[str, list[int]], tuple[list[int], list[np.ndarray]]]:
+    options = DecodeOptions(max_workers=workers)
+
     def run(path: str, targets: list[int]) -> tuple[list[int], list[np.ndarray]]:
-        saved = video._MAX_WORKERS
-        video._MAX_WORKERS = workers if workers is not None else saved
-        try:
-            clip = sample_frames(path, len(targets), seek=seek)
-        finally:
-            video._MAX_WORKERS = saved
+        clip = sample_frames(path, len(targets), seek=seek, options=options)
         run.last_clip = clip  # type: ignore[attr-defined]
         return clip.indices, list(clip.frames)
 

@@ -37,7 +37,8 @@ def main() -> None:
     from clips import make_clip
 
     from vqa_cli.conversation import Conversation
-    from vqa_cli.engine import Checkpoint, Engine, RunSettings
+    from vqa_cli.engine import RunSettings
+    from vqa_cli.session import open_model
     from vqa_cli.video import sample_frames
 
     questions = (QUESTIONS * 2)[: args.questions]
@@ -49,9 +50,8 @@ def main() -> None:
             model = str(tiny_checkpoint(Path(tmp) / "tiny"))
         video = args.video or make_clip(str(Path(tmp) / "clip.mp4"), 300, fps=30.0, size=(640, 360))
         settings = RunSettings(model=model, frames=args.frames, max_new_tokens=args.max_new_tokens)
-        checkpoint = Checkpoint(model)
-        budget = checkpoint.budget(settings, questions)
-        engine = Engine(checkpoint, settings, budget.rope_factor)
+        session = open_model(settings, questions)
+        engine, budget = session.engine, session.budget
         clip = sample_frames(video, args.frames)
         engine.answer(clip, "warm up")  # first-call allocations out of both measurements
 

@@ -28,7 +28,8 @@ def clip_path(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def engine_factory(tiny_dir):
     """Build (and cache) engines on the tiny checkpoint for given settings."""
-    from vqa_cli.engine import Checkpoint, Engine, RunSettings
+    from vqa_cli.engine import RunSettings
+    from vqa_cli.session import open_model
 
     cache: dict = {}
 
@@ -36,9 +37,7 @@ def engine_factory(tiny_dir):
         key = tuple(sorted(kw.items()))
         if key not in cache:
             settings = RunSettings(model=str(tiny_dir), **{"dtype": "float32", "max_new_tokens": 8, **kw})
-            checkpoint = Checkpoint(settings.model)
-            budget = checkpoint.budget(settings, ["What happens in the video?"])
-            cache[key] = Engine(checkpoint, settings, budget.rope_factor)
+            cache[key] = open_model(settings, ["What happens in the video?"]).engine
         return cache[key]
 
     return make

@@ -39,12 +39,13 @@ class Mutant:
 
 
 M = Mutant
+_PROJECT = "        projected = adapter.project(model, frames.grid)  # [T, h, w, D]\n"
 MODES_T = ("tests/test_modes.py", "tests/test_wiring.py")
 GUIDE_T = ("tests/test_guide.py", "tests/test_wiring.py")
 PROMPT_T = ("tests/test_prompt.py", "tests/test_prompt_ids.py", "tests/test_engine.py")
 CONV_T = ("tests/test_conversation.py", "tests/test_wiring.py")
 PRE_T = ("tests/test_preprocess.py",)
-VIDEO_T = ("tests/test_video.py",)
+VIDEO_T = ("tests/test_video.py", "tests/test_video_sampling.py")
 SAFE_T = ("tests/test_output_safety.py", "tests/test_caption.py")
 CKPT_T = ("tests/test_checkpoint_errors.py", "tests/test_loading.py")
 
@@ -81,17 +82,20 @@ MUTANTS: list[Mutant] = [
       ".permute(0, 2, 3, 1)", "return F.max_pool2d(x, kernel_size=stride, stride=stride).permute(0, 2, 3, 1)",
       ("tests/test_modes.py", "tests/test_engine.py"), "anyres per-frame pooling takes the max"),
     # ---- engine: wiring of the stages
-    M("engine.pool-before-projector", "vqa_cli/engine.py", "                return modes.slowfast(projected, "
-      "s.slow_frames, s.fast_grid)", "                return self.adapter.project(self.model, modes.slowfast("
-      "grid, s.slow_frames, s.fast_grid))", ("tests/test_wiring.py",), "slowfast pools before the projector"),
-    M("engine.pooled-before-projector", "vqa_cli/engine.py", "            return modes.pooled(projected, s.pool)",
-      "            return self.adapter.project(self.model, modes.pooled(grid, s.pool))", ("tests/test_wiring.py",),
-      "pooled pools before the projector"),
-    M("engine.guide-ignores-prompt", "vqa_cli/engine.py", "weights = self.guide.relevance(grid, prompt_text)",
-      "weights = self.guide.relevance(grid, '')", GUIDE_T, "guided pooling ignores the question"),
-    M("engine.guide-plain-pool", "vqa_cli/engine.py",
-      "return modes.guided_pool(projected, weights.to(projected.device), s.guide_kernel)",
-      "return modes.guided_pool(projected, torch.zeros_like(weights), s.guide_kernel)", GUIDE_T,
+    # (the modes' own wiring lives in vqa_cli/modes.py: ``ProjectedMode.apply`` projects, then the mode pools)
+    M("engine.pool-before-projector", "vqa_cli/modes.py", _PROJECT,
+      '        if self.name == "slowfast":\n'
+      "            return adapter.project(model, self.pool(settings, frames.grid, frames.grid, guide, prompt_text))\n"
+      + _PROJECT, ("tests/test_wiring.py",), "slowfast pools before the projector"),
+    M("engine.pooled-before-projector", "vqa_cli/modes.py", _PROJECT,
+      '        if self.name == "pooled" and not settings.guide:\n'
+      "            return adapter.project(model, self.pool(settings, frames.grid, frames.grid, guide, prompt_text))\n"
+      + _PROJECT, ("tests/test_wiring.py",), "pooled pools before the projector"),
+    M("engine.guide-ignores-prompt", "vqa_cli/modes.py", "weights = guide.relevance(grid, prompt_text)",
+      "weights = guide.relevance(grid, '')", GUIDE_T, "guided pooling ignores the question"),
+    M("engine.guide-plain-pool", "vqa_cli/modes.py",
+      "return guided_pool(projected, weights.to(projected.device), settings.guide_kernel)",
+      "return guided_pool(projected, weights.to(projected.device) * 0, settings.guide_kernel)", GUIDE_T,
       "guided pooling with uniform weights"),
     M("engine.time-prompt-dropped", "vqa_cli/engine.py",
       "ids = self.checkpoint.prompt_ids(question, None if image else time_text, media=\"image\" if image else "
@@ -132,11 +136,11 @@ MUTANTS: list[Mutant] = [
     M("conversation.history-dropped", "vqa_cli/conversation.py",
       "messages = self.messages + [{\"role\": \"user\", \"text\": question}]",
       "messages = [{\"role\": \"user\", \"text\": question}]", CONV_T, "chat forgets earlier turns"),
-    M("conversation.last-step-logits", "vqa_cli/conversation.py", "logits = out.logits[0][0].clone()",
+    M("generate.last-step-logits", "vqa_cli/generate.py", "logits = out.logits[0][0].clone()",
       "logits = out.logits[-1][0].clone()", CONV_T, "first-step logits taken from the last step"),
-    M("conversation.media-every-turn", "vqa_cli/conversation.py",
-      'content: list[dict] = [{"type": media}] if i == 0 else []', 'content: list[dict] = [{"type": media}]',
-      ("tests/test_prompt_ids.py", *CONV_T), "the video placeholder in every user turn"),
+    M("prompt.media-every-turn", "vqa_cli/prompt.py", 'content = ([{"type": media}] if i == 0 else [])',
+      'content = ([{"type": media}])', ("tests/test_prompt_ids.py", *CONV_T),
+      "the video placeholder in every user turn"),
     # ---- checkpoint errors (loading)
     M("loading.json-untranslated", "vqa_cli/loading.py",
       "    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:\n"
@@ -158,8 +162,9 @@ MUTANTS: list[Mutant] = [
       '        cpu_notice(None, "cpu")\n        return "cuda" if torch.cuda.is_available() else "cpu"', CKPT_T,
       "the CPU notice comes before a failed load (two lines)"),
     M("caption.repairs-before-load", "vqa_cli/caption.py",
-      "    engine, load_seconds = None, 0.0\n    if todo:",
-      "    resume(target, todo, sid)\n    engine, load_seconds = None, 0.0\n    if todo:", CKPT_T,
+      "    session = open_model(settings, [prompt]) if todo else None\n",
+      "    writer.resume(target, todo, sid)\n    session = open_model(settings, [prompt]) if todo else None\n",
+      CKPT_T,
       "a broken checkpoint still repairs the output"),
     # ---- preprocess
     M("preprocess.mean-std-swapped", "vqa_cli/preprocess.py",
@@ -184,40 +189,44 @@ MUTANTS: list[Mutant] = [
       "tokens = self.tokenizer(prompt, truncation=True, max_length=3, return_tensors=\"pt\")", GUIDE_T,
       "question cut to 3 tokens"),
     # ---- video
-    M("video.uniform-start", "vqa_cli/video.py", "return [((2 * k + 1) * total) // (2 * n) for k in range(n)]",
+    M("video.uniform-start", "vqa_cli/video/_sampling.py",
+      "return [((2 * k + 1) * total) // (2 * n) for k in range(n)]",
       "return [(k * total) // n for k in range(n)]", VIDEO_T, "segment starts instead of midpoints"),
-    M("video.nearest-key-later", "vqa_cli/video.py",
+    M("video.nearest-key-later", "vqa_cli/video/_sampling.py",
       "chosen.append(min(candidates, key=lambda k: (abs(k - t), k)))",
       "chosen.append(max(candidates, key=lambda k: (-abs(k - t), k)))", VIDEO_T,
       "keyframe ties go to the later keyframe"),
-    M("video.count-warning-threshold", "vqa_cli/video.py", "abs(clip.total_frames - clip.header_frames) > 1",
-      "abs(clip.total_frames - clip.header_frames) > 100", ("tests/test_output_safety.py",),
+    M("video.count-warning-threshold", "vqa_cli/video/_sample.py",
+      "abs(clip.frames_from_content - clip.frames_from_header) > 1",
+      "abs(clip.frames_from_content - clip.frames_from_header) > 100", ("tests/test_output_safety.py",),
       "a file cut short is not flagged"),
     # ---- output safety (caption, writer)
-    M("writer.accepts-foreign-lines", "vqa_cli/writer.py", "            if not _is_record(obj, keys):",
+    M("writer.accepts-foreign-lines", "vqa_cli/writer/_files.py", "            if not _is_record(obj, keys):",
       "            if False:", SAFE_T, "a non-vqa file is taken as vqa's"),
-    M("writer.drops-unterminated-record", "vqa_cli/writer.py",
+    M("writer.drops-unterminated-record", "vqa_cli/writer/_files.py",
       "if not complete and obj is ... and line.startswith(b\"{\") and len(raw) < MAX_LINE_BYTES - 1:",
       "if not complete:", SAFE_T, "a complete last record without newline is dropped"),
-    M("writer.no-lock", "vqa_cli/writer.py", "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)", "pass",
+    M("writer.no-lock", "vqa_cli/writer/_guard.py", "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)", "pass",
       SAFE_T, "no lock"),
-    M("writer.no-undo", "vqa_cli/writer.py", "                os.ftruncate(self._fd, good)  # no partial line left "
-      "behind", "                pass", SAFE_T, "a refused write leaves a partial line"),
-    M("writer.temp-through-symlink", "vqa_cli/writer.py",
+    M("writer.no-undo", "vqa_cli/writer/_files.py",
+      "                os.ftruncate(self._fd, good)  # no partial line left behind", "                pass", SAFE_T,
+      "a refused write leaves a partial line"),
+    M("writer.temp-through-symlink", "vqa_cli/writer/_files.py",
       "    fd, tmp = tempfile.mkstemp(prefix=f\".{real.name}.\", suffix=\".tmp\", dir=real.parent)\n    try:",
       "    tmp = str(real.with_name(f\".{real.name}.tmp\"))\n"
       "    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)\n    try:", SAFE_T,
       "the temporary file is opened through an existing name"),
-    M("writer.input-not-checked", "vqa_cli/writer.py", "            if same:\n                raise OutputRefusedError",
+    M("writer.input-not-checked", "vqa_cli/writer/_guard.py",
+      "            if same:\n                raise OutputRefusedError",
       "            if False:\n                raise OutputRefusedError", SAFE_T, "--out may be an input video"),
     M("caption.strip-stdin", "vqa_cli/caption.py", "        path = line.removesuffix(\"\\n\").removesuffix(\"\\r\")",
       "        path = line.strip()", SAFE_T, "stdin names lose their spaces"),
     M("caption.walk-errors-ignored", "vqa_cli/caption.py", "    for root, _, files in os.walk(folder, onerror=failed):",
       "    for root, _, files in os.walk(folder):", SAFE_T, "unreadable folders skipped in silence"),
-    M("caption.errors-deleted-upfront", "vqa_cli/caption.py",
-      "    existing = writer.read_output(out)\n    repaired = writer.repair(out, existing)",
-      "    existing = writer.read_output(out)\n    repaired = writer.repair(out, existing)\n"
-      "    writer.rewrite(out, [r for r in existing.records if r.get(\"error\") is None])", SAFE_T,
+    M("store.errors-deleted-upfront", "vqa_cli/writer/_store.py",
+      "    existing = read_output(out)\n    repaired = repair(out, existing)",
+      "    existing = read_output(out)\n    repaired = repair(out, existing)\n"
+      "    rewrite(out, [r for r in existing.records if r.get(\"error\") is None])", SAFE_T,
       "old error records deleted before the retry"),
 ]
 

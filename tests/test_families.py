@@ -14,6 +14,7 @@ from vqa_cli.engine import Checkpoint, Engine, RunSettings
 from vqa_cli.models.base import FrameFeatures
 from vqa_cli.models.registry import CHECKPOINTS, FAMILIES, adapter_for, family_for_model_type, resolve_alias
 from vqa_cli.preprocess import ProcessorConfig
+from vqa_cli.session import open_model
 from vqa_cli.video import sample_frames
 
 NEW_FAMILIES = ("video-llava", "llava-onevision")
@@ -22,8 +23,7 @@ QUESTION = "What happens in the video?"
 
 def _engine(model_dir: Path, **kw) -> Engine:
     settings = RunSettings(model=str(model_dir), **{"dtype": "float32", "max_new_tokens": 4, **kw})
-    checkpoint = Checkpoint(settings.model)
-    return Engine(checkpoint, settings, checkpoint.budget(settings, [QUESTION]).rope_factor)
+    return open_model(settings, [QUESTION]).engine
 
 
 def _run(argv: list[str], capsys) -> tuple[int, str, str]:

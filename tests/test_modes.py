@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import get_args
+
 import pytest
 import torch
 from torch import nn
 
 from vqa_cli import modes
+from vqa_cli.errors import UsageError
 from vqa_cli.modes import ModeSettings
+from vqa_cli.testing import FAMILIES
 
 GRID = (24, 24)
 
@@ -182,3 +187,86 @@ def test_derived_parameters_are_the_documented_numbers(side):
     g32 = _grid(32, side, side, d=2)
     assert modes.pooled(g32, pool).shape == (pooled_tokens, 2)
     assert modes.guided_pool(g32, torch.zeros(32, side, side), kernel).shape == (guide_tokens, 2)
+
+
+# ---- the registry: every mode plans exactly what it produces --------------------------------------------------
+
+# Settings each registered mode is checked with (its defaults always; a new mode needs no entry to be checked).
+VARIANTS = {
+    "anyres": [ModeSettings("anyres", stride=1), ModeSettings("anyres", stride=4)],
+    "slowfast": [ModeSettings("slowfast", slow_frames=3, fast_grid=2), ModeSettings("slowfast", fast_grid=30)],
+    "pooled": [ModeSettings("pooled", guide=True), ModeSettings("pooled", pool=(5, 3, 2)),
+               ModeSettings("pooled", guide=True, guide_kernel=(3, 4, 5))],
+}
+
+
+class _Projector(nn.Module):
+    """Stands in for the LLaVA projector (``FamilyAdapter.project`` reads ``linear_1``'s dtype)."""
+
+    def __init__(self, vision: int, text: int) -> None:
+        super().__init__()
+        self.linear_1 = nn.Linear(vision, text)
+
+    def forward(self, x):
+        return self.linear_1(x)
+
+
+class _Guide:
+    def relevance(self, grid, prompt):
+        return torch.rand(grid.shape[:3], generator=torch.Generator().manual_seed(len(prompt)))
+
+
+def test_the_registry_holds_one_mode_per_name():
+    assert tuple(m.name for m in modes.REGISTRY) == get_args(modes.ModeName)
+    for name in get_args(modes.ModeName):
+        assert modes.mode_for(name).name == name
+    assert modes.DEFAULT_MODE in get_args(modes.ModeName)
+
+
+@pytest.mark.parametrize("call", [
+    lambda: modes.mode_for("fastslow"),
+    lambda: modes.plan(ModeSettings("fastslow"), 8, modes.REFERENCE_GEOMETRY),
+    lambda: modes.plan_tokens(ModeSettings("fastslow"), 8, GRID, 2),
+    lambda: modes.resolve(ModeSettings("fastslow"), GRID, 2),
+    lambda: modes.default_frames("fastslow", 32),
+])
+def test_an_unknown_mode_is_refused(call):
+    with pytest.raises(UsageError, match="unknown mode 'fastslow'"):
+        call()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_registered_mode_plans_the_tokens_its_apply_produces(family, family_dirs):
+    from vqa_cli.loading import read_config
+    from vqa_cli.models.base import FrameFeatures
+    from vqa_cli.models.registry import adapter_for
+
+    adapter = adapter_for(read_config(family_dirs[family]))
+    g = adapter.geometry()
+    torch.manual_seed(0)
+    model = SimpleNamespace(model=SimpleNamespace(multi_modal_projector=_Projector(g.vision_hidden, 6),
+                                                  image_newline=torch.randn(6)))
+    for mode in modes.REGISTRY:
+        for settings in [ModeSettings(mode.name), *VARIANTS.get(mode.name, [])]:
+            resolved = mode.resolve(settings, g)
+            assert resolved == mode.resolve(resolved, g)  # resolving twice changes nothing
+            for frames in (1, 5, 12):
+                grid = _grid(frames, *g.grid, d=g.vision_hidden, seed=frames)
+                prefix = torch.randn(frames, g.frame_prefix_tokens, g.vision_hidden) if g.frame_prefix_tokens else None
+                with torch.no_grad():
+                    out = mode.apply(resolved, FrameFeatures(grid, prefix), adapter=adapter, model=model,
+                                     guide=_Guide(), prompt_text="where is the dog?")
+                plan = modes.plan(settings, frames, g)
+                assert out.shape == (plan.total, 6), (family, settings, frames)
+                assert plan == mode.plan(settings, frames, g) == modes.plan_tokens(
+                    settings, frames, g.grid, g.native_stride, native_ceil=g.native_ceil,
+                    suffix_tokens=g.video_suffix_tokens, frame_prefix_tokens=g.frame_prefix_tokens)
+                assert plan.mode == mode.name and plan.frames == frames
+
+
+def test_guided_pooling_without_a_guide_is_refused():
+    mode = modes.mode_for("pooled")
+    settings = mode.resolve(ModeSettings("pooled", guide=True), modes.REFERENCE_GEOMETRY)
+    adapter = SimpleNamespace(project=lambda model, x: x)
+    with pytest.raises(UsageError, match="needs an engine loaded with --guide"):
+        mode.apply(settings, SimpleNamespace(grid=_grid(2)), adapter=adapter, model=None)

@@ -17,8 +17,9 @@ import pytest
 from clips import make_clip
 
 from vqa_cli import writer
-from vqa_cli.caption import expand_inputs, settings_id
+from vqa_cli.caption import expand_inputs
 from vqa_cli.cli import main
+from vqa_cli.records import settings_id
 
 VQA = [sys.executable, "-m", "vqa_cli"]
 TINY = ["--frames", "2", "--max-new-tokens", "2"]
@@ -215,7 +216,7 @@ def test_an_old_error_record_stays_until_a_new_record_replaces_it(videos, tiny_d
     old = _record(str(videos / "a.mp4"), sid, error="cannot decode")
     other = _record(str(videos / "zzz.mp4"), sid, error="kept: not an input of this run")
     out.write_text(json.dumps(old) + "\n" + json.dumps(other) + "\n")
-    from vqa_cli.caption import resume
+    from vqa_cli.writer import resume
 
     todo, _ = resume(str(out), [str(videos / "a.mp4")], sid)  # what a run does before loading the model
     assert todo == [str(videos / "a.mp4")] and _records(out) == [old, other]  # nothing deleted up front
@@ -325,7 +326,7 @@ def test_a_full_disk_before_the_run_is_one_line(videos, tmp_path, capsys, monkey
         def __init__(self, st):
             self.f_frsize, self.f_bavail = st.f_frsize, 0
 
-    monkeypatch.setattr(writer.os, "statvfs", lambda p: Full(real(p)))
+    monkeypatch.setattr(os, "statvfs", lambda p: Full(real(p)))
     code, _, err = _caption([str(videos / "a.mp4"), "--out", str(tmp_path / "c.jsonl"), "--model", "/no/such"],
                             capsys)
     assert code == 1 and "no space left" in _one_line(err)

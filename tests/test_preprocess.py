@@ -164,7 +164,7 @@ def test_engine_pixels_use_the_checkpoints_processor(family_dirs, family):
     for size in [(517, 333), (480, 854)]:
         frames = np.random.default_rng(size[1]).integers(0, 256, (3, *size, 3), dtype=np.uint8)
         clip = Clip(path="clip.mp4", frames=frames, indices=[0, 1, 2], timestamps=[0.0, 0.5, 1.0], duration=1.5,
-                    fps=2.0, total_frames=3, is_image=False, header_frames=3, header_fps=2.0)
+                    fps=2.0, frames_from_content=3, is_image=False, frames_from_header=3, fps_from_header=2.0)
         pixels = engine.pixels(clip)
         assert isinstance(pixels, torch.Tensor) and pixels.dtype == torch.float32
         assert np.abs(pixels.numpy() - oracle(frames)).max() <= 1e-5, size

@@ -33,8 +33,9 @@ import torch
 
 from vqa_cli import prompt
 from vqa_cli.conversation import Conversation
-from vqa_cli.engine import Checkpoint, Engine, RunSettings
+from vqa_cli.engine import Engine, RunSettings
 from vqa_cli.modes import ModeSettings
+from vqa_cli.session import open_model
 from vqa_cli.video import Clip
 
 CASES = ("llava-next-video", "video-llava", "llava-onevision", "llava-next-video+bos", "video-llava+bos")
@@ -150,8 +151,7 @@ def engines(case_dirs):
         if (case, time_prompt) not in cache:
             settings = RunSettings(model=str(case_dirs[case]), dtype="float32", max_new_tokens=4,
                                    frames=len(TIMES), time_prompt=time_prompt)
-            checkpoint = Checkpoint(settings.model)
-            cache[case, time_prompt] = Engine(checkpoint, settings, checkpoint.budget(settings, [QUESTION]).rope_factor)
+            cache[case, time_prompt] = open_model(settings, [QUESTION]).engine
         return cache[case, time_prompt]
 
     return get
@@ -160,8 +160,8 @@ def engines(case_dirs):
 def _clip(frames: int = len(TIMES)) -> Clip:
     times = TIMES if frames == len(TIMES) else [i * 0.5 for i in range(frames)]
     return Clip(path="clip.mp4", frames=np.zeros((frames, 24, 32, 3), np.uint8), indices=list(range(frames)),
-                timestamps=times, duration=DURATION, fps=0.8, total_frames=frames, is_image=False,
-                header_frames=frames, header_fps=0.8)
+                timestamps=times, duration=DURATION, fps=0.8, frames_from_content=frames, is_image=False,
+                frames_from_header=frames, fps_from_header=0.8)
 
 
 def _features(engine: Engine, count: int) -> torch.Tensor:

@@ -15,7 +15,7 @@ import pytest
 import torch
 from clips import make_clip
 
-from vqa_cli import caption
+from vqa_cli import caption, writer
 from vqa_cli.caption import Captioner, in_shard, parse_shard
 from vqa_cli.errors import UsageError
 from vqa_cli.video import sample_frames
@@ -168,7 +168,7 @@ def test_merge_prefers_a_caption_over_an_error(tmp_path):
     out, part = tmp_path / "o.jsonl", tmp_path / "o.jsonl.part0of2"
     out.write_text(json.dumps({"video": "a", "settings_id": "s", "error": "x"}) + "\n")
     part.write_text(json.dumps({"video": "a", "settings_id": "s", "error": None, "caption": "c"}) + "\n")
-    caption.merge_parts(str(out), [str(part)])
+    writer.merge_parts(str(out), [str(part)])
     assert _records(out) == [{"video": "a", "settings_id": "s", "error": None, "caption": "c"}] and not part.exists()
 
 
@@ -220,3 +220,20 @@ def test_a_model_on_the_cpu_leaves_one_core_to_the_decoders(monkeypatch):
             assert torch.get_num_threads() == 4  # a GPU model keeps torch's setting
     finally:
         torch.set_num_threads(previous)
+
+
+def test_each_caption_worker_decodes_with_its_share_of_the_cores(monkeypatch):
+    from types import SimpleNamespace
+
+    from vqa_cli import engine
+
+    seen = []
+
+    def sample(path, settings, frames, timeout=None, *, options=None):
+        seen.append(options)
+        raise engine.UsageError("stop here")
+
+    monkeypatch.setattr(engine, "sample_clip", sample)
+    with pytest.raises(engine.UsageError):
+        caption._decode("v.mp4", SimpleNamespace(), 4, None, 3)
+    assert seen[0].cores == 3 and seen[0].decoder_threads == 3

@@ -9,7 +9,8 @@ import pytest
 import torch
 from clips import make_clip
 
-from vqa_cli.engine import Checkpoint, Engine, RunSettings
+from vqa_cli.engine import Engine, RunSettings
+from vqa_cli.session import open_model
 from vqa_cli.testing import FAMILIES
 from vqa_cli.video import Clip, sample_frames
 
@@ -27,8 +28,7 @@ def other_clip(tmp_path_factory) -> str:
 
 def _engine(model_dir: Path) -> Engine:
     settings = RunSettings(model=str(model_dir), dtype="float32", frames=FRAMES, max_new_tokens=NEW_TOKENS)
-    checkpoint = Checkpoint(settings.model)
-    return Engine(checkpoint, settings, checkpoint.budget(settings, list(QUESTIONS)).rope_factor)
+    return open_model(settings, list(QUESTIONS)).engine
 
 
 def _first_step_logits(engine: Engine, clip: Clip, question: str) -> torch.Tensor:

@@ -21,8 +21,9 @@ import torch
 from torch import nn
 
 from vqa_cli.conversation import Conversation
-from vqa_cli.engine import Checkpoint, Engine, RunSettings
+from vqa_cli.engine import Engine, RunSettings
 from vqa_cli.modes import ModeSettings
+from vqa_cli.session import open_model
 from vqa_cli.video import Clip, sample_frames
 
 QUESTION = "Where is the dog going?"
@@ -51,8 +52,7 @@ FACTS = {
 
 def _engine(model_dir: Path, **kw) -> Engine:
     settings = RunSettings(model=str(model_dir), **{"dtype": "float32", "max_new_tokens": 1, **kw})
-    checkpoint = Checkpoint(settings.model)
-    return Engine(checkpoint, settings, checkpoint.budget(settings, [QUESTION]).rope_factor)
+    return open_model(settings, [QUESTION]).engine
 
 
 # ---- references -----------------------------------------------------------------------------------------

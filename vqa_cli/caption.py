@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import signal
 import sys
@@ -30,12 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vqa_cli import console, writer
-from vqa_cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, InputNotFoundError, UsageError, describe, one_line
+from vqa_cli import console, records, writer
+from vqa_cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, InputNotFoundError, UsageError, describe
 from vqa_cli.video import VIDEO_EXTENSIONS, Clip, cpu_cores
-
-RECORD_FIELDS = ("model", "mode", "frames", "frame_indices", "timestamps", "duration", "warnings", "visual_tokens",
-                 "rope_factor", "timings")
 
 
 @dataclass
@@ -108,72 +104,6 @@ def in_shard(video: str, index: int, count: int, salt: str = "") -> bool:
     ``salt`` makes independent splits: accelerate's processes split a ``--shard`` evenly again.
     """
     return int(hashlib.sha1((salt + video).encode()).hexdigest(), 16) % count == index
-
-
-def settings_id(identity: dict, prompt: str) -> str:
-    """A short stable hash of everything that decides a caption."""
-    blob = json.dumps({"settings": identity, "prompt": prompt}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def resume(out: str, videos: list[str], sid: str) -> tuple[list[str], writer.Repair]:
-    """Videos still to caption, after making the file's last line whole (see ``writer.repair``).
-
-    Error records stay until a later record of the same video and settings supersedes them
-    (``compact``): a run killed before retrying a video loses nothing.
-    """
-    if out == "-":
-        return videos, writer.Repair()
-    existing = writer.read_output(out)
-    repaired = writer.repair(out, existing)
-    done = _captioned(existing.records, sid)
-    return [v for v in videos if v not in done], repaired
-
-
-def captioned(path: str, sid: str) -> set[str]:
-    """Videos with a caption under these settings in an existing output (read only)."""
-    return _captioned(writer.read_records(path) if path != "-" else [], sid)
-
-
-def _captioned(records: list[dict], sid: str) -> set[str]:
-    return {r.get("video") for r in records if r.get("settings_id") == sid and r.get("error") is None}
-
-
-def superseded(records: list[dict], resolved: set[tuple[str, str]] = frozenset()) -> list[int]:
-    """Positions of error records a later record of the same (video, settings) replaces, or whose
-    (video, settings) is in ``resolved`` (an unreadable folder that this run could read)."""
-    last: dict[tuple, int] = {}
-    for i, rec in enumerate(records):
-        last[(rec.get("video"), rec.get("settings_id"))] = i
-    return [i for i, rec in enumerate(records) if rec.get("error") is not None
-            and (last[(rec.get("video"), rec.get("settings_id"))] != i
-                 or (rec.get("video"), rec.get("settings_id")) in resolved)]
-
-
-def compact(out: str, resolved: set[tuple[str, str]] = frozenset()) -> int:
-    """Drop superseded error records (see ``superseded``) with one atomic rewrite; how many were dropped."""
-    if out == "-" or not Path(out).exists():
-        return 0
-    records = writer.read_records(out)
-    drop = set(superseded(records, resolved))
-    if drop:
-        writer.rewrite(out, [r for i, r in enumerate(records) if i not in drop])
-    return len(drop)
-
-
-def merge_parts(out: str, parts: list[str]) -> None:
-    """Fold part files into ``out``: one record per (video, settings), a caption beating an error."""
-    records = writer.read_records(out)
-    for part in parts:
-        records.extend(writer.read_records(part))
-    merged: dict[tuple, dict] = {}
-    for rec in records:  # in order: a later record replaces an earlier error, never an earlier caption
-        key = (rec.get("video"), rec.get("settings_id"))
-        if key not in merged or merged[key].get("error") is not None:
-            merged[key] = rec
-    writer.rewrite(out, list(merged.values()))
-    for part in parts:
-        Path(part).unlink(missing_ok=True)
 
 
 @dataclass
@@ -249,25 +179,12 @@ def _decode(path: str, settings: Any, frames: int, engine: Any, cores: int) -> t
     """A worker's share, off the model's thread: decode (with ``cores`` of the machine's cores), then
     preprocess to pixels (a still image on the image path is left to the engine)."""
     from vqa_cli.engine import sample_clip
-    from vqa_cli.video import core_budget
+    from vqa_cli.video import DecodeOptions
 
-    with core_budget(cores):
-        clip, seconds = sample_clip(path, settings, frames, timeout=DECODE_TIMEOUT)
+    clip, seconds = sample_clip(path, settings, frames, timeout=DECODE_TIMEOUT, options=DecodeOptions(cores=cores))
     started = time.perf_counter()
     pixels = None if engine.uses_image_path(clip) else engine.pixels(clip)
     return clip, seconds, pixels, time.perf_counter() - started
-
-
-def _error_record(video: str, settings: Any, sid: str, exc: BaseException) -> dict:
-    known = describe(exc)
-    return {
-        "video": video, "caption": None, "model": settings.model, "mode": settings.mode.name, "frames": 0,
-        "frame_indices": [], "timestamps": [], "duration": None, "warnings": [], "visual_tokens": None,
-        "rope_factor": None,
-        "timings": {}, "generated_tokens": 0, "batch_size": None,
-        "error": known[2] if known else f"{type(exc).__name__}: {one_line(str(exc))}",
-        "error_kind": known[1] if known else "internal", "settings_id": sid,
-    }
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -310,10 +227,7 @@ class Captioner:
         self.summary = Summary()
 
     def record(self, video: str, answer: Any, batch: int) -> dict:
-        rec = answer.record(self.settings, self.engine)
-        return {"video": video, "caption": rec["answer"], **{k: rec[k] for k in RECORD_FIELDS},
-                "generated_tokens": rec["generated_tokens"], "batch_size": batch, "error": None,
-                "error_kind": None, "settings_id": self.sid}
+        return records.caption_record(video, answer.record(self.engine), batch, self.sid)
 
     def caption_batch(self, items: list[tuple[str, Clip, float, Any, float]]) -> list[dict]:
         """Caption decoded clips; out of memory splits the batch and lowers the batch size."""
@@ -331,13 +245,13 @@ class Captioner:
                 return self.caption_batch(items[:half]) + self.caption_batch(items[half:])
             if len(items) > 1:  # find the culprit: one by one
                 return [rec for item in items for rec in self.caption_batch([item])]
-            return [_error_record(items[0][0], self.settings, self.sid, exc)]
+            return [records.error_record(items[0][0], self.settings, self.sid, exc)]
 
     def run(self, videos: list[str], sink: writer.JsonlWriter) -> Summary:
         started = time.perf_counter()
         window = max(2 * self.batch_size, self.workers + 1)  # clips decoded ahead: bounds memory
         cores = max(1, cpu_cores() // self.workers)  # each worker's decoders share the cores
-        progress = _progress(len(videos))
+        progress = console.progress("videos")
         with (ThreadPoolExecutor(max_workers=self.workers, initializer=_lower_priority) as pool, progress,
               _StopFlag() as flag, _model_threads(self.engine)):
             task = progress.add_task("captioning", total=len(videos)) if progress else None
@@ -355,17 +269,17 @@ class Captioner:
             refill()
             while pending and not flag.stop:
                 batch: list[tuple[str, Clip, float, Any, float]] = []
-                records: list[dict] = []
+                written: list[dict] = []
                 while pending and len(batch) < self.batch_size:
                     video, future = pending.pop(0)
                     refill()
                     try:
                         batch.append((video, *future.result()))
                     except Exception as exc:  # an undecodable video is recorded, the run goes on
-                        records.append(_error_record(video, self.settings, self.sid, exc))
+                        written.append(records.error_record(video, self.settings, self.sid, exc))
                 if batch:
-                    records.extend(self.caption_batch(batch))
-                for rec in records:
+                    written.extend(self.caption_batch(batch))
+                for rec in written:
                     sink.write(rec)
                     self.summary.add(rec)
                     if rec["error"] is not None:
@@ -374,7 +288,7 @@ class Captioner:
                         else:
                             console.info(f"{rec['video']}: {rec['error']}")
                 if progress:
-                    progress.advance(task, len(records))
+                    progress.advance(task, len(written))
             self.summary.interrupted = flag.stop and bool(pending)
             for _, future in pending:
                 future.cancel()
@@ -436,13 +350,6 @@ def _distributed() -> Any:
     return PartialState(cpu=not torch.cuda.is_available())
 
 
-def _input_record(folder: str, reason: str, settings: Any, sid: str) -> dict:
-    """The error record of a folder the walk could not read (kind ``input``)."""
-    rec = _error_record(folder, settings, sid, InputNotFoundError(f"cannot read folder {folder!r}: {reason}"))
-    rec["error_kind"] = "input"
-    return rec
-
-
 def run_caption(settings: Any, inputs: list[str], out: str, prompt: str, *, batch_size: int = 4, workers: int = 2,
                 shard: str | None = None, summary_path: str | None = None, stdin: Any = None) -> int:
     from dataclasses import replace
@@ -459,7 +366,7 @@ def run_caption(settings: Any, inputs: list[str], out: str, prompt: str, *, batc
     share = parse_shard(shard)
     if share:
         videos = [v for v in videos if in_shard(v, *share)]
-    sid = settings_id(settings.identity(), prompt)
+    sid = records.settings_id(settings.identity(), prompt)
 
     state = _distributed()
     target = out
@@ -467,19 +374,19 @@ def run_caption(settings: Any, inputs: list[str], out: str, prompt: str, *, batc
         if out == "-":
             raise UsageError("with several processes, --out must be a file (each process writes a part)")
         videos = [v for v in videos if in_shard(v, state.process_index, state.num_processes, salt="process:")]
-        target = f"{out}.part{state.process_index}of{state.num_processes}"
+        target = writer.part_path(out, state.process_index, state.num_processes)
         if settings.device in (None, "auto", "cuda") and state.device.type == "cuda":
             settings = replace(settings, device=str(state.device))
     if state is not None and state.process_index != 0:
         found.unreadable = []  # reported once, by the main process
     if summary_path and state is not None:  # one summary per process, next to its part file
-        summary_path = f"{summary_path}.part{state.process_index}of{state.num_processes}"
+        summary_path = writer.part_path(summary_path, state.process_index, state.num_processes)
     # Everything about the outputs is checked before anything loads or is written.
     writer.check_output(out, videos)
     if target != out:
         writer.check_output(target, videos)
     if summary_path:
-        if os.path.realpath(summary_path) in {os.path.realpath(out), os.path.realpath(target)}:
+        if writer.same_file(summary_path, out) or writer.same_file(summary_path, target):
             raise UsageError("--summary and --out name the same file")
         writer.check_output(summary_path, videos, flag="--summary", keys=writer.SUMMARY_KEYS)
     owns_out = state is None or state.is_main_process
@@ -488,7 +395,7 @@ def run_caption(settings: Any, inputs: list[str], out: str, prompt: str, *, batc
         if state is not None:
             state.wait_for_everyone()
             if state.is_main_process:
-                merge_parts(out, [f"{out}.part{i}of{state.num_processes}" for i in range(state.num_processes)])
+                writer.merge_parts(out, writer.part_paths(out, state.num_processes))
     console.info(summary.line() if summary.processed() or summary.repair_note()
                  else f"nothing to do: all {len(videos)} videos already captioned in {out}")
     if summary_path:
@@ -504,42 +411,36 @@ def _caption_locked(settings: Any, videos: list[str], found: Inputs, out: str, t
 
     The model loads before anything is written: a broken checkpoint leaves the output untouched
     (not even repaired)."""
-    from vqa_cli.engine import Checkpoint, Engine
+    from vqa_cli.session import open_model
 
     # Under accelerate only the main process rewrites --out (at the merge); the others just read it.
-    done = captioned(out, sid) if target != out else set()
-    done |= captioned(target, sid)
+    done = writer.captioned(out, sid) if target != out else set()
+    done |= writer.captioned(target, sid)
     todo = [v for v in videos if v not in done]
-    engine, load_seconds = None, 0.0
-    if todo:
-        with console.status("reading model config"):
-            checkpoint = Checkpoint(settings.model)
-            budget = checkpoint.budget(settings, [prompt])
-        with console.status(f"loading {settings.model}"):
-            started = time.perf_counter()
-            engine = Engine(checkpoint, settings, budget.rope_factor)
-            load_seconds = time.perf_counter() - started
-    todo, repaired = resume(target, todo, sid)
+    session = open_model(settings, [prompt]) if todo else None
+    todo, repaired = writer.resume(target, todo, sid)
     summary = Summary(videos=len(videos), skipped=len(videos) - len(todo), repair=repaired)
-    folders = [_input_record(folder, reason, settings, sid) for folder, reason in found.unreadable]
+    folders = [records.error_record(folder, settings, sid, InputNotFoundError(f"cannot read folder {folder!r}: "
+                                                                              f"{reason}"), kind="input")
+               for folder, reason in found.unreadable]
     if folders:
         with writer.JsonlWriter(target) as sink:
             for rec in folders:
                 sink.write(rec)
                 summary.add(rec)
                 console.info(f"{rec['video']}: {rec['error']}")
-    if engine is not None:
-        captioner = Captioner(engine, settings, prompt, sid, batch_size=batch_size, workers=workers,
-                              frames=budget.plan.frames)
+    if session is not None:
+        captioner = Captioner(session.engine, settings, prompt, sid, batch_size=batch_size, workers=workers,
+                              frames=session.budget.plan.frames)
         captioner.summary = summary
         try:
             with writer.JsonlWriter(target) as sink:
                 captioner.run(todo, sink)
         finally:
-            summary.load_seconds = load_seconds
-            summary.superseded = compact(target, _readable_folders(target, found, sid))
+            summary.load_seconds = session.timings["load"]
+            summary.superseded = writer.compact(target, _readable_folders(target, found, sid))
     else:
-        summary.superseded = compact(target, _readable_folders(target, found, sid))
+        summary.superseded = writer.compact(target, _readable_folders(target, found, sid))
     return summary
 
 
@@ -551,38 +452,3 @@ def _readable_folders(target: str, found: Inputs, sid: str) -> set[tuple[str, st
     return {(r["video"], sid) for r in writer.read_records(target)
             if r.get("error_kind") == "input" and r.get("settings_id") == sid and r["video"] not in bad
             and Path(r["video"]).is_dir()}
-
-
-def _progress(total: int) -> Any:
-    """A rich progress bar on stderr with count, rate and ETA; a falsy no-op when stderr is not a TTY."""
-    if not console.stderr_is_tty():
-        return _NoProgress()
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        ProgressColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-    from rich.text import Text
-
-    class Rate(ProgressColumn):
-        def render(self, task: Any) -> Text:
-            speed = task.finished_speed or task.speed
-            return Text("-- videos/s" if speed is None else f"{speed:.2f} videos/s")
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(), TimeElapsedColumn(),
-                    TextColumn("eta"), TimeRemainingColumn(), console=console.stderr)
-
-
-class _NoProgress:
-    def __bool__(self) -> bool:
-        return False
-
-    def __enter__(self) -> _NoProgress:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None

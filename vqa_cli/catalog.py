@@ -73,10 +73,7 @@ def _exact_costs(snapshot: Path) -> dict[str, Any]:
     from vqa_cli import loading, modes, plan
 
     adapter = adapter_for(loading.read_config(snapshot))
-    g = adapter.geometry()
-    visual = modes.plan_tokens(modes.ModeSettings("anyres"), adapter.default_frames, g.grid, g.native_stride,
-                               native_ceil=g.native_ceil, suffix_tokens=g.video_suffix_tokens,
-                               frame_prefix_tokens=g.frame_prefix_tokens).total
+    visual = modes.plan(modes.ModeSettings("anyres"), adapter.default_frames, adapter.geometry()).total
     tokens = visual + DEFAULT_PROMPT_TOKENS + DEFAULT_NEW_TOKENS
     estimates = {q: plan.estimate_memory(adapter, q, FP16_BYTES, tokens) for q in QUANTS}
     return {
@@ -88,10 +85,10 @@ def _exact_costs(snapshot: Path) -> dict[str, Any]:
 
 
 def _nominal_costs(ckpt: KnownCheckpoint) -> dict[str, Any]:
-    from vqa_cli.plan import _QUANT_BYTES
+    from vqa_cli.plan import QUANT_BYTES
 
     n = ckpt.nominal_parameters
-    per_param = {"none": FP16_BYTES, **_QUANT_BYTES}
+    per_param = {"none": FP16_BYTES, **QUANT_BYTES}
     return {
         "parameters": n,
         "memory_gib": {q: _round(n * per_param[q] / _GIB) for q in QUANTS},

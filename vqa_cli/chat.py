@@ -11,9 +11,9 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from vqa_cli import console, writer
-from vqa_cli.ask import StreamPrinter, open_video
+from vqa_cli import console, records, writer
 from vqa_cli.errors import ContextOverflowError, VqaError
+from vqa_cli.session import open_session
 
 TURN_RESERVE = 1024  # context kept free for later turns when choosing the RoPE factor
 WARN_AT = 0.9  # warn when this share of the context is used
@@ -35,7 +35,8 @@ def run_chat(settings: Any, video: str) -> int:
     from vqa_cli.conversation import Conversation
 
     interactive = sys.stdin.isatty() and console.stderr_is_tty()
-    _, _, engine, clip, _ = open_video(settings, video, ["?"], reserve=TURN_RESERVE)
+    session = open_session(settings, video, ["?"], reserve=TURN_RESERVE)
+    engine, clip = session.engine, session.clip
     with console.status("encoding the video"):
         conversation = Conversation.open(engine, clip)
     limit = conversation.context_limit
@@ -65,8 +66,7 @@ def run_chat(settings: Any, video: str) -> int:
                 if not arg.strip():
                     console.error("/save needs a file name")
                     continue
-                record = {"video": video, "model": settings.model, "mode": settings.mode.name,
-                          "frame_indices": clip.indices, "timestamps": clip.timestamps, "turns": turns}
+                record = records.transcript(video, settings, clip, turns)
                 try:
                     writer.check_output(arg.strip(), [video], flag="/save", keys=None)
                     writer.write_json(arg.strip(), record)
@@ -80,7 +80,7 @@ def run_chat(settings: Any, video: str) -> int:
             else:
                 console.error(f"unknown command {command}; {HELP}")
             continue
-        printer = StreamPrinter("thinking" if interactive else None)
+        printer = console.StreamPrinter("thinking" if interactive else None)
         try:
             turn = conversation.ask(text, keep=True, on_text=printer)
         except ContextOverflowError as exc:

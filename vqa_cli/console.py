@@ -65,3 +65,59 @@ def emit_json(obj: Any, *, stream=None) -> None:
     stream = stream or sys.stdout
     stream.write(json.dumps(obj, ensure_ascii=False) + "\n")
     stream.flush()
+
+
+class _NoProgress:
+    def __bool__(self) -> bool:
+        return False
+
+    def __enter__(self) -> _NoProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def progress(unit: str) -> Any:
+    """A rich progress bar on stderr with count, rate (``unit``/s) and ETA; a falsy no-op when stderr is
+    not a terminal."""
+    if not stderr_is_tty():
+        return _NoProgress()
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    class Rate(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text(f"-- {unit}/s" if speed is None else f"{speed:.2f} {unit}/s")
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(), TimeElapsedColumn(),
+                    TextColumn("eta"), TimeRemainingColumn(), console=stderr)
+
+
+class StreamPrinter:
+    """Writes streamed text to stdout; stops the spinner at the first piece and trims leading space."""
+
+    def __init__(self, spinner_text: str | None = None) -> None:
+        self.spinner = spinner(spinner_text) if spinner_text else None
+        self.started = False
+
+    def __call__(self, text: str) -> None:
+        if not self.started:
+            self.stop()
+            self.started = True
+            text = text.lstrip()
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    def stop(self) -> None:
+        if self.spinner is not None:
+            self.spinner.stop()

@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vqa_cli import prompt
-from vqa_cli.errors import ContextOverflowError
-from vqa_cli.generate import Generation, TimedTextStreamer, sampling_kwargs
+from vqa_cli.generate import Generation, cache_kwargs, generate
 from vqa_cli.video import Clip
 
 
@@ -78,8 +77,8 @@ class Conversation:
         ids_t = torch.tensor([shared], device=self.engine.input_device)
         with torch.inference_mode():
             embeds = prompt.embed(self.engine.model, ids_t, self.features, self.engine.placeholder_id(self.clip))
-            self.engine.model(inputs_embeds=embeds, attention_mask=torch.ones_like(ids_t),
-                              past_key_values=self.cache, use_cache=True)
+            self.engine.model(inputs_embeds=embeds, attention_mask=torch.ones_like(ids_t), use_cache=True,
+                              **cache_kwargs(self.engine.model, self.cache))
         self.cached_ids = shared
 
     @property
@@ -89,25 +88,13 @@ class Conversation:
 
     def _ids(self, messages: list[dict]) -> list[int]:
         """Token ids of the whole conversation, video placeholder expanded, ready for the next answer."""
-        ck = self.engine.checkpoint
-        image = self.engine.uses_image_path(self.clip)
-        placeholder = self.engine.placeholder_id(self.clip)
-        text = ck.tokenizer.apply_chat_template(
-            self._template_messages(messages, "image" if image else "video"), chat_template=ck.template,
-            tokenize=False, add_generation_prompt=True,
-        )
-        return prompt.expand_placeholder(prompt.token_ids(ck.tokenizer, text), placeholder, self.features.shape[0])
-
-    def _template_messages(self, messages: list[dict], media: str) -> list[dict]:
-        out = []
-        for i, m in enumerate(messages):
-            content: list[dict] = [{"type": media}] if i == 0 else []
-            text = m["text"]
-            if i == 0 and self.engine.settings.time_prompt and media == "video":
-                text = f"{prompt.time_instruction(self.clip.duration, self.clip.timestamps)}\n{text}"
-            content.append({"type": "text", "text": text})
-            out.append({"role": m["role"], "content": content})
-        return out
+        engine = self.engine
+        image = engine.uses_image_path(self.clip)
+        time_text = None
+        if engine.settings.time_prompt and not image:
+            time_text = prompt.time_instruction(self.clip.duration, self.clip.timestamps)
+        ids = engine.checkpoint.prompt_ids(messages, time_text, media="image" if image else "video")
+        return prompt.expand_placeholder(ids, engine.placeholder_id(self.clip), self.features.shape[0])
 
     def ask(self, question: str, *, keep: bool, on_text: Callable[[str], None] | None = None,
             first_logits: bool = False) -> Turn:
@@ -119,14 +106,12 @@ class Conversation:
         import torch
 
         engine = self.engine
+        settings = engine.settings
         messages = self.messages + [{"role": "user", "text": question}]
         ids = self._ids(messages)
-        limit = self.context_limit
-        if len(ids) + engine.settings.max_new_tokens > limit:
-            raise ContextOverflowError(
-                f"the conversation needs {len(ids)} + {engine.settings.max_new_tokens} tokens but the context holds "
-                f"{limit}: /reset to start over, or ask with fewer --frames"
-            )
+        engine.checkpoint.check_fits(len(ids) + settings.max_new_tokens, engine.rope_factor, lambda ctx: (
+            f"the conversation needs {len(ids)} + {settings.max_new_tokens} tokens but the context holds "
+            f"{ctx}: /reset to start over, or ask with fewer --frames"))
         if self.cache is None:
             self.prefill()
         # Keep at least one token to feed: generate needs a new position to start from.
@@ -135,26 +120,14 @@ class Conversation:
             self.cache.crop(reuse - self.cache.get_seq_length())
         ids_t = torch.tensor([ids], device=engine.input_device)
         with torch.inference_mode():
-            embeds = prompt.embed(engine.model, ids_t, self.features, self.engine.placeholder_id(self.clip))
-        streamer = TimedTextStreamer(engine.checkpoint.tokenizer, on_text)
-        tok = engine.checkpoint.tokenizer
-        extra = {"output_logits": True, "return_dict_in_generate": True} if first_logits else {}
-        with torch.inference_mode():
-            out = engine.model.generate(
-                input_ids=ids_t, inputs_embeds=embeds, attention_mask=torch.ones_like(ids_t),
-                past_key_values=self.cache, max_new_tokens=engine.settings.max_new_tokens, streamer=streamer,
-                pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-                **sampling_kwargs(engine.settings.temperature, engine.settings.seed), **extra,
-            )
-        total = time.perf_counter() - streamer.started
-        first = (streamer.first_token_at or time.perf_counter()) - streamer.started
-        gen = Generation(streamer.text.strip(), len(streamer.tokens), first, total)
-        logits = out.logits[0][0].clone() if first_logits else None  # step 0, batch row 0: before any processor
-        full = (out.sequences if first_logits else out)[0].tolist()
-        self.cached_ids = full[: self.cache.get_seq_length()]
+            embeds = prompt.embed(engine.model, ids_t, self.features, engine.placeholder_id(self.clip))
+        gen = generate(engine.model, engine.checkpoint.tokenizer, ids_t, embeds, max_new_tokens=settings.max_new_tokens,
+                       temperature=settings.temperature, seed=settings.seed, on_text=on_text, cache=self.cache,
+                       first_logits=first_logits)
+        self.cached_ids = gen.sequence[: self.cache.get_seq_length()]
         if keep:
             self.messages = messages + [{"role": "assistant", "text": gen.text}]
-        return Turn(question, gen.text, gen, len(ids) - reuse, self.cache.get_seq_length(), logits)
+        return Turn(question, gen.text, gen, len(ids) - reuse, self.cache.get_seq_length(), gen.first_logits)
 
     def reset(self) -> None:
         """Forget the turns; the video's prefix stays cached (the next turn shares it)."""

@@ -16,6 +16,7 @@ from typing import Any
 from vqa_cli import loading, modes, prompt, rope
 from vqa_cli.errors import ContextOverflowError, UsageError
 from vqa_cli.guide import DEFAULT_GUIDE_MODEL
+from vqa_cli.models.base import FamilyAdapter
 from vqa_cli.preprocess import ProcessorConfig, preprocess_frames
 from vqa_cli.video import Clip
 
@@ -59,25 +60,29 @@ class RunSettings:
         return d
 
 
-def frames_for(settings: RunSettings, family_default: int) -> int:
-    """The most frames a request samples (what the token budget is planned for)."""
-    n = (settings.max_frames if settings.fps else settings.frames) or modes.default_frames(
-        settings.mode.name, family_default)
+def frames_for(settings: RunSettings, family_default: int = FamilyAdapter.default_frames) -> int:
+    """The one place the frame count of a request is decided: the most frames it samples (what the token
+    budget is planned for). ``family_default``: the checkpoint family's own count for its native mode."""
+    n = (settings.max_frames if settings.fps else settings.frames) or modes.mode_for(
+        settings.mode.name).default_frames(family_default)
     if n < 1:
         raise UsageError("--frames must be at least 1")
     return n
 
 
-def sample_clip(path: str, settings: RunSettings, frames: int, timeout: float | None = None) -> tuple[Clip, float]:
-    """The request's frames of ``path`` (``frames``, or ``--fps`` capped at ``frames``) and the seconds taken."""
+def sample_clip(path: str, settings: RunSettings, frames: int, timeout: float | None = None, *,
+                options: Any = None) -> tuple[Clip, float]:
+    """The request's frames of ``path`` (``frames``, or ``--fps`` capped at ``frames``) and the seconds taken.
+
+    ``options``: a ``video.DecodeOptions`` (e.g. the cores a caption worker's decoders may use)."""
     from vqa_cli.video import sample_frames
 
     started = time.perf_counter()
     if settings.fps:
         clip = sample_frames(path, None, settings.start, settings.end, timeout, fps=settings.fps, max_frames=frames,
-                             seek=settings.seek)
+                             seek=settings.seek, options=options)
     else:
-        clip = sample_frames(path, frames, settings.start, settings.end, timeout, seek=settings.seek)
+        clip = sample_frames(path, frames, settings.start, settings.end, timeout, seek=settings.seek, options=options)
     return clip, time.perf_counter() - started
 
 
@@ -123,14 +128,14 @@ class Checkpoint:
         return frames_for(settings, self.adapter.default_frames)
 
     def plan(self, settings: RunSettings, num_frames: int) -> modes.TokenPlan:
-        g = self.geometry
-        return modes.plan_tokens(settings.mode, num_frames, g.grid, g.native_stride, native_ceil=g.native_ceil,
-                                 suffix_tokens=g.video_suffix_tokens, frame_prefix_tokens=g.frame_prefix_tokens)
+        return modes.plan(settings.mode, num_frames, self.geometry)
 
-    def prompt_ids(self, question: str, time_text: str | None = None, media: str = "video") -> list[int]:
-        text = prompt.render(self.tokenizer, self.template, f"{time_text}\n{question}" if time_text else question,
-                             media=media)
-        return prompt.token_ids(self.tokenizer, text)
+    def prompt_ids(self, conversation: str | list[dict], time_text: str | None = None, media: str = "video"
+                   ) -> list[int]:
+        """Token ids of a question or a conversation (see ``prompt.render``), BOS included, placeholder not
+        expanded: what every prompt (budget, answer, chat turn) is counted and fed with."""
+        return prompt.token_ids(self.tokenizer, prompt.render(self.tokenizer, self.template, conversation,
+                                                              media=media, time_text=time_text))
 
     def budget(
         self,
@@ -138,32 +143,42 @@ class Checkpoint:
         questions: list[str],
         num_frames: int | None = None,
         plan: modes.TokenPlan | None = None,
+        *,
+        loaded_factor: float | None = None,
     ) -> Budget:
         """Token budget and RoPE factor for the longest of ``questions``; fails instead of truncating.
 
         ``plan`` overrides the mode's layout (a still image's AnyRes tiles are only known once read).
+        ``loaded_factor``: the RoPE factor the weights were loaded with, which the request must fit.
         """
         n = num_frames or self.frames_for(settings)
         time_text = prompt.time_instruction(_WORST_TIMES, [_WORST_TIMES] * n) if settings.time_prompt else None
         prompt_tokens = max(len(self.prompt_ids(q, time_text)) for q in questions) - 1  # placeholder
         plan = plan or self.plan(settings, n)
-        ctx = self.geometry.trained_context
         total = plan.total + prompt_tokens + settings.max_new_tokens
         if settings.rope_scale is not None:
             if settings.rope_scale < 1:
                 raise UsageError("--rope-scale must be at least 1")
             factor = float(settings.rope_scale)
         else:
-            factor = rope.required_factor(total, ctx)
+            factor = rope.required_factor(total, self.geometry.trained_context)
         limit = rope.MAX_FACTOR if settings.rope_scale is None else factor
-        if factor > limit or total > ctx * factor:
-            fit = self._frames_that_fit(settings, prompt_tokens, int(ctx * limit))
-            raise ContextOverflowError(
-                f"{plan.total} visual + {prompt_tokens} prompt + {settings.max_new_tokens} new tokens exceed "
-                f"the context ({ctx} x RoPE factor {limit:g} = {int(ctx * limit)}): "
-                f"at most {fit} frames fit in --mode {settings.mode.name}"
-            )
-        return Budget(plan, prompt_tokens, settings.max_new_tokens, ctx, factor)
+        self.check_fits(total, min(factor, limit), lambda ctx: (
+            f"{plan.total} visual + {prompt_tokens} prompt + {settings.max_new_tokens} new tokens exceed the context "
+            f"({self.geometry.trained_context} x RoPE factor {limit:g} = {ctx}): at most "
+            f"{self._frames_that_fit(settings, prompt_tokens, ctx)} frames fit in --mode {settings.mode.name}"))
+        if loaded_factor is not None and settings.rope_scale is None:
+            self.check_fits(total, loaded_factor, lambda ctx: (
+                f"this request needs RoPE factor {factor:g} but the model was loaded with {loaded_factor:g}: "
+                f"pass --rope-scale {factor:g}"))
+        return Budget(plan, prompt_tokens, settings.max_new_tokens, self.geometry.trained_context, factor)
+
+    def check_fits(self, tokens: int, rope_factor: float, message: Callable[[int], str]) -> None:
+        """The one context check: ``tokens`` must fit the trained context scaled by ``rope_factor``, or a
+        ``ContextOverflowError`` with ``message(context)`` (vqa never truncates)."""
+        context = int(self.geometry.trained_context * rope_factor)
+        if tokens > context:
+            raise ContextOverflowError(message(context))
 
     def _frames_that_fit(self, settings: RunSettings, prompt_tokens: int, context: int) -> int:
         fit = 0
@@ -183,32 +198,12 @@ class Answer:
     tokens: int
     tokens_per_second: float
 
-    def record(self, settings: RunSettings, engine: Engine) -> dict:
-        c = self.clip
-        return {
-            "answer": self.text,
-            "model": settings.model,
-            "family": engine.checkpoint.adapter.name,
-            "mode": settings.mode.name,
-            "mode_settings": modes.resolve(
-                settings.mode, engine.checkpoint.geometry.grid, engine.checkpoint.geometry.native_stride
-            ).to_dict(),
-            "frames": len(c.indices),
-            "frame_indices": c.indices,
-            "timestamps": c.timestamps,
-            "duration": c.duration,
-            "warnings": list(c.warnings),
-            "visual_tokens": self.budget.plan.total,
-            "pathways": [p.to_dict() for p in self.budget.plan.pathways],
-            "prompt_tokens": self.budget.prompt_tokens,
-            "rope_factor": engine.rope_factor,
-            "generated_tokens": self.tokens,
-            "tokens_per_second": round(self.tokens_per_second, 3),
-            "timings": {k: round(v, 4) for k, v in self.timings.items()},
-            "device": engine.loaded.device,
-            "quant": engine.loaded.quant,
-            "dtype": str(engine.loaded.dtype).removeprefix("torch."),
-        }
+    def record(self, engine: Engine) -> dict:
+        """The ``ask --json`` fields of this answer (see ``records.answer_record``)."""
+        from vqa_cli import records
+
+        return records.answer_record(engine, self.clip, self.budget, answer=self.text, tokens=self.tokens,
+                                     tokens_per_second=self.tokens_per_second, timings=self.timings)
 
 
 class Engine:
@@ -264,21 +259,11 @@ class Engine:
         """FrameFeatures of one clip -> its visual token sequence [N, D] in ``settings``' mode."""
         import torch
 
-        g = self.checkpoint.geometry
-        s = modes.resolve(settings, g.grid, g.native_stride)
+        mode = modes.mode_for(settings.name)
+        resolved = mode.resolve(settings, self.checkpoint.geometry)
         with torch.inference_mode():
-            grid = frames.grid
-            if s.name == "anyres":
-                return self.adapter.native_tokens(self.model, frames, s.stride)
-            projected = self.adapter.project(self.model, grid)
-            if s.name == "slowfast":
-                return modes.slowfast(projected, s.slow_frames, s.fast_grid)
-            if s.guide:
-                if self.guide is None:
-                    raise UsageError("prompt-guided pooling needs an engine loaded with --guide")
-                weights = self.guide.relevance(grid, prompt_text)
-                return modes.guided_pool(projected, weights.to(projected.device), s.guide_kernel)
-            return modes.pooled(projected, s.pool)
+            return mode.apply(resolved, frames, adapter=self.adapter, model=self.model, guide=self.guide,
+                              prompt_text=prompt_text)
 
     def uses_image_path(self, clip: Clip) -> bool:
         """A still image in anyres mode goes through the family's own AnyRes image path, when it has one."""
@@ -395,19 +380,5 @@ class Engine:
 
     def _checked_budget(self, settings: RunSettings, question: str, plan: modes.TokenPlan | None = None) -> Budget:
         """This request's budget; it must fit the RoPE factor the weights were loaded with."""
-        budget = self.checkpoint.budget(settings, [question], num_frames=len(plan.pathways[0].frame_positions)
-                                        if plan else settings.frames, plan=plan)
-        if budget.rope_factor > self.rope_factor and self.settings.rope_scale is None:
-            raise ContextOverflowError(
-                f"this request needs RoPE factor {budget.rope_factor:g} but the model was loaded with "
-                f"{self.rope_factor:g}: pass --rope-scale {budget.rope_factor:g}"
-            )
-        return budget
-
-
-def open_engine(settings: RunSettings, questions: list[str]) -> tuple[Checkpoint, Budget, Engine]:
-    """Resolve, budget (fails early, before weights load) and load."""
-    checkpoint = Checkpoint(settings.model)
-    budget = checkpoint.budget(settings, questions)
-    engine = Engine(checkpoint, settings, budget.rope_factor)
-    return checkpoint, budget, engine
+        return self.checkpoint.budget(settings, [question], num_frames=len(plan.pathways[0].frame_positions)
+                                      if plan else settings.frames, plan=plan, loaded_factor=self.rope_factor)

@@ -85,7 +85,6 @@ OOM_HINT = "out of GPU memory: try --quant 4bit or fewer --frames"
 _FOREIGN: dict[str, tuple[int, str, str | None]] = {
     # name: (exit code, kind, fixed message or None to use str(exc))
     "OutOfMemoryError": (EXIT_FAILURE, "out_of_memory", OOM_HINT),  # torch.cuda.OutOfMemoryError
-    "VideoError": (EXIT_FAILURE, "video", None),  # vqa_cli.video
 }
 
 

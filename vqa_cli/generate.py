@@ -59,6 +59,8 @@ class Generation:
     tokens: int
     first_token: float  # seconds from the call to the first new token (prefill included)
     total: float  # seconds for the whole generate call
+    sequence: list[int] | None = None  # prompt and new ids as the model returned them (single prompts)
+    first_logits: Any = None  # [vocab] raw logits of the first new token, when asked for
 
     @property
     def tokens_per_second(self) -> float:
@@ -67,15 +69,40 @@ class Generation:
         return (self.tokens - 1) / span if self.tokens > 1 and span > 0 else 0.0
 
 
-def sampling_kwargs(temperature: float, seed: int | None) -> dict:
-    """Greedy at temperature 0 (deterministic); otherwise sampling with a fixed seed when given."""
-    import torch
-
+def sampling_kwargs(temperature: float) -> dict:
+    """Greedy at temperature 0 (deterministic); otherwise plain sampling at ``temperature``."""
     if temperature <= 0:
         return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-    if seed is not None:
-        torch.manual_seed(seed)
     return {"do_sample": True, "temperature": temperature, "top_p": None, "top_k": None}
+
+
+def cache_kwargs(model: Any, cache: Any) -> dict:
+    """The keyword a KV cache goes by: ``cache`` in newer transformers 5.x, ``past_key_values`` before."""
+    import inspect
+
+    if cache is None:
+        return {}
+    return {"cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values": cache}
+
+
+def pad_id(tokenizer: Any) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def _run(model: Any, ids: Any, embeds: Any, mask: Any, streamer: Any, *, pad: int, max_new_tokens: int,
+         temperature: float, seed: int | None, cache: Any = None, first_logits: bool = False) -> Any:
+    """The one call of the model's ``generate`` in vqa. A seed applies to this call only (the global RNG
+    is restored afterwards)."""
+    import torch
+
+    extra = {"output_logits": True, "return_dict_in_generate": True} if first_logits else {}
+    devices = [ids.device.index or 0] if ids.device.type == "cuda" else []
+    with torch.inference_mode(), torch.random.fork_rng(devices=devices, enabled=seed is not None and temperature > 0):
+        if seed is not None and temperature > 0:
+            torch.manual_seed(seed)
+        return model.generate(input_ids=ids, inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
+                              streamer=streamer, pad_token_id=pad, **cache_kwargs(model, cache),
+                              **sampling_kwargs(temperature), **extra)
 
 
 def generate(
@@ -88,25 +115,24 @@ def generate(
     temperature: float = 0.0,
     seed: int | None = None,
     on_text: Callable[[str], None] | None = None,
+    cache: Any = None,
+    first_logits: bool = False,
 ) -> Generation:
-    """Generate from prompt embeddings, streaming text to ``on_text``."""
+    """Generate from prompt embeddings [1, L, D], streaming text to ``on_text``.
+
+    ``cache``: a KV cache holding a prefix of the prompt (only the rest is prefilled). ``first_logits``
+    keeps the raw logits of the first new token (for checking a cached prefill against a full one).
+    """
     import torch
 
     streamer = TimedTextStreamer(tokenizer, on_text)
-    attention_mask = torch.ones_like(ids)
-    with torch.inference_mode():
-        model.generate(
-            input_ids=ids,
-            inputs_embeds=embeds,
-            attention_mask=attention_mask,
-            max_new_tokens=max_new_tokens,
-            streamer=streamer,
-            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-            **sampling_kwargs(temperature, seed),
-        )
+    out = _run(model, ids, embeds, torch.ones_like(ids), streamer, pad=pad_id(tokenizer), max_new_tokens=max_new_tokens,
+               temperature=temperature, seed=seed, cache=cache, first_logits=first_logits)
     total = time.perf_counter() - streamer.started
     first = (streamer.first_token_at or time.perf_counter()) - streamer.started
-    return Generation(streamer.text.strip(), len(streamer.tokens), first, total)
+    sequences = out.sequences if first_logits else out
+    logits = out.logits[0][0].clone() if first_logits else None  # step 0, row 0: before any logits processor
+    return Generation(streamer.text.strip(), len(streamer.tokens), first, total, sequences[0].tolist(), logits)
 
 
 class TokenClock(BaseStreamer):
@@ -157,19 +183,11 @@ def generate_batch(
     """Left-padded batched generation for several prompts at once (no streaming)."""
     import torch
 
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    ids, embeds, mask = left_pad(rows, pad_id)
+    pad = pad_id(tokenizer)
+    ids, embeds, mask = left_pad(rows, pad)
     clock = TokenClock()
-    with torch.inference_mode():
-        out = model.generate(
-            input_ids=ids,
-            inputs_embeds=embeds,
-            attention_mask=mask,
-            max_new_tokens=max_new_tokens,
-            streamer=clock,
-            pad_token_id=pad_id,
-            **sampling_kwargs(temperature, seed),
-        )
+    out = _run(model, ids, embeds, mask, clock, pad=pad, max_new_tokens=max_new_tokens, temperature=temperature,
+               seed=seed)
     total = time.perf_counter() - clock.started
     first = (clock.first_token_at or time.perf_counter()) - clock.started
     new = out[:, ids.shape[1]:] if out.shape[1] > ids.shape[1] and torch.equal(out[:, :ids.shape[1]], ids) else out

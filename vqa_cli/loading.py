@@ -17,7 +17,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from vqa_cli import console
 from vqa_cli.errors import (
@@ -30,8 +30,10 @@ from vqa_cli.errors import (
 from vqa_cli.models.base import FamilyAdapter
 from vqa_cli.models.registry import CHECKPOINTS, DEFAULT_MODEL, adapter_for, family_for_model_type, resolve_alias
 
-QUANTS = ("4bit", "8bit", "none")
-DTYPES = ("auto", "float32", "float16", "bfloat16")
+Quant = Literal["4bit", "8bit", "none"]  # bitsandbytes 4-bit NF4, 8-bit, or full precision
+Dtype = Literal["auto", "float32", "float16", "bfloat16"]
+QUANTS: tuple[str, ...] = get_args(Quant)
+DTYPES: tuple[str, ...] = get_args(Dtype)
 CONFIG_PATTERNS = ["*.json", "*.jinja", "tokenizer.model", "*.txt", "*.tiktoken"]
 WEIGHT_PATTERNS = ["*.safetensors"]
 CONFIG_FILE = "config.json"
@@ -297,13 +299,15 @@ def load_weights(cls: Any, model_dir: Path, **kwargs: Any) -> Any:
     return model
 
 
-def resolve_device(device: str | None) -> str:
-    """The device a request runs on: ``cuda`` when available and none was asked for, else ``cpu``."""
+def resolve_device(device: str | None, *, planning: bool = False) -> str:
+    """The device a request runs on: ``cuda`` when available and none was asked for, else ``cpu``.
+
+    ``planning`` (``--plan``) may name a device this machine lacks (a plan for a GPU made on a laptop)."""
     import torch
 
     if device in (None, "", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    if device.startswith("cuda") and not planning and not torch.cuda.is_available():
         raise UsageError(f"--device {device}: no CUDA GPU is available here")
     return device
 
@@ -325,12 +329,15 @@ def resolve_quant(quant: str | None, device: str) -> str:
     return quant
 
 
-def resolve_dtype(dtype: str | None, device: str) -> Any:
+def resolve_dtype(dtype: str | None, device: str, *, planning: bool = False) -> Any:
+    """The compute dtype: bfloat16 on a GPU that has it (float16 otherwise), float32 on the CPU.
+
+    ``planning`` assumes a GPU has bfloat16 (the device may not be on this machine)."""
     import torch
 
     if dtype in (None, "", "auto"):
         if device.startswith("cuda"):
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.bfloat16 if planning or torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
     if dtype not in DTYPES:
         raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")

@@ -1,8 +1,11 @@
 """Aggregation modes: per-frame token grids in, one visual token sequence out.
 
-The tensor maths are pure functions on ``[T, h, w, D]`` grids so each mode can be checked on
-random tensors against the papers' formulas. ``plan_tokens`` computes the same layout from the
-geometry alone (no tensors, no torch) for ``--plan``, RoPE scaling and the placeholder count.
+Each mode is one ``Mode`` object, registered in ``REGISTRY`` and found by name with ``mode_for``
+(as model families are found in ``vqa_cli/models/registry.py``). A mode resolves its parameters
+from the family's grid, plans its token layout from the geometry alone (no tensors, no torch:
+``plan`` is what ``--plan``, RoPE scaling and the placeholder count use) and applies itself to a
+clip's frame features. The tensor maths are pure functions on ``[T, h, w, D]`` grids (below) so
+each mode can be checked on random tensors against the papers' formulas.
 
 - ``anyres`` (LLaVA-NeXT-Video): the checkpoint's own per-frame pooling (2x2 average at a
   24x24 grid, before the projector for LLaVA-NeXT-Video), frames concatenated.
@@ -14,19 +17,25 @@ geometry alone (no tensors, no torch) for ``--plan``, RoPE scaling and the place
   ``pool``; fewer frames than the pool's T are repeated (what adaptive pooling does).
   With ``guide`` (PPLLaVA): non-overlapping 3-D windows whose weights are the prompt relevance
   of each token, re-softmaxed inside the window at temperature 0.01.
+
+Adding a mode: a ``Mode`` subclass (a ``ProjectedMode`` when it works after the projector), its
+name in ``ModeName`` and an instance in ``REGISTRY``; see docs/modes.md.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, get_args
+
+from vqa_cli.errors import UsageError
 
 if TYPE_CHECKING:
     import torch
 
-MODES = ("anyres", "slowfast", "pooled")
-DEFAULT_MODE = "anyres"
+# The one list of mode names: the registry, the CLI's --mode choices and the records read it.
+ModeName = Literal["anyres", "slowfast", "pooled"]
+DEFAULT_MODE: ModeName = "anyres"
 
 # The papers' settings at the 24x24 grid they were published on; other grids derive from them.
 REFERENCE_GRID = 24
@@ -59,7 +68,7 @@ class Pathway:
 class ModeSettings:
     """A mode and its parameters. ``None`` means: derive from the family's grid."""
 
-    name: str = DEFAULT_MODE
+    name: ModeName = DEFAULT_MODE
     stride: int | None = None  # anyres: per-frame pooling stride override
     slow_frames: int | None = None  # slowfast
     fast_grid: int | None = None  # slowfast
@@ -74,7 +83,7 @@ class ModeSettings:
 
 @dataclass(frozen=True)
 class TokenPlan:
-    mode: str
+    mode: ModeName
     frames: int
     pathways: tuple[Pathway, ...] = field(default_factory=tuple)
 
@@ -87,13 +96,35 @@ class TokenPlan:
                 "pathways": [p.to_dict() for p in self.pathways]}
 
 
-def image_plan(tokens: int) -> TokenPlan:
-    """The layout of a still image through a family's AnyRes image path (its count known once encoded)."""
-    return TokenPlan("anyres", 1, (Pathway("image", (0,), (tokens,), tokens),))
+class ModeGeometry(Protocol):
+    """What a mode reads of a family's geometry: a ``vqa_cli.models.base.Geometry`` has all of it."""
+
+    @property
+    def grid(self) -> tuple[int, int]: ...  # patch grid per frame (h, w)
+    @property
+    def native_stride(self) -> int: ...  # the family's own per-frame pooling stride
+    @property
+    def native_ceil(self) -> bool: ...  # its pooling rounds the grid up
+    @property
+    def video_suffix_tokens(self) -> int: ...  # tokens its own path appends once per video
+    @property
+    def frame_prefix_tokens(self) -> int: ...  # tokens its own path puts before each frame's grid
 
 
-def default_frames(mode: str, family_default: int) -> int:
-    return {"anyres": family_default, "slowfast": SLOWFAST_FRAMES, "pooled": POOLED_FRAMES}[mode]
+@dataclass(frozen=True)
+class GridGeometry:
+    """A ``ModeGeometry`` on its own, without a checkpoint (the module-level wrappers, ``REFERENCE_GEOMETRY``)."""
+
+    grid: tuple[int, int]
+    native_stride: int
+    native_ceil: bool = False
+    video_suffix_tokens: int = 0
+    frame_prefix_tokens: int = 0
+
+
+# The papers' 24x24 grid with LLaVA-NeXT-Video's 2x2 pooling: which frames feed which pathway does not depend
+# on the grid, so this stands in for the model's geometry where only the frame selection matters.
+REFERENCE_GEOMETRY = GridGeometry((REFERENCE_GRID, REFERENCE_GRID), 2)
 
 
 def _scaled(value: int, grid_side: int) -> int:
@@ -107,27 +138,179 @@ def slow_positions(num_frames: int, slow_frames: int) -> list[int]:
     return [int(math.floor(i * num_frames / slow)) for i in range(slow)]
 
 
-def resolve(settings: ModeSettings, grid: tuple[int, int], native_stride: int) -> ModeSettings:
-    """Fill every ``None`` parameter from the family's grid so each mode keeps its meaning."""
-    side = min(grid)
-    if settings.name == "anyres":
-        return ModeSettings("anyres", stride=settings.stride or native_stride)
-    if settings.name == "slowfast":
+# ---- the modes ----------------------------------------------------------------------------
+
+
+class Mode:
+    """Base class: one subclass per mode, one instance of each in ``REGISTRY``.
+
+    ``resolve`` fills the settings' unset parameters; ``layout`` and ``apply`` take resolved settings.
+    """
+
+    name: ClassVar[ModeName]
+
+    def default_frames(self, family_default: int) -> int:
+        """Frames sampled when the request does not say."""
+        raise NotImplementedError
+
+    def resolve(self, settings: ModeSettings, geometry: ModeGeometry) -> ModeSettings:
+        """Every ``None`` parameter filled from the family's grid, so the mode keeps its meaning there."""
+        raise NotImplementedError
+
+    def layout(self, settings: ModeSettings, num_frames: int, geometry: ModeGeometry) -> tuple[Pathway, ...]:
+        """The token blocks ``apply`` produces for ``num_frames`` frames, from the geometry alone."""
+        raise NotImplementedError
+
+    def apply(self, settings: ModeSettings, frames: Any, *, adapter: Any, model: Any, guide: Any = None,
+              prompt_text: str = "") -> torch.Tensor:
+        """A clip's ``FrameFeatures`` (vision tower output) -> its visual token sequence [N, D] in LM space.
+
+        ``adapter`` is the family's ``FamilyAdapter`` and ``model`` the loaded weights; ``guide`` (a
+        ``vqa_cli.guide.Guide``) and ``prompt_text`` serve modes that weigh tokens by the prompt."""
+        raise NotImplementedError
+
+    def plan(self, settings: ModeSettings, num_frames: int, geometry: ModeGeometry) -> TokenPlan:
+        return TokenPlan(self.name, num_frames, self.layout(self.resolve(settings, geometry), num_frames, geometry))
+
+
+class AnyRes(Mode):
+    """The checkpoint's own video path (``adapter.native_tokens``), optionally at another pooling stride."""
+
+    name = "anyres"
+
+    def default_frames(self, family_default: int) -> int:
+        return family_default
+
+    def resolve(self, settings: ModeSettings, geometry: ModeGeometry) -> ModeSettings:
+        return ModeSettings("anyres", stride=settings.stride or geometry.native_stride)
+
+    def layout(self, settings: ModeSettings, num_frames: int, geometry: ModeGeometry) -> tuple[Pathway, ...]:
+        (h, w), s = geometry.grid, settings.stride
+        gh, gw = (-(-h // s), -(-w // s)) if geometry.native_ceil else (h // s, w // s)
+        per_frame = geometry.frame_prefix_tokens + gh * gw
+        blocks = [Pathway("frames", tuple(range(num_frames)), (gh, gw), num_frames * per_frame)]
+        if geometry.video_suffix_tokens:
+            n = geometry.video_suffix_tokens
+            blocks.append(Pathway("suffix", (), (n,), n))
+        return tuple(blocks)
+
+    def apply(self, settings: ModeSettings, frames: Any, *, adapter: Any, model: Any, guide: Any = None,
+              prompt_text: str = "") -> torch.Tensor:
+        return adapter.native_tokens(model, frames, settings.stride)
+
+
+class ProjectedMode(Mode):
+    """A mode that pools the projected patch grid: every frame through the projector first, then ``pool``."""
+
+    def apply(self, settings: ModeSettings, frames: Any, *, adapter: Any, model: Any, guide: Any = None,
+              prompt_text: str = "") -> torch.Tensor:
+        projected = adapter.project(model, frames.grid)  # [T, h, w, D]
+        return self.pool(settings, projected, frames.grid, guide, prompt_text)
+
+    def pool(self, settings: ModeSettings, projected: torch.Tensor, grid: torch.Tensor, guide: Any,
+             prompt_text: str) -> torch.Tensor:
+        """Projected grid [T, h, w, D] (and the tower's grid [T, h, w, Dv] it came from) -> [N, D]."""
+        raise NotImplementedError
+
+
+class SlowFast(ProjectedMode):
+    """SlowFast-LLaVA: slow frames at fine detail, then every frame coarsely."""
+
+    name = "slowfast"
+
+    def default_frames(self, family_default: int) -> int:
+        return SLOWFAST_FRAMES
+
+    def resolve(self, settings: ModeSettings, geometry: ModeGeometry) -> ModeSettings:
         return ModeSettings(
             "slowfast",
             slow_frames=settings.slow_frames or SLOWFAST_SLOW_FRAMES,
-            fast_grid=settings.fast_grid or _scaled(SLOWFAST_FAST_GRID, side),
+            fast_grid=settings.fast_grid or _scaled(SLOWFAST_FAST_GRID, min(geometry.grid)),
         )
-    if settings.name == "pooled":
+
+    def layout(self, settings: ModeSettings, num_frames: int, geometry: ModeGeometry) -> tuple[Pathway, ...]:
+        h, w = geometry.grid
+        slow = tuple(slow_positions(num_frames, settings.slow_frames))
+        sw = (w + 1) // 2
+        fg = min(settings.fast_grid, h), min(settings.fast_grid, w)
+        return (
+            Pathway("slow", slow, (h, sw), len(slow) * h * sw),
+            Pathway("fast", tuple(range(num_frames)), fg, num_frames * fg[0] * fg[1]),
+        )
+
+    def pool(self, settings: ModeSettings, projected: torch.Tensor, grid: torch.Tensor, guide: Any,
+             prompt_text: str) -> torch.Tensor:
+        return slowfast(projected, settings.slow_frames, settings.fast_grid)
+
+
+class Pooled(ProjectedMode):
+    """PLLaVA's 3-D adaptive average or, with ``guide``, PPLLaVA's prompt-guided windows."""
+
+    name = "pooled"
+
+    def default_frames(self, family_default: int) -> int:
+        return POOLED_FRAMES
+
+    def resolve(self, settings: ModeSettings, geometry: ModeGeometry) -> ModeSettings:
+        h, w = geometry.grid
         if settings.guide:
             kernel = settings.guide_kernel or (
-                GUIDE_KERNEL_T, math.ceil(grid[0] / _scaled(GUIDE_SIDE, grid[0])),
-                math.ceil(grid[1] / _scaled(GUIDE_SIDE, grid[1])),
+                GUIDE_KERNEL_T, math.ceil(h / _scaled(GUIDE_SIDE, h)), math.ceil(w / _scaled(GUIDE_SIDE, w)),
             )
             return ModeSettings("pooled", guide=True, guide_kernel=tuple(kernel))
-        pool = settings.pool or (POOLED_T, _scaled(POOLED_SIDE, grid[0]), _scaled(POOLED_SIDE, grid[1]))
+        pool = settings.pool or (POOLED_T, _scaled(POOLED_SIDE, h), _scaled(POOLED_SIDE, w))
         return ModeSettings("pooled", pool=tuple(pool))
-    raise ValueError(f"unknown mode {settings.name!r}")
+
+    def layout(self, settings: ModeSettings, num_frames: int, geometry: ModeGeometry) -> tuple[Pathway, ...]:
+        h, w = geometry.grid
+        if settings.guide:
+            kt, kh, kw = settings.guide_kernel
+            name, out = "guided", (math.ceil(num_frames / kt), math.ceil(h / kh), math.ceil(w / kw))
+        else:
+            name, out = "pooled", tuple(settings.pool)
+        return (Pathway(name, tuple(range(num_frames)), out, math.prod(out)),)
+
+    def pool(self, settings: ModeSettings, projected: torch.Tensor, grid: torch.Tensor, guide: Any,
+             prompt_text: str) -> torch.Tensor:
+        if settings.guide:
+            if guide is None:
+                raise UsageError("prompt-guided pooling needs an engine loaded with --guide")
+            weights = guide.relevance(grid, prompt_text)
+            return guided_pool(projected, weights.to(projected.device), settings.guide_kernel)
+        return pooled(projected, settings.pool)
+
+
+REGISTRY: tuple[Mode, ...] = (AnyRes(), SlowFast(), Pooled())
+
+
+def mode_for(name: str) -> Mode:
+    """The registered mode called ``name``; any other name is refused."""
+    for mode in REGISTRY:
+        if mode.name == name:
+            return mode
+    raise UsageError(f"unknown mode {name!r} (known: {', '.join(get_args(ModeName))})")
+
+
+def plan(settings: ModeSettings, num_frames: int, geometry: ModeGeometry) -> TokenPlan:
+    """The visual token layout of ``settings``' mode for ``num_frames`` frames of a family's ``geometry``."""
+    return mode_for(settings.name).plan(settings, num_frames, geometry)
+
+
+def image_plan(tokens: int) -> TokenPlan:
+    """The layout of a still image through a family's AnyRes image path (its count known once encoded)."""
+    return TokenPlan("anyres", 1, (Pathway("image", (0,), (tokens,), tokens),))
+
+
+# ---- the former module-level API, kept for callers not yet on the registry -----------------
+
+
+def default_frames(mode: str, family_default: int) -> int:
+    return mode_for(mode).default_frames(family_default)
+
+
+def resolve(settings: ModeSettings, grid: tuple[int, int], native_stride: int) -> ModeSettings:
+    """``mode_for(settings.name).resolve`` at a bare grid and native stride."""
+    return mode_for(settings.name).resolve(settings, GridGeometry(grid, native_stride))
 
 
 def plan_tokens(
@@ -140,38 +323,10 @@ def plan_tokens(
     suffix_tokens: int = 0,
     frame_prefix_tokens: int = 0,
 ) -> TokenPlan:
-    """The visual token layout of a mode, from the geometry alone.
-
-    ``native_ceil``, ``suffix_tokens`` and ``frame_prefix_tokens`` describe the family's own
-    (anyres) path: whether its pooling rounds the grid up, tokens it appends once per video, and
-    tokens it puts before each frame's grid (Video-LLaVA's CLS).
-    """
-    s = resolve(settings, grid, native_stride)
-    h, w = grid
-    every = tuple(range(num_frames))
-    if s.name == "anyres":
-        if native_ceil:
-            gh, gw = -(-h // s.stride), -(-w // s.stride)
-        else:
-            gh, gw = h // s.stride, w // s.stride
-        blocks = [Pathway("frames", every, (gh, gw), num_frames * (frame_prefix_tokens + gh * gw))]
-        if suffix_tokens:
-            blocks.append(Pathway("suffix", (), (suffix_tokens,), suffix_tokens))
-        return TokenPlan("anyres", num_frames, tuple(blocks))
-    if s.name == "slowfast":
-        slow = tuple(slow_positions(num_frames, s.slow_frames))
-        sw = (w + 1) // 2
-        fg = min(s.fast_grid, h), min(s.fast_grid, w)
-        return TokenPlan("slowfast", num_frames, (
-            Pathway("slow", slow, (h, sw), len(slow) * h * sw),
-            Pathway("fast", every, fg, num_frames * fg[0] * fg[1]),
-        ))
-    if s.guide:
-        kt, kh, kw = s.guide_kernel
-        t, ph, pw = math.ceil(num_frames / kt), math.ceil(h / kh), math.ceil(w / kw)
-        return TokenPlan("pooled", num_frames, (Pathway("guided", every, (t, ph, pw), t * ph * pw),))
-    t, ph, pw = s.pool
-    return TokenPlan("pooled", num_frames, (Pathway("pooled", every, (t, ph, pw), t * ph * pw),))
+    """``plan`` with the geometry spelled out: ``native_ceil``, ``suffix_tokens`` and ``frame_prefix_tokens``
+    describe the family's own (anyres) path (see ``ModeGeometry``)."""
+    return plan(settings, num_frames, GridGeometry(grid, native_stride, native_ceil, suffix_tokens,
+                                                   frame_prefix_tokens))
 
 
 # ---- tensor maths (pure functions) ------------------------------------------------------

@@ -13,7 +13,7 @@ from typing import Any
 
 # Bytes per quantized weight, scales included: NF4 with double quantization stores 4 bits plus
 # about 0.127 bits of constants per weight; LLM.int8 stores 8 bits plus one fp32 scale per row.
-_QUANT_BYTES = {"4bit": 0.5 + 0.127 / 8, "8bit": 1.0}
+QUANT_BYTES = {"4bit": 0.5 + 0.127 / 8, "8bit": 1.0}
 
 
 @dataclass
@@ -57,8 +57,8 @@ def count_parameters(adapter: Any) -> tuple[int, int]:
 
 def estimate_memory(adapter: Any, quant: str, dtype_bytes: int, total_tokens: int) -> MemoryEstimate:
     total, quantizable = count_parameters(adapter)
-    quantized = quantizable if quant in _QUANT_BYTES else 0
-    weight_bytes = (total - quantized) * dtype_bytes + int(quantized * _QUANT_BYTES.get(quant, 0))
+    quantized = quantizable if quant in QUANT_BYTES else 0
+    weight_bytes = (total - quantized) * dtype_bytes + int(quantized * QUANT_BYTES.get(quant, 0))
     g = adapter.geometry()
     kv = 2 * g.text_layers * g.kv_heads * g.head_dim * total_tokens * dtype_bytes
     return MemoryEstimate(total, quantized, int(weight_bytes), int(kv))

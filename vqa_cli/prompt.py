@@ -44,15 +44,21 @@ def time_instruction(duration: float, timestamps: list[float]) -> str:
     return TIME_INSTRUCTION.format(duration=duration, frames=len(timestamps), times=times)
 
 
-def render(tokenizer: Any, template: str, question: str, *, system: str | None = None, media: str = "video") -> str:
-    """One user turn holding the video (or image) and the question, ready for the assistant's answer."""
-    messages: list[dict] = []
-    if system:
-        messages.append({"role": "system", "content": [{"type": "text", "text": system}]})
-    messages.append({"role": "user", "content": [{"type": media}, {"type": "text", "text": question}]})
-    return tokenizer.apply_chat_template(
-        messages, chat_template=template, tokenize=False, add_generation_prompt=True
-    )
+def render(tokenizer: Any, template: str, conversation: str | list[dict], *, media: str = "video",
+           time_text: str | None = None) -> str:
+    """The one prompt renderer: a conversation through the checkpoint's chat template, ready for the answer.
+
+    ``conversation`` is the question, or the turns so far as ``[{"role": "user"|"assistant", "text": ...}]``
+    starting with the user. The first user turn holds the video (or image, ``media``) and, before its
+    text, ``time_text`` (the time instruction).
+    """
+    turns = [{"role": "user", "text": conversation}] if isinstance(conversation, str) else conversation
+    messages = []
+    for i, turn in enumerate(turns):
+        text = f"{time_text}\n{turn['text']}" if i == 0 and time_text else turn["text"]
+        content = ([{"type": media}] if i == 0 else []) + [{"type": "text", "text": text}]
+        messages.append({"role": turn["role"], "content": content})
+    return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=True)
 
 
 def token_ids(tokenizer: Any, text: str) -> list[int]:

@@ -1,0 +1,104 @@
+"""``vqa ask``: answer questions about one video."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from vqa_cli.cli.options import (
+    DeviceOpt,
+    DtypeOpt,
+    EndOpt,
+    FastGridOpt,
+    FpsOpt,
+    FramesOpt,
+    GuideKernelOpt,
+    GuideModelOpt,
+    GuideOpt,
+    JsonOpt,
+    MaxFramesOpt,
+    MaxNewTokensOpt,
+    ModelOpt,
+    ModeOpt,
+    PoolOpt,
+    QuantOpt,
+    RopeScaleOpt,
+    RopeTypeOpt,
+    SeedOpt,
+    SeekOpt,
+    SlowFramesOpt,
+    StartOpt,
+    StrideOpt,
+    TemperatureOpt,
+    TimePromptOpt,
+    VideoArg,
+    run_settings,
+)
+from vqa_cli.errors import UsageError
+from vqa_cli.modes import DEFAULT_MODE
+
+
+def ask(
+    video: VideoArg,
+    questions: Annotated[list[str] | None, typer.Argument(help="One or more questions (the video is encoded once).",
+                                                          show_default=False)] = None,
+    questions_file: Annotated[str | None, typer.Option("--questions", help="More questions, one per line (- = stdin).",
+                                                       show_default=False)] = None,
+    as_json: JsonOpt = False,
+    plan: Annotated[bool, typer.Option("--plan", help="Show frames, tokens, RoPE and memory without running.")] = False,
+    frames: FramesOpt = None,
+    fps: FpsOpt = None,
+    max_frames: MaxFramesOpt = None,
+    seek: SeekOpt = "auto",
+    start: StartOpt = None,
+    end: EndOpt = None,
+    model: ModelOpt = None,
+    mode: ModeOpt = DEFAULT_MODE,
+    quant: QuantOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    max_new_tokens: MaxNewTokensOpt = 256,
+    temperature: TemperatureOpt = 0.0,
+    seed: SeedOpt = None,
+    stride: StrideOpt = None,
+    slow_frames: SlowFramesOpt = None,
+    fast_grid: FastGridOpt = None,
+    pool: PoolOpt = None,
+    rope_scale: RopeScaleOpt = None,
+    rope_type: RopeTypeOpt = "linear",
+    time_prompt: TimePromptOpt = False,
+    guide: GuideOpt = False,
+    guide_model: GuideModelOpt = None,
+    guide_kernel: GuideKernelOpt = None,
+) -> int:
+    """Answer questions about a video, streaming the answers to stdout."""
+    from vqa_cli.ask import run_ask
+
+    asked = list(questions or []) + _read_questions(questions_file)
+    if not asked:
+        raise UsageError("give a question (or --questions FILE)")
+
+    settings = run_settings(
+        frames=frames, fps=fps, max_frames=max_frames, seek=seek, start=start, end=end,
+        model=model, mode=mode, quant=quant, device=device, dtype=dtype, max_new_tokens=max_new_tokens,
+        temperature=temperature, seed=seed, stride=stride, slow_frames=slow_frames, fast_grid=fast_grid, pool=pool,
+        rope_scale=rope_scale, rope_type=rope_type, time_prompt=time_prompt,
+        guide=guide, guide_model=guide_model, guide_kernel=guide_kernel,
+    )
+    return run_ask(settings, video, asked, as_json=as_json, plan_only=plan)
+
+
+def _read_questions(path: str | None) -> list[str]:
+    if not path:
+        return []
+    if path == "-":
+        lines = sys.stdin.read().splitlines()
+    else:
+        try:
+            with open(path, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except OSError as exc:
+            raise UsageError(f"cannot read --questions {path!r}: {exc.strerror}") from None
+    return [line.strip() for line in lines if line.strip()]

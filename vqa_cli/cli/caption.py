@@ -1,0 +1,88 @@
+"""``vqa caption``: one JSON Lines record per video, for folders of them."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from vqa_cli.cli.options import (
+    DeviceOpt,
+    DtypeOpt,
+    EndOpt,
+    FastGridOpt,
+    FpsOpt,
+    FramesOpt,
+    GuideKernelOpt,
+    GuideModelOpt,
+    GuideOpt,
+    MaxFramesOpt,
+    MaxNewTokensOpt,
+    ModelOpt,
+    ModeOpt,
+    PoolOpt,
+    QuantOpt,
+    RopeScaleOpt,
+    RopeTypeOpt,
+    SeedOpt,
+    SeekOpt,
+    SlowFramesOpt,
+    StartOpt,
+    StrideOpt,
+    TemperatureOpt,
+    TimePromptOpt,
+    run_settings,
+)
+from vqa_cli.modes import DEFAULT_MODE
+
+
+def caption(
+    paths: Annotated[list[str], typer.Argument(help="Videos, folders (recursive) or - for paths on stdin.",
+                                               show_default=False)],
+    out: Annotated[str, typer.Option("--out", "-o", help="JSON Lines output (- for stdout); re-runs resume it.")] = "-",
+    prompt: Annotated[str | None, typer.Option("--prompt", help="The captioning instruction.",
+                                               show_default=False)] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Videos per generate call.")] = 4,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Decode-ahead threads.")] = 2,
+    shard: Annotated[str | None, typer.Option("--shard", help="Take share I of N (I/N, 0-based): array jobs.",
+                                              show_default=False)] = None,
+    summary: Annotated[str | None, typer.Option("--summary", help="Also write the run summary as JSON here.",
+                                                show_default=False)] = None,
+    frames: FramesOpt = None,
+    fps: FpsOpt = None,
+    max_frames: MaxFramesOpt = None,
+    seek: SeekOpt = "auto",
+    start: StartOpt = None,
+    end: EndOpt = None,
+    model: ModelOpt = None,
+    mode: ModeOpt = DEFAULT_MODE,
+    quant: QuantOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    max_new_tokens: MaxNewTokensOpt = 256,
+    temperature: TemperatureOpt = 0.0,
+    seed: SeedOpt = None,
+    stride: StrideOpt = None,
+    slow_frames: SlowFramesOpt = None,
+    fast_grid: FastGridOpt = None,
+    pool: PoolOpt = None,
+    rope_scale: RopeScaleOpt = None,
+    rope_type: RopeTypeOpt = "linear",
+    time_prompt: TimePromptOpt = False,
+    guide: GuideOpt = False,
+    guide_model: GuideModelOpt = None,
+    guide_kernel: GuideKernelOpt = None,
+) -> int:
+    """Caption videos into JSON Lines, one record per video. Exit 0: all captioned; 1: some failed; 2: usage."""
+    from vqa_cli.caption import run_caption
+    from vqa_cli.prompt import DEFAULT_CAPTION_PROMPT
+
+    settings = run_settings(
+        frames=frames, fps=fps, max_frames=max_frames, seek=seek, start=start, end=end,
+        model=model, mode=mode, quant=quant, device=device, dtype=dtype, max_new_tokens=max_new_tokens,
+        temperature=temperature, seed=seed, stride=stride, slow_frames=slow_frames, fast_grid=fast_grid, pool=pool,
+        rope_scale=rope_scale, rope_type=rope_type, time_prompt=time_prompt,
+        guide=guide, guide_model=guide_model, guide_kernel=guide_kernel,
+    )
+    return run_caption(settings, paths, out, prompt if prompt is not None else DEFAULT_CAPTION_PROMPT,
+                       batch_size=batch_size, workers=workers, shard=shard, summary_path=summary)

@@ -1,0 +1,66 @@
+"""``vqa chat``: a conversation about one video."""
+
+from __future__ import annotations
+
+from vqa_cli.cli.options import (
+    DeviceOpt,
+    DtypeOpt,
+    EndOpt,
+    FastGridOpt,
+    FpsOpt,
+    FramesOpt,
+    MaxFramesOpt,
+    MaxNewTokensOpt,
+    ModelOpt,
+    ModeOpt,
+    PoolOpt,
+    QuantOpt,
+    RopeScaleOpt,
+    RopeTypeOpt,
+    SeedOpt,
+    SeekOpt,
+    SlowFramesOpt,
+    StartOpt,
+    StrideOpt,
+    TemperatureOpt,
+    TimePromptOpt,
+    VideoArg,
+    run_settings,
+)
+from vqa_cli.modes import DEFAULT_MODE
+
+
+def chat(
+    video: VideoArg,
+    frames: FramesOpt = None,
+    fps: FpsOpt = None,
+    max_frames: MaxFramesOpt = None,
+    seek: SeekOpt = "auto",
+    start: StartOpt = None,
+    end: EndOpt = None,
+    model: ModelOpt = None,
+    mode: ModeOpt = DEFAULT_MODE,
+    quant: QuantOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    max_new_tokens: MaxNewTokensOpt = 256,
+    temperature: TemperatureOpt = 0.0,
+    seed: SeedOpt = None,
+    stride: StrideOpt = None,
+    slow_frames: SlowFramesOpt = None,
+    fast_grid: FastGridOpt = None,
+    pool: PoolOpt = None,
+    rope_scale: RopeScaleOpt = None,
+    rope_type: RopeTypeOpt = "linear",
+    time_prompt: TimePromptOpt = False,
+) -> int:
+    """Talk about a video: the conversation stays in the KV cache (/reset, /frames, /save FILE, /quit)."""
+    from vqa_cli.chat import run_chat
+
+    settings = run_settings(
+        frames=frames, fps=fps, max_frames=max_frames, seek=seek, start=start, end=end,
+        model=model, mode=mode, quant=quant, device=device, dtype=dtype, max_new_tokens=max_new_tokens,
+        temperature=temperature, seed=seed, stride=stride, slow_frames=slow_frames, fast_grid=fast_grid, pool=pool,
+        rope_scale=rope_scale, rope_type=rope_type, time_prompt=time_prompt,
+    )
+    return run_chat(settings, video)

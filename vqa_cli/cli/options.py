@@ -1,0 +1,157 @@
+"""The options several commands share, each declared once, and ``run_settings``, which turns them into
+the ``RunSettings`` of a run.
+
+A command lists the options it takes as its own parameters, typed with the aliases below (a value's
+choices come from the ``Literal`` of the module that owns the concept), and passes them on to
+``run_settings`` by name. Nothing here imports torch: ``vqa --help`` reads these aliases.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Literal
+
+import typer
+
+from vqa_cli.errors import UsageError
+from vqa_cli.loading import Dtype, Quant
+from vqa_cli.modes import DEFAULT_MODE, ModeName, ModeSettings
+from vqa_cli.rope import RopeType
+from vqa_cli.video import SeekMode
+
+if TYPE_CHECKING:
+    from vqa_cli.engine import RunSettings
+
+Stride = Literal["1", "2", "4"]  # anyres per-frame pooling strides, as typed on the command line
+
+VideoArg = Annotated[str, typer.Argument(help="Video file (or an image).", show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")]
+
+# ---- which frames ---------------------------------------------------------------------------
+FramesOpt = Annotated[int | None, typer.Option("--frames", "-n", min=1, help="Frames to sample (default: the mode's).")]
+FpsOpt = Annotated[float | None, typer.Option("--fps", min=0.001, help="Sample at this rate instead of --frames.",
+                                              show_default=False)]
+MaxFramesOpt = Annotated[int | None, typer.Option("--max-frames", min=1, show_default=False,
+                                                  help="Cap for --fps (default: the mode's frames).")]
+SeekOpt = Annotated[SeekMode, typer.Option(
+    "--seek", help="exact frames, nearest keyframes (fast on long videos), or auto (keyframes when exact would decode "
+    "over 1000 frames).")]
+StartOpt = Annotated[float | None, typer.Option("--start", min=0, help="Window start, seconds.")]
+EndOpt = Annotated[float | None, typer.Option("--end", min=0, help="Window end, seconds.")]
+
+# ---- which model, mode, precision and decoding -----------------------------------------------
+ModelOpt = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="Hub id, local directory or alias (default: $VQA_MODEL or llava-next-video-7b).",
+                 show_default=False),
+]
+ModeOpt = Annotated[ModeName, typer.Option("--mode", help="How frames become tokens.")]
+QuantOpt = Annotated[
+    Quant | None,
+    typer.Option("--quant",
+                 help="bitsandbytes quantization (default: 4bit with CUDA, none on CPU).", show_default=False),
+]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="cuda, cuda:1, cpu (default: cuda if available).")]
+DtypeOpt = Annotated[
+    Dtype | None,
+    typer.Option("--dtype",
+                 help="Compute dtype (default: bfloat16/float16 on GPU, float32 on CPU).", show_default=False),
+]
+MaxNewTokensOpt = Annotated[int, typer.Option("--max-new-tokens", min=1, help="Most tokens to generate.")]
+TemperatureOpt = Annotated[float, typer.Option("--temperature", min=0, help="0 = greedy and deterministic.")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed for sampling (temperature > 0).")]
+StrideOpt = Annotated[Stride | None, typer.Option("--stride", help="anyres: per-frame pooling stride.",
+                                                  show_default=False)]
+SlowFramesOpt = Annotated[int | None, typer.Option("--slow-frames", min=1, help="slowfast: slow-pathway frames.")]
+FastGridOpt = Annotated[int | None, typer.Option("--fast-grid", min=1, help="slowfast: fast-pathway grid side.")]
+PoolOpt = Annotated[str | None, typer.Option("--pool", help="pooled: output T,H,W (default 16,12,12 at 24x24).")]
+RopeScaleOpt = Annotated[float | None, typer.Option("--rope-scale", min=1, help="Force a RoPE scaling factor.")]
+RopeTypeOpt = Annotated[RopeType, typer.Option("--rope-type", help="RoPE scaling kind.")]
+TimePromptOpt = Annotated[bool, typer.Option("--time-prompt", help="Tell the model the duration and frame times.")]
+
+# ---- prompt-guided pooling --------------------------------------------------------------------
+GuideOpt = Annotated[bool, typer.Option("--guide", help="pooled: PPLLaVA prompt-guided pooling (needs a CLIP model).")]
+GuideModelOpt = Annotated[str | None, typer.Option("--guide-model", help="CLIP model for --guide "
+                                                   "(default: openai/clip-vit-large-patch14-336).", show_default=False)]
+GuideKernelOpt = Annotated[str | None, typer.Option("--guide-kernel", help="pooled --guide: window T,H,W "
+                                                    "(default 2,3,3 at 24x24).", show_default=False)]
+
+
+def run_settings(
+    *,
+    frames: int | None = None,
+    fps: float | None = None,
+    max_frames: int | None = None,
+    seek: SeekMode = "auto",
+    start: float | None = None,
+    end: float | None = None,
+    model: str | None = None,
+    mode: ModeName = DEFAULT_MODE,
+    quant: Quant | None = None,
+    device: str | None = None,
+    dtype: Dtype | None = None,
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    seed: int | None = None,
+    stride: Stride | None = None,
+    slow_frames: int | None = None,
+    fast_grid: int | None = None,
+    pool: str | None = None,
+    rope_scale: float | None = None,
+    rope_type: RopeType = "linear",
+    time_prompt: bool = False,
+    guide: bool = False,
+    guide_model: str | None = None,
+    guide_kernel: str | None = None,
+) -> RunSettings:
+    """The ``RunSettings`` of the options a command was given; an option a command lacks keeps the
+    default it has where it is an option (so ``vqa frames`` and ``vqa chat`` pass only theirs).
+
+    Raises ``UsageError`` for combinations the options cannot express on their own (a window that
+    ends before it starts, both --frames and --fps, --guide outside --mode pooled, ...).
+    """
+    from vqa_cli.engine import RunSettings
+    from vqa_cli.guide import DEFAULT_GUIDE_MODEL
+    from vqa_cli.loading import default_model
+
+    _check_window(start, end)
+    _check_rate(frames, fps, max_frames)
+    mode_settings = _mode_settings(mode, stride, slow_frames, fast_grid, pool, guide, guide_kernel)
+    return RunSettings(model=model or default_model(), mode=mode_settings, frames=frames, fps=fps,
+                       max_frames=max_frames, seek=seek, start=start, end=end, quant=quant, device=device, dtype=dtype,
+                       max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, rope_scale=rope_scale,
+                       rope_type=rope_type, time_prompt=time_prompt, guide_model=guide_model or DEFAULT_GUIDE_MODEL)
+
+
+def _check_window(start: float | None, end: float | None) -> None:
+    if start is not None and end is not None and end <= start:
+        raise UsageError("--end must be after --start")
+
+
+def _check_rate(frames: int | None, fps: float | None, max_frames: int | None) -> None:
+    if fps and frames:
+        raise UsageError("--frames and --fps are two ways to choose frames: pick one (--max-frames caps --fps)")
+    if max_frames and not fps:
+        raise UsageError("--max-frames caps --fps; with --frames give the count itself")
+
+
+def _mode_settings(mode: ModeName, stride: Stride | None, slow_frames: int | None, fast_grid: int | None,
+                   pool: str | None, guide: bool, guide_kernel: str | None) -> ModeSettings:
+    if (guide or guide_kernel) and mode != "pooled":
+        raise UsageError("--guide works with --mode pooled")
+    if guide and pool:
+        raise UsageError("--pool and --guide are two different poolings: pick one (--guide-kernel sets the window)")
+    return ModeSettings(mode, stride=int(stride) if stride else None, slow_frames=slow_frames,
+                        fast_grid=fast_grid, pool=_triple("--pool", pool), guide=guide,
+                        guide_kernel=_triple("--guide-kernel", guide_kernel))
+
+
+def _triple(flag: str, text: str | None) -> tuple[int, int, int] | None:
+    if not text:
+        return None
+    try:
+        values = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or min(values) < 1:
+        raise UsageError(f"{flag} takes three positive integers T,H,W, not {text!r}")
+    return values  # type: ignore[return-value]

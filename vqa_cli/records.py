@@ -1,0 +1,123 @@
+"""Every JSON record vqa prints or writes, each built here from one list of fields.
+
+- ``ask --json``: ``answer_record`` (one question) and ``answers_record`` (several);
+- ``caption``: ``caption_record`` and ``error_record`` share ``CAPTION_FIELDS`` (an error record has
+  every field, empty where nothing is known), identified by ``settings_id``;
+- ``frames --json``: ``frames_record``; chat ``/save``: ``transcript``.
+
+The field order is the order users see; docs/output.md and docs/usage.md describe the fields.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from vqa_cli.errors import describe, one_line
+
+# The clip's part of every record that has one.
+CLIP_FIELDS = ("frames", "frame_indices", "timestamps", "duration", "warnings")
+
+# ``ask --json``, in order; ``PER_ANSWER`` are the ones that differ between several questions.
+ANSWER_FIELDS = ("answer", "model", "family", "mode", "mode_settings", *CLIP_FIELDS, "visual_tokens", "pathways",
+                 "prompt_tokens", "rope_factor", "generated_tokens", "tokens_per_second", "timings", "device", "quant",
+                 "dtype")
+PER_ANSWER = ("answer", "generated_tokens", "tokens_per_second", "prompt_tokens")
+
+# One caption record per video, the same fields for a caption and an error; the value an error record has.
+CAPTION_FIELDS: dict[str, Any] = {
+    "video": None, "caption": None, "model": None, "mode": None, "frames": 0, "frame_indices": [], "timestamps": [],
+    "duration": None, "warnings": [], "visual_tokens": None, "rope_factor": None, "timings": {},
+    "generated_tokens": 0, "batch_size": None, "error": None, "error_kind": None, "settings_id": None,
+}
+
+FRAMES_FIELDS = ("video", *CLIP_FIELDS[:-1], "fps", "total_frames", "header_frames", "header_fps", "seek", "decoded",
+                 "damaged", "warnings", "mode", "pathways")
+
+
+def settings_id(identity: dict, prompt: str) -> str:
+    """A short stable hash of everything that decides a caption (``RunSettings.identity`` and the prompt)."""
+    blob = json.dumps({"settings": identity, "prompt": prompt}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def clip_fields(clip: Any) -> dict:
+    """What every record says about the sampled frames of ``clip`` (a ``video.Clip``)."""
+    return {"frames": len(clip.indices), "frame_indices": clip.indices, "timestamps": clip.timestamps,
+            "duration": clip.duration, "warnings": list(clip.warnings)}
+
+
+def _run_fields(engine: Any, clip: Any, budget: Any, timings: dict[str, float]) -> dict:
+    """The ``ask --json`` fields every answer about ``clip`` shares: model, mode, frames, tokens, placement."""
+    from vqa_cli import modes
+
+    settings, loaded, geometry = engine.settings, engine.loaded, engine.checkpoint.geometry
+    return {
+        "model": settings.model,
+        "family": engine.checkpoint.adapter.name,
+        "mode": settings.mode.name,
+        "mode_settings": modes.mode_for(settings.mode.name).resolve(settings.mode, geometry).to_dict(),
+        **clip_fields(clip),
+        "visual_tokens": budget.plan.total,
+        "pathways": [p.to_dict() for p in budget.plan.pathways],
+        "rope_factor": engine.rope_factor,
+        "timings": {k: round(v, 4) for k, v in timings.items()},
+        "device": loaded.device,
+        "quant": loaded.quant,
+        "dtype": str(loaded.dtype).removeprefix("torch."),
+    }
+
+
+def answer_record(engine: Any, clip: Any, budget: Any, *, answer: str, tokens: int, tokens_per_second: float,
+                  timings: dict[str, float]) -> dict:
+    """The ``ask --json`` fields of one answer (``ANSWER_FIELDS``) by ``engine`` about ``clip``."""
+    values = {**_run_fields(engine, clip, budget, timings), "answer": answer, "prompt_tokens": budget.prompt_tokens,
+              "generated_tokens": tokens, "tokens_per_second": round(tokens_per_second, 3)}
+    return {k: values[k] for k in ANSWER_FIELDS}
+
+
+def answers_record(video: str, answers: list[dict], engine: Any, clip: Any, budget: Any,
+                   timings: dict[str, float]) -> dict:
+    """``ask --json`` with several questions: the per-question ``answers``, then the fields they share."""
+    shared = _run_fields(engine, clip, budget, timings)
+    return {"video": video, "answers": answers, **{k: shared[k] for k in ANSWER_FIELDS if k in shared}}
+
+
+def question_record(turn: Any) -> dict:
+    """One of several questions' answers in ``ask --json`` (a ``conversation.Turn``)."""
+    gen = turn.generation
+    return {"question": turn.question, "answer": turn.answer, "generated_tokens": gen.tokens,
+            "tokens_per_second": round(gen.tokens_per_second, 3), "prompt_tokens_fed": turn.fed_tokens,
+            "timings": {"first_token": round(gen.first_token, 4), "generate": round(gen.total, 4)}}
+
+
+def caption_record(video: str, answer: dict, batch_size: int, sid: str) -> dict:
+    """A caption: ``answer`` is an ``answer_record`` of the caption prompt."""
+    values = {**answer, "video": video, "caption": answer["answer"], "batch_size": batch_size, "error": None,
+              "error_kind": None, "settings_id": sid}
+    return {k: values[k] for k in CAPTION_FIELDS}
+
+
+def error_record(video: str, settings: Any, sid: str, exc: BaseException, kind: str | None = None) -> dict:
+    """A video (or an input folder, ``kind="input"``) that got no caption: every field, empty, and the error."""
+    known = describe(exc)
+    empty = json.loads(json.dumps(CAPTION_FIELDS))  # fresh lists and dicts for every record
+    return {**empty, "video": video, "model": settings.model, "mode": settings.mode.name,
+            "error": known[2] if known else f"{type(exc).__name__}: {one_line(str(exc))}",
+            "error_kind": kind or (known[1] if known else "internal"), "settings_id": sid}
+
+
+def frames_record(video: str, clip: Any, mode: str, pathways: list[dict]) -> dict:
+    """``vqa frames --json``: the sampled frames, what was learnt about the file, and each pathway's frames."""
+    values = {**clip_fields(clip), "video": video, "fps": clip.fps, "total_frames": clip.frames_from_content,
+              "header_frames": clip.frames_from_header, "header_fps": clip.fps_from_header, "seek": clip.seek,
+              "decoded": clip.decoded, "damaged": clip.damaged, "warnings": clip.warnings, "mode": mode,
+              "pathways": pathways}
+    return {k: values[k] for k in FRAMES_FIELDS}
+
+
+def transcript(video: str, settings: Any, clip: Any, turns: list[dict]) -> dict:
+    """What chat ``/save`` writes: the clip's frames and the turns so far."""
+    return {"video": video, "model": settings.model, "mode": settings.mode.name, "frame_indices": clip.indices,
+            "timestamps": clip.timestamps, "turns": turns}

@@ -1,0 +1,83 @@
+"""Frame sampling with OpenCV: a video (or image) file -> sampled RGB frames with timestamps.
+
+Container headers are not trusted: the frame count and frame rate a file claims
+are often wrong.  The file is first read in OpenCV's demuxer-only mode, which
+decodes nothing: each video packet's own presentation time and keyframe flag
+make a *packet index* (``_index``).  With it:
+
+* ``seek="exact"`` returns exactly the frames a full sequential decode gives at
+  the requested indices, decoding as little as possible, in one of two ways:
+  seeking and grabbing (``_seeking``: OpenCV's FFmpeg backend seeks to the
+  keyframe at least 16 frames before the requested one and decodes forward,
+  which the planner in ``_plan`` models), or, for H.264 when that decodes
+  clearly fewer frames, decoding chosen packets (``_packets``: non-reference
+  frames that are not targets are left out), checked once per file against the
+  file's own decoder.
+* ``seek="keyframe"`` snaps each target to its nearest keyframe and decodes only
+  keyframes, from their packets (same checks); where keyframes do not decode from
+  their packets alone (VP8/VP9, Theora, open-GOP H.264) they are reached by seeking.
+* ``seek="auto"`` uses keyframe seeking when exact decoding would decode more
+  than ``DecodeOptions.auto_keyframe_above`` frames, every target has a keyframe
+  of its own and keyframe seeking would decode fewer frames (``_strategy``);
+  exact decoding otherwise.
+
+Which frames to take is pure logic over measured timestamps (``_sampling``).
+The index is trusted after a cheap end check: seeking to its last frame must
+decode that frame and nothing may follow.  Whenever the decoder disagrees with
+the index (damaged or truncated files, timestamps that repeat or jump back,
+streams that do not start with a keyframe), a counting pass (``_counting``)
+decodes the whole file sequentially instead, skipping and reporting undecodable
+packets.  Damage in parts of a file that are not decoded cannot be seen; there
+indices follow the packets (timestamps are always the frames' own).
+
+Modules, each depending only on those before it: ``_options``, ``_inputs``,
+``_capture``, ``_h264``, ``_sampling``, ``_index``, ``_plan``, ``_seeking``,
+``_packets``, ``_strategy``, ``_counting``, ``_sample``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vqa_cli.video._inputs import (
+    IMAGE_EXTENSIONS,
+    SEEK_MODES,
+    VIDEO_EXTENSIONS,
+    Clip,
+    SeekMode,
+    VideoError,
+    is_image_path,
+)
+from vqa_cli.video._options import AUTO_KEYFRAME_ABOVE, DecodeOptions, cpu_cores
+from vqa_cli.video._sampling import uniform_indices
+
+# The decoding side imports OpenCV and numpy: loaded on first use, so `vqa --help` (which reads
+# ``SeekMode``) stays fast.
+_LAZY = {"probe": "_capture", "read_image": "_capture", "sample_frames": "_sample"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from importlib import import_module
+
+        value = getattr(import_module(f"vqa_cli.video.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'vqa_cli.video' has no attribute {name!r}")
+
+__all__ = [
+    "AUTO_KEYFRAME_ABOVE",
+    "IMAGE_EXTENSIONS",
+    "SEEK_MODES",
+    "VIDEO_EXTENSIONS",
+    "Clip",
+    "DecodeOptions",
+    "SeekMode",
+    "VideoError",
+    "cpu_cores",
+    "is_image_path",
+    "probe",
+    "read_image",
+    "sample_frames",
+    "uniform_indices",
+]

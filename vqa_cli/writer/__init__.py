@@ -1,0 +1,50 @@
+"""Output files and the caption store: JSON Lines records appended as whole lines, and the rules that keep
+a user's files safe.
+
+- ``check_output`` runs before anything loads: vqa writes only to its own files (an existing
+  file must be vqa JSON Lines, or empty), never to an input, a folder, an unwritable place or a
+  full disk. Refusals are one-line ``OutputRefusedError`` (exit 2).
+- ``OutputLock``: one writer per output file, through ``flock`` on a lock file beside it
+  (released by the kernel when a process dies, even by ``kill -9``).
+- ``read_output`` reads what a killed run leaves behind; ``repair`` gives a complete last record
+  its missing newline and cuts only an unparsable, cut-off last line (never a complete record).
+- ``rewrite`` replaces a file atomically through an exclusively created temporary file beside the
+  real file (the target of a symlink), keeping its permissions.
+- ``JsonlWriter`` appends each record in one write; when the disk refuses a write, the file is cut
+  back to the last whole record and ``OutputWriteError`` (exit 1) says how many were written.
+- The store (``_store``): what is already captioned, resume, the clean-up of superseded error
+  records, and the part files of several processes merged into one output.
+"""
+
+from vqa_cli.writer._files import (
+    MAX_LINE_BYTES,
+    MIN_FREE_BYTES,
+    RECORD_KEYS,
+    SUMMARY_KEYS,
+    JsonlWriter,
+    Output,
+    Repair,
+    read_output,
+    read_records,
+    repair,
+    rewrite,
+    write_json,
+)
+from vqa_cli.writer._guard import NullLock, OutputLock, check_output, lock_path, locked
+from vqa_cli.writer._store import (
+    captioned,
+    compact,
+    merge_parts,
+    part_path,
+    part_paths,
+    resume,
+    same_file,
+    superseded,
+)
+
+__all__ = [
+    "MAX_LINE_BYTES", "MIN_FREE_BYTES", "RECORD_KEYS", "SUMMARY_KEYS", "JsonlWriter", "NullLock", "Output",
+    "OutputLock", "Repair", "captioned", "check_output", "compact", "lock_path", "locked", "merge_parts",
+    "part_path", "part_paths", "read_output", "read_records", "repair", "resume", "rewrite", "same_file",
+    "superseded", "write_json",
+]

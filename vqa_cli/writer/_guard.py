@@ -1,0 +1,171 @@
+"""Before anything loads, and while writing: vqa writes only to its own files, one process at a time."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from vqa_cli.errors import OutputBusyError, OutputRefusedError, OutputWriteError
+from vqa_cli.writer._files import MIN_FREE_BYTES, RECORD_KEYS, SUMMARY_KEYS, _is_record, _where, _writing, read_output
+
+# ---- checks before anything loads -----------------------------------------------------------
+
+
+def _existing_ancestor(path: Path) -> Path:
+    p = path
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _check_writable(path: str, flag: str) -> None:
+    """Refuse a place this process cannot write: a folder, a read-only file or folder, a full disk."""
+    real = Path(os.path.realpath(path))
+    if real.is_dir():
+        raise OutputRefusedError(f"{flag} {_where(path)} is a folder, not a file")
+    if real.exists() and not real.is_file():
+        raise OutputRefusedError(f"{flag} {_where(path)} is not a regular file")
+    folder = _existing_ancestor(real.parent)
+    if not folder.is_dir():
+        raise OutputRefusedError(f"{flag} {_where(path)}: {_where(folder)} is a file, not a folder")
+    # Try it rather than trust permission bits: root, ACLs and read-only mounts all answer truthfully.
+    if real.exists():
+        try:
+            with open(real, "ab"):
+                pass
+        except OSError as exc:
+            raise OutputRefusedError(f"cannot write {flag} {_where(path)}: {exc.strerror}") from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".vqa-write-check.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputRefusedError(f"cannot write {flag} {_where(path)}: {_where(folder)}: {exc.strerror}") from None
+    try:
+        fs = os.statvfs(folder)
+    except OSError:
+        return
+    if fs.f_bavail * fs.f_frsize < MIN_FREE_BYTES:
+        raise OutputWriteError(f"cannot write {flag} {_where(path)}: no space left on the device of {_where(folder)}")
+
+
+def check_output(path: str, inputs: Iterable[str], *, flag: str = "--out",
+                 keys: frozenset[str] | None = RECORD_KEYS) -> None:
+    """Everything that can be known about an output before the model loads; ``-`` (stdout) is always fine.
+
+    Refuses (``OutputRefusedError``, exit 2) an output that is one of the ``inputs``, an existing
+    file whose complete lines are not all vqa records (``keys``; ``SUMMARY_KEYS``: a vqa summary;
+    None: any file may be replaced), a folder, or a place that cannot be written; a full disk is
+    ``OutputWriteError`` (exit 1). Nothing is created or changed.
+    """
+    if path == "-":
+        return
+    real = Path(os.path.realpath(path))
+    if real.exists():
+        me = real.stat()
+        for video in inputs:
+            try:
+                same = os.path.samestat(me, os.stat(video))
+            except OSError:
+                same = False
+            if same:
+                raise OutputRefusedError(f"{flag} {_where(path)} is one of the input videos: refusing to overwrite it")
+    if keys is not None and real.is_file() and real.stat().st_size:
+        if keys == SUMMARY_KEYS:
+            _check_summary(path, real, flag)
+        else:
+            read_output(real, keys)
+    _check_writable(path, flag)
+
+
+def _check_summary(path: str, real: Path, flag: str) -> None:
+    try:
+        obj = json.loads(real.read_bytes())
+    except (ValueError, UnicodeDecodeError, OSError):
+        obj = None
+    if not _is_record(obj, SUMMARY_KEYS):
+        raise OutputRefusedError(f"{flag} {_where(path)} exists and is not a vqa summary: refusing to overwrite it")
+
+
+# ---- one writer per file ---------------------------------------------------------------------
+
+
+def lock_path(path: str | Path) -> Path:
+    """The lock file of an output: hidden, beside the real file (a symlink's target)."""
+    real = Path(os.path.realpath(path))
+    return real.with_name(f".{real.name}.lock")
+
+
+class OutputLock:
+    """An exclusive ``flock`` on the output's lock file for as long as this process writes the output.
+
+    A second process gets ``OutputBusyError`` (exit 2) naming the output and the holder's pid. The
+    kernel releases the lock when the holder exits in any way. The lock file holds the pid and is
+    removed on release.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.lock = lock_path(path)
+        self._fd: int | None = None
+
+    def __enter__(self) -> OutputLock:
+        import fcntl
+
+        while True:
+            with _writing(self.lock, "create the lock file"):
+                self.lock.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_pid(fd)
+                os.close(fd)
+                who = f"another vqa process (pid {holder})" if holder else "another vqa process"
+                raise OutputBusyError(f"{_where(self.path)} is being written by {who}: wait for it to finish "
+                                      "or choose another --out") from None
+            # The holder before us may have removed the file after we opened it: lock the file on disk.
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(self.lock, follow_symlinks=False))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(self.lock)  # while still locked: a waiting process re-checks the name
+        os.close(self._fd)
+        self._fd = None
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        return int(os.pread(fd, 32, 0).split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class NullLock:
+    """Stands in for ``OutputLock`` when writing to stdout."""
+
+    def __enter__(self) -> NullLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def locked(path: str) -> OutputLock | NullLock:
+    return NullLock() if path == "-" else OutputLock(path)
