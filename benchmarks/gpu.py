@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         preprocess_s = time.perf_counter() - t
         sync(device)
         t = time.perf_counter()
-        features = engine.visual_tokens(pixels, settings.mode, args.question)
+        features = engine.aggregate(engine.encode(pixels), settings.mode, args.question)
         sync(device)
         encode_s = time.perf_counter() - t
         ids, embeds = engine.prompt_inputs(args.question, clip, features)

@@ -81,3 +81,29 @@ def guide_dir(tmp_path_factory) -> Path:
     CLIPModel(config).save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+# ---- clips shared by the video tests (built once per session) -------------------------------------
+
+
+@pytest.fixture(scope="session")
+def clip100(tmp_path_factory) -> str:
+    from video_checks import hundred_frame_clip
+
+    return hundred_frame_clip(tmp_path_factory.mktemp("v"))
+
+
+@pytest.fixture(scope="session")
+def encoded(tmp_path_factory) -> dict[str, str]:
+    """Self-numbering clips from every encoder the tests use (ffmpeg's H.264 with several GOPs, OpenCV's)."""
+    from video_checks import encoded_clips
+
+    return encoded_clips(tmp_path_factory.mktemp("encoded"))
+
+
+@pytest.fixture(scope="session")
+def oracles(encoded) -> dict:
+    """Each encoded clip's frames from a full sequential decode."""
+    from clips import decode_all
+
+    return {name: decode_all(path)[0] for name, path in encoded.items()}

@@ -223,34 +223,11 @@ def test_a_broken_checkpoint_has_its_kind(name, damaged):
 
 
 
-@pytest.fixture(scope="module")
-def guide_model(tmp_path_factory) -> Path:
-    """A random CLIP model as wide as the tiny checkpoint's vision tower (32), for --guide."""
-    import torch
-    from transformers import CLIPConfig, CLIPModel
-
-    from vqa_cli.testing import build_tokenizer
-
-    tok = build_tokenizer()
-    config = CLIPConfig(
-        text_config={"vocab_size": len(tok), "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-                     "num_attention_heads": 2, "max_position_embeddings": 77, "eos_token_id": tok.eos_token_id},
-        vision_config={"hidden_size": 32, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                       "image_size": 28, "patch_size": 14},
-        projection_dim=8,
-    )
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("guide") / "clip"
-    CLIPModel(config).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
 @pytest.mark.parametrize("name", ["config-corrupt", "weights-data-cut", "tokenizer-missing"])
-def test_a_broken_guide_model_is_one_line(name, guide_model, tiny_dir, clip_path, tmp_path, capsys):
+def test_a_broken_guide_model_is_one_line(name, guide_dir, tiny_dir, clip_path, tmp_path, capsys):
     case = CASES[name]
     broken = tmp_path / "clip"
-    shutil.copytree(guide_model, broken)
+    shutil.copytree(guide_dir, broken)
     case.damage(broken)
     out_file = tmp_path / "captions.jsonl"
     code, out, err = run(["caption", clip_path, "--model", str(tiny_dir), "--mode", "pooled", "--guide",

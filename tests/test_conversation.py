@@ -37,7 +37,7 @@ def test_first_step_logits_from_the_cache_equal_a_full_prefill(engine, clip_path
     conversation.ask(QUESTIONS[0], keep=False)
     turn = conversation.ask(QUESTIONS[1], keep=False, first_logits=True)
     pixels = engine.pixels(clip)
-    ids, _ = engine.prompt_inputs(QUESTIONS[1], clip, engine.visual_tokens(pixels, engine.settings.mode))
+    ids, _ = engine.prompt_inputs(QUESTIONS[1], clip, engine.aggregate(engine.encode(pixels), engine.settings.mode))
     with torch.no_grad():
         full = engine.model(input_ids=ids, pixel_values_videos=pixels[None],
                             attention_mask=torch.ones_like(ids)).logits[0, -1]

@@ -9,7 +9,7 @@ from vqa_cli.video import sample_frames
 
 def _inputs(engine, clip, question="What happens in the video?"):
     pixels = engine.pixels(clip)
-    features = engine.visual_tokens(pixels, engine.settings.mode)
+    features = engine.aggregate(engine.encode(pixels), engine.settings.mode)
     ids, embeds = engine.prompt_inputs(question, clip, features)
     return pixels, features, ids, embeds
 

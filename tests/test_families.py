@@ -44,7 +44,7 @@ def test_native_logits_equal_the_model_forward_with_pixel_values_videos(family_d
     engine = _engine(family_dirs[family], frames=frames)
     clip = sample_frames(clip_path, frames)
     pixels = engine.pixels(clip)
-    features = engine.visual_tokens(pixels, engine.settings.mode)
+    features = engine.aggregate(engine.encode(pixels), engine.settings.mode)
     ids, embeds = engine.prompt_inputs(QUESTION, clip, features)
     assert features.shape[0] == engine.checkpoint.plan(engine.settings, frames).total
     with torch.no_grad():
@@ -72,7 +72,7 @@ def test_onevision_appends_the_newline_embedding_once_after_all_frames(family_di
     engine = _engine(family_dirs["llava-onevision"], frames=3)
     pixels = engine.pixels(sample_frames(clip_path, 3))
     with torch.no_grad():
-        tokens = engine.visual_tokens(pixels, engine.settings.mode)
+        tokens = engine.aggregate(engine.encode(pixels), engine.settings.mode)
     assert tokens.shape[0] == 3 * 14 * 14 + 1
     torch.testing.assert_close(tokens[-1], engine.model.model.image_newline)
 

@@ -69,8 +69,8 @@ def test_the_relevance_depends_on_the_prompt(engine_factory, guide_dir, clip_pat
 
     engine = engine_factory(frames=4, mode=ModeSettings("pooled", guide=True), guide_model=str(guide_dir))
     pixels = engine.pixels(sample_frames(clip_path, 4))
-    a = engine.visual_tokens(pixels, engine.settings.mode, "a dog in the park")
-    b = engine.visual_tokens(pixels, engine.settings.mode, "cars at night")
+    a = engine.aggregate(engine.encode(pixels), engine.settings.mode, "a dog in the park")
+    b = engine.aggregate(engine.encode(pixels), engine.settings.mode, "cars at night")
     assert a.shape == b.shape == (2 * 8 * 8, 64)
     assert not torch.allclose(a, b)
 

@@ -11,15 +11,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from video_checks import hundred_frame_clip, red_image  # noqa: E402
+from video_checks import red_image  # noqa: E402
 
 from vqa_cli.sheet import PADDING, contact_sheet, label_height, sheet_size  # noqa: E402
 from vqa_cli.video import VideoError, read_image, sample_frames  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def clip100(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return hundred_frame_clip(tmp_path_factory.mktemp("v"))
 
 
 @pytest.mark.parametrize(

@@ -34,7 +34,7 @@ def _engine(model_dir: Path) -> Engine:
 def _first_step_logits(engine: Engine, clip: Clip, question: str) -> torch.Tensor:
     """The model's own forward with pixel_values_videos (its own vision path) at the last prompt position."""
     pixels = engine.pixels(clip)
-    ids, _ = engine.prompt_inputs(question, clip, engine.visual_tokens(pixels, engine.settings.mode))
+    ids, _ = engine.prompt_inputs(question, clip, engine.aggregate(engine.encode(pixels), engine.settings.mode))
     with torch.no_grad():
         return engine.model(input_ids=ids, pixel_values_videos=pixels[None],
                             attention_mask=torch.ones_like(ids)).logits[0, -1]

@@ -31,7 +31,6 @@ from video_checks import (  # noqa: E402
     SEEKS,
     assert_clip_consistent,
     assert_real_frames,
-    hundred_frame_clip,
     red_image,
 )
 
@@ -45,12 +44,6 @@ from vqa_cli.video import (  # noqa: E402
     sample_frames,
     uniform_indices,
 )
-
-
-@pytest.fixture(scope="module")
-def clip100(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return hundred_frame_clip(tmp_path_factory.mktemp("v"))
-
 
 # ------------------------------------------------------------------ sampling
 

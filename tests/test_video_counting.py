@@ -22,14 +22,9 @@ from clips import (  # noqa: E402
     truncate,
     x264,
 )
-from video_checks import FPS, SEEKS, assert_clip_consistent, assert_real_frames, encoded_clips  # noqa: E402
+from video_checks import FPS, SEEKS, assert_clip_consistent, assert_real_frames  # noqa: E402
 
 from vqa_cli.video import DecodeOptions, VideoError, sample_frames, uniform_indices  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def encoded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    return encoded_clips(tmp_path_factory.mktemp("encoded"))
 
 
 @pytest.mark.parametrize(

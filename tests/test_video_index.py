@@ -5,20 +5,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import pytest
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from clips import decode_all  # noqa: E402
-from video_checks import encoded_clips  # noqa: E402
 
 from vqa_cli.video._index import scan_index  # noqa: E402
 from vqa_cli.video._inputs import Deadline  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def encoded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    return encoded_clips(tmp_path_factory.mktemp("encoded"))
 
 
 def test_packet_index_matches_the_sequential_decode(encoded: dict[str, str]) -> None:

@@ -6,29 +6,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from clips import decode_all, frame_number, make_rotated_clip  # noqa: E402
-from video_checks import N_FRAMES, assert_real_frames, encoded_clips, hundred_frame_clip  # noqa: E402
+from video_checks import N_FRAMES, assert_real_frames  # noqa: E402
 
 from vqa_cli.video import DecodeOptions, sample_frames, uniform_indices  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def clip100(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return hundred_frame_clip(tmp_path_factory.mktemp("v"))
-
-
-@pytest.fixture(scope="module")
-def encoded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    return encoded_clips(tmp_path_factory.mktemp("encoded"))
-
-
-@pytest.fixture(scope="module")
-def oracles(encoded: dict[str, str]) -> dict[str, list[np.ndarray]]:
-    return {name: decode_all(path)[0] for name, path in encoded.items()}
 
 
 def test_keyframe_mode_snaps_targets_to_the_nearest_keyframe(encoded: dict[str, str]) -> None:

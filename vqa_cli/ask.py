@@ -33,23 +33,21 @@ def print_plan(record: dict, as_json: bool) -> None:
     if as_json:
         console.emit_json(record)
         return
-    lines = [
-        f"model          {record['model']} ({record['family']})",
-        f"mode           {record['mode']}, {record['frames']} frames",
-    ]
+    rows = [("model", f"{record['model']} ({record['family']})"),
+            ("mode", f"{record['mode']}, {record['frames']} frames")]
     for p in record["pathways"]:
         grid = "x".join(str(x) for x in p["grid"])
-        lines.append(f"  {p['name']:<12} {len(p['frames'])} frames, grid {grid}: {p['tokens']} tokens")
+        rows.append((f"  {p['name']}", f"{len(p['frames'])} frames, grid {grid}: {p['tokens']} tokens"))
     mem = record["memory"]
-    lines += [
-        f"visual tokens  {record['visual_tokens']}",
-        f"prompt tokens  {record['prompt_tokens']} (+ {record['max_new_tokens']} new)",
-        f"context        {record['total_tokens']} of {record['trained_context']} trained"
-        f" -> RoPE factor {record['rope_factor']:g}",
-        f"memory         {mem['weights_gib']:.2f} GiB weights ({record['quant']}, {record['dtype']})"
-        f" + {mem['kv_cache_gib']:.2f} GiB KV cache = {mem['total_gib']:.2f} GiB",
+    rows += [
+        ("visual tokens", f"{record['visual_tokens']}"),
+        ("prompt tokens", f"{record['prompt_tokens']} (+ {record['max_new_tokens']} new)"),
+        ("context", f"{record['total_tokens']} of {record['trained_context']} trained"
+                    f" -> RoPE factor {record['rope_factor']:g}"),
+        ("memory", f"{mem['weights_gib']:.2f} GiB weights ({record['quant']}, {record['dtype']})"
+                   f" + {mem['kv_cache_gib']:.2f} GiB KV cache = {mem['total_gib']:.2f} GiB"),
     ]
-    print("\n".join(lines))
+    console.fields(rows)
 
 
 def run_ask(settings, video: str, questions: list[str], *, as_json: bool = False, plan_only: bool = False) -> int:

@@ -121,3 +121,28 @@ class StreamPrinter:
     def stop(self) -> None:
         if self.spinner is not None:
             self.spinner.stop()
+
+
+def table(header: list[str], rows: list[list[str]], caption: str | None = None) -> None:
+    """A table on stdout: a rich table on a terminal, tab-separated lines (header first) in a pipe."""
+    if stdout_is_tty():
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(*header, caption=caption)
+        for row in rows:
+            t.add_row(*row)
+        Console().print(t)
+        return
+    print("\t".join(header))
+    for row in rows:
+        print("\t".join(row))
+
+
+def fields(rows: list[tuple[str, str]], width: int = 15) -> None:
+    """Labelled lines on stdout (``label`` padded to ``width``), e.g. ``--plan``; an indented label is a sub-row."""
+    lines = []
+    for label, value in rows:
+        indent = len(label) - len(label.lstrip())
+        lines.append(" " * indent + f"{label.strip():<{width - indent}}{value}")
+    print("\n".join(lines))

@@ -249,12 +249,6 @@ class Engine:
                 for chunk in pixels.split(VISION_CHUNK)
             ])
 
-    def visual_tokens(self, pixels: Any, settings: modes.ModeSettings, prompt_text: str = "") -> Any:
-        """Pixels [T, 3, H, W] -> visual token sequence [N, D] for ``settings``' mode.
-
-        ``prompt_text`` is what guided pooling (``--guide``) weighs the tokens against."""
-        return self.aggregate(self.encode(pixels), settings, prompt_text)
-
     def aggregate(self, frames: Any, settings: modes.ModeSettings, prompt_text: str = "") -> Any:
         """FrameFeatures of one clip -> its visual token sequence [N, D] in ``settings``' mode."""
         import torch

@@ -57,10 +57,6 @@ class ContextOverflowError(UsageError):
     kind = "context_overflow"
 
 
-class OutOfMemoryError(VqaError):
-    kind = "out_of_memory"
-
-
 class OutputRefusedError(UsageError):
     """An output path vqa will not write: not one of its own files, an input, a folder, unwritable."""
 

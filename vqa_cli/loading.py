@@ -15,6 +15,8 @@ import os
 import re
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -278,8 +280,9 @@ def load_weights(cls: Any, model_dir: Path, **kwargs: Any) -> Any:
     files = weight_files(model_dir)
     try:
         # Mismatched shapes are collected rather than raised so the message can name the tensor.
-        model, info = cls.from_pretrained(model_dir, use_safetensors=True, ignore_mismatched_sizes=True,
-                                          output_loading_info=True, **kwargs)
+        with _quiet_transformers():
+            model, info = cls.from_pretrained(model_dir, use_safetensors=True, ignore_mismatched_sizes=True,
+                                              output_loading_info=True, **kwargs)
     except SafetensorError as exc:
         raise CheckpointError(_safetensors_problem(model_dir, files, exc)) from exc
     except OSError as exc:  # a file that vanished or cannot be read
@@ -372,30 +375,38 @@ class LoadedModel:
     seconds: float
 
 
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """While loading: vqa shows its own spinner, and transformers' per-tensor bar and advice would interleave
+    with it. Its settings are restored afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def load_model(model_dir: Path, config: Any, *, device: str, dtype: Any, quant: str) -> LoadedModel:
     """Weights from safetensors, quantized and placed; ``config`` carries any RoPE scaling."""
     import transformers
-    from transformers.utils import logging as hf_logging
 
-    # vqa shows its own spinner; transformers' per-tensor bar and advice would interleave with it.
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    # bitsandbytes warns on every 8-bit matmul that fp32 inputs are cast to fp16: expected on CPU.
-    warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
+    if quant == "8bit" and not device.startswith("cuda"):
+        # bitsandbytes warns on every 8-bit matmul that fp32 inputs are cast to fp16: expected on the CPU.
+        warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
     adapter = adapter_for(config)
     if not any(model_dir.glob("*.safetensors")):
         raise UnknownModelError(f"{str(model_dir)!r} has no .safetensors weights (pickled weights are not loaded)")
     cls = getattr(transformers, adapter.model_class)
     device_map: Any = "auto" if device == "cuda" else {"": device}
     started = time.perf_counter()
-    model = load_weights(
-        cls,
-        model_dir,
-        config=config,
-        dtype=dtype,
-        quantization_config=quantization_config(quant, adapter, dtype),
-        device_map=device_map,
-    )
+    model = load_weights(cls, model_dir, config=config, dtype=dtype,
+                         quantization_config=quantization_config(quant, adapter, dtype), device_map=device_map)
     model.eval()
     return LoadedModel(model, adapter, device, dtype, quant, time.perf_counter() - started)
 

@@ -175,11 +175,6 @@ def normalize(img: np.ndarray, cfg: ProcessorConfig, out: np.ndarray | None = No
     return out
 
 
-def preprocess_frame(frame: np.ndarray, cfg: ProcessorConfig) -> np.ndarray:
-    """One RGB uint8 frame [H, W, 3] -> float32 [3, h, w]."""
-    return normalize(resize_and_crop(frame, cfg), cfg)
-
-
 def preprocess_frames(frames: np.ndarray, cfg: ProcessorConfig) -> np.ndarray:
     """[T, H, W, 3] uint8 -> [T, 3, h, w] float32."""
     crops = [resize_and_crop(f, cfg) for f in frames]

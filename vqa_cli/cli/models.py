@@ -23,19 +23,7 @@ def models(as_json: JsonOpt = False) -> int:
               f"{r['disk_gb']:.1f}" + ("~" if r["disk_estimated"] else ""),
               *(f"{r['memory_gib'][q]:.1f}" + ("~" if r["memory_estimated"] else "") for q in ("4bit", "8bit", "none")),
               "yes" if r["cached"] else ("config" if r["config_cached"] else "no")] for r in rows]
-    if console.stdout_is_tty():
-        from rich.table import Table
-
-        t = Table(*header, caption="* default; ~ estimated from the nominal size (weights only, fp16)")
-        for row in table:
-            t.add_row(*row)
-        from rich.console import Console
-
-        Console().print(t)
-    else:
-        print("\t".join(header))
-        for row in table:
-            print("\t".join(row))
+    console.table(header, table, caption="* default; ~ estimated from the nominal size (weights only, fp16)")
     return 0
 
 

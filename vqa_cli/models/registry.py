@@ -54,14 +54,6 @@ def resolve_alias(name: str) -> str:
     return name
 
 
-def find_checkpoint(name: str) -> KnownCheckpoint | None:
-    """The known checkpoint for an alias or hub id, if it is one."""
-    for ckpt in CHECKPOINTS:
-        if name.lower() in (ckpt.alias, ckpt.repo_id.lower()):
-            return ckpt
-    return None
-
-
 def family_for_model_type(model_type: str) -> type[FamilyAdapter]:
     for family in FAMILIES:
         if model_type in family.model_types:

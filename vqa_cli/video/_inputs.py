@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, get_args
 
 from vqa_cli.errors import EXIT_FAILURE, VqaError
 
@@ -35,7 +35,7 @@ VIDEO_EXTENSIONS: frozenset[str] = frozenset(
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
 SeekMode = Literal["exact", "keyframe", "auto"]
-SEEK_MODES: tuple[str, ...] = ("exact", "keyframe", "auto")
+SEEK_MODES: tuple[str, ...] = get_args(SeekMode)
 
 
 class VideoError(VqaError):
