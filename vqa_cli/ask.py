@@ -74,7 +74,7 @@ def run_ask(settings, video: str, questions: list[str], *, as_json: bool = False
         printer.stop()
     timings = answer.timings
     timings["total"] = time.perf_counter() - run_started  # wall clock: decode overlaps load
-    record = {"video": video, "question": question, **answer.record(engine)}
+    record = records.ask_record(video, question, answer.record(engine))
     if as_json:
         console.emit_json(record)
     else:

@@ -1,6 +1,7 @@
 """Every JSON record vqa prints or writes, each built here from one list of fields.
 
-- ``ask --json``: ``answer_record`` (one question) and ``answers_record`` (several);
+- ``ask --json``: ``ask_record`` around an ``answer_record`` (one question), ``answers_record`` with a
+  ``question_record`` each (several);
 - ``caption``: ``caption_record`` and ``error_record`` share ``CAPTION_FIELDS`` (an error record has
   every field, empty where nothing is known), identified by ``settings_id``;
 - ``frames --json``: ``frames_record``; chat ``/save``: ``transcript``.
@@ -75,6 +76,11 @@ def answer_record(engine: Any, clip: Any, budget: Any, *, answer: str, tokens: i
     values = {**_run_fields(engine, clip, budget, timings), "answer": answer, "prompt_tokens": budget.prompt_tokens,
               "generated_tokens": tokens, "tokens_per_second": round(tokens_per_second, 3)}
     return {k: values[k] for k in ANSWER_FIELDS}
+
+
+def ask_record(video: str, question: str, answer: dict) -> dict:
+    """``ask --json`` with one question: ``answer`` is its ``answer_record``."""
+    return {"video": video, "question": question, **answer}
 
 
 def answers_record(video: str, answers: list[dict], engine: Any, clip: Any, budget: Any,
