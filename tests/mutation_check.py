@@ -46,6 +46,7 @@ PROMPT_T = ("tests/test_prompt.py", "tests/test_prompt_ids.py", "tests/test_engi
 CONV_T = ("tests/test_conversation.py", "tests/test_wiring.py")
 PRE_T = ("tests/test_preprocess.py",)
 VIDEO_T = ("tests/test_video.py", "tests/test_video_sampling.py")
+PYAV_T = (*VIDEO_T, "tests/test_video_pyav.py")
 SAFE_T = ("tests/test_output_safety.py", "tests/test_caption.py")
 CKPT_T = ("tests/test_checkpoint_errors.py", "tests/test_loading.py")
 
@@ -200,6 +201,17 @@ MUTANTS: list[Mutant] = [
       "abs(clip.frames_from_content - clip.frames_from_header) > 1",
       "abs(clip.frames_from_content - clip.frames_from_header) > 100", ("tests/test_output_safety.py",),
       "a file cut short is not flagged"),
+    # ---- video: the PyAV fallback
+    M("pyav.no-fallback", "vqa_cli/video/_sample.py", "    if _pyav.wanted(path, fs_path, index):",
+      "    if False:", PYAV_T, "files OpenCV cannot decode never reach PyAV"),
+    M("pyav.every-packet-a-key", "vqa_cli/video/_pyav.py", "keys.append(bool(packet.is_keyframe))",
+      "keys.append(True)", PYAV_T, "the index ignores the demuxer's keyframe flags"),
+    M("pyav.rotation-sign", "vqa_cli/video/_pyav.py",
+      "int(-round(getattr(frame, \"rotation\", 0) or 0)) % 360",
+      "int(round(getattr(frame, \"rotation\", 0) or 0)) % 360", PYAV_T,
+      "the display matrix turned the wrong way"),
+    M("pyav.damage-fails", "vqa_cli/video/_pyav.py", "                self.damaged += 1\n                continue",
+      "                raise", PYAV_T, "an undecodable packet fails the file instead of being skipped"),
     # ---- output safety (caption, writer)
     M("writer.accepts-foreign-lines", "vqa_cli/writer/_files.py", "            if not _is_record(obj, keys):",
       "            if False:", SAFE_T, "a non-vqa file is taken as vqa's"),

@@ -207,6 +207,6 @@ def test_keyframe_seek_reports_the_frames_it_returns(clip_path, capsys):
 
 def test_help_imports_neither_torch_nor_opencv():
     probe = ("import sys\nfrom vqa_cli.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-             "print(sorted(m for m in ('torch', 'cv2', 'transformers') if m in sys.modules), file=sys.stderr)\n")
+             "print(sorted(m for m in ('torch', 'cv2', 'transformers', 'av') if m in sys.modules), file=sys.stderr)\n")
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert proc.stderr.strip().endswith("[]"), proc.stderr

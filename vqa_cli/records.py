@@ -19,22 +19,24 @@ from vqa_cli.errors import describe, one_line
 
 # The clip's part of every record that has one.
 CLIP_FIELDS = ("frames", "frame_indices", "timestamps", "duration", "warnings")
+# What decoded the clip ("opencv" or "pyav") and its codec; right after ``CLIP_FIELDS`` where a record has them.
+DECODER_FIELDS = ("decoder", "codec")
 
 # ``ask --json``, in order; ``PER_ANSWER`` are the ones that differ between several questions.
-ANSWER_FIELDS = ("answer", "model", "family", "mode", "mode_settings", *CLIP_FIELDS, "visual_tokens", "pathways",
-                 "prompt_tokens", "rope_factor", "generated_tokens", "tokens_per_second", "timings", "device", "quant",
-                 "dtype")
+ANSWER_FIELDS = ("answer", "model", "family", "mode", "mode_settings", *CLIP_FIELDS, *DECODER_FIELDS, "visual_tokens",
+                 "pathways", "prompt_tokens", "rope_factor", "generated_tokens", "tokens_per_second", "timings",
+                 "device", "quant", "dtype")
 PER_ANSWER = ("answer", "generated_tokens", "tokens_per_second", "prompt_tokens")
 
 # One caption record per video, the same fields for a caption and an error; the value an error record has.
 CAPTION_FIELDS: dict[str, Any] = {
     "video": None, "caption": None, "model": None, "mode": None, "frames": 0, "frame_indices": [], "timestamps": [],
-    "duration": None, "warnings": [], "visual_tokens": None, "rope_factor": None, "timings": {},
+    "duration": None, "warnings": [], "decoder": None, "visual_tokens": None, "rope_factor": None, "timings": {},
     "generated_tokens": 0, "batch_size": None, "error": None, "error_kind": None, "settings_id": None,
 }
 
 FRAMES_FIELDS = ("video", *CLIP_FIELDS[:-1], "fps", "total_frames", "header_frames", "header_fps", "seek", "decoded",
-                 "damaged", "warnings", "mode", "pathways")
+                 "damaged", "warnings", *DECODER_FIELDS, "mode", "pathways")
 
 
 def settings_id(identity: dict, prompt: str) -> str:
@@ -46,7 +48,7 @@ def settings_id(identity: dict, prompt: str) -> str:
 def clip_fields(clip: Any) -> dict:
     """What every record says about the sampled frames of ``clip`` (a ``video.Clip``)."""
     return {"frames": len(clip.indices), "frame_indices": clip.indices, "timestamps": clip.timestamps,
-            "duration": clip.duration, "warnings": list(clip.warnings)}
+            "duration": clip.duration, "warnings": list(clip.warnings), "decoder": clip.decoder, "codec": clip.codec}
 
 
 def _run_fields(engine: Any, clip: Any, budget: Any, timings: dict[str, float]) -> dict:

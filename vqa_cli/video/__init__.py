@@ -30,9 +30,12 @@ decodes the whole file sequentially instead, skipping and reporting undecodable
 packets.  Damage in parts of a file that are not decoded cannot be seen; there
 indices follow the packets (timestamps are always the frames' own).
 
+Files whose codec OpenCV's FFmpeg cannot decode (AV1) go through PyAV instead
+(``_pyav``), decided once per file, with the same contract.
+
 Modules, each depending only on those before it: ``_options``, ``_inputs``,
 ``_capture``, ``_h264``, ``_sampling``, ``_index``, ``_plan``, ``_seeking``,
-``_packets``, ``_strategy``, ``_counting``, ``_sample``.
+``_packets``, ``_strategy``, ``_counting``, ``_pyav``, ``_sample``.
 """
 
 from __future__ import annotations

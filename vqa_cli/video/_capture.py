@@ -173,13 +173,22 @@ def read_image(path: str) -> Clip:
 
 
 def probe(path: str) -> None:
-    """Fail fast (VideoError) when ``path`` is missing or yields no frame; decodes one frame at most."""
+    """Fail fast (VideoError) when ``path`` is missing or yields no frame; decodes one frame at most
+    (with OpenCV, or with PyAV where OpenCV cannot)."""
     fs_path = check_file(path)
     if is_image_path(path):
         return
-    cap = open_capture(path, fs_path, threads=0)
     try:
-        if not cap.grab():
-            raise undecodable(path)
+        cap = open_capture(path, fs_path, threads=0)
+    except VideoError:
+        cap = None
+    try:
+        if cap is not None and cap.grab():
+            return
     finally:
-        cap.release()
+        if cap is not None:
+            cap.release()
+    from vqa_cli.video import _pyav  # files OpenCV cannot decode (AV1, ...) go through PyAV
+
+    if not _pyav.first_frame(fs_path):
+        raise undecodable(path)

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from vqa_cli.video import _capture
-from vqa_cli.video._index import PacketIndex
+from vqa_cli.video._index import PacketIndex, codec_name
 from vqa_cli.video._inputs import Clip, Deadline, VideoError, quote, undecodable
 from vqa_cli.video._options import DecodeOptions
 from vqa_cli.video._sampling import Request, Timeline, plausible_fps
@@ -106,10 +106,12 @@ def sample_counting(
     threads = options.decoder_threads
     if index is not None:
         frames_from_header, fps_from_header = index.frames_from_header, index.fps_from_header
+        codec = index.codec
     else:
         cap = _capture.open_capture(path, fs_path, threads)
         try:
             frames_from_header, fps_from_header = _capture.header_claims(cap)
+            codec = codec_name(cap.get(cv2.CAP_PROP_FOURCC))
         finally:
             cap.release()
     guess = planned_guess(None if index is None else index.ms, frames_from_header, fps_from_header, request)
@@ -134,4 +136,5 @@ def sample_counting(
         decoded=decoded,
         damaged=damaged,
         warnings=warnings,
+        codec=codec,
     )

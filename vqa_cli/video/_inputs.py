@@ -66,6 +66,8 @@ class Clip:
     decoded: int = 0  # frames the decoder produced for this call (seek lead-ins estimated)
     damaged: int = 0  # undecodable packets that were skipped
     warnings: list[str] = field(default_factory=list)  # one-line notes for users
+    decoder: str = "opencv"  # what decoded the frames: "opencv", or "pyav" for files OpenCV cannot decode
+    codec: str = ""  # the video codec ("h264", "av1", an OpenCV FOURCC in lower case; "" for images)
 
 
 def quote(path: str) -> str:

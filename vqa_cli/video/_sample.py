@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vqa_cli.video import _capture
+from vqa_cli.video import _capture, _pyav
 from vqa_cli.video._counting import sample_counting
 from vqa_cli.video._index import PacketIndex, scan_index
 from vqa_cli.video._inputs import Clip, Deadline, SeekMode, check_file, is_image_path
@@ -73,6 +73,8 @@ def sample_frames(
     fs_path = check_file(path)
     deadline = Deadline(path, timeout)
     index = scan_index(fs_path, deadline)
+    if _pyav.wanted(path, fs_path, index):  # decided once per file: OpenCV cannot decode it, PyAV can
+        return _checked_count(_pyav.sample_pyav(path, fs_path, request, seek, deadline, options))
     if index is not None:
         try:
             return _checked_count(_sample_indexed(path, fs_path, index, request, seek, deadline, options))
@@ -147,6 +149,7 @@ def _sample_indexed(
         seek=mode,
         decoded=decoded,
         warnings=warnings,
+        codec=index.codec,
     )
 
 
