@@ -13,6 +13,11 @@ decode by the same library (OpenCV for the OpenCV and vqa rows).  Keyframe
 seeking returns other frames than the targets by design; for it "keyframes"
 means the frames equal the sequential decode at the indices it reports.
 
+``--av1 PATH`` adds a table for an AV1 clip (made with PyAV's ``libsvtav1`` when PATH does not
+exist: ``--av1-seconds`` long, ``--av1-size`` pixels), which OpenCV cannot decode: vqa's PyAV
+fallback, exact and keyframe, against the BASELINE of a naive PyAV loop that decodes every frame
+and keeps the targets.
+
 Make the long clip with ``/work/shared/tools/make-long-video.sh /tmp/long.mp4 120``
 and fetch the real files with ``/work/shared/tools/fetch-sample-videos.sh``.
 PyAV (``av``) and decord are optional: missing ones are skipped with a note.
@@ -361,6 +366,88 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} cores, OpenCV {cv2.__version__}, Python {platform.python_version()}"
 
 
+AV1_BASELINE = "naive PyAV loop, every frame (BASELINE)"
+
+
+def make_av1(path: str, seconds: int, size: tuple[int, int], fps: int = 30, gop: int = 150) -> str:
+    """A synthetic AV1 clip encoded by PyAV's ``libsvtav1``: a moving square over a drifting gradient with
+    sensor-like noise, so that inter frames carry real residuals (a clean gradient makes them nearly free
+    to decode, which no camera footage is)."""
+    import av
+
+    width, height = size
+    yy, xx = np.mgrid[0:height, 0:width]
+    rng = np.random.default_rng(0)
+    noise = [rng.integers(0, 24, (height, width, 3), dtype=np.uint8) for _ in range(7)]
+    with av.open(path, "w") as out:
+        stream = out.add_stream("libsvtav1", rate=fps, options={"preset": "12", "g": str(gop)})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(seconds * fps):
+            img = np.empty((height, width, 3), np.uint8)
+            img[..., 0] = (xx + 2 * i) % 256
+            img[..., 1] = (yy + i) % 256
+            img[..., 2] = (xx + yy + 3 * i) % 256
+            x, y = (7 * i) % (width - 64), (5 * i) % (height - 64)
+            img[y:y + 64, x:x + 64] = 255
+            img += noise[i % len(noise)]
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def naive_pyav(path: str, targets: list[int]) -> tuple[list[int], list[str]]:
+    """Decode every frame in order with PyAV and keep the targets' hashes (what a user would write)."""
+    import av
+
+    wanted, hashes = set(targets), {}
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for i, frame in enumerate(container.decode(stream)):
+            if i in wanted:
+                hashes[i] = digest(frame.to_ndarray(format="rgb24"))
+    return sorted(hashes), [hashes[i] for i in sorted(hashes)]
+
+
+def av1_table(path: str, counts: list[int], repeat: int) -> str:
+    """vqa exact and keyframe on an AV1 clip against the naive PyAV loop; exactness against that loop."""
+    import av
+
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        every = {i: digest(f.to_ndarray(format="rgb24")) for i, f in enumerate(container.decode(stream))}
+        codec, size = stream.codec_context.name, f"{stream.codec_context.width}x{stream.codec_context.height}"
+    total = len(every)
+    rows: dict[str, list[str]] = {AV1_BASELINE: [], "vqa exact (PyAV fallback)": [], "vqa keyframe": []}
+    for n in counts:
+        targets = uniform_indices(total, n)
+        timed: dict[str, tuple[float, list[int], list[str]]] = {}
+        for name in rows:
+            best = float("inf")
+            for _ in range(repeat):
+                started = time.perf_counter()
+                if name == AV1_BASELINE:
+                    indices, hashes = naive_pyav(path, targets)
+                else:
+                    clip = sample_frames(path, n, seek="exact" if "exact" in name else "keyframe")
+                    assert clip.decoder == "pyav", clip.decoder
+                    indices, hashes = clip.indices, [digest(f) for f in clip.frames]
+                best = min(best, time.perf_counter() - started)
+            timed[name] = (best, indices, hashes)
+        base = timed[AV1_BASELINE][0]
+        for name, (seconds, indices, hashes) in timed.items():
+            same = all(every.get(i) == h for i, h in zip(indices, hashes, strict=True))
+            exact = "yes" if same and indices == targets else ("keyframes" if same else "NO")
+            rows[name] += [f"{seconds:.3f}", f"{base / seconds:.2f}", exact]
+    head = "| method | " + " | ".join(f"{n} frames: s | × faster | exact" for n in counts) + " |"
+    lines = [f"**{Path(path).name}: {codec} {size}, {total} frames**", "", head,
+             "|---|" + "---:|---:|:---|" * len(counts)]
+    lines += [f"| {name} | " + " | ".join(cells) + " |" for name, cells in rows.items()]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--long", default="/tmp/long.mp4", help="long clip (make-long-video.sh OUT 120)")
@@ -368,7 +455,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder of real videos (fetch-sample-videos.sh)")
     parser.add_argument("--frames", type=int, nargs="+", default=[8, 32, 64], help="frame counts to sample")
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement; the best is reported")
+    parser.add_argument("--av1", default=None, help="AV1 clip (made with PyAV's libsvtav1 when missing)")
+    parser.add_argument("--av1-seconds", type=int, default=120, help="length of a made AV1 clip")
+    parser.add_argument("--av1-size", default="1280x720", help="WxH of a made AV1 clip")
     args = parser.parse_args(argv)
+    if args.av1:
+        if not os.path.isfile(args.av1):
+            width, height = (int(v) for v in args.av1_size.split("x"))
+            started = time.perf_counter()
+            make_av1(args.av1, args.av1_seconds, (width, height))
+            print(f"note: encoded {args.av1} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+        print(f"Machine: {machine()}, PyAV {__import__('av').__version__}; best of {args.repeat}.\n")
+        print(av1_table(args.av1, args.frames, args.repeat))
+        print()
 
     all_methods = methods()
     tables = []

@@ -100,6 +100,32 @@ def test_keyframe_mode_lands_on_keyframes(av1, oracle, name):
         assert np.array_equal(frame, frames[i]) and frame_number(frame) == i
 
 
+def test_keyframes_a_single_pass_misses_are_reached_by_seeking(av1, oracle, monkeypatch):
+    """The one-pass keyframe decode falls back to demuxer seeks for any keyframe it did not get."""
+    from vqa_cli.video import _pyav
+
+    frames, _ = oracle["g60.mkv"]
+    keys = keyframes(av1["g60.mkv"])
+    sought: list[list[int]] = []
+    real = _pyav._keyframes_by_seeking
+
+    def spy(decoder, pts, missing):
+        sought.append(list(missing))
+        return real(decoder, pts, missing)
+
+    monkeypatch.setattr(_pyav, "_keyframes_by_seeking", spy)
+    clip = sample_frames(av1["g60.mkv"], len(keys), seek="keyframe")
+    assert clip.indices == keys and sought == []  # one pass was enough
+    # The seeking path on its own gives the same frames.
+    from vqa_cli.video._inputs import Deadline
+    from vqa_cli.video._options import DecodeOptions as Options
+
+    with _pyav._opened(av1["g60.mkv"], av1["g60.mkv"], Options()) as (container, stream):
+        _, pts = _pyav.scan(container, stream, Deadline(av1["g60.mkv"], None))
+        kept = real(_pyav.Decoder(container, stream, Deadline(av1["g60.mkv"], None)), pts, keys)
+    assert sorted(kept) == keys and all(np.array_equal(kept[k], frames[k]) for k in keys)
+
+
 def test_auto_uses_the_cost_model(av1, oracle):
     frames, _ = oracle["g60.mkv"]
     keys = keyframes(av1["g60.mkv"])

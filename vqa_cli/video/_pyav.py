@@ -235,6 +235,42 @@ def decode_exact(decoder: Decoder, index: PacketIndex, pts: list[int], targets: 
 
 
 def decode_keyframes(decoder: Decoder, pts: list[int], keys: list[int]) -> dict[int, np.ndarray]:
+    """Each keyframe in ``keys`` decoded from its own packet: one demuxer pass from the start (reading
+    packets costs next to nothing) feeds only those packets to the decoder, drained once at the end. When
+    that does not give every keyframe, each is reached by a demuxer seek instead."""
+    wanted = {pts[k]: k for k in keys}
+    last = max(wanted)
+    context = decoder.stream.codec_context
+    kept: dict[int, np.ndarray] = {}
+
+    def take(frames: Any) -> None:
+        for frame in frames:
+            decoder.decoded += 1
+            k = wanted.get(frame.pts)
+            if k is not None:
+                kept[k] = to_rgb(frame)
+
+    decoder.seek(pts[0])
+    for packet in decoder.packets:
+        decoder.deadline.check()
+        stamp = packet.pts if packet.pts is not None else packet.dts
+        if packet.size == 0 or stamp not in wanted:
+            if packet.size == 0 or (stamp is not None and stamp > last):
+                break
+            continue
+        try:
+            take(context.decode(packet))
+        except (OSError, ValueError) as exc:
+            if not _is_data_error(exc):
+                raise
+            decoder.damaged += 1
+    take(context.decode(None))
+    if len(kept) == len(wanted):
+        return kept
+    return _keyframes_by_seeking(decoder, pts, [k for k in keys if k not in kept]) | kept
+
+
+def _keyframes_by_seeking(decoder: Decoder, pts: list[int], keys: list[int]) -> dict[int, np.ndarray]:
     """Each keyframe in ``keys``, reached by a demuxer seek and decoded from its packet alone."""
     kept: dict[int, np.ndarray] = {}
     for k in keys:
