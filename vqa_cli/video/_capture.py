@@ -8,6 +8,7 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import cv2
 import numpy as np
@@ -132,6 +133,19 @@ def rotate(frame: np.ndarray, degrees: int) -> np.ndarray:
     if degrees == 270:
         return cv2.rotate(frame, cv2.ROTATE_90_COUNTERCLOCKWISE)
     return frame
+
+
+def sampled(path: str, timeline: Any, chosen: list[int], frames: dict[int, np.ndarray], **facts: Any) -> Clip:
+    """The ``Clip`` of the frames ``chosen`` (indices into ``timeline``) out of the decoded ``frames``;
+    ``facts`` are the other ``Clip`` fields (frame counts, seek mode, decoder, warnings, ...)."""
+    return Clip(path=path, frames=stack([frames[i] for i in chosen]), indices=list(chosen),
+                timestamps=[timeline.timestamps[i] for i in chosen], duration=timeline.duration, fps=timeline.fps,
+                is_image=False, **facts)
+
+
+def shared_keys_warning(targets: int, keys: int) -> str:
+    """The note for keyframe seeking that returns fewer frames than asked (targets sharing keyframes)."""
+    return f"{targets} targets share {keys} keyframes; returned {keys} frames"
 
 
 def stack(frames: list[np.ndarray]) -> np.ndarray:

@@ -121,15 +121,9 @@ def sample_counting(
     warnings = []
     if damaged:
         warnings.append(f"skipped {damaged} undecodable packet{'s' if damaged != 1 else ''}")
-    return Clip(
-        path=path,
-        frames=_capture.stack([kept[i] for i in targets]),
-        indices=list(targets),
-        timestamps=[timeline.timestamps[i] for i in targets],
-        duration=timeline.duration,
-        fps=timeline.fps,
+    return _capture.sampled(
+        path, timeline, targets, kept,
         frames_from_content=len(timeline.timestamps),
-        is_image=False,
         frames_from_header=frames_from_header,
         fps_from_header=fps_from_header,
         seek="exact",

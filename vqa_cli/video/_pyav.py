@@ -323,20 +323,14 @@ def _sample_indexed(
         chosen = choice.keys
         kept = decode_keyframes(decoder, pts, chosen)
         if len(chosen) < len(targets):
-            warnings.append(f"{len(targets)} targets share {len(chosen)} keyframes; returned {len(chosen)} frames")
+            warnings.append(_capture.shared_keys_warning(len(targets), len(chosen)))
     else:
         chosen = targets
         kept = decode_exact(decoder, index, pts, targets)
     _warn_damaged(warnings, decoder.damaged)
-    return Clip(
-        path=path,
-        frames=_capture.stack([kept[i] for i in chosen]),
-        indices=list(chosen),
-        timestamps=[timeline.timestamps[i] for i in chosen],
-        duration=timeline.duration,
-        fps=timeline.fps,
+    return _capture.sampled(
+        path, timeline, chosen, kept,
         frames_from_content=index.frames_from_content,
-        is_image=False,
         frames_from_header=index.frames_from_header,
         fps_from_header=index.fps_from_header,
         seek=choice.mode,
@@ -401,15 +395,9 @@ def _sample_counting(
                              "(the file decodes inconsistently)")
     warnings: list[str] = []
     _warn_damaged(warnings, damaged)
-    return Clip(
-        path=path,
-        frames=_capture.stack([kept[i] for i in targets]),
-        indices=list(targets),
-        timestamps=[timeline.timestamps[i] for i in targets],
-        duration=timeline.duration,
-        fps=timeline.fps,
+    return _capture.sampled(
+        path, timeline, targets, kept,
         frames_from_content=len(ms),
-        is_image=False,
         frames_from_header=frames_from_header,
         fps_from_header=fps_from_header,
         seek="exact",

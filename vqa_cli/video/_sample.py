@@ -132,18 +132,12 @@ def _sample_indexed(
     else:
         chosen = keys
         if len(keys) < len(targets):
-            warnings.append(f"{len(targets)} targets share {len(keys)} keyframes; returned {len(keys)} frames")
+            warnings.append(_capture.shared_keys_warning(len(targets), len(keys)))
     if any(i not in job.frames for i in chosen):
         raise Mismatch("a target was not decoded")
-    return Clip(
-        path=path,
-        frames=_capture.stack([job.frames[i] for i in chosen]),
-        indices=list(chosen),
-        timestamps=[timeline.timestamps[i] for i in chosen],
-        duration=timeline.duration,
-        fps=timeline.fps,
+    return _capture.sampled(
+        path, timeline, chosen, job.frames,
         frames_from_content=index.frames_from_content,
-        is_image=False,
         frames_from_header=index.frames_from_header,
         fps_from_header=index.fps_from_header,
         seek=mode,
