@@ -388,9 +388,9 @@ def run_caption(settings: Any, inputs: list[str], out: str, prompt: str, *, batc
     if summary_path:
         if writer.same_file(summary_path, out) or writer.same_file(summary_path, target):
             raise UsageError("--summary and --out name the same file")
-        writer.check_output(summary_path, videos, flag="--summary", keys=writer.SUMMARY_KEYS)
+        writer.check_output(summary_path, videos, flag="--summary", accept=writer.summary_file)
     owns_out = state is None or state.is_main_process
-    with writer.locked(target), (writer.locked(out) if owns_out and target != out else writer.NullLock()):
+    with writer.locked(target), (writer.locked(out if owns_out and target != out else "-")):
         summary = _caption_locked(settings, videos, found, out, target, prompt, sid, batch_size, workers)
         if state is not None:
             state.wait_for_everyone()

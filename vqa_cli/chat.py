@@ -68,7 +68,7 @@ def run_chat(settings: Any, video: str) -> int:
                     continue
                 record = records.transcript(video, settings, clip, turns)
                 try:
-                    writer.check_output(arg.strip(), [video], flag="/save", keys=None)
+                    writer.check_output(arg.strip(), [video], flag="/save", accept=None)
                     writer.write_json(arg.strip(), record)
                 except VqaError as exc:
                     console.error(str(exc))

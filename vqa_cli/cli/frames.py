@@ -53,7 +53,7 @@ def frames(
     if sheet:
         from vqa_cli.writer import check_output
 
-        check_output(sheet, [video], flag="--sheet", keys=None)
+        check_output(sheet, [video], flag="--sheet", accept=None)
     clip, _ = sample_clip(video, request, frames_for(request))
     pathways = _frame_pathways(mode, len(clip.indices), slow_frames)
     if sheet:

@@ -30,7 +30,7 @@ from vqa_cli.writer._files import (
     rewrite,
     write_json,
 )
-from vqa_cli.writer._guard import NullLock, OutputLock, check_output, lock_path, locked
+from vqa_cli.writer._guard import OutputLock, check_output, jsonl_file, lock_path, locked, summary_file
 from vqa_cli.writer._store import (
     captioned,
     compact,
@@ -43,8 +43,8 @@ from vqa_cli.writer._store import (
 )
 
 __all__ = [
-    "MAX_LINE_BYTES", "MIN_FREE_BYTES", "RECORD_KEYS", "SUMMARY_KEYS", "JsonlWriter", "NullLock", "Output",
-    "OutputLock", "Repair", "captioned", "check_output", "compact", "lock_path", "locked", "merge_parts",
-    "part_path", "part_paths", "read_output", "read_records", "repair", "resume", "rewrite", "same_file",
+    "MAX_LINE_BYTES", "MIN_FREE_BYTES", "RECORD_KEYS", "SUMMARY_KEYS", "JsonlWriter", "Output", "OutputLock", "Repair",
+    "captioned", "check_output", "compact", "jsonl_file", "lock_path", "locked", "merge_parts", "part_path",
+    "part_paths", "read_output", "read_records", "repair", "resume", "rewrite", "same_file", "summary_file",
     "superseded", "write_json",
 ]

@@ -6,11 +6,11 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from vqa_cli.errors import OutputBusyError, OutputRefusedError, OutputWriteError
-from vqa_cli.writer._files import MIN_FREE_BYTES, RECORD_KEYS, SUMMARY_KEYS, _is_record, _where, _writing, read_output
+from vqa_cli.writer._files import MIN_FREE_BYTES, SUMMARY_KEYS, _is_record, _where, _writing, read_output
 
 # ---- checks before anything loads -----------------------------------------------------------
 
@@ -53,14 +53,29 @@ def _check_writable(path: str, flag: str) -> None:
         raise OutputWriteError(f"cannot write {flag} {_where(path)}: no space left on the device of {_where(folder)}")
 
 
+def jsonl_file(path: str, flag: str) -> None:
+    """An existing output ``check_output`` may append to: vqa JSON Lines (``read_output`` says why not)."""
+    read_output(path)
+
+
+def summary_file(path: str, flag: str) -> None:
+    """An existing file ``--summary`` may replace: an earlier vqa summary."""
+    try:
+        obj = json.loads(Path(path).read_bytes())
+    except (ValueError, UnicodeDecodeError, OSError):
+        obj = None
+    if not _is_record(obj, SUMMARY_KEYS):
+        raise OutputRefusedError(f"{flag} {_where(path)} exists and is not a vqa summary: refusing to overwrite it")
+
+
 def check_output(path: str, inputs: Iterable[str], *, flag: str = "--out",
-                 keys: frozenset[str] | None = RECORD_KEYS) -> None:
+                 accept: Callable[[str, str], None] | None = jsonl_file) -> None:
     """Everything that can be known about an output before the model loads; ``-`` (stdout) is always fine.
 
     Refuses (``OutputRefusedError``, exit 2) an output that is one of the ``inputs``, an existing
-    file whose complete lines are not all vqa records (``keys``; ``SUMMARY_KEYS``: a vqa summary;
-    None: any file may be replaced), a folder, or a place that cannot be written; a full disk is
-    ``OutputWriteError`` (exit 1). Nothing is created or changed.
+    non-empty file that ``accept(path, flag)`` refuses (``jsonl_file``, ``summary_file``; None: any file
+    may be replaced), a folder, or a place that cannot be written; a full disk is ``OutputWriteError``
+    (exit 1). Nothing is created or changed.
     """
     if path == "-":
         return
@@ -74,21 +89,9 @@ def check_output(path: str, inputs: Iterable[str], *, flag: str = "--out",
                 same = False
             if same:
                 raise OutputRefusedError(f"{flag} {_where(path)} is one of the input videos: refusing to overwrite it")
-    if keys is not None and real.is_file() and real.stat().st_size:
-        if keys == SUMMARY_KEYS:
-            _check_summary(path, real, flag)
-        else:
-            read_output(real, keys)
+    if accept is not None and real.is_file() and real.stat().st_size:
+        accept(path, flag)
     _check_writable(path, flag)
-
-
-def _check_summary(path: str, real: Path, flag: str) -> None:
-    try:
-        obj = json.loads(real.read_bytes())
-    except (ValueError, UnicodeDecodeError, OSError):
-        obj = None
-    if not _is_record(obj, SUMMARY_KEYS):
-        raise OutputRefusedError(f"{flag} {_where(path)} exists and is not a vqa summary: refusing to overwrite it")
 
 
 # ---- one writer per file ---------------------------------------------------------------------
@@ -157,15 +160,6 @@ def _read_pid(fd: int) -> int | None:
         return None
 
 
-class NullLock:
-    """Stands in for ``OutputLock`` when writing to stdout."""
-
-    def __enter__(self) -> NullLock:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def locked(path: str) -> OutputLock | NullLock:
-    return NullLock() if path == "-" else OutputLock(path)
+def locked(path: str) -> OutputLock | contextlib.nullcontext:
+    """The output's lock, or nothing to lock when writing to stdout (``-``)."""
+    return contextlib.nullcontext() if path == "-" else OutputLock(path)
