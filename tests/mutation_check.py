@@ -239,8 +239,8 @@ MUTANTS: list[Mutant] = [
     M("caption.walk-errors-ignored", "vqa_cli/caption.py", "    for root, _, files in os.walk(folder, onerror=failed):",
       "    for root, _, files in os.walk(folder):", SAFE_T, "unreadable folders skipped in silence"),
     M("store.errors-deleted-upfront", "vqa_cli/writer/_store.py",
-      "    existing = read_output(out)\n    repaired = repair(out, existing)",
-      "    existing = read_output(out)\n    repaired = repair(out, existing)\n"
+      "    existing = existing if existing is not None else read_output(out)\n    repaired = repair(out, existing)",
+      "    existing = existing if existing is not None else read_output(out)\n    repaired = repair(out, existing)\n"
       "    rewrite(out, [r for r in existing.records if r.get(\"error\") is None])", SAFE_T,
       "old error records deleted before the retry"),
 ]

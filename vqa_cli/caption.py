@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -414,11 +414,11 @@ def _caption_locked(settings: Any, videos: list[str], found: Inputs, out: str, t
     from vqa_cli.session import open_model
 
     # Under accelerate only the main process rewrites --out (at the merge); the others just read it.
-    done = writer.captioned(out, sid) if target != out else set()
-    done |= writer.captioned(target, sid)
+    existing = writer.read_output(target) if target != "-" else writer.Output()
+    done = writer.captioned_in(existing.records, sid) | (writer.captioned(out, sid) if target != out else set())
     todo = [v for v in videos if v not in done]
     session = open_model(settings, [prompt]) if todo else None
-    todo, repaired = writer.resume(target, todo, sid)
+    todo, repaired = writer.resume(target, todo, sid, existing)
     summary = Summary(videos=len(videos), skipped=len(videos) - len(todo), repair=repaired)
     folders = [records.error_record(folder, settings, sid, InputNotFoundError(f"cannot read folder {folder!r}: "
                                                                               f"{reason}"), kind="input")
@@ -438,17 +438,14 @@ def _caption_locked(settings: Any, videos: list[str], found: Inputs, out: str, t
                 captioner.run(todo, sink)
         finally:
             summary.load_seconds = session.timings["load"]
-            summary.superseded = writer.compact(target, _readable_folders(target, found, sid))
+            summary.superseded = writer.compact(target, _readable_folder(found, sid))
     else:
-        summary.superseded = writer.compact(target, _readable_folders(target, found, sid))
+        summary.superseded = writer.compact(target, _readable_folder(found, sid))
     return summary
 
 
-def _readable_folders(target: str, found: Inputs, sid: str) -> set[tuple[str, str]]:
-    """(folder, settings) of input-error records whose folder this run walked without trouble."""
-    if target == "-":
-        return set()
+def _readable_folder(found: Inputs, sid: str) -> Callable[[dict], bool]:
+    """Which input-error records (of these settings) are settled: their folder was walked without trouble."""
     bad = {folder for folder, _ in found.unreadable}
-    return {(r["video"], sid) for r in writer.read_records(target)
-            if r.get("error_kind") == "input" and r.get("settings_id") == sid and r["video"] not in bad
-            and Path(r["video"]).is_dir()}
+    return lambda rec: (rec.get("error_kind") == "input" and rec.get("settings_id") == sid
+                        and rec.get("video") not in bad and Path(rec.get("video") or "").is_dir())

@@ -4,10 +4,10 @@ merged into it), what is already done in it, its repair, and the clean-up after 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from vqa_cli.writer._files import Repair, read_output, read_records, repair, rewrite
+from vqa_cli.writer._files import Output, Repair, read_output, read_records, repair, rewrite
 
 
 def part_path(out: str, index: int, count: int) -> str:
@@ -26,39 +26,40 @@ def same_file(a: str, b: str) -> bool:
 
 def captioned(path: str, sid: str) -> set[str]:
     """Videos with a caption under settings ``sid`` in an existing output (read only)."""
-    return _captioned(read_records(path) if path != "-" else [], sid)
+    return captioned_in(read_records(path) if path != "-" else [], sid)
 
 
-def _captioned(records: Iterable[dict], sid: str) -> set[str]:
+def captioned_in(records: Iterable[dict], sid: str) -> set[str]:
+    """Videos with a caption under settings ``sid`` among ``records``."""
     return {r.get("video") for r in records if r.get("settings_id") == sid and r.get("error") is None}
 
 
-def resume(out: str, videos: list[str], sid: str) -> tuple[list[str], Repair]:
-    """Videos still to caption, after making the file's last line whole (see ``repair``).
+def resume(out: str, videos: list[str], sid: str, existing: Output | None = None) -> tuple[list[str], Repair]:
+    """Videos still to caption, after making the file's last line whole (see ``repair``); ``existing``:
+    the file as already read.
 
     Error records stay until a later record of the same video and settings supersedes them
     (``compact``): a run killed before retrying a video loses nothing.
     """
     if out == "-":
         return videos, Repair()
-    existing = read_output(out)
+    existing = existing if existing is not None else read_output(out)
     repaired = repair(out, existing)
-    done = _captioned(existing.records, sid)
+    done = captioned_in(existing.records, sid)
     return [v for v in videos if v not in done], repaired
 
 
-def superseded(records: list[dict], resolved: set[tuple[str, str]] = frozenset()) -> list[int]:
-    """Positions of error records a later record of the same (video, settings) replaces, or whose
-    (video, settings) is in ``resolved`` (an unreadable folder that a later run could read)."""
+def superseded(records: list[dict], resolved: Callable[[dict], bool] = lambda rec: False) -> list[int]:
+    """Positions of error records a later record of the same (video, settings) replaces, or that
+    ``resolved`` says are settled (an unreadable folder that a later run could read)."""
     last: dict[tuple, int] = {}
     for i, rec in enumerate(records):
         last[(rec.get("video"), rec.get("settings_id"))] = i
     return [i for i, rec in enumerate(records) if rec.get("error") is not None
-            and (last[(rec.get("video"), rec.get("settings_id"))] != i
-                 or (rec.get("video"), rec.get("settings_id")) in resolved)]
+            and (last[(rec.get("video"), rec.get("settings_id"))] != i or resolved(rec))]
 
 
-def compact(out: str, resolved: set[tuple[str, str]] = frozenset()) -> int:
+def compact(out: str, resolved: Callable[[dict], bool] = lambda rec: False) -> int:
     """Drop superseded error records (see ``superseded``) with one atomic rewrite; how many were dropped."""
     if out == "-" or not Path(out).exists():
         return 0
