@@ -83,8 +83,7 @@ class Conversation:
 
     @property
     def context_limit(self) -> int:
-        g = self.engine.checkpoint.geometry
-        return int(g.trained_context * self.engine.rope_factor)
+        return self.engine.checkpoint.context(self.engine.rope_factor)
 
     def _ids(self, messages: list[dict]) -> list[int]:
         """Token ids of the whole conversation, video placeholder expanded, ready for the next answer."""

@@ -173,10 +173,14 @@ class Checkpoint:
                 f"pass --rope-scale {factor:g}"))
         return Budget(plan, prompt_tokens, settings.max_new_tokens, self.geometry.trained_context, factor)
 
+    def context(self, rope_factor: float) -> int:
+        """Positions the language model holds at ``rope_factor``."""
+        return int(self.geometry.trained_context * rope_factor)
+
     def check_fits(self, tokens: int, rope_factor: float, message: Callable[[int], str]) -> None:
         """The one context check: ``tokens`` must fit the trained context scaled by ``rope_factor``, or a
         ``ContextOverflowError`` with ``message(context)`` (vqa never truncates)."""
-        context = int(self.geometry.trained_context * rope_factor)
+        context = self.context(rope_factor)
         if tokens > context:
             raise ContextOverflowError(message(context))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from transformers.generation.streamers import BaseStreamer
@@ -78,11 +79,14 @@ def sampling_kwargs(temperature: float) -> dict:
 
 def cache_kwargs(model: Any, cache: Any) -> dict:
     """The keyword a KV cache goes by: ``cache`` in newer transformers 5.x, ``past_key_values`` before."""
+    return {} if cache is None else {_cache_keyword(type(model)): cache}
+
+
+@lru_cache(maxsize=8)
+def _cache_keyword(model_class: type) -> str:
     import inspect
 
-    if cache is None:
-        return {}
-    return {"cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values": cache}
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
 def pad_id(tokenizer: Any) -> int:
