@@ -186,22 +186,24 @@ def read_image(path: str) -> Clip:
     )
 
 
+def grabs_a_frame(path: str, fs_path: str, threads: int) -> bool:
+    """Whether OpenCV opens the file and decodes its first frame."""
+    try:
+        cap = open_capture(path, fs_path, threads=threads)
+    except VideoError:
+        return False
+    try:
+        return bool(cap.grab())
+    finally:
+        cap.release()
+
+
 def probe(path: str) -> None:
     """Fail fast (VideoError) when ``path`` is missing or yields no frame; decodes one frame at most
     (with OpenCV, or with PyAV where OpenCV cannot)."""
     fs_path = check_file(path)
-    if is_image_path(path):
+    if is_image_path(path) or grabs_a_frame(path, fs_path, threads=0):
         return
-    try:
-        cap = open_capture(path, fs_path, threads=0)
-    except VideoError:
-        cap = None
-    try:
-        if cap is not None and cap.grab():
-            return
-    finally:
-        if cap is not None:
-            cap.release()
     from vqa_cli.video import _pyav  # files OpenCV cannot decode (AV1, ...) go through PyAV
 
     if not _pyav.first_frame(fs_path):

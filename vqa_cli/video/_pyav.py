@@ -51,17 +51,7 @@ def wanted(path: str, fs_path: str, index: PacketIndex | None) -> bool:
     """Whether this file goes through PyAV: OpenCV cannot grab its first frame and PyAV opens a video stream."""
     if index is not None and index.codec in OPENCV_DECODES:
         return False
-    try:
-        cap = _capture.open_capture(path, fs_path, threads=1)
-    except VideoError:
-        cap = None
-    if cap is not None:
-        try:
-            if cap.grab():
-                return False
-        finally:
-            cap.release()
-    return has_video(fs_path)
+    return not _capture.grabs_a_frame(path, fs_path, threads=1) and has_video(fs_path)
 
 
 def has_video(fs_path: str) -> bool:
