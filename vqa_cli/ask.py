@@ -6,7 +6,7 @@ import sys
 import time
 
 from vqa_cli import console, records
-from vqa_cli.session import Session, check_input, open_session
+from vqa_cli.session import Session, check_input, open_session, plan_model
 
 
 def plan_record(checkpoint, settings, budget) -> dict:
@@ -54,12 +54,10 @@ def run_ask(settings, video: str, questions: list[str], *, as_json: bool = False
     """One question: streamed answer. Several: one video encode and one shared prefill, then each question."""
     run_started = time.perf_counter()
     if plan_only:
-        from vqa_cli.engine import Checkpoint
         from vqa_cli.video import is_image_path
 
         check_input(video)
-        checkpoint = Checkpoint(settings.model)
-        budget = checkpoint.budget(settings, questions, num_frames=1 if is_image_path(video) else None)
+        checkpoint, budget = plan_model(settings, questions, num_frames=1 if is_image_path(video) else None)
         print_plan(plan_record(checkpoint, settings, budget), as_json)
         return 0
     session = open_session(settings, video, questions)

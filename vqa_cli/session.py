@@ -54,6 +54,18 @@ def planned_frames(settings: Any) -> int:
     return frames_for(settings, family.default_frames)
 
 
+def plan_model(settings: Any, questions: list[str], *, num_frames: int | None = None, reserve: int = 0
+               ) -> tuple[Any, Any]:
+    """(checkpoint, budget) without weights: read the checkpoint's files and budget the request (it fails
+    here when it cannot fit). ``reserve``: room kept for later chat turns."""
+    from vqa_cli.engine import Checkpoint
+
+    with console.status("reading model config"):
+        checkpoint = Checkpoint(settings.model)
+        planning = replace(settings, max_new_tokens=settings.max_new_tokens + reserve)
+        return checkpoint, checkpoint.budget(planning, questions, num_frames=num_frames)
+
+
 def open_model(settings: Any, questions: list[str], *, num_frames: int | None = None, reserve: int = 0,
                timings: dict[str, float] | None = None) -> Session:
     """Read the checkpoint, budget the request (it fails here, before any weight loads, when it cannot fit),
@@ -62,13 +74,10 @@ def open_model(settings: Any, questions: list[str], *, num_frames: int | None = 
     ``num_frames``: the frames to plan for (default: the request's); ``reserve``: room kept for later chat
     turns. The load time goes into ``timings["load"]``.
     """
-    from vqa_cli.engine import Checkpoint, Engine
+    from vqa_cli.engine import Engine
 
     timings = {} if timings is None else timings
-    with console.status("reading model config"):
-        checkpoint = Checkpoint(settings.model)
-        planning = replace(settings, max_new_tokens=settings.max_new_tokens + reserve)
-        budget = checkpoint.budget(planning, questions, num_frames=num_frames)
+    checkpoint, budget = plan_model(settings, questions, num_frames=num_frames, reserve=reserve)
     with console.status(f"loading {settings.model}"):
         started = time.perf_counter()
         engine = Engine(checkpoint, settings, budget.rope_factor)
