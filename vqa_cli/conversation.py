@@ -70,8 +70,8 @@ class Conversation:
         import torch
         from transformers import DynamicCache
 
-        a = self._ids([{"role": "user", "text": "a"}])
-        b = self._ids([{"role": "user", "text": "b"}])
+        a = self.ids_for([{"role": "user", "text": "a"}])
+        b = self.ids_for([{"role": "user", "text": "b"}])
         shared = a[: common_prefix(a, b)]
         self.cache = DynamicCache(config=self.engine.model.config)
         ids_t = torch.tensor([shared], device=self.engine.input_device)
@@ -85,7 +85,7 @@ class Conversation:
     def context_limit(self) -> int:
         return self.engine.checkpoint.context(self.engine.rope_factor)
 
-    def _ids(self, messages: list[dict]) -> list[int]:
+    def ids_for(self, messages: list[dict]) -> list[int]:
         """Token ids of the whole conversation, video placeholder expanded, ready for the next answer."""
         engine = self.engine
         image = engine.uses_image_path(self.clip)
@@ -96,18 +96,20 @@ class Conversation:
         return prompt.expand_placeholder(ids, engine.placeholder_id(self.clip), self.features.shape[0])
 
     def ask(self, question: str, *, keep: bool, on_text: Callable[[str], None] | None = None,
-            first_logits: bool = False) -> Turn:
+            first_logits: bool = False, logits: bool = False, should_stop: Callable[[str], bool] | None = None
+            ) -> Turn:
         """Answer ``question`` after the history; ``keep`` appends the turn to the conversation.
 
         ``first_logits`` also keeps the raw logits the model gave for the first new token (``Turn.first_logits``),
-        for checking the cached prefill against a full one; normal turns do not pay for them.
+        for checking the cached prefill against a full one; normal turns do not pay for them. ``logits`` keeps
+        every new token's (``Turn.generation.logits``). ``should_stop``: see ``generate.generate``.
         """
         import torch
 
         engine = self.engine
         settings = engine.settings
         messages = self.messages + [{"role": "user", "text": question}]
-        ids = self._ids(messages)
+        ids = self.ids_for(messages)
         engine.checkpoint.check_fits(len(ids) + settings.max_new_tokens, engine.rope_factor, lambda ctx: (
             f"the conversation needs {len(ids)} + {settings.max_new_tokens} tokens but the context holds "
             f"{ctx}: /reset to start over, or ask with fewer --frames"))
@@ -122,7 +124,7 @@ class Conversation:
             embeds = prompt.embed(engine.model, ids_t, self.features, engine.placeholder_id(self.clip))
         gen = generate(engine.model, engine.checkpoint.tokenizer, ids_t, embeds, max_new_tokens=settings.max_new_tokens,
                        temperature=settings.temperature, seed=settings.seed, on_text=on_text, cache=self.cache,
-                       first_logits=first_logits)
+                       logits=first_logits or logits, should_stop=should_stop)
         self.cached_ids = gen.sequence[: self.cache.get_seq_length()]
         if keep:
             self.messages = messages + [{"role": "assistant", "text": gen.text}]

@@ -61,7 +61,13 @@ class Generation:
     first_token: float  # seconds from the call to the first new token (prefill included)
     total: float  # seconds for the whole generate call
     sequence: list[int] | None = None  # prompt and new ids as the model returned them (single prompts)
-    first_logits: Any = None  # [vocab] raw logits of the first new token, when asked for
+    logits: Any = None  # [new tokens, vocab] raw logits of each new token, when asked for
+    stopped: bool = False  # ended by ``should_stop`` (a stop string, a cancelled request), not by EOS or length
+
+    @property
+    def first_logits(self) -> Any:
+        """[vocab] raw logits of the first new token (None unless asked for)."""
+        return None if self.logits is None else self.logits[0]
 
     @property
     def tokens_per_second(self) -> float:
@@ -93,13 +99,31 @@ def pad_id(tokenizer: Any) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
-def _run(model: Any, ids: Any, embeds: Any, mask: Any, streamer: Any, *, pad: int, max_new_tokens: int,
-         temperature: float, seed: int | None, cache: Any = None, first_logits: bool = False) -> Any:
-    """The one call of the model's ``generate`` in vqa. A seed applies to this call only (the global RNG
-    is restored afterwards)."""
-    import torch
+class _Until:
+    """A stopping criterion from a plain callable (checked after every new token)."""
 
-    extra = {"output_logits": True, "return_dict_in_generate": True} if first_logits else {}
+    def __init__(self, should_stop: Callable[[], bool]) -> None:
+        self.should_stop = should_stop
+        self.fired = False
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        self.fired = self.fired or bool(self.should_stop())
+        return torch.full((input_ids.shape[0],), self.fired, dtype=torch.bool, device=input_ids.device)
+
+
+def _run(model: Any, ids: Any, embeds: Any, mask: Any, streamer: Any, *, pad: int, max_new_tokens: int,
+         temperature: float, seed: int | None, cache: Any = None, logits: bool = False, until: _Until | None = None
+         ) -> Any:
+    """The one call of the model's ``generate`` in vqa. A seed applies to this call only (the global RNG
+    is restored afterwards). ``until`` stops the generation early when its callable says so."""
+    import torch
+    from transformers import StoppingCriteriaList
+
+    extra: dict[str, Any] = {"output_logits": True, "return_dict_in_generate": True} if logits else {}
+    if until is not None:
+        extra["stopping_criteria"] = StoppingCriteriaList([until])
     devices = [ids.device.index or 0] if ids.device.type == "cuda" else []
     with torch.inference_mode(), torch.random.fork_rng(devices=devices, enabled=seed is not None and temperature > 0):
         if seed is not None and temperature > 0:
@@ -120,23 +144,28 @@ def generate(
     seed: int | None = None,
     on_text: Callable[[str], None] | None = None,
     cache: Any = None,
-    first_logits: bool = False,
+    logits: bool = False,
+    should_stop: Callable[[str], bool] | None = None,
 ) -> Generation:
     """Generate from prompt embeddings [1, L, D], streaming text to ``on_text``.
 
-    ``cache``: a KV cache holding a prefix of the prompt (only the rest is prefilled). ``first_logits``
-    keeps the raw logits of the first new token (for checking a cached prefill against a full one).
+    ``cache``: a KV cache holding a prefix of the prompt (only the rest is prefilled). ``logits`` keeps the
+    raw logits of every new token (for log-probabilities, and for checking a cached prefill against a full
+    one). ``should_stop(text so far)`` is asked after every token: a stop string seen, a request cancelled.
     """
     import torch
 
     streamer = TimedTextStreamer(tokenizer, on_text)
+    until = _Until(lambda: should_stop(streamer.text)) if should_stop is not None else None
     out = _run(model, ids, embeds, torch.ones_like(ids), streamer, pad=pad_id(tokenizer), max_new_tokens=max_new_tokens,
-               temperature=temperature, seed=seed, cache=cache, first_logits=first_logits)
+               temperature=temperature, seed=seed, cache=cache, logits=logits, until=until)
     total = time.perf_counter() - streamer.started
     first = (streamer.first_token_at or time.perf_counter()) - streamer.started
-    sequences = out.sequences if first_logits else out
-    logits = out.logits[0][0].clone() if first_logits else None  # step 0, row 0: before any logits processor
-    return Generation(streamer.text.strip(), len(streamer.tokens), first, total, sequences[0].tolist(), logits)
+    sequences = out.sequences if logits else out
+    # Row 0 of each step's raw logits (before any logits processor).
+    kept = torch.stack([step[0] for step in out.logits]).clone() if logits else None
+    return Generation(streamer.text.strip(), len(streamer.tokens), first, total, sequences[0].tolist(), kept,
+                      stopped=bool(until and until.fired))
 
 
 class TokenClock(BaseStreamer):
@@ -183,15 +212,17 @@ def generate_batch(
     max_new_tokens: int,
     temperature: float = 0.0,
     seed: int | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[Generation]:
-    """Left-padded batched generation for several prompts at once (no streaming)."""
+    """Left-padded batched generation for several prompts at once (no streaming); ``should_stop()`` ends
+    the whole batch early (every request in it cancelled)."""
     import torch
 
     pad = pad_id(tokenizer)
     ids, embeds, mask = left_pad(rows, pad)
     clock = TokenClock()
     out = _run(model, ids, embeds, mask, clock, pad=pad, max_new_tokens=max_new_tokens, temperature=temperature,
-               seed=seed)
+               seed=seed, until=_Until(should_stop) if should_stop is not None else None)
     total = time.perf_counter() - clock.started
     first = (clock.first_token_at or time.perf_counter()) - clock.started
     new = out[:, ids.shape[1]:] if out.shape[1] > ids.shape[1] and torch.equal(out[:, :ids.shape[1]], ids) else out

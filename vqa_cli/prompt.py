@@ -49,14 +49,15 @@ def render(tokenizer: Any, template: str, conversation: str | list[dict], *, med
     """The one prompt renderer: a conversation through the checkpoint's chat template, ready for the answer.
 
     ``conversation`` is the question, or the turns so far as ``[{"role": "user"|"assistant", "text": ...}]``
-    starting with the user. The first user turn holds the video (or image, ``media``) and, before its
-    text, ``time_text`` (the time instruction).
+    starting with the user (after an optional ``"system"`` turn). The first user turn holds the video (or
+    image, ``media``) and, before its text, ``time_text`` (the time instruction).
     """
     turns = [{"role": "user", "text": conversation}] if isinstance(conversation, str) else conversation
+    first_user = next((i for i, turn in enumerate(turns) if turn["role"] == "user"), 0)
     messages = []
     for i, turn in enumerate(turns):
-        text = f"{time_text}\n{turn['text']}" if i == 0 and time_text else turn["text"]
-        content = ([{"type": media}] if i == 0 else []) + [{"type": "text", "text": text}]
+        text = f"{time_text}\n{turn['text']}" if i == first_user and time_text else turn["text"]
+        content = ([{"type": media}] if i == first_user else []) + [{"type": "text", "text": text}]
         messages.append({"role": turn["role"], "content": content})
     return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=True)
 

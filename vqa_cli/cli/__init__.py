@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from vqa_cli import __version__, console
-from vqa_cli.cli import ask, caption, chat, frames, models
+from vqa_cli.cli import ask, caption, chat, frames, models, serve
 from vqa_cli.errors import EXIT_USAGE, describe
 
 __all__ = ["app", "main"]
@@ -33,6 +33,7 @@ app.command()(caption.caption)
 app.command()(frames.frames)
 app.command()(models.models)
 app.command()(models.download)
+app.command()(serve.serve)
 
 
 def _version(value: bool) -> None:

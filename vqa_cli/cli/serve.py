@@ -1,0 +1,101 @@
+"""``vqa serve``: an OpenAI-compatible server that keeps the model loaded."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+
+from vqa_cli.cli.options import (
+    DeviceOpt,
+    DtypeOpt,
+    EndOpt,
+    FastGridOpt,
+    FpsOpt,
+    FramesOpt,
+    GuideKernelOpt,
+    GuideModelOpt,
+    GuideOpt,
+    MaxFramesOpt,
+    MaxNewTokensOpt,
+    ModelOpt,
+    ModeOpt,
+    PoolOpt,
+    QuantOpt,
+    RopeScaleOpt,
+    RopeTypeOpt,
+    SeedOpt,
+    SeekOpt,
+    SlowFramesOpt,
+    StartOpt,
+    StrideOpt,
+    TemperatureOpt,
+    TimePromptOpt,
+    run_settings,
+)
+from vqa_cli.modes import DEFAULT_MODE
+
+
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (127.0.0.1: this machine only).")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0: any free one, printed).")] = 8000,
+    media_root: Annotated[list[str] | None, typer.Option(
+        "--media-root", help="Folder requests may read videos from (repeatable; default: the current folder).",
+        show_default=False)] = None,
+    allow_urls: Annotated[bool, typer.Option("--allow-urls", help="Let requests name http(s) video urls.")] = False,
+    api_key: Annotated[str | None, typer.Option("--api-key", help="Require 'Authorization: Bearer KEY' "
+                                                "(default: $VQA_API_KEY).", show_default=False)] = None,
+    max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=1, help="Largest data: or http(s) video.")]
+    = 256.0,
+    feature_cache: Annotated[str | None, typer.Option("--feature-cache", help="Also keep visual tokens on disk in "
+                                                      "this folder (survives restarts).", show_default=False)] = None,
+    feature_cache_gib: Annotated[float, typer.Option("--feature-cache-gib", min=0,
+                                                     help="Memory for visual tokens.")] = 2.0,
+    kv_cache_gib: Annotated[float, typer.Option("--kv-cache-gib", min=0,
+                                                help="Memory for conversations' KV caches.")] = 2.0,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1,
+                                            help="Most concurrent requests in one generate call.")] = 4,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Decode threads.")] = 2,
+    frames: FramesOpt = None,
+    fps: FpsOpt = None,
+    max_frames: MaxFramesOpt = None,
+    seek: SeekOpt = "auto",
+    start: StartOpt = None,
+    end: EndOpt = None,
+    model: ModelOpt = None,
+    mode: ModeOpt = DEFAULT_MODE,
+    quant: QuantOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    max_new_tokens: MaxNewTokensOpt = 256,
+    temperature: TemperatureOpt = 0.0,
+    seed: SeedOpt = None,
+    stride: StrideOpt = None,
+    slow_frames: SlowFramesOpt = None,
+    fast_grid: FastGridOpt = None,
+    pool: PoolOpt = None,
+    rope_scale: RopeScaleOpt = None,
+    rope_type: RopeTypeOpt = "linear",
+    time_prompt: TimePromptOpt = False,
+    guide: GuideOpt = False,
+    guide_model: GuideModelOpt = None,
+    guide_kernel: GuideKernelOpt = None,
+) -> int:
+    """Serve the model over an OpenAI-compatible API (POST /v1/chat/completions); the options are defaults
+    that each request may override."""
+    from vqa_cli.serve import ServeOptions, run_server
+
+    settings = run_settings(
+        frames=frames, fps=fps, max_frames=max_frames, seek=seek, start=start, end=end,
+        model=model, mode=mode, quant=quant, device=device, dtype=dtype, max_new_tokens=max_new_tokens,
+        temperature=temperature, seed=seed, stride=stride, slow_frames=slow_frames, fast_grid=fast_grid, pool=pool,
+        rope_scale=rope_scale, rope_type=rope_type, time_prompt=time_prompt,
+        guide=guide, guide_model=guide_model, guide_kernel=guide_kernel,
+    )
+    options = ServeOptions(host=host, port=port, media_roots=media_root, allow_urls=allow_urls,
+                           api_key=api_key or os.environ.get("VQA_API_KEY") or None, max_upload_mb=max_upload_mb,
+                           feature_cache=feature_cache, feature_cache_gib=feature_cache_gib,
+                           kv_cache_gib=kv_cache_gib, max_batch=batch_size, workers=workers)
+    return run_server(settings, options)

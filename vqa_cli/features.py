@@ -1,0 +1,174 @@
+"""Visual-feature cache: a clip's visual tokens, kept so a second question about it skips decode and encode.
+
+A clip's visual tokens (the mode's output, [N, D], what the prompt's placeholder is replaced with)
+depend only on the file, how it was sampled, the mode and the model. ``feature_key`` hashes exactly
+those: the file's identity (resolved path, size and modification time, or the bytes' hash for an
+upload), the sampling settings, the mode settings, the checkpoint's files, the compute dtype and the
+device kind; with prompt-guided pooling also the question. A changed file gets a new key, so a stale
+entry is never used.
+
+``FeatureCache`` keeps entries in memory (least recently used first out, bounded in bytes) and,
+with a folder, on disk as one safetensors file per key (written atomically), for ``vqa serve`` and
+for ``caption --feature-cache DIR`` re-runs with another prompt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from vqa_cli import console
+
+DISK_SUFFIX = ".safetensors"
+_CLIP_FIELDS = ("path", "indices", "timestamps", "duration", "fps", "frames_from_content", "is_image",
+                "frames_from_header", "fps_from_header", "seek", "decoded", "damaged", "warnings", "decoder", "codec")
+
+
+def file_identity(path: str) -> dict:
+    """What identifies a file's content cheaply: resolved path, size and modification time (ns)."""
+    st = os.stat(path)
+    return {"path": os.path.realpath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def bytes_identity(data: bytes) -> dict:
+    """An uploaded file's identity: its content hash."""
+    return {"sha256": hashlib.sha256(data).hexdigest()}
+
+
+def model_identity(checkpoint_dir: Path) -> dict:
+    """The checkpoint's files that decide the visual tokens (weights, configs), by name, size and mtime."""
+    files = sorted(p for p in Path(checkpoint_dir).iterdir() if p.suffix in (".safetensors", ".json"))
+    return {"dir": os.path.realpath(checkpoint_dir),
+            "files": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]}
+
+
+def feature_key(source: dict, settings: Any, frames: int, model: dict, *, dtype: str, device: str,
+                question: str = "") -> str:
+    """The cache key of a clip's visual tokens (see the module docstring); ``frames``: the planned count."""
+    identity = {
+        "source": source,
+        "sampling": {"frames": frames, "fps": settings.fps, "max_frames": settings.max_frames,
+                     "start": settings.start, "end": settings.end, "seek": settings.seek},
+        "mode": settings.mode.to_dict(),
+        "model": model,
+        "dtype": dtype,
+        "device": device.split(":")[0],
+        "question": question if settings.mode.guide else "",
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def clip_meta(clip: Any) -> dict:
+    """A clip without its pixels: what records and prompts need once its tokens are known."""
+    return {name: getattr(clip, name) for name in _CLIP_FIELDS}
+
+
+def clip_from_meta(meta: dict) -> Any:
+    """A ``video.Clip`` from ``clip_meta`` (no pixels: its visual tokens come from the cache)."""
+    import numpy as np
+
+    from vqa_cli.video import Clip
+
+    return Clip(frames=np.zeros((0, 1, 1, 3), dtype=np.uint8), **{k: meta[k] for k in _CLIP_FIELDS})
+
+
+@dataclasses.dataclass
+class Entry:
+    clip: Any  # video.Clip without pixels
+    features: Any  # [N, D] tensor on the CPU
+    where: str  # "memory" or "disk": where this lookup found it
+
+
+class FeatureCache:
+    """In-memory LRU (``max_bytes``) in front of an optional on-disk folder; safe to share between threads."""
+
+    def __init__(self, max_bytes: int, folder: str | Path | None = None) -> None:
+        self.max_bytes = max_bytes
+        self.folder = Path(folder) if folder else None
+        self._entries: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = {"memory": 0, "disk": 0}
+        self.misses = 0
+        if self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+
+    def get(self, key: str) -> Entry | None:
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                clip, features = self._entries[key]
+                self.hits["memory"] += 1
+                return Entry(clip, features, "memory")
+        found = self._read(key)
+        with self._lock:
+            if found is None:
+                self.misses += 1
+                return None
+            self.hits["disk"] += 1
+        self._remember(key, *found)
+        return Entry(*found, "disk")
+
+    def put(self, key: str, clip: Any, features: Any) -> None:
+        """Keep ``features`` (moved to the CPU) for ``clip``; on disk too when the cache has a folder."""
+        features = features.detach().to("cpu").contiguous()
+        meta = clip_meta(clip)
+        self._remember(key, clip_from_meta(meta), features)
+        if self.folder is not None:
+            self._write(key, meta, features)
+
+    def stats(self) -> dict:
+        with self._lock:
+            return {"entries": len(self._entries), "bytes": self._bytes, "max_bytes": self.max_bytes,
+                    "hits": dict(self.hits), "misses": self.misses,
+                    "folder": str(self.folder) if self.folder else None}
+
+    def _remember(self, key: str, clip: Any, features: Any) -> None:
+        size = features.numel() * features.element_size()
+        with self._lock:
+            if key in self._entries:
+                return
+            if size > self.max_bytes:
+                return
+            self._entries[key] = (clip, features)
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, (_, old) = self._entries.popitem(last=False)
+                self._bytes -= old.numel() * old.element_size()
+
+    def _path(self, key: str) -> Path:
+        assert self.folder is not None
+        return self.folder / f"{key}{DISK_SUFFIX}"
+
+    def _read(self, key: str) -> tuple[Any, Any] | None:
+        if self.folder is None or not self._path(key).is_file():
+            return None
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(self._path(key)), framework="pt") as f:
+                meta = json.loads(f.metadata()["clip"])
+                return clip_from_meta(meta), f.get_tensor("features")
+        except Exception as exc:  # a damaged entry is only a miss: it is written again
+            console.info(f"warning: ignoring a damaged feature-cache entry {self._path(key)}: {type(exc).__name__}")
+            return None
+
+    def _write(self, key: str, meta: dict, features: Any) -> None:
+        from safetensors.torch import save_file
+
+        assert self.folder is not None
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".tmp-", suffix=DISK_SUFFIX)
+        os.close(fd)
+        try:
+            save_file({"features": features}, tmp, metadata={"clip": json.dumps(meta)})
+            os.replace(tmp, self._path(key))
+        except OSError as exc:  # a full disk costs the disk copy, never the answer
+            console.info(f"warning: cannot write the feature cache in {self.folder}: {exc.strerror or exc}")
+            Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,134 @@
+"""``vqa serve``: load once, answer many, behind an OpenAI-compatible API.
+
+- ``_requests``: an OpenAI chat request -> turns, one video (path under ``--media-root``, ``data:``
+  or, with ``--allow-urls``, http(s)), vqa's per-request settings (``wire``), sampling, stop strings.
+- ``_worker``: decode threads, then one model thread: the feature cache (``features``), the kept KV
+  prefixes of conversations (``_kv``), batches of compatible requests, cancellation.
+- ``_app``: the routes (Starlette), errors as OpenAI error objects, server-sent events.
+
+The socket is bound before the weights load (``/health`` answers 503 "loading" meanwhile), so a
+client can wait for the server; a broken checkpoint is found from its configs before binding.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vqa_cli import console
+from vqa_cli.errors import UsageError, VqaError, describe
+
+GIB = 1024**3
+
+
+@dataclass
+class ServeOptions:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    media_roots: list[str] | None = None  # None: the current folder
+    allow_urls: bool = False
+    api_key: str | None = None
+    max_upload_mb: float = 256.0
+    feature_cache: str | None = None  # a folder: visual tokens kept on disk too
+    feature_cache_gib: float = 2.0
+    kv_cache_gib: float = 2.0
+    max_batch: int = 4
+    batch_wait: float = 0.02
+    workers: int = 2
+
+
+class ServerLoadError(VqaError):
+    """The model could not be loaded after the server started."""
+
+    kind = "load"
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _names(settings: Any, checkpoint: Any) -> set[str]:
+    """What a request's ``model`` may say: the name the server was started with, its hub id, its folder."""
+    from vqa_cli.models.registry import resolve_alias
+
+    return {settings.model, resolve_alias(settings.model), str(checkpoint.dir)}
+
+
+def run_server(settings: Any, options: ServeOptions) -> int:
+    import uvicorn
+
+    from vqa_cli.features import FeatureCache
+    from vqa_cli.serve._app import ServerState, create_app
+    from vqa_cli.serve._kv import PrefixCache
+    from vqa_cli.serve._requests import MediaPolicy
+    from vqa_cli.serve._worker import ModelWorker
+    from vqa_cli.session import open_model, plan_model
+
+    roots = [Path(r).expanduser() for r in (options.media_roots or ["."])]
+    for root in roots:
+        if not root.is_dir():
+            raise UsageError(f"--media-root {str(root)!r} is not a folder")
+    if options.max_batch < 1 or options.workers < 1:
+        raise UsageError("--batch-size and --workers must be at least 1")
+    if options.host not in ("127.0.0.1", "localhost", "::1") and not options.api_key:
+        console.info(f"warning: serving on {options.host} without --api-key: anyone who reaches it can use it")
+    checkpoint, _ = plan_model(settings, ["?"])  # a broken checkpoint fails here, before binding
+    policy = MediaPolicy([Path(r).resolve() for r in roots], int(options.max_upload_mb * 2**20), options.allow_urls)
+    state = ServerState(settings, policy, options.api_key, _names(settings, checkpoint),
+                        decode_pool=ThreadPoolExecutor(options.workers, "vqa-decode"))
+    sock = _listen(options.host, options.port)
+    host, port = sock.getsockname()[:2]
+    config = uvicorn.Config(create_app(state), log_level="warning", access_log=False, lifespan="off",
+                            timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    failure: list[BaseException] = []
+
+    def load() -> None:
+        from vqa_cli.chat import TURN_RESERVE
+
+        try:
+            session = open_model(settings, ["?"], reserve=TURN_RESERVE)
+            cache = FeatureCache(int(options.feature_cache_gib * GIB), options.feature_cache)
+            state.worker = ModelWorker(session.engine, cache, PrefixCache(int(options.kv_cache_gib * GIB)),
+                                       max_batch=options.max_batch, batch_wait=options.batch_wait)
+            console.info(f"ready: {settings.model} at http://{_url_host(host)}:{port}/v1 "
+                         f"(loaded in {session.timings['load']:.1f}s)")
+        except BaseException as exc:  # noqa: BLE001 - reported as the command's error after shutdown
+            failure.append(exc)
+            known = describe(exc)
+            state.load_error = f"the model failed to load: {known[2] if known else exc}"
+            server.should_exit = True
+
+    console.info(f"listening on http://{_url_host(host)}:{port} (loading {settings.model})")
+    threading.Thread(target=load, name="vqa-load", daemon=True).start()
+    try:
+        server.run(sockets=[sock])
+    finally:
+        if state.worker is not None:
+            state.worker.stop()
+        state.decode_pool.shutdown(wait=False, cancel_futures=True)
+        sock.close()
+    if failure:
+        exc = failure[0]
+        if describe(exc) is None:
+            raise ServerLoadError(f"the model failed to load: {type(exc).__name__}: {exc}") from exc
+        raise exc
+    return 0
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

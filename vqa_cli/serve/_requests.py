@@ -1,0 +1,302 @@
+"""An OpenAI chat-completions request -> what vqa runs: turns, one video (or image), settings, sampling.
+
+Everything a client can get wrong is an ``ApiError`` with the HTTP status and OpenAI error type it
+deserves, raised before any work is queued.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from vqa_cli import wire
+from vqa_cli.errors import UsageError
+
+MAX_STOPS = 4  # as OpenAI
+MAX_TOP_LOGPROBS = 20
+URL_TIMEOUT = 30.0
+
+# OpenAI fields vqa reads, and those it accepts only at their neutral value (anything else: 400).
+OPENAI_FIELDS = {"model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens",
+                 "temperature", "seed", "stop", "logprobs", "top_logprobs", "n", "user", "metadata", "store"}
+NEUTRAL = {"top_p": 1, "frequency_penalty": 0, "presence_penalty": 0, "n": 1}
+VQA_FIELDS = {"cache"}  # vqa's own, besides the settings in ``wire.FIELDS``
+MEDIA_SUFFIX = {"video/mp4": ".mp4", "video/webm": ".webm", "video/x-matroska": ".mkv", "video/quicktime": ".mov",
+                "video/x-msvideo": ".avi", "video/avi": ".avi", "video/mpeg": ".mpg", "video/ogg": ".ogv",
+                "image/png": ".png", "image/jpeg": ".jpg", "image/jpg": ".jpg", "image/webp": ".webp",
+                "image/bmp": ".bmp"}
+
+
+class ApiError(Exception):
+    """An error answered as OpenAI's JSON error object with ``status``."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.exit_code = exit_code  # what ``vqa ask --server`` exits with for it
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code,
+                          "vqa_exit_code": self.exit_code}}
+
+
+def bad(message: str, param: str | None = None) -> ApiError:
+    return ApiError(400, message, param=param, code="invalid_request")
+
+
+@dataclass
+class Media:
+    """The request's video or image, as a local file."""
+
+    path: str
+    source: dict  # what identifies its content (``features.file_identity`` or ``bytes_identity``)
+    temporary: bool = False  # an upload written for this request, removed when it is done
+
+    def release(self) -> None:
+        if self.temporary:
+            Path(self.path).unlink(missing_ok=True)
+
+
+@dataclass
+class MediaPolicy:
+    """Where media may come from: ``roots`` (local paths), ``data:`` urls up to ``max_bytes``, and http(s)
+    only when ``allow_urls``."""
+
+    roots: list[Path]
+    max_bytes: int
+    allow_urls: bool = False
+    scratch: Path = field(default_factory=lambda: Path(tempfile.gettempdir()))
+
+
+@dataclass
+class ChatRequest:
+    id: str
+    model: str | None
+    turns: list[dict]  # [{"role": "system"|"user"|"assistant", "text": ...}], the last one the user's
+    url: str  # the video_url / image_url as sent
+    settings: Any  # engine.RunSettings for this request
+    stream: bool = False
+    include_usage: bool = False
+    stops: list[str] = field(default_factory=list)
+    logprobs: bool = False
+    top_logprobs: int = 0
+    use_cache: bool = True
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def history(self) -> list[dict]:
+        return self.turns[:-1]
+
+    @property
+    def question(self) -> str:
+        return self.turns[-1]["text"]
+
+    @property
+    def first_question(self) -> str:
+        """The first user message's text (guides --guide pooling, as ``vqa ask``'s question does)."""
+        return next(t["text"] for t in self.turns if t["role"] == "user")
+
+    def batchable(self) -> bool:
+        """One question, nothing streamed or scored: may share a batched generate with others."""
+        return len(self.turns) == 1 and not self.stream and not self.logprobs
+
+
+def _number(body: dict, name: str, kind: tuple[type, ...], low: float | None = None) -> Any:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise bad(f"{name} must be a number", name)
+    if low is not None and value < low:
+        raise bad(f"{name} must be at least {low:g}", name)
+    return value
+
+
+def _text_of(content: Any, role: str, index: int) -> tuple[str, list[dict]]:
+    """A message's text and its media parts."""
+    if isinstance(content, str):
+        return content, []
+    if not isinstance(content, list):
+        raise bad(f"messages[{index}].content must be a string or a list of parts", "messages")
+    texts, media = [], []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif kind in ("video_url", "image_url"):
+            if role != "user":
+                raise bad(f"messages[{index}]: only a user message can hold a {kind}", "messages")
+            inner = part.get(kind)
+            url = inner.get("url") if isinstance(inner, dict) else inner
+            if not isinstance(url, str) or not url:
+                raise bad(f"messages[{index}]: {kind} needs a url", "messages")
+            media.append({"type": kind, "url": url})
+        else:
+            raise bad(f"messages[{index}]: unsupported content part {kind!r} (text, video_url, image_url)", "messages")
+    return "\n".join(texts), media
+
+
+def _turns(messages: Any) -> tuple[list[dict], str]:
+    if not isinstance(messages, list) or not messages:
+        raise bad("messages must be a non-empty list", "messages")
+    turns, urls = [], []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise bad(f"messages[{i}] must be an object", "messages")
+        role = {"developer": "system"}.get(message.get("role"), message.get("role"))
+        if role not in ("system", "user", "assistant"):
+            raise bad(f"messages[{i}]: unsupported role {message.get('role')!r}", "messages")
+        text, media = _text_of(message.get("content"), role, i)
+        if media and any(t["role"] == "user" for t in turns):
+            raise bad(f"messages[{i}]: the video must be in the first user message", "messages")
+        urls.extend(m["url"] for m in media)
+        turns.append({"role": role, "text": text})
+    if len(urls) != 1:
+        raise bad(f"a conversation takes one video_url or image_url (in its first user message), not {len(urls)}",
+                  "messages")
+    order = [t["role"] for t in turns if t["role"] != "system"]
+    if any(t["role"] == "system" for t in turns[1:]):
+        raise bad("a system message may only come first", "messages")
+    if not order or order[-1] != "user" or any(a == b for a, b in zip(order, order[1:], strict=False)):
+        raise bad("messages must alternate user and assistant turns, and end with the user's", "messages")
+    return turns, urls[0]
+
+
+def _stops(value: Any) -> list[str]:
+    if value is None:
+        return []
+    stops = [value] if isinstance(value, str) else value
+    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops) or len(stops) > MAX_STOPS:
+        raise bad(f"stop must be a string or a list of up to {MAX_STOPS} non-empty strings", "stop")
+    return stops
+
+
+def parse_chat(body: Any, defaults: Any) -> ChatRequest:
+    """A chat-completions request body -> ``ChatRequest`` with its settings (``defaults``: the server's)."""
+    if not isinstance(body, dict):
+        raise bad("the request body must be a JSON object")
+    for name, neutral in NEUTRAL.items():
+        if body.get(name) not in (None, neutral):
+            raise bad(f"{name} other than {neutral} is not supported", name)
+    unknown = sorted(set(body) - OPENAI_FIELDS - set(NEUTRAL) - VQA_FIELDS - set(wire.FIELDS))
+    if unknown:
+        raise bad(f"unknown field {unknown[0]!r} (vqa's own fields: {', '.join(wire.FIELDS)}, cache)", unknown[0])
+    turns, url = _turns(body.get("messages"))
+    max_tokens = _number(body, "max_completion_tokens", (int,), 1) or _number(body, "max_tokens", (int,), 1)
+    temperature = _number(body, "temperature", (int, float), 0)
+    seed = _number(body, "seed", (int,))
+    logprobs = body.get("logprobs") or False
+    top = _number(body, "top_logprobs", (int,), 0) or 0
+    if top > MAX_TOP_LOGPROBS:
+        raise bad(f"top_logprobs must be at most {MAX_TOP_LOGPROBS}", "top_logprobs")
+    if top and not logprobs:
+        raise bad("top_logprobs needs logprobs: true", "top_logprobs")
+    stream = bool(body.get("stream"))
+    if logprobs and stream:
+        raise bad("logprobs are returned without stream: send stream: false", "logprobs")
+    try:
+        settings = wire.apply_fields(defaults, {k: body[k] for k in wire.FIELDS if k in body})
+    except UsageError as exc:
+        raise bad(str(exc)) from None
+    settings = replace(settings, max_new_tokens=max_tokens or defaults.max_new_tokens,
+                       temperature=defaults.temperature if temperature is None else float(temperature),
+                       seed=defaults.seed if seed is None else seed)
+    options = body.get("stream_options") or {}
+    return ChatRequest(id=f"chatcmpl-{uuid.uuid4().hex}", model=body.get("model"), turns=turns, url=url,
+                       settings=settings, stream=stream, include_usage=bool(options.get("include_usage")),
+                       stops=_stops(body.get("stop")), logprobs=bool(logprobs), top_logprobs=top,
+                       use_cache=body.get("cache", True) is not False)
+
+
+# ---- media ---------------------------------------------------------------------------------------
+def _inside(path: Path, roots: list[Path]) -> bool:
+    return any(path == root or path.is_relative_to(root) for root in roots)
+
+
+def _local(url: str, policy: MediaPolicy) -> Media:
+    from vqa_cli.features import file_identity
+
+    if url.startswith("file:"):
+        parsed = urllib.parse.urlparse(url)
+        if parsed.netloc not in ("", "localhost"):
+            raise bad(f"file url {url!r} names another host")
+        raw = urllib.parse.unquote(parsed.path)
+    else:
+        raw = url
+    path = Path(raw).expanduser()
+    if not path.is_absolute():
+        path = policy.roots[0] / path
+    real = Path(os.path.realpath(path))
+    if not _inside(real, policy.roots):
+        raise ApiError(403, f"{raw!r} is outside the folders this server may read (--media-root)",
+                       type="permission_error", code="outside_media_root")
+    if not real.is_file():
+        raise ApiError(400, f"no such file: {raw!r}", code="not_found")
+    return Media(str(real), file_identity(str(real)))
+
+
+def _write_upload(data: bytes, suffix: str, policy: MediaPolicy) -> Media:
+    from vqa_cli.features import bytes_identity
+
+    fd, name = tempfile.mkstemp(prefix="vqa-upload-", suffix=suffix, dir=policy.scratch)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return Media(name, bytes_identity(data), temporary=True)
+
+
+def _too_large(size: int, policy: MediaPolicy) -> ApiError:
+    return ApiError(413, f"the media is {size / 2**20:.1f} MiB; this server takes up to "
+                         f"{policy.max_bytes / 2**20:.0f} MiB (--max-upload-mb)", code="media_too_large")
+
+
+def _data_url(url: str, policy: MediaPolicy) -> Media:
+    header, sep, payload = url.partition(",")
+    if not sep or not header.endswith(";base64"):
+        raise bad("a data: url must be base64 (data:video/mp4;base64,...)")
+    mime = header[len("data:"):-len(";base64")].lower()
+    if mime not in MEDIA_SUFFIX:
+        raise bad(f"unsupported media type {mime!r} ({', '.join(sorted(MEDIA_SUFFIX))})")
+    if len(payload) * 3 // 4 > policy.max_bytes:
+        raise _too_large(len(payload) * 3 // 4, policy)
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise bad("the data: url is not valid base64") from None
+    return _write_upload(data, MEDIA_SUFFIX[mime], policy)
+
+
+def _http_url(url: str, policy: MediaPolicy) -> Media:
+    if not policy.allow_urls:
+        raise ApiError(400, "http(s) media urls are off: start the server with --allow-urls", code="urls_disabled")
+    suffix = Path(urllib.parse.urlparse(url).path).suffix.lower() or ".mp4"
+    try:
+        with urllib.request.urlopen(url, timeout=URL_TIMEOUT) as response:  # noqa: S310 - http(s) checked by caller
+            data = response.read(policy.max_bytes + 1)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise bad(f"cannot fetch {url!r}: {getattr(exc, 'reason', exc)}") from None
+    if len(data) > policy.max_bytes:
+        raise _too_large(len(data), policy)
+    return _write_upload(data, suffix, policy)
+
+
+def resolve_media(url: str, policy: MediaPolicy) -> Media:
+    """The request's media url as a local file this server may read (see ``MediaPolicy``)."""
+    scheme = url.split(":", 1)[0].lower() if ":" in url[:12] else ""
+    if scheme == "data":
+        return _data_url(url, policy)
+    if scheme in ("http", "https"):
+        return _http_url(url, policy)
+    if scheme not in ("", "file"):
+        raise bad(f"unsupported url scheme {scheme!r}: a path, file://, data: or http(s)")
+    return _local(url, policy)
