@@ -7,6 +7,7 @@ loaded weights and answers questions about clips. ``ask`` and ``caption`` both u
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -201,6 +202,7 @@ class Answer:
     timings: dict[str, float]
     tokens: int
     tokens_per_second: float
+    features: Any = None  # [N, D] visual tokens the answer was given (for a feature cache)
 
     def record(self, engine: Engine) -> dict:
         """The ``ask --json`` fields of this answer (see ``records.answer_record``)."""
@@ -233,6 +235,21 @@ class Engine:
             self.guide = Guide(settings.guide_model, vision_hidden=checkpoint.geometry.vision_hidden,
                                device=str(self.input_device), dtype=dtype)
         loading.cpu_notice(settings.device, device)
+
+    def with_settings(self, settings: RunSettings) -> Engine:
+        """This engine answering with other request settings (mode, frames, decoding...): same weights.
+
+        Settings the weights were loaded with (model, quantization, device, dtype, RoPE) must not change.
+        """
+        for name in ("model", "quant", "device", "dtype", "rope_scale", "rope_type"):
+            if getattr(settings, name) != getattr(self.settings, name):
+                raise UsageError(f"{name.replace('_', '-')} is fixed when the model loads "
+                                 f"({getattr(self.settings, name)!r} here)")
+        if settings.mode.guide and self.guide is None:
+            raise UsageError("--guide needs the CLIP guide model, which was not loaded: start with --guide")
+        view = copy.copy(self)
+        view.settings = settings
+        return view
 
     # ---- stages --------------------------------------------------------------------------
     def pixels(self, clip: Clip) -> Any:
@@ -292,11 +309,13 @@ class Engine:
         *,
         on_text: Callable[[str], None] | None = None,
         timings: dict[str, float] | None = None,
+        features: Any = None,
     ) -> Answer:
+        """``features``: the clip's visual tokens when already known (a feature cache): not encoded again."""
         from vqa_cli.generate import generate
 
         timings = dict(timings or {})
-        budget, features = self._features(clip, question, timings)
+        budget, features = self._features(clip, question, timings, known=features)
         ids, embeds = self.prompt_inputs(question, clip, features)
         gen = generate(
             self.model,
@@ -310,23 +329,28 @@ class Engine:
         )
         timings["first_token"] = gen.first_token
         timings["generate"] = gen.total
-        return Answer(gen.text, clip, budget, timings, gen.tokens, gen.tokens_per_second)
+        return Answer(gen.text, clip, budget, timings, gen.tokens, gen.tokens_per_second, features)
 
-    def answer_batch(self, clips: list[Clip], question: str, timings: list[dict] | None = None,
-                     pixels: list[Any] | None = None) -> list[Answer]:
-        """Several clips, one question, one left-padded batched ``generate`` (captioning).
+    def answer_batch(self, clips: list[Clip], question: str | list[str], timings: list[dict] | None = None,
+                     pixels: list[Any] | None = None, features: list[Any] | None = None,
+                     should_stop: Callable[[], bool] | None = None) -> list[Answer]:
+        """Several clips, one question (or one each), one left-padded batched ``generate`` (captioning, a
+        server's concurrent requests). ``should_stop()`` ends the whole batch early.
 
         ``pixels``: each clip's preprocessed pixels when done elsewhere (decode workers); the video
-        clips' frames then go through the vision tower together.
+        clips' frames then go through the vision tower together. ``features``: a clip's visual tokens
+        when already known (a feature cache); such a clip is not encoded again.
         """
         from vqa_cli.generate import generate_batch
 
         timings = [dict(t) for t in (timings or [{} for _ in clips])]
+        known = features or [None] * len(clips)
         encoded: list[Any] = [None] * len(clips)
         if pixels is not None:
             import torch
 
-            video = [i for i, c in enumerate(clips) if not self.uses_image_path(c) and pixels[i] is not None]
+            video = [i for i, c in enumerate(clips)
+                     if not self.uses_image_path(c) and pixels[i] is not None and known[i] is None]
             if video:
                 t = time.perf_counter()
                 frames = self.encode(torch.cat([pixels[i] for i in video]))
@@ -337,28 +361,34 @@ class Engine:
                     encoded[i] = frames.slice(start, start + n)
                     timings[i]["encode"] = share
                     start += n
-        budgets, rows = [], []
-        for clip, tm, frames_i in zip(clips, timings, encoded, strict=True):
-            budget, features = self._features(clip, question, tm, frames_i)
+        questions = [question] * len(clips) if isinstance(question, str) else question
+        budgets, rows, visual = [], [], []
+        for clip, q, tm, frames_i, known_i in zip(clips, questions, timings, encoded, known, strict=True):
+            budget, tokens = self._features(clip, q, tm, frames_i, known_i)
             budgets.append(budget)
-            rows.append(self.prompt_inputs(question, clip, features))
+            visual.append(tokens)
+            rows.append(self.prompt_inputs(q, clip, tokens))
         gens = generate_batch(self.model, self.checkpoint.tokenizer, rows, max_new_tokens=self.settings.max_new_tokens,
-                              temperature=self.settings.temperature, seed=self.settings.seed)
+                              temperature=self.settings.temperature, seed=self.settings.seed, should_stop=should_stop)
         answers = []
-        for clip, budget, tm, gen in zip(clips, budgets, timings, gens, strict=True):
+        for clip, budget, tm, gen, tokens in zip(clips, budgets, timings, gens, visual, strict=True):
             tm["first_token"], tm["generate"] = gen.first_token, gen.total
-            answers.append(Answer(gen.text, clip, budget, tm, gen.tokens, gen.tokens_per_second))
+            answers.append(Answer(gen.text, clip, budget, tm, gen.tokens, gen.tokens_per_second, tokens))
         return answers
 
-    def _features(self, clip: Clip, question: str, timings: dict[str, float], frames: Any = None
-                  ) -> tuple[Budget, Any]:
+    def _features(self, clip: Clip, question: str, timings: dict[str, float], frames: Any = None,
+                  known: Any = None) -> tuple[Budget, Any]:
         """Budget check, then the clip's visual tokens (timing preprocess and encode into ``timings``).
 
         ``frames``: the clip's FrameFeatures when already encoded (a batch goes through the tower at once).
+        ``known``: its visual tokens [N, D] when already known (a feature cache): only the budget is checked.
         """
         import torch
 
         settings = replace(self.settings, frames=len(clip.indices))
+        if known is not None:
+            plan = modes.image_plan(known.shape[0]) if self.uses_image_path(clip) else None
+            return self._checked_budget(settings, question, plan), known
         if self.uses_image_path(clip):
             t = time.perf_counter()
             with torch.inference_mode():
