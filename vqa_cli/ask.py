@@ -4,29 +4,32 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import replace
+from pathlib import Path
 
 from vqa_cli import console, records
-from vqa_cli.session import Session, check_input, open_session, plan_model
+from vqa_cli.session import Session, check_input, fit_settings, open_session, plan_model
 
 
-def plan_record(checkpoint, settings, budget) -> dict:
-    """``--plan``: the request's frames, tokens, RoPE factor and memory, for the device it names (which
-    this machine may lack: a plan for a GPU can be made on a laptop)."""
-    from vqa_cli import loading, plan
+def plan_record(checkpoint, settings, budget, *, fitted=None, probe=None) -> dict:
+    """``--plan``: the request's frames, tokens, RoPE factor and memory (the peak estimate, the placement with
+    ``--max-memory``, and what this machine has), for the device it names (which this machine may lack: a
+    plan for a GPU can be made on a laptop). ``fitted``: what ``--fit`` chose."""
+    from vqa_cli import fit
 
-    device = loading.resolve_device(settings.device, planning=True)
-    quant = loading.resolve_quant(settings.quant, device)
-    dtype = loading.resolve_dtype(settings.dtype, device, planning=True)
-    memory = plan.estimate_memory(checkpoint.adapter, quant, dtype.itemsize, budget.total)
-    return {
+    checked = fit.measure(checkpoint, settings, budget, probe or fit.probe_memory)
+    record = {
         "model": settings.model,
         "family": checkpoint.adapter.name,
         **budget.to_dict(),
-        "device": device,
-        "quant": quant,
-        "dtype": str(dtype).removeprefix("torch."),
-        "memory": memory.to_dict(),
+        "device": checked.target.device,
+        "quant": checked.target.quant,
+        "dtype": checked.target.dtype_name,
+        "memory": {**checked.estimate.to_dict(), **checked.to_dict()},
     }
+    if fitted is not None:
+        record["fit"] = fitted.to_dict()
+    return record
 
 
 def print_plan(record: dict, as_json: bool) -> None:
@@ -47,18 +50,57 @@ def print_plan(record: dict, as_json: bool) -> None:
         ("memory", f"{mem['weights_gib']:.2f} GiB weights ({record['quant']}, {record['dtype']})"
                    f" + {mem['kv_cache_gib']:.2f} GiB KV cache = {mem['total_gib']:.2f} GiB"),
     ]
+    rows += _memory_rows(record)
     console.fields(rows)
 
 
-def run_ask(settings, video: str, questions: list[str], *, as_json: bool = False, plan_only: bool = False) -> int:
-    """One question: streamed answer. Several: one video encode and one shared prefill, then each question."""
+def _memory_rows(record: dict) -> list[tuple[str, str]]:
+    """The peak, the placement, what the device has and what --fit chose, for ``--plan``."""
+    from vqa_cli.plan import describe_placement
+
+    mem, gib = record["memory"], 1024**3
+    extra = f" + {mem['guide_gib']:.2f} GiB guide model" if mem["guide_gib"] else ""
+    rows = [("peak", f"{mem['peak_gib']:.2f} GiB (+ {mem['activations_gib']:.2f} GiB activations{extra}"
+                     f" + {mem['runtime_gib']:.2f} GiB runtime)")]
+    if mem["placement"]:
+        rows.append(("placement", describe_placement({d: b * gib for d, b in mem["placement"].items()})))
+    have = mem["available_gib"].get(mem["device"])
+    if have is not None:
+        where = "available" if mem["device"] == "cpu" else f"free on {mem['device']}"
+        rows.append(("this machine", f"{have:.2f} GiB {where}: " + ("fits" if mem["fits"] else "does not fit")))
+    else:
+        rows.append(("this machine", f"no {mem['device']} here: not checked"))
+    if "fit" in record:
+        fit = record["fit"]
+        rows.append(("--fit", f"{fit['frames']} frames in --mode {fit['mode']}"
+                              + ("" if fit["changed"] else " (as asked)")))
+    return rows
+
+
+def run_ask(settings, video: str, questions: list[str], *, as_json: bool = False, plan_only: bool = False,
+            server: str | None = None, model_given: bool = True) -> int:
+    """One question: streamed answer. Several: one video encode and one shared prefill, then each question.
+
+    ``server``: a ``vqa serve`` URL to send the questions to instead (``client``), same output."""
     run_started = time.perf_counter()
+    if server:
+        from vqa_cli import client
+        from vqa_cli.errors import UsageError
+
+        if plan_only:
+            raise UsageError("--plan reads the model's files here: drop --server")
+        remote, settings = client.connect(server, settings, model_given=model_given)
+        if Path(video).exists():
+            check_input(video)
+        return client.run_ask(remote, settings, video, questions, as_json=as_json)
     if plan_only:
         from vqa_cli.video import is_image_path
 
         check_input(video)
-        checkpoint, budget = plan_model(settings, questions, num_frames=1 if is_image_path(video) else None)
-        print_plan(plan_record(checkpoint, settings, budget), as_json)
+        still = is_image_path(video)
+        settings, fitted = fit_settings(replace(settings, fit=settings.fit and not still), questions)
+        checkpoint, budget = plan_model(settings, questions, num_frames=1 if still else None)
+        print_plan(plan_record(checkpoint, settings, budget, fitted=fitted), as_json)
         return 0
     session = open_session(settings, video, questions)
     if len(questions) > 1:
@@ -73,6 +115,8 @@ def run_ask(settings, video: str, questions: list[str], *, as_json: bool = False
     timings = answer.timings
     timings["total"] = time.perf_counter() - run_started  # wall clock: decode overlaps load
     record = records.ask_record(video, question, answer.record(engine))
+    if session.fitted is not None:
+        record["fit"] = session.fitted.to_dict()
     if as_json:
         console.emit_json(record)
     else:
@@ -104,10 +148,13 @@ def _ask_many(session: Session, video: str, questions: list[str], run_started: f
         if not as_json:
             sys.stdout.write("\n")
             sys.stdout.flush()
-        answers.append(records.question_record(turn))
+        answers.append(records.turn_record(turn))
     timings["total"] = time.perf_counter() - run_started
     budget = engine.checkpoint.budget(engine.settings, questions, num_frames=len(clip.indices),
                                       plan=conversation.plan)
     if as_json:
-        console.emit_json(records.answers_record(video, answers, engine, clip, budget, timings))
+        record = records.answers_record(video, answers, records.run_fields(engine, clip, budget, timings))
+        if session.fitted is not None:
+            record["fit"] = session.fitted.to_dict()
+        console.emit_json(record)
     return 0

@@ -9,6 +9,7 @@ line. Commands: ``/reset`` (forget the turns, keep the video), ``/frames``, ``/s
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 from vqa_cli import console, records, writer
@@ -31,18 +32,34 @@ def _read(interactive: bool) -> str | None:
         return None
 
 
-def run_chat(settings: Any, video: str) -> int:
+def _open(settings: Any, video: str, interactive: bool, server: str | None, model_given: bool) -> tuple[Any, Any]:
+    """(settings, conversation): the video encoded here, or a ``client.RemoteConversation`` with ``server``."""
+    if server:
+        from vqa_cli import client
+        from vqa_cli.session import check_input
+
+        remote, settings = client.connect(server, settings, model_given=model_given)
+        if Path(video).exists():
+            check_input(video)
+        if interactive:
+            console.stderr.print(f"[dim]{video} on {remote.base}. {HELP}[/dim]")
+        return settings, client.RemoteConversation(remote, settings, video)
     from vqa_cli.conversation import Conversation
 
-    interactive = sys.stdin.isatty() and console.stderr_is_tty()
     session = open_session(settings, video, ["?"], reserve=TURN_RESERVE)
     engine, clip = session.engine, session.clip
     with console.status("encoding the video"):
         conversation = Conversation.open(engine, clip)
-    limit = conversation.context_limit
     if interactive:
         console.stderr.print(f"[dim]{video}: {len(clip.indices)} frames, {conversation.features.shape[0]} visual "
-                             f"tokens, context {limit}. {HELP}[/dim]")
+                             f"tokens, context {conversation.context_limit}. {HELP}[/dim]")
+    return settings, conversation
+
+
+def run_chat(settings: Any, video: str, *, server: str | None = None, model_given: bool = True) -> int:
+    """The conversation loop; ``server``: a ``vqa serve`` URL that answers instead (same output)."""
+    interactive = sys.stdin.isatty() and console.stderr_is_tty()
+    settings, conversation = _open(settings, video, interactive, server, model_given)
     turns: list[dict] = []
     while True:
         line = _read(interactive)
@@ -60,13 +77,14 @@ def run_chat(settings: Any, video: str) -> int:
                 turns.clear()
                 console.info("conversation reset (the video stays encoded)")
             elif command == "/frames":
+                clip = conversation.clip
                 for idx, ts in zip(clip.indices, clip.timestamps, strict=True):
                     print(f"{idx}\t{ts:.3f}", flush=True)
             elif command == "/save":
                 if not arg.strip():
                     console.error("/save needs a file name")
                     continue
-                record = records.transcript(video, settings, clip, turns)
+                record = records.transcript(video, settings, conversation.clip, turns)
                 try:
                     writer.check_output(arg.strip(), [video], flag="/save", accept=None)
                     writer.write_json(arg.strip(), record)
@@ -94,7 +112,7 @@ def run_chat(settings: Any, video: str) -> int:
         sys.stdout.write("\n")
         sys.stdout.flush()
         turns.append({"question": text, "answer": turn.answer})
-        used = conversation.used_tokens()
+        used, limit = conversation.used_tokens(), conversation.context_limit
         if interactive:
             console.stderr.print(f"[dim]context {used}/{limit} tokens[/dim]")
         if used >= WARN_AT * limit:

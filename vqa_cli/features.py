@@ -15,6 +15,7 @@ for ``caption --feature-cache DIR`` re-runs with another prompt.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -63,6 +64,18 @@ def feature_key(source: dict, settings: Any, frames: int, model: dict, *, dtype:
         "question": question if settings.mode.guide else "",
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def key_for(engine: Any, source: dict, settings: Any, frames: int, question: str = "") -> str:
+    """``feature_key`` of a clip for ``engine`` (a loaded ``engine.Engine``): its checkpoint files, dtype, device."""
+    return feature_key(source, settings, frames, _loaded_identity(str(engine.checkpoint.dir)),
+                       dtype=str(engine.loaded.dtype), device=engine.loaded.device, question=question)
+
+
+@functools.lru_cache(maxsize=8)
+def _loaded_identity(checkpoint_dir: str) -> dict:
+    """``model_identity`` of a checkpoint whose weights this process has loaded (read once)."""
+    return model_identity(Path(checkpoint_dir))
 
 
 def clip_meta(clip: Any) -> dict:

@@ -27,6 +27,7 @@ ANSWER_FIELDS = ("answer", "model", "family", "mode", "mode_settings", *CLIP_FIE
                  "pathways", "prompt_tokens", "rope_factor", "generated_tokens", "tokens_per_second", "timings",
                  "device", "quant", "dtype")
 PER_ANSWER = ("answer", "generated_tokens", "tokens_per_second", "prompt_tokens")
+RUN_FIELDS = tuple(k for k in ANSWER_FIELDS if k not in PER_ANSWER)  # what several answers share
 
 # One caption record per video, the same fields for a caption and an error; the value an error record has.
 CAPTION_FIELDS: dict[str, Any] = {
@@ -85,19 +86,30 @@ def ask_record(video: str, question: str, answer: dict) -> dict:
     return {"video": video, "question": question, **answer}
 
 
-def answers_record(video: str, answers: list[dict], engine: Any, clip: Any, budget: Any,
-                   timings: dict[str, float]) -> dict:
-    """``ask --json`` with several questions: the per-question ``answers``, then the fields they share."""
-    shared = _run_fields(engine, clip, budget, timings)
-    return {"video": video, "answers": answers, **{k: shared[k] for k in ANSWER_FIELDS if k in shared}}
+def run_fields(engine: Any, clip: Any, budget: Any, timings: dict[str, float]) -> dict:
+    """The ``RUN_FIELDS`` of answers by ``engine`` about ``clip``."""
+    return _run_fields(engine, clip, budget, timings)
 
 
-def question_record(turn: Any) -> dict:
-    """One of several questions' answers in ``ask --json`` (a ``conversation.Turn``)."""
+def answers_record(video: str, answers: list[dict], shared: dict) -> dict:
+    """``ask --json`` with several questions: the per-question ``answers``, then the ``RUN_FIELDS`` they share
+    (from ``run_fields``, or a server's answer record)."""
+    return {"video": video, "answers": answers, **{k: shared[k] for k in RUN_FIELDS}}
+
+
+def question_record(question: str, answer: str, *, tokens: int, tokens_per_second: float, fed: int,
+                    first_token: float, generate: float) -> dict:
+    """One of several questions' answers in ``ask --json``; ``fed``: prompt tokens it had to prefill."""
+    return {"question": question, "answer": answer, "generated_tokens": tokens,
+            "tokens_per_second": round(tokens_per_second, 3), "prompt_tokens_fed": fed,
+            "timings": {"first_token": round(first_token, 4), "generate": round(generate, 4)}}
+
+
+def turn_record(turn: Any) -> dict:
+    """``question_record`` of a ``conversation.Turn``."""
     gen = turn.generation
-    return {"question": turn.question, "answer": turn.answer, "generated_tokens": gen.tokens,
-            "tokens_per_second": round(gen.tokens_per_second, 3), "prompt_tokens_fed": turn.fed_tokens,
-            "timings": {"first_token": round(gen.first_token, 4), "generate": round(gen.total, 4)}}
+    return question_record(turn.question, turn.answer, tokens=gen.tokens, tokens_per_second=gen.tokens_per_second,
+                           fed=turn.fed_tokens, first_token=gen.first_token, generate=gen.total)
 
 
 def caption_record(video: str, answer: dict, batch_size: int, sid: str) -> dict:

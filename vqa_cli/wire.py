@@ -33,6 +33,7 @@ FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
     "guide_kernel": ((list,), "mode"),
 }
 MODE_PARAMETERS = ("stride", "slow_frames", "fast_grid", "pool", "guide", "guide_kernel")
+RUN_FIELDS = tuple(name for name, (_, where) in FIELDS.items() if where == "run")
 SAMPLING_CHOICES = ("frames", "fps")  # two ways to choose frames: a request's choice replaces the server's
 
 
@@ -95,7 +96,6 @@ def apply_fields(base: Any, fields: dict) -> Any:
             merged[name] = ",".join(str(v) for v in merged[name])
     if merged["stride"] is not None:
         merged["stride"] = str(merged["stride"])
-    settings = run_settings(model=base.model, quant=base.quant, device=base.device, dtype=base.dtype,
-                            rope_scale=base.rope_scale, rope_type=base.rope_type, guide_model=base.guide_model,
-                            max_new_tokens=base.max_new_tokens, temperature=base.temperature, seed=base.seed, **merged)
-    return replace(settings, guide_model=base.guide_model)
+    merged["guide"] = bool(merged["guide"])
+    checked = run_settings(model=base.model, **merged)
+    return replace(base, mode=checked.mode, **{name: getattr(checked, name) for name in RUN_FIELDS})

@@ -124,14 +124,11 @@ class ModelWorker:
 
     def __init__(self, engine: Any, feature_cache: Any, prefix_cache: PrefixCache, *, max_batch: int = 4,
                  batch_wait: float = 0.02) -> None:
-        from vqa_cli.features import model_identity
-
         self.engine = engine
         self.features = feature_cache
         self.prefixes = prefix_cache
         self.max_batch = max_batch
         self.batch_wait = batch_wait
-        self.model_id = model_identity(engine.checkpoint.dir)
         self._queue: collections.deque[Job] = collections.deque()
         self._cond = threading.Condition()
         self._stopping = False
@@ -144,7 +141,7 @@ class ModelWorker:
     def prepare(self, job: Job) -> None:
         """Settings and budget checked, then the visual tokens from the cache, or the clip decoded."""
         from vqa_cli.engine import sample_clip
-        from vqa_cli.features import feature_key
+        from vqa_cli.features import key_for
         from vqa_cli.video import is_image_path
 
         request, engine = job.request, self.engine
@@ -153,9 +150,7 @@ class ModelWorker:
         frames = 1 if image else view.checkpoint.frames_for(request.settings)
         if not image:  # a request that cannot fit fails before anything is decoded
             view._checked_budget(replace(request.settings, frames=frames), request.first_question)
-        loaded = engine.loaded
-        job.key = feature_key(job.media.source, request.settings, frames, self.model_id,
-                              dtype=str(loaded.dtype), device=loaded.device, question=request.first_question)
+        job.key = key_for(engine, job.media.source, request.settings, frames, request.first_question)
         if request.use_cache:
             found = self.features.get(job.key)
             if found is not None:
