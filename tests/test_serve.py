@@ -275,6 +275,23 @@ def test_a_video_sent_as_a_data_url_answers_like_the_file(client, media, local_a
     assert reply.choices[0].message.content == local_answers("a.mp4", Q1, capsys)["answer"]
 
 
+def test_frames_sent_as_images_answer_like_the_video_they_come_from(client, media, local_answers, capsys):
+    """lmms-eval's ``openai_compatible`` model sends a video as its frames, one image_url each."""
+    import cv2
+
+    from vqa_cli.video import sample_frames
+
+    clip = sample_frames(str(media / "a.mp4"), 8)  # the frames `vqa ask --frames 8` samples
+    parts = [{"type": "text", "text": Q1}]
+    for frame in clip.frames:
+        png = cv2.imencode(".png", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))[1].tobytes()  # lossless
+        parts.append({"type": "image_url", "image_url": {"url": "data:image/png;base64,"
+                                                                + base64.b64encode(png).decode()}})
+    reply = client.chat.completions.create(model=_model(client), messages=[{"role": "user", "content": parts}])
+    assert reply.choices[0].message.content == local_answers("a.mp4", Q1, capsys)["answer"]
+    assert reply.model_extra["vqa"]["frames"] == 8 and reply.model_extra["vqa"]["decoder"] == "images"
+
+
 def test_the_api_key_is_required(server):
     body = {"model": "x", "messages": video_message("a.mp4", Q1)}
     assert server.post("/v1/chat/completions", body)[0] == 401

@@ -59,7 +59,7 @@ def test_openai_fields_become_settings():
     request = chat(max_completion_tokens=5, temperature=0.5, seed=3, stop="x", frames=4, mode="pooled")
     s = request.settings
     assert (s.max_new_tokens, s.temperature, s.seed, s.frames, s.mode.name) == (5, 0.5, 3, 4, "pooled")
-    assert request.stops == ["x"] and request.question == "q" and request.url == "a.mp4"
+    assert request.stops == ["x"] and request.question == "q" and request.urls == ["a.mp4"]
     assert chat().settings.max_new_tokens == 16  # the server's default
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from vqa_cli import console, wire
 from vqa_cli.errors import EXIT_USAGE, describe, one_line
-from vqa_cli.serve._requests import ApiError, ChatRequest, MediaPolicy, bad, parse_chat, resolve_media
+from vqa_cli.serve._requests import ApiError, ChatRequest, MediaPolicy, bad, parse_chat, resolve
 from vqa_cli.serve._worker import Cancelled, Job, Result, StopFilter
 
 POLL = 0.2  # seconds between checks that a waiting client is still there
@@ -171,7 +171,7 @@ def create_app(state: ServerState) -> Any:
             if parsed.model not in state.names:
                 raise ApiError(404, f"this server serves {state.model_name!r}, not {parsed.model!r}",
                                code="model_not_found")
-            media = await run_in_threadpool(resolve_media, parsed.url, state.policy)
+            media = await run_in_threadpool(resolve, parsed.urls, state.policy)
         except Exception as exc:  # noqa: BLE001 - every failure is an error object
             return _error(exc)
         loop = asyncio.get_running_loop()

@@ -57,11 +57,12 @@ def bad(message: str, param: str | None = None) -> ApiError:
 
 @dataclass
 class Media:
-    """The request's video or image, as a local file."""
+    """The request's video or image, as a local file (or, for frames sent as images, the clip they make)."""
 
     path: str
     source: dict  # what identifies its content (``features.file_identity`` or ``bytes_identity``)
     temporary: bool = False  # an upload written for this request, removed when it is done
+    clip: Any = None  # video.Clip of all the frames, when the request sent them as images
 
     def release(self) -> None:
         if self.temporary:
@@ -84,7 +85,7 @@ class ChatRequest:
     id: str
     model: str | None
     turns: list[dict]  # [{"role": "system"|"user"|"assistant", "text": ...}], the last one the user's
-    url: str  # the video_url / image_url as sent
+    urls: list[str]  # the video_url or image_url as sent; several image_urls: the frames of one video
     settings: Any  # engine.RunSettings for this request
     stream: bool = False
     include_usage: bool = False
@@ -147,7 +148,14 @@ def _text_of(content: Any, role: str, index: int) -> tuple[str, list[dict]]:
     return "\n".join(texts), media
 
 
-def _turns(messages: Any) -> tuple[list[dict], str]:
+def _media_parts(message: dict) -> list[dict]:
+    content = message.get("content")
+    if not isinstance(content, list):
+        return []
+    return [p for p in content if isinstance(p, dict) and p.get("type") in ("video_url", "image_url")]
+
+
+def _turns(messages: Any) -> tuple[list[dict], list[str]]:
     if not isinstance(messages, list) or not messages:
         raise bad("messages must be a non-empty list", "messages")
     turns, urls = [], []
@@ -162,15 +170,16 @@ def _turns(messages: Any) -> tuple[list[dict], str]:
             raise bad(f"messages[{i}]: the video must be in the first user message", "messages")
         urls.extend(m["url"] for m in media)
         turns.append({"role": role, "text": text})
-    if len(urls) != 1:
-        raise bad(f"a conversation takes one video_url or image_url (in its first user message), not {len(urls)}",
-                  "messages")
+    kinds = {m["type"] for t in messages if isinstance(t, dict) for m in _media_parts(t)}
+    if not urls or (len(urls) > 1 and kinds != {"image_url"}):
+        raise bad(f"a conversation takes one video_url, or image_urls (the frames of one video), in its first "
+                  f"user message, not {len(urls)} urls", "messages")
     order = [t["role"] for t in turns if t["role"] != "system"]
     if any(t["role"] == "system" for t in turns[1:]):
         raise bad("a system message may only come first", "messages")
     if not order or order[-1] != "user" or any(a == b for a, b in zip(order, order[1:], strict=False)):
         raise bad("messages must alternate user and assistant turns, and end with the user's", "messages")
-    return turns, urls[0]
+    return turns, urls
 
 
 def _stops(value: Any) -> list[str]:
@@ -192,7 +201,7 @@ def parse_chat(body: Any, defaults: Any) -> ChatRequest:
     unknown = sorted(set(body) - OPENAI_FIELDS - set(NEUTRAL) - VQA_FIELDS - set(wire.FIELDS))
     if unknown:
         raise bad(f"unknown field {unknown[0]!r} (vqa's own fields: {', '.join(wire.FIELDS)}, cache)", unknown[0])
-    turns, url = _turns(body.get("messages"))
+    turns, urls = _turns(body.get("messages"))
     max_tokens = _number(body, "max_completion_tokens", (int,), 1) or _number(body, "max_tokens", (int,), 1)
     temperature = _number(body, "temperature", (int, float), 0)
     seed = _number(body, "seed", (int,))
@@ -213,7 +222,7 @@ def parse_chat(body: Any, defaults: Any) -> ChatRequest:
                        temperature=defaults.temperature if temperature is None else float(temperature),
                        seed=defaults.seed if seed is None else seed)
     options = body.get("stream_options") or {}
-    return ChatRequest(id=f"chatcmpl-{uuid.uuid4().hex}", model=body.get("model"), turns=turns, url=url,
+    return ChatRequest(id=f"chatcmpl-{uuid.uuid4().hex}", model=body.get("model"), turns=turns, urls=urls,
                        settings=settings, stream=stream, include_usage=bool(options.get("include_usage")),
                        stops=_stops(body.get("stop")), logprobs=bool(logprobs), top_logprobs=top,
                        use_cache=body.get("cache", True) is not False)
@@ -288,6 +297,30 @@ def _http_url(url: str, policy: MediaPolicy) -> Media:
     if len(data) > policy.max_bytes:
         raise _too_large(len(data), policy)
     return _write_upload(data, suffix, policy)
+
+
+def resolve_frames(urls: list[str], policy: MediaPolicy) -> Media:
+    """Several images, in order, as the frames of one video (how lmms-eval's ``openai_compatible`` model and
+    other OpenAI clients send a video). Their times are not known: frame k is at k seconds."""
+    from vqa_cli.video import Clip, read_image
+    from vqa_cli.video._capture import stack
+
+    parts = [resolve_media(url, policy) for url in urls]
+    try:
+        images = [read_image(part.path).frames[0] for part in parts]
+    finally:
+        for part in parts:
+            part.release()
+    n = len(images)
+    clip = Clip(path="<frames>", frames=stack(images), indices=list(range(n)), timestamps=[float(i) for i in range(n)],
+                duration=float(n), fps=1.0, frames_from_content=n, is_image=False, frames_from_header=n,
+                fps_from_header=0.0, decoded=n, decoder="images")
+    return Media("", {"frames": [part.source for part in parts]}, clip=clip)
+
+
+def resolve(urls: list[str], policy: MediaPolicy) -> Media:
+    """The request's media: one file, or several images making one video."""
+    return resolve_media(urls[0], policy) if len(urls) == 1 else resolve_frames(urls, policy)
 
 
 def resolve_media(url: str, policy: MediaPolicy) -> Media:

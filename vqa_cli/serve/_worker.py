@@ -119,6 +119,15 @@ def logprob_entries(tokenizer: Any, new_ids: list[int], logits: Any, top: int) -
     return out
 
 
+def pick_frames(clip: Any, n: int) -> Any:
+    """``n`` of ``clip``'s frames spread uniformly (all of them when it has no more)."""
+    from vqa_cli.video import uniform_indices
+
+    keep = uniform_indices(len(clip.indices), n)
+    return replace(clip, frames=clip.frames[keep], indices=[clip.indices[i] for i in keep],
+                   timestamps=[clip.timestamps[i] for i in keep])
+
+
 class ModelWorker:
     """Owns the engine: ``prepare`` runs on decode threads, everything else on one model thread."""
 
@@ -146,7 +155,7 @@ class ModelWorker:
 
         request, engine = job.request, self.engine
         view = engine.with_settings(request.settings)
-        image = is_image_path(job.media.path)
+        image = job.media.clip is None and is_image_path(job.media.path)
         frames = 1 if image else view.checkpoint.frames_for(request.settings)
         if not image:  # a request that cannot fit fails before anything is decoded
             view._checked_budget(replace(request.settings, frames=frames), request.first_question)
@@ -156,7 +165,10 @@ class ModelWorker:
             if found is not None:
                 job.clip, job.features, job.feature_hit = found.clip, found.features, found.where
                 return
-        job.clip, job.timings["decode"] = sample_clip(job.media.path, request.settings, frames)
+        if job.media.clip is not None:  # frames sent as images: take the request's count of them, spread evenly
+            job.clip = pick_frames(job.media.clip, frames)
+        else:
+            job.clip, job.timings["decode"] = sample_clip(job.media.path, request.settings, frames)
         if not view.uses_image_path(job.clip):
             started = time.perf_counter()
             job.pixels = view.pixels(job.clip)
