@@ -60,3 +60,23 @@ def test_a_changed_video_is_decoded_again(tiny_dir, clip_path, tmp_path, capsys)
     run(base + ["--out", str(tmp_path / "two.jsonl")], capsys)
     assert "decode" in records(tmp_path / "two.jsonl")[0]["timings"]
     assert len(list(cache.glob("*.safetensors"))) == 2
+
+
+def test_vqa_serve_reads_what_caption_kept(tiny_dir, clip_path, tmp_path, capsys):
+    from serve_helpers import start
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    shutil.copy(clip_path, videos / "a.mp4")
+    cache = tmp_path / "features"
+    run(["caption", str(videos), "--model", str(tiny_dir), *SETTINGS, "--feature-cache", str(cache),
+         "--out", str(tmp_path / "one.jsonl")], capsys)
+    srv = start(["--model", str(tiny_dir), "--media-root", str(videos), "--feature-cache", str(cache), *SETTINGS])
+    try:
+        status, reply = srv.post("/v1/chat/completions", {"model": str(tiny_dir), "messages": [
+            {"role": "user", "content": [{"type": "video_url", "video_url": {"url": "a.mp4"}},
+                                         {"type": "text", "text": "Describe this video."}]}]})
+    finally:
+        srv.stop()
+    assert status == 200 and reply["vqa"]["cache"]["features"] == "disk"
+    assert not {"decode", "encode"} & set(reply["vqa"]["timings"])

@@ -145,6 +145,13 @@ def test_a_second_question_about_the_same_video_skips_decode_and_encode(server, 
     assert third.model_extra["vqa"]["cache"]["features"] == "miss"
 
 
+def test_kept_kv_caches_belong_to_their_video(client, local_answers, capsys):
+    """Two videos with as many frames have the same prompt ids: only the clip's key tells their caches apart."""
+    for video in ("a.mp4", "b.mp4", "a.mp4"):
+        reply = client.chat.completions.create(model=_model(client), messages=video_message(video, Q2))
+        assert reply.choices[0].message.content == local_answers(video, Q2, capsys)["answer"], video
+
+
 def _full_prefill_logprobs(tiny_dir, media, turns, top):
     """The first new token's top log-probabilities from one forward of the whole conversation (no cache)."""
     import torch
