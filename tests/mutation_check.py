@@ -49,6 +49,8 @@ VIDEO_T = ("tests/test_video.py", "tests/test_video_sampling.py")
 PYAV_T = (*VIDEO_T, "tests/test_video_pyav.py")
 SAFE_T = ("tests/test_output_safety.py", "tests/test_caption.py")
 CKPT_T = ("tests/test_checkpoint_errors.py", "tests/test_loading.py")
+FIT_T = ("tests/test_fit.py",)
+SERVE_T = ("tests/test_serve_parts.py", "tests/test_serve.py")
 
 MUTANTS: list[Mutant] = [
     # ---- modes: the papers' formulas and constants
@@ -163,8 +165,9 @@ MUTANTS: list[Mutant] = [
       '        cpu_notice(None, "cpu")\n        return "cuda" if torch.cuda.is_available() else "cpu"', CKPT_T,
       "the CPU notice comes before a failed load (two lines)"),
     M("caption.repairs-before-load", "vqa_cli/caption.py",
-      "    session = open_model(settings, [prompt]) if todo else None\n",
-      "    writer.resume(target, todo, sid)\n    session = open_model(settings, [prompt]) if todo else None\n",
+      "    session = open_model(settings, [prompt], batch=batch_size) if todo and remote is None else None\n",
+      "    writer.resume(target, todo, sid)\n"
+      "    session = open_model(settings, [prompt], batch=batch_size) if todo and remote is None else None\n",
       CKPT_T,
       "a broken checkpoint still repairs the output"),
     # ---- preprocess
@@ -243,6 +246,35 @@ MUTANTS: list[Mutant] = [
       "    existing = existing if existing is not None else read_output(out)\n    repaired = repair(out, existing)\n"
       "    rewrite(out, [r for r in existing.records if r.get(\"error\") is None])", SAFE_T,
       "old error records deleted before the retry"),
+    # ---- the server: caches, media roots, stop strings, cancellation, settings on the wire
+    M("serve.kv-any-clip", "vqa_cli/serve/_kv.py", "                if entry_key == key:\n",
+      "                if True:\n", SERVE_T, "a kept KV cache is reused for another video"),
+    M("serve.identity-no-mtime", "vqa_cli/features.py", 'st.st_size, "mtime_ns": st.st_mtime_ns}',
+      'st.st_size}', SERVE_T, "a touched file keeps its cached visual tokens"),
+    M("serve.media-root", "vqa_cli/serve/_requests.py", "    if not _inside(real, policy.roots):",
+      "    if False:", SERVE_T, "paths outside --media-root are read"),
+    M("serve.stop-hold", "vqa_cli/serve/_worker.py", "                    hold = max(hold, n)\n", "", SERVE_T,
+      "the stream shows the start of a stop string"),
+    M("serve.cancel", "vqa_cli/serve/_app.py", "                job.cancelled.set()  # a client gone",
+      "                pass  # a client gone", SERVE_T, "a client that disconnects does not cancel"),
+    M("serve.wire-frames", "vqa_cli/wire.py", '        sampling = {"frames": None, "fps": None, "max_frames": None}\n',
+      "        pass\n", SERVE_T, "a request's fps keeps the server's frame count"),
+    M("serve.prefix-cache-off", "vqa_cli/serve/_worker.py",
+      "        prefix = self.prefixes.take(job.key, ids) if request.use_cache else None",
+      "        prefix = None", SERVE_T, "no kept KV cache is ever reused"),
+    # ---- fitting the machine: the memory check, --fit, --max-memory
+    M("fit.check-after-download", "vqa_cli/session.py",
+      "    memory = check_memory(checkpoint, settings, questions, budget, batch=batch, reserve=reserve, probe=probe)\n"
+      "    catalog.fetch_weights(settings.model)\n",
+      "    catalog.fetch_weights(settings.model)\n    memory = None\n", FIT_T,
+      "no memory check before the weights are fetched and loaded"),
+    M("fit.frames-ignore-memory", "vqa_cli/fit.py", "    return None if found.fits is False else found",
+      "    return found", FIT_T, "--fit and the suggestions count the context only"),
+    M("fit.kv-cache-per-batch", "vqa_cli/plan.py", "    est.kv_cache_bytes *= batch\n", "", FIT_T,
+      "a caption batch's KV cache counted for one clip"),
+    M("fit.max-memory-ignored", "vqa_cli/loading.py",
+      "        device_map = plan.device_map(adapter, quant, dtype, max_memory)",
+      "        pass", FIT_T, "--max-memory never reaches from_pretrained"),
 ]
 
 

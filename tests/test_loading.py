@@ -23,8 +23,11 @@ def test_aliases_resolve_to_hub_ids():
 def test_vqa_model_env_changes_the_default(monkeypatch):
     monkeypatch.setenv("VQA_MODEL", "/models/mine")
     assert loading.default_model() == "/models/mine"
+    assert loading.default_model("cpu") == "/models/mine"
     monkeypatch.delenv("VQA_MODEL")
-    assert loading.default_model() == "llava-next-video-7b"
+    # Without it: the 7B model for CUDA (a plan may name a GPU this machine lacks), the small one for the CPU.
+    assert loading.default_model("cuda") == "llava-next-video-7b"
+    assert loading.default_model("cpu") == "llava-onevision-0.5b"
 
 
 def test_unknown_model_names_fail_with_one_line():

@@ -205,7 +205,7 @@ def test_multi_turn_conversation_ids_equal_the_processors(engines, processors, c
     count = engine.checkpoint.plan(engine.settings, len(TIMES)).total
     conversation = Conversation(engine, clip, _features(engine, count))
     turns = [("user", QUESTION), ("assistant", "a man opens the door"), ("user", "who is in the video?")]
-    ids = conversation._ids([{"role": r, "text": t} for r, t in turns])
+    ids = conversation.ids_for([{"role": r, "text": t} for r, t in turns])
     assert ids == _oracle_ids(processors(case), _hf_messages(turns, TIME_TEXT if time_prompt else None), len(TIMES))
 
 

@@ -75,11 +75,11 @@ def test_out_of_memory_splits_the_batch_and_records_it(engine_factory, folder, t
     real = engine.answer_batch
     calls = []
 
-    def limited(clips, question, timings=None, pixels=None):
+    def limited(clips, question, timings=None, pixels=None, features=None):
         calls.append(len(clips))
         if len(clips) > 1:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9 GiB")
-        return real(clips, question, timings, pixels)
+        return real(clips, question, timings, pixels, features)
 
     monkeypatch.setattr(engine, "answer_batch", limited)
     run = Captioner(engine, engine.settings, "Describe.", "sid", batch_size=4, workers=1, frames=4)

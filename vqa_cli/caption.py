@@ -4,7 +4,8 @@
   stdin. Each video gets exactly one record; a video that fails gets a record with ``error``.
 - Pipelined: decode-ahead worker threads (OpenCV releases the GIL) fill a bounded window of
   clips while the model works; the model takes them in batches (left-padded batched generate).
-  On out-of-memory a batch is split in halves and retried, and later batches stay smaller.
+  Batches start from the largest size the memory check found to fit (``--batch-size`` at most); on
+  out-of-memory a batch is split in halves and retried, and later batches stay smaller.
 - Kill-safe: each record is one appended, flushed line. A re-run skips videos already captioned
   with the same settings, retries failed ones (dropping their old error records) and repairs a
   partial last line. Ctrl-C stops after the current batch and prints the summary.
@@ -175,16 +176,40 @@ class Summary:
 DECODE_TIMEOUT = 600.0  # seconds per file: a pathological file is recorded as an error, never hangs the run
 
 
-def _decode(path: str, settings: Any, frames: int, engine: Any, cores: int) -> tuple[Clip, float, Any, float]:
-    """A worker's share, off the model's thread: decode (with ``cores`` of the machine's cores), then
-    preprocess to pixels (a still image on the image path is left to the engine)."""
+@dataclass
+class Decoded:
+    """A worker's output for one video: its clip and pixels, or its visual tokens from the feature cache."""
+
+    video: str
+    clip: Clip
+    timings: dict[str, float]
+    pixels: Any = None
+    features: Any = None  # [N, D] visual tokens found in the feature cache
+    key: str = ""  # its feature-cache key ("" without a cache)
+
+
+def _decode(path: str, settings: Any, frames: int, engine: Any, cores: int, cache: Any = None,
+            prompt: str = "") -> Decoded:
+    """A worker's share, off the model's thread: the feature cache, else decode (with ``cores`` of the
+    machine's cores) and preprocess to pixels (a still image on the image path is left to the engine)."""
     from vqa_cli.engine import sample_clip
     from vqa_cli.video import DecodeOptions
 
+    key = ""
+    if cache is not None:
+        from vqa_cli.features import file_identity, key_for
+
+        try:
+            key = key_for(engine, file_identity(path), settings, frames, prompt)
+        except OSError:  # decoding says what is wrong with the file
+            key = ""
+        found = cache.get(key) if key else None
+        if found is not None:
+            return Decoded(path, found.clip, {}, features=found.features, key=key)
     clip, seconds = sample_clip(path, settings, frames, timeout=DECODE_TIMEOUT, options=DecodeOptions(cores=cores))
     started = time.perf_counter()
     pixels = None if engine.uses_image_path(clip) else engine.pixels(clip)
-    return clip, seconds, pixels, time.perf_counter() - started
+    return Decoded(path, clip, {"decode": seconds, "preprocess": time.perf_counter() - started}, pixels, key=key)
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -221,21 +246,26 @@ class Captioner:
     """One process's captioning run over its share of the videos."""
 
     def __init__(self, engine: Any, settings: Any, prompt: str, sid: str, *, batch_size: int, workers: int,
-                 frames: int) -> None:
+                 frames: int, feature_cache: Any = None) -> None:
         self.engine, self.settings, self.prompt, self.sid = engine, settings, prompt, sid
         self.batch_size, self.workers, self.frames = batch_size, workers, frames
+        self.feature_cache = feature_cache  # features.FeatureCache: visual tokens kept between runs
         self.summary = Summary()
 
     def record(self, video: str, answer: Any, batch: int) -> dict:
         return records.caption_record(video, answer.record(self.engine), batch, self.sid)
 
-    def caption_batch(self, items: list[tuple[str, Clip, float, Any, float]]) -> list[dict]:
+    def caption_batch(self, items: list[Decoded]) -> list[dict]:
         """Caption decoded clips; out of memory splits the batch and lowers the batch size."""
         try:
-            answers = self.engine.answer_batch([it[1] for it in items], self.prompt,
-                                               timings=[{"decode": it[2], "preprocess": it[4]} for it in items],
-                                               pixels=[it[3] for it in items])
-            return [self.record(it[0], a, len(items)) for it, a in zip(items, answers, strict=True)]
+            answers = self.engine.answer_batch([it.clip for it in items], self.prompt,
+                                               timings=[it.timings for it in items],
+                                               pixels=[it.pixels for it in items],
+                                               features=[it.features for it in items])
+            for it, answer in zip(items, answers, strict=True):
+                if self.feature_cache is not None and it.key and it.features is None:
+                    self.feature_cache.put(it.key, it.clip, answer.features)
+            return [self.record(it.video, a, len(items)) for it, a in zip(items, answers, strict=True)]
         except Exception as exc:
             if _is_oom(exc) and len(items) > 1:
                 self.summary.oom_backoffs += 1
@@ -245,7 +275,7 @@ class Captioner:
                 return self.caption_batch(items[:half]) + self.caption_batch(items[half:])
             if len(items) > 1:  # find the culprit: one by one
                 return [rec for item in items for rec in self.caption_batch([item])]
-            return [records.error_record(items[0][0], self.settings, self.sid, exc)]
+            return [records.error_record(items[0].video, self.settings, self.sid, exc)]
 
     def run(self, videos: list[str], sink: writer.JsonlWriter) -> Summary:
         started = time.perf_counter()
@@ -264,17 +294,17 @@ class Captioner:
                     if video is None:
                         return
                     pending.append((video, pool.submit(_decode, video, self.settings, self.frames, self.engine,
-                                                       cores)))
+                                                       cores, self.feature_cache, self.prompt)))
 
             refill()
             while pending and not flag.stop:
-                batch: list[tuple[str, Clip, float, Any, float]] = []
+                batch: list[Decoded] = []
                 written: list[dict] = []
                 while pending and len(batch) < self.batch_size:
                     video, future = pending.pop(0)
                     refill()
                     try:
-                        batch.append((video, *future.result()))
+                        batch.append(future.result())
                     except Exception as exc:  # an undecodable video is recorded, the run goes on
                         written.append(records.error_record(video, self.settings, self.sid, exc))
                 if batch:
@@ -351,7 +381,11 @@ def _distributed() -> Any:
 
 
 def run_caption(settings: Any, inputs: list[str], out: str, prompt: str, *, batch_size: int = 4, workers: int = 2,
-                shard: str | None = None, summary_path: str | None = None, stdin: Any = None) -> int:
+                shard: str | None = None, summary_path: str | None = None, stdin: Any = None,
+                server: str | None = None, model_given: bool = True, feature_cache: str | None = None) -> int:
+    """``server``: a ``vqa serve`` URL that captions instead of a model loaded here (same records).
+    ``feature_cache``: a folder keeping each video's visual tokens, so a re-run with another prompt skips
+    decoding and encoding."""
     from dataclasses import replace
 
     if not prompt.strip():
@@ -366,6 +400,11 @@ def run_caption(settings: Any, inputs: list[str], out: str, prompt: str, *, batc
     share = parse_shard(shard)
     if share:
         videos = [v for v in videos if in_shard(v, *share)]
+    remote = None
+    if server:
+        from vqa_cli.client import connect
+
+        remote, settings = connect(server, settings, model_given=model_given)
     sid = records.settings_id(settings.identity(), prompt)
 
     state = _distributed()
@@ -389,9 +428,15 @@ def run_caption(settings: Any, inputs: list[str], out: str, prompt: str, *, batc
         if writer.same_file(summary_path, out) or writer.same_file(summary_path, target):
             raise UsageError("--summary and --out name the same file")
         writer.check_output(summary_path, videos, flag="--summary", accept=writer.summary_file)
+    if settings.fit and remote is None:  # the frames --fit chooses are a real setting: settings_id has them
+        from vqa_cli.session import fit_settings
+
+        settings, _ = fit_settings(settings, [prompt])
+        sid = records.settings_id(settings.identity(), prompt)
     owns_out = state is None or state.is_main_process
     with writer.locked(target), (writer.locked(out if owns_out and target != out else "-")):
-        summary = _caption_locked(settings, videos, found, out, target, prompt, sid, batch_size, workers)
+        summary = _caption_locked(settings, videos, found, out, target, prompt, sid, batch_size, workers, remote,
+                                  feature_cache)
         if state is not None:
             state.wait_for_everyone()
             if state.is_main_process:
@@ -406,18 +451,19 @@ def run_caption(settings: Any, inputs: list[str], out: str, prompt: str, *, batc
 
 
 def _caption_locked(settings: Any, videos: list[str], found: Inputs, out: str, target: str, prompt: str, sid: str,
-                    batch_size: int, workers: int) -> Summary:
+                    batch_size: int, workers: int, remote: Any = None, feature_cache: str | None = None) -> Summary:
     """The run, once this process holds the output's lock: resume, load, caption, compact.
 
     The model loads before anything is written: a broken checkpoint leaves the output untouched
-    (not even repaired)."""
+    (not even repaired). ``remote``: a ``client.Client`` that captions instead."""
     from vqa_cli.session import open_model
 
     # Under accelerate only the main process rewrites --out (at the merge); the others just read it.
     existing = writer.read_output(target) if target != "-" else writer.Output()
     done = writer.captioned_in(existing.records, sid) | (writer.captioned(out, sid) if target != out else set())
     todo = [v for v in videos if v not in done]
-    session = open_model(settings, [prompt]) if todo else None
+    session = open_model(settings, [prompt], batch=batch_size) if todo and remote is None else None
+    batch_size = _batch_that_fits(session, batch_size)
     todo, repaired = writer.resume(target, todo, sid, existing)
     summary = Summary(videos=len(videos), skipped=len(videos) - len(todo), repair=repaired)
     folders = [records.error_record(folder, settings, sid, InputNotFoundError(f"cannot read folder {folder!r}: "
@@ -429,19 +475,38 @@ def _caption_locked(settings: Any, videos: list[str], found: Inputs, out: str, t
                 sink.write(rec)
                 summary.add(rec)
                 console.info(f"{rec['video']}: {rec['error']}")
-    if session is not None:
-        captioner = Captioner(session.engine, settings, prompt, sid, batch_size=batch_size, workers=workers,
-                              frames=session.budget.plan.frames)
+    if session is not None or (remote is not None and todo):
+        if remote is not None:
+            from vqa_cli.client import RemoteCaptioner
+
+            captioner: Any = RemoteCaptioner(remote, settings, prompt, sid, batch_size=batch_size)
+        else:
+            from vqa_cli.features import FeatureCache
+
+            captioner = Captioner(session.engine, settings, prompt, sid, batch_size=batch_size, workers=workers,
+                                  frames=session.budget.plan.frames,
+                                  feature_cache=FeatureCache(0, feature_cache) if feature_cache else None)
         captioner.summary = summary
         try:
             with writer.JsonlWriter(target) as sink:
                 captioner.run(todo, sink)
         finally:
-            summary.load_seconds = session.timings["load"]
+            summary.load_seconds = session.timings["load"] if session is not None else 0.0
             summary.superseded = writer.compact(target, _readable_folder(found, sid))
     else:
         summary.superseded = writer.compact(target, _readable_folder(found, sid))
     return summary
+
+
+def _batch_that_fits(session: Any, batch_size: int) -> int:
+    """The batch size to start from: the largest up to ``--batch-size`` that the memory check found to fit
+    (out-of-memory back-off still halves it later)."""
+    if session is None or session.memory is None or session.memory.estimate.batch >= batch_size:
+        return batch_size
+    fits = session.memory.estimate.batch
+    console.info(f"--batch-size {batch_size} does not fit the memory ({session.memory.target.device}): "
+                 f"starting at {fits}")
+    return fits
 
 
 def _readable_folder(found: Inputs, sid: str) -> Callable[[dict], bool]:

@@ -14,6 +14,8 @@ with no network. Sizes:
   lower bound: the unquantized vision tower and embeddings are not known without the config).
 - ``kv_cache_gib``: with the config cached, the KV cache of the family's default request
   (``--mode anyres`` at its default frames, a short prompt and 256 new tokens); else None.
+- ``quantized``: the quantizations (``4bit``, ``8bit``) with a current pre-quantized copy of the
+  cached snapshot in the vqa cache (``vqa_cli.quantized``), ``quantized_copies`` their details.
 """
 
 from __future__ import annotations
@@ -24,7 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from vqa_cli.errors import ModelNotCachedError
-from vqa_cli.models.registry import CHECKPOINTS, DEFAULT_MODEL, KnownCheckpoint, adapter_for
+from vqa_cli.models.registry import (
+    CHECKPOINTS,
+    DEFAULT_CPU_MODEL,
+    DEFAULT_MODEL,
+    KnownCheckpoint,
+    adapter_for,
+    resolve_alias,
+)
 
 QUANTS = ("4bit", "8bit", "none")
 FP16_BYTES = 2
@@ -97,8 +106,9 @@ def _nominal_costs(ckpt: KnownCheckpoint) -> dict[str, Any]:
     }
 
 
-def describe(ckpt: KnownCheckpoint, cache_dir: Path | None = None) -> dict[str, Any]:
-    """One catalog row (see the module docstring for what each size means)."""
+def describe(ckpt: KnownCheckpoint, cache_dir: Path | None = None, default: str = DEFAULT_MODEL) -> dict[str, Any]:
+    """One catalog row (see the module docstring for what each size means); ``default``: this machine's
+    default alias (``DEFAULT_MODEL`` with CUDA, ``DEFAULT_CPU_MODEL`` without)."""
     snapshot = cached_snapshot(ckpt.repo_id, cache_dir)
     weights = weight_files(snapshot) if snapshot else None
     row: dict[str, Any] = {
@@ -106,7 +116,9 @@ def describe(ckpt: KnownCheckpoint, cache_dir: Path | None = None) -> dict[str, 
         "repo_id": ckpt.repo_id,
         "family": ckpt.family,
         "params": ckpt.params,
-        "default": ckpt.alias == DEFAULT_MODEL,
+        "default": ckpt.alias == default,
+        "default_cuda": ckpt.alias == DEFAULT_MODEL,
+        "default_cpu": ckpt.alias == DEFAULT_CPU_MODEL,
         "cached": weights is not None,
         "config_cached": snapshot is not None,
         "path": str(snapshot) if snapshot else None,
@@ -114,12 +126,70 @@ def describe(ckpt: KnownCheckpoint, cache_dir: Path | None = None) -> dict[str, 
     size = sum(f.stat().st_size for f in weights) if weights else ckpt.nominal_parameters * FP16_BYTES
     row.update(disk_bytes=size, disk_gb=_round(size / _GB), disk_estimated=weights is None)
     row.update(_exact_costs(snapshot) if snapshot else _nominal_costs(ckpt))
+    row.update(_quantized_copies(snapshot if weights else None))
     return row
 
 
-def list_models(cache_dir: Path | None = None) -> list[dict[str, Any]]:
-    """Every known checkpoint with its sizes and whether it is cached (offline)."""
-    return [describe(ckpt, cache_dir) for ckpt in CHECKPOINTS]
+def _quantized_copies(snapshot: Path | None) -> dict[str, Any]:
+    """The current pre-quantized copies of a cached snapshot (``vqa_cli.quantized``; offline, manifests only)."""
+    from vqa_cli import quantized
+
+    copies = quantized.copies_of(snapshot) if snapshot else []
+    return {"quantized": sorted({c["quant"] for c in copies}),
+            "quantized_copies": [{k: c[k] for k in ("quant", "dtype", "device", "disk_bytes", "path")} for c in copies]}
+
+
+def list_models(cache_dir: Path | None = None, cuda: bool | None = None) -> list[dict[str, Any]]:
+    """Every known checkpoint with its sizes and whether it is cached (offline). ``cuda``: whether this
+    machine has CUDA, which decides the ``default`` mark (None: ask torch)."""
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    default = DEFAULT_MODEL if cuda else DEFAULT_CPU_MODEL
+    return [describe(ckpt, cache_dir, default) for ckpt in CHECKPOINTS]
+
+
+def remote_weight_bytes(repo_id: str) -> int | None:
+    """The size of a hub repository's safetensors weights (one metadata request), None when unknown."""
+    try:
+        from huggingface_hub import HfApi
+
+        info = HfApi().model_info(repo_id, files_metadata=True, timeout=10)
+        sizes = [f.size or 0 for f in info.siblings or () if f.rfilename.endswith(".safetensors")]
+    except Exception:  # noqa: BLE001 - the size is a courtesy: the download itself reports real errors
+        return None
+    return sum(sizes) or None
+
+
+def fetch_weights(name: str, *, size: Any = remote_weight_bytes, progress: bool | None = None) -> None:
+    """Before a run loads a hub model whose weights are not cached yet: say what will be downloaded (size and
+    destination), then download it with progress bars and ETA on a terminal. Ctrl-C leaves the partial
+    files in the cache (``*.incomplete``), and the next run or ``vqa download`` resumes them.
+
+    Nothing happens for a local directory, a cached model or offline (``HF_HUB_OFFLINE``: the load then
+    fails with its own message). ``size``: a repository's weight bytes (tests pass their own)."""
+    from huggingface_hub import constants
+
+    from vqa_cli import console, loading
+
+    if Path(name).expanduser().is_dir() or constants.is_offline_mode():
+        return
+    repo_id = resolve_alias(name)
+    if not loading.is_hub_id(repo_id):
+        return
+    snapshot = cached_snapshot(repo_id)
+    if snapshot is not None and weight_files(snapshot) is not None:
+        return
+    total = size(repo_id)
+    what = f"{total / _GB:.1f} GB of weights" if total else "its weights"
+    console.info(f"downloading {repo_id}: {what} into {hub_cache_dir()} "
+                 "(first run only; Ctrl-C stops, and the next run resumes)")
+    try:
+        download(name, progress=console.stderr_is_tty() if progress is None else progress)
+    except KeyboardInterrupt:
+        console.info(f"download of {repo_id} stopped: run the command again, or `vqa download {name}`, to resume it")
+        raise
 
 
 def download(name: str, progress: bool = True) -> Path:

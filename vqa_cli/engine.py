@@ -47,13 +47,18 @@ class RunSettings:
     rope_type: str = "linear"
     time_prompt: bool = False
     guide_model: str = DEFAULT_GUIDE_MODEL  # CLIP model for --guide (prompt-guided pooling)
+    # Placement and the memory check (see vqa_cli/fit.py): where the weights go, not what they answer.
+    max_memory: tuple[tuple[str, int], ...] = ()  # --max-memory: (device, bytes) pairs, e.g. ("cuda:0", 6 GiB)
+    force: bool = False  # --force: load without the memory check
+    fit: bool = False  # --fit: lower the frames (and mode) to what fits; the chosen ones replace them
 
     def identity(self) -> dict:
-        """The settings that decide the output: everything but the device placement, with unused
-        knobs left out (the seed when decoding greedily, the guide model without --guide)."""
+        """The settings that decide the output: everything but the device placement and the memory check,
+        with unused knobs left out (the seed when decoding greedily, the guide model without --guide)."""
         d = asdict(self)
         d["mode"] = self.mode.to_dict()
-        d.pop("device")
+        for placement in ("device", "max_memory", "force", "fit"):
+            d.pop(placement)
         if self.temperature <= 0:
             d.pop("seed")
         if not self.mode.guide:
@@ -171,7 +176,7 @@ class Checkpoint:
         if loaded_factor is not None and settings.rope_scale is None:
             self.check_fits(total, loaded_factor, lambda ctx: (
                 f"this request needs RoPE factor {factor:g} but the model was loaded with {loaded_factor:g}: "
-                f"pass --rope-scale {factor:g}"))
+                f"load it with --rope-scale {factor:g} (vqa serve: start it so)"))
         return Budget(plan, prompt_tokens, settings.max_new_tokens, self.geometry.trained_context, factor)
 
     def context(self, rope_factor: float) -> int:
@@ -224,7 +229,8 @@ class Engine:
         quant = loading.resolve_quant(settings.quant, device)
         rope.apply_to_config(checkpoint.adapter.text_config(), checkpoint.base_rope, rope_factor, settings.rope_type)
         weights_dir = loading.resolve_model_dir(checkpoint.name, weights=True)
-        self.loaded = loading.load_model(weights_dir, checkpoint.config, device=device, dtype=dtype, quant=quant)
+        self.loaded = loading.load_model(weights_dir, checkpoint.config, device=device, dtype=dtype, quant=quant,
+                                         max_memory=dict(settings.max_memory) or None)
         self.model = self.loaded.model
         self.adapter = self.loaded.adapter
         self.input_device = loading.input_device(self.model)
@@ -241,7 +247,7 @@ class Engine:
 
         Settings the weights were loaded with (model, quantization, device, dtype, RoPE) must not change.
         """
-        for name in ("model", "quant", "device", "dtype", "rope_scale", "rope_type"):
+        for name in ("model", "quant", "device", "dtype", "rope_scale", "rope_type", "max_memory"):
             if getattr(settings, name) != getattr(self.settings, name):
                 raise UsageError(f"{name.replace('_', '-')} is fixed when the model loads "
                                  f"({getattr(self.settings, name)!r} here)")

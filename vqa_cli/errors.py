@@ -57,6 +57,12 @@ class ContextOverflowError(UsageError):
     kind = "context_overflow"
 
 
+class MemoryFitError(UsageError):
+    """The request cannot fit the memory its device has (checked before any weight is downloaded or loaded)."""
+
+    kind = "memory"
+
+
 class OutputRefusedError(UsageError):
     """An output path vqa will not write: not one of its own files, an input, a folder, unwritable."""
 

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -30,7 +31,14 @@ from vqa_cli.errors import (
     UsageError,
 )
 from vqa_cli.models.base import FamilyAdapter
-from vqa_cli.models.registry import CHECKPOINTS, DEFAULT_MODEL, adapter_for, family_for_model_type, resolve_alias
+from vqa_cli.models.registry import (
+    CHECKPOINTS,
+    DEFAULT_CPU_MODEL,
+    DEFAULT_MODEL,
+    adapter_for,
+    family_for_model_type,
+    resolve_alias,
+)
 
 Quant = Literal["4bit", "8bit", "none"]  # bitsandbytes 4-bit NF4, 8-bit, or full precision
 Dtype = Literal["auto", "float32", "float16", "bfloat16"]
@@ -49,8 +57,17 @@ _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _cpu_notice_shown = False
 
 
-def default_model() -> str:
-    return os.environ.get("VQA_MODEL") or DEFAULT_MODEL
+def default_model(device: str | None = None) -> str:
+    """``$VQA_MODEL``, else the default for the device the run will use (``--device``, else CUDA when
+    available): ``DEFAULT_MODEL`` (7B, 4-bit) with CUDA, the small ``DEFAULT_CPU_MODEL`` on the CPU."""
+    if os.environ.get("VQA_MODEL"):
+        return os.environ["VQA_MODEL"]
+    return DEFAULT_MODEL if resolve_device(device, planning=True).startswith("cuda") else DEFAULT_CPU_MODEL
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether ``name`` has the form of a hub repository id (``owner/name``)."""
+    return bool(_HUB_ID.match(name))
 
 
 def resolve_model_dir(name: str, *, weights: bool = True) -> Path:
@@ -347,8 +364,9 @@ def resolve_dtype(dtype: str | None, device: str, *, planning: bool = False) -> 
     return getattr(torch, dtype)
 
 
-def quantization_config(quant: str, adapter: FamilyAdapter, compute_dtype: Any) -> Any:
-    """bitsandbytes settings; the skip list keeps vision tower, projector and head unquantized."""
+def quantization_config(quant: str, adapter: FamilyAdapter, compute_dtype: Any, offload: bool = False) -> Any:
+    """bitsandbytes settings; the skip list keeps vision tower, projector and head unquantized. ``offload``
+    (``--max-memory``): layers placed on the CPU or disk stay unquantized, in the compute dtype."""
     if quant == "none":
         return None
     from transformers import BitsAndBytesConfig
@@ -361,8 +379,9 @@ def quantization_config(quant: str, adapter: FamilyAdapter, compute_dtype: Any) 
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=compute_dtype,
             llm_int8_skip_modules=skip,
+            llm_int8_enable_fp32_cpu_offload=offload,
         )
-    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip, llm_int8_enable_fp32_cpu_offload=offload)
 
 
 @dataclass
@@ -373,6 +392,7 @@ class LoadedModel:
     dtype: Any
     quant: str
     seconds: float
+    prequantized: bool = False  # read from a pre-quantized copy (vqa_cli.quantized) instead of quantized on load
 
 
 @contextmanager
@@ -392,8 +412,12 @@ def _quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def load_model(model_dir: Path, config: Any, *, device: str, dtype: Any, quant: str) -> LoadedModel:
-    """Weights from safetensors, quantized and placed; ``config`` carries any RoPE scaling."""
+def load_model(model_dir: Path, config: Any, *, device: str, dtype: Any, quant: str,
+               max_memory: dict[str, int] | None = None) -> LoadedModel:
+    """Weights from safetensors, quantized and placed; ``config`` carries any RoPE scaling.
+
+    ``max_memory`` (``--max-memory``, bytes per ``cuda:N``/``cpu``): accelerate places the layers within it
+    (``plan.device_map``), and what does not fit goes to the CPU, then to disk (read from the safetensors)."""
     import transformers
 
     if quant == "8bit" and not device.startswith("cuda"):
@@ -404,13 +428,40 @@ def load_model(model_dir: Path, config: Any, *, device: str, dtype: Any, quant: 
         raise UnknownModelError(f"{str(model_dir)!r} has no .safetensors weights (pickled weights are not loaded)")
     cls = getattr(transformers, adapter.model_class)
     device_map: Any = "auto" if device == "cuda" else {"": device}
+    from vqa_cli import plan
+
+    if max_memory:
+        device_map = plan.device_map(adapter, quant, dtype, max_memory)
     started = time.perf_counter()
-    model = load_weights(cls, model_dir, config=config, dtype=dtype,
-                         quantization_config=quantization_config(quant, adapter, dtype), device_map=device_map)
+    bnb = quantization_config(quant, adapter, dtype, offload=bool(max_memory))
+    from vqa_cli import quantized  # a pre-quantized copy of these weights, read instead of quantizing again
+
+    # (not with --max-memory: the offloaded layers must stay unquantized)
+    model = quantized.load(cls, model_dir, config, bnb, dtype=dtype, device_map=device_map) \
+        if bnb and not max_memory else None
+    prequantized = model is not None
+    if model is None:
+        with plan.quiet_offload() if max_memory else contextlib.nullcontext():
+            model = load_weights(cls, model_dir, config=config, dtype=dtype,
+                                 quantization_config=bnb, device_map=device_map)
+        if max_memory:
+            spread = sorted({str(d) if not isinstance(d, int) else f"cuda:{d}" for d in device_map.values()})
+            console.info(f"--max-memory: the layers are on {', '.join(spread)}"
+                         + (" (offloaded layers are slower)" if len(spread) > 1 else ""))
     model.eval()
-    return LoadedModel(model, adapter, device, dtype, quant, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    if bnb is not None and not prequantized and not max_memory:
+        quantized.remember(model, model_dir, bnb, dtype, device_map)  # the first quantized load writes the copy
+    return LoadedModel(model, adapter, device, dtype, quant, seconds, prequantized)
 
 
 def input_device(model: Any) -> Any:
-    """Where inputs go: the device of the input embeddings (accelerate may spread the rest)."""
-    return model.get_input_embeddings().weight.device
+    """Where inputs go: the device of the input embeddings (accelerate may spread the rest; embeddings it
+    offloaded compute where its hook brings them)."""
+    embeddings = model.get_input_embeddings()
+    hook = getattr(embeddings, "_hf_hook", None)
+    if embeddings.weight.device.type == "meta" and getattr(hook, "execution_device", None) is not None:
+        import torch
+
+        return torch.device(hook.execution_device)
+    return embeddings.weight.device

@@ -26,6 +26,8 @@ class Session:
     engine: Any  # engine.Engine
     clip: Any = None  # video.Clip
     timings: dict[str, float] = field(default_factory=dict)
+    memory: Any = None  # fit.MemoryCheck: the peak estimate against what the device had (None with --force)
+    fitted: Any = None  # fit.FitChoice: what --fit chose
 
 
 def check_input(path: str) -> None:
@@ -54,6 +56,38 @@ def planned_frames(settings: Any) -> int:
     return frames_for(settings, family.default_frames)
 
 
+def fit_settings(settings: Any, questions: list[str], *, reserve: int = 0, probe: Any = None
+                 ) -> tuple[Any, Any]:
+    """``--fit``: the settings with the frames (and, if need be, the mode) that fit memory and context, and
+    the choice (``fit.FitChoice``, also said on stderr); without ``--fit`` the settings as they are and None.
+    ``probe``: what a device has (``fit.probe_memory`` by default)."""
+    if not settings.fit:
+        return settings, None
+    from vqa_cli import fit
+    from vqa_cli.engine import Checkpoint
+
+    with console.status("fitting the request to memory"):
+        fitted, choice = fit.fit(Checkpoint(settings.model), settings, questions, reserve=reserve, probe=probe)
+    console.info(choice.line())
+    return fitted, choice
+
+
+def check_memory(checkpoint: Any, settings: Any, questions: list[str], budget: Any, *, batch: int = 1,
+                 reserve: int = 0, probe: Any = None) -> Any:
+    """The memory check before any weight is downloaded or loaded (``fit.check``): a ``MemoryFitError`` when
+    the request cannot fit, else the check, whose ``estimate.batch`` is the largest batch up to ``batch``
+    that fits. None with ``--force``. Then a ``--device`` this machine lacks fails, still before any download
+    (the probe says what the machine has: it knows no memory on a device that is not there)."""
+    from vqa_cli import fit, loading
+
+    checked = None
+    if not settings.force:
+        with console.status("checking memory"):
+            checked = fit.check(checkpoint, settings, questions, budget, batch=batch, reserve=reserve, probe=probe)
+    loading.resolve_device(settings.device)
+    return checked
+
+
 def plan_model(settings: Any, questions: list[str], *, num_frames: int | None = None, reserve: int = 0
                ) -> tuple[Any, Any]:
     """(checkpoint, budget) without weights: read the checkpoint's files and budget the request (it fails
@@ -67,36 +101,49 @@ def plan_model(settings: Any, questions: list[str], *, num_frames: int | None = 
 
 
 def open_model(settings: Any, questions: list[str], *, num_frames: int | None = None, reserve: int = 0,
-               timings: dict[str, float] | None = None) -> Session:
-    """Read the checkpoint, budget the request (it fails here, before any weight loads, when it cannot fit),
-    then load the weights with the RoPE factor the budget chose.
+               timings: dict[str, float] | None = None, batch: int = 1, probe: Any = None) -> Session:
+    """Read the checkpoint, budget the request and check its memory (it fails here, before any weight is
+    downloaded or loaded, when it cannot fit the context or the memory), download the weights if they are
+    not cached (visibly), then load them with the RoPE factor the budget chose.
 
     ``num_frames``: the frames to plan for (default: the request's); ``reserve``: room kept for later chat
-    turns. The load time goes into ``timings["load"]``.
+    turns; ``batch``: the most clips per call (``caption``: the session's ``memory.estimate.batch`` is the
+    largest that fits); ``probe``: what a device has (``fit.probe_memory`` by default). ``--fit`` is
+    applied here unless the caller did. The load time goes into ``timings["load"]``.
     """
+    from vqa_cli import catalog
     from vqa_cli.engine import Engine
 
     timings = {} if timings is None else timings
+    settings, fitted = fit_settings(settings, questions, reserve=reserve, probe=probe)
     checkpoint, budget = plan_model(settings, questions, num_frames=num_frames, reserve=reserve)
+    memory = check_memory(checkpoint, settings, questions, budget, batch=batch, reserve=reserve, probe=probe)
+    catalog.fetch_weights(settings.model)
     with console.status(f"loading {settings.model}"):
         started = time.perf_counter()
         engine = Engine(checkpoint, settings, budget.rope_factor)
         timings["load"] = time.perf_counter() - started
-    return Session(checkpoint, budget, engine, timings=timings)
+    return Session(checkpoint, budget, engine, timings=timings, memory=memory, fitted=fitted)
 
 
-def open_session(settings: Any, video: str, questions: list[str], *, reserve: int = 0) -> Session:
+def open_session(settings: Any, video: str, questions: list[str], *, reserve: int = 0, probe: Any = None
+                 ) -> Session:
     """Check the input, then load the model while the frames decode on a worker thread (OpenCV releases
-    the GIL, so decoding overlaps the imports, the configs and the weights)."""
+    the GIL, so decoding overlaps the imports, the configs and the weights). With ``--fit`` the frames are
+    chosen first (decoding then waits for the configs)."""
     from vqa_cli.engine import sample_clip
     from vqa_cli.video import is_image_path
 
     check_input(video)
+    still = is_image_path(video)
     # A still image is one frame: budget (and pick the RoPE factor) for that, not the mode's default.
-    frames = 1 if is_image_path(video) else planned_frames(settings)
+    settings, fitted = fit_settings(replace(settings, fit=settings.fit and not still), questions, reserve=reserve,
+                                    probe=probe)
+    frames = 1 if still else planned_frames(settings)
     with ThreadPoolExecutor(max_workers=1) as pool:
         decoding = pool.submit(sample_clip, video, settings, frames)
-        session = open_model(settings, questions, num_frames=frames, reserve=reserve)
+        session = open_model(settings, questions, num_frames=frames, reserve=reserve, probe=probe)
+        session.fitted = fitted
         with console.status(f"decoding {frames} frames"):
             session.clip, session.timings["decode"] = decoding.result()
     return session

@@ -8,10 +8,13 @@ from typing import Annotated
 import typer
 
 from vqa_cli.cli.options import (
+    SERVED_MODEL,
     DeviceOpt,
     DtypeOpt,
     EndOpt,
     FastGridOpt,
+    FitOpt,
+    ForceOpt,
     FpsOpt,
     FramesOpt,
     GuideKernelOpt,
@@ -19,6 +22,7 @@ from vqa_cli.cli.options import (
     GuideOpt,
     JsonOpt,
     MaxFramesOpt,
+    MaxMemoryOpt,
     MaxNewTokensOpt,
     ModelOpt,
     ModeOpt,
@@ -28,6 +32,7 @@ from vqa_cli.cli.options import (
     RopeTypeOpt,
     SeedOpt,
     SeekOpt,
+    ServerOpt,
     SlowFramesOpt,
     StartOpt,
     StrideOpt,
@@ -55,10 +60,14 @@ def ask(
     start: StartOpt = None,
     end: EndOpt = None,
     model: ModelOpt = None,
+    server: ServerOpt = None,
     mode: ModeOpt = DEFAULT_MODE,
     quant: QuantOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
+    max_memory: MaxMemoryOpt = None,
+    fit: FitOpt = False,
+    force: ForceOpt = False,
     max_new_tokens: MaxNewTokensOpt = 256,
     temperature: TemperatureOpt = 0.0,
     seed: SeedOpt = None,
@@ -82,12 +91,15 @@ def ask(
 
     settings = run_settings(
         frames=frames, fps=fps, max_frames=max_frames, seek=seek, start=start, end=end,
-        model=model, mode=mode, quant=quant, device=device, dtype=dtype, max_new_tokens=max_new_tokens,
+        model=model or (SERVED_MODEL if server else None), mode=mode, quant=quant, device=device, dtype=dtype,
+        max_new_tokens=max_new_tokens,
         temperature=temperature, seed=seed, stride=stride, slow_frames=slow_frames, fast_grid=fast_grid, pool=pool,
         rope_scale=rope_scale, rope_type=rope_type, time_prompt=time_prompt,
         guide=guide, guide_model=guide_model, guide_kernel=guide_kernel,
+        max_memory=max_memory, fit=fit, force=force,
     )
-    return run_ask(settings, video, asked, as_json=as_json, plan_only=plan)
+    return run_ask(settings, video, asked, as_json=as_json, plan_only=plan, server=server,
+                   model_given=model is not None)
 
 
 def _read_questions(path: str | None) -> list[str]:

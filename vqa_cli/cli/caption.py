@@ -7,16 +7,20 @@ from typing import Annotated
 import typer
 
 from vqa_cli.cli.options import (
+    SERVED_MODEL,
     DeviceOpt,
     DtypeOpt,
     EndOpt,
     FastGridOpt,
+    FitOpt,
+    ForceOpt,
     FpsOpt,
     FramesOpt,
     GuideKernelOpt,
     GuideModelOpt,
     GuideOpt,
     MaxFramesOpt,
+    MaxMemoryOpt,
     MaxNewTokensOpt,
     ModelOpt,
     ModeOpt,
@@ -26,6 +30,7 @@ from vqa_cli.cli.options import (
     RopeTypeOpt,
     SeedOpt,
     SeekOpt,
+    ServerOpt,
     SlowFramesOpt,
     StartOpt,
     StrideOpt,
@@ -48,6 +53,9 @@ def caption(
                                               show_default=False)] = None,
     summary: Annotated[str | None, typer.Option("--summary", help="Also write the run summary as JSON here.",
                                                 show_default=False)] = None,
+    feature_cache: Annotated[str | None, typer.Option(
+        "--feature-cache", help="Keep each video's visual tokens in this folder: a re-run with another --prompt "
+        "skips decoding and encoding.", show_default=False)] = None,
     frames: FramesOpt = None,
     fps: FpsOpt = None,
     max_frames: MaxFramesOpt = None,
@@ -55,10 +63,14 @@ def caption(
     start: StartOpt = None,
     end: EndOpt = None,
     model: ModelOpt = None,
+    server: ServerOpt = None,
     mode: ModeOpt = DEFAULT_MODE,
     quant: QuantOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
+    max_memory: MaxMemoryOpt = None,
+    fit: FitOpt = False,
+    force: ForceOpt = False,
     max_new_tokens: MaxNewTokensOpt = 256,
     temperature: TemperatureOpt = 0.0,
     seed: SeedOpt = None,
@@ -79,10 +91,13 @@ def caption(
 
     settings = run_settings(
         frames=frames, fps=fps, max_frames=max_frames, seek=seek, start=start, end=end,
-        model=model, mode=mode, quant=quant, device=device, dtype=dtype, max_new_tokens=max_new_tokens,
+        model=model or (SERVED_MODEL if server else None), mode=mode, quant=quant, device=device, dtype=dtype,
+        max_new_tokens=max_new_tokens,
         temperature=temperature, seed=seed, stride=stride, slow_frames=slow_frames, fast_grid=fast_grid, pool=pool,
         rope_scale=rope_scale, rope_type=rope_type, time_prompt=time_prompt,
         guide=guide, guide_model=guide_model, guide_kernel=guide_kernel,
+        max_memory=max_memory, fit=fit, force=force,
     )
     return run_caption(settings, paths, out, prompt if prompt is not None else DEFAULT_CAPTION_PROMPT,
-                       batch_size=batch_size, workers=workers, shard=shard, summary_path=summary)
+                       batch_size=batch_size, workers=workers, shard=shard, summary_path=summary, server=server,
+                       model_given=model is not None, feature_cache=feature_cache)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from vqa_cli.cli.options import (
+    SERVED_MODEL,
     DeviceOpt,
     DtypeOpt,
     EndOpt,
     FastGridOpt,
+    FitOpt,
+    ForceOpt,
     FpsOpt,
     FramesOpt,
     MaxFramesOpt,
+    MaxMemoryOpt,
     MaxNewTokensOpt,
     ModelOpt,
     ModeOpt,
@@ -19,6 +23,7 @@ from vqa_cli.cli.options import (
     RopeTypeOpt,
     SeedOpt,
     SeekOpt,
+    ServerOpt,
     SlowFramesOpt,
     StartOpt,
     StrideOpt,
@@ -39,10 +44,14 @@ def chat(
     start: StartOpt = None,
     end: EndOpt = None,
     model: ModelOpt = None,
+    server: ServerOpt = None,
     mode: ModeOpt = DEFAULT_MODE,
     quant: QuantOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
+    max_memory: MaxMemoryOpt = None,
+    fit: FitOpt = False,
+    force: ForceOpt = False,
     max_new_tokens: MaxNewTokensOpt = 256,
     temperature: TemperatureOpt = 0.0,
     seed: SeedOpt = None,
@@ -59,8 +68,10 @@ def chat(
 
     settings = run_settings(
         frames=frames, fps=fps, max_frames=max_frames, seek=seek, start=start, end=end,
-        model=model, mode=mode, quant=quant, device=device, dtype=dtype, max_new_tokens=max_new_tokens,
+        model=model or (SERVED_MODEL if server else None), mode=mode, quant=quant, device=device, dtype=dtype,
+        max_new_tokens=max_new_tokens,
         temperature=temperature, seed=seed, stride=stride, slow_frames=slow_frames, fast_grid=fast_grid, pool=pool,
         rope_scale=rope_scale, rope_type=rope_type, time_prompt=time_prompt,
+        max_memory=max_memory, fit=fit, force=force,
     )
-    return run_chat(settings, video)
+    return run_chat(settings, video, server=server, model_given=model is not None)

@@ -1,4 +1,5 @@
-"""``vqa models`` and ``vqa download``: the checkpoint catalog and getting one into the cache."""
+"""``vqa models`` and ``vqa download``: the checkpoint catalog, getting one into the cache, and its pre-quantized
+copies (``vqa_cli.quantized``)."""
 
 from __future__ import annotations
 
@@ -7,32 +8,78 @@ from typing import Annotated
 import typer
 
 from vqa_cli import console
-from vqa_cli.cli.options import JsonOpt
+from vqa_cli.cli.options import DeviceOpt, DtypeOpt, JsonOpt
+from vqa_cli.loading import Quant
+
+QuantizedOpt = Annotated[bool, typer.Option(
+    "--quantized", help="List the pre-quantized copies in the vqa cache instead (local directories' too).")]
+DownloadQuantOpt = Annotated[Quant | None, typer.Option(
+    "--quant", show_default=False,
+    help="Also store a pre-quantized copy (4bit, 8bit) that later loads with this --quant read instead of "
+         "quantizing again. Made for --device and --dtype as a run would pick them: pass the --dtype your runs use.")]
 
 
-def models(as_json: JsonOpt = False) -> int:
-    """List known checkpoints: alias, family, size, memory per quantization, whether cached."""
+def models(as_json: JsonOpt = False, quantized: QuantizedOpt = False) -> int:
+    """List known checkpoints: alias, family, size, memory per quantization, whether cached (and pre-quantized)."""
+    if quantized:
+        return _copies(as_json)
     from vqa_cli.catalog import list_models
 
     rows = list_models()
     if as_json:
         console.emit_json(rows)
         return 0
-    header = ["alias", "family", "params", "disk GB", "4bit GiB", "8bit GiB", "bf16 GiB", "cached"]
+    header = ["alias", "family", "params", "disk GB", "4bit GiB", "8bit GiB", "bf16 GiB", "cached", "quantized"]
     table = [[r["alias"] + (" *" if r["default"] else ""), r["family"], r["params"],
               f"{r['disk_gb']:.1f}" + ("~" if r["disk_estimated"] else ""),
               *(f"{r['memory_gib'][q]:.1f}" + ("~" if r["memory_estimated"] else "") for q in ("4bit", "8bit", "none")),
-              "yes" if r["cached"] else ("config" if r["config_cached"] else "no")] for r in rows]
-    console.table(header, table, caption="* default; ~ estimated from the nominal size (weights only, fp16)")
+              "yes" if r["cached"] else ("config" if r["config_cached"] else "no"),
+              ",".join(r["quantized"]) or "-"] for r in rows]
+    from vqa_cli.models.registry import DEFAULT_CPU_MODEL, DEFAULT_MODEL
+
+    console.table(header, table, caption=f"* default on this machine (with CUDA {DEFAULT_MODEL}, without "
+                  f"{DEFAULT_CPU_MODEL}); ~ estimated from the nominal size (weights only, fp16)")
+    return 0
+
+
+def _copies(as_json: bool) -> int:
+    """Every pre-quantized copy in the vqa cache, with its source and whether it is still current."""
+    from vqa_cli.quantized import cache_dir, human_size, list_copies
+
+    rows = list_copies()
+    if as_json:
+        console.emit_json(rows)
+        return 0
+    header = ["source", "quant", "dtype", "device", "size", "current", "path"]
+    table = [[r["source"] or "?", r["quant"] or "?", r["dtype"] or "?", r["device"] or "?", human_size(r["disk_bytes"]),
+              "yes" if r["current"] else "no", r["path"]] for r in rows]
+    console.table(header, table, caption=f"in {cache_dir()}; a copy that is not current is never loaded: delete it")
     return 0
 
 
 def download(
-    model: Annotated[str, typer.Argument(help="Alias or hub id.", show_default=False)],
+    model: Annotated[str, typer.Argument(help="Alias, hub id or local directory.", show_default=False)],
+    quant: DownloadQuantOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
 ) -> int:
-    """Fetch a checkpoint (safetensors, configs, tokenizer) into the Hugging Face cache for offline use."""
+    """Fetch a checkpoint (safetensors, configs, tokenizer) into the Hugging Face cache for offline use, and with
+    --quant store a pre-quantized copy of it."""
     from vqa_cli.catalog import download as fetch
 
     path = fetch(model, progress=console.stderr_is_tty())
-    print(path)
+    print(path, flush=True)
+    if quant in (None, "none"):
+        return 0
+    from vqa_cli import loading, quantized
+
+    where = loading.resolve_device(device)
+    compute = loading.resolve_dtype(dtype, where)
+    with console.status(f"quantizing {model} ({quant}, {quantized.dtype_name(compute)}) and writing the copy"):
+        folder, written = quantized.prepare(path, quant, device=where, dtype=compute)
+    size = (quantized.manifest(folder) or {}).get("disk_bytes", 0)
+    name = quantized.dtype_name(compute)
+    console.info(f"{'wrote' if written else 'already there:'} a pre-quantized {quant} copy ({name}, "
+                 f"{quantized.human_size(size)}): loads with --quant {quant} --dtype {name} read it")
+    print(folder)
     return 0

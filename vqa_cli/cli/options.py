@@ -8,7 +8,8 @@ choices come from the ``Literal`` of the module that owns the concept), and pass
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Literal
+import os
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
@@ -21,6 +22,7 @@ from vqa_cli.video import SeekMode
 if TYPE_CHECKING:
     from vqa_cli.engine import RunSettings
 
+_NOT_AN_OPTION: Any = object()  # run_settings' model for a command without --model
 Stride = Literal["1", "2", "4"]  # anyres per-frame pooling strides, as typed on the command line
 
 VideoArg = Annotated[str, typer.Argument(help="Video file (or an image).", show_default=False)]
@@ -41,8 +43,9 @@ EndOpt = Annotated[float | None, typer.Option("--end", min=0, help="Window end, 
 # ---- which model, mode, precision and decoding -----------------------------------------------
 ModelOpt = Annotated[
     str | None,
-    typer.Option("--model", "-m", help="Hub id, local directory or alias (default: $VQA_MODEL or llava-next-video-7b).",
-                 show_default=False),
+    typer.Option("--model", "-m", show_default=False,
+                 help="Hub id, local directory or alias (default: $VQA_MODEL, else llava-next-video-7b with CUDA, "
+                      "llava-onevision-0.5b on the CPU)."),
 ]
 ModeOpt = Annotated[ModeName, typer.Option("--mode", help="How frames become tokens.")]
 QuantOpt = Annotated[
@@ -68,6 +71,22 @@ RopeScaleOpt = Annotated[float | None, typer.Option("--rope-scale", min=1, help=
 RopeTypeOpt = Annotated[RopeType, typer.Option("--rope-type", help="RoPE scaling kind.")]
 TimePromptOpt = Annotated[bool, typer.Option("--time-prompt", help="Tell the model the duration and frame times.")]
 
+# ---- a running `vqa serve` instead of a model here -------------------------------------------------
+SERVED_MODEL = "<the server's model>"  # --model's value with --server and no --model: the client asks the server
+ServerOpt = Annotated[str | None, typer.Option(
+    "--server", envvar="VQA_SERVER", show_default=False,
+    help="Send the requests to this `vqa serve` (e.g. http://127.0.0.1:8000) instead of loading the model here "
+         "(default: $VQA_SERVER).")]
+
+# ---- fitting the machine: placement and the memory check (not part of a run's identity) ------------
+MaxMemoryOpt = Annotated[str | None, typer.Option(
+    "--max-memory", show_default=False,
+    help="Memory per device, e.g. cuda:0=6GiB,cpu=24GiB (accelerate's max_memory): layers that do not fit on the GPU "
+         "are offloaded to the CPU, then to disk.")]
+FitOpt = Annotated[bool, typer.Option(
+    "--fit", help="Take the most frames (and if need be a cheaper mode) that fit the memory and the context.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Load even when the memory estimate says it does not fit.")]
+
 # ---- prompt-guided pooling --------------------------------------------------------------------
 GuideOpt = Annotated[bool, typer.Option("--guide", help="pooled: PPLLaVA prompt-guided pooling (needs a CLIP model).")]
 GuideModelOpt = Annotated[str | None, typer.Option("--guide-model", help="CLIP model for --guide "
@@ -84,7 +103,7 @@ def run_settings(
     seek: SeekMode = "auto",
     start: float | None = None,
     end: float | None = None,
-    model: str | None = None,
+    model: str | None = _NOT_AN_OPTION,
     mode: ModeName = DEFAULT_MODE,
     quant: Quant | None = None,
     device: str | None = None,
@@ -102,6 +121,9 @@ def run_settings(
     guide: bool = False,
     guide_model: str | None = None,
     guide_kernel: str | None = None,
+    max_memory: str | None = None,
+    fit: bool = False,
+    force: bool = False,
 ) -> RunSettings:
     """The ``RunSettings`` of the options a command was given; an option a command lacks keeps the
     default it has where it is an option (so ``vqa frames`` and ``vqa chat`` pass only theirs).
@@ -110,16 +132,37 @@ def run_settings(
     ends before it starts, both --frames and --fps, --guide outside --mode pooled, ...).
     """
     from vqa_cli.engine import RunSettings
+    from vqa_cli.fit import parse_max_memory
     from vqa_cli.guide import DEFAULT_GUIDE_MODEL
-    from vqa_cli.loading import default_model
 
     _check_window(start, end)
     _check_rate(frames, fps, max_frames)
+    if fit and force:
+        raise UsageError("--fit makes the request fit and --force skips the memory check: pick one")
     mode_settings = _mode_settings(mode, stride, slow_frames, fast_grid, pool, guide, guide_kernel)
-    return RunSettings(model=model or default_model(), mode=mode_settings, frames=frames, fps=fps,
+    return RunSettings(model=_model(model, device), mode=mode_settings, frames=frames, fps=fps,
                        max_frames=max_frames, seek=seek, start=start, end=end, quant=quant, device=device, dtype=dtype,
                        max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, rope_scale=rope_scale,
-                       rope_type=rope_type, time_prompt=time_prompt, guide_model=guide_model or DEFAULT_GUIDE_MODEL)
+                       rope_type=rope_type, time_prompt=time_prompt, guide_model=guide_model or DEFAULT_GUIDE_MODEL,
+                       max_memory=parse_max_memory(max_memory), fit=fit, force=force)
+
+
+def _model(model: str | None, device: str | None) -> str:
+    """``--model``, else the default for the device the run uses (``loading.default_model``: the 7B model
+    with CUDA, the small one on the CPU, which a notice names). A command without ``--model`` (``frames``)
+    opens no model: it gets the CUDA default without asking torch."""
+    from vqa_cli import console, loading
+    from vqa_cli.models.registry import DEFAULT_CPU_MODEL, DEFAULT_MODEL
+
+    if model is _NOT_AN_OPTION:
+        return os.environ.get("VQA_MODEL") or DEFAULT_MODEL
+    if model:
+        return model
+    chosen = loading.default_model(device)
+    if chosen == DEFAULT_CPU_MODEL and not os.environ.get("VQA_MODEL"):
+        console.info(f"running on the CPU: the default model is {chosen}, which fits a laptop "
+                     f"(--model or $VQA_MODEL picks another)")
+    return chosen
 
 
 def _check_window(start: float | None, end: float | None) -> None:

@@ -12,12 +12,14 @@ from vqa_cli.cli.options import (
     DtypeOpt,
     EndOpt,
     FastGridOpt,
+    ForceOpt,
     FpsOpt,
     FramesOpt,
     GuideKernelOpt,
     GuideModelOpt,
     GuideOpt,
     MaxFramesOpt,
+    MaxMemoryOpt,
     MaxNewTokensOpt,
     ModelOpt,
     ModeOpt,
@@ -82,6 +84,8 @@ def serve(
     guide: GuideOpt = False,
     guide_model: GuideModelOpt = None,
     guide_kernel: GuideKernelOpt = None,
+    max_memory: MaxMemoryOpt = None,
+    force: ForceOpt = False,
 ) -> int:
     """Serve the model over an OpenAI-compatible API (POST /v1/chat/completions); the options are defaults
     that each request may override."""
@@ -92,7 +96,7 @@ def serve(
         model=model, mode=mode, quant=quant, device=device, dtype=dtype, max_new_tokens=max_new_tokens,
         temperature=temperature, seed=seed, stride=stride, slow_frames=slow_frames, fast_grid=fast_grid, pool=pool,
         rope_scale=rope_scale, rope_type=rope_type, time_prompt=time_prompt,
-        guide=guide, guide_model=guide_model, guide_kernel=guide_kernel,
+        guide=guide, guide_model=guide_model, guide_kernel=guide_kernel, max_memory=max_memory, force=force,
     )
     options = ServeOptions(host=host, port=port, media_roots=media_root, allow_urls=allow_urls,
                            api_key=api_key or os.environ.get("VQA_API_KEY") or None, max_upload_mb=max_upload_mb,

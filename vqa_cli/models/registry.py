@@ -43,7 +43,8 @@ CHECKPOINTS: tuple[KnownCheckpoint, ...] = (
     KnownCheckpoint("llava-video-7b", "llava-hf/LLaVA-Video-7B-Qwen2-hf", "llava-onevision", "7B"),
 )
 
-DEFAULT_MODEL = "llava-next-video-7b"
+DEFAULT_MODEL = "llava-next-video-7b"  # the default with CUDA (4-bit)
+DEFAULT_CPU_MODEL = "llava-onevision-0.5b"  # the default without: runs on a laptop CPU in float32
 
 
 def resolve_alias(name: str) -> str:
