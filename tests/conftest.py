@@ -12,6 +12,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 from clips import make_clip  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _vqa_cache(tmp_path_factory):
+    """Pre-quantized copies that quantized loads write (vqa_cli.quantized) go to a temporary folder, never the
+    user's ~/.cache/vqa; set in os.environ so that `vqa` subprocesses inherit it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VQA_CACHE", str(tmp_path_factory.mktemp("vqa-cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     from vqa_cli.testing import tiny_checkpoint

@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import gpu  # noqa: E402
+import load as load_benchmark  # noqa: E402
 
 
 def test_decode_floor_counts_the_language_model_and_head_once(engine_factory):
@@ -51,3 +52,26 @@ def test_caption_benchmark_runs_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [line for line in proc.stdout.splitlines() if line.startswith(("| naive", "| vqa"))]
     assert len(rows) == 3 and rows[0].split("|")[4].strip() == "1.00x"
+
+
+def test_load_benchmark_times_both_loads_and_the_copy_is_really_read(tiny_dir, tmp_path):
+    rows = load_benchmark.load_table(tiny_dir, dtype="float32", repeats=2, cache=tmp_path / "cache")
+    assert [r["method"] for r in rows] == ["quantize on load", "pre-quantized copy",
+                                         "first load: quantize, then write the copy"]
+    base, copy, first = rows
+    assert base["ratio"] == 1.0 and copy["ratio"] == base["ready_s"] / copy["ready_s"]
+    assert len(copy["each_ready_s"]) == 2 and all(r["load_s"] <= r["ready_s"] for r in (base, copy))
+    assert copy["reads_bytes"] < base["reads_bytes"]  # the language model's weights are 4-bit in the copy
+    assert first["with_write_s"] >= first["load_s"] and first["ratio"] is None
+    assert len(list((tmp_path / "cache" / "quantized").iterdir())) == 1
+    text = load_benchmark.format_table(rows)
+    assert text.count("\n| ") == 3 and "target: pre-quantized copy >= 2x faster (ready):" in text
+
+
+@pytest.mark.heavy
+def test_load_benchmark_runs_end_to_end_at_the_tiny_geometry():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "load.py"), "--geometry", "tiny",
+                           "--repeats", "1"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith(("| quantize", "| pre-quantized", "| first"))]
+    assert len(rows) == 3 and rows[0].split("|")[6].strip() == "1.00x"

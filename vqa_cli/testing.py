@@ -1,6 +1,7 @@
 """Offline test checkpoints: random weights, real geometry, the real loading path.
 
-``python -m vqa_cli.testing tiny-checkpoint DIR [--family llava-next-video|video-llava|llava-onevision]``
+``python -m vqa_cli.testing tiny-checkpoint DIR [--family llava-next-video|video-llava|llava-onevision]
+[--geometry tiny|7b|0.5b]``
 writes a checkpoint directory laid out like a hub repository (config, safetensors, tokenizer,
 processor configs, chat template) so that ``vqa ask clip.mp4 "q" --model DIR`` goes through
 exactly the code a hub checkpoint goes through. Only the hidden sizes are tiny: the vision
@@ -10,6 +11,10 @@ RoPE decisions are the real ones:
 - llava-next-video: CLIP 336 px, patch 14 (24x24), Llama with 4096 positions;
 - video-llava: CLIP 224 px, patch 14 (16x16 + CLS), Llama with 4096 positions;
 - llava-onevision: SigLIP 384 px, patch 14 (27x27), Qwen2 with 32768 positions, ChatML template.
+
+Two full-size geometries make loading and memory cost what the real checkpoints cost (``--geometry``):
+``7b`` for llava-next-video (LLaVA-NeXT-Video-7B's widths and depths, vocabulary included) and ``0.5b`` for
+llava-onevision (llava-onevision-qwen2-0.5b's, except the vocabulary: see ``_05B_TEXT``).
 """
 
 from __future__ import annotations
@@ -138,7 +143,17 @@ _7B_VISION = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers
 _7B_TEXT = {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
             "num_key_value_heads": 32, "rms_norm_eps": 1e-5}
 _7B_VOCAB = 32064
-GEOMETRIES = ("tiny", "7b")
+# llava-onevision-qwen2-0.5b's sizes: the SigLIP so400m tower as its hf config holds it (26 of so400m's 27 layers:
+# OneVision reads the second-to-last layer) and Qwen2-0.5B with tied embeddings. The vocabulary stays the tiny
+# tokenizer's (a few hundred tokens, not 151646), so the real embedding (136M parameters, tied with the head) is
+# left out: about 0.76B parameters against the real 0.89B, with every layer that is quantized or kept in full
+# precision at its real shape.
+_05B_VISION = {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 26, "num_attention_heads": 16}
+_05B_TEXT = {"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
+             "num_key_value_heads": 2, "rms_norm_eps": 1e-6, "tie_word_embeddings": True}
+GEOMETRIES = ("tiny", "7b", "0.5b")
+# The full-size geometry each family has (``--geometry``); every family has ``tiny``.
+FULL_GEOMETRIES = {"llava-next-video": "7b", "llava-onevision": "0.5b"}
 
 
 def _text_config(cls: type, tokenizer: Any, context: int, rope_theta: float, sizes: dict | None = None,
@@ -278,19 +293,25 @@ def _video_llava(out: Path, seed: int) -> None:
     })
 
 
-def _llava_onevision(out: Path, seed: int) -> None:
-    """llava-hf/llava-onevision-qwen2-*-ov-hf: SigLIP at 384 px (27x27), Qwen2 with 32768 positions."""
+def _llava_onevision(out: Path, seed: int, geometry: str = "tiny") -> None:
+    """llava-hf/llava-onevision-qwen2-*-ov-hf: SigLIP at 384 px (27x27), Qwen2 with 32768 positions.
+
+    ``geometry="0.5b"``: llava-onevision-qwen2-0.5b's widths and depths (see ``_05B_TEXT``), built and saved in
+    bfloat16 like the hub's weights (about 1.5 GB written)."""
+    import torch
     from transformers import LlavaOnevisionConfig, Qwen2Config, SiglipVisionConfig
 
     tokenizer = build_tokenizer(**QWEN_SPECIALS)
+    big = geometry == "0.5b"
     config = LlavaOnevisionConfig(
-        vision_config=SiglipVisionConfig(image_size=384, patch_size=14, vision_use_head=False, **_TINY_VISION),
-        text_config=_text_config(Qwen2Config, tokenizer, 32768, 1000000.0),
+        vision_config=SiglipVisionConfig(image_size=384, patch_size=14, vision_use_head=False,
+                                         **(_05B_VISION if big else _TINY_VISION)),
+        text_config=_text_config(Qwen2Config, tokenizer, 32768, 1000000.0, _05B_TEXT if big else None),
         vision_feature_layer=-1,
         vision_feature_select_strategy="full",
         **_media_ids(tokenizer),
     )
-    model = _build(config, "LlavaOnevisionForConditionalGeneration", seed)
+    model = _build(config, "LlavaOnevisionForConditionalGeneration", seed, torch.bfloat16 if big else None)
     # The hub's image processor config names no centre crop; its video processor config, saved by
     # transformers, writes every setting out, a disabled crop as null.
     processor = _processor({"height": 384, "width": 384}, None, SIGLIP_MEAN, SIGLIP_STD)
@@ -312,17 +333,22 @@ def tiny_checkpoint(out: str | Path, family: str = "llava-next-video", seed: int
                     weights: bool = True) -> Path:
     """Write a random-weight checkpoint of ``family`` with the real geometry into ``out``.
 
-    ``geometry="7b"`` (LLaVA-NeXT-Video) uses the real 7B widths and depths too; ``weights=False``
-    writes configs, tokenizer and template only.
+    ``geometry="7b"`` (LLaVA-NeXT-Video) and ``"0.5b"`` (LLaVA-OneVision) use the real widths and depths too
+    (``FULL_GEOMETRIES``); ``weights=False`` writes configs, tokenizer and template only (LLaVA-NeXT-Video).
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     if family not in _BUILDERS:
         raise ValueError(f"unknown family {family!r}; known: {', '.join(_BUILDERS)}")
-    if geometry != "tiny" or not weights:
-        if family != "llava-next-video":
-            raise ValueError("--geometry 7b and --no-weights are available for llava-next-video")
+    if geometry not in ("tiny", FULL_GEOMETRIES.get(family)):
+        sizes = ", ".join(f"{g} for {f}" for f, g in FULL_GEOMETRIES.items())
+        raise ValueError(f"--geometry {geometry} is not available for {family} (besides tiny: {sizes})")
+    if not weights and family != "llava-next-video":
+        raise ValueError("--no-weights is available for llava-next-video")
+    out.mkdir(parents=True, exist_ok=True)
+    if family == "llava-next-video":
         _llava_next_video(out, seed, geometry=geometry, weights=weights)
+    elif family == "llava-onevision":
+        _llava_onevision(out, seed, geometry=geometry)
     else:
         _BUILDERS[family](out, seed)
     return out
@@ -336,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     tiny.add_argument("--family", default="llava-next-video", choices=FAMILIES)
     tiny.add_argument("--seed", type=int, default=0)
     tiny.add_argument("--geometry", default="tiny", choices=GEOMETRIES,
-                      help="tiny widths (default) or the real 7B sizes (llava-next-video)")
+                      help="tiny widths (default), or the real sizes: 7b (llava-next-video), 0.5b (llava-onevision)")
     tiny.add_argument("--no-weights", action="store_true", help="configs, tokenizer and template only")
     args = parser.parse_args(argv)
     try:
