@@ -9,8 +9,8 @@ import sys
 import pytest
 from clips import make_clip
 
-from vqa_cli.caption import expand_inputs
 from vqa_cli.cli import main
+from vqa_cli.inputs import expand_inputs
 from vqa_cli.records import settings_id
 from vqa_cli.writer import resume
 

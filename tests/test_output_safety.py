@@ -17,8 +17,8 @@ import pytest
 from clips import make_clip
 
 from vqa_cli import writer
-from vqa_cli.caption import expand_inputs
 from vqa_cli.cli import main
+from vqa_cli.inputs import expand_inputs
 from vqa_cli.records import settings_id
 
 VQA = [sys.executable, "-m", "vqa_cli"]

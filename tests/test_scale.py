@@ -16,8 +16,9 @@ import torch
 from clips import make_clip
 
 from vqa_cli import caption, writer
-from vqa_cli.caption import Captioner, in_shard, parse_shard
+from vqa_cli.caption import Captioner
 from vqa_cli.errors import UsageError
+from vqa_cli.inputs import in_shard, parse_shard
 from vqa_cli.video import sample_frames
 
 VQA = [sys.executable, "-m", "vqa_cli"]
