@@ -139,9 +139,10 @@ MUTANTS: list[Mutant] = [
     M("conversation.history-dropped", "vqa_cli/conversation.py",
       "messages = self.messages + [{\"role\": \"user\", \"text\": question}]",
       "messages = [{\"role\": \"user\", \"text\": question}]", CONV_T, "chat forgets earlier turns"),
-    M("generate.last-step-logits", "vqa_cli/generate.py", "logits = out.logits[0][0].clone()",
-      "logits = out.logits[-1][0].clone()", CONV_T, "first-step logits taken from the last step"),
-    M("prompt.media-every-turn", "vqa_cli/prompt.py", 'content = ([{"type": media}] if i == 0 else [])',
+    M("generate.last-step-logits", "vqa_cli/generate.py", "kept = torch.stack([step[0] for step in out.logits])",
+      "kept = torch.stack([step[0] for step in out.logits][::-1])", CONV_T,
+      "first-step logits taken from the last step"),
+    M("prompt.media-every-turn", "vqa_cli/prompt.py", 'content = ([{"type": media}] if i == first_user else [])',
       'content = ([{"type": media}])', ("tests/test_prompt_ids.py", *CONV_T),
       "the video placeholder in every user turn"),
     # ---- checkpoint errors (loading)

@@ -71,12 +71,13 @@ def _names(settings: Any, checkpoint: Any) -> set[str]:
 def run_server(settings: Any, options: ServeOptions) -> int:
     import uvicorn
 
+    from vqa_cli.chat import TURN_RESERVE
     from vqa_cli.features import FeatureCache
     from vqa_cli.serve._app import ServerState, create_app
     from vqa_cli.serve._kv import PrefixCache
     from vqa_cli.serve._requests import MediaPolicy
     from vqa_cli.serve._worker import ModelWorker
-    from vqa_cli.session import open_model, plan_model
+    from vqa_cli.session import check_memory, open_model, plan_model
 
     roots = [Path(r).expanduser() for r in (options.media_roots or ["."])]
     for root in roots:
@@ -86,7 +87,9 @@ def run_server(settings: Any, options: ServeOptions) -> int:
         raise UsageError("--batch-size and --workers must be at least 1")
     if options.host not in ("127.0.0.1", "localhost", "::1") and not options.api_key:
         console.info(f"warning: serving on {options.host} without --api-key: anyone who reaches it can use it")
-    checkpoint, _ = plan_model(settings, ["?"])  # a broken checkpoint fails here, before binding
+    # A broken checkpoint, or a model that cannot fit this machine, fails here, before binding.
+    checkpoint, budget = plan_model(settings, ["?"], reserve=TURN_RESERVE)
+    check_memory(checkpoint, settings, ["?"], budget, batch=options.max_batch, reserve=TURN_RESERVE)
     policy = MediaPolicy([Path(r).resolve() for r in roots], int(options.max_upload_mb * 2**20), options.allow_urls)
     state = ServerState(settings, policy, options.api_key, _names(settings, checkpoint),
                         decode_pool=ThreadPoolExecutor(options.workers, "vqa-decode"))
@@ -98,8 +101,6 @@ def run_server(settings: Any, options: ServeOptions) -> int:
     failure: list[BaseException] = []
 
     def load() -> None:
-        from vqa_cli.chat import TURN_RESERVE
-
         try:
             session = open_model(settings, ["?"], reserve=TURN_RESERVE)
             cache = FeatureCache(int(options.feature_cache_gib * GIB), options.feature_cache)
