@@ -14,22 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cli_run import run
 
-from vqa_cli.cli import main
 from vqa_cli.errors import EXIT_FAILURE, VqaError, describe
-
-
-def run(argv: list[str], capsys, stdin: str | None = None, monkeypatch=None) -> tuple[int, str, str]:
-    """``vqa ARGV`` in this process: (exit code, stdout, stderr)."""
-    if stdin is not None:
-        import io
-        import sys
-
-        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 def _write(name: str, text: str) -> Callable[[Path], None]:

@@ -10,21 +10,9 @@ import subprocess
 import sys
 
 import pytest
-
-from vqa_cli.cli import main
+from cli_run import run
 
 VQA = [sys.executable, "-m", "vqa_cli"]
-
-
-def run(argv, capsys, stdin=None, monkeypatch=None):
-    if stdin is not None:
-        import io
-
-        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 def test_ask_json_has_the_documented_fields(tiny_dir, clip_path, capsys):

@@ -6,18 +6,9 @@ import json
 import os
 import shutil
 
-import pytest
-
-from vqa_cli.cli import main
+from cli_run import run
 
 SETTINGS = ["--frames", "6", "--max-new-tokens", "6"]
-
-
-def run(argv, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 def records(path):

@@ -17,27 +17,15 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_run import run
 from clips import make_clip
 from serve_helpers import start
-
-from vqa_cli.cli import main
 
 openai = pytest.importorskip("openai")
 
 KEY = "test-key"
 SETTINGS = ["--frames", "8", "--max-new-tokens", "8"]
 Q1, Q2 = "What happens?", "Describe the colours."
-
-
-def run(argv, capsys, stdin=None, monkeypatch=None):
-    if stdin is not None:
-        import io
-
-        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 @pytest.fixture(scope="module")
