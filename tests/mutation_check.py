@@ -276,6 +276,32 @@ MUTANTS: list[Mutant] = [
     M("fit.max-memory-ignored", "vqa_cli/loading.py",
       "        device_map = plan.device_map(adapter, quant, dtype, max_memory)",
       "        pass", FIT_T, "--max-memory never reaches from_pretrained"),
+    # ---- segments: windows, scene sampling, subtitle cues, subtitle files
+    M("segments.merge-longer-neighbour", "vqa_cli/segments.py",
+      "j = i - 1 if out[i - 1].length <= out[i + 1].length else i + 1",
+      "j = i - 1 if out[i - 1].length >= out[i + 1].length else i + 1", ("tests/test_segments.py",),
+      "a short scene merges with its longer neighbour"),
+    M("segments.whole-video-per-segment", "vqa_cli/segmented.py",
+      "windowed = settings if window is None else replace(settings, start=window.start, end=window.end)",
+      "windowed = settings", ("tests/test_segments.py",), "each segment sampled from the whole video"),
+    M("subtitles.cue-end-inclusive", "vqa_cli/subtitles.py",
+      "at_frame = any(cue.start <= t < cue.end for t in times)",
+      "at_frame = any(cue.start <= t <= cue.end for t in times)", ("tests/test_subtitles.py",),
+      "a cue still counts at the instant it ends"),
+    M("formats.srt-whole-seconds", "vqa_cli/writer/_formats.py", "    ms = max(0, round(seconds * 1000))",
+      "    ms = max(0, int(seconds) * 1000)", ("tests/test_formats.py",), "subtitle times cut to whole seconds"),
+    # ---- eval: the interval, the protocols' counting, likelihood, clip bounds
+    M("eval.ci-no-correction", "vqa_cli/eval/_stats.py",
+      "var = groups / (groups - 1) * sum(e * e for e in residual.values()) / (n * n)",
+      "var = sum(e * e for e in residual.values()) / (n * n)", ("tests/test_eval.py",),
+      "the clustered variance without its G/(G-1) correction"),
+    M("eval.videomme-unparsed-counted", "vqa_cli/eval/_extract.py",
+      'return "exclude" if protocol == "official" else "wrong"', 'return "wrong"', ("tests/test_eval.py",),
+      "official Video-MME counts unparsed answers wrong instead of leaving them out"),
+    M("eval.likelihood-raw-logits", "vqa_cli/eval/_score.py", "logp = torch.log_softmax(logits.float(), dim=-1)",
+      "logp = logits.float()", ("tests/test_eval.py",), "likelihood reads raw logits, not log-probabilities"),
+    M("eval.bounds-ignored", "vqa_cli/eval/_run.py", "it.start if it.start is not None else start",
+      "start", ("tests/test_eval.py",), "an item's own clip start is ignored"),
 ]
 
 

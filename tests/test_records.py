@@ -10,8 +10,8 @@ from vqa_cli.errors import ContextOverflowError
 
 # The caption record's fields as docs/output.md lists them, in order.
 CAPTION_DOC = ["video", "caption", "model", "mode", "frames", "frame_indices", "timestamps", "duration", "warnings",
-               "decoder", "visual_tokens", "rope_factor", "timings", "generated_tokens", "batch_size", "error",
-               "error_kind", "settings_id"]
+               "decoder", "visual_tokens", "rope_factor", "timings", "generated_tokens", "batch_size",
+               "subtitle_tokens", "segments", "error", "error_kind", "settings_id"]
 
 
 def test_caption_and_error_records_have_the_same_documented_fields_in_order():

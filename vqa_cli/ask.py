@@ -45,6 +45,8 @@ def print_plan(record: dict, as_json: bool) -> None:
     rows += [
         ("visual tokens", f"{record['visual_tokens']}"),
         ("prompt tokens", f"{record['prompt_tokens']} (+ {record['max_new_tokens']} new)"),
+        *([("subtitles", f"up to {record['subtitle_tokens']} tokens (counted with the new tokens)")]
+          if record.get("subtitle_tokens") else []),
         ("context", f"{record['total_tokens']} of {record['trained_context']} trained"
                     f" -> RoPE factor {record['rope_factor']:g}"),
         ("memory", f"{mem['weights_gib']:.2f} GiB weights ({record['quant']}, {record['dtype']})"
@@ -83,6 +85,13 @@ def run_ask(settings, video: str, questions: list[str], *, as_json: bool = False
 
     ``server``: a ``vqa serve`` URL to send the questions to instead (``client``), same output."""
     run_started = time.perf_counter()
+    from vqa_cli.segmented import ask_in_time, settle_subtitles, subtitle_reserve, uses_time
+
+    settings = settle_subtitles(settings, [video])
+    if server and uses_time(settings):
+        from vqa_cli.errors import UsageError
+
+        raise UsageError("--segments and subtitles run on a model loaded here: drop --server (or --subtitles off)")
     if server:
         from vqa_cli import client
         from vqa_cli.errors import UsageError
@@ -93,14 +102,17 @@ def run_ask(settings, video: str, questions: list[str], *, as_json: bool = False
         if Path(video).exists():
             check_input(video)
         return client.run_ask(remote, settings, video, questions, as_json=as_json)
+    if not plan_only and uses_time(settings):
+        return ask_in_time(settings, video, questions, as_json)
     if plan_only:
         from vqa_cli.video import is_image_path
 
         check_input(video)
         still = is_image_path(video)
         settings, fitted = fit_settings(replace(settings, fit=settings.fit and not still), questions)
-        checkpoint, budget = plan_model(settings, questions, num_frames=1 if still else None)
-        print_plan(plan_record(checkpoint, settings, budget, fitted=fitted), as_json)
+        reserve = subtitle_reserve(settings)
+        checkpoint, budget = plan_model(settings, questions, num_frames=1 if still else None, reserve=reserve)
+        print_plan({**plan_record(checkpoint, settings, budget, fitted=fitted), "subtitle_tokens": reserve}, as_json)
         return 0
     session = open_session(settings, video, questions)
     if len(questions) > 1:

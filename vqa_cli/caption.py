@@ -310,7 +310,8 @@ def _distributed() -> Any:
 
 def run_caption(settings: Any, inputs: list[str], out: str, prompt: str, *, batch_size: int = 4, workers: int = 2,
                 shard: str | None = None, summary_path: str | None = None, stdin: Any = None,
-                server: str | None = None, model_given: bool = True, feature_cache: str | None = None) -> int:
+                server: str | None = None, model_given: bool = True, feature_cache: str | None = None,
+                output_format: str = "jsonl", out_dir: str | None = None) -> int:
     """``server``: a ``vqa serve`` URL that captions instead of a model loaded here (same records).
     ``feature_cache``: a folder keeping each video's visual tokens, so a re-run with another prompt skips
     decoding and encoding."""
@@ -328,6 +329,9 @@ def run_caption(settings: Any, inputs: list[str], out: str, prompt: str, *, batc
     share = parse_shard(shard)
     if share:
         videos = [v for v in videos if in_shard(v, *share)]
+    from vqa_cli import segmented
+
+    settings, out = segmented.prepare(settings, videos, out, output_format, out_dir, bool(server), feature_cache)
     remote = None
     if server:
         from vqa_cli.client import connect
@@ -364,7 +368,7 @@ def run_caption(settings: Any, inputs: list[str], out: str, prompt: str, *, batc
     owns_out = state is None or state.is_main_process
     with writer.locked(target), (writer.locked(out if owns_out and target != out else "-")):
         summary = _caption_locked(settings, videos, found, out, target, prompt, sid, batch_size, workers, remote,
-                                  feature_cache)
+                                  feature_cache, (output_format, out_dir))
         if state is not None:
             state.wait_for_everyone()
             if state.is_main_process:
@@ -379,7 +383,8 @@ def run_caption(settings: Any, inputs: list[str], out: str, prompt: str, *, batc
 
 
 def _caption_locked(settings: Any, videos: list[str], found: Inputs, out: str, target: str, prompt: str, sid: str,
-                    batch_size: int, workers: int, remote: Any = None, feature_cache: str | None = None) -> Summary:
+                    batch_size: int, workers: int, remote: Any = None, feature_cache: str | None = None,
+                    output: tuple[str, str | None] = ("jsonl", None)) -> Summary:
     """The run, once this process holds the output's lock: resume, load, caption, compact.
 
     The model loads before anything is written: a broken checkpoint leaves the output untouched
@@ -390,7 +395,10 @@ def _caption_locked(settings: Any, videos: list[str], found: Inputs, out: str, t
     existing = writer.read_output(target) if target != "-" else writer.Output()
     done = writer.captioned_in(existing.records, sid) | (writer.captioned(out, sid) if target != out else set())
     todo = [v for v in videos if v not in done]
-    session = open_model(settings, [prompt], batch=batch_size) if todo and remote is None else None
+    from vqa_cli.segmented import subtitle_reserve
+
+    session = (open_model(settings, [prompt], batch=batch_size, reserve=subtitle_reserve(settings))
+               if todo and remote is None else None)
     batch_size = _batch_that_fits(session, batch_size)
     todo, repaired = writer.resume(target, todo, sid, existing)
     summary = Summary(videos=len(videos), skipped=len(videos) - len(todo), repair=repaired)
@@ -410,14 +418,18 @@ def _caption_locked(settings: Any, videos: list[str], found: Inputs, out: str, t
             captioner: Any = RemoteCaptioner(remote, settings, prompt, sid, batch_size=batch_size)
         else:
             from vqa_cli.features import FeatureCache
+            from vqa_cli.segmented import SegmentCaptioner, uses_time
 
-            captioner = Captioner(session.engine, settings, prompt, sid, batch_size=batch_size, workers=workers,
+            kind = SegmentCaptioner if uses_time(settings) else Captioner
+            captioner = kind(session.engine, settings, prompt, sid, batch_size=batch_size, workers=workers,
                                   frames=session.budget.plan.frames,
                                   feature_cache=FeatureCache(0, feature_cache) if feature_cache else None)
         captioner.summary = summary
         try:
+            from vqa_cli.segmented import output_sink
+
             with writer.JsonlWriter(target) as sink:
-                captioner.run(todo, sink)
+                captioner.run(todo, output_sink(sink, *output))
         finally:
             summary.load_seconds = session.timings["load"] if session is not None else 0.0
             summary.superseded = writer.compact(target, _readable_folder(found, sid))

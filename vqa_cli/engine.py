@@ -47,6 +47,11 @@ class RunSettings:
     rope_type: str = "linear"
     time_prompt: bool = False
     guide_model: str = DEFAULT_GUIDE_MODEL  # CLIP model for --guide (prompt-guided pooling)
+    # Captions in time (vqa_cli/segments.py, vqa_cli/subtitles.py): left out of identity() when unused.
+    segments: str = "none"  # --segments: none | scenes | fixed:SECONDS
+    scene_threshold: float = 27.0  # --scene-threshold: PySceneDetect's content threshold
+    min_scene: float = 0.0  # --min-scene: seconds; shorter scenes merge with a neighbour
+    subtitles: str = "off"  # --subtitles: auto | FILE | off (the commands' default is auto)
     # Placement and the memory check (see vqa_cli/fit.py): where the weights go, not what they answer.
     max_memory: tuple[tuple[str, int], ...] = ()  # --max-memory: (device, bytes) pairs, e.g. ("cuda:0", 6 GiB)
     force: bool = False  # --force: load without the memory check
@@ -63,6 +68,13 @@ class RunSettings:
             d.pop("seed")
         if not self.mode.guide:
             d.pop("guide_model")
+        if self.segments == "none":
+            d.pop("segments")
+        if self.segments != "scenes":
+            d.pop("scene_threshold")
+            d.pop("min_scene")
+        if self.subtitles == "off":
+            d.pop("subtitles")
         return d
 
 

@@ -33,7 +33,8 @@ RUN_FIELDS = tuple(k for k in ANSWER_FIELDS if k not in PER_ANSWER)  # what seve
 CAPTION_FIELDS: dict[str, Any] = {
     "video": None, "caption": None, "model": None, "mode": None, "frames": 0, "frame_indices": [], "timestamps": [],
     "duration": None, "warnings": [], "decoder": None, "visual_tokens": None, "rope_factor": None, "timings": {},
-    "generated_tokens": 0, "batch_size": None, "error": None, "error_kind": None, "settings_id": None,
+    "generated_tokens": 0, "batch_size": None, "subtitle_tokens": 0, "segments": None, "error": None,
+    "error_kind": None, "settings_id": None,
 }
 
 FRAMES_FIELDS = ("video", *CLIP_FIELDS[:-1], "fps", "total_frames", "header_frames", "header_fps", "seek", "decoded",
@@ -114,8 +115,8 @@ def turn_record(turn: Any) -> dict:
 
 def caption_record(video: str, answer: dict, batch_size: int, sid: str) -> dict:
     """A caption: ``answer`` is an ``answer_record`` of the caption prompt."""
-    values = {**answer, "video": video, "caption": answer["answer"], "batch_size": batch_size, "error": None,
-              "error_kind": None, "settings_id": sid}
+    values = {"subtitle_tokens": 0, "segments": None, **answer, "video": video, "caption": answer["answer"],
+              "batch_size": batch_size, "error": None, "error_kind": None, "settings_id": sid}
     return {k: values[k] for k in CAPTION_FIELDS}
 
 

@@ -24,18 +24,22 @@ from vqa_cli.cli.options import (
     MaxFramesOpt,
     MaxMemoryOpt,
     MaxNewTokensOpt,
+    MinSceneOpt,
     ModelOpt,
     ModeOpt,
     PoolOpt,
     QuantOpt,
     RopeScaleOpt,
     RopeTypeOpt,
+    SceneThresholdOpt,
     SeedOpt,
     SeekOpt,
+    SegmentsOpt,
     ServerOpt,
     SlowFramesOpt,
     StartOpt,
     StrideOpt,
+    SubtitlesOpt,
     TemperatureOpt,
     TimePromptOpt,
     VideoArg,
@@ -81,6 +85,10 @@ def ask(
     guide: GuideOpt = False,
     guide_model: GuideModelOpt = None,
     guide_kernel: GuideKernelOpt = None,
+    segments: SegmentsOpt = "none",
+    scene_threshold: SceneThresholdOpt = 27.0,
+    min_scene: MinSceneOpt = 0.0,
+    subtitles: SubtitlesOpt = "auto",
 ) -> int:
     """Answer questions about a video, streaming the answers to stdout."""
     from vqa_cli.ask import run_ask
@@ -97,6 +105,7 @@ def ask(
         rope_scale=rope_scale, rope_type=rope_type, time_prompt=time_prompt,
         guide=guide, guide_model=guide_model, guide_kernel=guide_kernel,
         max_memory=max_memory, fit=fit, force=force,
+        segments=segments, scene_threshold=scene_threshold, min_scene=min_scene, subtitles=subtitles,
     )
     return run_ask(settings, video, asked, as_json=as_json, plan_only=plan, server=server,
                    model_given=model is not None)

@@ -94,6 +94,22 @@ GuideModelOpt = Annotated[str | None, typer.Option("--guide-model", help="CLIP m
 GuideKernelOpt = Annotated[str | None, typer.Option("--guide-kernel", help="pooled --guide: window T,H,W "
                                                     "(default 2,3,3 at 24x24).", show_default=False)]
 
+# ---- captions in time: segments and subtitles (vqa_cli/segments.py, vqa_cli/subtitles.py) --------------
+SegmentsOpt = Annotated[str, typer.Option(
+    "--segments", help="One answer per segment: none, scenes (PySceneDetect's content detector) or fixed:SECONDS.")]
+SceneThresholdOpt = Annotated[float, typer.Option(
+    "--scene-threshold", min=0.001, help="--segments scenes: content-change threshold (lower: more scenes).")]
+MinSceneOpt = Annotated[float, typer.Option(
+    "--min-scene", min=0, help="--segments scenes: scenes shorter than this many seconds merge with a neighbour.")]
+SubtitlesOpt = Annotated[str, typer.Option(
+    "--subtitles", help="The video's subtitles as context: auto (a .srt/.vtt beside the video), a file, or off. "
+    "Only the cues shown at the sampled frames (or within the segment) are given.")]
+FormatOpt = Annotated[str, typer.Option(
+    "--format", help="Caption output: jsonl, srt, vtt, txt, csv or chapters (an ffmpeg metadata file).")]
+OutDirOpt = Annotated[str | None, typer.Option(
+    "--out-dir", show_default=False, help="Write one --format file per video here (clip.srt), with a JSON Lines "
+    "index (index.jsonl) that makes the run resumable.")]
+
 
 def run_settings(
     *,
@@ -124,6 +140,10 @@ def run_settings(
     max_memory: str | None = None,
     fit: bool = False,
     force: bool = False,
+    segments: str = "none",
+    scene_threshold: float = 27.0,
+    min_scene: float = 0.0,
+    subtitles: str = "off",
 ) -> RunSettings:
     """The ``RunSettings`` of the options a command was given; an option a command lacks keeps the
     default it has where it is an option (so ``vqa frames`` and ``vqa chat`` pass only theirs).
@@ -144,7 +164,19 @@ def run_settings(
                        max_frames=max_frames, seek=seek, start=start, end=end, quant=quant, device=device, dtype=dtype,
                        max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, rope_scale=rope_scale,
                        rope_type=rope_type, time_prompt=time_prompt, guide_model=guide_model or DEFAULT_GUIDE_MODEL,
-                       max_memory=parse_max_memory(max_memory), fit=fit, force=force)
+                       max_memory=parse_max_memory(max_memory), fit=fit, force=force,
+                       **_time_settings(segments, scene_threshold, min_scene, subtitles))
+
+
+def _time_settings(segments: str, scene_threshold: float, min_scene: float, subtitles: str) -> dict:
+    """``--segments`` (canonical: ``fixed:5`` for ``fixed:5.0``), its scene knobs and ``--subtitles``, checked."""
+    from vqa_cli.segments import parse_spec
+    from vqa_cli.subtitles import check_choice
+
+    spec = parse_spec(segments)
+    text = f"fixed:{spec.seconds:g}" if spec.kind == "fixed" else spec.kind
+    return {"segments": text, "scene_threshold": float(scene_threshold), "min_scene": float(min_scene),
+            "subtitles": check_choice(subtitles)}
 
 
 def _model(model: str | None, device: str | None) -> str:
