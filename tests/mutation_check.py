@@ -51,6 +51,7 @@ SAFE_T = ("tests/test_output_safety.py", "tests/test_caption.py")
 CKPT_T = ("tests/test_checkpoint_errors.py", "tests/test_loading.py")
 FIT_T = ("tests/test_fit.py",)
 SERVE_T = ("tests/test_serve_parts.py", "tests/test_serve.py")
+QUANT_T = ("tests/test_quantized.py",)
 
 MUTANTS: list[Mutant] = [
     # ---- modes: the papers' formulas and constants
@@ -166,9 +167,9 @@ MUTANTS: list[Mutant] = [
       '        cpu_notice(None, "cpu")\n        return "cuda" if torch.cuda.is_available() else "cpu"', CKPT_T,
       "the CPU notice comes before a failed load (two lines)"),
     M("caption.repairs-before-load", "vqa_cli/caption.py",
-      "    session = open_model(settings, [prompt], batch=batch_size) if todo and remote is None else None\n",
+      "    session = (open_model(settings, [prompt], batch=batch_size, reserve=subtitle_reserve(settings))\n",
       "    writer.resume(target, todo, sid)\n"
-      "    session = open_model(settings, [prompt], batch=batch_size) if todo and remote is None else None\n",
+      "    session = (open_model(settings, [prompt], batch=batch_size, reserve=subtitle_reserve(settings))\n",
       CKPT_T,
       "a broken checkpoint still repairs the output"),
     # ---- preprocess
@@ -247,6 +248,17 @@ MUTANTS: list[Mutant] = [
       "    existing = existing if existing is not None else read_output(out)\n    repaired = repair(out, existing)\n"
       "    rewrite(out, [r for r in existing.records if r.get(\"error\") is None])", SAFE_T,
       "old error records deleted before the retry"),
+    # ---- pre-quantized copies
+    M("quantized.key-no-mtime", "vqa_cli/quantized.py",
+      "    weights = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in loading.weight_files(model_dir)]",
+      "    weights = [[f.name, f.stat().st_size] for f in loading.weight_files(model_dir)]", QUANT_T,
+      "a copy of weights that changed (same size) is still used"),
+    M("quantized.never-read", "vqa_cli/loading.py",
+      "    prequantized = model is not None\n", "    model = None\n    prequantized = False\n", QUANT_T,
+      "the copy is written but never read"),
+    M("quantized.caller-rope-dropped", "vqa_cli/quantized.py", "    prequantized = copy.deepcopy(config)\n",
+      "    prequantized = type(config).from_pretrained(folder)\n", QUANT_T,
+      "a copy loads with its own config, not the request's RoPE factor"),
     # ---- the server: caches, media roots, stop strings, cancellation, settings on the wire
     M("serve.kv-any-clip", "vqa_cli/serve/_kv.py", "                if entry_key == key:\n",
       "                if True:\n", SERVE_T, "a kept KV cache is reused for another video"),

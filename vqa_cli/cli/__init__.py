@@ -15,6 +15,7 @@ import typer
 
 from vqa_cli import __version__, console
 from vqa_cli.cli import ask, caption, chat, frames, models, serve
+from vqa_cli.cli import eval as eval_command
 from vqa_cli.errors import EXIT_USAGE, describe
 
 __all__ = ["app", "main"]
@@ -34,6 +35,7 @@ app.command()(frames.frames)
 app.command()(models.models)
 app.command()(models.download)
 app.command()(serve.serve)
+app.command(name="eval")(eval_command.eval)
 
 
 def _version(value: bool) -> None:

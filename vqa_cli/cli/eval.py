@@ -1,0 +1,112 @@
+"""``vqa eval``: accuracy on a video benchmark, one JSON Lines record per question, a summary per mode."""
+
+from __future__ import annotations
+
+from typing import Annotated, get_args
+
+import typer
+
+from vqa_cli.cli.options import (
+    SERVED_MODEL,
+    DeviceOpt,
+    DtypeOpt,
+    EndOpt,
+    FastGridOpt,
+    ForceOpt,
+    FpsOpt,
+    FramesOpt,
+    JsonOpt,
+    MaxFramesOpt,
+    MaxMemoryOpt,
+    ModelOpt,
+    PoolOpt,
+    QuantOpt,
+    RopeScaleOpt,
+    RopeTypeOpt,
+    SeekOpt,
+    ServerOpt,
+    SlowFramesOpt,
+    StartOpt,
+    StrideOpt,
+    TimePromptOpt,
+    run_settings,
+)
+from vqa_cli.errors import UsageError
+from vqa_cli.eval._formats import Format
+from vqa_cli.eval._prompts import Protocol
+from vqa_cli.eval._score import Score
+from vqa_cli.modes import DEFAULT_MODE, ModeName
+
+
+def parse_modes(text: str) -> list[ModeName]:
+    """``anyres,slowfast`` -> the modes, in order, each once; an unknown name is a usage error."""
+    known = get_args(ModeName)
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in names if m not in known]
+    if bad or not names:
+        raise UsageError(f"--mode takes a comma list of {', '.join(known)}, not {text!r}")
+    return list(dict.fromkeys(names))  # type: ignore[arg-type]
+
+
+def eval(  # noqa: A001 - the command's name
+    annotations: Annotated[str, typer.Argument(help="The benchmark's annotation file, or a folder of them.",
+                                               show_default=False)],
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="Annotation format (see docs/eval.md).",
+                                        show_default=False)],
+    videos: Annotated[str, typer.Option("--videos", help="Folder holding the benchmark's videos.",
+                                        show_default=False)],
+    out: Annotated[str, typer.Option("--out", "-o", help="JSON Lines, one record per question (- for stdout); "
+                                     "re-runs resume it.")] = "-",
+    summary: Annotated[str | None, typer.Option("--summary", help="Also write the summary as JSON here.",
+                                                show_default=False)] = None,
+    protocol: Annotated[Protocol, typer.Option("--protocol", help="Prompt and answer-parsing rules: the "
+                                               "benchmark's own or lmms-eval's.")] = "official",
+    score: Annotated[Score, typer.Option("--score", help="generate: parse the answer's letter; likelihood: the "
+                                         "option letter with the highest log-probability.")] = "generate",
+    mode: Annotated[str, typer.Option("--mode", help="Mode, or a comma list (anyres,slowfast,pooled): each video "
+                                      "is decoded once and every mode is evaluated.")] = DEFAULT_MODE,
+    shard: Annotated[str | None, typer.Option("--shard", help="Take share I of N (I/N) of the videos.",
+                                              show_default=False)] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Decode-ahead threads.")] = 2,
+    json_out: JsonOpt = False,
+    frames: FramesOpt = None,
+    fps: FpsOpt = None,
+    max_frames: MaxFramesOpt = None,
+    seek: SeekOpt = "auto",
+    start: StartOpt = None,
+    end: EndOpt = None,
+    model: ModelOpt = None,
+    server: ServerOpt = None,
+    quant: QuantOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    max_memory: MaxMemoryOpt = None,
+    force: ForceOpt = False,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Most tokens per answer "
+                                                "(--score generate).")] = 16,
+    stride: StrideOpt = None,
+    slow_frames: SlowFramesOpt = None,
+    fast_grid: FastGridOpt = None,
+    pool: PoolOpt = None,
+    rope_scale: RopeScaleOpt = None,
+    rope_type: RopeTypeOpt = "linear",
+    time_prompt: TimePromptOpt = False,
+) -> int:
+    """Measure accuracy on a video benchmark. Exit 0: every question answered; 1: some failed; 2: usage."""
+    from vqa_cli.eval._run import run_eval
+
+    names = parse_modes(mode)
+    chosen_model = model or (SERVED_MODEL if server else None)
+    settings = []
+    for name in names:  # each mode takes only its own parameters
+        s = run_settings(
+            frames=frames, fps=fps, max_frames=max_frames, seek=seek, start=start, end=end, model=chosen_model,
+            mode=name, quant=quant, device=device, dtype=dtype, max_new_tokens=max_new_tokens, temperature=0.0,
+            stride=stride if name == "anyres" else None,
+            slow_frames=slow_frames if name == "slowfast" else None,
+            fast_grid=fast_grid if name == "slowfast" else None, pool=pool if name == "pooled" else None,
+            rope_scale=rope_scale, rope_type=rope_type, time_prompt=time_prompt, max_memory=max_memory, force=force)
+        chosen_model = s.model  # the default model is chosen (and announced) once
+        settings.append(s)
+    return run_eval(settings, annotations, fmt, videos, out=out, summary_path=summary, protocol=protocol, score=score,
+                    shard=shard, workers=workers, json_out=json_out, server=server, model_given=model is not None)

@@ -1,0 +1,66 @@
+"""The question text each benchmark is asked with, per protocol (``official`` or ``lmms-eval``).
+
+The text goes into the user turn; the checkpoint's own chat template wraps it, as for ``vqa ask``.
+docs/eval.md shows both protocols side by side with their sources. Where a benchmark publishes no prompt
+of its own (EgoSchema, NExT-QA, Perception Test, MLVU, TempCompass), ``official`` is lmms-eval's text.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from vqa_cli.eval._formats import LETTERS, Format, Item
+
+Protocol = Literal["official", "lmms-eval"]
+
+DIRECT = "Answer with the option's letter from the given choices directly."
+MVBENCH_SYSTEM = ("Carefully watch the video and pay attention to the cause and sequence of events, the detail and "
+                  "movement of objects, and the action and pose of persons. Based on your observations, select the "
+                  "best option that accurately addresses the question.\n")
+VIDEOMME_OFFICIAL = ("Select the best answer to the following multiple-choice question based on the video. Respond "
+                     "with only the letter (A, B, C, or D) of the correct option.")
+VIDEOMME_LMMS = ("Select the best answer to the following multiple-choice question based on the video and the "
+                 "subtitles. Respond with only the letter (A, B, C, or D) of the correct option.")
+BEST_ANSWER = "The best answer is:"
+MVBENCH_ANSWER_PREFIX = "Best option:("  # the official MVBench evaluation starts the answer with it
+
+
+def _dotted(item: Item) -> str:
+    """``A. text`` lines, one per option."""
+    return "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(item.options))
+
+
+def _paren(item: Item) -> str:
+    """``(A) text`` lines, each ending in a newline."""
+    return "".join(f"({LETTERS[i]}) {o}\n" for i, o in enumerate(item.options))
+
+
+def _videomme_options(item: Item) -> str:
+    given = item.extra.get("options_as_given")
+    return "\n".join(given) if given else _dotted(item)
+
+
+def build(item: Item, fmt: Format, protocol: Protocol) -> str:
+    """The user-turn text of ``item`` under ``protocol``."""
+    q = item.question
+    if fmt == "mvbench":
+        if protocol == "official":
+            return f"{MVBENCH_SYSTEM}Question: {q}\nOptions:\n{_paren(item).rstrip()}\nOnly give the best option."
+        return f"Question:{q}\nOption:\n{_paren(item)}{DIRECT}"
+    if fmt == "videomme":
+        head = VIDEOMME_OFFICIAL if protocol == "official" else VIDEOMME_LMMS
+        return f"{head}\n{q}\n{_videomme_options(item)}\n{BEST_ANSWER}"
+    if fmt == "longvideobench":
+        return f"{q}\n{_dotted(item)}\n{DIRECT}\n"
+    if fmt == "mlvu":
+        return f"Question: {q}\nOptions:\n{_paren(item)}Only give the best option."
+    if fmt == "tempcompass":
+        return f"{q}\n{_dotted(item)}\nPlease directly give the best option:"
+    # egoschema, nextqa, perceptiontest, generic jsonl: the question, dotted options, the direct-answer line
+    return f"{q.strip()}\n{_dotted(item)}\n{DIRECT}"
+
+
+def answer_prefix(fmt: Format, protocol: Protocol) -> str:
+    """Text the protocol puts at the start of the model's answer (prefilled after the template's assistant
+    header); the answer is read with it: ``"Best option:("`` then ``"A) ..."`` reads as ``"(A) ..."``."""
+    return MVBENCH_ANSWER_PREFIX if fmt == "mvbench" and protocol == "official" else ""
