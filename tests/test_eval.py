@@ -535,3 +535,44 @@ def test_every_family_answers_and_scores(family_dirs, bench):
             assert len(recs) == 1 and recs[0]["error"] is None, (family, score, recs[0]["error"])
             if score == "likelihood":
                 assert set(recs[0]["letter_logprobs"]) == {"A", "B", "C"}, family
+
+
+def test_videomme_with_subtitles_gives_the_cues_at_the_sampled_frames(tiny_dir, tmp_path, capsys, monkeypatch):
+    """Video-MME's with-subtitles setting: only the cues on screen at the sampled frames, under its header."""
+    from clips import make_clip
+
+    from vqa_cli.cli import main
+    from vqa_cli.conversation import Conversation
+    from vqa_cli.video import sample_frames
+
+    videos, subs = tmp_path / "videos", tmp_path / "subs"
+    videos.mkdir(), subs.mkdir()
+    video = make_clip(str(videos / "v1.mp4"), 90, fps=30.0, size=(160, 120))
+    cues = [(i * 0.4, i * 0.4 + 0.3, f"line {i}") for i in range(8)]  # gaps: not every cue is on a sampled frame
+    (subs / "v1.srt").write_text("".join(
+        f"{i + 1}\n00:00:{a:06.3f} --> 00:00:{b:06.3f}\n{text}\n\n".replace(".", ",")
+        for i, (a, b, text) in enumerate(cues)))
+    times = sample_frames(video, 4).timestamps
+    wanted = [text for a, b, text in cues if any(a <= t < b for t in times)]
+    asked = []
+    real = Conversation.ask
+
+    def spy(self, question, **kw):
+        asked.append(question)
+        return real(self, question, **kw)
+
+    monkeypatch.setattr(Conversation, "ask", spy)
+    argv = ["eval", _write(tmp_path / "vm.json", VIDEOMME), "--format", "videomme", "--videos", str(videos),
+            "--model", str(tiny_dir), "--frames", "4", "--max-new-tokens", "2", "--subtitles", str(subs),
+            "--out", str(tmp_path / "r.jsonl")]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 0, capsys.readouterr().err
+    head = "This video's subtitles are listed below:\n" + "\n".join(wanted) + "\n"
+    assert wanted and len(asked) == 2 and all(q.startswith(head) for q in asked)
+    assert "based on the video and the subtitles" in asked[0]
+    with pytest.raises(SystemExit) as exc:  # subtitles change the answers: another settings_id, answered again
+        main(argv[:-4] + ["--out", str(tmp_path / "r.jsonl")])
+    plain = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert len({r["settings_id"] for r in plain}) == 2 and len(asked) == 4
+    assert not asked[2].startswith("This video's subtitles")

@@ -103,8 +103,8 @@ def overlapping(cues: list[Cue], times: list[float], window: tuple[float, float]
     return chosen
 
 
-def render(cues: list[Cue], count_tokens: Callable[[str], int], budget: int = DEFAULT_SUBTITLE_TOKENS
-           ) -> tuple[str, int]:
+def render(cues: list[Cue], count_tokens: Callable[[str], int], budget: int = DEFAULT_SUBTITLE_TOKENS,
+           header: str = SUBTITLE_HEADER) -> tuple[str, int]:
     """The subtitle text of ``cues`` (a header line, then one line per cue in time order) and its tokens.
 
     Cues are taken in time order while the text stays within ``budget`` tokens (``count_tokens`` of the whole
@@ -112,7 +112,7 @@ def render(cues: list[Cue], count_tokens: Callable[[str], int], budget: int = DE
     lines: list[str] = []
     text, tokens = "", 0
     for cue in cues:
-        candidate = "\n".join([SUBTITLE_HEADER, *lines, cue.text])
+        candidate = "\n".join([header, *lines, cue.text])
         n = count_tokens(candidate)
         if n > budget:
             break
@@ -122,10 +122,11 @@ def render(cues: list[Cue], count_tokens: Callable[[str], int], budget: int = DE
 
 
 def context(video: str, choice: str, times: list[float], count_tokens: Callable[[str], int],
-            window: tuple[float, float] | None = None, budget: int = DEFAULT_SUBTITLE_TOKENS) -> tuple[str, int]:
+            window: tuple[float, float] | None = None, budget: int = DEFAULT_SUBTITLE_TOKENS,
+            header: str = SUBTITLE_HEADER) -> tuple[str, int]:
     """The subtitle text (and its tokens) ``--subtitles choice`` gives a clip of ``video`` sampled at ``times``
     (or a segment ``window``): Video-MME's with-subtitles setting in one call, for ``eval`` and the commands."""
-    return render(overlapping(cues_for(video, choice), times, window), count_tokens, budget)
+    return render(overlapping(cues_for(video, choice), times, window), count_tokens, budget, header)
 
 
 def with_subtitles(question: str, text: str) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
 from typing import Annotated, get_args
 
 import typer
@@ -38,6 +40,15 @@ from vqa_cli.eval._score import Score
 from vqa_cli.modes import DEFAULT_MODE, ModeName
 
 
+def _subtitles(choice: str) -> str:
+    """``--subtitles``: off, auto or a folder (one subtitle file per video, named after it)."""
+    if choice in ("off", "auto"):
+        return choice
+    if not Path(choice).is_dir():
+        raise UsageError(f"--subtitles takes off, auto or a folder of VIDEO.srt files, not {choice!r}")
+    return str(Path(choice).resolve())
+
+
 def parse_modes(text: str) -> list[ModeName]:
     """``anyres,slowfast`` -> the modes, in order, each once; an unknown name is a usage error."""
     known = get_args(ModeName)
@@ -68,6 +79,9 @@ def eval(  # noqa: A001 - the command's name
     shard: Annotated[str | None, typer.Option("--shard", help="Take share I of N (I/N) of the videos.",
                                               show_default=False)] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Decode-ahead threads.")] = 2,
+    subtitles: Annotated[str, typer.Option(
+        "--subtitles", help="Subtitles as context (Video-MME's with-subtitles setting): off, auto (a .srt/.vtt "
+        "beside each video) or a folder of VIDEO.srt files; only the cues at the sampled frames.")] = "off",
     json_out: JsonOpt = False,
     frames: FramesOpt = None,
     fps: FpsOpt = None,
@@ -95,6 +109,8 @@ def eval(  # noqa: A001 - the command's name
     """Measure accuracy on a video benchmark. Exit 0: every question answered; 1: some failed; 2: usage."""
     from vqa_cli.eval._run import run_eval
 
+    if server and subtitles != "off":
+        raise UsageError("--subtitles puts the cues in the prompt here: it does not go through --server")
     names = parse_modes(mode)
     chosen_model = model or (SERVED_MODEL if server else None)
     settings = []
@@ -107,6 +123,6 @@ def eval(  # noqa: A001 - the command's name
             fast_grid=fast_grid if name == "slowfast" else None, pool=pool if name == "pooled" else None,
             rope_scale=rope_scale, rope_type=rope_type, time_prompt=time_prompt, max_memory=max_memory, force=force)
         chosen_model = s.model  # the default model is chosen (and announced) once
-        settings.append(s)
+        settings.append(replace(s, subtitles=_subtitles(subtitles)))
     return run_eval(settings, annotations, fmt, videos, out=out, summary_path=summary, protocol=protocol, score=score,
                     shard=shard, workers=workers, json_out=json_out, server=server, model_given=model is not None)

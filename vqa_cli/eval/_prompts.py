@@ -21,6 +21,7 @@ VIDEOMME_OFFICIAL = ("Select the best answer to the following multiple-choice qu
                      "with only the letter (A, B, C, or D) of the correct option.")
 VIDEOMME_LMMS = ("Select the best answer to the following multiple-choice question based on the video and the "
                  "subtitles. Respond with only the letter (A, B, C, or D) of the correct option.")
+VIDEOMME_SUBTITLES = "This video's subtitles are listed below:"  # Video-MME's with-subtitles setting
 BEST_ANSWER = "The best answer is:"
 MVBENCH_ANSWER_PREFIX = "Best option:("  # the official MVBench evaluation starts the answer with it
 
@@ -40,15 +41,19 @@ def _videomme_options(item: Item) -> str:
     return "\n".join(given) if given else _dotted(item)
 
 
-def build(item: Item, fmt: Format, protocol: Protocol) -> str:
-    """The user-turn text of ``item`` under ``protocol``."""
+def build(item: Item, fmt: Format, protocol: Protocol, subtitles: str = "") -> str:
+    """The user-turn text of ``item`` under ``protocol``; ``subtitles``: the cues of the sampled frames under
+    their header (``subtitles.context``), for Video-MME's with-subtitles setting (other formats: before the text)."""
+    if subtitles and fmt != "videomme":
+        return f"{subtitles}\n{build(item, fmt, protocol)}"
     q = item.question
     if fmt == "mvbench":
         if protocol == "official":
             return f"{MVBENCH_SYSTEM}Question: {q}\nOptions:\n{_paren(item).rstrip()}\nOnly give the best option."
         return f"Question:{q}\nOption:\n{_paren(item)}{DIRECT}"
     if fmt == "videomme":
-        head = VIDEOMME_OFFICIAL if protocol == "official" else VIDEOMME_LMMS
+        head = VIDEOMME_OFFICIAL if protocol == "official" and not subtitles else VIDEOMME_LMMS
+        head = f"{subtitles}\n{head}" if subtitles else head
         return f"{head}\n{q}\n{_videomme_options(item)}\n{BEST_ANSWER}"
     if fmt == "longvideobench":
         return f"{q}\n{_dotted(item)}\n{DIRECT}\n"

@@ -114,6 +114,25 @@ class Evaluator:
         self.frames = [engine.checkpoint.frames_for(s) for s in mode_settings]
         self.settings = mode_settings
 
+    def subtitles(self, view: Any, group: Group, clip: Any) -> str:
+        """The cues on screen at the clip's sampled frames, under Video-MME's header ("" without ``--subtitles``)."""
+        choice = view.settings.subtitles
+        if choice == "off":
+            return ""
+        from vqa_cli import subtitles
+        from vqa_cli.eval._prompts import VIDEOMME_SUBTITLES
+        from vqa_cli.segmented import token_counter
+
+        if Path(choice).is_dir():  # a folder of VIDEO.srt / VIDEO.vtt files, as Video-MME ships them
+            named = [Path(choice) / f"{Path(group.path).stem}{ext}" for ext in (".srt", ".vtt")]
+            found = [path for path in named if path.is_file()]
+            if not found:
+                return ""
+            choice = str(found[0])
+        text, _ = subtitles.context(group.path, choice, clip.timestamps, token_counter(view),
+                                    header=VIDEOMME_SUBTITLES)
+        return text
+
     def todo(self, group: Group, m: int) -> list[Item]:
         return [it for it in group.items if (self.sids[m], it.qid) not in self.done]
 
@@ -136,7 +155,8 @@ class Evaluator:
                     started = time.perf_counter()
                     encoded[n] = view.encode(pixels)
                     timings["encode"] = time.perf_counter() - started
-                prompts = [build(it, self.fmt, self.protocol) for it in items]
+                context = self.subtitles(view, group, clip)
+                prompts = [build(it, self.fmt, self.protocol, context) for it in items]
                 _, features = view._features(clip, max(prompts, key=len), timings, frames=encoded[n])
                 conversation = prefixed_conversation(view, clip, features, answer_prefix(self.fmt, self.protocol))
                 started = time.perf_counter()
@@ -317,7 +337,10 @@ def _evaluate_locked(settings_per_mode: list[Any], items: list[Item], groups: li
         evaluator = RemoteEvaluator(remote, settings_per_mode, fmt, protocol, score, sids, done)
     else:
         prompts = [build(it, fmt, protocol) for it in items] or ["?"]
-        session = open_model(settings_per_mode[0], [max(prompts, key=len)])
+        from vqa_cli.segmented import subtitle_reserve
+
+        session = open_model(settings_per_mode[0], [max(prompts, key=len)],
+                             reserve=subtitle_reserve(settings_per_mode[0]))
         evaluator = Evaluator(session.engine, settings_per_mode, fmt, protocol, score, sids, done, workers)
     if target != "-":
         writer.repair(target, existing)
