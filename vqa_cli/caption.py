@@ -185,25 +185,35 @@ class Captioner:
 
     def caption_batch(self, items: list[Decoded]) -> list[dict]:
         """Caption decoded clips; out of memory splits the batch and lowers the batch size."""
+        return self.backing_off(items, self._caption_once,
+                                lambda item, exc: records.error_record(item.video, self.settings, self.sid, exc))
+
+    def _caption_once(self, items: list[Decoded]) -> list[dict]:
+        answers = self.engine.answer_batch([it.clip for it in items], self.prompt,
+                                           timings=[it.timings for it in items],
+                                           pixels=[it.pixels for it in items],
+                                           features=[it.features for it in items])
+        for it, answer in zip(items, answers, strict=True):
+            if self.feature_cache is not None and it.key and it.features is None:
+                self.feature_cache.put(it.key, it.clip, answer.features)
+        return [self.record(it.video, a, len(items)) for it, a in zip(items, answers, strict=True)]
+
+    def backing_off(self, items: list[Any], attempt: Callable[[list[Any]], list[Any]],
+                    failed: Callable[[Any, BaseException], Any]) -> list[Any]:
+        """``attempt(items)`` as one batch. Out of memory: halve the batch (and later ones) and try the halves;
+        any other failure: one at a time, to find the culprit; an item that fails alone gives ``failed(item, exc)``."""
         try:
-            answers = self.engine.answer_batch([it.clip for it in items], self.prompt,
-                                               timings=[it.timings for it in items],
-                                               pixels=[it.pixels for it in items],
-                                               features=[it.features for it in items])
-            for it, answer in zip(items, answers, strict=True):
-                if self.feature_cache is not None and it.key and it.features is None:
-                    self.feature_cache.put(it.key, it.clip, answer.features)
-            return [self.record(it.video, a, len(items)) for it, a in zip(items, answers, strict=True)]
+            return attempt(items)
         except Exception as exc:
             if _is_oom(exc) and len(items) > 1:
                 self.summary.oom_backoffs += 1
                 self.batch_size = max(1, len(items) // 2)
                 _free_cuda_cache()
                 half = len(items) // 2
-                return self.caption_batch(items[:half]) + self.caption_batch(items[half:])
+                return self.backing_off(items[:half], attempt, failed) + self.backing_off(items[half:], attempt, failed)
             if len(items) > 1:  # find the culprit: one by one
-                return [rec for item in items for rec in self.caption_batch([item])]
-            return [records.error_record(items[0].video, self.settings, self.sid, exc)]
+                return [out for item in items for out in self.backing_off([item], attempt, failed)]
+            return [failed(items[0], exc)]
 
     def run(self, videos: list[str], sink: writer.JsonlWriter) -> Summary:
         started = time.perf_counter()
@@ -353,13 +363,7 @@ def run_caption(settings: Any, inputs: list[str], out: str, prompt: str, *, batc
     if summary_path and state is not None:  # one summary per process, next to its part file
         summary_path = writer.part_path(summary_path, state.process_index, state.num_processes)
     # Everything about the outputs is checked before anything loads or is written.
-    writer.check_output(out, videos)
-    if target != out:
-        writer.check_output(target, videos)
-    if summary_path:
-        if writer.same_file(summary_path, out) or writer.same_file(summary_path, target):
-            raise UsageError("--summary and --out name the same file")
-        writer.check_output(summary_path, videos, flag="--summary", accept=writer.summary_file)
+    writer.check_run_outputs(out, target, summary_path, videos)
     if settings.fit and remote is None:  # the frames --fit chooses are a real setting: settings_id has them
         from vqa_cli.session import fit_settings
 

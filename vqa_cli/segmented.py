@@ -22,8 +22,6 @@ from vqa_cli.caption import (
     DECODE_TIMEOUT,
     Captioner,
     Decoded,
-    _free_cuda_cache,
-    _is_oom,
     _lower_priority,
     _model_threads,
     _StopFlag,
@@ -136,23 +134,15 @@ class SegmentCaptioner(Captioner):
 
     def answer_pieces(self, pieces: list[Piece]) -> list[BaseException | None]:
         """Caption pieces in one batch (out of memory halves it); a piece that fails alone gets its error."""
-        try:
-            answers = self.engine.answer_batch([p.decoded.clip for p in pieces], [p.question for p in pieces],
-                                               timings=[p.decoded.timings for p in pieces],
-                                               pixels=[p.decoded.pixels for p in pieces])
-            for piece, answer in zip(pieces, answers, strict=True):
-                piece.answer = answer
-            return [None] * len(pieces)
-        except Exception as exc:
-            if _is_oom(exc) and len(pieces) > 1:
-                self.summary.oom_backoffs += 1
-                self.batch_size = max(1, len(pieces) // 2)
-                _free_cuda_cache()
-                half = len(pieces) // 2
-                return self.answer_pieces(pieces[:half]) + self.answer_pieces(pieces[half:])
-            if len(pieces) > 1:
-                return [e for p in pieces for e in self.answer_pieces([p])]
-            return [exc]
+        return self.backing_off(pieces, self._answer_once, lambda piece, exc: exc)
+
+    def _answer_once(self, pieces: list[Piece]) -> list[BaseException | None]:
+        answers = self.engine.answer_batch([p.decoded.clip for p in pieces], [p.question for p in pieces],
+                                           timings=[p.decoded.timings for p in pieces],
+                                           pixels=[p.decoded.pixels for p in pieces])
+        for piece, answer in zip(pieces, answers, strict=True):
+            piece.answer = answer
+        return [None] * len(pieces)
 
     def run(self, videos: list[str], sink: writer.JsonlWriter) -> Any:
         started = time.perf_counter()

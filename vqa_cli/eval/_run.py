@@ -284,13 +284,7 @@ def run_eval(settings_per_mode: list[Any], annotations: str, fmt: Format, videos
         if all(s.device in (None, "auto", "cuda") for s in settings_per_mode) and state.device.type == "cuda":
             settings_per_mode = [replace(s, device=str(state.device)) for s in settings_per_mode]
     groups = group_items(items, videos, base.start, base.end)
-    writer.check_output(out, inputs)
-    if target != out:
-        writer.check_output(target, inputs)
-    if summary_path:
-        if writer.same_file(summary_path, out) or writer.same_file(summary_path, target):
-            raise UsageError("--summary and --out name the same file")
-        writer.check_output(summary_path, inputs, flag="--summary", accept=writer.summary_file)
+    writer.check_run_outputs(out, target, summary_path, inputs)
     main = state is None or state.is_main_process
     started = time.perf_counter()
     with writer.locked(target), writer.locked(out if main and target != out else "-"):

@@ -30,7 +30,15 @@ from vqa_cli.writer._files import (
     rewrite,
     write_json,
 )
-from vqa_cli.writer._guard import OutputLock, check_output, jsonl_file, lock_path, locked, summary_file
+from vqa_cli.writer._guard import (
+    OutputLock,
+    check_output,
+    check_run_outputs,
+    jsonl_file,
+    lock_path,
+    locked,
+    summary_file,
+)
 from vqa_cli.writer._store import (
     captioned,
     captioned_in,
@@ -45,7 +53,8 @@ from vqa_cli.writer._store import (
 
 __all__ = [
     "MAX_LINE_BYTES", "MIN_FREE_BYTES", "RECORD_KEYS", "SUMMARY_KEYS", "JsonlWriter", "Output", "OutputLock", "Repair",
-    "captioned", "captioned_in", "check_output", "compact", "jsonl_file", "lock_path", "locked", "merge_parts",
+    "captioned", "captioned_in", "check_output", "check_run_outputs", "compact", "jsonl_file", "lock_path", "locked",
+    "merge_parts",
     "part_path", "part_paths", "read_output", "read_records", "repair", "resume", "rewrite", "same_file",
     "summary_file", "superseded", "write_json",
 ]

@@ -163,3 +163,18 @@ def _read_pid(fd: int) -> int | None:
 def locked(path: str) -> OutputLock | contextlib.nullcontext:
     """The output's lock, or nothing to lock when writing to stdout (``-``)."""
     return contextlib.nullcontext() if path == "-" else OutputLock(path)
+
+
+def check_run_outputs(out: str, target: str, summary_path: str | None, inputs: list[str]) -> None:
+    """Everything about a run's outputs, checked before anything loads or is written: ``--out``, this process's
+    part file (``target``, when it is not ``--out``) and ``--summary`` (which may not be either of them)."""
+    from vqa_cli.errors import UsageError
+    from vqa_cli.writer._store import same_file
+
+    check_output(out, inputs)
+    if target != out:
+        check_output(target, inputs)
+    if summary_path:
+        if same_file(summary_path, out) or same_file(summary_path, target):
+            raise UsageError("--summary and --out name the same file")
+        check_output(summary_path, inputs, flag="--summary", accept=summary_file)
