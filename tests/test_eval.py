@@ -26,6 +26,7 @@ from vqa_cli.eval import (
     read_items,
     run_eval,
 )
+from vqa_cli.eval._prompts import answer_prefix
 from vqa_cli.eval._run import eval_sid
 
 # ---- fixtures: a few items per format, as each benchmark publishes them -----------------------------
@@ -55,6 +56,9 @@ MLVU = [{"video": "m1.mp4", "duration": 400, "question": "What is the main topic
          "candidates": ["cars", "food", "music", "sport"], "answer": "music", "question_type": "topic_reasoning"}]
 TEMPCOMPASS = {"t1": {"direction": [{"question": "What is the direction?\nA. left\nB. right\nC. up",
                                      "answer": "B. right"}]}}
+# A question whose stem ends in a space: the prompt keeps the text as published.
+TEMPCOMPASS_SPACED = {"t2": {"speed": [{"question": "What is the direction? \nA. left\nB. right\nC. up",
+                                        "answer": "B. right"}]}}
 GENERIC = [{"id": "g1", "video": "v1.mp4", "question": "Is it day?", "options": ["yes", "no"], "answer": "A",
             "category": "time", "start": 0.0, "end": 1.5}]
 
@@ -133,6 +137,25 @@ def test_prompts_exact(tmp_path):
         "The best answer is:")
     assert build(vm, "videomme", "lmms-eval").startswith(
         "Select the best answer to the following multiple-choice question based on the video and the subtitles.")
+    # MLVU: its own evaluation (videochat2/choice_bench.py: the system prompt first here, qa_template, then
+    # "\nOnly give the best option."; the answer prefilled with "Best option:(") and lmms-eval's mlvu_dev
+    # (doc["question"] + post_prompt "\nOnly give the best option.\nBest option: (" in the user turn).
+    ml = read_items(_write(tmp_path / "ml.json", MLVU), "mlvu")[0]
+    assert build(ml, "mlvu", "official") == (
+        "Carefully watch this video and pay attention to every detail. Based on your observations, select the best "
+        "option that accurately addresses the question.\nQuestion: What is the main topic?\nOptions:\n(A) cars\n"
+        "(B) food\n(C) music\n(D) sport\nOnly give the best option.")
+    assert answer_prefix("mlvu", "official") == "Best option:("
+    assert build(ml, "mlvu", "lmms-eval") == (
+        "Question: What is the main topic?\nOptions:\n(A) cars\n(B) food\n(C) music\n(D) sport\n"
+        "Only give the best option.\nBest option: (")
+    assert answer_prefix("mlvu", "lmms-eval") == ""
+    # TempCompass: the question as published (options inside) + "\nPlease directly give the best option:", both.
+    tc = read_items(_write(tmp_path / "tc.json", TEMPCOMPASS_SPACED), "tempcompass")[0]
+    for protocol in ("official", "lmms-eval"):
+        assert build(tc, "tempcompass", protocol) == (
+            "What is the direction? \nA. left\nB. right\nC. up\nPlease directly give the best option:")
+        assert answer_prefix("tempcompass", protocol) == ""
     eg = read_items(_write(tmp_path / "eg.json", EGOSCHEMA), "egoschema")[0]
     assert build(eg, "egoschema", "lmms-eval") == (
         "What is c doing?\nA. cooking\nB. reading\nC. cleaning\nD. sleeping\nE. running\n"
@@ -163,6 +186,21 @@ OPTS4 = ("one", "two", "three", "four")
     ("egoschema", "lmms-eval", "The answer is C", None),
     ("longvideobench", "lmms-eval", "d. four", "D"),
     ("longvideobench", "lmms-eval", "The answer is D", None),
+    ("mlvu", "official", "(C) music", "C"),  # "(" from the prefix + "C) music"
+    ("mlvu", "official", "(C", "C"),
+    ("mlvu", "official", "(C. music", None),  # check_ans: the text before ")" must be the letter alone
+    ("mlvu", "official", "(c) music", None),
+    ("mlvu", "official", "(", None),
+    ("mlvu", "lmms-eval", "C) music", "C"),
+    ("mlvu", "lmms-eval", "(B) two", "B"),
+    ("mlvu", "lmms-eval", "A", "A"),
+    ("mlvu", "lmms-eval", "A. one", None),  # no ")": the whole answer is compared with the letter
+    ("mlvu", "lmms-eval", ") A", None),
+    ("tempcompass", "lmms-eval", "B", "B"),
+    ("tempcompass", "official", "B. two", "B"),
+    ("tempcompass", "official", "D) four", "D"),
+    ("tempcompass", "official", "The answer is B", None),  # the sources ask an LLM judge here
+    ("tempcompass", "lmms-eval", "b. two", None),
     ("nextqa", "official", "The answer is B", "B"),
     ("nextqa", "official", "E", None),  # not among four options
 ])
@@ -489,6 +527,10 @@ def test_summary_counts_and_published_figure():
     assert summary["by_duration"] == {"short": {"accuracy": round(2 / 3, 6), "n": 3}}
     assert summary["published"]["accuracy"] == 63.3 and summary["errors"] == 0
     assert build_summary(recs, [RunSettings(model="other")], ["s"], "videomme", "official", "generate",
+                         1)["published"] is None
+    mlvu = build_summary(recs, [RunSettings(model="video-llava-7b")], ["s"], "mlvu", "official", "generate", 1)
+    assert (mlvu["published"]["accuracy"], mlvu["published"]["frames"]) == (47.3, 8)
+    assert build_summary(recs, [RunSettings(model="video-llava-7b")], ["s"], "videomme", "official", "generate",
                          1)["published"] is None
 
 

@@ -56,6 +56,31 @@ def _mvbench_official(text: str, n: int) -> str | None:
     return None
 
 
+def _mlvu_official(text: str) -> str | None:
+    """MLVU's ``check_ans``: the answer after the prefix, cut at its first ``)``, equal to the letter."""
+    pred = text[1:] if text.startswith("(") else text  # the "(" read from the prefix
+    pred = pred.split(")")[0]
+    return pred if len(pred) == 1 and pred in LETTERS else None
+
+
+def _mlvu_lmms(text: str) -> str | None:
+    """lmms-eval's MLVU ``extract_characters_regex``: the character before the first ``)``, else the whole answer."""
+    s = text.strip()
+    pred = s[s.index(")") - 1:s.index(")")] if ")" in s else s
+    return pred if len(pred) == 1 and pred in LETTERS else None
+
+
+def _tempcompass(text: str) -> str | None:
+    """TempCompass's hand-written rules (``eval_multi-choice.py``; lmms-eval's are the same): the answer is a
+    letter A-D, or starts with ``A.`` or ``A)``. Anything else goes to an LLM judge there; here it is unparsed
+    (the source's ``--disable_llm`` setting)."""
+    if text in ("A", "B", "C", "D"):
+        return text
+    if len(text) >= 2 and text[0] in "ABCD" and text[1] in ".)":
+        return text[0]
+    return None
+
+
 def _egoschema_lmms(text: str, options: tuple[str, ...]) -> str | None:
     pred = text
     full = [f"{LETTERS[i]}. {o}" if o.endswith(".") else f"{LETTERS[i]}. {o}." for i, o in enumerate(options)]
@@ -93,6 +118,10 @@ def extract(text: str, fmt: Format, protocol: Protocol, options: tuple[str, ...]
         letter = _egoschema_lmms(text, options)
     elif fmt == "longvideobench" and protocol == "lmms-eval":
         letter = _first_word(text, n)
+    elif fmt == "mlvu":
+        letter = _mlvu_official(text) if protocol == "official" else _mlvu_lmms(text)
+    elif fmt == "tempcompass":
+        letter = _tempcompass(text)
     else:
         letter = _standalone(text, n)
     return letter if letter is not None and letter in LETTERS[:n] else None

@@ -158,7 +158,7 @@ def _item(fmt: Format, r: dict, i: int, task: str, where: str) -> Item:
         video = r.get("video_id") or r["_key"]
         return Item(f"{video}-{r.get('dim', task)}-{i}", video, stem, options,
                     index if index is not None else _letter_index(ans, len(options), where),
-                    category=str(r.get("dim", task)))
+                    category=str(r.get("dim", task)), extra={"question_as_given": r["question"]})
     # generic jsonl
     options = tuple(strip_letter(str(o)) for o in r["options"])
     ans = r["answer"]

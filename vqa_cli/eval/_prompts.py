@@ -2,7 +2,7 @@
 
 The text goes into the user turn; the checkpoint's own chat template wraps it, as for ``vqa ask``.
 docs/eval.md shows both protocols side by side with their sources. Where a benchmark publishes no prompt
-of its own (EgoSchema, NExT-QA, Perception Test, MLVU, TempCompass), ``official`` is lmms-eval's text.
+of its own (EgoSchema, NExT-QA, Perception Test), ``official`` is lmms-eval's text.
 """
 
 from __future__ import annotations
@@ -24,6 +24,15 @@ VIDEOMME_LMMS = ("Select the best answer to the following multiple-choice questi
 VIDEOMME_SUBTITLES = "This video's subtitles are listed below:"  # Video-MME's with-subtitles setting
 BEST_ANSWER = "The best answer is:"
 MVBENCH_ANSWER_PREFIX = "Best option:("  # the official MVBench evaluation starts the answer with it
+# MLVU's own evaluation (JUNJIE99/MLVU videochat2/choice_bench.py): system prompt, question suffix, answer prefix.
+MLVU_SYSTEM = ("Carefully watch this video and pay attention to every detail. Based on your observations, select the "
+               "best option that accurately addresses the question.\n")
+ONLY_BEST = "\nOnly give the best option."
+MLVU_ANSWER_PREFIX = "Best option:("
+# lmms-eval's mlvu_dev post_prompt (lmms_eval/tasks/mlvu/mlvu_dev.yaml): in the user turn, not prefilled.
+MLVU_LMMS_POST = "\nOnly give the best option.\nBest option: ("
+# TempCompass's answer prompt for multi-choice (llyx97/TempCompass, and lmms-eval's post_prompt "multi-choice").
+TEMPCOMPASS_POST = "\nPlease directly give the best option:"
 
 
 def _dotted(item: Item) -> str:
@@ -58,9 +67,15 @@ def build(item: Item, fmt: Format, protocol: Protocol, subtitles: str = "") -> s
     if fmt == "longvideobench":
         return f"{q}\n{_dotted(item)}\n{DIRECT}\n"
     if fmt == "mlvu":
-        return f"Question: {q}\nOptions:\n{_paren(item)}Only give the best option."
+        # MLVU's qa_template: "Question: {q}\nOptions:\n(A) x\n(B) y" (right-stripped).
+        question = f"Question: {q}\nOptions:\n{_paren(item).rstrip()}"
+        if protocol == "official":
+            return f"{MLVU_SYSTEM}{question}{ONLY_BEST}"
+        return f"{question}{MLVU_LMMS_POST}"
     if fmt == "tempcompass":
-        return f"{q}\n{_dotted(item)}\nPlease directly give the best option:"
+        # Both send the annotation's question text as it is (options inside) and the answer prompt.
+        given = item.extra.get("question_as_given") or f"{q}\n{_dotted(item)}"
+        return f"{given}{TEMPCOMPASS_POST}"
     # egoschema, nextqa, perceptiontest, generic jsonl: the question, dotted options, the direct-answer line
     return f"{q.strip()}\n{_dotted(item)}\n{DIRECT}"
 
@@ -68,4 +83,6 @@ def build(item: Item, fmt: Format, protocol: Protocol, subtitles: str = "") -> s
 def answer_prefix(fmt: Format, protocol: Protocol) -> str:
     """Text the protocol puts at the start of the model's answer (prefilled after the template's assistant
     header); the answer is read with it: ``"Best option:("`` then ``"A) ..."`` reads as ``"(A) ..."``."""
-    return MVBENCH_ANSWER_PREFIX if fmt == "mvbench" and protocol == "official" else ""
+    if protocol != "official":
+        return ""
+    return {"mvbench": MVBENCH_ANSWER_PREFIX, "mlvu": MLVU_ANSWER_PREFIX}.get(fmt, "")

@@ -1,6 +1,7 @@
 """Published accuracies (percent) that docs/eval.md lists, by checkpoint and benchmark, for comparison only.
 
-Only numbers read in the model cards named in ``source``; a model not listed gets none.
+Only numbers read in the sources named in ``source`` (model cards, benchmark READMEs); a model not listed gets
+none.
 """
 
 from __future__ import annotations
@@ -9,6 +10,9 @@ from __future__ import annotations
 PUBLISHED: dict[tuple[str, str], tuple[float, int | None, str]] = {
     ("llava-hf/LLaVA-Video-7B-Qwen2-hf", "videomme"): (
         63.3, None, "lmms-lab/LLaVA-Video-7B-Qwen2 model card (model-index, commit ecc105e)"),
+    # MLVU's README names "Video-LLaVA" (linked to PKU-YuanGroup/Video-LLaVA) without a size; its M-Avg column.
+    ("LanguageBind/Video-LLaVA-7B-hf", "mlvu"): (
+        47.3, 8, "JUNJIE99/MLVU README.md, Mini-Leaderboard, M-Avg (commit 0264adb)"),
 }
 
 
