@@ -195,6 +195,7 @@ def test_feature_cache_memory_lru_and_disk_round_trip(tmp_path, tiny_clip):
     cache = FeatureCache(max_bytes=features.numel() * 4 * 2, folder=tmp_path / "fc")
     for name in ("a", "b", "c"):
         cache.put(name, tiny_clip, features + ord(name))
+    cache.flush()
     assert cache.stats()["entries"] == 2  # "a" left memory...
     again = FeatureCache(max_bytes=10**6, folder=tmp_path / "fc")
     found = again.get("a")  # ...but not the disk

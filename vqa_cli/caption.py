@@ -101,6 +101,19 @@ class Summary:
         return "; " + "; ".join(notes) if notes else ""
 
 
+def keep(record: dict, sink: writer.JsonlWriter, summary: Summary, progress: Any = None, task: Any = None) -> None:
+    """One finished record: written, counted, its error said (above the progress bar on a TTY), the bar advanced."""
+    sink.write(record)
+    summary.add(record)
+    if record["error"] is not None:
+        if progress:
+            progress.console.print(f"[yellow]{record['video']}[/yellow]: {record['error']}")
+        else:
+            console.info(f"{record['video']}: {record['error']}")
+    if progress:
+        progress.advance(task, 1)
+
+
 DECODE_TIMEOUT = 600.0  # seconds per file: a pathological file is recorded as an error, never hangs the run
 
 
@@ -248,18 +261,12 @@ class Captioner:
                 if batch:
                     written.extend(self.caption_batch(batch))
                 for rec in written:
-                    sink.write(rec)
-                    self.summary.add(rec)
-                    if rec["error"] is not None:
-                        if progress:
-                            progress.console.print(f"[yellow]{rec['video']}[/yellow]: {rec['error']}")
-                        else:
-                            console.info(f"{rec['video']}: {rec['error']}")
-                if progress:
-                    progress.advance(task, len(written))
+                    keep(rec, sink, self.summary, progress, task)
             self.summary.interrupted = flag.stop and bool(pending)
             for _, future in pending:
                 future.cancel()
+        if self.feature_cache is not None:
+            self.feature_cache.flush()  # the visual tokens kept for the next run are on disk
         self.summary.wall_seconds = time.perf_counter() - started
         return self.summary
 
@@ -412,9 +419,7 @@ def _caption_locked(settings: Any, videos: list[str], found: Inputs, out: str, t
     if folders:
         with writer.JsonlWriter(target) as sink:
             for rec in folders:
-                sink.write(rec)
-                summary.add(rec)
-                console.info(f"{rec['video']}: {rec['error']}")
+                keep(rec, sink, summary)
     if session is not None or (remote is not None and todo):
         if remote is not None:
             from vqa_cli.client import RemoteCaptioner

@@ -27,8 +27,6 @@ from typing import Any
 from vqa_cli import console, records, wire
 from vqa_cli.errors import ContextOverflowError, UsageError, VqaError
 
-LOAD_FIELDS = ("quant", "device", "dtype", "rope_scale", "rope_type")
-
 
 class ServerUnavailableError(VqaError):
     kind = "server_unavailable"
@@ -79,13 +77,14 @@ class Client:
         return data[0]
 
     def chat(self, body: dict, on_text: Callable[[str], None] | None = None) -> dict:
-        """One chat completion: ``{"text", "finish_reason", "usage", "vqa"}``; streamed to ``on_text`` if given."""
+        """One chat completion: ``{"text", "finish_reason", "usage", "vqa"}`` (and ``logprobs`` when not streamed);
+        streamed to ``on_text`` if given."""
         if on_text is None:
             with self._open("/v1/chat/completions", {**body, "stream": False}) as response:
                 reply = json.load(response)
             choice = reply["choices"][0]
             return {"text": choice["message"]["content"], "finish_reason": choice["finish_reason"],
-                    "usage": reply["usage"], "vqa": reply["vqa"]}
+                    "usage": reply["usage"], "vqa": reply.get("vqa"), "logprobs": choice.get("logprobs")}
         body = {**body, "stream": True, "stream_options": {"include_usage": True}}
         out: dict[str, Any] = {"text": ""}
         with self._open("/v1/chat/completions", body) as response:
@@ -142,15 +141,22 @@ def connect(url: str, settings: Any, *, model_given: bool) -> tuple[Client, Any]
     if model_given and settings.model not in (entry["id"], served["model"]):
         raise UsageError(f"the server at {client.base} serves {served['model']!r}, not {settings.model!r}: "
                          "drop --model, or start a server with it")
-    changes = {"model": served["model"]}
-    for name in LOAD_FIELDS:
-        asked = getattr(settings, name)
-        if asked is not None and asked not in (served[name], loaded.get(name)) and not (
-                name == "rope_type" and asked == "linear" and served[name] is None):
+    from vqa_cli.engine import LOAD_SETTINGS, RunSettings
+
+    defaults = RunSettings(model=served["model"])
+    changes = {}
+    for name in LOAD_SETTINGS:
+        asked, theirs = getattr(settings, name), _tuples(served[name])
+        if name != "model" and asked != getattr(defaults, name) and asked not in (theirs, loaded.get(name)):
             raise UsageError(f"--{name.replace('_', '-')} {asked} differs from the server's "
-                             f"({loaded.get(name, served[name])}): it is fixed when the server loads the model")
-        changes[name] = served[name]
+                             f"({loaded.get(name, theirs)}): it is fixed when the server loads the model")
+        changes[name] = theirs
     return client, replace(settings, **changes)
+
+
+def _tuples(value: Any) -> Any:
+    """A JSON value with its lists as tuples again (as ``RunSettings`` holds them)."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
 def media_url(path: str) -> str:
@@ -277,7 +283,7 @@ class RemoteCaptioner:
         return records.caption_record(video, answer_fields(vqa), vqa["batch_size"], self.sid)
 
     def run(self, videos: list[str], sink: Any) -> Any:
-        from vqa_cli.caption import _StopFlag
+        from vqa_cli.caption import _StopFlag, keep
 
         started = time.perf_counter()
         progress = console.progress("videos")
@@ -289,21 +295,13 @@ class RemoteCaptioner:
                 pending.append(pool.submit(self._caption, video))
                 if len(pending) < 2 * self.batch_size:
                     continue
-                self._write(pending.pop(0).result(), sink, progress, task)
+                keep(pending.pop(0).result(), sink, self.summary, progress, task)
                 if flag.stop:
                     break
             while pending and not flag.stop:
-                self._write(pending.pop(0).result(), sink, progress, task)
+                keep(pending.pop(0).result(), sink, self.summary, progress, task)
             self.summary.interrupted = flag.stop and (bool(pending) or next(queue, None) is not None)
             for future in pending:
                 future.cancel()
         self.summary.wall_seconds = time.perf_counter() - started
         return self.summary
-
-    def _write(self, record: dict, sink: Any, progress: Any, task: Any) -> None:
-        sink.write(record)
-        self.summary.add(record)
-        if record["error"] is not None:
-            console.info(f"{record['video']}: {record['error']}")
-        if progress:
-            progress.advance(task, 1)

@@ -25,6 +25,10 @@ VISION_CHUNK = 16  # frames per vision-tower call: bounds activation memory on l
 _WORST_TIMES = 99999.99  # for budgeting the time instruction before timestamps are known
 
 
+# The settings the weights are loaded with: one engine serves requests that differ in any other setting.
+LOAD_SETTINGS = ("model", "quant", "device", "dtype", "rope_scale", "rope_type", "max_memory")
+
+
 @dataclass(frozen=True)
 class RunSettings:
     """Everything that changes an answer. Caption resume compares these."""
@@ -220,6 +224,7 @@ class Answer:
     tokens: int
     tokens_per_second: float
     features: Any = None  # [N, D] visual tokens the answer was given (for a feature cache)
+    eos: bool = False  # the answer ended with the end-of-sequence token (not cut at the token limit)
 
     def record(self, engine: Engine) -> dict:
         """The ``ask --json`` fields of this answer (see ``records.answer_record``)."""
@@ -259,7 +264,7 @@ class Engine:
 
         Settings the weights were loaded with (model, quantization, device, dtype, RoPE) must not change.
         """
-        for name in ("model", "quant", "device", "dtype", "rope_scale", "rope_type", "max_memory"):
+        for name in LOAD_SETTINGS:
             if getattr(settings, name) != getattr(self.settings, name):
                 raise UsageError(f"{name.replace('_', '-')} is fixed when the model loads "
                                  f"({getattr(self.settings, name)!r} here)")
@@ -347,7 +352,7 @@ class Engine:
         )
         timings["first_token"] = gen.first_token
         timings["generate"] = gen.total
-        return Answer(gen.text, clip, budget, timings, gen.tokens, gen.tokens_per_second, features)
+        return Answer(gen.text, clip, budget, timings, gen.tokens, gen.tokens_per_second, features, gen.eos)
 
     def answer_batch(self, clips: list[Clip], question: str | list[str], timings: list[dict] | None = None,
                      pixels: list[Any] | None = None, features: list[Any] | None = None,
@@ -391,7 +396,7 @@ class Engine:
         answers = []
         for clip, budget, tm, gen, tokens in zip(clips, budgets, timings, gens, visual, strict=True):
             tm["first_token"], tm["generate"] = gen.first_token, gen.total
-            answers.append(Answer(gen.text, clip, budget, tm, gen.tokens, gen.tokens_per_second, tokens))
+            answers.append(Answer(gen.text, clip, budget, tm, gen.tokens, gen.tokens_per_second, tokens, gen.eos))
         return answers
 
     def _features(self, clip: Clip, question: str, timings: dict[str, float], frames: Any = None,

@@ -22,6 +22,7 @@ import os
 import tempfile
 import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -110,8 +111,10 @@ class FeatureCache:
         self._lock = threading.Lock()
         self.hits = {"memory": 0, "disk": 0}
         self.misses = 0
+        self._writes: ThreadPoolExecutor | None = None  # disk writes, off the caller's (the model's) thread
         if self.folder is not None:
             self.folder.mkdir(parents=True, exist_ok=True)
+            self._writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vqa-feature-cache")
 
     def get(self, key: str) -> Entry | None:
         with self._lock:
@@ -130,12 +133,18 @@ class FeatureCache:
         return Entry(*found, "disk")
 
     def put(self, key: str, clip: Any, features: Any) -> None:
-        """Keep ``features`` (moved to the CPU) for ``clip``; on disk too when the cache has a folder."""
+        """Keep ``features`` (moved to the CPU) for ``clip``; on disk too when the cache has a folder (written on
+        a thread of the cache's own: ``flush`` waits for it)."""
         features = features.detach().to("cpu").contiguous()
         meta = clip_meta(clip)
         self._remember(key, clip_from_meta(meta), features)
-        if self.folder is not None:
-            self._write(key, meta, features)
+        if self._writes is not None:
+            self._writes.submit(self._write, key, meta, features)
+
+    def flush(self) -> None:
+        """Wait until every entry ``put`` so far is on disk."""
+        if self._writes is not None:
+            self._writes.submit(lambda: None).result()
 
     def stats(self) -> dict:
         with self._lock:

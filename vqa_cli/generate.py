@@ -63,6 +63,7 @@ class Generation:
     sequence: list[int] | None = None  # prompt and new ids as the model returned them (single prompts)
     logits: Any = None  # [new tokens, vocab] raw logits of each new token, when asked for
     stopped: bool = False  # ended by ``should_stop`` (a stop string, a cancelled request), not by EOS or length
+    eos: bool = False  # ended with the model's end-of-sequence token (not by the token limit)
 
     @property
     def first_logits(self) -> Any:
@@ -93,6 +94,12 @@ def _cache_keyword(model_class: type) -> str:
     import inspect
 
     return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+
+
+def eos_ids(model: Any) -> set[int]:
+    """The token ids that end a generation (the model's ``generation_config.eos_token_id``, one or several)."""
+    eos = model.generation_config.eos_token_id
+    return set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
 
 
 def pad_id(tokenizer: Any) -> int:
@@ -165,7 +172,8 @@ def generate(
     # Row 0 of each step's raw logits (before any logits processor).
     kept = torch.stack([step[0] for step in out.logits]).clone() if logits else None
     return Generation(streamer.text.strip(), len(streamer.tokens), first, total, sequences[0].tolist(), kept,
-                      stopped=bool(until and until.fired))
+                      stopped=bool(until and until.fired),
+                      eos=bool(streamer.tokens) and streamer.tokens[-1] in eos_ids(model))
 
 
 class TokenClock(BaseStreamer):
@@ -226,11 +234,10 @@ def generate_batch(
     total = time.perf_counter() - clock.started
     first = (clock.first_token_at or time.perf_counter()) - clock.started
     new = out[:, ids.shape[1]:] if out.shape[1] > ids.shape[1] and torch.equal(out[:, :ids.shape[1]], ids) else out
-    eos = model.generation_config.eos_token_id
-    eos_ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
+    ends = eos_ids(model)
     results = []
     for row in new.tolist():
-        n = next((i + 1 for i, t in enumerate(row) if t in eos_ids), len(row))
+        n = next((i + 1 for i, t in enumerate(row) if t in ends), len(row))
         text = tokenizer.decode(row[:n], skip_special_tokens=True).strip()
-        results.append(Generation(text, n, first, total))
+        results.append(Generation(text, n, first, total, eos=n > 0 and row[n - 1] in ends))
     return results

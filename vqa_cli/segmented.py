@@ -25,6 +25,7 @@ from vqa_cli.caption import (
     _lower_priority,
     _model_threads,
     _StopFlag,
+    keep,
 )
 from vqa_cli.video import cpu_cores
 
@@ -211,12 +212,7 @@ class SegmentCaptioner(Captioner):
             rec = records.error_record(job.video, self.settings, self.sid, job.error)
         else:
             rec = video_record(job, self.engine, self.sid, batch, segmented)
-        sink.write(rec)
-        self.summary.add(rec)
-        if rec["error"] is not None:
-            (progress.console.print if progress else console.info)(f"{rec['video']}: {rec['error']}")
-        if progress:
-            progress.advance(task, 1)
+        keep(rec, sink, self.summary, progress, task)
 
 
 def uses_time(settings: Any) -> bool:

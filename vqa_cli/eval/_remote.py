@@ -52,17 +52,11 @@ class RemoteEvaluator:
         body = request_body(windowed, group.path, [{"role": "user", "text": build(item, self.fmt, self.protocol)}])
         if self.score == "likelihood":
             body.update(logprobs=True, top_logprobs=MAX_TOP)
-            reply = self._raw(body)
-            content = ((reply["choices"][0].get("logprobs") or {}).get("content") or [{}])
-            return likelihood_from_top(content[0].get("top_logprobs") or [], item), reply.get("vqa") or {}
         answer = self.client.chat(body)
+        if self.score == "likelihood":
+            content = (answer.get("logprobs") or {}).get("content") or [{}]
+            return likelihood_from_top(content[0].get("top_logprobs") or [], item), answer.get("vqa") or {}
         return by_generation(answer["text"].strip(), item, self.fmt, self.protocol), answer.get("vqa") or {}
-
-    def _raw(self, body: dict) -> dict:
-        import json
-
-        with self.client._open("/v1/chat/completions", {**body, "stream": False}) as response:
-            return json.load(response)
 
     def run(self, groups: list[Any], sink: Any, progress: Any = None, stop: Any = None) -> int:
         from vqa_cli.eval._run import question_record

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vqa_cli import console, wire
+from vqa_cli.engine import LOAD_SETTINGS
 from vqa_cli.errors import EXIT_USAGE, describe, one_line
 from vqa_cli.serve._requests import ApiError, ChatRequest, MediaPolicy, bad, parse_chat, resolve
 from vqa_cli.serve._worker import Cancelled, Job, Result, StopFilter
@@ -91,9 +92,7 @@ def model_entry(state: ServerState) -> dict:
             "vqa": {"family": engine.checkpoint.adapter.name, "quant": loaded.quant, "device": loaded.device,
                     "dtype": str(loaded.dtype).removeprefix("torch."), "rope_factor": engine.rope_factor,
                     "context": engine.checkpoint.context(engine.rope_factor),
-                    "settings": {"model": engine.settings.model, "quant": engine.settings.quant,
-                                 "device": engine.settings.device, "dtype": engine.settings.dtype,
-                                 "rope_scale": engine.settings.rope_scale, "rope_type": engine.settings.rope_type},
+                    "settings": {name: getattr(engine.settings, name) for name in LOAD_SETTINGS},
                     "defaults": {**wire.request_fields(engine.settings),
                                  "max_tokens": engine.settings.max_new_tokens}}}
 

@@ -61,6 +61,11 @@ class Job:
     feature_hit: str = "miss"
 
 
+def finish_reason(tokens: int, max_new_tokens: int, *, eos: bool, stopped: bool) -> str:
+    """OpenAI's ``finish_reason``: ``length`` when the token limit cut the answer, else ``stop``."""
+    return "length" if tokens >= max_new_tokens and not eos and not stopped else "stop"
+
+
 def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
     """``text`` up to the first stop string (which is not included), and whether one was found."""
     at = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
@@ -184,6 +189,7 @@ class ModelWorker:
         with self._cond:
             self._stopping = True
             self._cond.notify()
+        self.features.flush()
 
     def stats(self) -> dict:
         with self._cond:
@@ -245,6 +251,10 @@ class ModelWorker:
             self.counters["failed"] += 1
             job.emit("error", exc)
             return
+        self._deliver(job, result)
+
+    def _deliver(self, job: Job, result: Result) -> None:
+        """The job's answer to its client, unless the client went away meanwhile."""
         if job.cancelled.is_set():
             self.counters["cancelled"] += 1
             job.emit("error", Cancelled())
@@ -290,22 +300,16 @@ class ModelWorker:
             self.prefixes.put(job.key, Prefix(conversation.cached_ids, conversation.cache))
         gen = turn.generation
         text, stopped = cut_at_stop(gen.text, stops)
-        new_ids = (gen.sequence or [])[len(ids):]
         job.timings["first_token"], job.timings["generate"] = gen.first_token, gen.total
         record = answer_record(view, job.clip, budget, answer=text, tokens=gen.tokens,
                                tokens_per_second=gen.tokens_per_second, timings=job.timings)
         logprobs = None
         if request.logprobs and gen.logits is not None:
+            new_ids = (gen.sequence or [])[len(ids):]
             logprobs = logprob_entries(view.checkpoint.tokenizer, new_ids, gen.logits, request.top_logprobs)
-        return Result(text, self._finish_reason(view, new_ids, gen.tokens, stopped), gen.tokens, len(ids),
-                      len(ids) - turn.fed_tokens, record, logprobs, 1, job.feature_hit,
-                      view.checkpoint.context(view.rope_factor))
-
-    def _finish_reason(self, view: Any, new_ids: list[int], tokens: int, stopped: bool) -> str:
-        eos = view.model.generation_config.eos_token_id
-        eos_ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
-        ended = bool(new_ids) and new_ids[-1] in eos_ids
-        return "length" if tokens >= view.settings.max_new_tokens and not ended and not stopped else "stop"
+        reason = finish_reason(gen.tokens, view.settings.max_new_tokens, eos=gen.eos, stopped=stopped)
+        return Result(text, reason, gen.tokens, len(ids), len(ids) - turn.fed_tokens, record, logprobs, 1,
+                      job.feature_hit, view.checkpoint.context(view.rope_factor))
 
     def _run_batch(self, jobs: list[Job]) -> None:
         """Compatible single questions in one batched generate; if the batch fails, one at a time (so only
@@ -336,7 +340,7 @@ class ModelWorker:
             record = answer_record(view, answer.clip, answer.budget, answer=text, tokens=answer.tokens,
                                    tokens_per_second=answer.tokens_per_second, timings=answer.timings)
             prompt = answer.budget.plan.total + answer.budget.prompt_tokens
-            reason = "length" if answer.tokens >= view.settings.max_new_tokens and not stopped else "stop"
+            reason = finish_reason(answer.tokens, view.settings.max_new_tokens, eos=answer.eos, stopped=stopped)
             result = Result(text, reason, answer.tokens, prompt, 0, record, None, len(jobs), job.feature_hit,
                             view.checkpoint.context(view.rope_factor))
-            self._finish(job, lambda _job, r=result: r)
+            self._deliver(job, result)
