@@ -93,6 +93,50 @@ def clip_from_meta(meta: dict) -> Any:
     return Clip(frames=np.zeros((0, 1, 1, 3), dtype=np.uint8), **{k: meta[k] for k in _CLIP_FIELDS})
 
 
+class BytesLRU:
+    """Entries with a size, least recently used out first while their total is over ``max_bytes``; an entry
+    larger than the whole budget is not kept. Not locked: its owner locks."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._entries: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: Any) -> bool:
+        return key in self._entries
+
+    def get(self, key: Any) -> Any:
+        """The value (now the most recently used), or None."""
+        if key not in self._entries:
+            return None
+        self._entries.move_to_end(key)
+        return self._entries[key][0]
+
+    def add(self, key: Any, value: Any, size: int) -> None:
+        if size > self.max_bytes:
+            return
+        self.pop(key)
+        self._entries[key] = (value, size)
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, (_, old) = self._entries.popitem(last=False)
+            self.bytes -= old
+
+    def pop(self, key: Any) -> Any:
+        """Remove and return the value (None when absent)."""
+        if key not in self._entries:
+            return None
+        value, size = self._entries.pop(key)
+        self.bytes -= size
+        return value
+
+    def items(self) -> list[tuple[Any, Any]]:
+        return [(key, value) for key, (value, _) in self._entries.items()]
+
+
 @dataclasses.dataclass
 class Entry:
     clip: Any  # video.Clip without pixels
@@ -104,10 +148,8 @@ class FeatureCache:
     """In-memory LRU (``max_bytes``) in front of an optional on-disk folder; safe to share between threads."""
 
     def __init__(self, max_bytes: int, folder: str | Path | None = None) -> None:
-        self.max_bytes = max_bytes
         self.folder = Path(folder) if folder else None
-        self._entries: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
-        self._bytes = 0
+        self._memory = BytesLRU(max_bytes)  # key -> (clip, features)
         self._lock = threading.Lock()
         self.hits = {"memory": 0, "disk": 0}
         self.misses = 0
@@ -118,11 +160,10 @@ class FeatureCache:
 
     def get(self, key: str) -> Entry | None:
         with self._lock:
-            if key in self._entries:
-                self._entries.move_to_end(key)
-                clip, features = self._entries[key]
+            held = self._memory.get(key)
+            if held is not None:
                 self.hits["memory"] += 1
-                return Entry(clip, features, "memory")
+                return Entry(*held, "memory")
         found = self._read(key)
         with self._lock:
             if found is None:
@@ -148,22 +189,14 @@ class FeatureCache:
 
     def stats(self) -> dict:
         with self._lock:
-            return {"entries": len(self._entries), "bytes": self._bytes, "max_bytes": self.max_bytes,
+            return {"entries": len(self._memory), "bytes": self._memory.bytes, "max_bytes": self._memory.max_bytes,
                     "hits": dict(self.hits), "misses": self.misses,
                     "folder": str(self.folder) if self.folder else None}
 
     def _remember(self, key: str, clip: Any, features: Any) -> None:
-        size = features.numel() * features.element_size()
         with self._lock:
-            if key in self._entries:
-                return
-            if size > self.max_bytes:
-                return
-            self._entries[key] = (clip, features)
-            self._bytes += size
-            while self._bytes > self.max_bytes:
-                _, (_, old) = self._entries.popitem(last=False)
-                self._bytes -= old.numel() * old.element_size()
+            if key not in self._memory:
+                self._memory.add(key, (clip, features), features.numel() * features.element_size())
 
     def _path(self, key: str) -> Path:
         assert self.folder is not None

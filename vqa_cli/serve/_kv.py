@@ -10,11 +10,11 @@ so the answer equals a fresh prefill. Entries are bounded in bytes, least recent
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 from vqa_cli.conversation import common_prefix
+from vqa_cli.features import BytesLRU
 
 
 def cache_bytes(cache: Any) -> int:
@@ -38,8 +38,7 @@ class PrefixCache:
     """Conversation KV caches by clip: ``take`` the best one for a prompt, ``put`` it back when done."""
 
     def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._entries: OrderedDict[int, tuple[str, Prefix, int]] = OrderedDict()
+        self._entries = BytesLRU(max_bytes)  # handle -> (clip key, Prefix)
         self._next = 0
         self._lock = threading.Lock()
         self.reused_tokens = 0
@@ -49,28 +48,23 @@ class PrefixCache:
         shares any). The caller owns it until ``put``: it may crop and extend it."""
         with self._lock:
             best, best_len = None, 0
-            for handle, (entry_key, prefix, _) in self._entries.items():
+            for handle, (entry_key, prefix) in self._entries.items():
                 if entry_key == key:
                     shared = common_prefix(ids, prefix.ids)
                     if shared > best_len:
                         best, best_len = handle, shared
             if best is None:
                 return None
-            _, prefix, _ = self._entries.pop(best)
             self.reused_tokens += min(best_len, len(ids) - 1)
-            return prefix
+            return self._entries.pop(best)[1]
 
     def put(self, key: str, prefix: Prefix) -> None:
         size = cache_bytes(prefix.cache)
-        if size > self.max_bytes:
-            return
         with self._lock:
-            self._entries[self._next] = (key, prefix, size)
+            self._entries.add(self._next, (key, prefix), size)
             self._next += 1
-            while sum(s for _, _, s in self._entries.values()) > self.max_bytes:
-                self._entries.popitem(last=False)
 
     def stats(self) -> dict:
         with self._lock:
-            return {"entries": len(self._entries), "bytes": sum(s for _, _, s in self._entries.values()),
-                    "max_bytes": self.max_bytes, "reused_tokens": self.reused_tokens}
+            return {"entries": len(self._entries), "bytes": self._entries.bytes,
+                    "max_bytes": self._entries.max_bytes, "reused_tokens": self.reused_tokens}

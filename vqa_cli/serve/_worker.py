@@ -294,8 +294,9 @@ class ModelWorker:
         def should_stop(text: str) -> bool:
             return job.cancelled.is_set() or any(s in text for s in stops)
 
-        turn = conversation.ask(request.question, keep=False, on_text=lambda piece: job.emit("text", piece),
-                                logits=request.logprobs, should_stop=should_stop)
+        stream = (lambda piece: job.emit("text", piece)) if request.stream else None  # only a stream reads pieces
+        turn = conversation.ask(request.question, keep=False, on_text=stream, logits=request.logprobs,
+                                should_stop=should_stop)
         if request.use_cache:
             self.prefixes.put(job.key, Prefix(conversation.cached_ids, conversation.cache))
         gen = turn.generation
