@@ -54,6 +54,10 @@ LONGVIDEO = [{"video_path": "lv1.mp4", "subtitle_path": "lv1_en.json", "question
               "duration_group": 600, "id": "lv-1", "question_category": "TOS"}]
 MLVU = [{"video": "m1.mp4", "duration": 400, "question": "What is the main topic?",
          "candidates": ["cars", "food", "music", "sport"], "answer": "music", "question_type": "topic_reasoning"}]
+# The same question as sy1998/MLVU_dev holds it (lmms-eval's MLVU dataset): options inside, the answer a letter.
+MLVU_HF = [{"video_name": "m1.mp4", "duration": 400, "question": "What is the main topic?\n(A) cars\n(B) food\n"
+            "(C) music\n(D) sport\n", "candidates": ["cars", "food", "music", "sport"], "answer": "C",
+            "task_type": "topic_reasoning", "question_id": "Q0"}]
 TEMPCOMPASS = {"t1": {"direction": [{"question": "What is the direction?\nA. left\nB. right\nC. up",
                                      "answer": "B. right"}]}}
 # A question whose stem ends in a space: the prompt keeps the text as published.
@@ -146,10 +150,16 @@ def test_prompts_exact(tmp_path):
         "option that accurately addresses the question.\nQuestion: What is the main topic?\nOptions:\n(A) cars\n"
         "(B) food\n(C) music\n(D) sport\nOnly give the best option.")
     assert answer_prefix("mlvu", "official") == "Best option:("
-    assert build(ml, "mlvu", "lmms-eval") == (
-        "Question: What is the main topic?\nOptions:\n(A) cars\n(B) food\n(C) music\n(D) sport\n"
-        "Only give the best option.\nBest option: (")
+    # lmms-eval sends the `question` field of sy1998/MLVU_dev, which holds the question and "(A) x\n" lines.
+    lmms = ("What is the main topic?\n(A) cars\n(B) food\n(C) music\n(D) sport\n\nOnly give the best option.\n"
+            "Best option: (")
+    assert build(ml, "mlvu", "lmms-eval") == lmms
     assert answer_prefix("mlvu", "lmms-eval") == ""
+    # The same question as exported from sy1998/MLVU_dev: read alike, and its question text sent as given.
+    hf = read_items(_write(tmp_path / "ml.jsonl", MLVU_HF), "mlvu")[0]
+    assert (hf.question, hf.options, hf.answer, hf.video, hf.qid) == (
+        ml.question, ml.options, ml.answer, "m1.mp4", "Q0")
+    assert build(hf, "mlvu", "lmms-eval") == lmms and build(hf, "mlvu", "official") == build(ml, "mlvu", "official")
     # TempCompass: the question as published (options inside) + "\nPlease directly give the best option:", both.
     tc = read_items(_write(tmp_path / "tc.json", TEMPCOMPASS_SPACED), "tempcompass")[0]
     for protocol in ("official", "lmms-eval"):
@@ -424,14 +434,58 @@ def test_resume_after_kill_9(tiny_dir, tmp_path):
     assert {r["qid"]: r["raw_answer"] for r in got} == {r["qid"]: r["raw_answer"] for r in want}
 
 
+@pytest.fixture(scope="module")
+def letters_dir(tiny_dir, bench, tmp_path_factory):
+    """The tiny checkpoint with a shared direction added to its option letters' output rows, so that the letters
+    reach the first token's 20 most likely (the most a server returns): the server's likelihood path then has
+    every letter to compare. The direction is the mean of the final hidden states of a few probe questions
+    (recovered from their logits); each letter keeps half of its own row, so the letters still differ and still
+    depend on the input."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from vqa_cli import prompt
+    from vqa_cli.engine import RunSettings, sample_clip
+    from vqa_cli.session import open_model
+
+    root, _ = bench
+    path = tmp_path_factory.mktemp("letters") / "llava-next-video"
+    shutil.copytree(tiny_dir, path)
+    settings = RunSettings(model=str(path), frames=4, dtype="float32")
+    engine = open_model(settings, ["?"]).engine
+    head = engine.model.get_output_embeddings().weight.detach()
+    states = []
+    for video in ("v1", "v2"):
+        clip, _ = sample_clip(str(root / "videos" / f"{video}.mp4"), settings, 4)
+        _, features = engine._features(clip, "", {})
+        for question in ("What is it?", "Which one?\nA. this\nB. that"):
+            ids, _ = engine.prompt_inputs(question, clip, features)
+            with torch.inference_mode():
+                embeds = prompt.embed(engine.model, ids, features, engine.placeholder_id(clip))
+                logits = engine.model(inputs_embeds=embeds, attention_mask=torch.ones_like(ids)).logits[0, -1]
+            state = torch.linalg.lstsq(head, logits[:, None].float()).solution[:, 0]
+            states.append(state / state.norm())
+    direction = torch.stack(states).mean(0)
+    direction = direction / direction.norm() * head.norm(dim=1).mean() * 3
+    weights = load_file(path / "model.safetensors")
+    name = next(k for k in weights if k.endswith("lm_head.weight"))
+    for letter in letter_ids(engine.checkpoint.tokenizer, 3):
+        weights[name][letter] = direction + 0.5 * weights[name][letter]
+    save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
+    return path
+
+
 @pytest.mark.heavy
-def test_server_gives_the_local_records(tiny_dir, bench, tmp_path):
+def test_server_gives_the_local_records(letters_dir, bench, tmp_path):
     from serve_helpers import start
 
     from vqa_cli.errors import UsageError
 
+    tiny_dir = letters_dir
     root, ann = bench
-    compared = 0
+    compared = full = 0
     # Started with the run's frames and length, so that it loads with the same RoPE factor as a local run.
     srv = start(["--model", str(tiny_dir), "--dtype", "float32", "--media-root", str(root), "--frames", "4",
                  "--max-new-tokens", "6"])
@@ -452,6 +506,7 @@ def test_server_gives_the_local_records(tiny_dir, bench, tmp_path):
                 else:  # the letters the server returned carry the local log-probabilities
                     assert r["unparsed"] == (r["letter_logprobs"] == {}) and r["unparsed"] == (r["prediction"] is None)
                     if r["letter_logprobs"] and len(r["letter_logprobs"]) == len(r["options"]):
+                        full += 1
                         assert r["prediction"] == here[qid]["prediction"]
                     for letter, value in r["letter_logprobs"].items():
                         compared += 1
@@ -461,8 +516,7 @@ def test_server_gives_the_local_records(tiny_dir, bench, tmp_path):
                      model_given=False)
     finally:
         srv.stop()
-    # On the random-weight checkpoint the option letters rarely reach the first token's top 20, so the
-    # letter comparison above may find nothing to compare (``compared``); the generate comparison always runs.
+    assert compared and full, (compared, full)  # the letters' rows were moved so that it happens
 
 
 def test_likelihood_from_a_servers_top_logprobs(tmp_path):
@@ -525,12 +579,17 @@ def test_summary_counts_and_published_figure():
     assert (summary["accuracy"], summary["n"], summary["unparsed"], summary["excluded"]) == (round(2 / 3, 6), 3, 1, 1)
     assert summary["by_category"] == {"c1": {"accuracy": 1.0, "n": 2}, "c2": {"accuracy": 0.0, "n": 1}}
     assert summary["by_duration"] == {"short": {"accuracy": round(2 / 3, 6), "n": 3}}
+    assert summary["category_mean"] == 0.5  # (c1: 2 of 2, c2: 0 of 1) / 2 categories, not 2 of 3 questions
     assert summary["published"]["accuracy"] == 63.3 and summary["errors"] == 0
     assert build_summary(recs, [RunSettings(model="other")], ["s"], "videomme", "official", "generate",
                          1)["published"] is None
     mlvu = build_summary(recs, [RunSettings(model="video-llava-7b")], ["s"], "mlvu", "official", "generate", 1)
-    assert (mlvu["published"]["accuracy"], mlvu["published"]["frames"]) == (47.3, 8)
-    assert build_summary(recs, [RunSettings(model="video-llava-7b")], ["s"], "videomme", "official", "generate",
+    assert (mlvu["published"]["accuracy"], mlvu["published"]["frames"], mlvu["published"]["metric"]) == (
+        47.3, 8, "category_mean")
+    subs = build_summary(recs, [RunSettings(model="llava-video-7b", subtitles="auto")], ["s"], "videomme",
+                         "official", "generate", 1)
+    assert subs["published"]["subtitles"] and subs["published"]["accuracy"] != summary["published"]["accuracy"]
+    assert build_summary(recs, [RunSettings(model="video-llava-7b")], ["s"], "nextqa", "official", "generate",
                          1)["published"] is None
 
 

@@ -140,16 +140,18 @@ def _item(fmt: Format, r: dict, i: int, task: str, where: str) -> Item:
                     _letter_index(answer, len(options), where), category=str(r.get("question_category", "")),
                     duration=str(r.get("duration_group", "")))
     if fmt == "mlvu":
+        # MLVU's own JSON: the bare question, `candidates`, the answer as text. lmms-eval's sy1998/MLVU_dev: the
+        # question with "(A) x" lines inside (kept as given for that protocol), `candidates`, the answer a letter.
+        stem, options = _options_inline(r["question"])
+        extra = {"question_as_given": r["question"]} if options else {}
         if "candidates" in r:
-            stem, options = r["question"], tuple(str(c) for c in r["candidates"])
-            answer = options.index(r["answer"]) if r["answer"] in options else _letter_index(r["answer"],
-                                                                                             len(options), where)
-        else:
-            stem, options = _options_inline(r["question"])
-            answer = _letter_index(r["answer"], len(options), where)
+            stem = stem if options else r["question"]
+            options = tuple(str(c) for c in r["candidates"])
+        answer = options.index(r["answer"]) if r["answer"] in options else _letter_index(r["answer"], len(options),
+                                                                                         where)
         return Item(str(r.get("question_id") or f"{task}/{i}"), r["video_name"] if "video_name" in r
                     else r["video"], stem, options, answer, category=str(r.get("task_type") or r.get("question_type")
-                                                                          or task), task=task)
+                                                                          or task), task=task, extra=extra)
     if fmt == "tempcompass":
         stem, options = _options_inline(r["question"])
         ans = str(r["answer"])

@@ -67,11 +67,11 @@ def build(item: Item, fmt: Format, protocol: Protocol, subtitles: str = "") -> s
     if fmt == "longvideobench":
         return f"{q}\n{_dotted(item)}\n{DIRECT}\n"
     if fmt == "mlvu":
-        # MLVU's qa_template: "Question: {q}\nOptions:\n(A) x\n(B) y" (right-stripped).
-        question = f"Question: {q}\nOptions:\n{_paren(item).rstrip()}"
-        if protocol == "official":
-            return f"{MLVU_SYSTEM}{question}{ONLY_BEST}"
-        return f"{question}{MLVU_LMMS_POST}"
+        if protocol == "official":  # MLVU's qa_template: "Question: {q}\nOptions:\n(A) x\n(B) y" (right-stripped)
+            return f"{MLVU_SYSTEM}Question: {q}\nOptions:\n{_paren(item).rstrip()}{ONLY_BEST}"
+        # lmms-eval sends sy1998/MLVU_dev's question field: the question, then "(A) x" lines each ending in "\n".
+        given = item.extra.get("question_as_given") or f"{q}\n{_paren(item)}"
+        return f"{given}{MLVU_LMMS_POST}"
     if fmt == "tempcompass":
         # Both send the annotation's question text as it is (options inside) and the answer prompt.
         given = item.extra.get("question_as_given") or f"{q}\n{_dotted(item)}"

@@ -394,7 +394,7 @@ def build_summary(all_recs: list[dict], settings_per_mode: list[Any], sids: list
     for s, sid in zip(settings_per_mode, sids, strict=True):
         part = summarize(latest(all_recs, sid))
         part["settings_id"] = sid
-        part["published"] = published(s.model, fmt)
+        part["published"] = published(s.model, fmt, subtitles=s.subtitles != "off")
         modes[s.mode.name] = part
     first = modes[settings_per_mode[0].mode.name]
     processed = sum(m["questions"] + m["errors"] for m in modes.values())
@@ -408,13 +408,16 @@ def build_summary(all_recs: list[dict], settings_per_mode: list[Any], sids: list
 def _table(summary: dict, to_stdout: bool = True) -> None:
     """The side-by-side table of the modes: rich on a terminal, tab-separated in a pipe; on stderr when the
     records themselves go to stdout."""
-    header = ["mode", "accuracy %", "95% CI", "n", "unparsed", "published %"]
+    header = ["mode", "accuracy %", "95% CI", "category mean %", "n", "unparsed", "published %"]
     rows = []
     for name, m in summary["modes"].items():
         lo, hi = m["ci95"]
         p = m.get("published")
-        rows.append([name, f"{100 * m['accuracy']:.1f}", f"[{100 * lo:.1f}, {100 * hi:.1f}]", str(m["n"]),
-                     str(m["unparsed"]), f"{p['accuracy']} ({p['source']})" if p else "-"])
+        mean = m.get("category_mean")
+        rows.append([name, f"{100 * m['accuracy']:.1f}", f"[{100 * lo:.1f}, {100 * hi:.1f}]",
+                     "-" if mean is None else f"{100 * mean:.1f}", str(m["n"]), str(m["unparsed"]),
+                     f"{p['accuracy']} ({'category mean, ' if p['metric'] == 'category_mean' else ''}{p['source']})"
+                     if p else "-"])
     if to_stdout:
         console.table(header, rows, caption=f"{summary['format']} ({summary['protocol']}, {summary['score']})")
     else:

@@ -48,6 +48,11 @@ def _by(recs: list[dict], key: str) -> dict:
     return {name: _acc(rs) for name, rs in sorted(groups.items())}
 
 
+def _mean_of(groups: dict) -> float | None:
+    accs = [g["accuracy"] for g in groups.values() if g["n"]]
+    return round(sum(accs) / len(accs), 6) if accs else None
+
+
 def summarize(records: Iterable[dict]) -> dict:
     """One mode's summary from its question records (errors counted apart; excluded answers out of n)."""
     records = list(records)
@@ -66,6 +71,9 @@ def summarize(records: Iterable[dict]) -> dict:
         "videos": len({r["video"] for r in recs}),
         "errors": errors,
         "ci95": [round(low, 6), round(high, 6)],
+        # the unweighted mean over categories: what MLVU's M-Avg, lmms-eval's MLVU score and MVBench's average of
+        # its tasks report (equal to `accuracy` when every category has as many questions)
+        "category_mean": _mean_of(_by(recs, "category")),
         "by_category": _by(recs, "category"),
         "by_task": _by(recs, "task"),
         "by_duration": _by(recs, "duration"),
