@@ -314,6 +314,21 @@ MUTANTS: list[Mutant] = [
       "logp = logits.float()", ("tests/test_eval.py",), "likelihood reads raw logits, not log-probabilities"),
     M("eval.bounds-ignored", "vqa_cli/eval/_run.py", "it.start if it.start is not None else start",
       "start", ("tests/test_eval.py",), "an item's own clip start is ignored"),
+    M("eval.mlvu-lmms-options-stripped", "vqa_cli/eval/_prompts.py", 'f"{q}\\n{_paren(item)}"',
+      'f"{q}\\n{_paren(item).rstrip()}"', ("tests/test_eval.py",),
+      "lmms-eval's MLVU text loses the newline after the last option"),
+    M("eval.mlvu-inline-options-kept", "vqa_cli/eval/_formats.py", 'stem = stem if options else r["question"]',
+      'stem = r["question"]', ("tests/test_eval.py",), "an exported MLVU_dev question keeps its options in the stem"),
+    M("eval.category-mean-weighted", "vqa_cli/eval/_stats.py", '"category_mean": _mean_of(_by(recs, "category")),',
+      '"category_mean": overall["accuracy"],', ("tests/test_eval.py",),
+      "the mean over categories is the accuracy over questions"),
+    M("eval.published-ignores-subtitles", "vqa_cli/eval/_published.py",
+      "row.format == fmt and row.subtitles == subtitles", "row.format == fmt", ("tests/test_eval.py",),
+      "the with-subtitles figure is not told from the one without"),
+    M("eval.server-top-logprobs-1", "vqa_cli/eval/_remote.py", "body.update(logprobs=True, top_logprobs=MAX_TOP)",
+      "body.update(logprobs=True, top_logprobs=1)",
+      ("-m", "heavy", "tests/test_eval.py::test_server_gives_the_local_records"),
+      "eval --server --score likelihood asks the server for the most likely token only"),
 ]
 
 

@@ -96,6 +96,12 @@ def test_readers_every_format(tmp_path):
     assert ml[0].answer == 2 and ml[0].category == "topic_reasoning"
     tc = read_items(_write(tmp_path / "tc.json", TEMPCOMPASS), "tempcompass")
     assert tc[0].question == "What is the direction?" and tc[0].options == ("left", "right", "up") and tc[0].answer == 1
+    # lmms-lab/TempCompass's multi-choice rows exported to JSON Lines: the same question
+    rows = [{"video_id": "t1", "question": TEMPCOMPASS["t1"]["direction"][0]["question"], "answer": "B. right",
+             "dim": "direction"}]
+    tc_hf = read_items(_write(tmp_path / "tc.jsonl", rows), "tempcompass")[0]
+    assert (tc_hf.video, tc_hf.question, tc_hf.options, tc_hf.answer, tc_hf.category) == (
+        "t1", tc[0].question, tc[0].options, 1, "direction")
     gj = read_items(_write(tmp_path / "g.jsonl", GENERIC), "jsonl")
     assert gj[0].answer == 0 and (gj[0].start, gj[0].end) == (0.0, 1.5) and gj[0].category == "time"
 
