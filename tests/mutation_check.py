@@ -319,7 +319,7 @@ MUTANTS: list[Mutant] = [
       "lmms-eval's MLVU text loses the newline after the last option"),
     M("eval.mlvu-inline-options-kept", "vqa_cli/eval/_formats.py", 'stem = stem if options else r["question"]',
       'stem = r["question"]', ("tests/test_eval.py",), "an exported MLVU_dev question keeps its options in the stem"),
-    M("eval.category-mean-weighted", "vqa_cli/eval/_stats.py", '"category_mean": _mean_of(_by(recs, "category")),',
+    M("eval.category-mean-weighted", "vqa_cli/eval/_stats.py", '"category_mean": _mean_of(by_category),',
       '"category_mean": overall["accuracy"],', ("tests/test_eval.py",),
       "the mean over categories is the accuracy over questions"),
     M("eval.published-ignores-subtitles", "vqa_cli/eval/_published.py",

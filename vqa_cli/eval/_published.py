@@ -29,23 +29,22 @@ VLLAVA_7B = "LanguageBind/Video-LLaVA-7B-hf"
 OV_PAPER = "LLaVA-OneVision paper (arXiv 2408.03326), video benchmarks table"
 VIDEO_PAPER = "LLaVA-Video paper (arXiv 2410.02713), Table 2"
 SEEN = "; the model's training data includes this benchmark's training set"
+FULL_TEST = " (the full test set, scored by its server)"
 VIDEOMME_BOARD = "Video-MME leaderboard, as quoted in the VideoLLaMA2 paper (arXiv 2406.07476), Table 5"
 
 PUBLISHED: tuple[Published, ...] = (
-    Published(OV_05B, "mvbench", 45.5, None, OV_PAPER,
-              metric="category_mean"),
+    Published(OV_05B, "mvbench", 45.5, None, OV_PAPER, metric="category_mean"),
     Published(OV_05B, "videomme", 44.0, None, OV_PAPER),
     Published(OV_05B, "videomme", 43.5, None, OV_PAPER, subtitles=True),
-    Published(OV_05B, "egoschema", 26.8, None, OV_PAPER + " (the full test set, scored by its server)"),
+    Published(OV_05B, "egoschema", 26.8, None, OV_PAPER + FULL_TEST),
     Published(OV_05B, "nextqa", 57.2, None, OV_PAPER),
     Published(OV_05B, "perceptiontest", 49.2, None, OV_PAPER),
     Published(OV_05B, "longvideobench", 45.8, None, OV_PAPER),
     Published(OV_05B, "mlvu", 50.3, None, OV_PAPER + " (M-Avg)", metric="category_mean"),
-    Published(OV_7B, "mvbench", 56.7, None, OV_PAPER,
-              metric="category_mean"),
+    Published(OV_7B, "mvbench", 56.7, None, OV_PAPER, metric="category_mean"),
     Published(OV_7B, "videomme", 58.2, None, OV_PAPER),
     Published(OV_7B, "videomme", 61.5, None, OV_PAPER, subtitles=True),
-    Published(OV_7B, "egoschema", 60.1, None, OV_PAPER + " (the full test set, scored by its server)"),
+    Published(OV_7B, "egoschema", 60.1, None, OV_PAPER + FULL_TEST),
     Published(OV_7B, "nextqa", 79.4, None, OV_PAPER + SEEN),
     Published(OV_7B, "longvideobench", 56.4, None, OV_PAPER + " (its summary table says 56.3)"),
     Published(OV_7B, "mlvu", 64.7, None, OV_PAPER + " (M-Avg)", metric="category_mean"),
@@ -54,7 +53,7 @@ PUBLISHED: tuple[Published, ...] = (
     Published(VIDEO_7B, "videomme", 69.7, 64, "VideoLLaMA3 paper (arXiv 2501.13106), Table 8 (third party)",
               subtitles=True),
     Published(VIDEO_7B, "mvbench", 58.6, 64, VIDEO_PAPER, metric="category_mean"),
-    Published(VIDEO_7B, "egoschema", 57.3, 64, VIDEO_PAPER + " (the full test set, scored by its server)"),
+    Published(VIDEO_7B, "egoschema", 57.3, 64, VIDEO_PAPER + FULL_TEST),
     Published(VIDEO_7B, "nextqa", 83.2, 64, VIDEO_PAPER + SEEN),
     Published(VIDEO_7B, "perceptiontest", 67.9, 64, VIDEO_PAPER + SEEN),
     Published(VIDEO_7B, "longvideobench", 58.2, 64, VIDEO_PAPER),

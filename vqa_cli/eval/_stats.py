@@ -62,6 +62,7 @@ def summarize(records: Iterable[dict]) -> dict:
     overall = _acc(recs)
     low, high = clustered_ci([float(r["correct"]) for r in scored], [r["video"] for r in scored])
     unparsed = sum(1 for r in recs if r.get("unparsed"))
+    by_category = _by(recs, "category")
     return {
         **overall,
         "unparsed": unparsed,
@@ -73,8 +74,8 @@ def summarize(records: Iterable[dict]) -> dict:
         "ci95": [round(low, 6), round(high, 6)],
         # the unweighted mean over categories: what MLVU's M-Avg, lmms-eval's MLVU score and MVBench's average of
         # its tasks report (equal to `accuracy` when every category has as many questions)
-        "category_mean": _mean_of(_by(recs, "category")),
-        "by_category": _by(recs, "category"),
+        "category_mean": _mean_of(by_category),
+        "by_category": by_category,
         "by_task": _by(recs, "task"),
         "by_duration": _by(recs, "duration"),
     }

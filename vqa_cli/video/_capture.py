@@ -143,6 +143,12 @@ def sampled(path: str, timeline: Any, chosen: list[int], frames: dict[int, np.nd
                 is_image=False, **facts)
 
 
+def warn_damaged(warnings: list[str], damaged: int) -> None:
+    """Add the warning for ``damaged`` skipped packets (none when there were none)."""
+    if damaged:
+        warnings.append(f"skipped {damaged} undecodable packet{'s' if damaged != 1 else ''}")
+
+
 def shared_keys_warning(targets: int, keys: int) -> str:
     """The note for keyframe seeking that returns fewer frames than asked (targets sharing keyframes)."""
     return f"{targets} targets share {keys} keyframes; returned {keys} frames"

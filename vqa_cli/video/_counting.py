@@ -118,9 +118,8 @@ def sample_counting(
     timeline, targets, kept, decoded, damaged = counting_pass(
         path, fs_path, request, deadline, guess, fps_from_header, threads
     )
-    warnings = []
-    if damaged:
-        warnings.append(f"skipped {damaged} undecodable packet{'s' if damaged != 1 else ''}")
+    warnings: list[str] = []
+    _capture.warn_damaged(warnings, damaged)
     return _capture.sampled(
         path, timeline, targets, kept,
         frames_from_content=len(timeline.timestamps),

@@ -273,11 +273,6 @@ def _keyframes_by_seeking(decoder: Decoder, pts: list[int], keys: list[int]) -> 
     return kept
 
 
-def _warn_damaged(warnings: list[str], damaged: int) -> None:
-    if damaged:
-        warnings.append(f"skipped {damaged} undecodable packet{'s' if damaged != 1 else ''}")
-
-
 def sample_pyav(
     path: str, fs_path: str, request: Request, seek: str, deadline: Deadline, options: DecodeOptions
 ) -> Clip:
@@ -317,7 +312,7 @@ def _sample_indexed(
     else:
         chosen = targets
         kept = decode_exact(decoder, index, pts, targets)
-    _warn_damaged(warnings, decoder.damaged)
+    _capture.warn_damaged(warnings, decoder.damaged)
     return _capture.sampled(
         path, timeline, chosen, kept,
         frames_from_content=index.frames_from_content,
@@ -384,7 +379,7 @@ def _sample_counting(
             raise VideoError(f"cannot decode {quote(path)}: frame {min(missing)} could not be read "
                              "(the file decodes inconsistently)")
     warnings: list[str] = []
-    _warn_damaged(warnings, damaged)
+    _capture.warn_damaged(warnings, damaged)
     return _capture.sampled(
         path, timeline, targets, kept,
         frames_from_content=len(ms),
