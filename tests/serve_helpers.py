@@ -67,6 +67,17 @@ def http(url: str, body: dict | bytes | None = None, key: str | None = None, tim
             return exc.code, {"raw": raw.decode(errors="replace")}
 
 
+def raw(url: str, method: str = "GET", body: bytes | None = None, headers: dict | None = None, timeout: float = 300
+        ) -> tuple[int, dict, bytes]:
+    """Any request as sent: the status, the headers (lower-case names) and the body's bytes."""
+    request = urllib.request.Request(url, data=body, headers=headers or {}, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read()
+
+
 def start(args: list[str], cwd: str | None = None, env: dict | None = None, wait: bool = True) -> Server:
     """``vqa serve ARGS --port 0``: returns once it listens (and, with ``wait``, once the model is loaded)."""
     proc = subprocess.Popen([sys.executable, "-m", "vqa_cli", "serve", "--port", "0", *args], cwd=cwd,

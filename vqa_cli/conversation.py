@@ -44,10 +44,11 @@ class Turn:
 
 @dataclass
 class Conversation:
-    """One clip, its visual tokens, a message history and the KV cache that holds it."""
+    """One clip, its visual tokens, a message history and the KV cache that holds it (``clip`` and ``features``
+    None: a conversation without a video, answered by the language model alone)."""
 
     engine: Any
-    clip: Clip
+    clip: Clip | None
     features: Any  # [N, D] visual tokens, kept to rebuild the cache if a turn diverges before them
     messages: list[dict] = field(default_factory=list)
     plan: Any = None  # the clip's visual token layout (modes.TokenPlan)
@@ -76,7 +77,7 @@ class Conversation:
         self.cache = DynamicCache(config=self.engine.model.config)
         ids_t = torch.tensor([shared], device=self.engine.input_device)
         with torch.inference_mode():
-            embeds = prompt.embed(self.engine.model, ids_t, self.features, self.engine.placeholder_id(self.clip))
+            embeds = prompt.embed(self.engine.model, ids_t, self.features, self._placeholder())
             self.engine.model(inputs_embeds=embeds, attention_mask=torch.ones_like(ids_t), use_cache=True,
                               **cache_kwargs(self.engine.model, self.cache))
         self.cached_ids = shared
@@ -88,6 +89,8 @@ class Conversation:
     def ids_for(self, messages: list[dict]) -> list[int]:
         """Token ids of the whole conversation, video placeholder expanded, ready for the next answer."""
         engine = self.engine
+        if self.clip is None:
+            return engine.checkpoint.prompt_ids(messages, media=None)
         image = engine.uses_image_path(self.clip)
         time_text = None
         if engine.settings.time_prompt and not image:
@@ -121,7 +124,7 @@ class Conversation:
             self.cache.crop(reuse - self.cache.get_seq_length())
         ids_t = torch.tensor([ids], device=engine.input_device)
         with torch.inference_mode():
-            embeds = prompt.embed(engine.model, ids_t, self.features, engine.placeholder_id(self.clip))
+            embeds = prompt.embed(engine.model, ids_t, self.features, self._placeholder())
         gen = generate(engine.model, engine.checkpoint.tokenizer, ids_t, embeds, max_new_tokens=settings.max_new_tokens,
                        temperature=settings.temperature, seed=settings.seed, on_text=on_text, cache=self.cache,
                        logits=first_logits or logits, should_stop=should_stop)
@@ -129,6 +132,9 @@ class Conversation:
         if keep:
             self.messages = messages + [{"role": "assistant", "text": gen.text}]
         return Turn(question, gen.text, gen, len(ids) - reuse, self.cache.get_seq_length(), gen.first_logits)
+
+    def _placeholder(self) -> int:
+        return self.engine.placeholder_id(self.clip) if self.clip is not None else -1
 
     def reset(self) -> None:
         """Forget the turns; the video's prefix stays cached (the next turn shares it)."""

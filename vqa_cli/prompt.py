@@ -44,20 +44,21 @@ def time_instruction(duration: float, timestamps: list[float]) -> str:
     return TIME_INSTRUCTION.format(duration=duration, frames=len(timestamps), times=times)
 
 
-def render(tokenizer: Any, template: str, conversation: str | list[dict], *, media: str = "video",
+def render(tokenizer: Any, template: str, conversation: str | list[dict], *, media: str | None = "video",
            time_text: str | None = None) -> str:
     """The one prompt renderer: a conversation through the checkpoint's chat template, ready for the answer.
 
     ``conversation`` is the question, or the turns so far as ``[{"role": "user"|"assistant", "text": ...}]``
     starting with the user (after an optional ``"system"`` turn). The first user turn holds the video (or
-    image, ``media``) and, before its text, ``time_text`` (the time instruction).
+    image, ``media``) and, before its text, ``time_text`` (the time instruction). ``media`` None: no media at
+    all (a text-only conversation, answered by the language model alone).
     """
     turns = [{"role": "user", "text": conversation}] if isinstance(conversation, str) else conversation
     first_user = next((i for i, turn in enumerate(turns) if turn["role"] == "user"), 0)
     messages = []
     for i, turn in enumerate(turns):
         text = f"{time_text}\n{turn['text']}" if i == first_user and time_text else turn["text"]
-        content = ([{"type": media}] if i == first_user else []) + [{"type": "text", "text": text}]
+        content = ([{"type": media}] if i == first_user and media else []) + [{"type": "text", "text": text}]
         messages.append({"role": turn["role"], "content": content})
     return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=True)
 
@@ -79,7 +80,10 @@ def expand_placeholder(ids: list[int], placeholder_id: int, count: int) -> list[
 
 
 def embed(model: Any, ids: Any, features: Any, placeholder_id: int) -> Any:
-    """Input embeddings [1, L, D] with ``features`` [N, D] scattered into the N placeholder positions."""
+    """Input embeddings [1, L, D] with ``features`` [N, D] scattered into the N placeholder positions (``features``
+    None: a prompt without media, the text's embeddings alone)."""
     embeds = model.get_input_embeddings()(ids)
+    if features is None:
+        return embeds
     mask = (ids == placeholder_id).unsqueeze(-1).expand_as(embeds)
     return embeds.masked_scatter(mask, features.to(embeds.device, embeds.dtype))

@@ -1,7 +1,7 @@
 """Every JSON record vqa prints or writes, each built here from one list of fields.
 
 - ``ask --json``: ``ask_record`` around an ``answer_record`` (one question), ``answers_record`` with a
-  ``question_record`` each (several);
+  ``question_record`` each (several); a server's text-only answer: ``text_answer_record`` (the same fields);
 - ``caption``: ``caption_record`` and ``error_record`` share ``CAPTION_FIELDS`` (an error record has
   every field, empty where nothing is known), identified by ``settings_id``;
 - ``frames --json``: ``frames_record``; chat ``/save``: ``transcript``.
@@ -79,6 +79,20 @@ def answer_record(engine: Any, clip: Any, budget: Any, *, answer: str, tokens: i
     """The ``ask --json`` fields of one answer (``ANSWER_FIELDS``) by ``engine`` about ``clip``."""
     values = {**_run_fields(engine, clip, budget, timings), "answer": answer, "prompt_tokens": budget.prompt_tokens,
               "generated_tokens": tokens, "tokens_per_second": round(tokens_per_second, 3)}
+    return {k: values[k] for k in ANSWER_FIELDS}
+
+
+def text_answer_record(engine: Any, *, answer: str, prompt_tokens: int, tokens: int, tokens_per_second: float,
+                       timings: dict[str, float]) -> dict:
+    """``answer_record``'s fields, in its order, for an answer without a video (a text-only chat turn on the
+    server): no mode, no frames (``frames`` 0, ``decoder`` None), no visual tokens."""
+    loaded = engine.loaded
+    values = {"answer": answer, "model": engine.settings.model, "family": engine.checkpoint.adapter.name,
+              "mode": None, "mode_settings": None, "frames": 0, "frame_indices": [], "timestamps": [],
+              "duration": None, "warnings": [], "decoder": None, "codec": None, "visual_tokens": 0, "pathways": [],
+              "prompt_tokens": prompt_tokens, "rope_factor": engine.rope_factor, "generated_tokens": tokens,
+              "tokens_per_second": round(tokens_per_second, 3), "timings": {k: round(v, 4) for k, v in timings.items()},
+              "device": loaded.device, "quant": loaded.quant, "dtype": str(loaded.dtype).removeprefix("torch.")}
     return {k: values[k] for k in ANSWER_FIELDS}
 
 

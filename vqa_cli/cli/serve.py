@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from vqa_cli.cli.options import (
+    DecoderOpt,
     DeviceOpt,
     DtypeOpt,
     EndOpt,
@@ -23,6 +24,7 @@ from vqa_cli.cli.options import (
     MaxNewTokensOpt,
     ModelOpt,
     ModeOpt,
+    OffloadDirOpt,
     PoolOpt,
     QuantOpt,
     RopeScaleOpt,
@@ -60,10 +62,17 @@ def serve(
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1,
                                             help="Most concurrent requests in one generate call.")] = 4,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Decode threads.")] = 2,
+    served_model_name: Annotated[str | None, typer.Option(
+        "--served-model-name", help="The model's id on the API (default: --model as given); its hub id, alias, "
+        "folder name and path are accepted too.", show_default=False)] = None,
+    cors_origin: Annotated[list[str] | None, typer.Option(
+        "--cors-origin", help="Let web pages from this origin call the server, e.g. http://localhost:3000 "
+        "(repeatable or comma-separated; * for any; default: none).", show_default=False)] = None,
     frames: FramesOpt = None,
     fps: FpsOpt = None,
     max_frames: MaxFramesOpt = None,
     seek: SeekOpt = "auto",
+    decoder: DecoderOpt = "auto",
     start: StartOpt = None,
     end: EndOpt = None,
     model: ModelOpt = None,
@@ -85,6 +94,7 @@ def serve(
     guide_model: GuideModelOpt = None,
     guide_kernel: GuideKernelOpt = None,
     max_memory: MaxMemoryOpt = None,
+    offload_dir: OffloadDirOpt = None,
     force: ForceOpt = False,
 ) -> int:
     """Serve the model over an OpenAI-compatible API (POST /v1/chat/completions); the options are defaults
@@ -92,14 +102,16 @@ def serve(
     from vqa_cli.serve import ServeOptions, run_server
 
     settings = run_settings(
-        frames=frames, fps=fps, max_frames=max_frames, seek=seek, start=start, end=end,
+        frames=frames, fps=fps, max_frames=max_frames, seek=seek, decoder=decoder, start=start, end=end,
         model=model, mode=mode, quant=quant, device=device, dtype=dtype, max_new_tokens=max_new_tokens,
         temperature=temperature, seed=seed, stride=stride, slow_frames=slow_frames, fast_grid=fast_grid, pool=pool,
         rope_scale=rope_scale, rope_type=rope_type, time_prompt=time_prompt,
-        guide=guide, guide_model=guide_model, guide_kernel=guide_kernel, max_memory=max_memory, force=force,
+        guide=guide, guide_model=guide_model, guide_kernel=guide_kernel, max_memory=max_memory,
+        offload_dir=offload_dir, force=force,
     )
     options = ServeOptions(host=host, port=port, media_roots=media_root, allow_urls=allow_urls,
                            api_key=api_key or os.environ.get("VQA_API_KEY") or None, max_upload_mb=max_upload_mb,
                            feature_cache=feature_cache, feature_cache_gib=feature_cache_gib,
-                           kv_cache_gib=kv_cache_gib, max_batch=batch_size, workers=workers)
+                           kv_cache_gib=kv_cache_gib, max_batch=batch_size, workers=workers,
+                           served_name=served_model_name, cors_origins=cors_origin)
     return run_server(settings, options)

@@ -39,6 +39,8 @@ class ServeOptions:
     max_batch: int = 4
     batch_wait: float = 0.02
     workers: int = 2
+    served_name: str | None = None  # the model's id on the API; None: the --model given
+    cors_origins: list[str] | None = None  # browser origins allowed to call the server (CORS); None: none
 
 
 class ServerLoadError(VqaError):
@@ -61,11 +63,24 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _names(settings: Any, checkpoint: Any) -> set[str]:
-    """What a request's ``model`` may say: the name the server was started with, its hub id, its folder."""
-    from vqa_cli.models.registry import resolve_alias
+def model_names(model: str, folder: Path) -> set[str]:
+    """What a request's ``model`` may say besides the served name: the ``--model`` given, the checkpoint's hub
+    id and its catalog alias (when known: from the name given, or the hub cache folder it was found in), its
+    folder's name and its absolute path."""
+    from vqa_cli.models.registry import CHECKPOINTS, resolve_alias
 
-    return {settings.model, resolve_alias(settings.model), str(checkpoint.dir)}
+    folder = Path(folder).expanduser().absolute()
+    names = {model, str(folder), str(folder.resolve())}
+    hub = resolve_alias(model) if "/" in resolve_alias(model) and not Path(model).expanduser().exists() else None
+    cached = next((part for part in folder.parts if part.startswith("models--")), None)
+    if hub is None and cached is not None:  # ~/.cache/huggingface/hub/models--ORG--NAME/snapshots/HASH
+        hub = cached.removeprefix("models--").replace("--", "/", 1)
+    if hub is not None:
+        names.add(hub)
+        names.update(c.alias for c in CHECKPOINTS if c.repo_id.casefold() == hub.casefold())
+    if cached is None:  # a snapshot's folder name is a commit hash: no name for anyone to type
+        names.add(folder.name)
+    return names
 
 
 def run_server(settings: Any, options: ServeOptions) -> int:
@@ -91,8 +106,10 @@ def run_server(settings: Any, options: ServeOptions) -> int:
     checkpoint, budget = plan_model(settings, ["?"], reserve=TURN_RESERVE)
     check_memory(checkpoint, settings, ["?"], budget, batch=options.max_batch, reserve=TURN_RESERVE)
     policy = MediaPolicy([Path(r).resolve() for r in roots], int(options.max_upload_mb * 2**20), options.allow_urls)
-    state = ServerState(settings, policy, options.api_key, _names(settings, checkpoint),
-                        decode_pool=ThreadPoolExecutor(options.workers, "vqa-decode"))
+    origins = [o.strip().rstrip("/") for value in options.cors_origins or [] for o in value.split(",") if o.strip()]
+    state = ServerState(settings, policy, options.api_key, model_names(settings.model, checkpoint.dir),
+                        decode_pool=ThreadPoolExecutor(options.workers, "vqa-decode"),
+                        served_name=options.served_name or None, cors_origins=origins)
     sock = _listen(options.host, options.port)
     host, port = sock.getsockname()[:2]
     config = uvicorn.Config(create_app(state), log_level="warning", access_log=False, lifespan="off",
@@ -106,7 +123,7 @@ def run_server(settings: Any, options: ServeOptions) -> int:
             cache = FeatureCache(int(options.feature_cache_gib * GIB), options.feature_cache)
             state.worker = ModelWorker(session.engine, cache, PrefixCache(int(options.kv_cache_gib * GIB)),
                                        max_batch=options.max_batch, batch_wait=options.batch_wait)
-            console.info(f"ready: {settings.model} at http://{_url_host(host)}:{port}/v1 "
+            console.info(f"ready: {state.model_name} at http://{_url_host(host)}:{port}/v1 "
                          f"(loaded in {session.timings['load']:.1f}s)")
         except BaseException as exc:  # noqa: BLE001 - reported as the command's error after shutdown
             failure.append(exc)

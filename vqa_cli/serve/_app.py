@@ -1,8 +1,9 @@
 """The HTTP side: OpenAI's routes over the model worker (Starlette, served by uvicorn).
 
 ``POST /v1/chat/completions`` (streamed as server-sent events or one response), ``GET /v1/models``,
-``GET /health``. Errors are OpenAI error objects with the right status and one line; a bug is logged
-on the server's stderr and answered 500 without a trace.
+``GET /v1/models/{model}``, ``GET /health``. Every error, an unknown path (404) or method (405) and a refused
+CORS preflight included, is an OpenAI error object with the right status and one line; a bug is logged on
+the server's stderr and answered 500 without a trace. ``cors_origins``: Starlette's CORS middleware for them.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from vqa_cli.serve._worker import Cancelled, Job, Result, StopFilter
 
 POLL = 0.2  # seconds between checks that a waiting client is still there
 _STATUS = {"unknown_model": 404, "out_of_memory": 503}
+IGNORED_HEADER = "x-vqa-ignored"  # the request keys that had no effect, comma-separated
+ROUTES = "POST /v1/chat/completions, GET /v1/models, GET /v1/models/{model}, GET /health"
 
 
 @dataclass
@@ -32,15 +35,23 @@ class ServerState:
     settings: Any  # the server's RunSettings: each request's defaults
     policy: MediaPolicy
     api_key: str | None = None
-    names: set[str] = field(default_factory=set)  # what a request's ``model`` may say
+    names: set[str] = field(default_factory=set)  # what a request's ``model`` may say (besides the served name)
     worker: Any = None
     load_error: str | None = None
     decode_pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(2, "vqa-decode"))
     started: float = field(default_factory=time.time)
+    served_name: str | None = None  # --served-model-name; None: the --model given
+    cors_origins: list[str] = field(default_factory=list)
+    logged_ignored: set[tuple[str, ...]] = field(default_factory=set)
 
     @property
     def model_name(self) -> str:
-        return self.settings.model
+        """The model's id on the API (``/v1/models``)."""
+        return self.served_name or self.settings.model
+
+    def knows(self, name: str) -> bool:
+        """Whether a request's ``model`` names the served model: its id or an alias (case does not matter)."""
+        return name.casefold() in {n.casefold() for n in (self.model_name, *self.names)}
 
 
 def api_error(exc: BaseException) -> ApiError:
@@ -123,6 +134,22 @@ def _chunk(request: ChatRequest, delta: dict, finish: str | None = None, **extra
     return f"data: {json.dumps(body)}\n\n"
 
 
+def _ignored(state: ServerState, request: ChatRequest) -> dict:
+    """The ``x-vqa-ignored`` header of a response (and the first time a set of ignored keys is seen, a log line)."""
+    if not request.ignored:
+        return {}
+    names = tuple(request.ignored)
+    if names not in state.logged_ignored:
+        state.logged_ignored.add(names)
+        console.info(f"ignored request keys (vqa has no equivalent; logged once): {', '.join(names)}")
+    return {IGNORED_HEADER: ",".join(names)}
+
+
+def _unknown_model(state: ServerState, name: str) -> ApiError:
+    return ApiError(404, f"this server serves {state.model_name!r}, not {name!r}", param="model",
+                    code="model_not_found")
+
+
 async def _read_body(request: Any, limit: int) -> Any:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
@@ -142,6 +169,8 @@ async def _read_body(request: Any, limit: int) -> Any:
 def create_app(state: ServerState) -> Any:
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException
+    from starlette.middleware import Middleware
     from starlette.responses import Response, StreamingResponse
     from starlette.routing import Route
 
@@ -161,18 +190,31 @@ def create_app(state: ServerState) -> Any:
             return _error(exc)
         return _json({"object": "list", "data": [model_entry(state)]})
 
+    async def model(request: Any) -> Any:
+        try:
+            _check_auth(state, request)
+            _check_ready(state)
+            name = request.path_params["model"]
+            if not state.knows(name):
+                raise _unknown_model(state, name)
+        except ApiError as exc:
+            return _error(exc)
+        return _json(model_entry(state))
+
     async def chat(request: Any) -> Any:
         try:
             _check_auth(state, request)
             _check_ready(state)
             body = await _read_body(request, state.policy.max_bytes * 4 // 3 + 2**20)
             parsed = parse_chat(body, state.settings)
-            if parsed.model not in state.names:
-                raise ApiError(404, f"this server serves {state.model_name!r}, not {parsed.model!r}",
-                               code="model_not_found")
-            media = await run_in_threadpool(resolve, parsed.urls, state.policy)
+            if parsed.model is None:  # OpenAI requires it; vLLM answers with its model: so does vqa
+                parsed.model = state.model_name
+            elif not state.knows(parsed.model):
+                raise _unknown_model(state, parsed.model)
+            media = None if parsed.text_only else await run_in_threadpool(resolve, parsed.urls, state.policy)
         except Exception as exc:  # noqa: BLE001 - every failure is an error object
             return _error(exc)
+        headers = _ignored(state, parsed)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
 
@@ -185,10 +227,11 @@ def create_app(state: ServerState) -> Any:
         except Exception as exc:  # noqa: BLE001
             return _error(exc)
         finally:
-            media.release()  # decoded (or cached): the model thread never reads the file
+            if media is not None:
+                media.release()  # decoded (or cached): the model thread never reads the file
         state.worker.submit(job)
         if parsed.stream:
-            return await _stream(request, parsed, job, events)
+            return await _stream(request, parsed, job, events, headers)
         while True:
             try:
                 kind, value = await asyncio.wait_for(events.get(), timeout=POLL)
@@ -198,11 +241,13 @@ def create_app(state: ServerState) -> Any:
                     return Response(status_code=499)
                 continue
             if kind == "done":
-                return _json(completion(parsed, value))
+                response = _json(completion(parsed, value))
+                response.headers.update(headers)
+                return response
             if kind == "error":
                 return _error(value)
 
-    async def _stream(request: Any, parsed: ChatRequest, job: Job, events: asyncio.Queue) -> Any:
+    async def _stream(request: Any, parsed: ChatRequest, job: Job, events: asyncio.Queue, headers: dict) -> Any:
         kind, value = await events.get()
         if kind == "error":
             return _error(value)
@@ -236,11 +281,54 @@ def create_app(state: ServerState) -> Any:
             finally:
                 job.cancelled.set()  # a client gone mid-stream stops the generation after this token
 
-        return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return StreamingResponse(body(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", **headers})
 
     routes = [Route("/health", health, methods=["GET"]), Route("/v1/models", models, methods=["GET"]),
+              Route("/v1/models/{model:path}", model, methods=["GET"]),
               Route("/v1/chat/completions", chat, methods=["POST"])]
+
     async def unexpected(request: Any, exc: Exception) -> Any:
         return _error(exc)
 
-    return Starlette(routes=routes, exception_handlers={Exception: unexpected})
+    async def http_error(request: Any, exc: Any) -> Any:
+        """Starlette's own errors (no such route, a method a route does not take) as OpenAI error objects."""
+        where = f"{request.method} {request.url.path}"
+        if exc.status_code == 404:
+            error = ApiError(404, f"no route {where} (this server has {ROUTES})", code="unknown_url")
+        elif exc.status_code == 405:
+            error = ApiError(405, f"{where} is not allowed: {request.url.path} takes "
+                                  f"{(exc.headers or {}).get('Allow', 'other methods')}", code="method_not_allowed")
+        else:
+            error = ApiError(exc.status_code, f"{where}: {exc.detail}", code="http_error",
+                             type="invalid_request_error" if exc.status_code < 500 else "server_error")
+        return _with(error, exc.headers or {})
+
+    middleware = [Middleware(cors_middleware(), allow_origins=state.cors_origins, allow_methods=["GET", "POST"],
+                             allow_headers=["*"], expose_headers=[IGNORED_HEADER])] if state.cors_origins else []
+    return Starlette(routes=routes, middleware=middleware,
+                     exception_handlers={Exception: unexpected, HTTPException: http_error})
+
+
+def _with(error: ApiError, headers: dict) -> Any:
+    response = _json(error.body(), error.status)
+    response.headers.update(headers)
+    return response
+
+
+def cors_middleware() -> type:
+    """Starlette's CORS middleware, its refused preflights answered as OpenAI error objects."""
+    from starlette.middleware.cors import CORSMiddleware
+
+    class JsonCors(CORSMiddleware):
+        def preflight_response(self, request_headers: Any) -> Any:
+            response = super().preflight_response(request_headers)
+            if response.status_code < 400:
+                return response
+            reason = bytes(response.body).decode()
+            error = ApiError(response.status_code, f"{reason} (this server allows CORS from "
+                             f"{', '.join(self.allow_origins)}: vqa serve --cors-origin)", code="cors_refused")
+            headers = {k: v for k, v in response.headers.items() if k.lower().startswith(("access-control", "vary"))}
+            return _with(error, headers)
+
+    return JsonCors

@@ -28,9 +28,14 @@ URL_TIMEOUT = 30.0
 
 # OpenAI fields vqa reads, and those it accepts only at their neutral value (anything else: 400).
 OPENAI_FIELDS = {"model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens",
-                 "temperature", "seed", "stop", "logprobs", "top_logprobs", "n", "user", "metadata", "store"}
+                 "temperature", "seed", "stop", "logprobs", "top_logprobs", "n", "user", "metadata", "store",
+                 "response_format"}
 NEUTRAL = {"top_p": 1, "frequency_penalty": 0, "presence_penalty": 0, "n": 1}
 VQA_FIELDS = {"cache"}  # vqa's own, besides the settings in ``wire.FIELDS``
+# vLLM's request extras (what lmms-eval and other vLLM clients send): read where they map onto vqa's settings,
+# every other key inside them ignored and named (``ChatRequest.ignored``), never refused.
+VLLM_EXTRAS = ("media_io_kwargs", "mm_processor_kwargs", "chat_template_kwargs")
+SAMPLING_KEYS = ("num_frames", "fps")  # in media_io_kwargs.video and mm_processor_kwargs: vqa's frames and fps
 MEDIA_SUFFIX = {"video/mp4": ".mp4", "video/webm": ".webm", "video/x-matroska": ".mkv", "video/quicktime": ".mov",
                 "video/x-msvideo": ".avi", "video/avi": ".avi", "video/mpeg": ".mpg", "video/ogg": ".ogv",
                 "image/png": ".png", "image/jpeg": ".jpg", "image/jpg": ".jpg", "image/webp": ".webp",
@@ -94,6 +99,12 @@ class ChatRequest:
     top_logprobs: int = 0
     use_cache: bool = True
     created: int = field(default_factory=lambda: int(time.time()))
+    ignored: list[str] = field(default_factory=list)  # request keys that had no effect (``x-vqa-ignored``)
+
+    @property
+    def text_only(self) -> bool:
+        """No video or image anywhere in the conversation: the language model answers alone."""
+        return not self.urls
 
     @property
     def history(self) -> list[dict]:
@@ -109,8 +120,8 @@ class ChatRequest:
         return next(t["text"] for t in self.turns if t["role"] == "user")
 
     def batchable(self) -> bool:
-        """One question, nothing streamed or scored: may share a batched generate with others."""
-        return len(self.turns) == 1 and not self.stream and not self.logprobs
+        """One question about a video, nothing streamed or scored: may share a batched generate with others."""
+        return len(self.turns) == 1 and not self.stream and not self.logprobs and not self.text_only
 
 
 def _number(body: dict, name: str, kind: tuple[type, ...], low: float | None = None) -> Any:
@@ -171,7 +182,7 @@ def _turns(messages: Any) -> tuple[list[dict], list[str]]:
         urls.extend(m["url"] for m in media)
         turns.append({"role": role, "text": text})
     kinds = {m["type"] for t in messages if isinstance(t, dict) for m in _media_parts(t)}
-    if not urls or (len(urls) > 1 and kinds != {"image_url"}):
+    if len(urls) > 1 and kinds != {"image_url"}:
         raise bad(f"a conversation takes one video_url, or image_urls (the frames of one video), in its first "
                   f"user message, not {len(urls)} urls", "messages")
     order = [t["role"] for t in turns if t["role"] != "system"]
@@ -191,6 +202,78 @@ def _stops(value: Any) -> list[str]:
     return stops
 
 
+def _response_format(value: Any) -> None:
+    """Free text is all vqa answers in: ``{"type": "text"}`` is accepted, JSON output is refused."""
+    if value is None:
+        return
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind == "text":
+        return
+    if kind in ("json_object", "json_schema"):
+        raise bad(f"response_format {kind} is not supported: vqa answers in free text (send {{\"type\": \"text\"}} "
+                  "or leave response_format out, and ask for JSON in the prompt)", "response_format")
+    raise bad(f"response_format must be {{\"type\": \"text\"}}, not {value!r}", "response_format")
+
+
+def _object(body: dict, name: str, param: str | None = None) -> dict:
+    value = body.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise bad(f"{param or name} must be an object", param or name)
+    return value
+
+
+def _sampling(values: dict, prefix: str) -> dict:
+    """``num_frames`` and ``fps`` of ``values`` as vqa's sampling fields (vLLM: a value of 0 or less is unset)."""
+    count, rate = values.get("num_frames"), values.get("fps")
+    for name, value, kinds in (("num_frames", count, (int,)), ("fps", rate, (int, float))):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
+            raise bad(f"{prefix}.{name} must be {'an integer' if name == 'num_frames' else 'a number'}, not "
+                      f"{value!r}", f"{prefix}.{name}")
+    count = count if count is not None and count > 0 else None
+    rate = rate if rate is not None and rate > 0 else None
+    if rate is not None:  # vLLM samples min(num_frames, duration x fps) frames: vqa's --fps with --max-frames
+        return {"fps": rate, **({"max_frames": count} if count is not None else {})}
+    return {"frames": count} if count is not None else {}
+
+
+def vllm_fields(body: dict) -> tuple[dict, list[str]]:
+    """vLLM's request extras as vqa's settings (``wire.FIELDS``), and the keys that had no effect.
+
+    ``media_io_kwargs.video`` and ``mm_processor_kwargs`` may say ``num_frames`` and ``fps``: ``num_frames``
+    alone is vqa's ``frames``; ``fps`` is vqa's ``fps``, capped by ``num_frames`` as ``max_frames``. The first
+    of vqa's own fields (``frames``, ``fps``, ``max_frames``), ``media_io_kwargs.video`` and
+    ``mm_processor_kwargs`` that chooses frames decides; the later ones' sampling keys are named as ignored.
+    ``do_sample_frames`` is acknowledged (vqa always samples; with false the processor's ``num_frames`` and
+    ``fps`` do not apply, as in transformers). Everything else (``max_pixels``, ``chat_template_kwargs``, other
+    modalities...) has no equivalent in vqa and is named as ignored.
+    """
+    ignored: list[str] = []
+    io = _object(body, "media_io_kwargs")
+    video = _object(io, "video", "media_io_kwargs.video")
+    processor = _object(body, "mm_processor_kwargs")
+    ignored += [f"media_io_kwargs.{k}" for k in io if k != "video"]
+    ignored += [f"media_io_kwargs.video.{k}" for k in video if k not in SAMPLING_KEYS]
+    do_sample = processor.get("do_sample_frames", True)
+    if not isinstance(do_sample, bool):
+        raise bad("mm_processor_kwargs.do_sample_frames must be true or false", "mm_processor_kwargs.do_sample_frames")
+    ignored += [f"mm_processor_kwargs.{k}" for k in processor if k not in (*SAMPLING_KEYS, "do_sample_frames")]
+    ignored += [f"chat_template_kwargs.{k}" for k in _object(body, "chat_template_kwargs")]
+    chosen = any(body.get(name) is not None for name in ("frames", "fps", "max_frames"))
+    fields: dict = {}
+    for prefix, values, applies in (("media_io_kwargs.video", video, True),
+                                    ("mm_processor_kwargs", processor, do_sample)):
+        mapped = _sampling(values, prefix)
+        used = mapped and applies and not chosen
+        if used:
+            fields, chosen = mapped, True
+        # A key that took effect is a positive value of the source used; any other was ignored.
+        ignored += [f"{prefix}.{k}" for k in SAMPLING_KEYS
+                    if k in values and not (used and values[k] is not None and values[k] > 0)]
+    return fields, sorted(ignored)
+
+
 def parse_chat(body: Any, defaults: Any) -> ChatRequest:
     """A chat-completions request body -> ``ChatRequest`` with its settings (``defaults``: the server's)."""
     if not isinstance(body, dict):
@@ -198,9 +281,11 @@ def parse_chat(body: Any, defaults: Any) -> ChatRequest:
     for name, neutral in NEUTRAL.items():
         if body.get(name) not in (None, neutral):
             raise bad(f"{name} other than {neutral} is not supported", name)
-    unknown = sorted(set(body) - OPENAI_FIELDS - set(NEUTRAL) - VQA_FIELDS - set(wire.FIELDS))
+    unknown = sorted(set(body) - OPENAI_FIELDS - set(NEUTRAL) - VQA_FIELDS - set(wire.FIELDS) - set(VLLM_EXTRAS))
     if unknown:
         raise bad(f"unknown field {unknown[0]!r} (vqa's own fields: {', '.join(wire.FIELDS)}, cache)", unknown[0])
+    _response_format(body.get("response_format"))
+    extra_fields, ignored = vllm_fields(body)
     turns, urls = _turns(body.get("messages"))
     max_tokens = _number(body, "max_completion_tokens", (int,), 1) or _number(body, "max_tokens", (int,), 1)
     temperature = _number(body, "temperature", (int, float), 0)
@@ -215,7 +300,7 @@ def parse_chat(body: Any, defaults: Any) -> ChatRequest:
     if logprobs and stream:
         raise bad("logprobs are returned without stream: send stream: false", "logprobs")
     try:
-        settings = wire.apply_fields(defaults, {k: body[k] for k in wire.FIELDS if k in body})
+        settings = wire.apply_fields(defaults, {**extra_fields, **{k: body[k] for k in wire.FIELDS if k in body}})
     except UsageError as exc:
         raise bad(str(exc)) from None
     settings = replace(settings, max_new_tokens=max_tokens or defaults.max_new_tokens,
@@ -225,7 +310,7 @@ def parse_chat(body: Any, defaults: Any) -> ChatRequest:
     return ChatRequest(id=f"chatcmpl-{uuid.uuid4().hex}", model=body.get("model"), turns=turns, urls=urls,
                        settings=settings, stream=stream, include_usage=bool(options.get("include_usage")),
                        stops=_stops(body.get("stop")), logprobs=bool(logprobs), top_logprobs=top,
-                       use_cache=body.get("cache", True) is not False)
+                       use_cache=body.get("cache", True) is not False, ignored=ignored)
 
 
 # ---- media ---------------------------------------------------------------------------------------

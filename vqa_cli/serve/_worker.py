@@ -5,7 +5,8 @@ A request goes through two stages:
 1. ``prepare`` (a decode thread): the settings are checked and the budget planned, then the clip's
    visual tokens are looked up in the feature cache; on a miss the video is decoded and preprocessed
    here, off the model's thread (as ``caption``'s workers do).
-2. the model thread: encodes what was not cached, then answers. A single request runs as a
+2. the model thread: encodes what was not cached, then answers (a conversation without a video: the
+   language model alone, its KV caches kept under ``TEXT_KEY``). A single request runs as a
    ``Conversation`` turn over the best KV prefix the ``PrefixCache`` holds for its clip (streamed,
    stoppable); compatible single-question requests waiting together share one batched ``generate``.
 
@@ -27,6 +28,8 @@ from vqa_cli import console
 from vqa_cli.serve._kv import Prefix, PrefixCache
 from vqa_cli.serve._requests import ChatRequest, Media
 
+TEXT_KEY = "text-only"  # the kept KV caches of conversations without a video (their ids depend on no clip)
+
 
 class Cancelled(Exception):
     """The client went away."""
@@ -42,14 +45,14 @@ class Result:
     record: dict  # the answer's ``records.answer_record`` fields
     logprobs: list[dict] | None = None
     batch_size: int = 1
-    feature_cache: str = "miss"  # "memory", "disk" or "miss"
+    feature_cache: str | None = "miss"  # "memory", "disk" or "miss"; None: no video
     context: int = 0  # positions the model holds at its RoPE factor
 
 
 @dataclass
 class Job:
     request: ChatRequest
-    media: Media
+    media: Media | None  # None: a text-only conversation
     emit: Callable[[str, Any], None]
     cancelled: threading.Event = field(default_factory=threading.Event)
     timings: dict[str, float] = field(default_factory=dict)
@@ -58,7 +61,7 @@ class Job:
     clip: Any = None
     pixels: Any = None
     features: Any = None
-    feature_hit: str = "miss"
+    feature_hit: str | None = "miss"  # None: no video (a text-only conversation)
 
 
 def finish_reason(tokens: int, max_new_tokens: int, *, eos: bool, stopped: bool) -> str:
@@ -160,6 +163,9 @@ class ModelWorker:
 
         request, engine = job.request, self.engine
         view = engine.with_settings(request.settings)
+        if job.media is None:  # no video: nothing to decode; the context is checked with the whole prompt
+            job.key, job.feature_hit = TEXT_KEY, None
+            return
         image = job.media.clip is None and is_image_path(job.media.path)
         frames = 1 if image else view.checkpoint.frames_for(request.settings)
         if not image:  # a request that cannot fit fails before anything is decoded
@@ -279,12 +285,13 @@ class ModelWorker:
         from transformers import DynamicCache
 
         from vqa_cli.conversation import Conversation
-        from vqa_cli.records import answer_record
+        from vqa_cli.records import answer_record, text_answer_record
 
         request = job.request
         view = self.engine.with_settings(request.settings)
-        budget, tokens = self._visual(view, job)
-        conversation = Conversation(view, job.clip, tokens, messages=request.history, plan=budget.plan)
+        budget, tokens = self._visual(view, job) if job.media is not None else (None, None)
+        conversation = Conversation(view, job.clip, tokens, messages=request.history,
+                                    plan=budget.plan if budget else None)
         ids = conversation.ids_for(request.turns)
         prefix = self.prefixes.take(job.key, ids) if request.use_cache else None
         conversation.cache = prefix.cache if prefix else DynamicCache(config=view.model.config)
@@ -302,8 +309,12 @@ class ModelWorker:
         gen = turn.generation
         text, stopped = cut_at_stop(gen.text, stops)
         job.timings["first_token"], job.timings["generate"] = gen.first_token, gen.total
-        record = answer_record(view, job.clip, budget, answer=text, tokens=gen.tokens,
-                               tokens_per_second=gen.tokens_per_second, timings=job.timings)
+        if budget is None:
+            record = text_answer_record(view, answer=text, prompt_tokens=len(ids), tokens=gen.tokens,
+                                        tokens_per_second=gen.tokens_per_second, timings=job.timings)
+        else:
+            record = answer_record(view, job.clip, budget, answer=text, tokens=gen.tokens,
+                                   tokens_per_second=gen.tokens_per_second, timings=job.timings)
         logprobs = None
         if request.logprobs and gen.logits is not None:
             new_ids = (gen.sequence or [])[len(ids):]
