@@ -98,6 +98,154 @@ def test_a_high_threshold_finds_no_cut(scenes):
     assert cuts == []
 
 
+# ---- hard cuts of several kinds, on lossless clips (FFV1: flat colours stay flat) ------------------------------
+
+W, H, FPS = 96, 64, 10
+
+
+def lossless_clip(path, frames: list[np.ndarray]) -> str:
+    """``frames`` (RGB) encoded losslessly with the ffmpeg binary (FFV1 in Matroska) at ``FPS``."""
+    import subprocess
+
+    from clips import ffmpeg_exe
+
+    cmd = [ffmpeg_exe(), "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{W}x{H}", "-r", str(FPS),
+           "-i", "-", "-c:v", "ffv1", "-pix_fmt", "bgr0", str(path)]
+    subprocess.run(cmd, input=b"".join(f.tobytes() for f in frames), check=True, capture_output=True)
+    return str(path)
+
+
+def flat(rgb, n: int, speed: int = 4) -> list[np.ndarray]:
+    """``n`` full frames of one colour with a white box moving across them."""
+    out = []
+    for k in range(n):
+        frame = np.empty((H, W, 3), np.uint8)
+        frame[:] = rgb
+        x = (k * speed) % (W - 12)
+        frame[20:32, x:x + 12] = 255
+        out.append(frame)
+    return out
+
+
+def noise(n: int, seed: int, block: int = 8) -> list[np.ndarray]:
+    """A random block texture drifting one pixel a frame."""
+    tiles = np.random.default_rng(seed).integers(0, 256, (H // block, W // block, 3), dtype=np.uint8)
+    image = np.kron(tiles, np.ones((block, block, 1), np.uint8))
+    return [np.roll(image, k, axis=1).copy() for k in range(n)]
+
+
+def stripes(n: int, period: int, horizontal: bool) -> list[np.ndarray]:
+    """Grey and dark stripes scrolling: the two orientations have one and the same histogram."""
+    out = []
+    for k in range(n):
+        axis = np.arange(H)[:, None] if horizontal else np.arange(W)[None, :]
+        mask = np.broadcast_to(((axis + k) // period) % 2 == 0, (H, W))
+        frame = np.empty((H, W, 3), np.uint8)
+        frame[mask], frame[~mask] = (200, 200, 200), (30, 30, 30)
+        out.append(frame)
+    return out
+
+
+def fade(a: np.ndarray, b: np.ndarray, n: int) -> list[np.ndarray]:
+    """``n`` frames blending from ``a`` to ``b`` (neither end included)."""
+    return [((1 - t) * a.astype(float) + t * b.astype(float)).astype(np.uint8) for t in np.linspace(0, 1, n + 2)[1:-1]]
+
+
+def shots(*parts: list[np.ndarray]) -> tuple[list[np.ndarray], list[int]]:
+    """The frames of ``parts`` one after another and the frames where each part after the first starts."""
+    starts = np.cumsum([len(p) for p in parts])[:-1].tolist()
+    return [f for p in parts for f in p], starts
+
+
+HARD_CUTS = {
+    # the issue's clip: blue 3 s, cyan 2 s, green 4 s (cyan -> green: same saturation and value, close hue)
+    "blue-cyan-green": shots(flat((0, 0, 255), 30), flat((0, 255, 255), 20), flat((0, 255, 0), 40)),
+    "flat pairs": shots(flat((255, 0, 0), 20), flat((255, 0, 255), 20), flat((255, 255, 0), 20),
+                        flat((128, 128, 128), 20), flat((140, 140, 140), 20), flat((0, 0, 0), 20)),
+    "close hues": shots(flat((200, 60, 60), 20), flat((200, 90, 60), 20), flat((60, 60, 200), 20),
+                        flat((60, 100, 200), 20)),
+    "textures": shots(noise(25, 1), noise(25, 2), stripes(25, 4, True), stripes(25, 6, False), noise(25, 3, 4)),
+}
+
+
+@pytest.mark.parametrize("name", list(HARD_CUTS))
+def test_the_default_detector_finds_every_hard_cut_within_one_frame(name, tmp_path):
+    frames, truth = HARD_CUTS[name]
+    cuts, duration, scanned = segments.detect_cuts(lossless_clip(tmp_path / "cuts.mkv", frames))
+    assert scanned == len(frames) and duration == pytest.approx(len(frames) / FPS)
+    assert len(cuts) == len(truth), (cuts, truth)
+    for found, frame in zip(cuts, truth, strict=True):
+        assert abs(found * FPS - frame) <= 1
+
+
+def test_a_fade_is_at_most_one_cut_and_a_cut_after_it_is_found(tmp_path):
+    """A fade is one gradual transition: no cut, or one inside it (vqa gives one at its middle); a hard cut after
+    it is still found."""
+    a, b = flat((0, 0, 255), 30), flat((255, 200, 0), 30)
+    frames, (fade_start, fade_end, cut) = shots(a, fade(a[-1], b[0], 15), b, flat((0, 255, 0), 30))
+    cuts, _, _ = segments.detect_cuts(lossless_clip(tmp_path / "fade.mkv", frames))
+    in_fade = [c for c in cuts if fade_start - 1 <= c * FPS <= fade_end + 1]
+    assert len(in_fade) <= 1 and len(cuts) == len(in_fade) + 1, cuts
+    assert abs(cuts[-1] * FPS - cut) <= 1
+    textured, _ = shots(noise(30, 1), fade(noise(1, 1)[0], noise(1, 2)[0], 10), noise(30, 2))  # a dissolve
+    cuts, _, _ = segments.detect_cuts(lossless_clip(tmp_path / "dissolve.mkv", textured))
+    assert len(cuts) <= 1 and all(29 <= c * FPS <= 41 for c in cuts), cuts
+
+
+def test_cuts_on_consecutive_frames_are_one_transition():
+    assert segments.collapse_runs([]) == []
+    assert segments.collapse_runs([30, 50]) == [30, 50]
+    assert segments.collapse_runs([31, 30, 30]) == [30]  # two: the earlier
+    assert segments.collapse_runs(list(range(30, 46)) + [75]) == [37, 75]  # 30..45: the middle (earlier of two)
+    assert segments.collapse_runs([10, 11, 12, 20]) == [11, 20]
+
+
+def test_each_detector_has_its_own_threshold_and_the_choice_is_in_the_settings_id():
+    from vqa_cli.cli.options import run_settings
+    from vqa_cli.records import settings_id
+
+    assert run_settings(model="m").scene_detector == "combined"
+    for detector, default in (("combined", 27.0), ("content", 27.0), ("adaptive", 3.0), ("histogram", 0.2)):
+        assert run_settings(model="m", scene_detector=detector).scene_threshold == default
+        assert run_settings(model="m", scene_detector=detector, scene_threshold=0.5).scene_threshold == 0.5
+    assert segments.combined_thresholds(27.0) == (27.0, 0.2) and segments.combined_thresholds(13.5) == (13.5, 0.1)
+    assert segments.combined_thresholds(135.0) == (135.0, None)  # PySceneDetect caps the histogram's at 1
+
+    def sid(**kw):
+        return settings_id(run_settings(model="m", **kw).identity(), "p")
+
+    assert sid(segments="scenes", scene_detector="content") != sid(segments="scenes")
+    assert sid(segments="scenes", scene_detector="adaptive") != sid(segments="scenes", scene_detector="histogram")
+    assert sid(scene_detector="adaptive") == sid()  # without scenes the detector changes nothing
+
+
+def test_scene_detector_reaches_pyscenedetect(tmp_path, tiny_dir, capsys):
+    """--scene-detector and --scene-threshold on the command line reach the detector: stripes turned sideways
+    have the very same luma histogram (checked here), so the histogram detector alone cannot see that cut, while
+    the default (content with histogram) does; a threshold no change reaches gives one segment."""
+    frames, truth = shots(stripes(25, 4, True), stripes(25, 6, False))
+    luma = [np.histogram(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), bins=256, range=(0, 256))[0] for f in frames]
+    assert all((h == luma[0]).all() for h in luma)
+    clip = lossless_clip(tmp_path / "stripes.mkv", frames)
+    from vqa_cli.cli.options import run_settings
+    from vqa_cli.segmented import windows_of
+
+    for extra, windows in (({}, [(0.0, 2.5), (2.5, 5.0)]),
+                           ({"scene_detector": "histogram"}, [(0.0, 5.0)]),
+                           ({"scene_detector": "content"}, [(0.0, 2.5), (2.5, 5.0)]),
+                           ({"scene_detector": "content", "scene_threshold": 250.0}, [(0.0, 5.0)]),
+                           ({"scene_threshold": 250.0}, [(0.0, 5.0)])):
+        found, _, scanned = windows_of(clip, run_settings(model="m", segments="scenes", **extra))
+        assert [(w.start, w.end) for w in found] == windows and scanned == 50, extra
+    out = tmp_path / "c.jsonl"  # the option on the command line
+    assert _run([clip, "--out", str(out), "--segments", "scenes", "--scene-detector", "histogram",
+                 *_args(tiny_dir)], capsys)[0] == 0
+    assert [(s["start"], s["end"]) for s in json.loads(out.read_text())["segments"]] == [(0.0, 5.0)]
+    for bad in (["--scene-detector", "shots"], ["--scene-detector", "histogram", "--scene-threshold", "2"]):
+        code, _, err = _run([clip, "--segments", "scenes", *bad, *_args(tiny_dir)], capsys)
+        assert code == 2 and "--scene-detector" in err, bad
+
+
 def test_scene_detection_is_not_imported_by_help():
     import subprocess
 

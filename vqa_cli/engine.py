@@ -53,7 +53,8 @@ class RunSettings:
     guide_model: str = DEFAULT_GUIDE_MODEL  # CLIP model for --guide (prompt-guided pooling)
     # Captions in time (vqa_cli/segments.py, vqa_cli/subtitles.py): left out of identity() when unused.
     segments: str = "none"  # --segments: none | scenes | fixed:SECONDS
-    scene_threshold: float = 27.0  # --scene-threshold: PySceneDetect's content threshold
+    scene_detector: str = "combined"  # --scene-detector: combined | content | adaptive | histogram
+    scene_threshold: float = 27.0  # --scene-threshold: the detector's own threshold (segments.DEFAULT_THRESHOLDS)
     min_scene: float = 0.0  # --min-scene: seconds; shorter scenes merge with a neighbour
     subtitles: str = "off"  # --subtitles: auto | FILE | off (the commands' default is auto)
     # Placement and the memory check (see vqa_cli/fit.py): where the weights go, not what they answer.
@@ -75,6 +76,7 @@ class RunSettings:
         if self.segments == "none":
             d.pop("segments")
         if self.segments != "scenes":
+            d.pop("scene_detector")
             d.pop("scene_threshold")
             d.pop("min_scene")
         if self.subtitles == "off":

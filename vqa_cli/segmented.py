@@ -69,7 +69,8 @@ def windows_of(path: str, settings: Any) -> tuple[list[segments.Window | None], 
         return [None], 0.0, 0
     started, scanned = time.perf_counter(), 0
     if spec.kind == "scenes":
-        cuts, duration, scanned = segments.detect_cuts(path, settings.scene_threshold)
+        cuts, duration, scanned = segments.detect_cuts(path, settings.scene_threshold,
+                                                             settings.scene_detector)
     else:
         cuts, duration = [], sample_frames(path, 1, timeout=DECODE_TIMEOUT).duration
     found = segments.windows_for(spec, duration, cuts, settings.min_scene)

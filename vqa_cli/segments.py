@@ -1,19 +1,36 @@
 """A video in time: ``--segments none|scenes|fixed:SECONDS`` as windows ``[start, end)`` in seconds.
 
-Everything here is pure (cut lists -> windows, short windows merged, fixed windows) except
-``detect_cuts``, the one call of PySceneDetect (its content detector over OpenCV, imported there so
-that ``vqa --help`` loads neither). Window bounds use the decoder's 3-decimal timestamps
-(``video._sampling.round_ts``), so a frame shown at a cut belongs to the segment that starts there,
-exactly as ``video.sample_frames`` windows ``start <= t < end``.
+Everything here is pure (cut lists -> windows, short windows merged, fixed windows, runs of cuts on
+consecutive frames collapsed) except ``detect_cuts``, the one call of PySceneDetect (over OpenCV, imported
+there so that ``vqa --help`` loads neither).
+
+``--scene-detector``: ``combined`` (the default) runs PySceneDetect's content detector (mean HSV change: finds
+cuts between textured shots, but misses flat frames of close hue, saturation and value, such as a cyan frame
+cut to a green one) and its histogram detector (luma histogram correlation: finds those flat cuts, but not
+two textures with one histogram, such as stripes turned sideways) together, and takes the cuts either finds.
+The histogram detector fires on every frame of a flat fade, so cuts on consecutive frames are one transition
+(a fade, a dissolve, a flash): one cut at its middle. ``content``, ``adaptive`` and ``histogram`` run one
+detector alone; ``--scene-threshold`` is the chosen detector's own threshold (``DEFAULT_THRESHOLDS``).
+
+Window bounds use the decoder's 3-decimal timestamps (``video._sampling.round_ts``), so a frame shown at a
+cut belongs to the segment that starts there, exactly as ``video.sample_frames`` windows ``start <= t < end``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from vqa_cli.errors import UsageError
 
-DEFAULT_SCENE_THRESHOLD = 27.0  # PySceneDetect's ContentDetector default
+SceneDetector = Literal["combined", "content", "adaptive", "histogram"]
+SCENE_DETECTORS: tuple[str, ...] = get_args(SceneDetector)
+DEFAULT_SCENE_DETECTOR: SceneDetector = "combined"
+# Each detector's own default threshold (PySceneDetect's): ContentDetector's mean HSV change, AdaptiveDetector's
+# ratio to its neighbourhood, HistogramDetector's 1 - correlation. ``combined``'s is the content threshold; its
+# histogram threshold is scaled with it (``combined_thresholds``), so lower still finds more cuts.
+DEFAULT_THRESHOLDS: dict[str, float] = {"combined": 27.0, "content": 27.0, "adaptive": 3.0, "histogram": 0.2}
+DEFAULT_SCENE_THRESHOLD = DEFAULT_THRESHOLDS[DEFAULT_SCENE_DETECTOR]
 DEFAULT_MIN_SCENE = 0.0  # seconds; 0 keeps every scene PySceneDetect reports
 
 
@@ -113,24 +130,74 @@ def windows_for(spec: SegmentSpec, duration: float, cuts: list[float] | None = N
     return [Window(0.0, _round(duration))]
 
 
-def detect_cuts(path: str, threshold: float = DEFAULT_SCENE_THRESHOLD) -> tuple[list[float], float, int]:
-    """PySceneDetect's content detector over ``path`` (OpenCV backend): the times where a new scene starts
-    (each the first frame's presentation time of its scene), the video's duration and the frames decoded.
+def scene_threshold(detector: str, threshold: float | None) -> float:
+    """``--scene-threshold`` for ``detector``: the value given, else the detector's own default."""
+    if detector not in DEFAULT_THRESHOLDS:
+        raise UsageError(f"--scene-detector takes one of {', '.join(SCENE_DETECTORS)}, not {detector!r}")
+    if detector == "histogram" and threshold is not None and threshold > 1:
+        raise UsageError("--scene-detector histogram takes a --scene-threshold up to 1 (1 - the histograms' "
+                         f"correlation), not {threshold:g}")
+    return float(DEFAULT_THRESHOLDS[detector] if threshold is None else threshold)
 
-    Short scenes are merged afterwards by ``merge_short`` (in seconds), so the detector's own minimum is one frame.
-    """
-    from scenedetect import ContentDetector, SceneManager, open_video
+
+def combined_thresholds(threshold: float) -> tuple[float, float | None]:
+    """``combined``'s (content, histogram) thresholds: ``threshold`` and the histogram default scaled with it;
+    the histogram's is None (left out) from 1 up, where it would still cut between any two flat colours (PySceneDetect
+    caps it at 1), so a high enough threshold finds no cut at all."""
+    histogram = DEFAULT_THRESHOLDS["histogram"] * threshold / DEFAULT_THRESHOLDS["content"]
+    return threshold, histogram if histogram < 1 else None
+
+
+def collapse_runs(frames: list[int]) -> list[int]:
+    """Cut frames with runs on consecutive frames (a fade, a dissolve, a flash) made one cut each, at the run's
+    middle (the earlier of two); sorted, each once."""
+    out: list[int] = []
+    run: list[int] = []
+    for frame in sorted(set(frames)):
+        if run and frame != run[-1] + 1:
+            out.append(run[(len(run) - 1) // 2])
+            run = []
+        run.append(frame)
+    if run:
+        out.append(run[(len(run) - 1) // 2])
+    return out
+
+
+def _detectors(detector: str, threshold: float) -> list:
+    from scenedetect import AdaptiveDetector, ContentDetector, HistogramDetector
+
+    # The detectors' own minimum scene is one frame: short scenes are merged afterwards (merge_short, seconds).
+    if detector == "content":
+        return [ContentDetector(threshold=threshold, min_scene_len=1)]
+    if detector == "adaptive":
+        return [AdaptiveDetector(adaptive_threshold=threshold, min_scene_len=1)]
+    if detector == "histogram":
+        return [HistogramDetector(threshold=threshold, min_scene_len=1)]
+    content, histogram = combined_thresholds(threshold)
+    return [ContentDetector(threshold=content, min_scene_len=1),
+            *([HistogramDetector(threshold=histogram, min_scene_len=1)] if histogram is not None else [])]
+
+
+def detect_cuts(path: str, threshold: float | None = None,
+                detector: str = DEFAULT_SCENE_DETECTOR) -> tuple[list[float], float, int]:
+    """PySceneDetect's ``detector`` over ``path`` (OpenCV backend; ``threshold`` None: the detector's default):
+    the times where a new scene starts (each the first frame's presentation time of its scene, runs on
+    consecutive frames collapsed), the video's duration and the frames decoded."""
+    from scenedetect import SceneManager, open_video
 
     from vqa_cli.video import VideoError
 
+    detectors = _detectors(detector, scene_threshold(detector, threshold))
     try:
         video = open_video(path, backend="opencv")
     except Exception as exc:  # PySceneDetect's own errors for unreadable files
         raise VideoError(f"cannot detect scenes in {path!r}: {exc}") from None
     manager = SceneManager()
-    manager.add_detector(ContentDetector(threshold=threshold, min_scene_len=1))
+    for d in detectors:
+        manager.add_detector(d)
     decoded = manager.detect_scenes(video=video)
     scenes = manager.get_scene_list(start_in_scene=True)
-    cuts = [start.seconds for start, _ in scenes[1:]]
+    seconds = {start.frame_num: start.seconds for start, _ in scenes[1:]}
+    cuts = [seconds[frame] for frame in collapse_runs(list(seconds))]
     end = scenes[-1][1].seconds if scenes else video.duration.seconds
     return cuts, float(end), int(decoded)

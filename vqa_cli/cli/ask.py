@@ -31,6 +31,7 @@ from vqa_cli.cli.options import (
     QuantOpt,
     RopeScaleOpt,
     RopeTypeOpt,
+    SceneDetectorOpt,
     SceneThresholdOpt,
     SeedOpt,
     SeekOpt,
@@ -86,7 +87,8 @@ def ask(
     guide_model: GuideModelOpt = None,
     guide_kernel: GuideKernelOpt = None,
     segments: SegmentsOpt = "none",
-    scene_threshold: SceneThresholdOpt = 27.0,
+    scene_detector: SceneDetectorOpt = "combined",
+    scene_threshold: SceneThresholdOpt = None,
     min_scene: MinSceneOpt = 0.0,
     subtitles: SubtitlesOpt = "auto",
 ) -> int:
@@ -105,7 +107,8 @@ def ask(
         rope_scale=rope_scale, rope_type=rope_type, time_prompt=time_prompt,
         guide=guide, guide_model=guide_model, guide_kernel=guide_kernel,
         max_memory=max_memory, fit=fit, force=force,
-        segments=segments, scene_threshold=scene_threshold, min_scene=min_scene, subtitles=subtitles,
+        segments=segments, scene_detector=scene_detector, scene_threshold=scene_threshold, min_scene=min_scene,
+        subtitles=subtitles,
     )
     return run_ask(settings, video, asked, as_json=as_json, plan_only=plan, server=server,
                    model_given=model is not None)

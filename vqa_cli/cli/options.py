@@ -17,6 +17,7 @@ from vqa_cli.errors import UsageError
 from vqa_cli.loading import Dtype, Quant
 from vqa_cli.modes import DEFAULT_MODE, ModeName, ModeSettings
 from vqa_cli.rope import RopeType
+from vqa_cli.segments import DEFAULT_SCENE_DETECTOR, SceneDetector
 from vqa_cli.video import SeekMode
 
 if TYPE_CHECKING:
@@ -96,9 +97,13 @@ GuideKernelOpt = Annotated[str | None, typer.Option("--guide-kernel", help="pool
 
 # ---- captions in time: segments and subtitles (vqa_cli/segments.py, vqa_cli/subtitles.py) --------------
 SegmentsOpt = Annotated[str, typer.Option(
-    "--segments", help="One answer per segment: none, scenes (PySceneDetect's content detector) or fixed:SECONDS.")]
-SceneThresholdOpt = Annotated[float, typer.Option(
-    "--scene-threshold", min=0.001, help="--segments scenes: content-change threshold (lower: more scenes).")]
+    "--segments", help="One answer per segment: none, scenes (PySceneDetect, --scene-detector) or fixed:SECONDS.")]
+SceneDetectorOpt = Annotated[SceneDetector, typer.Option(
+    "--scene-detector", help="--segments scenes: PySceneDetect's content and histogram detectors together "
+    "(combined: hard cuts between textured shots and flat colours alike), or one of them, or adaptive.")]
+SceneThresholdOpt = Annotated[float | None, typer.Option(
+    "--scene-threshold", min=0.001, show_default=False, help="--segments scenes: the detector's threshold, lower "
+    "finds more cuts (default: combined and content 27, adaptive 3, histogram 0.2).")]
 MinSceneOpt = Annotated[float, typer.Option(
     "--min-scene", min=0, help="--segments scenes: scenes shorter than this many seconds merge with a neighbour.")]
 SubtitlesOpt = Annotated[str, typer.Option(
@@ -141,7 +146,8 @@ def run_settings(
     fit: bool = False,
     force: bool = False,
     segments: str = "none",
-    scene_threshold: float = 27.0,
+    scene_detector: SceneDetector = DEFAULT_SCENE_DETECTOR,
+    scene_threshold: float | None = None,
     min_scene: float = 0.0,
     subtitles: str = "off",
 ) -> RunSettings:
@@ -165,17 +171,21 @@ def run_settings(
                        max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, rope_scale=rope_scale,
                        rope_type=rope_type, time_prompt=time_prompt, guide_model=guide_model or DEFAULT_GUIDE_MODEL,
                        max_memory=parse_max_memory(max_memory), fit=fit, force=force,
-                       **_time_settings(segments, scene_threshold, min_scene, subtitles))
+                       **_time_settings(segments, scene_detector, scene_threshold, min_scene, subtitles))
 
 
-def _time_settings(segments: str, scene_threshold: float, min_scene: float, subtitles: str) -> dict:
-    """``--segments`` (canonical: ``fixed:5`` for ``fixed:5.0``), its scene knobs and ``--subtitles``, checked."""
+def _time_settings(segments: str, scene_detector: str, scene_threshold: float | None, min_scene: float,
+                   subtitles: str) -> dict:
+    """``--segments`` (canonical: ``fixed:5`` for ``fixed:5.0``), its scene knobs (the threshold: the detector's
+    default when not given) and ``--subtitles``, checked."""
     from vqa_cli.segments import parse_spec
+    from vqa_cli.segments import scene_threshold as threshold_for
     from vqa_cli.subtitles import check_choice
 
     spec = parse_spec(segments)
     text = f"fixed:{spec.seconds:g}" if spec.kind == "fixed" else spec.kind
-    return {"segments": text, "scene_threshold": float(scene_threshold), "min_scene": float(min_scene),
+    return {"segments": text, "scene_detector": scene_detector,
+            "scene_threshold": threshold_for(scene_detector, scene_threshold), "min_scene": float(min_scene),
             "subtitles": check_choice(subtitles)}
 
 
