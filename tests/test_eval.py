@@ -23,6 +23,7 @@ from vqa_cli.eval import (
     group_items,
     guess,
     letter_ids,
+    read_benchmark,
     read_items,
     run_eval,
 )
@@ -113,9 +114,13 @@ def test_reader_errors(tmp_path):
         read_items(str(tmp_path / "missing.json"), "mvbench")
     with pytest.raises(UsageError, match="no field 'candidates'"):
         read_items(_write(tmp_path / "x.json", VIDEOMME), "mvbench")
+    # An answer that is not among the candidates: that question is left out and counted (MLVU's 2_needle has two),
+    # not the whole file; a file with nothing else to score is a usage error naming it.
     bad = [dict(MVBENCH[0], answer="a dog")]
-    with pytest.raises(UsageError, match="not among the candidates"):
+    with pytest.raises(UsageError, match=r"no question to score in .*y\.json .*1 question whose answer is not"):
         read_items(_write(tmp_path / "y.json", bad), "mvbench")
+    bench = read_benchmark(_write(tmp_path / "z.json", bad + MVBENCH[1:]), "mvbench")
+    assert len(bench.items) == 2 and bench.left_out == {"answer_not_in_options": 1}
 
 
 def test_groups_share_clip_and_honour_bounds(tmp_path):

@@ -1,24 +1,47 @@
-"""Benchmark annotation files -> ``Item`` (one multiple-choice question), each format read as published.
+"""Benchmark annotation rows -> ``Item`` (one multiple-choice question), each format's fields as published.
 
 Every reader returns items whose ``options`` are the option texts without their letters and whose
 ``answer`` is the index of the right one; the letters (A, B, ...) are the prompt's business.
-Field names are each benchmark's own (see docs/eval.md for the sources).
+Field names are each benchmark's own (see docs/eval.md for the sources). ``_files`` reads the files
+(JSON, JSON Lines, CSV, parquet, folders of them) into rows; a row that cannot be scored (no answer,
+an open-ended task, an answer that is not among its options) raises ``LeftOut`` and is counted.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
-from vqa_cli.errors import InputNotFoundError, UsageError
+from vqa_cli.errors import UsageError
+from vqa_cli.eval._layout import MVBENCH_FRAME_FPS, mlvu_location, mvbench_location
 
 Format = Literal["mvbench", "videomme", "egoschema", "nextqa", "perceptiontest", "longvideobench", "mlvu",
                  "tempcompass", "jsonl"]
+FormatChoice = Literal["auto", "mvbench", "videomme", "egoschema", "nextqa", "perceptiontest", "longvideobench", "mlvu",
+                       "tempcompass", "jsonl"]  # --format: a format, or auto (told from the file)
 LETTERS = "ABCDEFGHIJ"
 _LETTERED = re.compile(r"^\(?([A-J])[.):]\s*(.*)$", re.S)  # "A. text", "(A) text", "A) text"
+# TempCompass's task files that are not lettered multiple choice (yes/no, caption matching, captioning)
+TEMPCOMPASS_NOT_MC = ("yes_no", "caption_matching", "captioning")
+
+
+class LeftOut(Exception):
+    """A row that is not a question vqa can score; ``reason`` is the summary's ``left_out`` key."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a row's reading needs besides the row: its file's stem (MVBench's and MLVU's task), NExT-QA's
+    video map, EgoSchema's answers."""
+
+    task: str = ""
+    video_map: dict[str, str] | None = None
+    answers: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -36,6 +59,8 @@ class Item:
     start: float | None = None
     end: float | None = None
     extra: dict = field(default_factory=dict, compare=False)
+    location: str = ""  # where the benchmark's layout puts the video under its root ("" = ``video``)
+    frame_rate: float | None = None  # the video is a folder of numbered frames at this rate (MVBench's tvqa)
 
     @property
     def answer_letter(self) -> str:
@@ -59,26 +84,6 @@ def _letter_index(value: Any, n: int, where: str) -> int:
     raise UsageError(f"{where}: answer {value!r} is not one of the {n} options")
 
 
-def _load(path: Path) -> Any:
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".jsonl":
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    if path.suffix == ".parquet":
-        raise UsageError(f"{path}: parquet annotations are not read; export them to JSON or JSON Lines")
-    data = json.loads(text)
-    if isinstance(data, dict):  # {video: row}, {video: [rows]} or TempCompass's {video: {dim: [rows]}}
-        rows = []
-        for key, value in data.items():
-            if isinstance(value, list):
-                rows.extend({"_key": key, **row} for row in value)
-            elif isinstance(value, dict) and value and all(isinstance(v, list) for v in value.values()):
-                rows.extend({"_key": key, "dim": dim, **row} for dim, rs in value.items() for row in rs)
-            elif isinstance(value, dict):
-                rows.append({"_key": key, **value})
-        return rows
-    return data
-
-
 def _options_inline(question: str) -> tuple[str, tuple[str, ...]]:
     """MLVU and TempCompass put the options inside the question: split them off (lines ``(A) ...``/``A. ...``)."""
     lines = question.split("\n")
@@ -94,66 +99,113 @@ def _options_inline(question: str) -> tuple[str, tuple[str, ...]]:
     return stem, tuple(opts)
 
 
-def _row_items(fmt: Format, rows: list[dict], source: Path) -> list[Item]:
+def row_items(fmt: Format, rows: list[dict], source: str, ctx: Context, left_out: dict[str, int]) -> list[Item]:
+    """The items of one file's rows; rows that cannot be scored are counted in ``left_out`` by reason."""
     items: list[Item] = []
-    task = source.stem
     for i, r in enumerate(rows):
         where = f"{source} item {i}"
         try:
-            items.append(_item(fmt, r, i, task, where))
+            items.append(_item(fmt, r, i, ctx, where))
+        except LeftOut as out:
+            left_out[out.reason] = left_out.get(out.reason, 0) + 1
         except KeyError as exc:
             raise UsageError(f"{where}: no field {exc.args[0]!r} (is this a {fmt} file?)") from None
     return items
 
 
-def _item(fmt: Format, r: dict, i: int, task: str, where: str) -> Item:
+def _unanswered(value: Any) -> bool:
+    """A published "no answer here": missing, empty, LongVideoBench test's ``-1``/``"@"``."""
+    return value is None or str(value).strip() in ("", "-1", "@")
+
+
+def _item(fmt: Format, r: dict, i: int, ctx: Context, where: str) -> Item:
+    task = ctx.task
     if fmt == "mvbench":
         options = tuple(str(c) for c in r["candidates"])
         if r["answer"] not in options:
-            raise UsageError(f"{where}: the answer {r['answer']!r} is not among the candidates")
-        return Item(f"{task}/{i}", r["video"], r["question"], options, options.index(r["answer"]), category=task,
-                    task=task, start=_float(r.get("start")), end=_float(r.get("end")))
+            raise LeftOut("answer_not_in_options")
+        location, frames = mvbench_location(task, str(r["video"]))
+        return Item(f"{task}/{i}", str(r["video"]), r["question"], options, options.index(r["answer"]),
+                    category=task, task=task, start=_float(r.get("start")), end=_float(r.get("end")),
+                    location=location, frame_rate=float(r.get("fps") or MVBENCH_FRAME_FPS) if frames else None)
     if fmt == "videomme":
         options = tuple(strip_letter(o) for o in r["options"])
+        if _unanswered(r.get("answer")):
+            raise LeftOut("no_answer")
         return Item(str(r.get("question_id") or f"{r['videoID']}-{i}"), r["videoID"], r["question"], options,
-                    _letter_index(r["answer"], len(options), where), category=r.get("task_type", ""),
-                    task=r.get("domain", ""), duration=r.get("duration", ""),
+                    _letter_index(r["answer"], len(options), where), category=r.get("task_type") or "",
+                    task=r.get("domain") or "", duration=r.get("duration") or "",
                     extra={"options_as_given": list(r["options"])})
     if fmt == "egoschema":
+        # questions.json: q_uid, question, "option 0".."option 4" and no answer (those are in subset_answers.json,
+        # ctx.answers); lmms-eval's export: video_idx, question_idx, option (list), answer.
         opts = r["option"] if "option" in r else [r[f"option {k}"] for k in range(5)]
         options = tuple(strip_letter(o) for o in opts)
-        video = r.get("video_idx") or r["q_uid"]
+        video = str(r.get("video_idx") or r["q_uid"])
+        answer = r["answer"] if "answer" in r else (ctx.answers or {}).get(str(r.get("q_uid")))
+        if _unanswered(answer):
+            raise LeftOut("no_answer")
         return Item(str(r.get("q_uid") or r.get("question_idx") or video), video, r["question"], options,
-                    _letter_index(r["answer"], len(options), where))
+                    _letter_index(answer, len(options), where))
     if fmt == "nextqa":
+        # val.csv: every field a string; `video` digits (kept as text), `answer` the index into a0..a4.
         options = tuple(str(r[f"a{k}"]) for k in range(5) if f"a{k}" in r)
-        return Item(str(r.get("qid") and f"{r['video']}-{r['qid']}" or f"{r['video']}-{i}"), str(r["video"]),
-                    r["question"], options, int(r["answer"]), category=str(r.get("type", "")))
+        video = str(r["video"])
+        qid = r.get("qid")
+        location = (ctx.video_map or {}).get(video, "")
+        return Item(f"{video}-{qid if qid not in (None, '') else i}", video, r["question"], options,
+                    _letter_index(r["answer"], len(options), where), category=str(r.get("type", "")),
+                    location=location)
     if fmt == "perceptiontest":
+        # mc_question_*.json: {video_id: {"metadata": ..., "mc_question": [{id, question, options, answer_id,
+        # area, reasoning, tag}]}} (rows carry the video id as `_key`); lmms-lab's export: video_name, question_id.
         options = tuple(str(o) for o in r["options"])
-        return Item(str(r.get("question_id") or f"{r['video_name']}-{i}"), r["video_name"], r["question"], options,
-                    int(r["answer_id"]), category=str(r.get("area", "")), task=str(r.get("reasoning", "")))
+        if _unanswered(r.get("answer_id")):
+            raise LeftOut("no_answer")
+        video = str(r.get("video_name") or r["_key"])
+        qid = r.get("question_id") or (f"{video}-{r['id']}" if r.get("id") is not None else f"{video}-{i}")
+        return Item(str(qid), video, r["question"], options, _letter_index(r["answer_id"], len(options), where),
+                    category=str(r.get("area") or ""), task=str(r.get("reasoning") or ""))
     if fmt == "longvideobench":
-        options = tuple(str(r[f"option{k}"]) for k in range(5) if r.get(f"option{k}") not in (None, "N/A"))
-        answer = r["correct_choice"]
+        # lvb_val.json: `candidates` (3-5) and `correct_choice` (index); its parquet: option0..4 padded "N/A".
+        if "candidates" in r:
+            options = tuple(str(c) for c in r["candidates"])
+        else:
+            options = tuple(str(r[f"option{k}"]) for k in range(5) if r.get(f"option{k}") not in (None, "N/A"))
+        answer = r.get("correct_choice")
+        if _unanswered(answer):
+            raise LeftOut("no_answer")
         return Item(str(r.get("id") or i), r["video_path"], r["question"], options,
                     _letter_index(answer, len(options), where), category=str(r.get("question_category", "")),
                     duration=str(r.get("duration_group", "")))
     if fmt == "mlvu":
-        # MLVU's own JSON: the bare question, `candidates`, the answer as text. lmms-eval's sy1998/MLVU_dev: the
-        # question with "(A) x" lines inside (kept as given for that protocol), `candidates`, the answer a letter.
+        # MLVU's own JSON: the bare question, `candidates`, the answer as text (tasks 8 and 9 are open-ended:
+        # no candidates). lmms-eval's sy1998/MLVU_dev: the question with "(A) x" lines inside (kept as given for
+        # that protocol), `candidates`, the answer a letter.
         stem, options = _options_inline(r["question"])
         extra = {"question_as_given": r["question"]} if options else {}
+        if not options and "candidates" not in r:
+            raise LeftOut("open_ended")
+        own = not options
         if "candidates" in r:
             stem = stem if options else r["question"]
             options = tuple(str(c) for c in r["candidates"])
-        answer = options.index(r["answer"]) if r["answer"] in options else _letter_index(r["answer"], len(options),
-                                                                                         where)
-        return Item(str(r.get("question_id") or f"{task}/{i}"), r["video_name"] if "video_name" in r
-                    else r["video"], stem, options, answer, category=str(r.get("task_type") or r.get("question_type")
-                                                                          or task), task=task, extra=extra)
+        if r["answer"] in options:
+            answer = options.index(r["answer"])
+        elif own:  # MLVU's 2_needle has answers that are not among their candidates
+            raise LeftOut("answer_not_in_options")
+        else:
+            answer = _letter_index(r["answer"], len(options), where)
+        video = r["video_name"] if "video_name" in r else r["video"]
+        return Item(str(r.get("question_id") or f"{task}/{i}"), video, stem, options, answer,
+                    category=str(r.get("task_type") or r.get("question_type") or task), task=task, extra=extra,
+                    location=mlvu_location(task, video) if own and task else "")
     if fmt == "tempcompass":
+        if task in TEMPCOMPASS_NOT_MC:
+            raise LeftOut("not_multiple_choice")
         stem, options = _options_inline(r["question"])
+        if not options:
+            raise LeftOut("not_multiple_choice")
         ans = str(r["answer"])
         spelt = [(o, f"{LETTERS[k]}. {o}", f"({LETTERS[k]}) {o}") for k, o in enumerate(options)]
         index = next((k for k, forms in enumerate(spelt) if ans.strip() in forms), None)
@@ -174,43 +226,3 @@ def _item(fmt: Format, r: dict, i: int, task: str, where: str) -> Item:
 
 def _float(v: Any) -> float | None:
     return None if v in (None, "") else float(v)
-
-
-def read_items(path: str, fmt: Format) -> list[Item]:
-    """Every item of an annotation file or of a folder of them (``*.json``/``*.jsonl``, sorted by name)."""
-    p = Path(path)
-    if not p.exists():
-        raise InputNotFoundError(f"no such annotation file or folder: {path!r}")
-    files = sorted(f for f in p.iterdir() if f.suffix in (".json", ".jsonl")) if p.is_dir() else [p]
-    if not files:
-        raise UsageError(f"no .json or .jsonl annotation files in {path!r}")
-    items: list[Item] = []
-    for f in files:
-        try:
-            rows = _load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise UsageError(f"{f}: not JSON ({exc})") from None
-        if not isinstance(rows, list):
-            raise UsageError(f"{f}: expected a list of questions")
-        items.extend(_row_items(fmt, rows, f))
-    ids = [it.qid for it in items]
-    if len(set(ids)) != len(ids):
-        dup = next(q for q in ids if ids.count(q) > 1)
-        raise UsageError(f"question id {dup!r} appears twice in {path!r}")
-    for it in items:
-        if len(it.options) < 2:
-            raise UsageError(f"question {it.qid!r} has fewer than two options")
-    return items
-
-
-VIDEO_SUFFIXES = ("", ".mp4", ".MP4", ".mkv", ".webm", ".avi", ".mov")
-
-
-def resolve_video(videos: str, name: str) -> str:
-    """The file of ``name`` under ``--videos`` (the annotations often leave the extension out)."""
-    base = Path(videos)
-    for suffix in VIDEO_SUFFIXES:
-        candidate = base / f"{name}{suffix}"
-        if candidate.is_file():
-            return str(candidate)
-    return str(base / name)

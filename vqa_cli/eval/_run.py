@@ -19,7 +19,9 @@ from typing import Any
 
 from vqa_cli import console, records, writer
 from vqa_cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, UsageError, describe, one_line
-from vqa_cli.eval._formats import Format, Item, read_items, resolve_video
+from vqa_cli.eval._files import describe_left_out, read_benchmark
+from vqa_cli.eval._formats import Format, Item
+from vqa_cli.eval._layout import VideoFinder
 from vqa_cli.eval._prompts import Protocol, answer_prefix, build
 from vqa_cli.eval._published import published
 from vqa_cli.eval._score import Score, Scored, by_generation, by_likelihood
@@ -31,22 +33,27 @@ EVAL_MAX_NEW_TOKENS = 16  # lmms-eval's generation length for these benchmarks
 
 @dataclass(frozen=True)
 class Group:
-    """The questions about one clip: a video file and its bounds."""
+    """The questions about one clip: a video file (or a folder of numbered frames at ``frame_rate``) and its
+    bounds."""
 
     path: str
     start: float | None
     end: float | None
     items: tuple[Item, ...]
+    frame_rate: float | None = None
 
 
-def group_items(items: list[Item], videos: str, start: float | None = None, end: float | None = None) -> list[Group]:
-    """Questions grouped by (video, bounds), in the order the clips first appear; an item's own bounds win."""
+def group_items(items: list[Item], videos: str | VideoFinder, start: float | None = None,
+                end: float | None = None) -> list[Group]:
+    """Questions grouped by (video, bounds), in the order the clips first appear; an item's own bounds win.
+    ``videos``: the ``--videos`` folder (searched as ``VideoFinder`` does)."""
+    finder = videos if isinstance(videos, VideoFinder) else VideoFinder(videos)
     groups: OrderedDict[tuple, list[Item]] = OrderedDict()
     for it in items:
-        key = (resolve_video(videos, it.video), it.start if it.start is not None else start,
+        key = (finder.find(it), it.start if it.start is not None else start,
                it.end if it.end is not None else end)
         groups.setdefault(key, []).append(it)
-    return [Group(p, s, e, tuple(its)) for (p, s, e), its in groups.items()]
+    return [Group(p, s, e, tuple(its), its[0].frame_rate) for (p, s, e), its in groups.items()]
 
 
 def eval_sid(settings: Any, fmt: Format, protocol: Protocol, score: Score) -> str:
@@ -77,8 +84,17 @@ def question_record(item: Item, group: Group, settings: Any, sid: str, fmt: Form
 def _decode(group: Group, settings: Any, frames: int, engine: Any) -> tuple[Any, Any, dict]:
     from vqa_cli.engine import sample_clip
 
-    clip, seconds = sample_clip(group.path, replace(settings, start=group.start, end=group.end), frames,
-                                timeout=600.0)
+    if group.frame_rate is not None:  # a folder of numbered frames (MVBench's episodic_reasoning)
+        from vqa_cli.video._frames_dir import sample_frame_folder
+
+        began = time.perf_counter()
+        count = {"fps": settings.fps, "max_frames": frames} if settings.fps else {"num_frames": frames}
+        clip = sample_frame_folder(group.path, start=group.start, end=group.end, timeout=600.0,
+                                   rate=group.frame_rate, **count)
+        seconds = time.perf_counter() - began
+    else:
+        clip, seconds = sample_clip(group.path, replace(settings, start=group.start, end=group.end), frames,
+                                    timeout=600.0)
     started = time.perf_counter()
     pixels = engine.pixels(clip)
     return clip, pixels, {"decode": seconds, "preprocess": time.perf_counter() - started}
@@ -240,11 +256,14 @@ def latest(recs: list[dict], sid: str) -> list[dict]:
     return list(by_q.values())
 
 
-def run_eval(settings_per_mode: list[Any], annotations: str, fmt: Format, videos: str, *, out: str = "-",
+def run_eval(settings_per_mode: list[Any], annotations: str, fmt: Format | str, videos: str, *, out: str = "-",
              summary_path: str | None = None, protocol: Protocol = "official", score: Score = "generate",
              shard: str | None = None, workers: int = 2, json_out: bool = False, server: str | None = None,
-             model_given: bool = True) -> int:
+             model_given: bool = True, answers: str | None = None, video_map: str | None = None) -> int:
     """The whole command; the exit code (0 all answered, 1 some questions failed, 130 interrupted).
+
+    ``fmt``: a format, or ``"auto"`` to tell it from the file (said on stderr); ``answers``: EgoSchema's
+    answers file; ``video_map``: NExT-QA's map (both found beside the annotations when not given).
 
     ``server``: a ``vqa serve`` URL that answers instead of a model loaded here (``model_given``: whether
     --model was named, which must then be the server's). Under ``accelerate launch`` each process takes a
@@ -256,7 +275,13 @@ def run_eval(settings_per_mode: list[Any], annotations: str, fmt: Format, videos
                          "questions of a video could not share its visual tokens")
     if workers < 1:
         raise UsageError("--workers must be at least 1")
-    items = read_items(annotations, fmt)
+    bench = read_benchmark(annotations, fmt, answers=answers, video_map=video_map)
+    fmt = bench.format
+    if bench.detected:
+        console.info(f"vqa eval: {bench.detected}")
+    if bench.left_out:
+        console.info(f"vqa eval: left out {describe_left_out(bench.left_out)} (the summary's left_out)")
+    items = bench.items
     share = parse_shard(shard)
     if share:
         items = [it for it in items if in_shard(it.video, *share)]
@@ -273,7 +298,8 @@ def run_eval(settings_per_mode: list[Any], annotations: str, fmt: Format, videos
         settings_per_mode = [s for _, s in connected]
     sids = [eval_sid(s, fmt, protocol, score) for s in settings_per_mode]
     base = settings_per_mode[0]
-    inputs = [g.path for g in group_items(items, videos)] + [annotations]
+    finder = VideoFinder(videos)
+    inputs = [g.path for g in group_items(items, finder)] + bench.files
     state = _distributed()
     target = out
     if state is not None:
@@ -283,7 +309,7 @@ def run_eval(settings_per_mode: list[Any], annotations: str, fmt: Format, videos
         target = writer.part_path(out, state.process_index, state.num_processes)
         if all(s.device in (None, "auto", "cuda") for s in settings_per_mode) and state.device.type == "cuda":
             settings_per_mode = [replace(s, device=str(state.device)) for s in settings_per_mode]
-    groups = group_items(items, videos, base.start, base.end)
+    groups = group_items(items, finder, base.start, base.end)
     writer.check_run_outputs(out, target, summary_path, inputs)
     main = state is None or state.is_main_process
     started = time.perf_counter()
@@ -299,6 +325,7 @@ def run_eval(settings_per_mode: list[Any], annotations: str, fmt: Format, videos
         return EXIT_INTERRUPTED if interrupted else EXIT_FAILURE if any(r["error"] for r in this_run) else EXIT_OK
     summary = build_summary(all_recs, settings_per_mode, sids, fmt, protocol, score, time.perf_counter() - started)
     summary["interrupted"] = interrupted
+    summary["left_out"] = bench.left_out
     if summary_path:
         writer.write_json(summary_path, summary)
     if json_out:
