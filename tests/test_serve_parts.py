@@ -11,6 +11,7 @@ from vqa_cli import wire
 from vqa_cli.engine import RunSettings
 from vqa_cli.features import FeatureCache, feature_key, file_identity
 from vqa_cli.modes import ModeSettings
+from vqa_cli.serve import model_names
 from vqa_cli.serve._kv import Prefix, PrefixCache, cache_bytes
 from vqa_cli.serve._requests import ApiError, MediaPolicy, parse_chat, resolve_media
 from vqa_cli.serve._worker import StopFilter, cut_at_stop
@@ -65,7 +66,6 @@ def test_openai_fields_become_settings():
 
 @pytest.mark.parametrize("body,fragment", [
     ({"messages": []}, "non-empty"),
-    ({"messages": [{"role": "user", "content": "q"}]}, "one video_url"),
     ({"messages": [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": "a"}},
                                                 {"type": "video_url", "video_url": {"url": "b"}}]}]}, "not 2"),
     ({"messages": [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": "a"}}]},
@@ -80,6 +80,12 @@ def test_openai_fields_become_settings():
     ({"top_logprobs": 3}, "needs logprobs"),
     ({"max_tokens": 0}, "max_tokens"),
     ({"color": "red"}, "unknown field 'color'"),
+    ({"response_format": {"type": "json_object"}}, "json_object is not supported"),
+    ({"response_format": "text"}, "response_format must be"),
+    ({"media_io_kwargs": {"video": {"num_frames": 2.5}}}, "media_io_kwargs.video.num_frames must be an integer"),
+    ({"mm_processor_kwargs": {"fps": "2"}}, "mm_processor_kwargs.fps must be a number"),
+    ({"mm_processor_kwargs": {"do_sample_frames": "no"}}, "do_sample_frames must be true or false"),
+    ({"chat_template_kwargs": []}, "chat_template_kwargs must be an object"),
 ])
 def test_malformed_requests_say_what_is_wrong(body, fragment):
     with pytest.raises(ApiError) as info:
@@ -94,6 +100,68 @@ def test_system_and_earlier_turns_are_kept_in_order():
                              {"role": "assistant", "content": "ans"}, {"role": "user", "content": "two"}])
     assert [t["role"] for t in request.turns] == ["system", "user", "assistant", "user"]
     assert request.first_question == "one" and request.question == "two" and not request.batchable()
+
+
+def test_a_conversation_without_media_is_text_only():
+    request = chat(messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}])
+    assert request.text_only and request.urls == [] and request.question == "hi" and not request.batchable()
+    assert not chat().text_only
+
+
+# ---- vLLM's request extras -----------------------------------------------------------------------------
+# vLLM's video loader samples min(num_frames, floor(duration x fps)) frames, a value <= 0 being unset: vqa's
+# --frames N for num_frames alone, --fps F for fps alone, --fps F --max-frames N for both.
+@pytest.mark.parametrize("extras,frames,fps,max_frames", [
+    ({"media_io_kwargs": {"video": {"num_frames": 6}}}, 6, None, None),
+    ({"media_io_kwargs": {"video": {"fps": 2}}}, None, 2, None),
+    ({"media_io_kwargs": {"video": {"num_frames": 6, "fps": 0.5}}}, None, 0.5, 6),
+    ({"media_io_kwargs": {"video": {"num_frames": -1, "fps": 3}}}, None, 3, None),
+    ({"mm_processor_kwargs": {"num_frames": 5, "do_sample_frames": True}}, 5, None, None),
+    # media_io_kwargs decides over mm_processor_kwargs; vqa's own fields over both
+    ({"media_io_kwargs": {"video": {"num_frames": 6}}, "mm_processor_kwargs": {"fps": 2}}, 6, None, None),
+    ({"frames": 3, "media_io_kwargs": {"video": {"num_frames": 6, "fps": 1}}}, 3, None, None),
+    ({"fps": 1.5, "mm_processor_kwargs": {"num_frames": 6}}, None, 1.5, None),
+    # without do_sample_frames the processor samples nothing, as in transformers
+    ({"mm_processor_kwargs": {"num_frames": 5, "do_sample_frames": False}}, 8, None, None),
+    ({"media_io_kwargs": {"video": {"num_frames": -1, "fps": -1}}}, 8, None, None),
+])
+def test_vllm_sampling_extras_become_vqa_frames(extras, frames, fps, max_frames):
+    s = chat(**extras).settings
+    assert (s.frames, s.fps, s.max_frames) == (frames, fps, max_frames)
+
+
+@pytest.mark.parametrize("extras,ignored", [
+    ({"media_io_kwargs": {"video": {"num_frames": 6, "fps": 1}}}, []),
+    ({"media_io_kwargs": {"video": {"num_frames": 6, "frames_indices": [1], "duration": 2.0}, "audio": {}}},
+     ["media_io_kwargs.audio", "media_io_kwargs.video.duration", "media_io_kwargs.video.frames_indices"]),
+    ({"mm_processor_kwargs": {"max_pixels": 1, "min_pixels": 1, "do_sample_frames": True}},
+     ["mm_processor_kwargs.max_pixels", "mm_processor_kwargs.min_pixels"]),
+    ({"media_io_kwargs": {"video": {"num_frames": 6}}, "mm_processor_kwargs": {"fps": 2}},
+     ["mm_processor_kwargs.fps"]),
+    ({"frames": 3, "media_io_kwargs": {"video": {"num_frames": 6}}}, ["media_io_kwargs.video.num_frames"]),
+    ({"media_io_kwargs": {"video": {"num_frames": -1, "fps": 3}}}, ["media_io_kwargs.video.num_frames"]),
+    ({"mm_processor_kwargs": {"num_frames": 5, "do_sample_frames": False}}, ["mm_processor_kwargs.num_frames"]),
+    ({"chat_template_kwargs": {"enable_thinking": False}}, ["chat_template_kwargs.enable_thinking"]),
+])
+def test_extras_without_effect_are_named_not_refused(extras, ignored):
+    assert chat(**extras).ignored == ignored
+
+
+def test_response_format_text_is_accepted():
+    assert chat(response_format={"type": "text"}).question == "q"
+
+
+def test_model_names_the_checkpoint_goes_by(tmp_path):
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    assert model_names(str(folder), folder) == {str(folder), "my-model"}
+    # Found from its catalog alias in the hub cache: the alias, the hub id, the snapshot's path (not its hash).
+    snapshot = tmp_path / "hub" / "models--llava-hf--llava-onevision-qwen2-0.5b-ov-hf" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    names = model_names("llava-onevision-0.5b", snapshot)
+    assert names == {"llava-onevision-0.5b", "llava-hf/llava-onevision-qwen2-0.5b-ov-hf", str(snapshot)}
+    # Given as a path into the hub cache: the hub id and alias are read from the path.
+    assert model_names(str(snapshot), snapshot) == names
 
 
 # ---- media ---------------------------------------------------------------------------------------------
