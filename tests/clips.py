@@ -249,6 +249,18 @@ def x264(gop: int, bframes: int, *extra: str) -> list[str]:
     return ["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-x264-params", params, *extra]
 
 
+def x265(gop: int, bframes: int) -> list[str]:
+    """libx265 (HEVC) options for a fixed keyframe interval and B-frames."""
+    params = f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes={bframes}:log-level=error"
+    return ["-c:v", "libx265", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-x265-params", params]
+
+
+def vpx(encoder: str, gop: int) -> list[str]:
+    """libvpx options (``encoder``: "libvpx" for VP8, "libvpx-vp9" for VP9) for a fixed keyframe interval."""
+    return ["-c:v", encoder, "-g", str(gop), "-keyint_min", str(gop), "-deadline", "realtime", "-cpu-used", "8",
+            "-pix_fmt", "yuv420p"]
+
+
 def av1_clip(
     path: str | os.PathLike[str],
     n_frames: int,
@@ -259,8 +271,8 @@ def av1_clip(
     """Encode self-numbering frames to AV1 with PyAV's own ``libsvtav1`` (no ffmpeg binary needed).
 
     SVT-AV1's default random-access structure codes frames out of display order (hidden frames, like
-    B-frames); ``gop`` is the keyframe interval.  OpenCV's bundled FFmpeg opens such files but cannot
-    decode them, which is what the PyAV fallback is for.
+    B-frames); ``gop`` is the keyframe interval.  Whether the installed OpenCV decodes AV1 depends on
+    its wheel; the tests hold for either.
     """
     import av
 
@@ -280,7 +292,7 @@ def av1_clip(
 
 
 def pyav_decode_all(path: str | os.PathLike[str]) -> tuple[list[np.ndarray], list[float]]:
-    """Oracle for the PyAV fallback: every frame of a full sequential PyAV decode (RGB) and its time (s)."""
+    """Oracle for either decoder: every frame of a full sequential PyAV decode (RGB) and its time (s)."""
     import av
 
     with av.open(os.fspath(path)) as container:
@@ -295,6 +307,12 @@ def audio_only(path: str | os.PathLike[str]) -> str:
     cmd = [ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i", "sine=frequency=440:duration=1", "-c:a", "aac", path]
     subprocess.run(cmd, check=True, capture_output=True)
     return path
+
+
+def undecodable_video(path: str | os.PathLike[str]) -> str:
+    """An AVI whose video stream is A64 multicolour (``a64multi``): FFmpeg writes it but has no decoder for it,
+    so the file has a video stream that neither OpenCV nor PyAV decodes."""
+    return ffmpeg_clip(path, 10, ["-c:v", "a64multi"])
 
 
 def claim_fps_mkv(path: str | os.PathLike[str], claimed_fps: float) -> None:

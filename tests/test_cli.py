@@ -198,3 +198,15 @@ def test_help_imports_neither_torch_nor_opencv():
              "print(sorted(m for m in ('torch', 'cv2', 'transformers', 'av') if m in sys.modules), file=sys.stderr)\n")
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert proc.stderr.strip().endswith("[]"), proc.stderr
+
+
+def test_help_shows_flags_as_flags():
+    """``--version``, ``--help`` and ``--json`` take no value: the help shows no ``<bool>`` type after them, while
+    options that take a value keep theirs."""
+    env = {**os.environ, "COLUMNS": "200"}
+    root = subprocess.run(VQA + ["--help"], capture_output=True, text=True, timeout=120, env=env)
+    frames = subprocess.run(VQA + ["frames", "--help"], capture_output=True, text=True, timeout=120, env=env)
+    assert root.returncode == frames.returncode == 0, root.stderr + frames.stderr
+    assert "--version" in root.stdout and "--json" in frames.stdout
+    assert "<bool>" not in root.stdout and "<bool>" not in frames.stdout
+    assert "<exact|keyframe|auto>" in frames.stdout and "<auto|opencv|pyav>" in frames.stdout

@@ -24,19 +24,19 @@ def test_bad_options_are_value_errors(bad: dict[str, object]) -> None:
 
 
 def test_options_reach_every_capture(clip_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    threads: list[int] = []
+    seen: list[int] = []
     real_open = _capture.open_capture
 
-    def recording_open(path: str, fs_path: str, n: int) -> object:
-        threads.append(n)
-        return real_open(path, fs_path, n)
+    def recording_open(path: str, fs_path: str, threads: int) -> object:
+        seen.append(threads)
+        return real_open(path, fs_path, threads)
 
     monkeypatch.setattr(_capture, "open_capture", recording_open)
     sample_frames(clip_path, 6)
-    assert threads and set(threads) == {0}  # OpenCV's default
-    threads.clear()
+    assert seen[0] == 1 and set(seen[1:]) == {0}  # the decoder probe's one thread, then OpenCV's default
+    seen.clear()
     sample_frames(clip_path, 6, options=DecodeOptions(cores=1))
-    assert threads and set(threads) == {1}
+    assert seen and set(seen) == {1}
 
 
 def test_a_core_limit_keeps_the_frames(clip_path: str) -> None:

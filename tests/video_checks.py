@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from clips import ffmpeg_clip, frame_number, make_clip, x264
+from clips import av1_clip, ffmpeg_clip, frame_number, make_clip, vpx, x264, x265
 
 from vqa_cli.video import Clip
 
@@ -31,6 +31,19 @@ def encoded_clips(folder: Path) -> dict[str, str]:
         "h264-gop25-bf3.mkv": ffmpeg_clip(folder / "g25.mkv", 300, x264(25, 3)),
         "h264-gop50-bf2.ts": ffmpeg_clip(folder / "g50.ts", 300, x264(50, 2)),
         "h264-open-gop.mkv": ffmpeg_clip(folder / "open.mkv", 300, x264(50, 2, "-x264opts", "open_gop=1")),
+    }
+
+
+def codec_clips(folder: Path) -> dict[str, str]:
+    """One self-numbering clip per codec the tests make (named by codec), each with several keyframes."""
+    return {
+        "mpeg4": make_clip(folder / "mpeg4.mp4", 90, fps=30.0),
+        "mjpeg": make_clip(folder / "mjpeg.avi", 60, fps=30.0, fourcc="MJPG"),
+        "h264": ffmpeg_clip(folder / "h264.mp4", 120, x264(30, 2)),
+        "hevc": ffmpeg_clip(folder / "hevc.mkv", 120, x265(30, 2)),
+        "vp8": ffmpeg_clip(folder / "vp8.webm", 120, vpx("libvpx", 30)),
+        "vp9": ffmpeg_clip(folder / "vp9.webm", 120, vpx("libvpx-vp9", 30)),
+        "av1": av1_clip(folder / "av1.mkv", 120, gop=30),
     }
 
 

@@ -39,6 +39,7 @@ class RunSettings:
     fps: float | None = None  # sample at this rate instead, capped by max_frames
     max_frames: int | None = None  # with fps; None: the mode's default frame count
     seek: str = "auto"  # exact | keyframe | auto (see video.sample_frames)
+    decoder: str = "auto"  # --decoder: auto | opencv | pyav; the same frames either way, so not in identity()
     start: float | None = None
     end: float | None = None
     quant: str | None = None  # None: 4bit on CUDA, none on CPU
@@ -69,6 +70,7 @@ class RunSettings:
         d["mode"] = self.mode.to_dict()
         for placement in ("device", "max_memory", "force", "fit"):
             d.pop(placement)
+        d.pop("decoder")  # which library decodes: the frames are those of a full sequential decode either way
         if self.temperature <= 0:
             d.pop("seed")
         if not self.mode.guide:
@@ -98,9 +100,11 @@ def sample_clip(path: str, settings: RunSettings, frames: int, timeout: float | 
                 options: Any = None) -> tuple[Clip, float]:
     """The request's frames of ``path`` (``frames``, or ``--fps`` capped at ``frames``) and the seconds taken.
 
-    ``options``: a ``video.DecodeOptions`` (e.g. the cores a caption worker's decoders may use)."""
-    from vqa_cli.video import sample_frames
+    ``options``: a ``video.DecodeOptions`` (e.g. the cores a caption worker's decoders may use); its decoder
+    is the request's (``--decoder``)."""
+    from vqa_cli.video import DecodeOptions, sample_frames
 
+    options = replace(options or DecodeOptions(), decoder=settings.decoder)
     started = time.perf_counter()
     if settings.fps:
         clip = sample_frames(path, None, settings.start, settings.end, timeout, fps=settings.fps, max_frames=frames,

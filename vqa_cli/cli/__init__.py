@@ -20,6 +20,26 @@ from vqa_cli.errors import EXIT_USAGE, describe
 
 __all__ = ["app", "main"]
 
+
+
+def _flags_without_a_type() -> None:
+    """Show an on/off flag (``--version``, ``--json``, ``--help``) as a plain flag: typer 0.29's rich help prints a
+    ``<bool>`` type after every option, which reads as if the flag took a value. Options that take one keep theirs."""
+    from typer.core import TyperOption
+
+    shown = getattr(TyperOption, "display_type_rich", None)
+    if shown is None or getattr(shown, "_vqa_plain_flags", False):
+        return  # a typer without the type column, or already done
+
+    def display_type_rich(self: TyperOption, ctx: typer.Context) -> str | None:
+        return None if getattr(self, "is_bool_flag", False) else shown(self, ctx)
+
+    display_type_rich._vqa_plain_flags = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_without_a_type()
+
 app = typer.Typer(
     name="vqa",
     help="Ask questions about videos and caption folders of them with local video-language models.",

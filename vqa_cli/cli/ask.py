@@ -9,6 +9,7 @@ import typer
 
 from vqa_cli.cli.options import (
     SERVED_MODEL,
+    DecoderOpt,
     DeviceOpt,
     DtypeOpt,
     EndOpt,
@@ -62,6 +63,7 @@ def ask(
     fps: FpsOpt = None,
     max_frames: MaxFramesOpt = None,
     seek: SeekOpt = "auto",
+    decoder: DecoderOpt = "auto",
     start: StartOpt = None,
     end: EndOpt = None,
     model: ModelOpt = None,
@@ -100,7 +102,7 @@ def ask(
         raise UsageError("give a question (or --questions FILE)")
 
     settings = run_settings(
-        frames=frames, fps=fps, max_frames=max_frames, seek=seek, start=start, end=end,
+        frames=frames, fps=fps, max_frames=max_frames, seek=seek, decoder=decoder, start=start, end=end,
         model=model or (SERVED_MODEL if server else None), mode=mode, quant=quant, device=device, dtype=dtype,
         max_new_tokens=max_new_tokens,
         temperature=temperature, seed=seed, stride=stride, slow_frames=slow_frames, fast_grid=fast_grid, pool=pool,

@@ -8,6 +8,7 @@ import typer
 
 from vqa_cli.cli.options import (
     SERVED_MODEL,
+    DecoderOpt,
     DeviceOpt,
     DtypeOpt,
     EndOpt,
@@ -67,6 +68,7 @@ def caption(
     fps: FpsOpt = None,
     max_frames: MaxFramesOpt = None,
     seek: SeekOpt = "auto",
+    decoder: DecoderOpt = "auto",
     start: StartOpt = None,
     end: EndOpt = None,
     model: ModelOpt = None,
@@ -104,7 +106,7 @@ def caption(
     from vqa_cli.prompt import DEFAULT_CAPTION_PROMPT
 
     settings = run_settings(
-        frames=frames, fps=fps, max_frames=max_frames, seek=seek, start=start, end=end,
+        frames=frames, fps=fps, max_frames=max_frames, seek=seek, decoder=decoder, start=start, end=end,
         model=model or (SERVED_MODEL if server else None), mode=mode, quant=quant, device=device, dtype=dtype,
         max_new_tokens=max_new_tokens,
         temperature=temperature, seed=seed, stride=stride, slow_frames=slow_frames, fast_grid=fast_grid, pool=pool,

@@ -10,6 +10,7 @@ import typer
 
 from vqa_cli.cli.options import (
     SERVED_MODEL,
+    DecoderOpt,
     DeviceOpt,
     DtypeOpt,
     EndOpt,
@@ -87,6 +88,7 @@ def eval(  # noqa: A001 - the command's name
     fps: FpsOpt = None,
     max_frames: MaxFramesOpt = None,
     seek: SeekOpt = "auto",
+    decoder: DecoderOpt = "auto",
     start: StartOpt = None,
     end: EndOpt = None,
     model: ModelOpt = None,
@@ -116,7 +118,8 @@ def eval(  # noqa: A001 - the command's name
     settings = []
     for name in names:  # each mode takes only its own parameters
         s = run_settings(
-            frames=frames, fps=fps, max_frames=max_frames, seek=seek, start=start, end=end, model=chosen_model,
+            frames=frames, fps=fps, max_frames=max_frames, seek=seek, decoder=decoder, start=start, end=end,
+            model=chosen_model,
             mode=name, quant=quant, device=device, dtype=dtype, max_new_tokens=max_new_tokens, temperature=0.0,
             stride=stride if name == "anyres" else None,
             slow_frames=slow_frames if name == "slowfast" else None,

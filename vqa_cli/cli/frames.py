@@ -8,6 +8,7 @@ import typer
 
 from vqa_cli import console
 from vqa_cli.cli.options import (
+    DecoderOpt,
     EndOpt,
     FpsOpt,
     FramesOpt,
@@ -35,6 +36,7 @@ def frames(
     fps: FpsOpt = None,
     max_frames: MaxFramesOpt = None,
     seek: SeekOpt = "auto",
+    decoder: DecoderOpt = "auto",
     start: StartOpt = None,
     end: EndOpt = None,
 ) -> int:
@@ -42,8 +44,8 @@ def frames(
     from vqa_cli.engine import frames_for, sample_clip
     from vqa_cli.session import check_input
 
-    request = run_settings(frames=frames, fps=fps, max_frames=max_frames, seek=seek, start=start, end=end,
-                           mode=mode, slow_frames=slow_frames)
+    request = run_settings(frames=frames, fps=fps, max_frames=max_frames, seek=seek, decoder=decoder, start=start,
+                           end=end, mode=mode, slow_frames=slow_frames)
     if sheet:
         from vqa_cli.sheet import SHEET_FORMATS
 

@@ -18,7 +18,7 @@ from vqa_cli.loading import Dtype, Quant
 from vqa_cli.modes import DEFAULT_MODE, ModeName, ModeSettings
 from vqa_cli.rope import RopeType
 from vqa_cli.segments import DEFAULT_SCENE_DETECTOR, SceneDetector
-from vqa_cli.video import SeekMode
+from vqa_cli.video import DecoderName, SeekMode
 
 if TYPE_CHECKING:
     from vqa_cli.engine import RunSettings
@@ -38,6 +38,9 @@ MaxFramesOpt = Annotated[int | None, typer.Option("--max-frames", min=1, show_de
 SeekOpt = Annotated[SeekMode, typer.Option(
     "--seek", help="exact frames, nearest keyframes (fast on long videos), or auto (keyframes when exact would decode "
     "over 1000 frames).")]
+DecoderOpt = Annotated[DecoderName, typer.Option(
+    "--decoder", help="Which library decodes the video: auto (OpenCV when it decodes the file, else PyAV), opencv or "
+    "pyav. The frames are the same either way.")]
 StartOpt = Annotated[float | None, typer.Option("--start", min=0, help="Window start, seconds.")]
 EndOpt = Annotated[float | None, typer.Option("--end", min=0, help="Window end, seconds.")]
 
@@ -122,6 +125,7 @@ def run_settings(
     fps: float | None = None,
     max_frames: int | None = None,
     seek: SeekMode = "auto",
+    decoder: DecoderName = "auto",
     start: float | None = None,
     end: float | None = None,
     model: str | None = _NOT_AN_OPTION,
@@ -167,7 +171,8 @@ def run_settings(
         raise UsageError("--fit makes the request fit and --force skips the memory check: pick one")
     mode_settings = _mode_settings(mode, stride, slow_frames, fast_grid, pool, guide, guide_kernel)
     return RunSettings(model=_model(model, device), mode=mode_settings, frames=frames, fps=fps,
-                       max_frames=max_frames, seek=seek, start=start, end=end, quant=quant, device=device, dtype=dtype,
+                       max_frames=max_frames, seek=seek, decoder=decoder, start=start, end=end, quant=quant,
+                       device=device, dtype=dtype,
                        max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, rope_scale=rope_scale,
                        rope_type=rope_type, time_prompt=time_prompt, guide_model=guide_model or DEFAULT_GUIDE_MODEL,
                        max_memory=parse_max_memory(max_memory), fit=fit, force=force,

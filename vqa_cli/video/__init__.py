@@ -30,10 +30,11 @@ decodes the whole file sequentially instead, skipping and reporting undecodable
 packets.  Damage in parts of a file that are not decoded cannot be seen; there
 indices follow the packets (timestamps are always the frames' own).
 
-Files whose codec OpenCV's FFmpeg cannot decode (AV1) go through PyAV instead
-(``_pyav``), decided once per file, with the same contract.
+Files whose first frame the installed OpenCV cannot decode (AV1 with some
+wheels) go through PyAV instead (``_pyav``), decided once per file, with the same
+contract; ``DecodeOptions.decoder`` (``--decoder``) can force either library.
 
-Modules, each depending only on those before it: ``_options``, ``_inputs``,
+Modules, each depending only on those before it: ``_inputs``, ``_options``,
 ``_capture``, ``_h264``, ``_sampling``, ``_index``, ``_plan``, ``_seeking``,
 ``_packets``, ``_strategy``, ``_counting``, ``_pyav``, ``_sample``.
 """
@@ -43,10 +44,12 @@ from __future__ import annotations
 from typing import Any
 
 from vqa_cli.video._inputs import (
+    DECODERS,
     IMAGE_EXTENSIONS,
     SEEK_MODES,
     VIDEO_EXTENSIONS,
     Clip,
+    DecoderName,
     SeekMode,
     VideoError,
     is_image_path,
@@ -70,11 +73,13 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "AUTO_KEYFRAME_ABOVE",
+    "DECODERS",
     "IMAGE_EXTENSIONS",
     "SEEK_MODES",
     "VIDEO_EXTENSIONS",
     "Clip",
     "DecodeOptions",
+    "DecoderName",
     "SeekMode",
     "VideoError",
     "cpu_cores",

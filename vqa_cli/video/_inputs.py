@@ -36,6 +36,11 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", "
 
 SeekMode = Literal["exact", "keyframe", "auto"]
 SEEK_MODES: tuple[str, ...] = get_args(SeekMode)
+# Which library decodes a file: auto (OpenCV when it decodes the file's first frame, else PyAV), or one forced.
+# Both give the frames of a full sequential decode, so the choice never changes a run's settings id.
+DecoderName = Literal["auto", "opencv", "pyav"]
+DECODERS: tuple[str, ...] = get_args(DecoderName)
+LIBRARIES = {"opencv": "OpenCV", "pyav": "PyAV"}
 
 
 class VideoError(VqaError):
@@ -66,7 +71,7 @@ class Clip:
     decoded: int = 0  # frames the decoder produced for this call (seek lead-ins estimated)
     damaged: int = 0  # undecodable packets that were skipped
     warnings: list[str] = field(default_factory=list)  # one-line notes for users
-    decoder: str = "opencv"  # what decoded the frames: "opencv", or "pyav" for files OpenCV cannot decode
+    decoder: str = "opencv"  # what decoded the frames: "opencv" or "pyav" (``DecodeOptions.decoder`` chose it)
     codec: str = ""  # the video codec ("h264", "av1", an OpenCV FOURCC in lower case; "" for images)
 
 
@@ -82,6 +87,13 @@ def fmt_seconds(value: float) -> str:
 
 def undecodable(path: str) -> VideoError:
     return VideoError(f"cannot decode {quote(path)}: not a video file or unsupported codec")
+
+
+def undecodable_with(path: str, decoder: str, codec: str = "") -> VideoError:
+    """The error of a forced ``--decoder`` that cannot decode the file's first frame."""
+    stream = f"its {codec} stream" if codec else "it"
+    return VideoError(f"cannot decode {quote(path)} with --decoder {decoder}: {LIBRARIES[decoder]} cannot decode "
+                      f"{stream} (--decoder auto tries both)")
 
 
 def check_file(path: str) -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from vqa_cli.video._inputs import DECODERS, DecoderName
+
 # seek="auto" switches to keyframe seeking when exact decoding would decode more
 # frames than this (2 to 4 s of 1080p H.264 on two cores), every target has a
 # keyframe of its own and keyframe seeking would decode fewer frames.
@@ -27,7 +29,8 @@ def cpu_cores() -> int:
 
 @dataclass(frozen=True)
 class DecodeOptions:
-    """Knobs of one ``sample_frames`` call; the defaults are what the CLI uses.
+    """Knobs of one ``sample_frames`` call; the defaults are what the CLI uses. None of them changes
+    the frames returned (``auto_keyframe_above`` aside, which only ``seek="auto"`` reads).
 
     ``cores`` bounds the cores one file's decoding uses (parallel captures and FFmpeg decoder
     threads): callers that decode several files at once, such as ``vqa caption``'s decode-ahead
@@ -39,6 +42,7 @@ class DecodeOptions:
     parallel_min_decodes: int = PARALLEL_MIN_DECODES  # below this many planned decodes, one capture
     packets_for_exact: bool = True  # exact H.264 decoding may go through the packets (see _packets)
     auto_keyframe_above: int = AUTO_KEYFRAME_ABOVE  # seek="auto": exact decodes above which keyframes win
+    decoder: DecoderName = "auto"  # "auto": OpenCV when it decodes the first frame, else PyAV; or one forced
 
     def __post_init__(self) -> None:
         for name in ("cores", "max_workers"):
@@ -49,6 +53,8 @@ class DecodeOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or int(value) != value or value < 0:
                 raise ValueError(f"{name} must be a non-negative whole number, got {value!r}")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
 
     @property
     def cpu_count(self) -> int:

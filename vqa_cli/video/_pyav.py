@@ -1,8 +1,10 @@
-"""The PyAV fallback: files whose video stream OpenCV's bundled FFmpeg cannot decode (AV1, ...).
+"""The PyAV decoder: files whose video stream the installed OpenCV cannot decode (AV1 in some wheels, ...),
+or every file with ``DecodeOptions(decoder="pyav")``.
 
-Decided once per file (``wanted``): a file goes through PyAV only when its codec is not one OpenCV
-is known to decode, OpenCV then cannot grab its first frame, and PyAV opens a video stream.  Files
-OpenCV decodes never come here.
+Decided once per file (``wanted``): with ``decoder="auto"`` a file goes through PyAV when OpenCV cannot
+grab its first frame and PyAV opens a video stream, whatever codecs the installed OpenCV has; with a
+forced decoder that cannot decode the file's first frame the call fails with one line
+(``undecodable_with``).
 
 The contract is the OpenCV path's: the demuxer (``container.demux``, no decoding) gives every
 packet's presentation time and keyframe flag, which make a ``PacketIndex`` (frame i is the packet
@@ -31,27 +33,32 @@ import numpy as np
 
 from vqa_cli.video import _capture
 from vqa_cli.video._index import MAX_REORDER, PacketIndex
-from vqa_cli.video._inputs import Clip, Deadline, VideoError, quote, undecodable
+from vqa_cli.video._inputs import Clip, Deadline, VideoError, quote, undecodable, undecodable_with
 from vqa_cli.video._options import DecodeOptions
 from vqa_cli.video._plan import SEEK_COST
 from vqa_cli.video._sampling import Request, Timeline
 from vqa_cli.video._strategy import choose
-
-# Codecs (as ``_index.codec_name`` names them) OpenCV's bundled FFmpeg decodes: such files are never probed.
-# Any other codec costs one capture opening and one grabbed frame to decide.
-OPENCV_DECODES = frozenset({"h264", "hevc", "mp4v", "fmp4", "xvid", "divx", "dx50", "mjpg", "vp80", "vp90", "vp08",
-                            "vp09", "theo"})
 
 
 class Mismatch(Exception):
     """The decoder disagrees with the index; a counting pass decides."""
 
 
-def wanted(path: str, fs_path: str, index: PacketIndex | None) -> bool:
-    """Whether this file goes through PyAV: OpenCV cannot grab its first frame and PyAV opens a video stream."""
-    if index is not None and index.codec in OPENCV_DECODES:
-        return False
-    return not _capture.grabs_a_frame(path, fs_path, threads=1) and has_video(fs_path)
+def wanted(path: str, fs_path: str, index: PacketIndex | None, decoder: str = "auto") -> bool:
+    """Whether this file goes through PyAV (decided once per file, by what the installed libraries do with it):
+
+    * ``"auto"``: OpenCV cannot grab its first frame and PyAV opens a video stream;
+    * ``"opencv"``: never; VideoError (one line) when OpenCV cannot grab its first frame;
+    * ``"pyav"``: always; VideoError (one line) when PyAV cannot decode its first frame.
+    """
+    if decoder == "pyav":
+        if not first_frame(fs_path):
+            raise undecodable_with(path, "pyav", index.codec if index is not None else "")
+        return True
+    grabs = _capture.grabs_a_frame(path, fs_path, threads=1)
+    if decoder == "opencv" and not grabs:
+        raise undecodable_with(path, "opencv", index.codec if index is not None else "")
+    return not grabs and has_video(fs_path)
 
 
 def has_video(fs_path: str) -> bool:
@@ -77,8 +84,8 @@ def _opened(path: str, fs_path: str, options: DecodeOptions) -> Iterator[tuple[A
     except (av.FFmpegError, OSError, ValueError):
         raise undecodable(path) from None
     try:
-        if not container.streams.video:
-            raise undecodable(path)
+        if not container.streams.video or container.streams.video[0].codec_context is None:
+            raise undecodable(path)  # no video stream, or one PyAV has no decoder for
         stream = container.streams.video[0]
         context = stream.codec_context
         context.thread_type = "AUTO"
@@ -276,7 +283,7 @@ def _keyframes_by_seeking(decoder: Decoder, pts: list[int], keys: list[int]) -> 
 def sample_pyav(
     path: str, fs_path: str, request: Request, seek: str, deadline: Deadline, options: DecodeOptions
 ) -> Clip:
-    """``sample_frames`` for a file OpenCV cannot decode (see the module docstring)."""
+    """``sample_frames`` through PyAV (see the module docstring)."""
     with _opened(path, fs_path, options) as (container, stream):
         scanned = scan(container, stream, deadline)
         if scanned is not None:

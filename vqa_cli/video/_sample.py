@@ -59,10 +59,14 @@ def sample_frames(
 
     ``clip.seek`` says which was used.  ``timeout`` (seconds) bounds the whole
     call; it is checked between frames.  ``options`` sets cores, parallel
-    captures and the auto threshold (``DecodeOptions()`` when not given).
+    captures, the auto threshold and the decoder (``DecodeOptions()`` when not
+    given): ``decoder="auto"`` decodes with OpenCV when it decodes the file's
+    first frame and with PyAV otherwise, ``"opencv"`` or ``"pyav"`` force one;
+    either gives the same frames, and ``clip.decoder`` says which did.
 
-    Raises VideoError (one-line message) for unusable files, bad windows and
-    timeouts; ValueError for bad ``num_frames``/``fps``/``max_frames``/``seek``/``timeout``.
+    Raises VideoError (one-line message) for unusable files, a forced decoder
+    that cannot decode the file, bad windows and timeouts; ValueError for bad
+    ``num_frames``/``fps``/``max_frames``/``seek``/``timeout``.
     """
     request = validate(num_frames, fps, max_frames, seek, start, end)
     if options is None:
@@ -73,7 +77,7 @@ def sample_frames(
     fs_path = check_file(path)
     deadline = Deadline(path, timeout)
     index = scan_index(fs_path, deadline)
-    if _pyav.wanted(path, fs_path, index):  # decided once per file: OpenCV cannot decode it, PyAV can
+    if _pyav.wanted(path, fs_path, index, options.decoder):  # decided once per file (see _pyav.wanted)
         return _checked_count(_pyav.sample_pyav(path, fs_path, request, seek, deadline, options))
     if index is not None:
         try:
