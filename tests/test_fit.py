@@ -132,7 +132,8 @@ def test_the_command_line_refuses_with_one_line_and_exit_2_on_cpu_and_cuda(big_d
     code, out, err = run_cli(["ask", clip_path, QUESTION, "--model", str(big_dir), "--device", "cuda"], capsys)
     assert code == 2 and out == "" and err.count("\n") == 1
     assert "on cuda" in err and "6.0 GiB is free" in err and "weights 4.2 GiB in 4bit" in err
-    assert "try --frames 12 (" in err and "--max-memory cuda:0=2GiB,cpu=18GiB (" in err and "GiB on cuda:0)" in err
+    # A cap is for everything on its device: the suggested one is the GPU's free memory, KV cache included.
+    assert "try --frames 12 (" in err and "--max-memory cuda:0=6GiB,cpu=18GiB (5.8 GiB on cuda:0)" in err
 
 
 def test_force_loads_what_the_check_would_refuse(tiny_dir):
@@ -288,73 +289,175 @@ def test_max_memory_must_name_the_device_the_model_runs_on():
         fit.target(RunSettings(model="m", device="cpu", quant="4bit", max_memory=(("cpu", GIB),)))
 
 
-def test_max_memory_places_layers_on_two_devices_and_answers_alike(tiny_dir, clip_path, capsys):
-    """On a CPU the second device is the disk: layers past the budget are read from the safetensors."""
+def per_parameter(model, placed: dict | None) -> dict[str, str]:
+    """Each parameter's device under a ``device_map`` (vqa's names, ``0`` -> ``cuda:0``); every one on ``cpu``
+    without a map (transformers leaves ``hf_device_map`` out when one device holds everything)."""
+    keys = sorted(placed or {"": "cpu"}, key=len, reverse=True)
+    name = {str(k): (f"cuda:{v}" if isinstance(v, int) else str(v)) for k, v in (placed or {"": "cpu"}).items()}
+    return {p: name[next(k for k in keys if k == "" or p == k or p.startswith(k + "."))]
+            for p, _ in model.named_parameters()}
+
+
+def test_the_plan_verdict_is_the_placement_the_load_gets(tiny_dir, clip_path, capsys, tmp_path, monkeypatch):
+    """For caps too small, one byte under the smallest that fits, exactly it and generous: --plan's verdict and
+    device_map, the loaded model's hf_device_map, and transformers' own placement (``device_map="auto"`` in what
+    the cap leaves beside the KV cache, activations and runtime, by the documented formula) all agree."""
+    from dataclasses import replace
+
     import torch
+    import transformers
+
+    from vqa_cli import loading
+
+    frames, new = 3, 4
+    settings = RunSettings(model=str(tiny_dir), frames=frames, max_new_tokens=new, dtype="float32")
+    params = parameters(tiny_dir)
+    extra = need(tiny_dir, params, frames, prompt_tokens(tiny_dir, settings), new_tokens=new) - params * 4
+    offload = tmp_path / "offload"
+
+    def plan_of(cap: int, *more: str) -> dict:
+        code, out, err = run_cli(["ask", clip_path, QUESTION, "--model", str(tiny_dir), "--frames", str(frames),
+                                  "--max-new-tokens", str(new), "--dtype", "float32", "--plan", "--json",
+                                  "--max-memory", f"cpu={cap}B", *more], capsys)
+        assert code == 0, err
+        return json.loads(out)["memory"]
+
+    refused = plan_of(MIB)
+    assert refused["max_memory_fits"] is False and refused["fits"] is False
+    smallest = refused["max_memory_smallest_bytes"]["cpu"]
+    assert refused["max_memory_smallest"] == f"cpu={-(-smallest // MIB)}MiB"
+    passed: list[dict] = []  # what from_pretrained got, load by load
+    real_load = loading.load_weights
+    monkeypatch.setattr(loading, "load_weights", lambda *a, **k: passed.append(k) or real_load(*a, **k))
+    cls = transformers.LlavaNextVideoForConditionalGeneration
+    for cap, allow in [(MIB, False), (MIB, True), (smallest - 1, False), (smallest - 1, True), (smallest, False),
+                       (2 * GIB, False)]:
+        more = ["--offload-dir", str(offload)] if allow else []
+        mem = plan_of(cap, *more)
+        own = cls.from_pretrained(tiny_dir, device_map="auto", max_memory={"cpu": max(0, cap - extra)},
+                                  dtype=torch.float32)
+        oracle = per_parameter(own, getattr(own, "hf_device_map", None))
+        on_disk = "disk" in oracle.values()
+        assert on_disk == (cap < smallest)
+        assert per_parameter(own, mem["device_map"]) == oracle
+        assert mem["max_memory_fits"] is ((not on_disk or allow) and cap >= extra)
+        assert (mem["placement_bytes"].get("disk", 0) > 0) == on_disk
+        run = replace(settings, max_memory=(("cpu", cap),), offload_dir=str(offload) if allow else None)
+        before = len(passed)
+        if not mem["max_memory_fits"]:
+            with pytest.raises(MemoryFitError, match=r"the smallest that fits is --max-memory cpu="):
+                open_model(run, [QUESTION])
+            with pytest.raises(MemoryFitError, match=r"the smallest that fits is --max-memory cpu="):
+                open_model(replace(run, force=True), [QUESTION])  # --force does not override the user's cap
+            assert len(passed) == before  # nothing was loaded
+            continue
+        loaded = open_model(run, [QUESTION]).engine.model
+        assert per_parameter(loaded, getattr(loaded, "hf_device_map", None)) == oracle
+        assert ("offload_folder" in passed[-1]) == on_disk
+        assert any(p.device.type == "meta" for p in loaded.parameters()) == on_disk  # really not in memory
+    assert all("disk" not in set(k["device_map"].values()) or "offload_folder" in k for k in passed)
+
+
+def test_a_cap_the_weights_cannot_fit_is_refused_in_one_line_before_loading(tiny_dir, clip_path, capsys,
+                                                                            monkeypatch, tmp_path):
+    import transformers
+
+    from vqa_cli import loading
+
+    def never(*args, **kwargs):
+        raise AssertionError("from_pretrained was called")
+
+    monkeypatch.setattr(transformers.LlavaNextVideoForConditionalGeneration, "from_pretrained", never)
+    for extra in ([], ["--force"]):
+        code, out, err = run_cli(["ask", clip_path, QUESTION, "--model", str(tiny_dir), "--frames", "3",
+                                  "--max-memory", "cpu=1MiB", *extra], capsys)
+        assert code == 2 and out == "" and err.count("\n") == 1 and "Traceback" not in err
+        assert "does not fit --max-memory (cpu 1.0 MiB)" in err and "would go to disk" in err
+        assert "the smallest that fits is --max-memory cpu=" in err and "--offload-dir DIR" in err
+    code, _, err = run_cli(["ask", clip_path, QUESTION, "--model", str(tiny_dir), "--offload-dir", str(tmp_path)],
+                           capsys)
+    assert code == 2 and "--offload-dir lets --max-memory put weights on disk" in err
+    # Loading directly: a device_map with disk never reaches from_pretrained without an offload folder.
+    import torch
+
+    config = loading.read_config(tiny_dir)
+    with pytest.raises(MemoryFitError, match="--offload-dir"):
+        loading.load_model(tiny_dir, config, device="cpu", dtype=torch.float32, quant="none",
+                           max_memory={"cpu": 500_000})
+
+
+def test_offloaded_layers_answer_alike(tiny_dir, clip_path, tmp_path):
+    """Layers on disk (--offload-dir) are read from the safetensors when needed: the answers do not change."""
+    from dataclasses import replace
 
     from vqa_cli.engine import sample_clip
 
     base = RunSettings(model=str(tiny_dir), frames=3, max_new_tokens=6, dtype="float32")
-    budget = 500_000  # bytes: the vision tower, projector and embeddings fit; the decoder layers do not
-    offloaded = RunSettings(model=str(tiny_dir), frames=3, max_new_tokens=6, dtype="float32",
-                            max_memory=(("cpu", budget),))
-    spread = open_model(offloaded, [QUESTION]).engine
+    params = parameters(tiny_dir)
+    extra = need(tiny_dir, params, 3, prompt_tokens(tiny_dir, base), new_tokens=6) - params * 4
+    spread = open_model(replace(base, max_memory=(("cpu", extra + 500_000),), offload_dir=str(tmp_path)),
+                        [QUESTION]).engine
     whole = open_model(base, [QUESTION]).engine
     placed = spread.model.hf_device_map
     assert set(placed.values()) == {"cpu", "disk"}
     assert any(k.startswith("model.language_model.layers") and v == "disk" for k, v in placed.items())
-    assert any(p.device.type == "meta" for p in spread.model.parameters())  # really not in memory
-    assert placed["model.language_model.embed_tokens"] == "cpu" and spread.input_device == torch.device("cpu")
     clip, _ = sample_clip(clip_path, base, 3)
     assert spread.answer(clip, QUESTION).text == whole.answer(clip, QUESTION).text
-    # --plan shows the same placement, and its cpu share is within the budget.
-    code, out, _ = run_cli(["ask", clip_path, QUESTION, "--model", str(tiny_dir), "--frames", "3", "--plan",
-                            "--json", "--max-memory", f"cpu={budget}B"], capsys)
-    memory = json.loads(out)["memory"]
-    assert code == 0 and set(memory["placement"]) == {"cpu", "disk"}
-    assert 0 < memory["placement_bytes"]["cpu"] <= budget and memory["placement_bytes"]["disk"] > 0
-    assert sum(memory["placement_bytes"].values()) == sum(p.numel() for p in whole.model.parameters()) * 4
+
+
+def test_gpu_caps_planned_on_a_cpu_agree_with_accelerates_placement(big_dir, clip_path, capsys):
+    """``cuda:0=…,cpu=…`` planned here (no GPU): --plan's device_map and verdict are accelerate's placement of the
+    architecture in what each cap leaves (the GPU's less the KV cache, activations and runtime)."""
+    import torch
+    import transformers
+    from accelerate import infer_auto_device_map
+
+    settings = RunSettings(model=str(big_dir), device="cuda", quant="none", dtype="bfloat16")
+    params = parameters(big_dir)
+    extra = need(big_dir, params, 32, prompt_tokens(big_dir, settings), dtype_bytes=2) - params * 2
+    with torch.device("meta"):
+        model = transformers.LlavaNextVideoForConditionalGeneration(transformers.AutoConfig.from_pretrained(big_dir))
+
+    def oracle(gpu: int, cpu: int) -> dict[str, str]:
+        placed = infer_auto_device_map(model, max_memory={0: max(0, gpu - extra), "cpu": cpu}, dtype=torch.bfloat16,
+                                       no_split_module_classes=sorted(model._no_split_modules))
+        return per_parameter(model, placed)
+
+    def plan_of(gpu: int, cpu: int) -> dict:
+        code, out, err = run_cli(["ask", clip_path, QUESTION, "--model", str(big_dir), "--device", "cuda", "--quant",
+                                  "none", "--dtype", "bfloat16", "--plan", "--json",
+                                  "--max-memory", f"cuda:0={gpu}B,cpu={cpu}B"], capsys)
+        assert code == 0, err
+        return json.loads(out)["memory"]
+
+    small = plan_of(8 * GIB, MIB)
+    assert small["max_memory_fits"] is False
+    smallest = small["max_memory_smallest_bytes"]
+    assert smallest["cuda:0"] == 8 * GIB
+    for gpu, cpu in [(8 * GIB, MIB), (8 * GIB, smallest["cpu"] - 1), (8 * GIB, smallest["cpu"]), (8 * GIB, 24 * GIB),
+                     (2 * GIB, 24 * GIB)]:
+        mem, expected = plan_of(gpu, cpu), oracle(gpu, cpu)
+        assert per_parameter(model, mem["device_map"]) == expected
+        fits = "disk" not in expected.values() and gpu >= extra and "cuda:0" in expected.values()
+        assert mem["max_memory_fits"] is fits and mem["placement_bytes"].get("cuda:0", 0) <= max(0, gpu - extra)
+    assert plan_of(2 * GIB, 24 * GIB)["max_memory_smallest_bytes"]["cuda:0"] > extra
 
 
 def test_offloaded_layers_are_counted_unquantized(big_dir, clip_path, capsys):
     """With 4-bit on a GPU, bitsandbytes leaves the layers offloaded to the CPU in the compute dtype (bf16)."""
     import torch
-
-    from vqa_cli import plan
-
-    code, out, err = run_cli(["ask", clip_path, QUESTION, "--model", str(big_dir), "--device", "cuda", "--plan",
-                              "--json", "--max-memory", "cuda:0=2GiB,cpu=18GiB"], capsys)
-    assert code == 0, err
-    placed = json.loads(out)["memory"]["placement_bytes"]
-    checkpoint = Checkpoint(str(big_dir))
-    device_map = plan.device_map(checkpoint.adapter, "4bit", torch.bfloat16, {"cuda:0": 2 * GIB, "cpu": 18 * GIB})
-    on_cpu = [k for k, v in device_map.items() if v == "cpu"]
     import transformers
 
+    code, out, err = run_cli(["ask", clip_path, QUESTION, "--model", str(big_dir), "--device", "cuda", "--plan",
+                              "--json", "--max-memory", "cuda:0=6GiB,cpu=18GiB"], capsys)
+    assert code == 0, err
+    memory = json.loads(out)["memory"]
+    on_cpu = [k for k, v in memory["device_map"].items() if v == "cpu"]
     with torch.device("meta"):
         model = transformers.LlavaNextVideoForConditionalGeneration(transformers.AutoConfig.from_pretrained(big_dir))
     cpu_params = sum(p.numel() for n, p in model.named_parameters() if any(n.startswith(k + ".") for k in on_cpu))
-    assert cpu_params > 0 and placed["cpu"] == cpu_params * 2
-    assert 0 < placed["cuda:0"] <= 2 * GIB
-
-
-def test_max_memory_reaches_from_pretrained_as_the_device_map(tiny_dir, monkeypatch):
-    from vqa_cli import loading
-
-    seen = {}
-    real = loading.load_weights
-
-    def spy(cls, model_dir, **kwargs):
-        seen.update(kwargs)
-        return real(cls, model_dir, **kwargs)
-
-    monkeypatch.setattr(loading, "load_weights", spy)
-    config = loading.read_config(tiny_dir)
-    import torch
-
-    loading.load_model(tiny_dir, config, device="cpu", dtype=torch.float32, quant="none",
-                       max_memory={"cpu": 500_000})
-    assert isinstance(seen["device_map"], dict) and set(seen["device_map"].values()) == {"cpu", "disk"}
+    assert cpu_params > 0 and memory["placement_bytes"]["cpu"] == cpu_params * 2
+    assert 0 < memory["placement_bytes"]["cuda:0"] <= 6 * GIB
 
 
 # ---- the default without CUDA ---------------------------------------------------------------------------

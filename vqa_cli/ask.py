@@ -60,16 +60,24 @@ def _memory_rows(record: dict) -> list[tuple[str, str]]:
     """The peak, the placement, what the device has and what --fit chose, for ``--plan``."""
     from vqa_cli.plan import describe_placement
 
-    mem, gib = record["memory"], 1024**3
+    mem = record["memory"]
     extra = f" + {mem['guide_gib']:.2f} GiB guide model" if mem["guide_gib"] else ""
     rows = [("peak", f"{mem['peak_gib']:.2f} GiB (+ {mem['activations_gib']:.2f} GiB activations{extra}"
                      f" + {mem['runtime_gib']:.2f} GiB runtime)")]
     if mem["placement"]:
-        rows.append(("placement", describe_placement({d: b * gib for d, b in mem["placement"].items()})))
+        rows.append(("placement", describe_placement(mem["placement_bytes"])))
+    if mem.get("max_memory"):
+        rows.append(("--max-memory", _cap_verdict(mem)))
+    if mem.get("disk_gib") and mem.get("offload_dir"):
+        rows.append(("offload", f"{mem['disk_gib']:.2f} GiB of weights on disk ({mem['offload_dir']}): read from "
+                                "it again for every generated token"))
     have = mem["available_gib"].get(mem["device"])
     if have is not None:
         where = "available" if mem["device"] == "cpu" else f"free on {mem['device']}"
-        rows.append(("this machine", f"{have:.2f} GiB {where}: " + ("fits" if mem["fits"] else "does not fit")))
+        verdict = "fits" if mem["fits"] else "does not fit"
+        if mem.get("max_memory_fits") is False:
+            verdict = "does not fit its --max-memory"
+        rows.append(("this machine", f"{have:.2f} GiB {where}: {verdict}"))
     else:
         rows.append(("this machine", f"no {mem['device']} here: not checked"))
     if "fit" in record:
@@ -77,6 +85,17 @@ def _memory_rows(record: dict) -> list[tuple[str, str]]:
         rows.append(("--fit", f"{fit['frames']} frames in --mode {fit['mode']}"
                               + ("" if fit["changed"] else " (as asked)")))
     return rows
+
+
+def _cap_verdict(mem: dict) -> str:
+    """``--plan``'s verdict on ``--max-memory`` (the placement the load will use, against the caps)."""
+    from vqa_cli.plan import describe_placement
+
+    caps = describe_placement(mem["max_memory"])
+    if mem["max_memory_fits"]:
+        return f"{caps}: fits"
+    smallest = mem.get("max_memory_smallest")
+    return f"{caps}: does not fit" + (f" (the smallest that fits is --max-memory {smallest})" if smallest else "")
 
 
 def run_ask(settings, video: str, questions: list[str], *, as_json: bool = False, plan_only: bool = False,

@@ -26,7 +26,7 @@ _WORST_TIMES = 99999.99  # for budgeting the time instruction before timestamps 
 
 
 # The settings the weights are loaded with: one engine serves requests that differ in any other setting.
-LOAD_SETTINGS = ("model", "quant", "device", "dtype", "rope_scale", "rope_type", "max_memory")
+LOAD_SETTINGS = ("model", "quant", "device", "dtype", "rope_scale", "rope_type", "max_memory", "offload_dir")
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,7 @@ class RunSettings:
     subtitles: str = "off"  # --subtitles: auto | FILE | off (the commands' default is auto)
     # Placement and the memory check (see vqa_cli/fit.py): where the weights go, not what they answer.
     max_memory: tuple[tuple[str, int], ...] = ()  # --max-memory: (device, bytes) pairs, e.g. ("cuda:0", 6 GiB)
+    offload_dir: str | None = None  # --offload-dir: weights past --max-memory may go to disk (read from there)
     force: bool = False  # --force: load without the memory check
     fit: bool = False  # --fit: lower the frames (and mode) to what fits; the chosen ones replace them
 
@@ -68,7 +69,7 @@ class RunSettings:
         with unused knobs left out (the seed when decoding greedily, the guide model without --guide)."""
         d = asdict(self)
         d["mode"] = self.mode.to_dict()
-        for placement in ("device", "max_memory", "force", "fit"):
+        for placement in ("device", "max_memory", "offload_dir", "force", "fit"):
             d.pop(placement)
         d.pop("decoder")  # which library decodes: the frames are those of a full sequential decode either way
         if self.temperature <= 0:
@@ -243,7 +244,8 @@ class Answer:
 class Engine:
     """Loaded weights plus the checkpoint: answers questions about clips."""
 
-    def __init__(self, checkpoint: Checkpoint, settings: RunSettings, rope_factor: float) -> None:
+    def __init__(self, checkpoint: Checkpoint, settings: RunSettings, rope_factor: float,
+                 device_map: dict | None = None) -> None:
         self.checkpoint = checkpoint
         self.settings = settings
         self.rope_factor = rope_factor
@@ -253,7 +255,8 @@ class Engine:
         rope.apply_to_config(checkpoint.adapter.text_config(), checkpoint.base_rope, rope_factor, settings.rope_type)
         weights_dir = loading.resolve_model_dir(checkpoint.name, weights=True)
         self.loaded = loading.load_model(weights_dir, checkpoint.config, device=device, dtype=dtype, quant=quant,
-                                         max_memory=dict(settings.max_memory) or None)
+                                         max_memory=dict(settings.max_memory) or None, device_map=device_map,
+                                         offload_dir=settings.offload_dir)
         self.model = self.loaded.model
         self.adapter = self.loaded.adapter
         self.input_device = loading.input_device(self.model)

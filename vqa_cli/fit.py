@@ -10,7 +10,9 @@
   batch (``caption``) it settles on the largest batch that fits.
 - ``fit`` (``--fit``) lowers the frame count to the most that fit memory and context and, when even
   one frame does not fit the mode, tries the modes that cost fewer tokens.
-- ``parse_max_memory`` reads ``--max-memory`` (``cuda:0=6GiB,cpu=24GiB``).
+- ``parse_max_memory`` reads ``--max-memory`` (``cuda:0=6GiB,cpu=24GiB``). A cap is for everything on its
+  device (the computing device's KV cache and activations included); weights that do not fit the caps are
+  refused (``cap_refusal``: the smallest cap that fits), unless ``--offload-dir`` allows the disk.
 
 Nothing here imports torch at module level: ``vqa --help`` reads ``parse_max_memory``'s module.
 """
@@ -137,6 +139,7 @@ class Target:
     quant: str
     dtype: Any  # torch dtype
     max_memory: dict[str, int] | None = None
+    offload_dir: str | None = None  # --offload-dir: weights past the caps may go to disk
 
     @property
     def dtype_bytes(self) -> int:
@@ -156,6 +159,9 @@ def target(settings: Any) -> Target:
     quant = loading.resolve_quant(settings.quant, device)
     dtype = loading.resolve_dtype(settings.dtype, device, planning=True)
     budget = dict(settings.max_memory) or None
+    offload_dir = getattr(settings, "offload_dir", None)
+    if offload_dir and not budget:
+        raise UsageError("--offload-dir lets --max-memory put weights on disk: give --max-memory too")
     if budget:
         gpus = [d for d in budget if d.startswith("cuda")]
         if device.startswith("cuda"):
@@ -167,9 +173,9 @@ def target(settings: Any) -> Target:
         elif gpus:
             raise UsageError(f"--max-memory names {', '.join(gpus)} but the model runs on {device}")
         elif quant != "none":
-            raise UsageError("--max-memory on the CPU offloads layers to disk, which bitsandbytes cannot quantize: "
-                             "use --quant none")
-    return Target(device, quant, dtype, budget)
+            raise UsageError("--max-memory on the CPU places layers on the CPU and disk, which bitsandbytes leaves "
+                             "unquantized: use --quant none")
+    return Target(device, quant, dtype, budget, offload_dir)
 
 
 # ---- estimate and check ----------------------------------------------------------------------------
@@ -182,13 +188,37 @@ class MemoryCheck:
     estimate: Any  # plan.MemoryEstimate
     available: dict[str, int | None]
     target: Target
+    adapter: Any = None  # the checkpoint's family adapter (for the smallest --max-memory that fits)
 
     @property
     def fits(self) -> bool | None:
-        """True or False; None when the computing device is not on this machine (nothing to compare)."""
+        """True or False; None when the computing device is not on this machine (nothing to compare) and the
+        placement fits ``--max-memory`` (a placement outside its caps does not fit on any machine)."""
+        if self.estimate.cap_fits is False:
+            return False
         if self.available.get(self.estimate.device) is None:
             return None
         return not self.shortfall()
+
+    def smallest_caps(self) -> dict[str, int] | None:
+        """The ``--max-memory`` caps that fit, the cap of one device raised to the least that fits (the device the
+        placement overflows: the computing one when the rest of the request does not fit it, else the last
+        before the disk); None when the caps fit or raising that cap does not help."""
+        from vqa_cli import plan
+
+        est, tgt = self.estimate, self.target
+        problems = est.cap_problems()
+        if not problems or self.adapter is None:
+            return None
+        computing = plan.compute_device(tgt.device, est.caps)
+        if computing in problems:
+            device = computing
+        elif "disk" in problems:
+            device = "cpu" if "cpu" in est.caps else computing
+        else:
+            device = problems[0]
+        cap = plan.smallest_cap(est, self.adapter, tgt.quant, tgt.dtype, tgt.dtype_bytes, device)
+        return None if cap is None else {**est.caps, device: cap}
 
     def shortfall(self) -> list[tuple[str, int, int]]:
         """(device, needed, available) for each device that cannot hold its share."""
@@ -201,8 +231,13 @@ class MemoryCheck:
         return out
 
     def to_dict(self) -> dict:
-        return {"available_gib": {d: None if b is None else round(b / GIB, 3) for d, b in self.available.items()},
-                "fits": self.fits}
+        out = {"available_gib": {d: None if b is None else round(b / GIB, 3) for d, b in self.available.items()},
+               "fits": self.fits}
+        if self.estimate.cap_fits is False:
+            smallest = self.smallest_caps()
+            out["max_memory_smallest"] = caps_text(smallest) if smallest else None
+            out["max_memory_smallest_bytes"] = smallest
+        return out
 
 
 def _memo(probe: Probe) -> Probe:
@@ -233,7 +268,8 @@ def estimate(checkpoint: Any, settings: Any, budget: Any, *, batch: int = 1, tgt
     return plan.request_memory(checkpoint.adapter, quant=tgt.quant, dtype_bytes=tgt.dtype_bytes, dtype=tgt.dtype,
                                device=tgt.device, frames=budget.plan.frames,
                                prefill_tokens=budget.plan.total + budget.prompt_tokens, total_tokens=budget.total,
-                               batch=batch, guide_parameters=_guide_parameters(settings), max_memory=tgt.max_memory)
+                               batch=batch, guide_parameters=_guide_parameters(settings), max_memory=tgt.max_memory,
+                               offload_dir=tgt.offload_dir)
 
 
 def measure(checkpoint: Any, settings: Any, budget: Any, probe: Probe, *, batch: int = 1) -> MemoryCheck:
@@ -241,7 +277,7 @@ def measure(checkpoint: Any, settings: Any, budget: Any, probe: Probe, *, batch:
     device it uses; nothing is refused here (``--plan`` shows this)."""
     tgt = target(settings)
     est = estimate(checkpoint, settings, budget, batch=batch, tgt=tgt)
-    return MemoryCheck(est, {d: probe(d) for d in est.devices()}, tgt)
+    return MemoryCheck(est, {d: probe(d) for d in est.devices()}, tgt, checkpoint.adapter)
 
 
 def _budget(checkpoint: Any, settings: Any, questions: list[str], reserve: int, frames: int | None) -> Any:
@@ -275,6 +311,50 @@ def check(checkpoint: Any, settings: Any, questions: list[str], budget: Any, *, 
     one = first if batch == 1 else measure(checkpoint, settings, budget, probe, batch=1)
     raise MemoryFitError(refusal(checkpoint, settings, questions, one, budget.plan.frames, reserve=reserve,
                                  probe=probe))
+
+
+def check_caps(checkpoint: Any, settings: Any, budget: Any, *, batch: int = 1) -> Any:
+    """The ``--max-memory`` check that ``--force`` does not skip (the caps are the user's own): the estimate
+    (``plan.MemoryEstimate``, whose ``device_map`` the load uses), or a ``MemoryFitError`` naming the smallest
+    cap that fits. Without ``--max-memory`` None."""
+    if not settings.max_memory:
+        return None
+    found = MemoryCheck(estimate(checkpoint, settings, budget, batch=batch), {}, target(settings), checkpoint.adapter)
+    if found.estimate.cap_fits is False:
+        raise MemoryFitError(cap_refusal(settings, found))
+    return found.estimate
+
+
+def caps_text(caps: dict[str, int]) -> str:
+    """``--max-memory``'s value for ``caps`` (each size rounded up: see ``plan.cap_text``)."""
+    from vqa_cli.plan import cap_text
+
+    return ",".join(f"{d}={cap_text(b)}" for d, b in caps.items())
+
+
+def cap_refusal(settings: Any, mem: MemoryCheck) -> str:
+    """One line: why the placement does not fit ``--max-memory`` and the smallest cap that does."""
+    from vqa_cli.plan import size_text
+
+    est = mem.estimate
+    given = ", ".join(f"{d} {size_text(b)}" for d, b in est.caps.items())
+    why = []
+    for device in est.cap_problems():
+        if device == "disk":
+            why.append(f"{size_text(est.disk_bytes)} of its weights would go to disk")
+        elif device == est.device:
+            why.append(f"{device} needs {size_text(est.peak_on(device))} (weights {size_text(est.weights_on(device))}"
+                       f" + KV cache, activations and runtime {size_text(est.overhead_bytes)})")
+        elif est.weights_on(device):
+            why.append(f"{device} needs {size_text(est.peak_on(device))} for its layers")
+        else:
+            why.append(f"{device} holds none of the weights, so the request would not compute there")
+    smallest = mem.smallest_caps()
+    fix = f"the smallest that fits is --max-memory {caps_text(smallest)}" if smallest \
+        else "no larger cap of one device makes it fit"
+    if "disk" in est.cap_problems():
+        fix += " (or --offload-dir DIR puts the rest on disk, read again for every generated token)"
+    return f"{settings.model} does not fit --max-memory ({given}): {'; '.join(dict.fromkeys(why))}: {fix}"
 
 
 # ---- the refusal and its suggestions ---------------------------------------------------------------
@@ -396,9 +476,9 @@ def _offload(mem: MemoryCheck, probe: Probe) -> str | None:
     gpu, ram = mem.available.get(est.device), probe("cpu")
     if gpu is None or ram is None:
         return None
-    room = gpu - (est.peak_on(est.device) - est.weights_on(est.device))
-    gpu_gib, ram_gib = int(room / GIB * 2) / 2, int(ram * 0.9 / GIB)
-    if gpu_gib < 0.5 or ram_gib < 1:
+    room = gpu - est.overhead_bytes  # a cap is for everything on its device: the GPU's must hold more than this
+    gpu_gib, ram_gib = int(gpu / GIB * 2) / 2, int(ram * 0.9 / GIB)
+    if gpu_gib * GIB <= est.overhead_bytes or room < GIB / 2 or ram_gib < 1:
         return None
     device = "cuda:0" if tgt.device == "cuda" else tgt.device
     return f"{device}={gpu_gib:g}GiB,cpu={ram_gib}GiB"
@@ -406,8 +486,11 @@ def _offload(mem: MemoryCheck, probe: Probe) -> str | None:
 
 def refusal(checkpoint: Any, settings: Any, questions: list[str], mem: MemoryCheck, frames: int, *,
             reserve: int = 0, probe: Probe) -> str:
-    """One line: what the request needs, what there is, and the cheapest changes that would fit."""
+    """One line: what the request needs, what there is, and the cheapest changes that would fit (a placement
+    outside ``--max-memory``: ``cap_refusal``)."""
     est, tgt = mem.estimate, mem.target
+    if est.cap_fits is False:
+        return cap_refusal(settings, mem)
     device, need, have = mem.shortfall()[0]
     if device == est.device:
         parts = [f"weights {_gib(est.weights_on(device))} in {tgt.quant if tgt.quant != 'none' else tgt.dtype_name}",

@@ -25,6 +25,7 @@ from typing import Any, Literal, get_args
 from vqa_cli import console
 from vqa_cli.errors import (
     CheckpointError,
+    MemoryFitError,
     ModelNotCachedError,
     UnknownModelError,
     UnsupportedModelError,
@@ -413,11 +414,16 @@ def _quiet_transformers() -> Iterator[None]:
 
 
 def load_model(model_dir: Path, config: Any, *, device: str, dtype: Any, quant: str,
-               max_memory: dict[str, int] | None = None) -> LoadedModel:
+               max_memory: dict[str, int] | None = None, device_map: dict | None = None,
+               offload_dir: str | None = None) -> LoadedModel:
     """Weights from safetensors, quantized and placed; ``config`` carries any RoPE scaling.
 
-    ``max_memory`` (``--max-memory``, bytes per ``cuda:N``/``cpu``): accelerate places the layers within it
-    (``plan.device_map``), and what does not fit goes to the CPU, then to disk (read from the safetensors)."""
+    ``max_memory`` (``--max-memory``, bytes per ``cuda:N``/``cpu``): accelerate places the layers within it, and
+    what does not fit goes to the CPU, then to disk (read from the safetensors). ``device_map``: that placement
+    as the memory check computed it (``plan.place``: the caps less the KV cache and activations), so the load
+    is what ``--plan`` showed; without it ``plan.device_map`` places the weights in the caps as they are. A
+    placement with disk is refused unless ``offload_dir`` (``--offload-dir``) allows it: it is never passed to
+    ``from_pretrained`` otherwise."""
     import transformers
 
     if quant == "8bit" and not device.startswith("cuda"):
@@ -427,11 +433,18 @@ def load_model(model_dir: Path, config: Any, *, device: str, dtype: Any, quant: 
     if not any(model_dir.glob("*.safetensors")):
         raise UnknownModelError(f"{str(model_dir)!r} has no .safetensors weights (pickled weights are not loaded)")
     cls = getattr(transformers, adapter.model_class)
-    device_map: Any = "auto" if device == "cuda" else {"": device}
     from vqa_cli import plan
 
+    offload: dict[str, Any] = {}
     if max_memory:
-        device_map = plan.device_map(adapter, quant, dtype, max_memory)
+        device_map = dict(device_map or plan.device_map(adapter, quant, dtype, max_memory))
+        if "disk" in device_map.values():
+            if not offload_dir:
+                raise MemoryFitError(f"--max-memory ({plan.describe_placement(max_memory)}) cannot hold the weights "
+                                     "of this model without the disk: raise it, or allow the disk with --offload-dir")
+            offload["offload_folder"] = str(offload_dir)
+    else:
+        device_map = "auto" if device == "cuda" else {"": device}
     started = time.perf_counter()
     bnb = quantization_config(quant, adapter, dtype, offload=bool(max_memory))
     from vqa_cli import quantized  # a pre-quantized copy of these weights, read instead of quantizing again
@@ -443,11 +456,13 @@ def load_model(model_dir: Path, config: Any, *, device: str, dtype: Any, quant: 
     if model is None:
         with plan.quiet_offload() if max_memory else contextlib.nullcontext():
             model = load_weights(cls, model_dir, config=config, dtype=dtype,
-                                 quantization_config=bnb, device_map=device_map)
+                                 quantization_config=bnb, device_map=device_map, **offload)
         if max_memory:
             spread = sorted({str(d) if not isinstance(d, int) else f"cuda:{d}" for d in device_map.values()})
-            console.info(f"--max-memory: the layers are on {', '.join(spread)}"
-                         + (" (offloaded layers are slower)" if len(spread) > 1 else ""))
+            slow = " (offloaded layers are slower)" if len(spread) > 1 else ""
+            if "disk" in spread:
+                slow = " (the layers on disk are read from it again for every generated token: slow)"
+            console.info(f"--max-memory: the layers are on {', '.join(spread)}{slow}")
     model.eval()
     seconds = time.perf_counter() - started
     if bnb is not None and not prequantized and not max_memory:

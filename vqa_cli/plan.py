@@ -9,7 +9,9 @@ memory), so they are exact for the checkpoint's architecture. The peak memory of
   layers; embeddings and the skip list stay at the compute dtype). With ``--max-memory`` the layers
   are placed by accelerate's ``infer_auto_device_map`` (``device_map``) and each device holds its
   share; layers offloaded to the CPU or disk are not quantized (bitsandbytes keeps them in the
-  compute dtype).
+  compute dtype). A ``--max-memory`` cap is for everything on its device: accelerate places the
+  weights in the computing device's cap less the KV cache, activations, guide model and runtime
+  allowance (``place``), and the same ``device_map`` is what ``from_pretrained`` gets.
 - **KV cache**: 2 (keys, values) x layers x KV heads x head size x budgeted tokens (visual + prompt +
   new) x batch.
 - **clip tensors**, kept through the request: every frame's vision features and their projection
@@ -29,6 +31,7 @@ cache and the vision chunk never coexist, and it counts both.
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -64,6 +67,37 @@ class MemoryEstimate:
     device: str = ""  # where the request computes (the input embeddings' device)
     placement: dict[str, int] = field(default_factory=dict)
     batch: int = 1
+    caps: dict[str, int] = field(default_factory=dict)  # --max-memory: bytes per device, for everything on it
+    offload_dir: str | None = None  # --offload-dir: weights may go to disk (else a placement with disk does not fit)
+    device_map: dict[str, int | str] = field(default_factory=dict)  # accelerate's, as from_pretrained gets it
+
+    @property
+    def overhead_bytes(self) -> int:
+        """What the computing device holds besides its weights: KV cache, activations, guide model, runtime."""
+        return self.kv_cache_bytes + self.activation_bytes + self.guide_bytes + self.runtime_bytes
+
+    @property
+    def disk_bytes(self) -> int:
+        """Weight bytes offloaded to disk (read again from the checkpoint's files on every forward pass)."""
+        return self.placement.get("disk", 0)
+
+    def cap_problems(self) -> list[str]:
+        """Why the placement does not fit ``--max-memory`` (empty when it fits, or without caps): a device whose
+        share (its weights, and on the computing device everything else) exceeds its cap, weights on disk
+        without ``--offload-dir``, or a GPU request whose GPU cap holds none of the weights."""
+        if not self.caps:
+            return []
+        out = [d for d, cap in self.caps.items() if self.peak_on(d) > cap]
+        if self.disk_bytes and not self.offload_dir:
+            out.append("disk")
+        if any(d.startswith("cuda") for d in self.caps) and not self.device.startswith("cuda"):
+            out.append(min(d for d in self.caps if d.startswith("cuda")))
+        return out
+
+    @property
+    def cap_fits(self) -> bool | None:
+        """Whether the placement fits ``--max-memory`` (None without it)."""
+        return None if not self.caps else not self.cap_problems()
 
     @property
     def total_bytes(self) -> int:
@@ -107,6 +141,11 @@ class MemoryEstimate:
             "batch": self.batch,
             "placement": {d: _gib(b) for d, b in self.placement.items()} if self.placement else None,
             "placement_bytes": dict(self.placement) if self.placement else None,
+            "device_map": {k: _vqa_device(v) for k, v in self.device_map.items()} if self.device_map else None,
+            "max_memory": dict(self.caps) if self.caps else None,
+            "max_memory_fits": self.cap_fits,
+            "disk_gib": _gib(self.disk_bytes),
+            "offload_dir": self.offload_dir,
         }
 
 
@@ -266,11 +305,17 @@ def main_device(placed: dict[str, int | str]) -> str:
     return f"cuda:{gpus[0]}" if gpus else "cpu"
 
 
+def compute_device(device: str, caps: dict[str, int] | None) -> str:
+    """Where a request computes: with ``--max-memory`` naming GPUs, the first of them; else ``device``."""
+    gpus = sorted((d for d in caps or () if d.startswith("cuda")), key=lambda d: int(d.split(":", 1)[1]))
+    return gpus[0] if gpus else ("cpu" if caps else device)
+
+
 def request_memory(adapter: Any, *, quant: str, dtype_bytes: int, dtype: Any, device: str, frames: int,
                    prefill_tokens: int, total_tokens: int, batch: int = 1, guide_parameters: int = 0,
-                   max_memory: dict[str, int] | None = None) -> MemoryEstimate:
+                   max_memory: dict[str, int] | None = None, offload_dir: str | None = None) -> MemoryEstimate:
     """The peak memory of a request (see the module docstring): ``device`` is the resolved device
-    (``cpu``, ``cuda``, ``cuda:1``); with ``max_memory`` the weights are placed by ``device_map``."""
+    (``cpu``, ``cuda``, ``cuda:1``); with ``max_memory`` the weights are placed by ``place``."""
     est = estimate_memory(adapter, quant, dtype_bytes, total_tokens)
     est.kv_cache_bytes *= batch
     est.batch = batch
@@ -279,11 +324,62 @@ def request_memory(adapter: Any, *, quant: str, dtype_bytes: int, dtype: Any, de
     est.runtime_bytes = RUNTIME_BYTES
     est.device = device
     if max_memory:
-        placed = device_map(adapter, quant, dtype, max_memory)
-        est.placement = placement_bytes(adapter, quant, dtype_bytes, placed)
-        est.device = main_device(placed)
-        est.weight_bytes = sum(est.placement.values())
+        place(est, adapter, quant, dtype, dtype_bytes, max_memory, offload_dir)
     return est
+
+
+def place(est: MemoryEstimate, adapter: Any, quant: str, dtype: Any, dtype_bytes: int, caps: dict[str, int],
+          offload_dir: str | None = None) -> MemoryEstimate:
+    """Place ``est``'s weights within ``caps`` (``--max-memory``): accelerate gets every cap as it is, except the
+    computing device's, which loses what the request holds there besides the weights (``overhead_bytes``).
+    Sets ``placement``, ``device_map``, ``device``, ``weight_bytes``, ``caps`` and ``offload_dir``."""
+    computing = compute_device(est.device, caps)
+    budget = {d: max(0, b - est.overhead_bytes) if d == computing else b for d, b in caps.items()}
+    placed = device_map(adapter, quant, dtype, budget)
+    est.device_map = placed
+    est.placement = placement_bytes(adapter, quant, dtype_bytes, placed)
+    est.device = main_device(placed)
+    est.weight_bytes = sum(est.placement.values())
+    est.caps, est.offload_dir = dict(caps), offload_dir
+    return est
+
+
+def smallest_cap(est: MemoryEstimate, adapter: Any, quant: str, dtype: Any, dtype_bytes: int, device: str
+                 ) -> int | None:
+    """The smallest cap in bytes for ``device`` (the other caps as they are) at which ``est``'s placement fits
+    (``cap_fits``), found with the placement itself (the same ``place``, bisected); None when no cap of that
+    device makes it fit."""
+    from dataclasses import replace as copy
+
+    def fits(cap: int) -> bool:
+        return bool(place(copy(est), adapter, quant, dtype, dtype_bytes, {**est.caps, device: cap},
+                          est.offload_dir).cap_fits)
+
+    total = count_parameters(adapter)[0] * max(dtype_bytes, 1)
+    lo, hi = est.caps.get(device, 0), 2 * (total + est.overhead_bytes) + _GIB
+    if not fits(hi):
+        return None
+    if fits(lo):
+        return lo
+    while hi - lo > 1:  # fits(hi), not fits(lo): more room never moves a weight off this device
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
+    return hi
+
+
+def cap_text(n: int) -> str:
+    """A ``--max-memory`` size of at least ``n`` bytes, rounded up: ``2.3GiB`` (to a tenth), ``600MiB``, ``12KiB``."""
+    from vqa_cli.fit import parse_size
+
+    for unit, scale, step in (("GiB", _GIB, 0.1), ("MiB", 2**20, 1), ("KiB", 2**10, 1), ("B", 1, 1)):
+        if n >= scale or unit == "B":
+            value = math.ceil(n / scale / step - 1e-9) * step
+            while True:
+                text = f"{value:.1f}{unit}" if step < 1 else f"{int(value)}{unit}"
+                if parse_size(text) >= n:
+                    return text
+                value += step
+    raise AssertionError("unreachable")
 
 
 def size_text(n: float) -> str:

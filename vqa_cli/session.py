@@ -76,16 +76,30 @@ def check_memory(checkpoint: Any, settings: Any, questions: list[str], budget: A
                  reserve: int = 0, probe: Any = None) -> Any:
     """The memory check before any weight is downloaded or loaded (``fit.check``): a ``MemoryFitError`` when
     the request cannot fit, else the check, whose ``estimate.batch`` is the largest batch up to ``batch``
-    that fits. None with ``--force``. Then a ``--device`` this machine lacks fails, still before any download
-    (the probe says what the machine has: it knows no memory on a device that is not there)."""
+    that fits. None with ``--force`` (which still refuses a placement outside ``--max-memory``). Then a
+    ``--device`` this machine lacks fails, still before any download (the probe says what the machine has: it
+    knows no memory on a device that is not there)."""
     from vqa_cli import fit, loading
 
     checked = None
-    if not settings.force:
-        with console.status("checking memory"):
+    with console.status("checking memory"):
+        if not settings.force:
             checked = fit.check(checkpoint, settings, questions, budget, batch=batch, reserve=reserve, probe=probe)
+        else:  # --force skips the check against the machine, not the user's own --max-memory
+            fit.check_caps(checkpoint, settings, budget, batch=batch)
     loading.resolve_device(settings.device)
     return checked
+
+
+def placement(checkpoint: Any, settings: Any, budget: Any, memory: Any, batch: int = 1) -> dict | None:
+    """With ``--max-memory``, the ``device_map`` the load gets: the one the memory check placed (``plan.place``,
+    the placement ``--plan`` shows), for the batch it settled on; None without ``--max-memory``."""
+    if not settings.max_memory:
+        return None
+    from vqa_cli import fit
+
+    est = memory.estimate if memory is not None else fit.check_caps(checkpoint, settings, budget, batch=batch)
+    return est.device_map
 
 
 def plan_model(settings: Any, questions: list[str], *, num_frames: int | None = None, reserve: int = 0
@@ -118,10 +132,11 @@ def open_model(settings: Any, questions: list[str], *, num_frames: int | None = 
     settings, fitted = fit_settings(settings, questions, reserve=reserve, probe=probe)
     checkpoint, budget = plan_model(settings, questions, num_frames=num_frames, reserve=reserve)
     memory = check_memory(checkpoint, settings, questions, budget, batch=batch, reserve=reserve, probe=probe)
+    device_map = placement(checkpoint, settings, budget, memory, batch)
     catalog.fetch_weights(settings.model)
     with console.status(f"loading {settings.model}"):
         started = time.perf_counter()
-        engine = Engine(checkpoint, settings, budget.rope_factor)
+        engine = Engine(checkpoint, settings, budget.rope_factor, device_map)
         timings["load"] = time.perf_counter() - started
     return Session(checkpoint, budget, engine, timings=timings, memory=memory, fitted=fitted)
 

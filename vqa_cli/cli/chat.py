@@ -18,6 +18,7 @@ from vqa_cli.cli.options import (
     MaxNewTokensOpt,
     ModelOpt,
     ModeOpt,
+    OffloadDirOpt,
     PoolOpt,
     QuantOpt,
     RopeScaleOpt,
@@ -52,6 +53,7 @@ def chat(
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     max_memory: MaxMemoryOpt = None,
+    offload_dir: OffloadDirOpt = None,
     fit: FitOpt = False,
     force: ForceOpt = False,
     max_new_tokens: MaxNewTokensOpt = 256,
@@ -74,6 +76,6 @@ def chat(
         max_new_tokens=max_new_tokens,
         temperature=temperature, seed=seed, stride=stride, slow_frames=slow_frames, fast_grid=fast_grid, pool=pool,
         rope_scale=rope_scale, rope_type=rope_type, time_prompt=time_prompt,
-        max_memory=max_memory, fit=fit, force=force,
+        max_memory=max_memory, offload_dir=offload_dir, fit=fit, force=force,
     )
     return run_chat(settings, video, server=server, model_given=model is not None)

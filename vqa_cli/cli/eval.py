@@ -22,6 +22,7 @@ from vqa_cli.cli.options import (
     MaxFramesOpt,
     MaxMemoryOpt,
     ModelOpt,
+    OffloadDirOpt,
     PoolOpt,
     QuantOpt,
     RopeScaleOpt,
@@ -97,6 +98,7 @@ def eval(  # noqa: A001 - the command's name
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     max_memory: MaxMemoryOpt = None,
+    offload_dir: OffloadDirOpt = None,
     force: ForceOpt = False,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Most tokens per answer "
                                                 "(--score generate).")] = 16,
@@ -124,7 +126,8 @@ def eval(  # noqa: A001 - the command's name
             stride=stride if name == "anyres" else None,
             slow_frames=slow_frames if name == "slowfast" else None,
             fast_grid=fast_grid if name == "slowfast" else None, pool=pool if name == "pooled" else None,
-            rope_scale=rope_scale, rope_type=rope_type, time_prompt=time_prompt, max_memory=max_memory, force=force)
+            rope_scale=rope_scale, rope_type=rope_type, time_prompt=time_prompt, max_memory=max_memory,
+            offload_dir=offload_dir, force=force)
         chosen_model = s.model  # the default model is chosen (and announced) once
         settings.append(replace(s, subtitles=_subtitles(subtitles)))
     return run_eval(settings, annotations, fmt, videos, out=out, summary_path=summary, protocol=protocol, score=score,

@@ -87,6 +87,10 @@ MaxMemoryOpt = Annotated[str | None, typer.Option(
     "--max-memory", show_default=False,
     help="Memory per device, e.g. cuda:0=6GiB,cpu=24GiB (accelerate's max_memory): layers that do not fit on the GPU "
          "are offloaded to the CPU, then to disk.")]
+OffloadDirOpt = Annotated[str | None, typer.Option(
+    "--offload-dir", show_default=False,
+    help="Let --max-memory put the weights that do not fit its caps on disk (read from the checkpoint's files, or "
+         "written here, again for every generated token: slow); without it such a cap is refused.")]
 FitOpt = Annotated[bool, typer.Option(
     "--fit", help="Take the most frames (and if need be a cheaper mode) that fit the memory and the context.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Load even when the memory estimate says it does not fit.")]
@@ -147,6 +151,7 @@ def run_settings(
     guide_model: str | None = None,
     guide_kernel: str | None = None,
     max_memory: str | None = None,
+    offload_dir: str | None = None,
     fit: bool = False,
     force: bool = False,
     segments: str = "none",
@@ -175,7 +180,8 @@ def run_settings(
                        device=device, dtype=dtype,
                        max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, rope_scale=rope_scale,
                        rope_type=rope_type, time_prompt=time_prompt, guide_model=guide_model or DEFAULT_GUIDE_MODEL,
-                       max_memory=parse_max_memory(max_memory), fit=fit, force=force,
+                       max_memory=parse_max_memory(max_memory), offload_dir=_offload_dir(offload_dir, max_memory),
+                       fit=fit, force=force,
                        **_time_settings(segments, scene_detector, scene_threshold, min_scene, subtitles))
 
 
@@ -192,6 +198,18 @@ def _time_settings(segments: str, scene_detector: str, scene_threshold: float | 
     return {"segments": text, "scene_detector": scene_detector,
             "scene_threshold": threshold_for(scene_detector, scene_threshold), "min_scene": float(min_scene),
             "subtitles": check_choice(subtitles)}
+
+
+def _offload_dir(path: str | None, max_memory: str | None) -> str | None:
+    """``--offload-dir``: only with ``--max-memory``, and not a file."""
+    if not path:
+        return None
+    if not max_memory:
+        raise UsageError("--offload-dir lets --max-memory put weights on disk: give --max-memory too")
+    folder = os.path.abspath(os.path.expanduser(path))
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UsageError(f"--offload-dir {path!r} is not a folder")
+    return folder
 
 
 def _model(model: str | None, device: str | None) -> str:
