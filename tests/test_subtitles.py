@@ -112,6 +112,7 @@ def captioned(tmp_path, tiny_dir, monkeypatch, capsys):
         assert info.value.code == 0
         return [json.loads(x) for x in out.read_text().splitlines()], list(asked)
 
+    run.tiny_dir = tiny_dir
     return run
 
 
@@ -174,3 +175,105 @@ def test_one_subtitle_file_takes_one_video(tmp_path, tiny_dir, capsys):
     with pytest.raises(SystemExit) as info:
         main(["caption", a, b, "--subtitles", str(tmp_path / "s.srt"), "--model", str(tiny_dir)])
     assert info.value.code == 2 and "--subtitles FILE" in capsys.readouterr().err
+
+
+# ---- vqa's own output is never read back as subtitles ----------------------------------------------------------
+
+
+def _sidecar_seen_by_a_process(video, stdout) -> str:
+    """``find_sidecar`` in a fresh process whose standard output is ``stdout`` (the answer comes on stderr)."""
+    import subprocess
+    import sys
+
+    code = f"import sys; from vqa_cli import subtitles; print(subtitles.find_sidecar({str(video)!r}), file=sys.stderr)"
+    return subprocess.run([sys.executable, "-c", code], stdout=stdout, stderr=subprocess.PIPE, text=True,
+                          check=True).stderr.strip()
+
+
+def test_auto_passes_over_empty_files_stdout_and_out(tmp_path):
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"")
+    srt_file, vtt_file = tmp_path / "clip.srt", tmp_path / "clip.vtt"
+    srt_file.write_text("")
+    assert subtitles.find_sidecar(str(video)) is None  # empty (the shell's `> clip.srt` before vqa starts)
+    srt_file.write_text("1\nno timing line here\n")
+    assert subtitles.find_sidecar(str(video)) is None  # no cue
+    srt_file.write_text(SRT)
+    assert subtitles.find_sidecar(str(video)) == srt_file
+    with open(srt_file, "a") as out:  # the same file as this process's stdout: not subtitles
+        assert _sidecar_seen_by_a_process(video, out) == "None"
+    with open(tmp_path / "elsewhere.txt", "w") as out:
+        assert _sidecar_seen_by_a_process(video, out) == str(srt_file)
+    vtt_file.write_text(VTT)
+    try:
+        subtitles.set_outputs([str(srt_file)])  # --out clip.srt: the run's own output
+        assert subtitles.find_sidecar(str(video)) == vtt_file  # the next candidate
+    finally:
+        subtitles.set_outputs([])
+    assert subtitles.find_sidecar(str(video)) == srt_file
+
+
+def test_files_vqa_wrote_are_recognised_by_their_content(tmp_path):
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"")
+    mine = "1\n00:00:00,000 --> 00:00:02,000\nA caption vqa wrote.\n\n"
+    (tmp_path / "clip.srt").write_text(mine)
+    assert subtitles.find_sidecar(str(video)) == tmp_path / "clip.srt"
+    subtitles.remember_written(mine.encode(), str(tmp_path / "clip.srt"))
+    assert subtitles.find_sidecar(str(video)) is None
+    other = tmp_path / "copy"  # copied elsewhere: still vqa's
+    other.mkdir()
+    (other / "clip.mp4").write_bytes(b"")
+    (other / "clip.srt").write_text(mine)
+    assert subtitles.find_sidecar(str(other / "clip.mp4")) is None
+    (tmp_path / "clip.srt").write_text(mine.replace("vqa wrote", "a user corrected"))  # edited: the user's now
+    assert subtitles.find_sidecar(str(video)) == tmp_path / "clip.srt"
+
+
+def test_the_readme_recipe_twice_then_a_plain_run_equal_a_run_before_it(tmp_path, tiny_dir, capsys):
+    """`vqa caption clip.mp4 --segments scenes --format srt > clip.srt` (a real process, stdout opened on the file
+    beside the clip), twice, then a plain run: none reads clip.srt back, so all equal the run before the recipe."""
+    import subprocess
+    import sys
+
+    from test_segments import scene_clip
+
+    from vqa_cli.writer._formats import format_writer
+
+    video = scene_clip(str(tmp_path / "clip.mp4"), [12, 9, 14])
+    common = [video, "--model", str(tiny_dir), "--dtype", "float32", "--frames", "2", "--max-new-tokens", "4",
+              "--segments", "scenes"]
+
+    def plain(name):
+        out = tmp_path / name
+        with pytest.raises(SystemExit) as info:
+            main(["caption", *common, "--out", str(out)])
+        capsys.readouterr()
+        assert info.value.code == 0
+        rec = json.loads(out.read_text())
+        return {k: rec[k] for k in ("settings_id", "caption", "segments", "subtitle_tokens", "visual_tokens")}
+
+    before = plain("before.jsonl")
+    assert len(before["segments"]) == 3 and before["subtitle_tokens"] == 0
+    expected_srt = format_writer("srt").text({"segments": before["segments"]})
+    for _ in range(2):
+        with open(tmp_path / "clip.srt", "w") as stdout:  # the shell's `> clip.srt`
+            subprocess.run([sys.executable, "-c", "from vqa_cli.cli import main; main()", "caption", *common,
+                            "--format", "srt"], stdout=stdout, stderr=subprocess.PIPE, check=True)
+        assert (tmp_path / "clip.srt").read_text() == expected_srt
+    assert plain("after.jsonl") == before  # clip.srt (vqa's own) beside the clip is not its subtitles
+
+
+def test_sidecars_written_into_the_video_folder_are_not_read_back(tmp_path, captioned):
+    """`--out-dir` the videos' own folder puts clip.vtt beside clip.mp4: the next run does not take it."""
+    video = make_clip(str(tmp_path / "v.mp4"), 30, fps=10.0)
+    before, asked = captioned(video, "--frames", "1", "--segments", "fixed:1.5")
+    index = tmp_path / "index.jsonl"
+    with pytest.raises(SystemExit) as info:
+        main(["caption", video, "--frames", "1", "--segments", "fixed:1.5", "--format", "vtt", "--out-dir",
+              str(tmp_path), "--out", str(index), "--model", str(captioned.tiny_dir), "--dtype", "float32",
+              "--max-new-tokens", "2", "--prompt", "Describe."])
+    assert info.value.code == 0 and (tmp_path / "v.vtt").read_text().startswith("WEBVTT")
+    after, asked_after = captioned(video, "--frames", "1", "--segments", "fixed:1.5")
+    assert asked_after == asked == ["Describe.", "Describe."]
+    assert [r["settings_id"] for r in after] == [r["settings_id"] for r in before]

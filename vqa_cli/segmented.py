@@ -247,7 +247,7 @@ def prepare(settings: Any, videos: list[str], out: str, output_format: str, out_
                              "(one file per video and a resumable index)")
         if output_format in ("srt", "vtt", "chapters") and len(videos) > 1:
             raise UsageError(f"--format {output_format} prints one video's file: for several videos give --out-dir")
-    settings = settle_subtitles(settings, videos)
+    settings = settle_subtitles(settings, videos, [out])
     if settings.subtitles not in ("auto", "off") and len(videos) > 1:
         raise UsageError("--subtitles FILE is one video's subtitles: with several videos use auto (NAME.srt beside "
                          "each video)")
@@ -266,8 +266,11 @@ def output_sink(sink: Any, output_format: str, out_dir: str | None) -> Any:
     return SidecarSink(output_format, out_dir, sink) if out_dir else PrintSink(output_format)
 
 
-def settle_subtitles(settings: Any, videos: list[str]) -> Any:
-    """``--subtitles auto`` is ``off`` when none of ``videos`` has a sidecar (same settings_id as no subtitles)."""
+def settle_subtitles(settings: Any, videos: list[str], outputs: list[str] | None = None) -> Any:
+    """``--subtitles auto`` is ``off`` when none of ``videos`` has a sidecar (same settings_id as no subtitles).
+    ``outputs``: the files the run writes (``--out``), never read as a sidecar (nor is stdout, nor anything vqa
+    wrote: ``subtitles.find_sidecar``)."""
+    subtitles.set_outputs(outputs or [])
     if settings.subtitles == "auto" and not any(subtitles.find_sidecar(v) for v in videos):
         return replace(settings, subtitles="off")
     return settings

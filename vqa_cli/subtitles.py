@@ -5,11 +5,28 @@ token budget.
 SRT and WebVTT are parsed here without a dependency: both are cue blocks of ``start --> end`` and text
 lines, which a dozen lines read (formatting tags are dropped, VTT's header, NOTE/STYLE/REGION blocks and
 cue settings skipped). ``find_sidecar`` is ``auto``: ``clip.srt`` or ``clip.vtt`` beside ``clip.mp4``.
+
+``auto`` never reads vqa's own output back as subtitles (``vqa caption clip.mp4 --format srt > clip.srt``
+puts ``clip.srt`` where ``auto`` looks). A candidate is passed over when it is
+
+- empty, or holds no cue (the shell has opened, and emptied, ``clip.srt`` before vqa starts);
+- the file this process writes to: its standard output (``os.fstat(1)``: same device and inode) or ``--out``
+  (``set_outputs``);
+- a file vqa wrote: every SRT or WebVTT file vqa writes (``--format srt|vtt`` to a regular-file stdout, or
+  into ``--out-dir``) is remembered by its size and SHA-256 in ``written-subtitles.jsonl`` in vqa's cache
+  folder (``$VQA_CACHE``, else ``$XDG_CACHE_HOME/vqa`` or ``~/.cache/vqa``). The content decides, not the
+  path: a copy or a move is still recognised, and a file edited since (a user's corrected captions) is the
+  user's own again. SRT has no comment syntax that every player skips, so no marker is put in the files.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import re
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,13 +83,117 @@ def read(path: str | Path) -> list[Cue]:
 
 
 def find_sidecar(video: str) -> Path | None:
-    """``auto``: the ``.srt`` (else ``.vtt``) file with the video's name beside it, when there is one."""
+    """``auto``: the ``.srt`` (else ``.vtt``) file with the video's name beside it, when there is one that is not
+    vqa's own output (see the module docstring: empty, this process's stdout or ``--out``, or written by vqa)."""
     base = Path(video)
     for ext in SUBTITLE_EXTENSIONS:
         candidate = base.with_suffix(ext)
-        if candidate.is_file():
+        if candidate.is_file() and not own_output(candidate):
             return candidate
     return None
+
+
+# ---- vqa's own output is never read back as subtitles ------------------------------------------------------
+WRITTEN_FILE = "written-subtitles.jsonl"  # in vqa's cache folder: {"sha256", "size", "path", "time"} a line
+_WRITTEN_KEEP = 5000  # entries kept when the list is trimmed
+_outputs: set[str] = set()  # resolved paths this run writes (--out)
+
+
+def set_outputs(paths: list[str]) -> None:
+    """The files this run writes besides stdout (``--out``): ``auto`` never takes one of them as subtitles."""
+    _outputs.clear()
+    _outputs.update(os.path.realpath(p) for p in paths if p and p != "-")
+
+
+def _stdout_stats() -> list[os.stat_result]:
+    found = []
+    fds = {1}
+    try:
+        fds.add(sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):  # a replaced sys.stdout (tests, notebooks) has no descriptor
+        pass
+    for fd in fds:
+        try:
+            found.append(os.fstat(fd))
+        except OSError:
+            pass
+    return found
+
+
+def own_output(path: Path) -> bool:
+    """Whether ``path`` is not subtitles to read: empty or without a cue, this process's stdout or ``--out``, or a
+    file vqa wrote (``remember_written``)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    if any(os.path.samestat(st, out) for out in _stdout_stats()) or os.path.realpath(path) in _outputs:
+        return True
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return False  # unreadable: reading it says so (read)
+    if not parse(data.decode("utf-8", errors="replace")):
+        return True
+    return _is_written(data)
+
+
+def _written_list() -> Path:
+    from vqa_cli.quantized import cache_dir
+
+    return cache_dir().parent / WRITTEN_FILE
+
+
+def _entries() -> list[dict]:
+    try:
+        lines = _written_list().read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    entries = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:  # a line cut off by a killed process
+            continue
+        if isinstance(entry, dict):
+            entries.append(entry)
+    return entries
+
+
+def _is_written(data: bytes) -> bool:
+    size = len(data)
+    candidates = [e for e in _entries() if e.get("size") == size]
+    if not candidates:
+        return False
+    digest = hashlib.sha256(data).hexdigest()
+    return any(e.get("sha256") == digest for e in candidates)
+
+
+def remember_written(data: bytes, path: str | None = None) -> None:
+    """Remember a subtitle file vqa wrote (its bytes ``data``), so that ``auto`` never reads it back as subtitles.
+    A failure to remember is a notice: the file is then taken for the user's own subtitles."""
+    from vqa_cli import console
+
+    entry = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "path": path,
+             "time": round(time.time(), 3)}
+    target = _written_list()
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "a", encoding="utf-8") as f:  # one short line, appended: concurrent runs interleave whole
+            f.write(json.dumps(entry) + "\n")
+        if target.stat().st_size > _WRITTEN_KEEP * 400:
+            _trim(target)
+    except OSError as exc:
+        console.info(f"warning: cannot note {path or 'the output'} as written by vqa in {target} "
+                     f"({exc.strerror or exc}): --subtitles auto may read it back as subtitles")
+
+
+def _trim(target: Path) -> None:
+    """Keep the last ``_WRITTEN_KEEP`` entries (atomically replaced)."""
+    from vqa_cli.writer._files import _replace
+
+    entries = _entries()[-_WRITTEN_KEEP:]
+    _replace(target, [json.dumps(e) + "\n" for e in entries])
 
 
 def check_choice(value: str | None) -> str:

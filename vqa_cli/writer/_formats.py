@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import stat
 import sys
 from pathlib import Path
 from typing import Any, ClassVar, Literal, get_args
@@ -117,12 +119,28 @@ def sidecar_path(out_dir: str | Path, video: str, name: str) -> Path:
     return Path(out_dir) / f"{Path(video).stem}.{WRITERS[name].extension}"
 
 
+SUBTITLE_FORMATS = ("srt", "vtt")  # what ``--subtitles auto`` would read back: remembered as vqa's (subtitles)
+
+
+def _stdout_file() -> os.stat_result | None:
+    """The regular file ``sys.stdout`` writes to (``> clip.srt``), if it does."""
+    try:
+        st = os.fstat(sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):  # a replaced sys.stdout without a descriptor
+        return None
+    return st if stat.S_ISREG(st.st_mode) else None
+
+
 class PrintSink:
     """``--out -`` with a ``--format``: each record's file printed as it is written (error records are left to
-    the summary and the notices)."""
+    the summary and the notices). An SRT or WebVTT file printed to a regular file (``> clip.srt``) that holds
+    exactly what was printed is remembered as vqa's (``subtitles.remember_written``)."""
 
     def __init__(self, name: str, stream: Any = None) -> None:
         self.format, self.stream, self.first = format_writer(name), stream, True
+        self.printed = bytearray()  # what went to a regular-file stdout, to remember it
+        start = _stdout_file() if stream is None and name in SUBTITLE_FORMATS else None
+        self.remember = start is not None and start.st_size == 0  # appended to a user's file (>>): not ours alone
 
     def write(self, record: dict) -> None:
         if record.get("error") is not None:
@@ -133,6 +151,17 @@ class PrintSink:
         self.first = False
         stream.write(text)
         stream.flush()
+        if self.remember:
+            self._remember(text, stream)
+
+    def _remember(self, text: str, stream: Any) -> None:
+        from vqa_cli.subtitles import remember_written
+
+        self.printed += text.encode(getattr(stream, "encoding", None) or "utf-8")
+        st = _stdout_file()
+        if st is not None and st.st_size == len(self.printed):  # the file is what vqa printed, and only that
+            where = f"/proc/self/fd/{sys.stdout.fileno()}"  # its name, where the system tells it
+            remember_written(bytes(self.printed), os.path.realpath(where) if os.path.exists(where) else None)
 
 
 class SidecarSink:
@@ -146,6 +175,11 @@ class SidecarSink:
     def write(self, record: dict) -> None:
         if record.get("error") is None:
             path = sidecar_path(self.out_dir, record["video"], self.name)
-            _replace(path.resolve(), [self.format.text(record)])
+            text = self.format.text(record)
+            _replace(path.resolve(), [text])
+            if self.name in SUBTITLE_FORMATS:
+                from vqa_cli.subtitles import remember_written
+
+                remember_written(text.encode("utf-8"), str(path.resolve()))
             record = {**record, "output": str(path)}
         self.inner.write(record)
