@@ -240,6 +240,7 @@ BAD = [
     ("POST", "/v1/chat/completions", b"hello", {"Content-Type": "text/plain"}, 400),
     ("POST", "/v1/chat/completions", json.dumps({"messages": "hi"}).encode(), JSON, 400),
     ("POST", "/v1/chat/completions", chat_body(model="nope"), JSON, 404),
+    ("POST", "/v1/chat/completions", chat_body(model=7), JSON, 400),
     ("POST", "/v1/chat/completions", chat_body(media_io_kwargs={"video": {"num_frames": "8"}}), JSON, 400),
     ("POST", "/v1/chat/completions", chat_body(media_io_kwargs=[1]), JSON, 400),
     ("POST", "/v1/chat/completions", chat_body(response_format={"type": "json_object"}), JSON, 400),

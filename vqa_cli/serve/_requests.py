@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from vqa_cli import wire
+from vqa_cli import subtitles, wire
 from vqa_cli.errors import UsageError
 
 MAX_STOPS = 4  # as OpenAI
@@ -31,7 +31,7 @@ OPENAI_FIELDS = {"model", "messages", "stream", "stream_options", "max_tokens", 
                  "temperature", "seed", "stop", "logprobs", "top_logprobs", "n", "user", "metadata", "store",
                  "response_format"}
 NEUTRAL = {"top_p": 1, "frequency_penalty": 0, "presence_penalty": 0, "n": 1}
-VQA_FIELDS = {"cache"}  # vqa's own, besides the settings in ``wire.FIELDS``
+VQA_FIELDS = {"cache", "subtitles"}  # vqa's own, besides the settings in ``wire.FIELDS`` (subtitles: cues)
 # vLLM's request extras (what lmms-eval and other vLLM clients send): read where they map onto vqa's settings,
 # every other key inside them ignored and named (``ChatRequest.ignored``), never refused.
 VLLM_EXTRAS = ("media_io_kwargs", "mm_processor_kwargs", "chat_template_kwargs")
@@ -98,6 +98,8 @@ class ChatRequest:
     logprobs: bool = False
     top_logprobs: int = 0
     use_cache: bool = True
+    cues: list = field(default_factory=list)  # the video's subtitles (``subtitles.from_wire``)
+    subtitle_tokens: int = 0  # what those on screen at the sampled frames took (``subtitles.into_turns``)
     created: int = field(default_factory=lambda: int(time.time()))
     ignored: list[str] = field(default_factory=list)  # request keys that had no effect (``x-vqa-ignored``)
 
@@ -284,6 +286,8 @@ def parse_chat(body: Any, defaults: Any) -> ChatRequest:
     unknown = sorted(set(body) - OPENAI_FIELDS - set(NEUTRAL) - VQA_FIELDS - set(wire.FIELDS) - set(VLLM_EXTRAS))
     if unknown:
         raise bad(f"unknown field {unknown[0]!r} (vqa's own fields: {', '.join(wire.FIELDS)}, cache)", unknown[0])
+    if not isinstance(body.get("model"), str | None):
+        raise bad("model must be a string", "model")
     _response_format(body.get("response_format"))
     extra_fields, ignored = vllm_fields(body)
     turns, urls = _turns(body.get("messages"))
@@ -306,11 +310,15 @@ def parse_chat(body: Any, defaults: Any) -> ChatRequest:
     settings = replace(settings, max_new_tokens=max_tokens or defaults.max_new_tokens,
                        temperature=defaults.temperature if temperature is None else float(temperature),
                        seed=defaults.seed if seed is None else seed)
+    try:
+        cues = subtitles.from_wire(body.get(subtitles.WIRE_FIELD))
+    except UsageError as exc:
+        raise bad(str(exc), subtitles.WIRE_FIELD) from None
     options = body.get("stream_options") or {}
     return ChatRequest(id=f"chatcmpl-{uuid.uuid4().hex}", model=body.get("model"), turns=turns, urls=urls,
                        settings=settings, stream=stream, include_usage=bool(options.get("include_usage")),
                        stops=_stops(body.get("stop")), logprobs=bool(logprobs), top_logprobs=top,
-                       use_cache=body.get("cache", True) is not False, ignored=ignored)
+                       use_cache=body.get("cache", True) is not False, ignored=ignored, cues=cues)
 
 
 # ---- media ---------------------------------------------------------------------------------------
