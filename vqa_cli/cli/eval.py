@@ -36,7 +36,7 @@ from vqa_cli.cli.options import (
     run_settings,
 )
 from vqa_cli.errors import UsageError
-from vqa_cli.eval._formats import Format
+from vqa_cli.eval._formats import FormatChoice
 from vqa_cli.eval._prompts import Protocol
 from vqa_cli.eval._score import Score
 from vqa_cli.modes import DEFAULT_MODE, ModeName
@@ -62,12 +62,18 @@ def parse_modes(text: str) -> list[ModeName]:
 
 
 def eval(  # noqa: A001 - the command's name
-    annotations: Annotated[str, typer.Argument(help="The benchmark's annotation file, or a folder of them.",
+    annotations: Annotated[str, typer.Argument(help="The benchmark's annotation file as published, or a folder of "
+                                               "per-task files (MVBench json/, MLVU json/, TempCompass questions/).",
                                                show_default=False)],
-    fmt: Annotated[Format, typer.Option("--format", "-f", help="Annotation format (see docs/eval.md).",
-                                        show_default=False)],
-    videos: Annotated[str, typer.Option("--videos", help="Folder holding the benchmark's videos.",
-                                        show_default=False)],
+    videos: Annotated[str, typer.Option("--videos", help="Folder holding the benchmark's videos (searched "
+                                        "recursively).", show_default=False)],
+    fmt: Annotated[FormatChoice, typer.Option("--format", "-f", help="Annotation format (see docs/eval.md); auto: "
+                                              "told from the file, said on stderr.")] = "auto",
+    answers: Annotated[str | None, typer.Option(
+        "--answers", help="EgoSchema's answers file (default: subset_answers.json beside the questions).",
+        show_default=False)] = None,
+    video_map: Annotated[str | None, typer.Option("--video-map", help="NExT-QA's map_vid_vidorID.json (default: the "
+                                                  "one beside the csv).", show_default=False)] = None,
     out: Annotated[str, typer.Option("--out", "-o", help="JSON Lines, one record per question (- for stdout); "
                                      "re-runs resume it.")] = "-",
     summary: Annotated[str | None, typer.Option("--summary", help="Also write the summary as JSON here.",
@@ -131,4 +137,5 @@ def eval(  # noqa: A001 - the command's name
         chosen_model = s.model  # the default model is chosen (and announced) once
         settings.append(replace(s, subtitles=_subtitles(subtitles)))
     return run_eval(settings, annotations, fmt, videos, out=out, summary_path=summary, protocol=protocol, score=score,
-                    shard=shard, workers=workers, json_out=json_out, server=server, model_given=model is not None)
+                    shard=shard, workers=workers, json_out=json_out, server=server, model_given=model is not None,
+                    answers=answers, video_map=video_map)
