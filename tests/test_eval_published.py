@@ -195,6 +195,7 @@ def test_perception_test_nested_mc_questions(tiny_dir, tmp_path, capsys):
                                    for q in range(n_q)]}
         _clip(root / "videos" / f"{v}.mp4")
     _json(root / "mc_question_valid.json", data)
+    _json(root / "cut_frame_mapping_valid.json", {"video_7002": 6})  # a cup-game video: it ends before frame 6
     code, summary, records, err = _eval(capsys, tiny_dir, tmp_path, root / "mc_question_valid.json", root)
     assert code == 0, err
     assert "--format perceptiontest" in err
@@ -204,6 +205,8 @@ def test_perception_test_nested_mc_questions(tiny_dir, tmp_path, capsys):
             rec = _by_qid(records)[f"{v}-{q['id']}"]
             assert rec["answer"] == LETTERS[q["answer_id"]] and rec["options"] == q["options"]
             assert rec["video"] == str(root / "videos" / f"{v}.mp4") and rec["category"] == "memory"
+            # cut: frames 0..5 of a 4 fps video, those before 6 / 4 s
+            assert rec["end"] == (6 / entry["metadata"]["frame_rate"] if v == "video_7002" else None)
 
 
 # ---- Video-MME: the parquet, videos data/<videoID>.mp4 ---------------------------------------------------------

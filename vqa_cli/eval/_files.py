@@ -22,6 +22,8 @@ from vqa_cli.eval._layout import NEXTQA_MAP
 
 ANNOTATION_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
 EGOSCHEMA_ANSWERS = "subset_answers.json"  # EgoSchema's public answers, published beside questions.json
+# Perception Test: mc_question_valid.json's cut frames are in cut_frame_mapping_valid.json beside it
+PERCEPTION_CUTS = ("mc_question", "cut_frame_mapping")
 PARQUET_EXTRA = "pip install 'vqa-cli[parquet]'"
 
 # The summary's left_out keys and how a message says them (one, several).
@@ -92,7 +94,8 @@ def rows_of(data: Any, path: Path) -> list[dict]:
         rows: list[dict] = []
         for key, value in data.items():
             if isinstance(value, dict) and "mc_question" in value:  # Perception Test: {video: {mc_question: []}}
-                rows.extend({"_key": key, **q} for q in value.get("mc_question") or [])
+                fps = (value.get("metadata") or {}).get("frame_rate")
+                rows.extend({"_key": key, "_fps": fps, **q} for q in value.get("mc_question") or [])
             elif isinstance(value, list):
                 rows.extend({"_key": key, **row} for row in value)
             elif isinstance(value, dict) and value and all(isinstance(v, list) for v in value.values()):
@@ -215,7 +218,15 @@ def read_benchmark(path: str, fmt: str = "auto", *, answers: str | None = None,
             ctx = Context(video_map={str(k): str(v) for k, v in table.items()})
     items: list[Item] = []
     for f, rows in all_rows:
-        items.extend(row_items(chosen, rows, str(f), Context(f.stem, ctx.video_map, ctx.answers), left_out))
+        cuts = None
+        if chosen == "perceptiontest" and PERCEPTION_CUTS[0] in f.name:
+            beside = f.with_name(f.name.replace(*PERCEPTION_CUTS))
+            if beside.is_file():
+                cuts = load(beside)
+                if not isinstance(cuts, dict):
+                    raise UsageError(f"{beside}: expected Perception Test's cut frames, {{video_id: frame}}")
+                read.append(str(beside))
+        items.extend(row_items(chosen, rows, str(f), Context(f.stem, ctx.video_map, ctx.answers, cuts), left_out))
     order = list(LEFT_OUT)
     left_out = {k: left_out[k] for k in sorted(left_out, key=lambda k: order.index(k) if k in order else len(order))
                 if left_out[k]}

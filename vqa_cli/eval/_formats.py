@@ -37,11 +37,12 @@ class LeftOut(Exception):
 @dataclass(frozen=True)
 class Context:
     """What a row's reading needs besides the row: its file's stem (MVBench's and MLVU's task), NExT-QA's
-    video map, EgoSchema's answers."""
+    video map, EgoSchema's answers, Perception Test's cut frames (``{video_id: frame}``)."""
 
     task: str = ""
     video_map: dict[str, str] | None = None
     answers: dict[str, Any] | None = None
+    cuts: dict[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -158,14 +159,20 @@ def _item(fmt: Format, r: dict, i: int, ctx: Context, where: str) -> Item:
                     location=location)
     if fmt == "perceptiontest":
         # mc_question_*.json: {video_id: {"metadata": ..., "mc_question": [{id, question, options, answer_id,
-        # area, reasoning, tag}]}} (rows carry the video id as `_key`); lmms-lab's export: video_name, question_id.
+        # area, reasoning, tag}]}} (rows carry the video id as `_key`, its metadata's frame_rate as `_fps`);
+        # lmms-lab's export: video_name, question_id. A video in cut_frame_mapping ends before that frame (the
+        # cup-game and stability videos, whose end would show the answer).
         options = tuple(str(o) for o in r["options"])
         if _unanswered(r.get("answer_id")):
             raise LeftOut("no_answer")
         video = str(r.get("video_name") or r["_key"])
         qid = r.get("question_id") or (f"{video}-{r['id']}" if r.get("id") is not None else f"{video}-{i}")
+        cut = (ctx.cuts or {}).get(video)
+        if cut is not None and not r.get("_fps"):
+            raise UsageError(f"{where}: {video} is cut at frame {cut} but its metadata has no frame_rate")
         return Item(str(qid), video, r["question"], options, _letter_index(r["answer_id"], len(options), where),
-                    category=str(r.get("area") or ""), task=str(r.get("reasoning") or ""))
+                    category=str(r.get("area") or ""), task=str(r.get("reasoning") or ""),
+                    end=None if cut is None else int(cut) / float(r["_fps"]))
     if fmt == "longvideobench":
         # lvb_val.json: `candidates` (3-5) and `correct_choice` (index); its parquet: option0..4 padded "N/A".
         if "candidates" in r:
