@@ -117,7 +117,7 @@ def test_a_request_too_big_for_the_ram_is_refused_before_the_weights(big_dir, mo
 
 def test_when_no_setting_of_the_model_fits_a_smaller_model_is_suggested(big_dir):
     with pytest.raises(MemoryFitError) as refused:
-        open_model(RunSettings(model=str(big_dir)), [QUESTION], probe=probe_of(cpu=4 * GIB))
+        open_model(RunSettings(model=str(big_dir)), [QUESTION], probe=probe_of(cpu=5.5 * GIB))
     assert str(refused.value).endswith("try a smaller model (--model llava-onevision-0.5b); --force loads it anyway")
 
 

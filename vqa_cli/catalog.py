@@ -2,18 +2,20 @@
 
 Everything here is offline except ``download``. A checkpoint counts as ``cached`` when its
 config and every safetensors shard are in the local Hugging Face cache, so ``vqa ask`` can run
-with no network. Sizes:
+with no network. Every size comes from the checkpoint's architecture: its cached ``config.json``, else
+its published geometry (``PUBLISHED``: the widths, depths, heads and vocabulary of its hub config), built
+on the meta device and counted by ``plan`` (this is the one source of the figures README.md and
+docs/models.md state; tests/test_catalog.py checks them):
 
+- ``parameters``: every parameter of the architecture, the vision tower included.
 - ``disk_bytes`` / ``disk_gb`` (10^9 bytes): the real size of the cached safetensors when they are
-  there; otherwise the nominal parameter count (``params``, "7B") at 2 bytes per parameter
-  (fp16), marked ``disk_estimated``.
-- ``memory_gib``: GPU memory for the weights alone at each quantization (fp16 compute dtype).
-  With the config cached it is exact (``plan.estimate_memory`` counts the architecture's
-  parameters on the meta device and keeps the vision tower, projector and head unquantized);
-  without it, the nominal count with every weight quantized, marked ``memory_estimated`` (a
-  lower bound: the unquantized vision tower and embeddings are not known without the config).
-- ``kv_cache_gib``: with the config cached, the KV cache of the family's default request
-  (``--mode anyres`` at its default frames, a short prompt and 256 new tokens); else None.
+  there; otherwise the parameters at 2 bytes (the hub's bf16 weights), marked ``disk_estimated``.
+- ``memory_gib``: memory for the weights alone at each quantization (16-bit compute dtype); the vision
+  tower, projector, head and embeddings (the family's skip list and every weight that is not an
+  ``nn.Linear``) stay in 16 bits under 4-bit and 8-bit (``plan.estimate_memory``).
+- ``kv_cache_gib`` and ``peak_gib``: the KV cache (16-bit) and the peak (``plan.request_memory``) of the
+  family's default request (``--mode anyres`` at its default frames, a 64-token prompt and 256 new
+  tokens): ``cuda_4bit`` and ``cuda_bf16`` on a GPU, ``cpu_float32`` on the CPU.
 - ``quantized``: the quantizations (``4bit``, ``8bit``) with a current pre-quantized copy of the
   cached snapshot in the vqa cache (``vqa_cli.quantized``), ``quantized_copies`` their details.
 """
@@ -77,32 +79,86 @@ def _round(value: float) -> float:
     return round(value, 2)
 
 
-def _exact_costs(snapshot: Path) -> dict[str, Any]:
-    """Parameters, weight memory per quantization and the default request's KV cache, from the config."""
-    from vqa_cli import loading, modes, plan
+# The published geometry of each known checkpoint: (model_type, vision tower, language model, extra config), as
+# its hub config.json has them (llava-hf's conversions pad the vocabulary to a multiple of 64 after adding the
+# image and video tokens: Vicuna's 32000 -> 32064, Qwen2-0.5B's 151936 -> 152000, Qwen2-7B's 152064 -> 152128).
+_CLIP_L14 = {"model_type": "clip_vision_model", "hidden_size": 1024, "intermediate_size": 4096,
+             "num_hidden_layers": 24, "num_attention_heads": 16, "patch_size": 14, "projection_dim": 768}
+_SIGLIP_SO400M = {"model_type": "siglip_vision_model", "hidden_size": 1152, "intermediate_size": 4304,
+                  "num_hidden_layers": 26, "num_attention_heads": 16, "image_size": 384, "patch_size": 14,
+                  "vision_use_head": False}  # so400m's 27 layers less the last (OneVision reads the one before)
+_VICUNA_7B = {"model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+              "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32064,
+              "max_position_embeddings": 4096, "rms_norm_eps": 1e-5}
+_QWEN2 = {"model_type": "qwen2", "max_position_embeddings": 32768, "rms_norm_eps": 1e-6}
+_QWEN2_05B = {**_QWEN2, "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
+              "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 152000, "tie_word_embeddings": True}
+_QWEN2_7B = {**_QWEN2, "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+             "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152128, "tie_word_embeddings": False}
+_LLAVA = {"vision_feature_layer": -2, "vision_feature_select_strategy": "default"}
+_ONEVISION = ("llava_onevision", _SIGLIP_SO400M, {"vision_feature_layer": -1, "vision_feature_select_strategy": "full"})
+PUBLISHED: dict[str, tuple[str, dict, dict, dict]] = {
+    "llava-hf/LLaVA-NeXT-Video-7B-hf": ("llava_next_video", {**_CLIP_L14, "image_size": 336}, _VICUNA_7B,
+                                        {**_LLAVA, "spatial_pool_stride": 2, "spatial_pool_mode": "average"}),
+    "llava-hf/LLaVA-NeXT-Video-7B-DPO-hf": ("llava_next_video", {**_CLIP_L14, "image_size": 336}, _VICUNA_7B,
+                                            {**_LLAVA, "spatial_pool_stride": 2, "spatial_pool_mode": "average"}),
+    "LanguageBind/Video-LLaVA-7B-hf": ("video_llava", {**_CLIP_L14, "image_size": 224}, _VICUNA_7B, _LLAVA),
+    "llava-hf/llava-onevision-qwen2-0.5b-ov-hf": (_ONEVISION[0], _ONEVISION[1], _QWEN2_05B, _ONEVISION[2]),
+    "llava-hf/llava-onevision-qwen2-7b-ov-hf": (_ONEVISION[0], _ONEVISION[1], _QWEN2_7B, _ONEVISION[2]),
+    "llava-hf/LLaVA-Video-7B-Qwen2-hf": (_ONEVISION[0], _ONEVISION[1], _QWEN2_7B, _ONEVISION[2]),
+}
 
-    adapter = adapter_for(loading.read_config(snapshot))
-    visual = modes.plan(modes.ModeSettings("anyres"), adapter.default_frames, adapter.geometry()).total
-    tokens = visual + DEFAULT_PROMPT_TOKENS + DEFAULT_NEW_TOKENS
+
+def published_config(ckpt: KnownCheckpoint) -> Any:
+    """The transformers config of ``ckpt``'s published geometry (``PUBLISHED``), without downloading anything."""
+    from transformers import CONFIG_MAPPING
+
+    model_type, vision, text, extra = PUBLISHED[ckpt.repo_id]
+    return CONFIG_MAPPING[model_type](vision_config=dict(vision), text_config=dict(text), **extra)
+
+
+def default_request(adapter: Any, frames: int | None = None, mode: str = "anyres") -> tuple[int, int, int]:
+    """(frames, prefill tokens, total tokens) of the family's default request: ``mode`` at ``frames`` (default:
+    the family's), a ``DEFAULT_PROMPT_TOKENS`` prompt and ``DEFAULT_NEW_TOKENS`` new tokens."""
+    from vqa_cli import modes
+
+    frames = frames or adapter.default_frames
+    visual = modes.plan(modes.ModeSettings(mode), frames, adapter.geometry()).total
+    return frames, visual + DEFAULT_PROMPT_TOKENS, visual + DEFAULT_PROMPT_TOKENS + DEFAULT_NEW_TOKENS
+
+
+def request_peak(adapter: Any, setting: str | tuple[str, str, Any], frames: int | None = None,
+                 mode: str = "anyres") -> int:
+    """The peak bytes (``plan.request_memory``) of the default request (``default_request``) in ``setting``:
+    one of ``PEAKS`` (``cuda_4bit``: bf16 compute, ``cuda_bf16``, ``cpu_float32``) or (device, quant, torch dtype)."""
+    import torch
+
+    from vqa_cli import plan
+
+    named = {"cuda_4bit": ("cuda", "4bit", torch.bfloat16), "cuda_bf16": ("cuda", "none", torch.bfloat16),
+             "cpu_float32": ("cpu", "none", torch.float32)}
+    device, quant, dtype = named[setting] if isinstance(setting, str) else setting
+    frames, prefill, total = default_request(adapter, frames, mode)
+    est = plan.request_memory(adapter, quant=quant, dtype_bytes=dtype.itemsize, dtype=dtype, device=device,
+                              frames=frames, prefill_tokens=prefill, total_tokens=total)
+    return est.peak_bytes
+
+
+PEAKS = ("cuda_4bit", "cuda_bf16", "cpu_float32")
+
+
+def costs(config: Any) -> dict[str, Any]:
+    """Parameters, weight memory per quantization, the default request's KV cache and peaks, from a config."""
+    from vqa_cli import plan
+
+    adapter = adapter_for(config)
+    tokens = default_request(adapter)[2]
     estimates = {q: plan.estimate_memory(adapter, q, FP16_BYTES, tokens) for q in QUANTS}
     return {
         "parameters": estimates["none"].parameters,
         "memory_gib": {q: _round(e.weight_bytes / _GIB) for q, e in estimates.items()},
         "kv_cache_gib": _round(estimates["none"].kv_cache_bytes / _GIB),
-        "memory_estimated": False,
-    }
-
-
-def _nominal_costs(ckpt: KnownCheckpoint) -> dict[str, Any]:
-    from vqa_cli.plan import QUANT_BYTES
-
-    n = ckpt.nominal_parameters
-    per_param = {"none": FP16_BYTES, **QUANT_BYTES}
-    return {
-        "parameters": n,
-        "memory_gib": {q: _round(n * per_param[q] / _GIB) for q in QUANTS},
-        "kv_cache_gib": None,
-        "memory_estimated": True,
+        "peak_gib": {s: _round(request_peak(adapter, s) / _GIB) for s in PEAKS},
     }
 
 
@@ -123,9 +179,12 @@ def describe(ckpt: KnownCheckpoint, cache_dir: Path | None = None, default: str 
         "config_cached": snapshot is not None,
         "path": str(snapshot) if snapshot else None,
     }
-    size = sum(f.stat().st_size for f in weights) if weights else ckpt.nominal_parameters * FP16_BYTES
+    from vqa_cli import loading
+
+    row.update(costs(loading.read_config(snapshot) if snapshot else published_config(ckpt)),
+               config_source="cache" if snapshot else "published")
+    size = sum(f.stat().st_size for f in weights) if weights else row["parameters"] * FP16_BYTES
     row.update(disk_bytes=size, disk_gb=_round(size / _GB), disk_estimated=weights is None)
-    row.update(_exact_costs(snapshot) if snapshot else _nominal_costs(ckpt))
     row.update(_quantized_copies(snapshot if weights else None))
     return row
 

@@ -413,16 +413,18 @@ def _with_frames(settings: Any, n: int) -> Any:
 
 
 def _smaller_model(mem: MemoryCheck) -> str | None:
-    """The smallest known checkpoint, when it is much smaller than this one and its weights (nominal size)
-    leave room for the rest."""
-    from vqa_cli.models.registry import CHECKPOINTS
+    """The smallest known checkpoint, when it is much smaller than this one (its published geometry, ``catalog``)
+    and its default request fits what the device has on this target."""
+    from vqa_cli import catalog, plan
+    from vqa_cli.models.registry import CHECKPOINTS, adapter_for
 
     smallest = min(CHECKPOINTS, key=lambda c: c.nominal_parameters)
-    if smallest.nominal_parameters * 2 > mem.estimate.parameters:
+    adapter = adapter_for(catalog.published_config(smallest))
+    if plan.count_parameters(adapter)[0] * 2 > mem.estimate.parameters:
         return None
-    have = mem.available.get(mem.estimate.device)
-    weights = smallest.nominal_parameters * mem.target.dtype_bytes
-    return smallest.alias if have is None or 2 * weights < have else None
+    have, tgt = mem.available.get(mem.estimate.device), mem.target
+    need = catalog.request_peak(adapter, (tgt.device, tgt.quant, tgt.dtype))
+    return smallest.alias if have is None or need < have else None
 
 
 def suggestions(checkpoint: Any, settings: Any, questions: list[str], mem: MemoryCheck, frames: int, *,

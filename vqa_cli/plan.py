@@ -46,6 +46,7 @@ OFFLOAD_DEVICES = ("cpu", "disk")
 _GIB = 1024**3
 _META: dict[str, Any] = {}  # meta-device models by config, so planning, checking and --fit build each once
 _PLACED: dict[tuple, dict] = {}  # device maps by (config, quantization, dtype, budget)
+_COUNTED: dict[str, tuple[int, int]] = {}  # count_parameters by config and skip list
 
 
 def _gib(n: float) -> float:
@@ -172,11 +173,15 @@ def quantizable_weights(adapter: Any) -> set[str]:
 
 
 def count_parameters(adapter: Any) -> tuple[int, int]:
-    """(all parameters, parameters bitsandbytes would quantize) of the adapter's architecture."""
-    model = meta_model(adapter)
-    quantizable = quantizable_weights(adapter)
-    params = dict(model.named_parameters())
-    return sum(p.numel() for p in params.values()), sum(params[n].numel() for n in quantizable if n in params)
+    """(all parameters, parameters bitsandbytes would quantize) of the adapter's architecture (once per config)."""
+    key = adapter.model_class + adapter.config.to_json_string(use_diff=False) + repr(adapter.quant_skip_modules())
+    if key not in _COUNTED:
+        model = meta_model(adapter)
+        quantizable = quantizable_weights(adapter)
+        params = dict(model.named_parameters())
+        _COUNTED[key] = (sum(p.numel() for p in params.values()),
+                         sum(params[n].numel() for n in quantizable if n in params))
+    return _COUNTED[key]
 
 
 def _weight_bytes(total: int, quantized: int, quant: str, dtype_bytes: int) -> int:

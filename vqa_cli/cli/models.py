@@ -30,16 +30,21 @@ def models(as_json: JsonOpt = False, quantized: QuantizedOpt = False) -> int:
         console.emit_json(rows)
         return 0
     header = ["alias", "family", "params", "disk GB", "4bit GiB", "8bit GiB", "bf16 GiB", "cached", "quantized"]
-    table = [[r["alias"] + (" *" if r["default"] else ""), r["family"], r["params"],
+    table = [[r["alias"] + (" *" if r["default"] else ""), r["family"], parameters_text(r["parameters"]),
               f"{r['disk_gb']:.1f}" + ("~" if r["disk_estimated"] else ""),
-              *(f"{r['memory_gib'][q]:.1f}" + ("~" if r["memory_estimated"] else "") for q in ("4bit", "8bit", "none")),
+              *(f"{r['memory_gib'][q]:.1f}" for q in ("4bit", "8bit", "none")),
               "yes" if r["cached"] else ("config" if r["config_cached"] else "no"),
               ",".join(r["quantized"]) or "-"] for r in rows]
     from vqa_cli.models.registry import DEFAULT_CPU_MODEL, DEFAULT_MODEL
 
     console.table(header, table, caption=f"* default on this machine (with CUDA {DEFAULT_MODEL}, without "
-                  f"{DEFAULT_CPU_MODEL}); ~ estimated from the nominal size (weights only, fp16)")
+                  f"{DEFAULT_CPU_MODEL}); ~ not downloaded: the parameters at 16 bits")
     return 0
+
+
+def parameters_text(n: int) -> str:
+    """``893675552`` -> ``0.89B``."""
+    return f"{n / 1e9:.2f}B"
 
 
 def _copies(as_json: bool) -> int:
