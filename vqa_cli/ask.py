@@ -107,10 +107,10 @@ def run_ask(settings, video: str, questions: list[str], *, as_json: bool = False
     from vqa_cli.segmented import ask_in_time, settle_subtitles, subtitle_reserve, uses_time
 
     settings = settle_subtitles(settings, [video])
-    if server and uses_time(settings):
+    if server and settings.segments != "none":
         from vqa_cli.errors import UsageError
 
-        raise UsageError("--segments and subtitles run on a model loaded here: drop --server (or --subtitles off)")
+        raise UsageError("--segments runs on a model loaded here: drop --server (subtitles work with it)")
     if server:
         from vqa_cli import client
         from vqa_cli.errors import UsageError

@@ -130,9 +130,10 @@ class Decoded:
 
 
 def _decode(path: str, settings: Any, frames: int, engine: Any, cores: int, cache: Any = None,
-            prompt: str = "") -> Decoded:
+            prompt: str = "", context: str = "") -> Decoded:
     """A worker's share, off the model's thread: the feature cache, else decode (with ``cores`` of the
-    machine's cores) and preprocess to pixels (a still image on the image path is left to the engine)."""
+    machine's cores) and preprocess to pixels (a still image on the image path is left to the engine).
+    ``context``: the digest of the subtitles given before ``prompt`` (``features.feature_key``)."""
     from vqa_cli.engine import sample_clip
     from vqa_cli.video import DecodeOptions
 
@@ -141,7 +142,7 @@ def _decode(path: str, settings: Any, frames: int, engine: Any, cores: int, cach
         from vqa_cli.features import file_identity, key_for
 
         try:
-            key = key_for(engine, file_identity(path), settings, frames, prompt)
+            key = key_for(engine, file_identity(path), settings, frames, prompt, context)
         except OSError:  # decoding says what is wrong with the file
             key = ""
         found = cache.get(key) if key else None

@@ -24,7 +24,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from vqa_cli import console, records, wire
+from vqa_cli import console, records, subtitles, wire
 from vqa_cli.errors import ContextOverflowError, UsageError, VqaError
 
 
@@ -164,9 +164,11 @@ def media_url(path: str) -> str:
     return Path(path).resolve().as_uri() if Path(path).exists() else path
 
 
-def request_body(settings: Any, video: str, turns: list[dict]) -> dict:
+def request_body(settings: Any, video: str, turns: list[dict], cues: list | None = None) -> dict:
     """An OpenAI chat request for ``turns`` about ``video`` with ``settings`` (vqa's fields at the top level,
-    as the ``openai`` client's ``extra_body`` sends them)."""
+    as the ``openai`` client's ``extra_body`` sends them). ``cues``: the video's subtitles (``subtitles.Cue``),
+    sent whole (those within ``--start``/``--end``): the server puts the ones on screen at the frames it samples
+    before the first question, as a run here does."""
     from vqa_cli.video import is_image_path
 
     kind = "image_url" if is_image_path(video) else "video_url"
@@ -178,7 +180,20 @@ def request_body(settings: Any, video: str, turns: list[dict]) -> dict:
             "temperature": settings.temperature, **wire.request_fields(settings)}
     if settings.seed is not None:
         body["seed"] = settings.seed
+    if cues:
+        window = (settings.start or 0.0, settings.end if settings.end is not None else float("inf"))
+        body[subtitles.WIRE_FIELD] = subtitles.to_wire(subtitles.overlapping(cues, [], window))
     return body
+
+
+def cues_of(settings: Any, video: str) -> list:
+    """The subtitles ``--subtitles`` gives ``video`` (read here, where the sidecar is), to send with its requests."""
+    return subtitles.cues_for(video, settings.subtitles) if settings.subtitles != "off" else []
+
+
+def with_subtitle_tokens(fields: dict, vqa: dict, settings: Any) -> dict:
+    """``fields`` with the ``subtitle_tokens`` the server gave, as a run here records them (with subtitles)."""
+    return {**fields, "subtitle_tokens": vqa.get("subtitle_tokens", 0)} if settings.subtitles != "off" else fields
 
 
 def answer_fields(vqa: dict) -> dict:
@@ -228,12 +243,15 @@ def run_ask(client: Client, settings: Any, video: str, questions: list[str], *, 
     """``vqa ask --server``: the same output as ``ask.run_ask``."""
     started = time.perf_counter()
     answers, last = [], None
+    cues = cues_of(settings, video)
+    if cues and len(questions) > 1:
+        raise UsageError("--segments and subtitles take one question (ask the others in their own runs)")
     for i, question in enumerate(questions):
         if not as_json and len(questions) > 1:
             _out(("\n" if i else "") + f"Q: {question}\nA: ")
         printer = console.StreamPrinter(None if as_json else "waiting for the server")
         try:
-            reply = client.chat(request_body(settings, video, [{"role": "user", "text": question}]),
+            reply = client.chat(request_body(settings, video, [{"role": "user", "text": question}], cues),
                                 None if as_json else printer)
         finally:
             printer.stop()
@@ -249,7 +267,8 @@ def run_ask(client: Client, settings: Any, video: str, questions: list[str], *, 
     last["timings"] = {**last["timings"], "total": round(time.perf_counter() - started, 4)}
     if as_json:
         if len(questions) == 1:
-            console.emit_json(records.ask_record(video, questions[0], answer_fields(last)))
+            console.emit_json(with_subtitle_tokens(records.ask_record(video, questions[0], answer_fields(last)),
+                                                   last, settings))
         else:
             console.emit_json(records.answers_record(video, answers, last))
     elif console.stderr_is_tty():
@@ -274,13 +293,16 @@ class RemoteCaptioner:
 
     def _caption(self, video: str) -> dict:
         try:
-            reply = self.client.chat(request_body(self.settings, video, [{"role": "user", "text": self.prompt}]))
+            body = request_body(self.settings, video, [{"role": "user", "text": self.prompt}],
+                                cues_of(self.settings, video))
+            reply = self.client.chat(body)
         except ServerUnavailableError:
             raise
         except VqaError as exc:
             return records.error_record(video, self.settings, self.sid, exc)
         vqa = reply["vqa"]
-        return records.caption_record(video, answer_fields(vqa), vqa["batch_size"], self.sid)
+        fields = with_subtitle_tokens(answer_fields(vqa), vqa, self.settings)
+        return records.caption_record(video, fields, vqa["batch_size"], self.sid)
 
     def run(self, videos: list[str], sink: Any) -> Any:
         from vqa_cli.caption import _StopFlag, keep

@@ -4,8 +4,10 @@ A clip's visual tokens (the mode's output, [N, D], what the prompt's placeholder
 depend only on the file, how it was sampled, the mode and the model. ``feature_key`` hashes exactly
 those: the file's identity (resolved path, size and modification time, or the bytes' hash for an
 upload), the sampling settings, the mode settings, the checkpoint's files, the compute dtype and the
-device kind; with prompt-guided pooling also the question. A changed file gets a new key, so a stale
-entry is never used.
+device kind; with prompt-guided pooling also the question, and the subtitles given before it (``context``:
+their digest, for the question the guide reads is the subtitle text and the prompt). Without the guide the
+visual tokens do not depend on any text, so subtitles do not change the key: a run with subtitles shares its
+visual tokens with one without. A changed file gets a new key, so a stale entry is never used.
 
 ``FeatureCache`` keeps entries in memory (least recently used first out, bounded in bytes) and,
 with a folder, on disk as one safetensors file per key (written atomically), for ``vqa serve`` and
@@ -52,8 +54,9 @@ def model_identity(checkpoint_dir: Path) -> dict:
 
 
 def feature_key(source: dict, settings: Any, frames: int, model: dict, *, dtype: str, device: str,
-                question: str = "") -> str:
-    """The cache key of a clip's visual tokens (see the module docstring); ``frames``: the planned count."""
+                question: str = "", context: str = "") -> str:
+    """The cache key of a clip's visual tokens (see the module docstring); ``frames``: the planned count;
+    ``context``: what else the guiding question holds (``subtitles.digest`` of the cues given before it)."""
     identity = {
         "source": source,
         "sampling": {"frames": frames, "fps": settings.fps, "max_frames": settings.max_frames,
@@ -64,13 +67,16 @@ def feature_key(source: dict, settings: Any, frames: int, model: dict, *, dtype:
         "device": device.split(":")[0],
         "question": question if settings.mode.guide else "",
     }
+    if context and settings.mode.guide:  # only then: keys without subtitles stay as they were
+        identity["context"] = context
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
-def key_for(engine: Any, source: dict, settings: Any, frames: int, question: str = "") -> str:
+def key_for(engine: Any, source: dict, settings: Any, frames: int, question: str = "", context: str = "") -> str:
     """``feature_key`` of a clip for ``engine`` (a loaded ``engine.Engine``): its checkpoint files, dtype, device."""
     return feature_key(source, settings, frames, _loaded_identity(str(engine.checkpoint.dir)),
-                       dtype=str(engine.loaded.dtype), device=engine.loaded.device, question=question)
+                       dtype=str(engine.loaded.dtype), device=engine.loaded.device, question=question,
+                       context=context)
 
 
 @functools.lru_cache(maxsize=8)

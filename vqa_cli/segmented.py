@@ -22,6 +22,7 @@ from vqa_cli.caption import (
     DECODE_TIMEOUT,
     Captioner,
     Decoded,
+    _decode,
     _lower_priority,
     _model_threads,
     _StopFlag,
@@ -80,25 +81,20 @@ def windows_of(path: str, settings: Any) -> tuple[list[segments.Window | None], 
 
 
 def decode_video(path: str, settings: Any, frames: int, engine: Any, cores: int, prompt: str,
-                 count_tokens: Callable[[str], int], subtitle_budget: int = subtitles.DEFAULT_SUBTITLE_TOKENS
-                 ) -> VideoJob:
-    """A worker's share for one video: its windows, each window's clip and pixels, each clip's question."""
-    from vqa_cli.engine import sample_clip
-    from vqa_cli.video import DecodeOptions
-
+                 count_tokens: Callable[[str], int], subtitle_budget: int = subtitles.DEFAULT_SUBTITLE_TOKENS,
+                 cache: Any = None) -> VideoJob:
+    """A worker's share for one video: its windows, each window's clip and pixels (or its visual tokens from the
+    feature ``cache``: keyed by the window, as ``--start``/``--end`` would be), each clip's question."""
     windows, scene_seconds, scanned = windows_of(path, settings)
     cues = subtitles.cues_for(path, getattr(settings, "subtitles", "off"))
     pieces = []
     for window in windows:
         windowed = settings if window is None else replace(settings, start=window.start, end=window.end)
-        clip, seconds = sample_clip(path, windowed, frames, timeout=DECODE_TIMEOUT, options=DecodeOptions(cores=cores))
-        started = time.perf_counter()
-        pixels = None if engine.uses_image_path(clip) else engine.pixels(clip)
+        decoded = _decode(path, windowed, frames, engine, cores, cache, prompt, subtitles.digest(cues))
+        clip = decoded.clip
         chosen = subtitles.overlapping(cues, clip.timestamps, (window.start, window.end) if window else None)
         text, tokens = subtitles.render(chosen, count_tokens, subtitle_budget)
-        timings = {"decode": seconds, "preprocess": time.perf_counter() - started}
-        pieces.append(Piece(window, Decoded(path, clip, timings, pixels), subtitles.with_subtitles(prompt, text),
-                            tokens))
+        pieces.append(Piece(window, decoded, subtitles.with_subtitles(prompt, text), tokens))
     return VideoJob(path, pieces, scene_seconds, frames_scanned=scanned)
 
 
@@ -141,9 +137,12 @@ class SegmentCaptioner(Captioner):
     def _answer_once(self, pieces: list[Piece]) -> list[BaseException | None]:
         answers = self.engine.answer_batch([p.decoded.clip for p in pieces], [p.question for p in pieces],
                                            timings=[p.decoded.timings for p in pieces],
-                                           pixels=[p.decoded.pixels for p in pieces])
+                                           pixels=[p.decoded.pixels for p in pieces],
+                                           features=[p.decoded.features for p in pieces])
         for piece, answer in zip(pieces, answers, strict=True):
             piece.answer = answer
+            if self.feature_cache is not None and piece.decoded.key and piece.decoded.features is None:
+                self.feature_cache.put(piece.decoded.key, piece.decoded.clip, answer.features)
         return [None] * len(pieces)
 
     def run(self, videos: list[str], sink: writer.JsonlWriter) -> Any:
@@ -168,7 +167,8 @@ class SegmentCaptioner(Captioner):
                     if video is None:
                         return
                     pending.append((video, pool.submit(decode_video, video, self.settings, self.frames, self.engine,
-                                                       cores, self.prompt, count, self.subtitle_budget)))
+                                                       cores, self.prompt, count, self.subtitle_budget,
+                                                       self.feature_cache)))
 
             def take() -> None:
                 video, future = pending.pop(0)
@@ -200,6 +200,8 @@ class SegmentCaptioner(Captioner):
             self.summary.interrupted = flag.stop and bool(pending or jobs)
             for _, future in pending:
                 future.cancel()
+        if self.feature_cache is not None:
+            self.feature_cache.flush()  # the visual tokens kept for the next run are on disk
         self.summary.wall_seconds = time.perf_counter() - started
         return self.summary
 
@@ -251,9 +253,9 @@ def prepare(settings: Any, videos: list[str], out: str, output_format: str, out_
     if settings.subtitles not in ("auto", "off") and len(videos) > 1:
         raise UsageError("--subtitles FILE is one video's subtitles: with several videos use auto (NAME.srt beside "
                          "each video)")
-    if uses_time(settings) and (remote or feature_cache):
-        raise UsageError("--segments and subtitles run on a model loaded here, without --server or --feature-cache "
-                         "(--subtitles off and --segments none use them)")
+    if settings.segments != "none" and remote:
+        raise UsageError("--segments runs on a model loaded here, without --server (subtitles and --feature-cache "
+                         "work with it)")
     return settings, out
 
 

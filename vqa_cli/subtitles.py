@@ -250,6 +250,50 @@ def context(video: str, choice: str, times: list[float], count_tokens: Callable[
     return render(overlapping(cues_for(video, choice), times, window), count_tokens, budget, header)
 
 
+WIRE_FIELD = "subtitles"  # a chat request's cues for ``vqa serve``: [[start, end, text], ...] (``--server``)
+MAX_WIRE_CUES = 20_000
+
+
+def to_wire(cues: list[Cue]) -> list[list]:
+    """Cues as a request's ``subtitles`` field."""
+    return [[c.start, c.end, c.text] for c in cues]
+
+
+def from_wire(value: object) -> list[Cue]:
+    """A request's ``subtitles`` field as cues (sorted); a malformed one is a ``UsageError``."""
+    if value is None:
+        return []
+    shape = "subtitles must be a list of [start, end, text] cues (seconds, seconds, a string)"
+    if not isinstance(value, list) or len(value) > MAX_WIRE_CUES:
+        raise UsageError(f"{shape}, at most {MAX_WIRE_CUES}")
+    cues = []
+    for item in value:
+        if not (isinstance(item, list) and len(item) == 3 and isinstance(item[2], str)
+                and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in item[:2])):
+            raise UsageError(f"{shape}, not {item!r}"[:200])
+        if item[1] > item[0] and item[2].strip():
+            cues.append(Cue(float(item[0]), float(item[1]), " ".join(item[2].split())))
+    return sorted(cues, key=lambda c: (c.start, c.end))
+
+
+def digest(cues: list[Cue]) -> str:
+    """What identifies ``cues`` (for feature-cache keys under ``--guide``, whose question holds them); "" for none."""
+    if not cues:
+        return ""
+    return hashlib.sha256(json.dumps(to_wire(cues)).encode()).hexdigest()
+
+
+def into_turns(turns: list[dict], cues: list[Cue], times: list[float], count_tokens: Callable[[str], int],
+               budget: int = DEFAULT_SUBTITLE_TOKENS) -> int:
+    """The subtitle text of the ``cues`` on screen at ``times`` put before the first user turn's text (as
+    ``with_subtitles``: where ``vqa caption`` puts it), within ``budget``; the tokens it took."""
+    text, tokens = render(overlapping(cues, times), count_tokens, budget)
+    if text:
+        first = next(t for t in turns if t["role"] == "user")
+        first["text"] = with_subtitles(first["text"], text)
+    return tokens
+
+
 def with_subtitles(question: str, text: str) -> str:
     """The question with the subtitle text before it: it goes where the time instruction goes, in the first user
     turn, so ``Checkpoint.prompt_ids`` counts exactly what is fed."""

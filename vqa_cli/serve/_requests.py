@@ -100,6 +100,8 @@ class ChatRequest:
     use_cache: bool = True
     cues: list = field(default_factory=list)  # the video's subtitles (``subtitles.from_wire``)
     subtitle_tokens: int = 0  # what those on screen at the sampled frames took (``subtitles.into_turns``)
+    cues: list = field(default_factory=list)  # the video's subtitles (``subtitles.from_wire``)
+    subtitle_tokens: int = 0  # what those on screen at the sampled frames took (``subtitles.into_turns``)
     created: int = field(default_factory=lambda: int(time.time()))
     ignored: list[str] = field(default_factory=list)  # request keys that had no effect (``x-vqa-ignored``)
 
@@ -310,6 +312,10 @@ def parse_chat(body: Any, defaults: Any) -> ChatRequest:
     settings = replace(settings, max_new_tokens=max_tokens or defaults.max_new_tokens,
                        temperature=defaults.temperature if temperature is None else float(temperature),
                        seed=defaults.seed if seed is None else seed)
+    try:
+        cues = subtitles.from_wire(body.get(subtitles.WIRE_FIELD))
+    except UsageError as exc:
+        raise bad(str(exc), subtitles.WIRE_FIELD) from None
     try:
         cues = subtitles.from_wire(body.get(subtitles.WIRE_FIELD))
     except UsageError as exc:

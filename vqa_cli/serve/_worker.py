@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from vqa_cli import console
+from vqa_cli import console, subtitles
 from vqa_cli.serve._kv import Prefix, PrefixCache
 from vqa_cli.serve._requests import ChatRequest, Media
 
@@ -170,11 +170,13 @@ class ModelWorker:
         frames = 1 if image else view.checkpoint.frames_for(request.settings)
         if not image:  # a request that cannot fit fails before anything is decoded
             view._checked_budget(replace(request.settings, frames=frames), request.first_question)
-        job.key = key_for(engine, job.media.source, request.settings, frames, request.first_question)
+        job.key = key_for(engine, job.media.source, request.settings, frames, request.first_question,
+                          subtitles.digest(request.cues))
         if request.use_cache:
             found = self.features.get(job.key)
             if found is not None:
                 job.clip, job.features, job.feature_hit = found.clip, found.features, found.where
+                self._subtitles(job, view)
                 return
         if job.media.clip is not None:  # frames sent as images: take the request's count of them, spread evenly
             job.clip = pick_frames(job.media.clip, frames)
@@ -184,6 +186,16 @@ class ModelWorker:
             started = time.perf_counter()
             job.pixels = view.pixels(job.clip)
             job.timings["preprocess"] = time.perf_counter() - started
+        self._subtitles(job, view)
+
+    def _subtitles(self, job: Job, view: Any) -> None:
+        """The request's subtitles on screen at the clip's frames, before its first question, as ``vqa caption``
+        gives them (``subtitles.into_turns``)."""
+        if job.request.cues:
+            from vqa_cli.segmented import token_counter
+
+            job.request.subtitle_tokens = subtitles.into_turns(job.request.turns, job.request.cues,
+                                                               job.clip.timestamps, token_counter(view))
 
     # ---- stage 2: the model thread ---------------------------------------------------------------
     def submit(self, job: Job) -> None:
@@ -266,6 +278,8 @@ class ModelWorker:
             job.emit("error", Cancelled())
             return
         self.counters["completed"] += 1
+        if job.request.cues:
+            result.record["subtitle_tokens"] = job.request.subtitle_tokens
         job.emit("done", result)
 
     def _visual(self, view: Any, job: Job) -> tuple[Any, Any]:
