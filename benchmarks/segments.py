@@ -7,8 +7,9 @@ frames per scene, prompt and greedy decoding.
 - naive loop: a PySceneDetect pass (``scenedetect.detect``, content detector), then for each scene: open
   the file, seek to the scene's first frame (``CAP_PROP_POS_FRAMES``), decode the scene's frames, take
   ``--frames`` uniform ones, preprocess, and ``Engine.answer`` (one generate per scene).
-- vqa: ``vqa caption --segments scenes`` (scene detection in a decode worker, each segment sampled with
-  exact seeks, segment clips batched ``--batch-size`` at a time while the next video decodes).
+- vqa: ``vqa caption --segments scenes --scene-detector content`` (the same detector as the naive loop; scene
+  detection in a decode worker, each segment sampled with exact seeks, segment clips batched ``--batch-size``
+  at a time while the next video decodes).
 
     python benchmarks/segments.py [--minutes 10] [--scenes 60] [--frames 4] [--batch-size 4] [--repeats 2]
 
@@ -130,7 +131,7 @@ def main() -> None:
     video = scene_clip(str(work / "long.mp4"), scene_lengths(int(args.minutes * 600), args.scenes), fps=10.0,
                        size=(160, 120))
     settings = RunSettings(model=model, frames=args.frames, dtype="float32", max_new_tokens=args.max_new_tokens,
-                           segments="scenes", seek="exact")
+                           segments="scenes", scene_detector="content", seek="exact")  # the naive loop's detector
     session = open_model(settings, [PROMPT], batch=args.batch_size)
     rows: dict[str, list[float]] = {"naive loop": [], "vqa --segments scenes": []}
     decoded: dict[str, int] = {}
