@@ -277,3 +277,15 @@ def test_sidecars_written_into_the_video_folder_are_not_read_back(tmp_path, capt
     after, asked_after = captioned(video, "--frames", "1", "--segments", "fixed:1.5")
     assert asked_after == asked == ["Describe.", "Describe."]
     assert [r["settings_id"] for r in after] == [r["settings_id"] for r in before]
+
+
+def test_the_list_of_written_files_keeps_the_latest(tmp_path, monkeypatch):
+    monkeypatch.setenv("VQA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(subtitles, "_WRITTEN_KEEP", 3)  # trimmed past 3 * 400 bytes, to the last 3
+    files = [f"1\n00:00:00,000 --> 00:00:01,000\nfile {k}\n".encode() for k in range(12)]
+    for data in files:
+        subtitles.remember_written(data, "x" * 100)
+    kept = [subtitles._is_written(data) for data in files]
+    assert kept[-3:] == [True] * 3 and not any(kept[:-4])
+    lines = (tmp_path / "cache" / subtitles.WRITTEN_FILE).read_text().splitlines()
+    assert 3 <= len(lines) < 12

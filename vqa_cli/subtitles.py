@@ -144,9 +144,17 @@ def _written_list() -> Path:
     return cache_dir().parent / WRITTEN_FILE
 
 
+_read: dict[tuple, list[dict]] = {}  # the list as last read, by (path, size, mtime): one read per change, not per video
+
+
 def _entries() -> list[dict]:
+    target = _written_list()
     try:
-        lines = _written_list().read_text(encoding="utf-8").splitlines()
+        st = target.stat()
+        stamp = (str(target), st.st_size, st.st_mtime_ns)
+        if stamp in _read:
+            return _read[stamp]
+        lines = target.read_text(encoding="utf-8").splitlines()
     except OSError:
         return []
     entries = []
@@ -157,6 +165,8 @@ def _entries() -> list[dict]:
             continue
         if isinstance(entry, dict):
             entries.append(entry)
+    _read.clear()
+    _read[stamp] = entries
     return entries
 
 
