@@ -236,8 +236,8 @@ BAD = [
     ("POST", "/v1/chat/completions", b"{not json", JSON, 400),
     ("POST", "/v1/chat/completions", b"\xff\xfe", JSON, 400),
     ("POST", "/v1/chat/completions", b"[1, 2]", JSON, 400),
-    ("POST", "/v1/chat/completions", b"model=x&messages=y", {"Content-Type": "application/x-www-form-urlencoded"}, 400),
-    ("POST", "/v1/chat/completions", b"hello", {"Content-Type": "text/plain"}, 400),
+    ("POST", "/v1/chat/completions", b"model=x&messages=y", {"Content-Type": "application/x-www-form-urlencoded"}, 415),
+    ("POST", "/v1/chat/completions", b"hello", {"Content-Type": "text/plain"}, 415),  # no --api-key: JSON only
     ("POST", "/v1/chat/completions", json.dumps({"messages": "hi"}).encode(), JSON, 400),
     ("POST", "/v1/chat/completions", chat_body(model="nope"), JSON, 404),
     ("POST", "/v1/chat/completions", chat_body(model=7), JSON, 400),

@@ -8,6 +8,7 @@ loaded weights and answers questions about clips. ``ask`` and ``caption`` both u
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from vqa_cli import loading, modes, prompt, rope
-from vqa_cli.errors import ContextOverflowError, UsageError
+from vqa_cli.errors import ContextOverflowError, InvalidValueError, UsageError
 from vqa_cli.guide import DEFAULT_GUIDE_MODEL
 from vqa_cli.models.base import FamilyAdapter
 from vqa_cli.preprocess import ProcessorConfig, preprocess_frames
@@ -27,6 +28,8 @@ _WORST_TIMES = 99999.99  # for budgeting the time instruction before timestamps 
 
 # The settings the weights are loaded with: one engine serves requests that differ in any other setting.
 LOAD_SETTINGS = ("model", "quant", "device", "dtype", "rope_scale", "rope_type", "max_memory", "offload_dir")
+SEEDS = (-(2**63), 2**64 - 1)  # the seeds torch.manual_seed takes
+FINITE = ("fps", "start", "end", "temperature", "rope_scale", "scene_threshold", "min_scene")  # RunSettings' floats
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,9 @@ class RunSettings:
     force: bool = False  # --force: load without the memory check
     fit: bool = False  # --fit: lower the frames (and mode) to what fits; the chosen ones replace them
 
+    def __post_init__(self) -> None:
+        check_values(self)
+
     def identity(self) -> dict:
         """The settings that decide the output: everything but the device placement and the memory check,
         with unused knobs left out (the seed when decoding greedily, the guide model without --guide)."""
@@ -85,6 +91,29 @@ class RunSettings:
         if self.subtitles == "off":
             d.pop("subtitles")
         return d
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"an integer of {len(text)} digits" if isinstance(value, int) else text[:40]
+
+
+def check_values(settings: RunSettings) -> None:
+    """The values no option's range catches, for the command line and the server alike (``RunSettings`` runs
+    it whenever settings are made): every number finite, the temperature at least 0, the seed in torch's range.
+    An ``InvalidValueError`` names the setting."""
+    for name in FINITE:
+        value = getattr(settings, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                  or not math.isfinite(value)):
+            raise InvalidValueError(f"{name} must be a finite number, not {_shown(value)}", name)
+    if settings.temperature < 0:
+        raise InvalidValueError(f"temperature must be at least 0 (0: greedy), not {settings.temperature!r}",
+                                "temperature")
+    seed = settings.seed
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not SEEDS[0] <= seed <= SEEDS[1]):
+        raise InvalidValueError(f"seed must be an integer from -2**63 to 2**64 - 1 (torch's seeds), not {_shown(seed)}",
+                                "seed")
 
 
 def frames_for(settings: RunSettings, family_default: int = FamilyAdapter.default_frames) -> int:

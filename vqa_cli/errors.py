@@ -57,6 +57,22 @@ class ContextOverflowError(UsageError):
     kind = "context_overflow"
 
 
+class InvalidValueError(UsageError):
+    """A setting's value vqa cannot take (not finite, out of range, a NUL in a path), checked before anything
+    loads; ``param`` names the setting as the server's requests spell it (``seed``, ``temperature``)."""
+
+    kind = "invalid_value"
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+    def for_flag(self) -> UsageError:
+        """The same problem as the command line says it: ``--max-new-tokens`` for ``max_new_tokens``."""
+        text, flag = str(self), "--" + self.param.replace("_", "-")
+        return UsageError(flag + text[len(self.param):] if text.startswith(self.param) else text)
+
+
 class MemoryFitError(UsageError):
     """The request cannot fit the memory its device has (checked before any weight is downloaded or loaded)."""
 

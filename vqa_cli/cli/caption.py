@@ -46,6 +46,7 @@ from vqa_cli.cli.options import (
     TemperatureOpt,
     TimePromptOpt,
     run_settings,
+    writable_folder,
 )
 from vqa_cli.modes import DEFAULT_MODE
 
@@ -64,7 +65,7 @@ def caption(
                                                 show_default=False)] = None,
     feature_cache: Annotated[str | None, typer.Option(
         "--feature-cache", help="Keep each video's visual tokens in this folder: a re-run with another --prompt "
-        "skips decoding and encoding.", show_default=False)] = None,
+        "skips decoding and encoding.", show_default=False, callback=writable_folder("--feature-cache"))] = None,
     frames: FramesOpt = None,
     fps: FpsOpt = None,
     max_frames: MaxFramesOpt = None,

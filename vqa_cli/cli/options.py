@@ -9,11 +9,12 @@ choices come from the ``Literal`` of the module that owns the concept), and pass
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
-from vqa_cli.errors import UsageError
+from vqa_cli.errors import InvalidValueError, UsageError
 from vqa_cli.loading import Dtype, Quant
 from vqa_cli.modes import DEFAULT_MODE, ModeName, ModeSettings
 from vqa_cli.rope import RopeType
@@ -26,7 +27,8 @@ if TYPE_CHECKING:
 _NOT_AN_OPTION: Any = object()  # run_settings' model for a command without --model
 Stride = Literal["1", "2", "4"]  # anyres per-frame pooling strides, as typed on the command line
 
-VideoArg = Annotated[str, typer.Argument(help="Video file (or an image).", show_default=False)]
+VideoArg = Annotated[str, typer.Argument(help="Video file (or an image).", show_default=False,
+                                         callback=lambda value: _check_path("the video", value) or value)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")]
 
 # ---- which frames ---------------------------------------------------------------------------
@@ -64,7 +66,8 @@ DtypeOpt = Annotated[
                  help="Compute dtype (default: bfloat16/float16 on GPU, float32 on CPU).", show_default=False),
 ]
 MaxNewTokensOpt = Annotated[int, typer.Option("--max-new-tokens", min=1, help="Most tokens to generate.")]
-TemperatureOpt = Annotated[float, typer.Option("--temperature", min=0, help="0 = greedy and deterministic.")]
+TemperatureOpt = Annotated[float, typer.Option("--temperature", help="0 = greedy and deterministic (at least 0; "
+                                               "checked with the other values by engine.check_values).")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed for sampling (temperature > 0).")]
 StrideOpt = Annotated[Stride | None, typer.Option("--stride", help="anyres: per-frame pooling stride.",
                                                   show_default=False)]
@@ -78,7 +81,7 @@ TimePromptOpt = Annotated[bool, typer.Option("--time-prompt", help="Tell the mod
 # ---- a running `vqa serve` instead of a model here -------------------------------------------------
 SERVED_MODEL = "<the server's model>"  # --model's value with --server and no --model: the client asks the server
 ServerOpt = Annotated[str | None, typer.Option(
-    "--server", envvar="VQA_SERVER", show_default=False,
+    "--server", envvar="VQA_SERVER", show_default=False, callback=lambda value: check_server(value),
     help="Send the requests to this `vqa serve` (e.g. http://127.0.0.1:8000) instead of loading the model here "
          "(default: $VQA_SERVER).")]
 
@@ -175,14 +178,70 @@ def run_settings(
     if fit and force:
         raise UsageError("--fit makes the request fit and --force skips the memory check: pick one")
     mode_settings = _mode_settings(mode, stride, slow_frames, fast_grid, pool, guide, guide_kernel)
-    return RunSettings(model=_model(model, device), mode=mode_settings, frames=frames, fps=fps,
-                       max_frames=max_frames, seek=seek, decoder=decoder, start=start, end=end, quant=quant,
-                       device=device, dtype=dtype,
-                       max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, rope_scale=rope_scale,
-                       rope_type=rope_type, time_prompt=time_prompt, guide_model=guide_model or DEFAULT_GUIDE_MODEL,
-                       max_memory=parse_max_memory(max_memory), offload_dir=_offload_dir(offload_dir, max_memory),
-                       fit=fit, force=force,
-                       **_time_settings(segments, scene_detector, scene_threshold, min_scene, subtitles))
+    for flag, path in (("--model", model), ("--offload-dir", offload_dir), ("--guide-model", guide_model),
+                       ("--subtitles", subtitles)):
+        _check_path(flag, path)
+    try:  # RunSettings checks its values (engine.check_values): finite numbers, the seed's range
+        settings = RunSettings(model="", mode=mode_settings, frames=frames, fps=fps,
+                               max_frames=max_frames, seek=seek, decoder=decoder, start=start, end=end, quant=quant,
+                               device=device, dtype=dtype,
+                               max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, rope_scale=rope_scale,
+                               rope_type=rope_type, time_prompt=time_prompt,
+                               guide_model=guide_model or DEFAULT_GUIDE_MODEL,
+                               max_memory=parse_max_memory(max_memory),
+                               offload_dir=_offload_dir(offload_dir, max_memory), fit=fit, force=force,
+                               **_time_settings(segments, scene_detector, scene_threshold, min_scene, subtitles))
+    except InvalidValueError as exc:
+        raise exc.for_flag() from None
+    return replace(settings, model=_model(model, device))  # the default model's notice only for a valid run
+
+
+def _check_path(flag: str, path: Any) -> None:
+    """A path the operating system cannot take (a NUL byte in it) is the user's mistake, said in one line."""
+    if isinstance(path, str) and "\0" in path:
+        raise UsageError(f"{flag} {path!r} has a NUL byte: no file can be named so")
+
+
+def check_server(value: str | None) -> str | None:
+    """``--server``: an http(s) URL with a host (``http://127.0.0.1:8000``), checked before anything loads."""
+    if not value:
+        return value
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number from 0 to 65535
+    except ValueError as exc:
+        raise UsageError(f"--server {value!r} is not a URL ({exc}): give one such as http://127.0.0.1:8000") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or any(c in value for c in "\0 \t\r\n"):
+        raise UsageError(f"--server {value!r} is not an http(s) URL with a host: give one such as "
+                         "http://127.0.0.1:8000")
+    return value
+
+
+def writable_folder(flag: str) -> Any:
+    """A typer callback: the option's folder (made if missing) must be a folder this process can write, so a
+    file, a path under a file or a read-only place fails in one line before the model loads."""
+
+    def check(value: str | None) -> str | None:
+        if not value:
+            return value
+        _check_path(flag, value)
+        import tempfile
+        from pathlib import Path
+
+        folder = Path(value).expanduser()
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"{flag} {value!r} is a file, not a folder")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as exc:
+            raise UsageError(f"{flag} {value!r} is not a folder vqa can write: {exc.strerror or exc}") from None
+        return value
+
+    return check
 
 
 def _time_settings(segments: str, scene_detector: str, scene_threshold: float | None, min_scene: float,

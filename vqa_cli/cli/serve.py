@@ -37,6 +37,7 @@ from vqa_cli.cli.options import (
     TemperatureOpt,
     TimePromptOpt,
     run_settings,
+    writable_folder,
 )
 from vqa_cli.modes import DEFAULT_MODE
 
@@ -54,7 +55,8 @@ def serve(
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=1, help="Largest data: or http(s) video.")]
     = 256.0,
     feature_cache: Annotated[str | None, typer.Option("--feature-cache", help="Also keep visual tokens on disk in "
-                                                      "this folder (survives restarts).", show_default=False)] = None,
+                                                      "this folder (survives restarts).", show_default=False,
+                                                      callback=writable_folder("--feature-cache"))] = None,
     feature_cache_gib: Annotated[float, typer.Option("--feature-cache-gib", min=0,
                                                      help="Memory for visual tokens.")] = 2.0,
     kv_cache_gib: Annotated[float, typer.Option("--kv-cache-gib", min=0,
@@ -62,6 +64,11 @@ def serve(
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1,
                                             help="Most concurrent requests in one generate call.")] = 4,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Decode threads.")] = 2,
+    max_request_memory: Annotated[str | None, typer.Option(
+        "--max-request-memory", show_default=False,
+        help="Most memory one request may need beyond the weights (its KV cache and activations, as --plan "
+             "estimates them), e.g. 4GiB; larger requests are refused with 400 (default: the memory available at "
+             "startup less the weights).")] = None,
     served_model_name: Annotated[str | None, typer.Option(
         "--served-model-name", help="The model's id on the API (default: --model as given); its hub id, alias, "
         "folder name and path are accepted too.", show_default=False)] = None,
@@ -99,6 +106,7 @@ def serve(
 ) -> int:
     """Serve the model over an OpenAI-compatible API (POST /v1/chat/completions); the options are defaults
     that each request may override."""
+    from vqa_cli.fit import parse_size
     from vqa_cli.serve import ServeOptions, run_server
 
     settings = run_settings(
@@ -113,5 +121,7 @@ def serve(
                            api_key=api_key or os.environ.get("VQA_API_KEY") or None, max_upload_mb=max_upload_mb,
                            feature_cache=feature_cache, feature_cache_gib=feature_cache_gib,
                            kv_cache_gib=kv_cache_gib, max_batch=batch_size, workers=workers,
-                           served_name=served_model_name, cors_origins=cors_origin)
+                           served_name=served_model_name, cors_origins=cors_origin,
+                           max_request_memory=parse_size(max_request_memory, "--max-request-memory")
+                           if max_request_memory else None)
     return run_server(settings, options)

@@ -41,6 +41,7 @@ class ServeOptions:
     workers: int = 2
     served_name: str | None = None  # the model's id on the API; None: the --model given
     cors_origins: list[str] | None = None  # browser origins allowed to call the server (CORS); None: none
+    max_request_memory: int | None = None  # bytes one request may need besides the weights; None: request_limit
 
 
 class ServerLoadError(VqaError):
@@ -104,12 +105,15 @@ def run_server(settings: Any, options: ServeOptions) -> int:
         console.info(f"warning: serving on {options.host} without --api-key: anyone who reaches it can use it")
     # A broken checkpoint, or a model that cannot fit this machine, fails here, before binding.
     checkpoint, budget = plan_model(settings, ["?"], reserve=TURN_RESERVE)
-    check_memory(checkpoint, settings, ["?"], budget, batch=options.max_batch, reserve=TURN_RESERVE)
+    checked = check_memory(checkpoint, settings, ["?"], budget, batch=options.max_batch, reserve=TURN_RESERVE)
+    limit = options.max_request_memory
+    if limit is None:
+        limit = request_limit(checkpoint, settings, budget, checked)
     policy = MediaPolicy([Path(r).resolve() for r in roots], int(options.max_upload_mb * 2**20), options.allow_urls)
     origins = [o.strip().rstrip("/") for value in options.cors_origins or [] for o in value.split(",") if o.strip()]
     state = ServerState(settings, policy, options.api_key, model_names(settings.model, checkpoint.dir),
                         decode_pool=ThreadPoolExecutor(options.workers, "vqa-decode"),
-                        served_name=options.served_name or None, cors_origins=origins)
+                        served_name=options.served_name or None, cors_origins=origins, request_memory=limit)
     sock = _listen(options.host, options.port)
     host, port = sock.getsockname()[:2]
     config = uvicorn.Config(create_app(state), log_level="warning", access_log=False, lifespan="off",
@@ -131,6 +135,10 @@ def run_server(settings: Any, options: ServeOptions) -> int:
             state.load_error = f"the model failed to load: {known[2] if known else exc}"
             server.should_exit = True
 
+    if limit is not None:
+        from vqa_cli.plan import size_text
+
+        console.info(f"a request may need up to {size_text(limit)} besides the weights (--max-request-memory)")
     console.info(f"listening on http://{_url_host(host)}:{port} (loading {settings.model})")
     threading.Thread(target=load, name="vqa-load", daemon=True).start()
     try:
@@ -146,6 +154,23 @@ def run_server(settings: Any, options: ServeOptions) -> int:
             raise ServerLoadError(f"the model failed to load: {type(exc).__name__}: {exc}") from exc
         raise exc
     return 0
+
+
+def request_limit(checkpoint: Any, settings: Any, budget: Any, checked: Any = None) -> int | None:
+    """``--max-request-memory``'s default: the memory the computing device has at startup (``fit.probe_memory``;
+    within its ``--max-memory`` cap) less what the server itself holds there: the weights, the guide model and the
+    runtime allowance, as ``--plan`` estimates them. None when the device's memory is not known."""
+    from vqa_cli import fit
+
+    mem = checked or fit.measure(checkpoint, settings, budget, fit.probe_memory)
+    est = mem.estimate
+    have = mem.available.get(est.device)
+    cap = est.caps.get(est.device)
+    if cap is not None:
+        have = cap if have is None else min(have, cap)
+    if have is None:
+        return None
+    return max(0, have - est.weights_on(est.device) - est.guide_bytes - est.runtime_bytes)
 
 
 def _url_host(host: str) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 from vqa_cli import console, wire
 from vqa_cli.engine import LOAD_SETTINGS
 from vqa_cli.errors import EXIT_USAGE, describe, one_line
-from vqa_cli.serve._requests import ApiError, ChatRequest, MediaPolicy, bad, parse_chat, resolve
+from vqa_cli.serve._requests import ApiError, ChatRequest, MediaPolicy, parse_chat, price, read_json, resolve
 from vqa_cli.serve._worker import Cancelled, Job, Result, StopFilter
 
 POLL = 0.2  # seconds between checks that a waiting client is still there
@@ -43,6 +43,7 @@ class ServerState:
     served_name: str | None = None  # --served-model-name; None: the --model given
     cors_origins: list[str] = field(default_factory=list)
     logged_ignored: set[tuple[str, ...]] = field(default_factory=set)
+    request_memory: int | None = None  # --max-request-memory: bytes one request may need besides the weights
 
     @property
     def model_name(self) -> str:
@@ -160,10 +161,24 @@ async def _read_body(request: Any, limit: int) -> Any:
         data.extend(chunk)
         if len(data) > limit:
             raise ApiError(413, f"the request is over {limit / 2**20:.0f} MiB", code="request_too_large")
-    try:
-        return json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise bad(f"the request body is not JSON ({exc})") from None
+    return read_json(bytes(data))
+
+
+JSON_TYPES = ("application/json",)  # and any application/...+json
+
+
+def _check_content_type(state: ServerState, request: Any) -> None:
+    """Without ``--api-key``, a body must say it is JSON: any web page can make a browser POST text/plain,
+    form-encoded or multipart bodies (or none with no type) to this server without asking it first (no CORS
+    preflight), but not application/json. With a key such pages cannot authenticate, so any type is read."""
+    if state.api_key is not None:
+        return
+    kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if kind in JSON_TYPES or (kind.startswith("application/") and kind.endswith("+json")):
+        return
+    raise ApiError(415, f"send the request as Content-Type: application/json, not {kind or 'no type'!r} (a server "
+                        "without --api-key reads only JSON, which a web page cannot send it unasked)",
+                   param="content-type", code="unsupported_media_type")
 
 
 def create_app(state: ServerState) -> Any:
@@ -205,12 +220,14 @@ def create_app(state: ServerState) -> Any:
         try:
             _check_auth(state, request)
             _check_ready(state)
+            _check_content_type(state, request)
             body = await _read_body(request, state.policy.max_bytes * 4 // 3 + 2**20)
             parsed = parse_chat(body, state.settings)
             if parsed.model is None:  # OpenAI requires it; vLLM answers with its model: so does vqa
                 parsed.model = state.model_name
             elif not state.knows(parsed.model):
                 raise _unknown_model(state, parsed.model)
+            await run_in_threadpool(price, parsed, state.worker.engine, state.request_memory)  # before the media
             media = None if parsed.text_only else await run_in_threadpool(resolve, parsed.urls, state.policy)
         except Exception as exc:  # noqa: BLE001 - every failure is an error object
             return _error(exc)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
+import math
 import os
 import tempfile
 import time
@@ -20,11 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from vqa_cli import subtitles, wire
-from vqa_cli.errors import UsageError
+from vqa_cli.errors import InvalidValueError, UsageError
 
 MAX_STOPS = 4  # as OpenAI
 MAX_TOP_LOGPROBS = 20
 URL_TIMEOUT = 30.0
+MAX_DEPTH = 64  # the deepest nesting of objects and lists a request body may have (OpenAI's need 6)
 
 # OpenAI fields vqa reads, and those it accepts only at their neutral value (anything else: 400).
 OPENAI_FIELDS = {"model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens",
@@ -100,8 +103,6 @@ class ChatRequest:
     use_cache: bool = True
     cues: list = field(default_factory=list)  # the video's subtitles (``subtitles.from_wire``)
     subtitle_tokens: int = 0  # what those on screen at the sampled frames took (``subtitles.into_turns``)
-    cues: list = field(default_factory=list)  # the video's subtitles (``subtitles.from_wire``)
-    subtitle_tokens: int = 0  # what those on screen at the sampled frames took (``subtitles.into_turns``)
     created: int = field(default_factory=lambda: int(time.time()))
     ignored: list[str] = field(default_factory=list)  # request keys that had no effect (``x-vqa-ignored``)
 
@@ -128,15 +129,64 @@ class ChatRequest:
         return len(self.turns) == 1 and not self.stream and not self.logprobs and not self.text_only
 
 
+# ---- the body ----------------------------------------------------------------------------------------
+class NonFinite:
+    """A number JSON cannot hold (``NaN``, ``Infinity``, ``1e999``) where the body had it, to be named."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _float(text: str) -> Any:
+    value = float(text)
+    return value if math.isfinite(value) else NonFinite(text)
+
+
+def read_json(data: bytes) -> Any:
+    """A request body as JSON, refused (400) unless it is strict JSON: no ``NaN`` or ``Infinity`` (Python's json
+    takes them) nor numbers past a float's range, no NUL in any string, at most ``MAX_DEPTH`` levels deep. The
+    problem's place is named (``param``: ``temperature``, ``messages[0].content``)."""
+    try:
+        body = json.loads(data, parse_constant=NonFinite, parse_float=_float)
+    except RecursionError:
+        raise bad(f"the request body is nested too deeply (at most {MAX_DEPTH} levels)") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, an integer of over 4300 digits, bad UTF-8
+        raise bad(f"the request body is not JSON ({exc})") from None
+    stack: list[tuple[Any, str, int]] = [(body, "", 0)]
+    while stack:
+        value, where, depth = stack.pop()
+        if isinstance(value, NonFinite):
+            raise bad(f"{where or 'the body'} must be a finite number, not {value.text} (JSON has no NaN or "
+                      "Infinity)", where or None)
+        if isinstance(value, str) and "\0" in value:
+            raise bad(f"{where or 'the body'} has a NUL character", where or None)
+        if isinstance(value, dict | list):
+            if depth >= MAX_DEPTH:  # named by its top-level field
+                raise bad(f"the request body is nested too deeply (at most {MAX_DEPTH} levels)",
+                          where.split(".")[0].split("[")[0] or None)
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                if isinstance(key, str) and "\0" in key:
+                    raise bad(f"a key of {where or 'the body'} has a NUL character", where or None)
+                inner = (f"{where}.{key}" if where else str(key)) if isinstance(value, dict) else f"{where}[{key}]"
+                stack.append((item, inner, depth + 1))
+    return body
+
+
 def _number(body: dict, name: str, kind: tuple[type, ...], low: float | None = None) -> Any:
     value = body.get(name)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, kind):
-        raise bad(f"{name} must be a number", name)
+        raise bad(f"{name} must be {'an integer' if kind == (int,) else 'a number'}, not {_shown(value)}", name)
     if low is not None and value < low:
         raise bad(f"{name} must be at least {low:g}", name)
     return value
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:40] + "..."
 
 
 def _text_of(content: Any, role: str, index: int) -> tuple[str, list[dict]]:
@@ -305,26 +355,70 @@ def parse_chat(body: Any, defaults: Any) -> ChatRequest:
     stream = bool(body.get("stream"))
     if logprobs and stream:
         raise bad("logprobs are returned without stream: send stream: false", "logprobs")
-    try:
+    try:  # RunSettings checks the values (engine.check_values), as for the command line
         settings = wire.apply_fields(defaults, {**extra_fields, **{k: body[k] for k in wire.FIELDS if k in body}})
+        settings = replace(settings, max_new_tokens=max_tokens or defaults.max_new_tokens,
+                           temperature=defaults.temperature if temperature is None else float(temperature),
+                           seed=defaults.seed if seed is None else seed)
+    except InvalidValueError as exc:
+        raise bad(str(exc), exc.param) from None
     except UsageError as exc:
-        raise bad(str(exc)) from None
-    settings = replace(settings, max_new_tokens=max_tokens or defaults.max_new_tokens,
-                       temperature=defaults.temperature if temperature is None else float(temperature),
-                       seed=defaults.seed if seed is None else seed)
+        raise bad(str(exc), next((k for k in wire.FIELDS if str(exc).startswith(k + " ")), None)) from None
     try:
         cues = subtitles.from_wire(body.get(subtitles.WIRE_FIELD))
     except UsageError as exc:
         raise bad(str(exc), subtitles.WIRE_FIELD) from None
-    try:
-        cues = subtitles.from_wire(body.get(subtitles.WIRE_FIELD))
-    except UsageError as exc:
-        raise bad(str(exc), subtitles.WIRE_FIELD) from None
-    options = body.get("stream_options") or {}
+    options = _object(body, "stream_options")
     return ChatRequest(id=f"chatcmpl-{uuid.uuid4().hex}", model=body.get("model"), turns=turns, urls=urls,
                        settings=settings, stream=stream, include_usage=bool(options.get("include_usage")),
                        stops=_stops(body.get("stop")), logprobs=bool(logprobs), top_logprobs=top,
                        use_cache=body.get("cache", True) is not False, ignored=ignored, cues=cues)
+
+
+# ---- what a request costs --------------------------------------------------------------------------
+def _is_image_url(url: str) -> bool:
+    from vqa_cli.video import is_image_path
+
+    if url[:5].lower() == "data:":
+        return url[5:].lower().startswith("image/")
+    return is_image_path(urllib.parse.urlparse(url).path if "://" in url[:12] else url)
+
+
+def _too_much(need: int, limit: int, what: str) -> ApiError:
+    from vqa_cli.plan import size_text
+
+    return ApiError(400, f"this request needs {size_text(need)} ({what}); this server takes requests of up to "
+                         f"{size_text(limit)} (--max-request-memory)", param="frames", code="request_too_large")
+
+
+def price(request: ChatRequest, engine: Any, limit: int | None) -> None:
+    """The memory the request's settings need, checked before anything is decoded or allocated for it, with
+    the estimate ``--plan`` prints (``fit.estimate``, ``plan.request_memory``): its KV cache and activations
+    must fit ``limit`` bytes (``--max-request-memory``; None: unlimited), its tokens the context
+    (``context_length_exceeded``). The frame count is priced first from the clip's own tensors
+    (``plan.activation_bytes``), which takes no memory however large it is: the token budget's plan holds a
+    position per frame. A still image is one frame; a text-only chat is checked against the context when it
+    runs."""
+    from vqa_cli import fit, plan
+
+    if request.text_only or (len(request.urls) == 1 and _is_image_url(request.urls[0])):
+        return
+    view = engine.with_settings(request.settings)
+    frames = view.checkpoint.frames_for(request.settings)
+    tgt = fit.target(request.settings)
+    floor = plan.activation_bytes(view.checkpoint.adapter, frames, 0, tgt.dtype_bytes)
+    room = limit if limit is not None else fit.available_ram()  # without a limit, still no more than the RAM has
+    if room is not None and floor > room:
+        raise _too_much(floor, room, f"at least, for the tensors of {frames} frames")
+    settings = replace(request.settings, frames=frames)
+    budget = view._checked_budget(settings, request.first_question)  # too many tokens: context_length_exceeded
+    if limit is not None:
+        est = fit.estimate(view.checkpoint, settings, budget, tgt=tgt)
+        need = est.kv_cache_bytes + est.activation_bytes
+        if need > limit:
+            raise _too_much(need, limit, f"KV cache {plan.size_text(est.kv_cache_bytes)} and activations "
+                                         f"{plan.size_text(est.activation_bytes)} for {frames} frames and "
+                                         f"{budget.total} tokens")
 
 
 # ---- media ---------------------------------------------------------------------------------------
