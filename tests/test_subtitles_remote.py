@@ -99,3 +99,24 @@ def test_server_gives_the_subtitles_a_local_run_gives(tiny_dir, tmp_path, capsys
     assert local_ask["prompt_tokens"] >= off_ask["prompt_tokens"] + tokens
     strip = lambda r: {k: v for k, v in r.items() if k not in RUN_DETAILS}  # noqa: E731
     assert list(remote_ask) == list(local_ask) and strip(remote_ask) == strip(local_ask)
+
+
+def test_a_request_carries_the_cues_and_a_malformed_field_is_a_400():
+    import pytest
+
+    from vqa_cli import subtitles
+    from vqa_cli.engine import RunSettings
+    from vqa_cli.serve._requests import ApiError, parse_chat
+
+    def parse(value):
+        messages = [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": "v.mp4"}},
+                                                 {"type": "text", "text": "What?"}]}]
+        return parse_chat({"model": "m", "messages": messages, "subtitles": value}, RunSettings(model="m"))
+
+    cues = [subtitles.Cue(2.0, 3.0, "second"), subtitles.Cue(0.0, 1.5, "first")]
+    assert parse(subtitles.to_wire(cues)).cues == sorted(cues, key=lambda c: c.start)
+    assert parse(None).cues == []
+    for bad in ("text", [[0, 1]], [[0, "1", "x"]], [[0, 1, 5]], [[True, 1, "x"]]):
+        with pytest.raises(ApiError) as info:
+            parse(bad)
+        assert (info.value.status, info.value.param) == (400, "subtitles"), bad
