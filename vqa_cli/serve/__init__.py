@@ -12,6 +12,7 @@ client can wait for the server; a broken checkpoint is found from its configs be
 
 from __future__ import annotations
 
+import math
 import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -101,6 +102,10 @@ def run_server(settings: Any, options: ServeOptions) -> int:
             raise UsageError(f"--media-root {str(root)!r} is not a folder")
     if options.max_batch < 1 or options.workers < 1:
         raise UsageError("--batch-size and --workers must be at least 1")
+    for flag, value in (("--max-upload-mb", options.max_upload_mb), ("--feature-cache-gib", options.feature_cache_gib),
+                        ("--kv-cache-gib", options.kv_cache_gib)):
+        if not math.isfinite(value):
+            raise UsageError(f"{flag} must be a finite number, not {value}")
     if options.host not in ("127.0.0.1", "localhost", "::1") and not options.api_key:
         console.info(f"warning: serving on {options.host} without --api-key: anyone who reaches it can use it")
     # A broken checkpoint, or a model that cannot fit this machine, fails here, before binding.
