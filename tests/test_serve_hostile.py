@@ -202,3 +202,18 @@ def test_no_value_of_any_field_is_a_server_error(server, name):
             assert "\n" not in reply["error"]["message"] and "Traceback" not in reply["error"]["message"]
     assert server.proc.poll() is None
     assert not any("internal error" in line or "Traceback" in line for line in server.stderr), server.stderr
+
+
+def test_thousands_of_image_urls_decode_only_the_frames_asked_for(server, media):
+    """A video sent as its frames (one image_url each): 3000 urls of a 1000 x 1000 image (3000 x 3 MB decoded,
+    past the server's address-space headroom) with ``frames: 2`` decode two of them, those
+    ``floor((2k + 1) * 3000 / 4)`` picks (frame k is at k seconds)."""
+    import cv2
+    import numpy as np
+
+    cv2.imwrite(str(media / "big.png"), np.full((1000, 1000, 3), 90, np.uint8))
+    parts = [{"type": "image_url", "image_url": {"url": "big.png"}}] * 3000 + [{"type": "text", "text": "What?"}]
+    status, reply = post(server, {"messages": [{"role": "user", "content": parts}], "frames": 2})
+    assert status == 200, reply
+    assert reply["vqa"]["frames"] == 2 and reply["vqa"]["timestamps"] == [750.0, 2250.0], reply["vqa"]
+    answers(server)

@@ -228,7 +228,8 @@ def create_app(state: ServerState) -> Any:
             elif not state.knows(parsed.model):
                 raise _unknown_model(state, parsed.model)
             await run_in_threadpool(price, parsed, state.worker.engine, state.request_memory)  # before the media
-            media = None if parsed.text_only else await run_in_threadpool(resolve, parsed.urls, state.policy)
+            frames = state.worker.engine.checkpoint.frames_for(parsed.settings)  # the most images decoded
+            media = None if parsed.text_only else await run_in_threadpool(resolve, parsed.urls, state.policy, frames)
         except Exception as exc:  # noqa: BLE001 - every failure is an error object
             return _error(exc)
         headers = _ignored(state, parsed)

@@ -492,28 +492,31 @@ def _http_url(url: str, policy: MediaPolicy) -> Media:
     return _write_upload(data, suffix, policy)
 
 
-def resolve_frames(urls: list[str], policy: MediaPolicy) -> Media:
+def resolve_frames(urls: list[str], policy: MediaPolicy, frames: int | None = None) -> Media:
     """Several images, in order, as the frames of one video (how lmms-eval's ``openai_compatible`` model and
-    other OpenAI clients send a video). Their times are not known: frame k is at k seconds."""
-    from vqa_cli.video import Clip, read_image
+    other OpenAI clients send a video). Their times are not known: frame k is at k seconds. Every url is
+    checked, but only the ``frames`` the request samples (spread evenly, as ``_worker.pick_frames`` takes them)
+    are decoded: however many urls a request sends, it holds no more images than it was priced for."""
+    from vqa_cli.video import Clip, read_image, uniform_indices
     from vqa_cli.video._capture import stack
 
     parts = [resolve_media(url, policy) for url in urls]
+    n = len(parts)
+    keep = list(range(n)) if frames is None else uniform_indices(n, frames)
     try:
-        images = [read_image(part.path).frames[0] for part in parts]
+        images = [read_image(parts[i].path).frames[0] for i in keep]
     finally:
         for part in parts:
             part.release()
-    n = len(images)
-    clip = Clip(path="<frames>", frames=stack(images), indices=list(range(n)), timestamps=[float(i) for i in range(n)],
+    clip = Clip(path="<frames>", frames=stack(images), indices=keep, timestamps=[float(i) for i in keep],
                 duration=float(n), fps=1.0, frames_from_content=n, is_image=False, frames_from_header=n,
-                fps_from_header=0.0, decoded=n, decoder="images")
+                fps_from_header=0.0, decoded=len(keep), decoder="images")
     return Media("", {"frames": [part.source for part in parts]}, clip=clip)
 
 
-def resolve(urls: list[str], policy: MediaPolicy) -> Media:
-    """The request's media: one file, or several images making one video."""
-    return resolve_media(urls[0], policy) if len(urls) == 1 else resolve_frames(urls, policy)
+def resolve(urls: list[str], policy: MediaPolicy, frames: int | None = None) -> Media:
+    """The request's media: one file, or several images making one video (``frames`` of them decoded)."""
+    return resolve_media(urls[0], policy) if len(urls) == 1 else resolve_frames(urls, policy, frames)
 
 
 def resolve_media(url: str, policy: MediaPolicy) -> Media:
