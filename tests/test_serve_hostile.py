@@ -164,6 +164,7 @@ def test_an_integer_too_long_for_python_is_a_400(server):
 def test_a_nul_in_a_video_path_is_a_400(server):
     error = refused(server, {"messages": video("a\x00.mp4")})
     assert error["param"] == "messages[0].content[0].video_url.url" and "NUL" in error["message"], error
+    assert "NUL" in refused(server, {"messages": video("file:///a%00.mp4")})["message"]  # a file url's %00
     answers(server)
 
 
@@ -183,6 +184,11 @@ def test_a_body_a_web_page_could_send_unasked_is_refused_without_an_api_key(serv
     error = refused(server, body, 415, {} if kind is None else {"Content-Type": kind})
     assert "application/json" in error["message"] and error["param"] == "content-type", error
     answers(server)
+
+
+@pytest.mark.parametrize("role", [[], {}, ["user"], 5, None])
+def test_a_role_that_is_not_a_string_is_a_400(server, role):
+    assert refused(server, {"messages": [{"role": role, "content": "q"}]})["param"] == "messages"
 
 
 # ---- every field, every wrong shape ------------------------------------------------------------------------
@@ -217,3 +223,40 @@ def test_thousands_of_image_urls_decode_only_the_frames_asked_for(server, media)
     assert status == 200, reply
     assert reply["vqa"]["frames"] == 2 and reply["vqa"]["timestamps"] == [750.0, 2250.0], reply["vqa"]
     answers(server)
+
+
+NESTED = [None, True, 5, -1, 2**70, 1.5, "x", "", "a.mp4", "/etc/passwd", "file:///etc/passwd", "file://host/x",
+          "file:%00", "data:", "data:video/mp4;base64,!!", "data:image/png;base64,AAAA", "http://x", "ftp://x",
+          "../../etc/passwd", "~root/x", [], {}, [{}], {"url": None}, {"url": 5}, {"url": "a.mp4", "x": 1}]
+SHAPES = {
+    "video_url": lambda v: [{"role": "user", "content": [{"type": "video_url", "video_url": v},
+                                                         {"type": "text", "text": "q"}]}],
+    "video_url.url": lambda v: [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": v}},
+                                                             {"type": "text", "text": "q"}]}],
+    "image_urls": lambda v: [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": v}}] * 2}],
+    "role": lambda v: [{"role": v, "content": "q"}],
+    "content": lambda v: [{"role": "user", "content": v}],
+    "part": lambda v: [{"role": "user", "content": [v]}],
+    "part.type": lambda v: [{"role": "user", "content": [{"type": v, "text": "q"}]}],
+    "part.text": lambda v: [{"role": "user", "content": [{"type": "text", "text": v}]}],
+    "message": lambda v: [v],
+    "assistant": lambda v: [{"role": "user", "content": "q"}, {"role": "assistant", "content": v},
+                            {"role": "user", "content": "q"}],
+}
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_no_message_shape_is_a_server_error(server, shape):
+    for value in NESTED:
+        status, reply = post(server, {"messages": SHAPES[shape](value), "max_tokens": 1, "frames": 2})
+        assert status < 500 and (status >= 400) == ("error" in reply), (shape, value, reply)
+    assert server.proc.poll() is None
+    assert not any("internal error" in line for line in server.stderr), server.stderr
+
+
+@pytest.mark.parametrize("cues", [None, 5, "x", [5], [{}], [{"start": "x", "end": 1, "text": "t"}],
+                                  [{"start": 0, "end": -1, "text": "t"}], [{"start": 0, "end": 1, "text": 5}],
+                                  [{"start": 2**70, "end": 2**71, "text": "t"}]])
+def test_no_subtitles_value_is_a_server_error(server, cues):
+    status, reply = post(server, {"messages": video(), "max_tokens": 1, "frames": 2, "subtitles": cues})
+    assert status < 500 and (status >= 400) == ("error" in reply), reply

@@ -227,7 +227,8 @@ def _turns(messages: Any) -> tuple[list[dict], list[str]]:
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
             raise bad(f"messages[{i}] must be an object", "messages")
-        role = {"developer": "system"}.get(message.get("role"), message.get("role"))
+        given = message.get("role")
+        role = {"developer": "system"}.get(given, given) if isinstance(given, str) else None
         if role not in ("system", "user", "assistant"):
             raise bad(f"messages[{i}]: unsupported role {message.get('role')!r}", "messages")
         text, media = _text_of(message.get("content"), role, i)
@@ -436,6 +437,8 @@ def _local(url: str, policy: MediaPolicy) -> Media:
         raw = urllib.parse.unquote(parsed.path)
     else:
         raw = url
+    if "\0" in raw:  # a file url's %00
+        raise bad(f"the media path {url!r} has a NUL character")
     path = Path(raw).expanduser()
     if not path.is_absolute():
         path = policy.roots[0] / path
