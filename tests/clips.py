@@ -243,6 +243,25 @@ def ffmpeg_clip(
     return path
 
 
+def vfr_clip(
+    path: str | os.PathLike[str],
+    times: list[float],
+    fps: float = 30.0,
+    encoder: tuple[str, ...] = ("-c:v", "ffv1"),
+    size: tuple[int, int] = (64, 48),
+) -> str:
+    """A variable frame rate: self-numbering frames 0, 1, ... shown at ``times`` (seconds, increasing), as a
+    screen recording that holds a frame on screen for seconds.  Frames go in at ``fps`` (the header's nominal
+    rate: Matroska keeps it as the default frame duration), ``setpts`` moves frame N to ``times[N]`` and
+    ``-fps_mode vfr`` keeps them so (no frame is duplicated or dropped).  Check the result with
+    ``pyav_decode_all``, the oracle for the real timestamps."""
+    expr = f"{times[-1]:g}"
+    for n in range(len(times) - 2, -1, -1):
+        expr = f"if(eq(N,{n}),{times[n]:g},{expr})"
+    return ffmpeg_clip(path, len(times), [*encoder, "-fps_mode", "vfr"], fps=fps, size=size,
+                       filters=f"setpts='({expr})/TB'")
+
+
 def x264(gop: int, bframes: int, *extra: str) -> list[str]:
     """libx264 options for a fixed keyframe interval (no scene-cut keyframes) and B-frames."""
     params = f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes={bframes}"

@@ -8,7 +8,7 @@ from vqa_cli.video._index import PacketIndex, scan_index
 from vqa_cli.video._inputs import Clip, Deadline, SeekMode, check_file, is_image_path
 from vqa_cli.video._options import DecodeOptions
 from vqa_cli.video._packets import decode_from_packets
-from vqa_cli.video._sampling import Request, Timeline, validate
+from vqa_cli.video._sampling import Request, Timeline, plausible_fps, validate
 from vqa_cli.video._seeking import Job, Mismatch, decode_walking
 from vqa_cli.video._strategy import choose, exact_cost, keyframe_cost
 
@@ -88,11 +88,29 @@ def sample_frames(
 
 
 def _checked_count(clip: Clip) -> Clip:
-    """Warn when the file holds a frame count other than its header's (a file cut short looks whole)."""
-    if clip.frames_from_header > 0 and abs(clip.frames_from_content - clip.frames_from_header) > 1:
+    """Warn when the file holds a frame count other than its header's (a file cut short looks whole), unless
+    it holds fewer frames and its timestamps reach the header's end (a variable frame rate: ``_reaches_end``)."""
+    if clip.frames_from_header > 0 and abs(clip.frames_from_content - clip.frames_from_header) > 1 and not (
+        clip.frames_from_content < clip.frames_from_header and _reaches_end(clip)
+    ):
         clip.warnings.append(f"the header says {clip.frames_from_header} frames but {clip.frames_from_content} were "
                              "found: the file may be cut short or damaged")
     return clip
+
+
+def _reaches_end(clip: Clip) -> bool:
+    """Whether the frames' timestamps reach the end the header claims: the last frame's pts plus its duration
+    (one frame at the header's rate: what muxers store as a frame's default duration) at or past the header's
+    duration (its frame count over its rate: FFmpeg's count is duration x nominal rate where the container
+    stores none), within one such frame.  A variable-frame-rate file (a screen recording at a nominal 30 fps
+    holding a frame every few seconds) claims far more frames than it holds yet is whole; a file cut short
+    stops early in time as well."""
+    if not (plausible_fps(clip.fps_from_header) and clip.fps > 0):
+        return False
+    frame = 1.0 / clip.fps_from_header
+    last_pts = clip.duration - 1.0 / clip.fps  # the timeline's duration is its last pts + its frame interval
+    header_end = clip.frames_from_header * frame
+    return last_pts + frame >= header_end - frame - 2e-3  # timestamps are rounded to milliseconds
 
 
 def _sample_indexed(

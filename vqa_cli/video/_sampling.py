@@ -170,9 +170,21 @@ class Timeline:
         else:
             targets = self._slice_targets(request.count(self.duration), request.lo, min(request.hi, self.duration))
         if not targets:
-            shown_end = fmt_seconds(min(request.hi, self.duration))
-            raise VideoError(f"no frames of {quote(path)} between {fmt_seconds(request.lo)} and {shown_end}")
+            targets = self.on_screen(request.lo)
+        if not targets:
+            raise VideoError(f"{quote(path)} has no frames")
         return targets
+
+    def on_screen(self, t: float) -> list[int]:
+        """The frame on screen at ``t`` (one index): the last one shown at or before it, whose presentation
+        interval ``[pts, next pts)`` (the last frame's: ``[pts, duration)``) holds ``t``; the first frame when
+        none is shown yet; ``[]`` for no frames.
+
+        A window in which no frame starts (a screen recording whose frame stays up for seconds, a variable
+        frame rate) thus still has content: the frame on screen during it, with its own index and timestamp."""
+        if not self.timestamps:
+            return []
+        return [max(bisect.bisect_right(self.timestamps, t) - 1, 0)]
 
     def window(self, request: Request) -> range:
         """The frame indices inside the request's time window."""
