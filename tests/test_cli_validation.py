@@ -84,9 +84,11 @@ def test_a_feature_cache_that_is_a_file_or_unwritable_is_one_line(command, clip_
     assert a_file.read_bytes() == b"mine"  # the user's file is left as it was
 
 
-@pytest.mark.parametrize("extra,says", [(["--max-request-memory", "lots"], "--max-request-memory: 'lots' is not a size"),
-                                        (["--max-upload-mb", "inf"], "--max-upload-mb must be a finite number"),
-                                        (["--kv-cache-gib", "inf"], "--kv-cache-gib must be a finite number")])
+@pytest.mark.parametrize("extra,says", [
+    (["--max-request-memory", "lots"], "--max-request-memory: 'lots' is not a size"),
+    (["--max-upload-mb", "inf"], "--max-upload-mb must be a finite number"),
+    (["--kv-cache-gib", "inf"], "--kv-cache-gib must be a finite number"),
+])
 def test_a_serve_size_that_is_not_one_is_one_line(extra, says, tiny_dir, capsys, no_load):
     line = one_line(*run(["serve", "--model", str(tiny_dir), "--port", "0", *extra], capsys)[::2])
     assert line.startswith(f"error: {says}"), line
