@@ -371,7 +371,7 @@ def run_caption(settings: Any, inputs: list[str], out: str, prompt: str, *, batc
     if summary_path and state is not None:  # one summary per process, next to its part file
         summary_path = writer.part_path(summary_path, state.process_index, state.num_processes)
     # Everything about the outputs is checked before anything loads or is written.
-    writer.check_run_outputs(out, target, summary_path, videos)
+    writer.check_run_outputs(out, target, summary_path, videos, kind="caption")
     if settings.fit and remote is None:  # the frames --fit chooses are a real setting: settings_id has them
         from vqa_cli.session import fit_settings
 
@@ -380,7 +380,7 @@ def run_caption(settings: Any, inputs: list[str], out: str, prompt: str, *, batc
     owns_out = state is None or state.is_main_process
     with writer.locked(target), (writer.locked(out if owns_out and target != out else "-")):
         summary = _caption_locked(settings, videos, found, out, target, prompt, sid, batch_size, workers, remote,
-                                  feature_cache, (output_format, out_dir))
+                                  feature_cache, (output_format, out_dir, settings.force))
         if state is not None:
             state.wait_for_everyone()
             if state.is_main_process:
@@ -396,7 +396,7 @@ def run_caption(settings: Any, inputs: list[str], out: str, prompt: str, *, batc
 
 def _caption_locked(settings: Any, videos: list[str], found: Inputs, out: str, target: str, prompt: str, sid: str,
                     batch_size: int, workers: int, remote: Any = None, feature_cache: str | None = None,
-                    output: tuple[str, str | None] = ("jsonl", None)) -> Summary:
+                    output: tuple[str, str | None, bool] = ("jsonl", None, False)) -> Summary:
     """The run, once this process holds the output's lock: resume, load, caption, compact.
 
     The model loads before anything is written: a broken checkpoint leaves the output untouched

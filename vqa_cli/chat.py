@@ -86,8 +86,9 @@ def run_chat(settings: Any, video: str, *, server: str | None = None, model_give
                     continue
                 record = records.transcript(video, settings, conversation.clip, turns)
                 try:
-                    writer.check_output(arg.strip(), [video], flag="/save", accept=None)
-                    writer.write_json(arg.strip(), record)
+                    writer.check_output(arg.strip(), [video], flag="/save",
+                                        accept=writer.vqa_wrote("choose another file name"))
+                    writer.write_json(arg.strip(), record, remember=True)
                 except VqaError as exc:
                     console.error(str(exc))
                     continue

@@ -241,6 +241,9 @@ def prepare(settings: Any, videos: list[str], out: str, output_format: str, out_
                              "chapters (--out is the JSON Lines output)")
         if Path(out_dir).exists() and not Path(out_dir).is_dir():
             raise UsageError(f"--out-dir {out_dir!r} is not a folder")
+        from vqa_cli.writer import check_sidecars
+
+        check_sidecars(out_dir, videos, output_format, force=settings.force)  # a user's clip.srt: refused
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         out = out if out != "-" else str(Path(out_dir) / "index.jsonl")
     elif output_format != "jsonl":
@@ -259,13 +262,14 @@ def prepare(settings: Any, videos: list[str], out: str, output_format: str, out_
     return settings, out
 
 
-def output_sink(sink: Any, output_format: str, out_dir: str | None) -> Any:
-    """What captioning writes records to: the JSON Lines ``sink``, or the ``--format`` files around it."""
+def output_sink(sink: Any, output_format: str, out_dir: str | None, force: bool = False) -> Any:
+    """What captioning writes records to: the JSON Lines ``sink``, or the ``--format`` files around it (``force``:
+    ``--out-dir`` may replace files vqa did not write)."""
     from vqa_cli.writer._formats import PrintSink, SidecarSink
 
     if output_format == "jsonl":
         return sink
-    return SidecarSink(output_format, out_dir, sink) if out_dir else PrintSink(output_format)
+    return SidecarSink(output_format, out_dir, sink, force) if out_dir else PrintSink(output_format)
 
 
 def settle_subtitles(settings: Any, videos: list[str], outputs: list[str] | None = None) -> Any:

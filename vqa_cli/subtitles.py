@@ -13,10 +13,11 @@ puts ``clip.srt`` where ``auto`` looks). A candidate is passed over when it is
 - the file this process writes to: its standard output (``os.fstat(1)``: same device and inode) or ``--out``
   (``set_outputs``);
 - a file vqa wrote: every SRT or WebVTT file vqa writes (``--format srt|vtt`` to a regular-file stdout, or
-  into ``--out-dir``) is remembered by its size and SHA-256 in ``written-subtitles.jsonl`` in vqa's cache
-  folder (``$VQA_CACHE``, else ``$XDG_CACHE_HOME/vqa`` or ``~/.cache/vqa``). The content decides, not the
-  path: a copy or a move is still recognised, and a file edited since (a user's corrected captions) is the
-  user's own again. SRT has no comment syntax that every player skips, so no marker is put in the files.
+  into ``--out-dir``) is remembered by its size and SHA-256 in ``written-files.jsonl`` (``writer._registry``, the
+  list of files vqa wrote, which the output policy reads too) in vqa's cache folder (``$VQA_CACHE``, else
+  ``$XDG_CACHE_HOME/vqa`` or ``~/.cache/vqa``). The content decides, not the path: a copy or a move is
+  still recognised, and a file edited since (a user's corrected captions) is the user's own again. SRT has no comment
+  syntax that every player skips, so no marker is put in the files.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import json
 import os
 import re
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,7 +94,7 @@ def find_sidecar(video: str) -> Path | None:
 
 
 # ---- vqa's own output is never read back as subtitles ------------------------------------------------------
-WRITTEN_FILE = "written-subtitles.jsonl"  # in vqa's cache folder: {"sha256", "size", "path", "time"} a line
+WRITTEN_FILE = "written-files.jsonl"  # writer._registry's list, in vqa's cache folder
 _WRITTEN_KEEP = 5000  # entries kept when the list is trimmed
 _outputs: set[str] = set()  # resolved paths this run writes (--out)
 
@@ -138,72 +138,18 @@ def own_output(path: Path) -> bool:
     return _is_written(data)
 
 
-def _written_list() -> Path:
-    from vqa_cli.quantized import cache_dir
+def remember_written(data: bytes, path: str | None = None) -> None:
+    """Remember a subtitle file vqa wrote (its bytes ``data``), so that ``auto`` never reads it back as subtitles
+    (``writer.remember_written``: the one list of files vqa wrote, which the output policy reads too)."""
+    from vqa_cli.writer import remember_written as remember
 
-    return cache_dir().parent / WRITTEN_FILE
-
-
-_read: dict[tuple, list[dict]] = {}  # the list as last read, by (path, size, mtime): one read per change, not per video
-
-
-def _entries() -> list[dict]:
-    target = _written_list()
-    try:
-        st = target.stat()
-        stamp = (str(target), st.st_size, st.st_mtime_ns)
-        if stamp in _read:
-            return _read[stamp]
-        lines = target.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return []
-    entries = []
-    for line in lines:
-        try:
-            entry = json.loads(line)
-        except ValueError:  # a line cut off by a killed process
-            continue
-        if isinstance(entry, dict):
-            entries.append(entry)
-    _read.clear()
-    _read[stamp] = entries
-    return entries
+    remember(data, path, keep=_WRITTEN_KEEP)
 
 
 def _is_written(data: bytes) -> bool:
-    size = len(data)
-    candidates = [e for e in _entries() if e.get("size") == size]
-    if not candidates:
-        return False
-    digest = hashlib.sha256(data).hexdigest()
-    return any(e.get("sha256") == digest for e in candidates)
+    from vqa_cli.writer import wrote
 
-
-def remember_written(data: bytes, path: str | None = None) -> None:
-    """Remember a subtitle file vqa wrote (its bytes ``data``), so that ``auto`` never reads it back as subtitles.
-    A failure to remember is a notice: the file is then taken for the user's own subtitles."""
-    from vqa_cli import console
-
-    entry = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "path": path,
-             "time": round(time.time(), 3)}
-    target = _written_list()
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with open(target, "a", encoding="utf-8") as f:  # one short line, appended: concurrent runs interleave whole
-            f.write(json.dumps(entry) + "\n")
-        if target.stat().st_size > _WRITTEN_KEEP * 400:
-            _trim(target)
-    except OSError as exc:
-        console.info(f"warning: cannot note {path or 'the output'} as written by vqa in {target} "
-                     f"({exc.strerror or exc}): --subtitles auto may read it back as subtitles")
-
-
-def _trim(target: Path) -> None:
-    """Keep the last ``_WRITTEN_KEEP`` entries (atomically replaced)."""
-    from vqa_cli.writer._files import _replace
-
-    entries = _entries()[-_WRITTEN_KEEP:]
-    _replace(target, [json.dumps(e) + "\n" for e in entries])
+    return wrote(data)
 
 
 def check_choice(value: str | None) -> str:

@@ -310,7 +310,7 @@ def run_eval(settings_per_mode: list[Any], annotations: str, fmt: Format | str, 
         if all(s.device in (None, "auto", "cuda") for s in settings_per_mode) and state.device.type == "cuda":
             settings_per_mode = [replace(s, device=str(state.device)) for s in settings_per_mode]
     groups = group_items(items, finder, base.start, base.end)
-    writer.check_run_outputs(out, target, summary_path, inputs)
+    writer.check_run_outputs(out, target, summary_path, inputs, kind="eval")
     main = state is None or state.is_main_process
     started = time.perf_counter()
     with writer.locked(target), writer.locked(out if main and target != out else "-"):

@@ -61,11 +61,17 @@ def _is_record(obj: Any, keys: frozenset[str]) -> bool:
     return isinstance(obj, dict) and keys <= obj.keys()
 
 
-def read_output(path: str | Path, keys: frozenset[str] = RECORD_KEYS) -> Output:
+def record_kind(record: dict) -> str:
+    """What wrote a vqa record: ``eval`` (one per question: ``qid``) or ``caption`` (one per video)."""
+    return "eval" if "qid" in record else "caption"
+
+
+def read_output(path: str | Path, keys: frozenset[str] = RECORD_KEYS, kind: str | None = None) -> Output:
     """Records of an existing vqa JSON Lines file (an empty ``Output`` when there is no file).
 
     Raises ``OutputRefusedError`` when a complete line is not a vqa record: the file is someone
-    else's (or damaged in a way vqa did not cause), and nothing may be written to it.
+    else's (or damaged in a way vqa did not cause), and nothing may be written to it; with ``kind``
+    (``record_kind``), also when a record is of another kind: one file holds one kind of record.
     """
     p = Path(path)
     out = Output()
@@ -89,6 +95,9 @@ def read_output(path: str | Path, keys: frozenset[str] = RECORD_KEYS) -> Output:
                 what = "not JSON" if obj is ... else "not a vqa record"
                 raise OutputRefusedError(f"{_where(path)} is not a vqa JSON Lines file (line {number} is {what}): "
                                          "refusing to write to it; choose another --out")
+            if kind is not None and record_kind(obj) != kind:
+                raise OutputRefusedError(f"{_where(path)} holds {record_kind(obj)} records (line {number}) and this "
+                                         f"command writes {kind} records: refusing to mix them; choose another --out")
             out.records.append(obj)
             out.good_size += len(raw)
             out.newline_missing = not complete
@@ -126,12 +135,23 @@ def rewrite(path: str | Path, records: Iterable[dict]) -> None:
         _replace(Path(os.path.realpath(path)), (json.dumps(rec, ensure_ascii=False) + "\n" for rec in records))
 
 
-def write_json(path: str | Path, obj: Any) -> None:
-    """Write one JSON document atomically (creating parent folders), e.g. a ``--summary``."""
+def write_json(path: str | Path, obj: Any, *, remember: bool = False) -> None:
+    """Write one JSON document atomically (creating parent folders), e.g. a ``--summary``; ``remember``: note it in
+    the list of files vqa wrote (``_registry``), so that it may be replaced later (a chat ``/save``)."""
+    write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n", remember=remember)
+
+
+def write_text(path: str | Path, text: str, *, remember: bool = False) -> None:
+    """Write a whole file atomically (creating parent folders); a failure (a full disk) is ``OutputWriteError``
+    (exit 1) with the temporary file removed and the old file, if any, intact. ``remember``: see ``write_json``."""
     real = Path(os.path.realpath(path))
     with _writing(path):
         real.parent.mkdir(parents=True, exist_ok=True)
-        _replace(real, [json.dumps(obj, indent=2, ensure_ascii=False) + "\n"])
+        _replace(real, [text])
+    if remember:
+        from vqa_cli.writer._registry import remember as note
+
+        note(text.encode("utf-8"), str(real))
 
 
 def _replace(real: Path, chunks: Iterable[str]) -> None:

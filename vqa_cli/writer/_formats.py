@@ -14,8 +14,6 @@ import sys
 from pathlib import Path
 from typing import Any, ClassVar, Literal, get_args
 
-from vqa_cli.writer._files import _replace
-
 OutputFormat = Literal["jsonl", "srt", "vtt", "txt", "csv", "chapters"]
 OUTPUT_FORMATS: tuple[str, ...] = get_args(OutputFormat)
 
@@ -134,7 +132,7 @@ def _stdout_file() -> os.stat_result | None:
 class PrintSink:
     """``--out -`` with a ``--format``: each record's file printed as it is written (error records are left to
     the summary and the notices). An SRT or WebVTT file printed to a regular file (``> clip.srt``) that holds
-    exactly what was printed is remembered as vqa's (``subtitles.remember_written``)."""
+    exactly what was printed is remembered as vqa's (``_registry.remember``)."""
 
     def __init__(self, name: str, stream: Any = None) -> None:
         self.format, self.stream, self.first = format_writer(name), stream, True
@@ -155,7 +153,7 @@ class PrintSink:
             self._remember(text, stream)
 
     def _remember(self, text: str, stream: Any) -> None:
-        from vqa_cli.subtitles import remember_written
+        from vqa_cli.writer._registry import remember as remember_written
 
         self.printed += text.encode(getattr(stream, "encoding", None) or "utf-8")
         st = _stdout_file()
@@ -166,20 +164,25 @@ class PrintSink:
 
 class SidecarSink:
     """``--out-dir``: each caption's file written atomically (temporary file, then rename) beside the others,
-    then its record, with ``output`` naming that file, appended to the JSON Lines index (``inner``)."""
+    then its record, with ``output`` naming that file, appended to the JSON Lines index (``inner``).
 
-    def __init__(self, name: str, out_dir: str | Path, inner: Any) -> None:
-        self.name, self.out_dir, self.inner = name, Path(out_dir), inner
+    Each file is remembered as vqa's (``_registry``), so a later run replaces it and ``--subtitles auto`` never
+    reads it back; a file there that vqa did not write (``check_sidecars`` refused it before the run; this
+    checks again at the write) is replaced only with ``force``. A failed write (a full disk) is one line, exit 1,
+    the temporary file removed and nothing appended to the index: the next run writes that video again."""
+
+    def __init__(self, name: str, out_dir: str | Path, inner: Any, force: bool = False) -> None:
+        self.name, self.out_dir, self.inner, self.force = name, Path(out_dir), inner, force
         self.format = format_writer(name)
 
     def write(self, record: dict) -> None:
         if record.get("error") is None:
-            path = sidecar_path(self.out_dir, record["video"], self.name)
-            text = self.format.text(record)
-            _replace(path.resolve(), [text])
-            if self.name in SUBTITLE_FORMATS:
-                from vqa_cli.subtitles import remember_written
+            from vqa_cli.writer._files import write_text
+            from vqa_cli.writer._guard import vqa_wrote
 
-                remember_written(text.encode("utf-8"), str(path.resolve()))
+            path = sidecar_path(self.out_dir, record["video"], self.name)
+            if not self.force and path.is_file() and path.stat().st_size:
+                vqa_wrote("give --force to replace it, or choose another --out-dir")(str(path), "--out-dir")
+            write_text(path, self.format.text(record), remember=True)
             record = {**record, "output": str(path)}
         self.inner.write(record)

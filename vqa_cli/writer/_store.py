@@ -20,8 +20,13 @@ def part_paths(out: str, count: int) -> list[str]:
 
 
 def same_file(a: str, b: str) -> bool:
-    """Whether two output paths name the same file, existing or not (symlinks followed)."""
-    return os.path.realpath(a) == os.path.realpath(b)
+    """Whether two output paths name the same file, existing or not (symlinks followed; hard links too)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samestat(os.stat(a), os.stat(b))
+    except OSError:
+        return False
 
 
 def captioned(path: str, sid: str) -> set[str]:
