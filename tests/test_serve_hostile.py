@@ -23,6 +23,7 @@ from vqa_cli.wire import FIELDS
 JSON = {"Content-Type": "application/json"}
 HEADROOM = 3 * 2**30  # address space the server may add to what it has mapped once loaded
 LIMIT_MIB = 42  # the second server's --max-request-memory
+KEY = "hostile-key"  # and its --api-key
 
 
 def capped(server) -> None:
@@ -57,7 +58,7 @@ def server(tiny_dir, media):
 @pytest.fixture(scope="module")
 def limited(tiny_dir, media):
     srv = started(["--model", str(tiny_dir), "--media-root", str(media), "--max-new-tokens", "2",
-                   "--max-request-memory", f"{LIMIT_MIB}MiB"], media)
+                   "--max-request-memory", f"{LIMIT_MIB}MiB", "--api-key", KEY], media)
     yield srv
     srv.stop()
 
@@ -69,7 +70,10 @@ def video(url: str = "a.mp4") -> list[dict]:
 
 def post(server, body: dict | bytes, headers: dict | None = None) -> tuple[int, dict]:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    status, got, reply = raw(server.url + "/v1/chat/completions", "POST", data, JSON if headers is None else headers)
+    headers = JSON if headers is None else headers
+    if server.proc.args[-2:] == ["--api-key", KEY]:
+        headers = {**headers, "Authorization": f"Bearer {KEY}"}
+    status, got, reply = raw(server.url + "/v1/chat/completions", "POST", data, headers)
     if got.get("content-type", "").startswith("text/event-stream"):  # a stream: its events, errors included
         events = [json.loads(line[5:]) for line in reply.decode().splitlines() if line.startswith("data: {")]
         return status, next((e for e in events if "error" in e), {"events": events})
@@ -189,6 +193,15 @@ def test_a_body_a_web_page_could_send_unasked_is_refused_without_an_api_key(serv
 @pytest.mark.parametrize("role", [[], {}, ["user"], 5, None])
 def test_a_role_that_is_not_a_string_is_a_400(server, role):
     assert refused(server, {"messages": [{"role": role, "content": "q"}]})["param"] == "messages"
+
+
+def test_with_an_api_key_any_content_type_is_read(limited):
+    """A page cannot send the key without a preflight: a keyed server reads the body whatever its type."""
+    body = json.dumps({"messages": video(), "frames": 4}).encode()
+    status, reply = post(limited, body, {"Content-Type": "text/plain"})
+    assert status == 200 and reply["choices"][0]["message"]["content"] is not None, reply
+    status, _, _ = raw(limited.url + "/v1/chat/completions", "POST", body, {"Content-Type": "text/plain"})
+    assert status == 401  # and without the key, nothing
 
 
 # ---- every field, every wrong shape ------------------------------------------------------------------------
