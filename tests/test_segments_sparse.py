@@ -80,6 +80,21 @@ def test_a_variable_frame_rate_reaching_its_end_is_not_cut_short(vfr, tmp_path):
     assert any(CUT_SHORT in w for w in cut.warnings)
 
 
+def test_a_sparse_file_that_lost_its_last_frame_is_cut_short(tmp_path):
+    """Frames a second apart, the last 0.9 s after the one before: cut short by that one frame, the timestamps
+    stop 0.9 s before the end the header claims (more than a frame, though less than the frames' spacing)."""
+    times = [0.0, 1.0, 2.0, 3.0, 4.0, 4.9]
+    whole = vfr_clip(tmp_path / "whole.mkv", times)
+    assert pyav_decode_all(whole)[1] == times and sample_frames(whole, 2).warnings == []
+    for keep in (0.95, 0.93, 0.9, 0.88, 0.85):  # the first cut that loses the last frame alone, by the oracle
+        cut = truncate(whole, tmp_path / f"cut{keep}.mkv", keep)
+        if pyav_decode_all(cut)[1] == times[:-1]:
+            break
+    else:
+        pytest.fail("no cut loses the last frame alone")
+    assert any(CUT_SHORT in w for w in sample_frames(cut, 2).warnings)
+
+
 # ---- the command line ----------------------------------------------------------------------------------
 
 
