@@ -225,15 +225,18 @@ def ffmpeg_clip(
     fps: float = 30.0,
     size: tuple[int, int] = (128, 96),
     filters: str | None = None,
+    images: list[np.ndarray] | None = None,
 ) -> str:
     """Encode self-numbering frames with the ffmpeg binary (``ffmpeg_exe``).
 
     ``encoder`` holds the output options, e.g. ``["-c:v", "libx264", "-g", "50"]``;
-    ``filters`` an optional ``-vf`` filter chain (e.g. a setpts expression).
+    ``filters`` an optional ``-vf`` filter chain (e.g. a setpts expression); ``images`` (RGB, ``size``)
+    replaces the self-numbering frames.
     """
     path = os.fspath(path)
     width, height = size
-    raw = b"".join(frame_image(i, size).tobytes() for i in range(n_frames))
+    raw = b"".join(frame_image(i, size).tobytes() for i in range(n_frames)) if images is None else b"".join(
+        np.ascontiguousarray(image, np.uint8).tobytes() for image in images)
     cmd = [ffmpeg_exe(), "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}"]
     cmd += ["-r", f"{fps:g}", "-i", "-"]
     if filters:
@@ -249,17 +252,18 @@ def vfr_clip(
     fps: float = 30.0,
     encoder: tuple[str, ...] = ("-c:v", "ffv1"),
     size: tuple[int, int] = (64, 48),
+    images: list[np.ndarray] | None = None,
 ) -> str:
-    """A variable frame rate: self-numbering frames 0, 1, ... shown at ``times`` (seconds, increasing), as a
-    screen recording that holds a frame on screen for seconds.  Frames go in at ``fps`` (the header's nominal
-    rate: Matroska keeps it as the default frame duration), ``setpts`` moves frame N to ``times[N]`` and
-    ``-fps_mode vfr`` keeps them so (no frame is duplicated or dropped).  Check the result with
+    """A variable frame rate: self-numbering frames 0, 1, ... (or ``images``) shown at ``times`` (seconds,
+    increasing), as a screen recording that holds a frame on screen for seconds.  Frames go in at ``fps`` (the
+    header's nominal rate: Matroska keeps it as the default frame duration), ``setpts`` moves frame N to
+    ``times[N]`` and ``-fps_mode vfr`` keeps them so (no frame is duplicated or dropped).  Check the result with
     ``pyav_decode_all``, the oracle for the real timestamps."""
     expr = f"{times[-1]:g}"
     for n in range(len(times) - 2, -1, -1):
         expr = f"if(eq(N,{n}),{times[n]:g},{expr})"
     return ffmpeg_clip(path, len(times), [*encoder, "-fps_mode", "vfr"], fps=fps, size=size,
-                       filters=f"setpts='({expr})/TB'")
+                       filters=f"setpts='({expr})/TB'", images=images)
 
 
 def x264(gop: int, bframes: int, *extra: str) -> list[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 from cli_run import run
 from clips import frame_number, pyav_decode_all, truncate, vfr_clip
@@ -135,6 +136,38 @@ def test_ask_segments_on_a_sparse_clip(sparse, tiny_dir, capsys):
                          capsys)
     assert code == 0, err
     _check_segments(json.loads(out)["segments"], pts, "answer")
+
+
+SCENE_TIMES = [0.0, 0.5, 1.0, 4.0, 4.5, 7.0, 7.5]  # red, red, red | blue, blue | green, green
+SCENE_STARTS = [3, 5]  # the frames that start a scene
+
+
+@pytest.fixture(scope="module")
+def vfr_scenes(tmp_path_factory) -> str:
+    colours = [(200, 30, 30)] * 3 + [(30, 30, 200)] * 2 + [(30, 200, 60)] * 2
+    images = [np.full((48, 64, 3), colour, np.uint8) for colour in colours]
+    for i, image in enumerate(images):  # a square moves within each scene
+        image[5:15, 5 + 6 * i:15 + 6 * i] = 255
+    path = vfr_clip(tmp_path_factory.mktemp("vfr_scenes") / "scenes.mkv", SCENE_TIMES, images=images)
+    assert pyav_decode_all(path)[1] == SCENE_TIMES
+    return path
+
+
+def test_scene_cuts_of_a_variable_frame_rate_are_at_the_frames_own_times(vfr_scenes, tiny_dir, tmp_path, capsys):
+    """PySceneDetect's end is its decoded count over the nominal rate (7 frames: 0.23 s), which put every cut
+    past the end; the cuts and the end are the frames' own times."""
+    from vqa_cli import segments
+
+    pts = pyav_decode_all(vfr_scenes)[1]
+    cuts, duration, scanned = segments.detect_cuts(vfr_scenes)
+    assert cuts == [pts[i] for i in SCENE_STARTS] and duration > pts[-1] and scanned == len(pts)
+    out = tmp_path / "c.jsonl"
+    code, _, err = run(["caption", vfr_scenes, "--out", str(out), "--segments", "scenes", *_args(tiny_dir)], capsys)
+    assert code == 0, err
+    segs = json.loads(out.read_text())["segments"]
+    assert [s["start"] for s in segs] == [0.0, *(pts[i] for i in SCENE_STARTS)]
+    for s in segs:
+        assert s["frame_indices"] == expected(pts, s["start"], s["end"], 2)
 
 
 def test_caption_of_a_variable_frame_rate_file_has_no_cut_short_warning(vfr, tiny_dir, tmp_path, capsys):

@@ -18,6 +18,7 @@ cut belongs to the segment that starts there, exactly as ``video.sample_frames``
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -163,6 +164,12 @@ def collapse_runs(frames: list[int]) -> list[int]:
     return out
 
 
+def nearest_time(times: list[float], t: float) -> float:
+    """The value of ``times`` (increasing) nearest to ``t``, the earlier on a tie."""
+    i = bisect.bisect_left(times, t)
+    return min(times[max(i - 1, 0):i + 1], key=lambda v: (abs(v - t), v))
+
+
 def _detectors(detector: str, threshold: float) -> list:
     from scenedetect import AdaptiveDetector, ContentDetector, HistogramDetector
 
@@ -181,11 +188,11 @@ def _detectors(detector: str, threshold: float) -> list:
 def detect_cuts(path: str, threshold: float | None = None,
                 detector: str = DEFAULT_SCENE_DETECTOR) -> tuple[list[float], float, int]:
     """PySceneDetect's ``detector`` over ``path`` (OpenCV backend; ``threshold`` None: the detector's default):
-    the times where a new scene starts (each the first frame's presentation time of its scene, runs on
-    consecutive frames collapsed), the video's duration and the frames decoded."""
+    the times where a new scene starts (each the first frame's own presentation time of its scene, from the
+    packet index, runs on consecutive frames collapsed), the video's duration and the frames decoded."""
     from scenedetect import SceneManager, open_video
 
-    from vqa_cli.video import VideoError
+    from vqa_cli.video import VideoError, frame_times
 
     detectors = _detectors(detector, scene_threshold(detector, threshold))
     try:
@@ -198,6 +205,14 @@ def detect_cuts(path: str, threshold: float | None = None,
     decoded = manager.detect_scenes(video=video)
     scenes = manager.get_scene_list(start_in_scene=True)
     seconds = {start.frame_num: start.seconds for start, _ in scenes[1:]}
-    cuts = [seconds[frame] for frame in collapse_runs(list(seconds))]
     end = scenes[-1][1].seconds if scenes else video.duration.seconds
+    # PySceneDetect counts the frames it decoded for the end, but times a scene's start from OpenCV's position
+    # (its pts on the nominal frame grid): with a variable frame rate (a screen recording holding a frame for
+    # seconds) the end falls before the cuts. The frames' own timestamps instead, when the packets count the
+    # frames it decoded: each cut the frame whose pts is nearest, the end the timeline's.
+    measured = frame_times(path)
+    if measured is not None and len(measured[0]) == decoded:
+        seconds = {frame: nearest_time(measured[0], t) for frame, t in seconds.items()}
+        end = measured[1]
+    cuts = [seconds[frame] for frame in collapse_runs(list(seconds))]
     return cuts, float(end), int(decoded)

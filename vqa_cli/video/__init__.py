@@ -59,7 +59,7 @@ from vqa_cli.video._sampling import uniform_indices
 
 # The decoding side imports OpenCV and numpy: loaded on first use, so `vqa --help` (which reads
 # ``SeekMode``) stays fast.
-_LAZY = {"probe": "_capture", "read_image": "_capture", "sample_frames": "_sample"}
+_LAZY = {"probe": "_capture", "read_image": "_capture", "sample_frames": "_sample", "frame_times": "_sample"}
 
 
 def __getattr__(name: str) -> Any:
@@ -83,6 +83,7 @@ __all__ = [
     "SeekMode",
     "VideoError",
     "cpu_cores",
+    "frame_times",
     "is_image_path",
     "probe",
     "read_image",

@@ -87,6 +87,17 @@ def sample_frames(
     return _checked_count(sample_counting(path, fs_path, index, request, deadline, options))
 
 
+def frame_times(path: str, timeout: float | None = None) -> tuple[list[float], float] | None:
+    """Every frame's own presentation time (seconds, 3 decimals, in presentation order) and the video's
+    duration, from the packet index (nothing is decoded); None when the file has no usable index."""
+    deadline = Deadline(path, timeout)
+    index = scan_index(check_file(path), deadline)
+    if index is None:
+        return None
+    timeline = Timeline.from_ms(index.ms, index.fps_from_header)
+    return timeline.timestamps, timeline.duration
+
+
 def _checked_count(clip: Clip) -> Clip:
     """Warn when the file holds a frame count other than its header's (a file cut short looks whole), unless
     it holds fewer frames and its timestamps reach the header's end (a variable frame rate: ``_reaches_end``)."""
