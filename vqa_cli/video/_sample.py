@@ -38,8 +38,11 @@ def sample_frames(
 
     ``max_frames`` caps either.  The window and the spreading use the real frame
     count and timestamps, never the header's.  Fewer frames than asked are
-    returned when the video (or window) has fewer.  Image paths are read as
-    one-frame clips (the window is ignored).
+    returned when the video (or window) has fewer.  A window in which no frame
+    starts (a frame held on screen for seconds, a variable frame rate) gives the
+    frame on screen during it (``Timeline.on_screen``), with its own index and
+    timestamp, which lie before ``start``.  Image paths are read as one-frame
+    clips (the window is ignored).
 
     ``seek`` chooses how the frames are reached:
 
