@@ -273,3 +273,15 @@ def test_no_message_shape_is_a_server_error(server, shape):
 def test_no_subtitles_value_is_a_server_error(server, cues):
     status, reply = post(server, {"messages": video(), "max_tokens": 1, "frames": 2, "subtitles": cues})
     assert status < 500 and (status >= 400) == ("error" in reply), reply
+
+
+def test_decoded_frames_past_the_limit_are_refused_before_decoding(limited, media):
+    """A small file of large frames: 8 decoded 1920 x 1080 frames take 8 x 1920 x 1080 x 3 bytes (47.5 MiB, past
+    the 42 MiB limit), priced from the header before any frame is decoded; 2 of them (11.9 MiB) are answered."""
+    make_clip(str(media / "wide.mp4"), 10, fps=10.0, size=(1920, 1080))
+    error = refused(limited, {"messages": video("wide.mp4"), "frames": 8})
+    assert "8 decoded frames of 1920x1080" in error["message"] and f"{LIMIT_MIB}.0 MiB" in error["message"], error
+    need = float(re.search(r"needs ([\d.]+) MiB", error["message"]).group(1)) * 2**20
+    assert need == pytest.approx(8 * 1920 * 1080 * 3, rel=1e-3)
+    status, reply = post(limited, {"messages": video("wide.mp4"), "frames": 2})
+    assert status == 200 and reply["vqa"]["frames"] == 2, reply

@@ -229,7 +229,8 @@ def create_app(state: ServerState) -> Any:
                 raise _unknown_model(state, parsed.model)
             await run_in_threadpool(price, parsed, state.worker.engine, state.request_memory)  # before the media
             frames = state.worker.engine.checkpoint.frames_for(parsed.settings)  # the most images decoded
-            media = None if parsed.text_only else await run_in_threadpool(resolve, parsed.urls, state.policy, frames)
+            media = None if parsed.text_only else await run_in_threadpool(
+                resolve, parsed.urls, state.policy, frames, state.request_memory)  # decoded frames priced too
         except Exception as exc:  # noqa: BLE001 - every failure is an error object
             return _error(exc)
         headers = _ignored(state, parsed)

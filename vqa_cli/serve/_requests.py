@@ -517,9 +517,51 @@ def resolve_frames(urls: list[str], policy: MediaPolicy, frames: int | None = No
     return Media("", {"frames": [part.source for part in parts]}, clip=clip)
 
 
-def resolve(urls: list[str], policy: MediaPolicy, frames: int | None = None) -> Media:
-    """The request's media: one file, or several images making one video (``frames`` of them decoded)."""
-    return resolve_media(urls[0], policy) if len(urls) == 1 else resolve_frames(urls, policy, frames)
+def frame_size(path: str) -> tuple[int, int] | None:
+    """(width, height) of a video's or an image's frames from its header, nothing decoded; None when unknown."""
+    from vqa_cli.video import is_image_path
+
+    if is_image_path(path):
+        from PIL import Image
+
+        try:
+            with Image.open(path) as image:
+                return image.size
+        except Image.DecompressionBombError as exc:
+            raise bad(f"the image is too large to decode: {exc}") from None
+        except Exception:  # noqa: BLE001 - not an image PIL reads: the decoder says so, or OpenCV reads it
+            return None
+    import cv2
+
+    capture = cv2.VideoCapture(path)
+    try:
+        width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    finally:
+        capture.release()
+    return (width, height) if width > 0 and height > 0 else None
+
+
+def price_decoded(path: str, frames: int, limit: int | None) -> None:
+    """The decoded frames (RGB, 3 bytes a pixel) of ``path`` must fit ``limit``: priced from the header's frame
+    size before anything is decoded (``price`` prices the model's side; a video's resolution is only known
+    here). A file whose size the header does not say is not priced."""
+    size = frame_size(path) if limit is not None else None
+    if size is not None and frames * size[0] * size[1] * 3 > limit:
+        raise _too_much(frames * size[0] * size[1] * 3, limit, f"{frames} decoded frames of {size[0]}x{size[1]}")
+
+
+def resolve(urls: list[str], policy: MediaPolicy, frames: int | None = None, limit: int | None = None) -> Media:
+    """The request's media: one file, or several images making one video (``frames`` of them decoded). One
+    file's decoded frames are priced against ``limit`` (``price_decoded``)."""
+    if len(urls) > 1:
+        return resolve_frames(urls, policy, frames)
+    media = resolve_media(urls[0], policy)
+    try:
+        price_decoded(media.path, 1 if _is_image_url(media.path) else frames or 1, limit)
+    except BaseException:
+        media.release()
+        raise
+    return media
 
 
 def resolve_media(url: str, policy: MediaPolicy) -> Media:
