@@ -215,3 +215,24 @@ def test_a_full_disk_while_out_dir_writes_is_one_line_leaves_no_temporary_file_a
     assert sorted(Path(r["video"]).name for r in recs) == ["a.mp4", "b.mp4"]
     assert (out_dir / "a.vtt").read_bytes() == a_vtt and (out_dir / "b.vtt").read_text().startswith("WEBVTT\n\n")
     assert not [p for p in out_dir.iterdir() if p.name.startswith(".")]
+
+
+# ---- frames --sheet -------------------------------------------------------------------------------------------
+
+
+def test_a_sheet_onto_a_user_image_is_refused_and_a_sheet_vqa_wrote_is_replaced(clip_path, tmp_path, capsys):
+    import cv2
+    import numpy as np
+
+    photo = tmp_path / "holiday.png"
+    cv2.imwrite(str(photo), np.full((30, 40, 3), 200, np.uint8))
+    before = photo.read_bytes()
+    code, _, err = _run(["frames", clip_path, "--frames", "2", "--sheet", str(photo)], capsys)
+    assert code == 2 and "was not written by vqa" in _one_line(err) and photo.read_bytes() == before
+    sheet = tmp_path / "sheet.png"
+    for frames in ("2", "3"):  # the second run replaces the first run's sheet
+        code, _, err = _run(["frames", clip_path, "--frames", frames, "--sheet", str(sheet)], capsys)
+        assert code == 0, err
+        image = cv2.imread(str(sheet))
+        assert image is not None and image.shape[0] > 0  # a whole PNG that decodes
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left

@@ -116,7 +116,6 @@ def contact_sheet(clip: Clip, out_path: str, columns: int | None = None, thumb_w
     ok, encoded = cv2.imencode(ext, sheet, SHEET_FORMATS[ext])
     if not ok:
         raise VideoError(f"cannot encode contact sheet '{out_path}' as {ext}")
-    try:
-        encoded.tofile(os.fspath(out_path))
-    except OSError as exc:
-        raise VideoError(f"cannot write contact sheet '{out_path}': {exc.strerror or exc}") from None
+    from vqa_cli.writer import write_text
+
+    write_text(out_path, encoded.tobytes(), remember=True)  # atomic, and remembered as vqa's (docs/output.md)

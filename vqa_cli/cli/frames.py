@@ -53,9 +53,9 @@ def frames(
             raise UsageError(f"--sheet must end in one of {', '.join(sorted(SHEET_FORMATS))}")
     check_input(video)
     if sheet:
-        from vqa_cli.writer import check_output
+        from vqa_cli.writer import check_output, vqa_wrote
 
-        check_output(sheet, [video], flag="--sheet", accept=None)
+        check_output(sheet, [video], flag="--sheet", accept=vqa_wrote("choose another --sheet file"))
     clip, _ = sample_clip(video, request, frames_for(request))
     pathways = _frame_pathways(mode, len(clip.indices), slow_frames)
     if sheet:

@@ -141,25 +141,26 @@ def write_json(path: str | Path, obj: Any, *, remember: bool = False) -> None:
     write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n", remember=remember)
 
 
-def write_text(path: str | Path, text: str, *, remember: bool = False) -> None:
-    """Write a whole file atomically (creating parent folders); a failure (a full disk) is ``OutputWriteError``
-    (exit 1) with the temporary file removed and the old file, if any, intact. ``remember``: see ``write_json``."""
+def write_text(path: str | Path, text: str | bytes, *, remember: bool = False) -> None:
+    """Write a whole file (text as UTF-8, or bytes) atomically, creating parent folders; a failure (a full disk) is
+    ``OutputWriteError`` (exit 1) with the temporary file removed and the old file, if any, intact. ``remember``:
+    see ``write_json``."""
     real = Path(os.path.realpath(path))
     with _writing(path):
         real.parent.mkdir(parents=True, exist_ok=True)
-        _replace(real, [text])
+        _replace(real, [text], binary=isinstance(text, bytes))
     if remember:
         from vqa_cli.writer._registry import remember as note
 
-        note(text.encode("utf-8"), str(real))
+        note(text if isinstance(text, bytes) else text.encode("utf-8"), str(real))
 
 
-def _replace(real: Path, chunks: Iterable[str]) -> None:
+def _replace(real: Path, chunks: Iterable[str] | Iterable[bytes], binary: bool = False) -> None:
     """Atomically give ``real`` the contents ``chunks`` (its mode kept) through an exclusive temporary file."""
     mode = stat.S_IMODE(real.stat().st_mode) if real.exists() else 0o666 & ~_umask()
     fd, tmp = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".tmp", dir=real.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8")) as f:
             os.fchmod(f.fileno(), mode)
             f.writelines(chunks)
             f.flush()

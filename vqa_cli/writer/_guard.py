@@ -99,7 +99,7 @@ def check_output(path: str, inputs: Iterable[str], *, flag: str = "--out",
 
     Refuses (``OutputRefusedError``, exit 2) an output that is one of the ``inputs``, an existing
     non-empty file that ``accept(path, flag)`` refuses (``jsonl_file``, ``records_of``, ``summary_file``,
-    ``vqa_wrote``; None: any file may be replaced, as ``--force`` asks), a folder, or a place that cannot be
+    ``vqa_wrote``; None: any file may be replaced, only as ``--force`` asks), a folder, or a place that cannot be
     written (``probe``: try the folder; once is enough for many files in one folder); a full disk is
     ``OutputWriteError`` (exit 1). Nothing is created or changed.
     """
