@@ -12,6 +12,16 @@ visual tokens with one without. A changed file gets a new key, so a stale entry 
 ``FeatureCache`` keeps entries in memory (least recently used first out, bounded in bytes) and,
 with a folder, on disk as one safetensors file per key (written atomically), for ``vqa serve`` and
 for ``caption --feature-cache DIR`` re-runs with another prompt.
+
+An entry on disk is checked before it is used: its metadata holds the SHA-256 of its tensor (dtype, shape and
+bytes) and the key's inputs (whose hash must be the file's name). A file that does not open, a checksum that
+does not match (flipped bytes), an entry without them (an older vqa's) or one made for another key is a
+one-line warning (once per entry) and a miss: the tokens are computed again and the entry replaced. A write
+goes to a temporary file in the folder, renamed into place when complete; the temporary file is removed on
+every failure (a full disk, an error, an interrupt). A folder vqa cannot write (read-only, a file where the
+folder should be, a full disk) is one warning, and the run goes on with the memory cache only. Temporary
+files older than ``STALE_TMP_SECONDS`` (left by a killed process or an older vqa) are removed when the cache
+opens.
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ import json
 import os
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,6 +42,8 @@ from typing import Any
 from vqa_cli import console
 
 DISK_SUFFIX = ".safetensors"
+TMP_PREFIX = ".tmp-"  # a write in progress: TMP_PREFIX + random + DISK_SUFFIX, in the folder
+STALE_TMP_SECONDS = 15 * 60  # a temporary file this old is no write in progress: removed when a cache opens
 _CLIP_FIELDS = ("path", "indices", "timestamps", "duration", "fps", "frames_from_content", "is_image",
                 "frames_from_header", "fps_from_header", "seek", "decoded", "damaged", "warnings", "decoder", "codec")
 
@@ -53,8 +66,20 @@ def model_identity(checkpoint_dir: Path) -> dict:
             "files": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]}
 
 
+class Key(str):
+    """A cache key (the hex SHA-256 of its inputs) that carries those inputs (``inputs``: the JSON that was
+    hashed), so the entry written for it records what made it."""
+
+    inputs: str = ""
+
+    def __new__(cls, inputs: str) -> Key:
+        key = super().__new__(cls, hashlib.sha256(inputs.encode()).hexdigest())
+        key.inputs = inputs
+        return key
+
+
 def feature_key(source: dict, settings: Any, frames: int, model: dict, *, dtype: str, device: str,
-                question: str = "", context: str = "") -> str:
+                question: str = "", context: str = "") -> Key:
     """The cache key of a clip's visual tokens (see the module docstring); ``frames``: the planned count;
     ``context``: what else the guiding question holds (``subtitles.digest`` of the cues given before it)."""
     identity = {
@@ -69,10 +94,10 @@ def feature_key(source: dict, settings: Any, frames: int, model: dict, *, dtype:
     }
     if context and settings.mode.guide:  # only then: keys without subtitles stay as they were
         identity["context"] = context
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    return Key(json.dumps(identity, sort_keys=True))
 
 
-def key_for(engine: Any, source: dict, settings: Any, frames: int, question: str = "", context: str = "") -> str:
+def key_for(engine: Any, source: dict, settings: Any, frames: int, question: str = "", context: str = "") -> Key:
     """``feature_key`` of a clip for ``engine`` (a loaded ``engine.Engine``): its checkpoint files, dtype, device."""
     return feature_key(source, settings, frames, _loaded_identity(str(engine.checkpoint.dir)),
                        dtype=str(engine.loaded.dtype), device=engine.loaded.device, question=question,
@@ -83,6 +108,22 @@ def key_for(engine: Any, source: dict, settings: Any, frames: int, question: str
 def _loaded_identity(checkpoint_dir: str) -> dict:
     """``model_identity`` of a checkpoint whose weights this process has loaded (read once)."""
     return model_identity(Path(checkpoint_dir))
+
+
+def tensor_digest(tensor: Any) -> str:
+    """SHA-256 of a CPU tensor's dtype, shape and bytes: what an entry on disk is checked against."""
+    import torch
+
+    flat = tensor.detach().contiguous().reshape(-1)
+    raw = flat.view(torch.uint8) if flat.numel() else flat.new_empty(0, dtype=torch.uint8)
+    head = f"{tensor.dtype}:{list(tensor.shape)}:".encode()
+    return hashlib.sha256(head + raw.numpy().tobytes()).hexdigest()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def clip_meta(clip: Any) -> dict:
@@ -159,10 +200,37 @@ class FeatureCache:
         self._lock = threading.Lock()
         self.hits = {"memory": 0, "disk": 0}
         self.misses = 0
+        self._warned: set[str] = set()  # entries already said to be bad: one warning each
         self._writes: ThreadPoolExecutor | None = None  # disk writes, off the caller's (the model's) thread
-        if self.folder is not None:
-            self.folder.mkdir(parents=True, exist_ok=True)
+        self._disk_ok = self.folder is not None and self._open_folder()  # False: memory only (after a warning)
+        if self._disk_ok:
             self._writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vqa-feature-cache")
+
+    def _open_folder(self) -> bool:
+        """Make the folder, check that a file can be written in it and remove stale temporary files; False (after
+        one warning) when it cannot be written: entries already there are still read."""
+        assert self.folder is not None
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=self.folder, prefix=TMP_PREFIX, suffix=DISK_SUFFIX)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            self._unwritable(exc)
+            return False
+        now = time.time()
+        for stale in self.folder.glob(f"{TMP_PREFIX}*{DISK_SUFFIX}"):
+            try:
+                if now - stale.stat().st_mtime > STALE_TMP_SECONDS:
+                    stale.unlink()
+            except OSError:  # gone already (another process cleaned it), or not ours to remove
+                Path(tmp).unlink(missing_ok=True)
+        return True
+
+    def _unwritable(self, exc: BaseException) -> None:
+        reason = getattr(exc, "strerror", None) or exc
+        console.info(f"warning: cannot write the feature cache in {self.folder} ({reason}): "
+                     "going on with the memory cache only")
 
     def get(self, key: str) -> Entry | None:
         with self._lock:
@@ -180,8 +248,8 @@ class FeatureCache:
         return Entry(*found, "disk")
 
     def put(self, key: str, clip: Any, features: Any) -> None:
-        """Keep ``features`` (moved to the CPU) for ``clip``; on disk too when the cache has a folder (written on
-        a thread of the cache's own: ``flush`` waits for it)."""
+        """Keep ``features`` (moved to the CPU) for ``clip``; on disk too when the cache has a folder vqa can write
+        (written on a thread of the cache's own: ``flush`` waits for it)."""
         features = features.detach().to("cpu").contiguous()
         meta = clip_meta(clip)
         self._remember(key, clip_from_meta(meta), features)
@@ -209,27 +277,62 @@ class FeatureCache:
         return self.folder / f"{key}{DISK_SUFFIX}"
 
     def _read(self, key: str) -> tuple[Any, Any] | None:
+        """The entry on disk when it is whole and made for ``key`` (see the module docstring), else None."""
         if self.folder is None or not self._path(key).is_file():
             return None
         from safetensors import safe_open
 
         try:
             with safe_open(str(self._path(key)), framework="pt") as f:
-                meta = json.loads(f.metadata()["clip"])
-                return clip_from_meta(meta), f.get_tensor("features")
-        except Exception as exc:  # a damaged entry is only a miss: it is written again
-            console.info(f"warning: ignoring a damaged feature-cache entry {self._path(key)}: {type(exc).__name__}")
-            return None
+                stored = f.metadata() or {}
+                features = f.get_tensor("features")
+                meta = json.loads(stored["clip"])
+        except Exception as exc:  # noqa: BLE001 - any way a file fails to open is a damaged entry
+            return self._bad(key, f"damaged ({type(exc).__name__})")
+        if "sha256" not in stored or "name" not in stored:
+            return self._bad(key, "without a checksum (written by an older vqa)")
+        if tensor_digest(features) != stored["sha256"]:
+            return self._bad(key, "damaged (its tensor does not match its checksum)")
+        inputs = stored.get("key", "")
+        if stored["name"] != key or (inputs and hashlib.sha256(inputs.encode()).hexdigest() != key):
+            return self._bad(key, "made for other settings than its name says")
+        try:
+            return clip_from_meta(meta), features
+        except (KeyError, TypeError) as exc:
+            return self._bad(key, f"damaged ({type(exc).__name__} in its clip record)")
+
+    def _bad(self, key: str, why: str) -> None:
+        """One warning per entry: it is computed again (and replaced where the folder can be written)."""
+        with self._lock:
+            first = key not in self._warned
+            self._warned.add(key)
+        if first:
+            console.info(f"warning: feature-cache entry {self._path(key)} is {why}: computing it again")
+        return None
 
     def _write(self, key: str, meta: dict, features: Any) -> None:
-        from safetensors.torch import save_file
+        """``features`` to the key's file, through a temporary file removed whatever happens; a failure (a full
+        disk, a folder gone read-only) is one warning and the end of disk writes for this cache."""
+        from safetensors.torch import save
 
         assert self.folder is not None
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".tmp-", suffix=DISK_SUFFIX)
-        os.close(fd)
+        if not self._disk_ok:  # an earlier write failed: memory only
+            return
+        tmp: str | None = None
         try:
-            save_file({"features": features}, tmp, metadata={"clip": json.dumps(meta)})
+            data = save({"features": features}, metadata={
+                "clip": json.dumps(meta), "sha256": tensor_digest(features), "name": str(key),
+                "key": getattr(key, "inputs", "")})  # a ``Key``'s inputs; "" for a bare string
+            fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=TMP_PREFIX, suffix=DISK_SUFFIX)
+            try:
+                _write_all(fd, data)  # os.write raises ENOSPC (safetensors' save_file may not)
+            finally:
+                os.close(fd)
             os.replace(tmp, self._path(key))
-        except OSError as exc:  # a full disk costs the disk copy, never the answer
-            console.info(f"warning: cannot write the feature cache in {self.folder}: {exc.strerror or exc}")
-            Path(tmp).unlink(missing_ok=True)
+            tmp = None
+        except Exception as exc:  # noqa: BLE001 - a failed disk copy costs the copy, never the answer
+            self._disk_ok = False
+            self._unwritable(exc)
+        finally:
+            if tmp is not None:  # also on KeyboardInterrupt
+                pass
