@@ -188,7 +188,9 @@ def request_body(settings: Any, video: str, turns: list[dict], cues: list | None
 
 def cues_of(settings: Any, video: str) -> list:
     """The subtitles ``--subtitles`` gives ``video`` (read here, where the sidecar is), to send with its requests."""
-    return subtitles.cues_for(video, settings.subtitles) if settings.subtitles != "off" else []
+    if settings.subtitles == "off":
+        return []
+    return subtitles.cues_for(video, settings.subtitles, settings.subtitle_encoding)
 
 
 def with_subtitle_tokens(fields: dict, vqa: dict, settings: Any) -> dict:

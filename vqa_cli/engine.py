@@ -61,6 +61,7 @@ class RunSettings:
     scene_threshold: float = 27.0  # --scene-threshold: the detector's own threshold (segments.DEFAULT_THRESHOLDS)
     min_scene: float = 0.0  # --min-scene: seconds; shorter scenes merge with a neighbour
     subtitles: str = "off"  # --subtitles: auto | FILE | off (the commands' default is auto)
+    subtitle_encoding: str | None = None  # --subtitle-encoding (codec name); None: BOM, UTF-8, else cp1252
     # Placement and the memory check (see vqa_cli/fit.py): where the weights go, not what they answer.
     max_memory: tuple[tuple[str, int], ...] = ()  # --max-memory: (device, bytes) pairs, e.g. ("cuda:0", 6 GiB)
     offload_dir: str | None = None  # --offload-dir: weights past --max-memory may go to disk (read from there)
@@ -90,6 +91,8 @@ class RunSettings:
             d.pop("min_scene")
         if self.subtitles == "off":
             d.pop("subtitles")
+        if self.subtitles == "off" or self.subtitle_encoding is None:  # the default keeps the ids it had
+            d.pop("subtitle_encoding")
         return d
 
 

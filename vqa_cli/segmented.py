@@ -86,7 +86,7 @@ def decode_video(path: str, settings: Any, frames: int, engine: Any, cores: int,
     """A worker's share for one video: its windows, each window's clip and pixels (or its visual tokens from the
     feature ``cache``: keyed by the window, as ``--start``/``--end`` would be), each clip's question."""
     windows, scene_seconds, scanned = windows_of(path, settings)
-    cues = subtitles.cues_for(path, getattr(settings, "subtitles", "off"))
+    cues = subtitles.cues_for(path, getattr(settings, "subtitles", "off"), getattr(settings, "subtitle_encoding", None))
     pieces = []
     for window in windows:
         windowed = settings if window is None else replace(settings, start=window.start, end=window.end)

@@ -22,6 +22,7 @@ puts ``clip.srt`` where ``auto`` looks). A candidate is passed over when it is
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import os
@@ -74,12 +75,87 @@ def parse(text: str) -> list[Cue]:
     return sorted(cues, key=lambda c: (c.start, c.end))
 
 
-def read(path: str | Path) -> list[Cue]:
-    """The cues of a subtitle file; an unreadable one is a ``UsageError`` naming it."""
+# ---- reading a subtitle file: its encoding --------------------------------------------------------------
+FALLBACK_ENCODING = "cp1252"  # what a subtitle file that is not UTF-8 (and has no BOM) is read as, with a warning
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"),  # before UTF-16: FF FE 00 00
+         (codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
+_warned: set[tuple[str, str]] = set()  # (file, warning): each said once a process (eval reads a file per question)
+
+
+def check_encoding(value: str | None) -> str | None:
+    """``--subtitle-encoding``: a text encoding Python knows, by its canonical name (``latin-1`` -> ``iso8859-1``,
+    so two spellings make one settings id); None (not given) stays None."""
+    if not value:
+        return None
     try:
-        return parse(Path(path).read_text(encoding="utf-8-sig", errors="replace"))
+        name = codecs.lookup(value).name
+        b"x".decode(name, errors="ignore")  # a bytes-to-bytes codec (base64, zlib) is no text encoding: LookupError
+    except LookupError:
+        raise UsageError(f"--subtitle-encoding {value!r} is not a text encoding Python knows "
+                         "(e.g. utf-8, cp1252, latin-1, utf-16, shift_jis)") from None
+    return name
+
+
+def _warn_once(path: str | Path, message: str) -> None:
+    from vqa_cli import console
+
+    if (str(path), message) not in _warned:
+        _warned.add((str(path), message))
+        console.info(f"warning: subtitles {str(path)!r} {message}")
+
+
+def _bom(data: bytes) -> tuple[str, int] | None:
+    """The encoding a byte-order mark at the start of ``data`` declares, and the mark's length."""
+    for mark, encoding in _BOMS:
+        if data.startswith(mark):
+            return encoding, len(mark)
+    return None
+
+
+def decode(data: bytes, path: str | Path = "", encoding: str | None = None, *, warn: bool = True) -> str | None:
+    """A subtitle file's text, or None when it is not text (then: no subtitles).
+
+    A byte-order mark decides (UTF-8, UTF-16 or UTF-32, either byte order); else ``encoding``
+    (``--subtitle-encoding``) when given; else UTF-8, and a file that is not UTF-8 is read as cp1252 (Windows'
+    Western European, a superset of Latin-1's printable characters) with a warning naming the file. Bytes the
+    declared encoding cannot read become U+FFFD, with a warning. Text holding a NUL character is not text (a
+    binary file named .srt, or UTF-16 without a BOM: give ``--subtitle-encoding utf-16-le``). ``warn``: say
+    each warning (once a file); False for a quiet look (``own_output``)."""
+    say = (lambda message: _warn_once(path, message)) if warn else (lambda message: None)
+    bom = _bom(data)
+    declared = bom[0] if bom else encoding
+    body = data[bom[1]:] if bom else data
+    if declared:
+        try:
+            text = body.decode(declared)
+        except UnicodeDecodeError as exc:
+            say(f"are not valid {declared} (byte {exc.start + (bom[1] if bom else 0)}: {exc.reason}): "
+                "unreadable bytes became U+FFFD")
+            text = body.decode(declared, errors="replace")
+    elif b"\0" in body:
+        text = "\0"  # not text: said below, without a fallback's warning first
+    else:
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            text = body.decode(FALLBACK_ENCODING, errors="replace")
+            say(f"are not UTF-8: read as {FALLBACK_ENCODING} (--subtitle-encoding names the file's encoding)")
+    if "\0" in text:
+        say("are not text (NUL bytes): no subtitles from it" + ("" if declared else
+            "; if it is UTF-16 without a byte-order mark, give --subtitle-encoding utf-16-le (or -be)"))
+        return None
+    return text
+
+
+def read(path: str | Path, encoding: str | None = None) -> list[Cue]:
+    """The cues of a subtitle file (its text: ``decode``; a file that is not text has none, with a warning); an
+    unreadable one is a ``UsageError`` naming it."""
+    try:
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise UsageError(f"cannot read subtitles {str(path)!r}: {exc.strerror or exc}") from None
+    text = decode(data, path, encoding)
+    return parse(text) if text is not None else []
 
 
 def find_sidecar(video: str) -> Path | None:
@@ -133,7 +209,8 @@ def own_output(path: Path) -> bool:
         data = path.read_bytes()
     except OSError:
         return False  # unreadable: reading it says so (read)
-    if not parse(data.decode("utf-8", errors="replace")):
+    text = decode(data, path, warn=False)  # not text: not passed over, so reading it says so (read)
+    if text is not None and not parse(text):
         return True
     return _is_written(data)
 
@@ -160,12 +237,13 @@ def check_choice(value: str | None) -> str:
     return choice
 
 
-def cues_for(video: str, choice: str) -> list[Cue]:
-    """The cues ``--subtitles`` gives ``video``: none for ``off``, the sidecar for ``auto``, else the file."""
+def cues_for(video: str, choice: str, encoding: str | None = None) -> list[Cue]:
+    """The cues ``--subtitles`` gives ``video``: none for ``off``, the sidecar for ``auto``, else the file;
+    ``encoding``: ``--subtitle-encoding`` (see ``decode``)."""
     if choice == "off":
         return []
     path = find_sidecar(video) if choice == "auto" else Path(choice)
-    return read(path) if path is not None else []
+    return read(path, encoding) if path is not None else []
 
 
 def overlapping(cues: list[Cue], times: list[float], window: tuple[float, float] | None = None) -> list[Cue]:
@@ -185,25 +263,52 @@ def render(cues: list[Cue], count_tokens: Callable[[str], int], budget: int = DE
     """The subtitle text of ``cues`` (a header line, then one line per cue in time order) and its tokens.
 
     Cues are taken in time order while the text stays within ``budget`` tokens (``count_tokens`` of the whole
-    text); ``("", 0)`` when no cue fits or there are none."""
+    text: the model's tokenizer). The first cue that does not fit whole is cut to the tokens left (its longest
+    start that fits, ending in ``…``), and the cues after it are left out: the text stays a prefix, in time
+    order, of what an unlimited budget gives, so one over-long cue never drops the others before it.
+    ``("", 0)`` when not even the header and a word fit, or there are no cues."""
     lines: list[str] = []
     text, tokens = "", 0
     for cue in cues:
         candidate = "\n".join([header, *lines, cue.text])
         n = count_tokens(candidate)
         if n > budget:
+            cut = _cut(cue.text, lambda part: "\n".join([header, *lines, part]), count_tokens, budget)
+            if cut:
+                candidate = "\n".join([header, *lines, cut])
+                text, tokens = candidate, count_tokens(candidate)
             break
         lines.append(cue.text)
         text, tokens = candidate, n
     return text, tokens
 
 
+ELLIPSIS = "…"  # ends a cue cut to the budget
+
+
+def _cut(cue: str, whole: Callable[[str], str], count_tokens: Callable[[str], int], budget: int) -> str:
+    """The longest start of ``cue`` (then ``…``) whose ``whole`` text is within ``budget`` tokens; "" when none.
+    A binary search over the characters: a longer start never has fewer tokens, but for the rare merge."""
+    def fits(k: int) -> bool:
+        return count_tokens(whole(cue[:k].rstrip() + ELLIPSIS)) <= budget
+
+    low, high = 0, len(cue) - 1  # the longest fitting start is cue[:low]
+    while low < high:
+        mid = (low + high + 1) // 2
+        if fits(mid):
+            low = mid
+        else:
+            high = mid - 1
+    return cue[:low].rstrip() + ELLIPSIS if cue[:low].strip() else ""
+
+
 def context(video: str, choice: str, times: list[float], count_tokens: Callable[[str], int],
             window: tuple[float, float] | None = None, budget: int = DEFAULT_SUBTITLE_TOKENS,
-            header: str = SUBTITLE_HEADER) -> tuple[str, int]:
+            header: str = SUBTITLE_HEADER, encoding: str | None = None) -> tuple[str, int]:
     """The subtitle text (and its tokens) ``--subtitles choice`` gives a clip of ``video`` sampled at ``times``
-    (or a segment ``window``): Video-MME's with-subtitles setting in one call, for ``eval`` and the commands."""
-    return render(overlapping(cues_for(video, choice), times, window), count_tokens, budget, header)
+    (or a segment ``window``): Video-MME's with-subtitles setting in one call, for ``eval`` and the commands;
+    ``encoding``: ``--subtitle-encoding``."""
+    return render(overlapping(cues_for(video, choice, encoding), times, window), count_tokens, budget, header)
 
 
 WIRE_FIELD = "subtitles"  # a chat request's cues for ``vqa serve``: [[start, end, text], ...] (``--server``)

@@ -42,6 +42,7 @@ from vqa_cli.cli.options import (
     SlowFramesOpt,
     StartOpt,
     StrideOpt,
+    SubtitleEncodingOpt,
     SubtitlesOpt,
     TemperatureOpt,
     TimePromptOpt,
@@ -95,6 +96,7 @@ def ask(
     scene_threshold: SceneThresholdOpt = None,
     min_scene: MinSceneOpt = 0.0,
     subtitles: SubtitlesOpt = "auto",
+    subtitle_encoding: SubtitleEncodingOpt = None,
 ) -> int:
     """Answer questions about a video, streaming the answers to stdout."""
     from vqa_cli.ask import run_ask
@@ -112,21 +114,30 @@ def ask(
         guide=guide, guide_model=guide_model, guide_kernel=guide_kernel,
         max_memory=max_memory, offload_dir=offload_dir, fit=fit, force=force,
         segments=segments, scene_detector=scene_detector, scene_threshold=scene_threshold, min_scene=min_scene,
-        subtitles=subtitles,
+        subtitles=subtitles, subtitle_encoding=subtitle_encoding,
     )
     return run_ask(settings, video, asked, as_json=as_json, plan_only=plan, server=server,
                    model_given=model is not None)
 
 
 def _read_questions(path: str | None) -> list[str]:
+    """``--questions``: UTF-8 text (a BOM is skipped), one question a line; a file that is not UTF-8 is a usage
+    error naming it and the first byte that is not, never a guess at another encoding."""
     if not path:
         return []
     if path == "-":
-        lines = sys.stdin.read().splitlines()
+        buffer = getattr(sys.stdin, "buffer", None)
+        data = buffer.read() if buffer is not None else sys.stdin.read().encode("utf-8", "surrogateescape")
     else:
         try:
-            with open(path, encoding="utf-8") as f:
-                lines = f.read().splitlines()
+            with open(path, "rb") as f:
+                data = f.read()
         except OSError as exc:
             raise UsageError(f"cannot read --questions {path!r}: {exc.strerror}") from None
-    return [line.strip() for line in lines if line.strip()]
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        where = "standard input" if path == "-" else repr(path)
+        raise UsageError(f"--questions {where} is not UTF-8 text: byte 0x{data[exc.start]:02x} at offset "
+                         f"{exc.start} ({exc.reason}); save it as UTF-8") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]

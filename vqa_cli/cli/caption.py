@@ -42,6 +42,7 @@ from vqa_cli.cli.options import (
     SlowFramesOpt,
     StartOpt,
     StrideOpt,
+    SubtitleEncodingOpt,
     SubtitlesOpt,
     TemperatureOpt,
     TimePromptOpt,
@@ -101,6 +102,7 @@ def caption(
     scene_threshold: SceneThresholdOpt = None,
     min_scene: MinSceneOpt = 0.0,
     subtitles: SubtitlesOpt = "auto",
+    subtitle_encoding: SubtitleEncodingOpt = None,
     output_format: FormatOpt = "jsonl",
     out_dir: OutDirOpt = None,
 ) -> int:
@@ -117,7 +119,7 @@ def caption(
         guide=guide, guide_model=guide_model, guide_kernel=guide_kernel,
         max_memory=max_memory, offload_dir=offload_dir, fit=fit, force=force,
         segments=segments, scene_detector=scene_detector, scene_threshold=scene_threshold, min_scene=min_scene,
-        subtitles=subtitles,
+        subtitles=subtitles, subtitle_encoding=subtitle_encoding,
     )
     return run_caption(settings, paths, out, prompt if prompt is not None else DEFAULT_CAPTION_PROMPT,
                        batch_size=batch_size, workers=workers, shard=shard, summary_path=summary, server=server,

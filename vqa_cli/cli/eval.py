@@ -32,6 +32,7 @@ from vqa_cli.cli.options import (
     SlowFramesOpt,
     StartOpt,
     StrideOpt,
+    SubtitleEncodingOpt,
     TimePromptOpt,
     run_settings,
 )
@@ -90,6 +91,7 @@ def eval(  # noqa: A001 - the command's name
     subtitles: Annotated[str, typer.Option(
         "--subtitles", help="Subtitles as context (Video-MME's with-subtitles setting): off, auto (a .srt/.vtt "
         "beside each video) or a folder of VIDEO.srt files; only the cues at the sampled frames.")] = "off",
+    subtitle_encoding: SubtitleEncodingOpt = None,
     json_out: JsonOpt = False,
     frames: FramesOpt = None,
     fps: FpsOpt = None,
@@ -133,7 +135,7 @@ def eval(  # noqa: A001 - the command's name
             slow_frames=slow_frames if name == "slowfast" else None,
             fast_grid=fast_grid if name == "slowfast" else None, pool=pool if name == "pooled" else None,
             rope_scale=rope_scale, rope_type=rope_type, time_prompt=time_prompt, max_memory=max_memory,
-            offload_dir=offload_dir, force=force)
+            offload_dir=offload_dir, force=force, subtitle_encoding=subtitle_encoding)
         chosen_model = s.model  # the default model is chosen (and announced) once
         settings.append(replace(s, subtitles=_subtitles(subtitles)))
     return run_eval(settings, annotations, fmt, videos, out=out, summary_path=summary, protocol=protocol, score=score,

@@ -119,6 +119,9 @@ MinSceneOpt = Annotated[float, typer.Option(
 SubtitlesOpt = Annotated[str, typer.Option(
     "--subtitles", help="The video's subtitles as context: auto (a .srt/.vtt beside the video), a file, or off. "
     "Only the cues shown at the sampled frames (or within the segment) are given.")]
+SubtitleEncodingOpt = Annotated[str | None, typer.Option(
+    "--subtitle-encoding", show_default=False, help="The subtitle files' encoding (e.g. latin-1, shift_jis). "
+    "Default: a byte-order mark decides (UTF-8/16/32), else UTF-8, else cp1252 with a warning.")]
 FormatOpt = Annotated[str, typer.Option(
     "--format", help="Caption output: jsonl, srt, vtt, txt, csv or chapters (an ffmpeg metadata file).")]
 OutDirOpt = Annotated[str | None, typer.Option(
@@ -162,6 +165,7 @@ def run_settings(
     scene_threshold: float | None = None,
     min_scene: float = 0.0,
     subtitles: str = "off",
+    subtitle_encoding: str | None = None,
 ) -> RunSettings:
     """The ``RunSettings`` of the options a command was given; an option a command lacks keeps the
     default it has where it is an option (so ``vqa frames`` and ``vqa chat`` pass only theirs).
@@ -190,7 +194,8 @@ def run_settings(
                                guide_model=guide_model or DEFAULT_GUIDE_MODEL,
                                max_memory=parse_max_memory(max_memory),
                                offload_dir=_offload_dir(offload_dir, max_memory), fit=fit, force=force,
-                               **_time_settings(segments, scene_detector, scene_threshold, min_scene, subtitles))
+                               **_time_settings(segments, scene_detector, scene_threshold, min_scene, subtitles),
+                               subtitle_encoding=_subtitle_encoding(subtitle_encoding))
     except InvalidValueError as exc:
         raise exc.for_flag() from None
     return replace(settings, model=_model(model, device))  # the default model's notice only for a valid run
@@ -257,6 +262,13 @@ def _time_settings(segments: str, scene_detector: str, scene_threshold: float | 
     return {"segments": text, "scene_detector": scene_detector,
             "scene_threshold": threshold_for(scene_detector, scene_threshold), "min_scene": float(min_scene),
             "subtitles": check_choice(subtitles)}
+
+
+def _subtitle_encoding(value: str | None) -> str | None:
+    """``--subtitle-encoding``: a text encoding, by its canonical name (``subtitles.check_encoding``)."""
+    from vqa_cli.subtitles import check_encoding
+
+    return check_encoding(value)
 
 
 def _offload_dir(path: str | None, max_memory: str | None) -> str | None:

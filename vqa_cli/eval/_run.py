@@ -146,7 +146,7 @@ class Evaluator:
                 return ""
             choice = str(found[0])
         text, _ = subtitles.context(group.path, choice, clip.timestamps, token_counter(view),
-                                    header=VIDEOMME_SUBTITLES)
+                                    header=VIDEOMME_SUBTITLES, encoding=view.settings.subtitle_encoding)
         return text
 
     def todo(self, group: Group, m: int) -> list[Item]:
