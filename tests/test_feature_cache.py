@@ -105,7 +105,7 @@ def _warnings(err: str) -> list[str]:
     return [line for line in err.splitlines() if line.startswith("warning:") and "feature" in line]
 
 
-@pytest.mark.parametrize("damage", ["flip bytes in the tensor data", "truncate"])
+@pytest.mark.parametrize("damage", ["flip bytes in the tensor data", "truncate", "change a timestamp in the record"])
 def test_a_damaged_entry_is_one_warning_and_computed_again(damage, tiny_dir, clip_path, tmp_path, capsys):
     videos = _one_video(tmp_path, clip_path)
     cache = tmp_path / "features"
@@ -114,6 +114,11 @@ def test_a_damaged_entry_is_one_warning_and_computed_again(damage, tiny_dir, cli
     raw = bytearray(entry.read_bytes())
     if damage == "truncate":
         raw = raw[:len(raw) // 2]
+    elif damage == "change a timestamp in the record":  # the header stays valid JSON of the same length
+        at = raw.index(b"timestamps") + len(b"timestamps")
+        while not chr(raw[at]).isdigit():
+            at += 1
+        raw[at] = ord("7") if raw[at] != ord("7") else ord("3")
     else:
         start, end = _data_region(entry)
         raw[start:end] = bytes(b ^ 0x5A for b in raw[start:end])  # every value changed, the file still opens

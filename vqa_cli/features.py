@@ -14,9 +14,9 @@ with a folder, on disk as one safetensors file per key (written atomically), for
 for ``caption --feature-cache DIR`` re-runs with another prompt.
 
 An entry on disk is checked before it is used: its metadata holds the SHA-256 of its tensor (dtype, shape and
-bytes) and the key's inputs (whose hash must be the file's name). A file that does not open, a checksum that
-does not match (flipped bytes), an entry without them (an older vqa's) or one made for another key is a
-one-line warning (once per entry) and a miss: the tokens are computed again and the entry replaced. A write
+bytes) and clip record, and the key's inputs (whose hash must be the file's name). A file that does not open,
+a checksum that does not match (flipped bytes), an entry without them (an older vqa's) or one made for another
+key is a one-line warning (once per entry) and a miss: the tokens are computed again and the entry replaced. A write
 goes to a temporary file in the folder, renamed into place when complete; the temporary file is removed on
 every failure (a full disk, an error, an interrupt). A folder vqa cannot write (read-only, a file where the
 folder should be, a full disk) is one warning, and the run goes on with the memory cache only. Temporary
@@ -110,14 +110,17 @@ def _loaded_identity(checkpoint_dir: str) -> dict:
     return model_identity(Path(checkpoint_dir))
 
 
-def tensor_digest(tensor: Any) -> str:
-    """SHA-256 of a CPU tensor's dtype, shape and bytes: what an entry on disk is checked against."""
+def entry_digest(tensor: Any, clip: str) -> str:
+    """SHA-256 of a CPU tensor's dtype, shape and bytes and of its clip record (``clip``: the JSON stored with it):
+    what an entry on disk is checked against."""
     import torch
 
     flat = tensor.detach().contiguous().reshape(-1)
     raw = flat.view(torch.uint8) if flat.numel() else flat.new_empty(0, dtype=torch.uint8)
-    head = f"{tensor.dtype}:{list(tensor.shape)}:".encode()
-    return hashlib.sha256(head + raw.numpy().tobytes()).hexdigest()
+    digest = hashlib.sha256(f"{tensor.dtype}:{list(tensor.shape)}:".encode())
+    digest.update(raw.numpy().tobytes())
+    digest.update(b"\0" + clip.encode())
+    return digest.hexdigest()
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -224,7 +227,7 @@ class FeatureCache:
                 if now - stale.stat().st_mtime > STALE_TMP_SECONDS:
                     stale.unlink()
             except OSError:  # gone already (another process cleaned it), or not ours to remove
-                Path(tmp).unlink(missing_ok=True)
+                pass
         return True
 
     def _unwritable(self, exc: BaseException) -> None:
@@ -286,19 +289,18 @@ class FeatureCache:
             with safe_open(str(self._path(key)), framework="pt") as f:
                 stored = f.metadata() or {}
                 features = f.get_tensor("features")
-                meta = json.loads(stored["clip"])
         except Exception as exc:  # noqa: BLE001 - any way a file fails to open is a damaged entry
             return self._bad(key, f"damaged ({type(exc).__name__})")
-        if "sha256" not in stored or "name" not in stored:
+        if not {"sha256", "name", "clip"} <= set(stored):
             return self._bad(key, "without a checksum (written by an older vqa)")
-        if tensor_digest(features) != stored["sha256"]:
-            return self._bad(key, "damaged (its tensor does not match its checksum)")
+        if entry_digest(features, stored["clip"]) != stored["sha256"]:
+            return self._bad(key, "damaged (it does not match its checksum)")
         inputs = stored.get("key", "")
         if stored["name"] != key or (inputs and hashlib.sha256(inputs.encode()).hexdigest() != key):
             return self._bad(key, "made for other settings than its name says")
         try:
-            return clip_from_meta(meta), features
-        except (KeyError, TypeError) as exc:
+            return clip_from_meta(json.loads(stored["clip"])), features
+        except (ValueError, KeyError, TypeError) as exc:
             return self._bad(key, f"damaged ({type(exc).__name__} in its clip record)")
 
     def _bad(self, key: str, why: str) -> None:
@@ -320,8 +322,9 @@ class FeatureCache:
             return
         tmp: str | None = None
         try:
+            clip = json.dumps(meta)
             data = save({"features": features}, metadata={
-                "clip": json.dumps(meta), "sha256": tensor_digest(features), "name": str(key),
+                "clip": clip, "sha256": entry_digest(features, clip), "name": str(key),
                 "key": getattr(key, "inputs", "")})  # a ``Key``'s inputs; "" for a bare string
             fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=TMP_PREFIX, suffix=DISK_SUFFIX)
             try:
@@ -335,4 +338,4 @@ class FeatureCache:
             self._unwritable(exc)
         finally:
             if tmp is not None:  # also on KeyboardInterrupt
-                pass
+                Path(tmp).unlink(missing_ok=True)
