@@ -193,3 +193,11 @@ def test_the_encoding_is_part_of_the_settings_only_when_given():
     assert sid() == settings_id(run_settings(model="m", subtitles="auto").identity(), "p")
     assert sid(subtitle_encoding="latin-1") == sid(subtitle_encoding="ISO-8859-1") != sid()  # it changes the text
     assert "subtitle_encoding" not in run_settings(model="m", subtitle_encoding="latin-1").identity()  # subtitles off
+
+
+def test_a_given_file_without_a_cue_is_a_warning(tmp_path, capsys):
+    notes = tmp_path / "notes.srt"
+    notes.write_text("These are my notes about the video, not subtitles.\n", encoding="utf-8")
+    assert subtitles.cues_for("v.mp4", str(notes)) == []
+    said = capsys.readouterr().err.strip().splitlines()
+    assert len(said) == 1 and str(notes) in said[0] and "no SRT or WebVTT cue" in said[0]

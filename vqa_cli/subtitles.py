@@ -155,7 +155,11 @@ def read(path: str | Path, encoding: str | None = None) -> list[Cue]:
     except OSError as exc:
         raise UsageError(f"cannot read subtitles {str(path)!r}: {exc.strerror or exc}") from None
     text = decode(data, path, encoding)
-    return parse(text) if text is not None else []
+    cues = parse(text) if text is not None else []
+    if text is not None and not cues:  # (``auto`` passes such a file over before: this is a FILE given)
+        _warn_once(path, "hold no SRT or WebVTT cue (a line 00:00:01,000 --> 00:00:02,000 and text): no subtitles "
+                   "from it")
+    return cues
 
 
 def find_sidecar(video: str) -> Path | None:
