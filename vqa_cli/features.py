@@ -77,6 +77,9 @@ class Key(str):
         key.inputs = inputs
         return key
 
+    def __reduce__(self) -> tuple:  # a copy or a pickle is made from the inputs, not from the hash
+        return Key, (self.inputs,)
+
 
 def feature_key(source: dict, settings: Any, frames: int, model: dict, *, dtype: str, device: str,
                 question: str = "", context: str = "") -> Key:
