@@ -61,9 +61,6 @@ def test_documented_edges(bounds, min_ms, want):
     assert _run(bounds, min_ms) == _model(bounds, min_ms) == want
 
 
-@pytest.mark.xfail(strict=True, reason="segments.merge_short compares float lengths: a scene cut at 1.1 s and "
-                                       "1.4 s (0.2999999999999998 s) is shorter than --min-scene 0.3 and merged "
-                                       "(bug reported to the lead)")
 def test_a_scene_exactly_min_scene_long_between_millisecond_cuts_is_kept():
     # every scene at least --min-scene long in milliseconds, the middle one exactly: nothing merges
     for offset in range(0, 5000, 7):
@@ -74,8 +71,6 @@ def test_a_scene_exactly_min_scene_long_between_millisecond_cuts_is_kept():
             assert merge_short(windows, length / 1000) == windows, bounds
 
 
-@pytest.mark.xfail(strict=True, reason="segments.merge_short compares float lengths: of two neighbours equally "
-                                       "long in milliseconds the later may be taken (bug reported to the lead)")
 def test_a_tie_between_millisecond_neighbours_goes_to_the_earlier():
     # a 50 ms scene between two scenes equally long in milliseconds (both well over --min-scene 0.1)
     for left in range(100, 3000, 13):

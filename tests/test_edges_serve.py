@@ -197,15 +197,16 @@ def test_logprobs_have_one_entry_per_generated_token(served, oracle):
     entries = reply["choices"][0]["logprobs"]["content"]
     assert len(entries) == len(new) == reply["usage"]["completion_tokens"]
     assert [e["logprob"] for e in entries] == pytest.approx(logp, abs=1e-4)
-    for entry, token in zip(entries, new, strict=True):
+    joined = ""
+    for k, entry in enumerate(entries):  # the entry at step k is what the k-th new token adds to the text
         assert entry["top_logprobs"][0]["logprob"] >= entry["logprob"] - 1e-6
         assert bytes(entry["bytes"]) == entry["token"].encode()
-        assert entry["token"] == oracle.tokenizer.decode([token])  # the entry at step k is the k-th new token
+        joined += entry["token"]
+        text = oracle.tokenizer.decode(new[: k + 1], skip_special_tokens=True)
+        if not text.endswith("\ufffd"):  # a character split over tokens comes with its last token
+            assert joined == text
 
 
-@pytest.mark.xfail(strict=True, reason="serve._worker.logprob_entries decodes each token alone: SentencePiece "
-                                       "drops its leading space and special tokens appear, so the tokens do not "
-                                       "concatenate to the content (bug reported to the lead)")
 def test_logprob_tokens_concatenate_to_the_content(served):
     reply = _chat(served, "Hello there", max_tokens=16, logprobs=True)
     entries = reply["choices"][0]["logprobs"]["content"]
@@ -247,9 +248,6 @@ def test_a_data_url_exactly_at_the_limit_is_taken_and_one_byte_more_is_413(tmp_p
     assert info.value.status == 413
 
 
-@pytest.mark.xfail(strict=True, reason="serve._requests._data_url estimates the size as len(payload) * 3 // 4, "
-                                       "which counts base64 padding: a file exactly at a limit that is not a "
-                                       "multiple of 3 is refused (bug reported to the lead)")
 @pytest.mark.parametrize("limit", [2**20, 1000])
 def test_a_data_url_exactly_at_any_limit_is_taken(tmp_path, limit):
     policy = MediaPolicy([tmp_path], limit, scratch=tmp_path)

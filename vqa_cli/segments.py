@@ -56,7 +56,8 @@ class Window:
 
     @property
     def length(self) -> float:
-        return self.end - self.start
+        """Seconds, on the millisecond grid the bounds are rounded to (so 1.4 - 1.1 is 0.3, not 0.29999...)."""
+        return _round(self.end - self.start)
 
 
 def parse_spec(text: str | None) -> SegmentSpec:

@@ -472,8 +472,9 @@ def _data_url(url: str, policy: MediaPolicy) -> Media:
     mime = header[len("data:"):-len(";base64")].lower()
     if mime not in MEDIA_SUFFIX:
         raise bad(f"unsupported media type {mime!r} ({', '.join(sorted(MEDIA_SUFFIX))})")
-    if len(payload) * 3 // 4 > policy.max_bytes:
-        raise _too_large(len(payload) * 3 // 4, policy)
+    size = len(payload) * 3 // 4 - payload[-2:].count("=")  # the decoded bytes: padding carries none
+    if size > policy.max_bytes:
+        raise _too_large(size, policy)
     try:
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):

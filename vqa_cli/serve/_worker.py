@@ -114,9 +114,9 @@ def logprob_entries(tokenizer: Any, new_ids: list[int], logits: Any, top: int) -
     import torch
 
     logp = torch.log_softmax(logits.float(), dim=-1)
-    out = []
+    out, shown = [], ""
     for step, token in enumerate(new_ids[: logp.shape[0]]):
-        text = tokenizer.decode([token])
+        text, shown = _token_text(tokenizer, new_ids[: step + 1], shown)
         entry = {"token": text, "logprob": float(logp[step, token]), "bytes": list(text.encode()), "top_logprobs": []}
         if top:
             values, ids = logp[step].topk(top)
@@ -125,6 +125,15 @@ def logprob_entries(tokenizer: Any, new_ids: list[int], logits: Any, top: int) -
                                      for v, i in zip(values.tolist(), ids.tolist(), strict=True)]
         out.append(entry)
     return out
+
+
+def _token_text(tokenizer: Any, ids: list[int], shown: str) -> tuple[str, str]:
+    """The text the last of ``ids`` adds to the answer as the content decodes it (leading spaces kept, special
+    tokens dropped, a character split over tokens given with its last token), and the text shown so far."""
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    if text.endswith("\ufffd") or not text.startswith(shown):  # a character still incomplete
+        return "", shown
+    return text[len(shown):], text
 
 
 def pick_frames(clip: Any, n: int) -> Any:
