@@ -97,9 +97,6 @@ def test_the_guide_model_keeps_the_key_without_the_guide():
     assert _key(dataclasses.replace(base, **GUIDED_ONLY)) == _key(base)
 
 
-@pytest.mark.xfail(strict=True, reason="features.feature_key leaves out --guide-model: a caption --feature-cache "
-                                       "re-run with another guide model reuses the first one's guided tokens "
-                                       "(bug reported to the lead)")
 def test_the_guide_model_changes_the_key_with_the_guide():
     guided = RunSettings(model="m", mode=ModeSettings("pooled", guide=True))
     assert _key(dataclasses.replace(guided, **GUIDED_ONLY), question="q") != _key(guided, question="q")

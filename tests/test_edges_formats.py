@@ -105,8 +105,6 @@ def test_srt_fractions_are_decimal_fractions_of_a_second(stamp, seconds):
     assert start == pytest.approx(seconds, abs=1e-9) and end == 7200.0
 
 
-@pytest.mark.xfail(strict=True, reason="subtitles._TIME reads at most 3 fraction digits: a cue timed "
-                                       "00:00:01.123456 is dropped (bug reported to the lead)")
 @pytest.mark.parametrize("stamp, seconds", [("00:00:01.123456", 1.123456), ("00:00:01,1234", 1.1234)])
 def test_fractions_longer_than_milliseconds_are_read(stamp, seconds):
     start, _ = _one(f"1\n{stamp} --> 00:00:09,000\nhello\n\n")

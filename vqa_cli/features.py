@@ -95,6 +95,8 @@ def feature_key(source: dict, settings: Any, frames: int, model: dict, *, dtype:
         "device": device.split(":")[0],
         "question": question if settings.mode.guide else "",
     }
+    if settings.mode.guide:  # only then: keys without the guide stay as they were
+        identity["guide_model"] = settings.guide_model
     if context and settings.mode.guide:  # only then: keys without subtitles stay as they were
         identity["context"] = context
     return Key(json.dumps(identity, sort_keys=True))

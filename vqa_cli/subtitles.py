@@ -38,7 +38,7 @@ SUBTITLE_EXTENSIONS = (".srt", ".vtt")
 DEFAULT_SUBTITLE_TOKENS = 512  # the most prompt tokens the subtitle text may take
 SUBTITLE_HEADER = "This video's subtitles:"
 
-_TIME = re.compile(r"(?:(\d+):)?(\d{1,2}):(\d{2})[.,](\d{1,3})")
+_TIME = re.compile(r"(?:(\d+):)?(\d{1,2}):(\d{2})[.,](\d+)")
 _ARROW = re.compile(rf"^\s*({_TIME.pattern})\s*-->\s*({_TIME.pattern})")
 _TAG = re.compile(r"<[^>]*>|\{\\[^}]*\}")
 
@@ -55,7 +55,7 @@ def _seconds(text: str) -> float:
     if m is None:
         raise ValueError(text)
     hours, minutes, seconds, frac = m.groups()
-    return int(hours or 0) * 3600 + int(minutes) * 60 + int(seconds) + int(frac.ljust(3, "0")) / 1000
+    return int(hours or 0) * 3600 + int(minutes) * 60 + int(seconds) + int(frac) / 10 ** len(frac)
 
 
 def parse(text: str) -> list[Cue]:
