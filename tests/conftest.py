@@ -116,3 +116,34 @@ def oracles(encoded) -> dict:
     from clips import decode_all
 
     return {name: decode_all(path)[0] for name, path in encoded.items()}
+
+
+@pytest.fixture()
+def caption_asked(tmp_path, tiny_dir, monkeypatch, capsys):
+    """Run `vqa caption ARGS` on the tiny checkpoint: (exit code, records, the questions the model got, stderr)."""
+    import json
+
+    from vqa_cli.cli import main
+    from vqa_cli.engine import Engine
+
+    asked: list[str] = []
+    original = Engine.answer_batch
+
+    def spy(self, clips, question, *args, **kwargs):
+        asked.extend([question] * len(clips) if isinstance(question, str) else question)
+        return original(self, clips, question, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "answer_batch", spy)
+
+    def run(*argv):
+        out = tmp_path / "out.jsonl"
+        out.unlink(missing_ok=True)
+        asked.clear()
+        with pytest.raises(SystemExit) as info:
+            main(["caption", *argv, "--out", str(out), "--model", str(tiny_dir), "--dtype", "float32",
+                  "--max-new-tokens", "2", "--prompt", "Describe."])
+        err = capsys.readouterr().err
+        recs = [json.loads(x) for x in out.read_text().splitlines()] if out.exists() else []
+        return info.value.code, recs, list(asked), err
+
+    return run

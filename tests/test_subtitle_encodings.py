@@ -4,7 +4,6 @@ subtitle budget: as a hostile user hands them to ``vqa``."""
 from __future__ import annotations
 
 import codecs
-import json
 import random
 
 import pytest
@@ -70,50 +69,22 @@ def test_an_unknown_encoding_is_a_usage_error(tmp_path, tiny_dir, capsys):
         assert info.value.code == 2 and len(err.splitlines()) == 1 and "--subtitle-encoding" in err
 
 
-@pytest.fixture()
-def asked_by_caption(tmp_path, tiny_dir, monkeypatch, capsys):
-    """Run `vqa caption` on the tiny checkpoint: (exit code, records, the questions the model got, stderr)."""
-    from vqa_cli.engine import Engine
-
-    asked: list[str] = []
-    original = Engine.answer_batch
-
-    def spy(self, clips, question, *args, **kwargs):
-        asked.extend([question] * len(clips) if isinstance(question, str) else question)
-        return original(self, clips, question, *args, **kwargs)
-
-    monkeypatch.setattr(Engine, "answer_batch", spy)
-
-    def run(*argv):
-        out = tmp_path / "out.jsonl"
-        out.unlink(missing_ok=True)
-        asked.clear()
-        with pytest.raises(SystemExit) as info:
-            main(["caption", *argv, "--out", str(out), "--model", str(tiny_dir), "--dtype", "float32",
-                  "--max-new-tokens", "2", "--prompt", "Describe."])
-        err = capsys.readouterr().err
-        recs = [json.loads(x) for x in out.read_text().splitlines()] if out.exists() else []
-        return info.value.code, recs, list(asked), err
-
-    return run
-
-
-def test_a_utf16_sidecar_reaches_the_prompt(tmp_path, asked_by_caption):
+def test_a_utf16_sidecar_reaches_the_prompt(tmp_path, caption_asked):
     video = make_clip(str(tmp_path / "v.mp4"), 20, fps=10.0)  # 2 s: the first two cues are on screen
     (tmp_path / "v.srt").write_bytes(ENCODED["utf-16-le with BOM (Windows 'Unicode')"])
-    code, recs, asked, err = asked_by_caption(video, "--frames", "2")
+    code, recs, asked, err = caption_asked(video, "--frames", "2")
     assert code == 0, err
     assert asked[0].splitlines() == [subtitles.SUBTITLE_HEADER, *TEXTS[:2], "Describe."]
     assert recs[0]["subtitle_tokens"] > 0
 
 
-def test_a_binary_file_named_srt_is_a_warning_and_no_subtitles(tmp_path, asked_by_caption):
+def test_a_binary_file_named_srt_is_a_warning_and_no_subtitles(tmp_path, caption_asked):
     video = make_clip(str(tmp_path / "v.mp4"), 20, fps=10.0)
     junk = tmp_path / "v.srt"
     junk.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + random.Random(3).randbytes(4000))
     said = []
     for choice in (["--subtitles", "auto"], ["--subtitles", str(junk)]):
-        code, recs, asked, err = asked_by_caption(video, "--frames", "2", *choice)
+        code, recs, asked, err = caption_asked(video, "--frames", "2", *choice)
         assert code == 0, err
         assert asked == ["Describe."] and recs[0]["subtitle_tokens"] == 0 and recs[0]["error"] is None
         said += [line for line in err.splitlines() if str(junk) in line]
@@ -147,13 +118,13 @@ def test_one_cue_longer_than_the_budget_is_cut_to_it(tiny_dir):
     assert alone_tokens == count(alone) == 512 and long.startswith(alone.split("\n")[1][:-1])
 
 
-def test_a_run_with_one_over_long_cue_gives_the_budget(tmp_path, tiny_dir, asked_by_caption):
+def test_a_run_with_one_over_long_cue_gives_the_budget(tmp_path, tiny_dir, caption_asked):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_dir))
     video = make_clip(str(tmp_path / "v.mp4"), 20, fps=10.0)
     (tmp_path / "v.srt").write_text(f"1\n00:00:00,000 --> 00:00:02,000\n{_long_cue(3000)}\n", encoding="utf-8")
-    code, recs, asked, err = asked_by_caption(video, "--frames", "2")
+    code, recs, asked, err = caption_asked(video, "--frames", "2")
     assert code == 0, err
     given = asked[0].rsplit("\nDescribe.", 1)[0]  # the subtitle text before the prompt
     assert len(tokenizer(given, add_special_tokens=False)["input_ids"]) == subtitles.DEFAULT_SUBTITLE_TOKENS

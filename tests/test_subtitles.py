@@ -88,29 +88,12 @@ def test_sidecar_and_choices(tmp_path):
 
 
 @pytest.fixture()
-def captioned(tmp_path, tiny_dir, monkeypatch, capsys):
-    """Run `vqa caption` and return (records, the questions the model was asked)."""
-    from vqa_cli.engine import Engine
-
-    asked: list[str] = []
-    original = Engine.answer_batch
-
-    def spy(self, clips, question, *args, **kwargs):
-        asked.extend([question] * len(clips) if isinstance(question, str) else question)
-        return original(self, clips, question, *args, **kwargs)
-
-    monkeypatch.setattr(Engine, "answer_batch", spy)
-
+def captioned(caption_asked, tiny_dir):
+    """Run `vqa caption` and return (records, the questions the model was asked); the run must succeed."""
     def run(*argv):
-        out = tmp_path / "out.jsonl"
-        out.unlink(missing_ok=True)
-        asked.clear()
-        with pytest.raises(SystemExit) as info:
-            main(["caption", *argv, "--out", str(out), "--model", str(tiny_dir), "--dtype", "float32",
-                  "--max-new-tokens", "2", "--prompt", "Describe."])
-        capsys.readouterr()
-        assert info.value.code == 0
-        return [json.loads(x) for x in out.read_text().splitlines()], list(asked)
+        code, recs, asked, err = caption_asked(*argv)
+        assert code == 0, err
+        return recs, asked
 
     run.tiny_dir = tiny_dir
     return run
