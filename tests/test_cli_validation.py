@@ -101,3 +101,19 @@ def test_as_a_process_the_user_sees_one_line(clip_path, tiny_dir):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.strip().splitlines() == [done.stderr.strip()] and "--seed" in done.stderr
+
+
+def test_an_absurd_frame_count_is_one_line_before_the_budget_is_made(clip_path, tiny_dir):
+    # Under a 4 GiB address-space cap, so that a regression (a plan that holds a position per frame) fails
+    # with an out-of-memory exit 1 instead of taking the machine.
+    import resource
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (4 * 2**30, 4 * 2**30))
+
+    for extra in (["--frames", str(10**9)], ["--frames", str(10**9), "--plan"]):
+        done = subprocess.run([sys.executable, "-m", "vqa_cli", *args(extra, clip_path, tiny_dir)], text=True,
+                              capture_output=True, timeout=120, preexec_fn=cap)
+        line = one_line(done.returncode, done.stderr)
+        assert "1000000000 frames need at least" in line and "try fewer --frames" in line, line
+        assert done.stdout == ""

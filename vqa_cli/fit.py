@@ -290,6 +290,23 @@ def _budget(checkpoint: Any, settings: Any, questions: list[str], reserve: int, 
         return None
 
 
+def frames_floor(checkpoint: Any, settings: Any, frames: int) -> int:
+    """Bytes the tensors of ``frames`` frames take at the least (``plan.activation_bytes`` without a prompt),
+    computed without allocating anything, however large ``frames`` is."""
+    from vqa_cli import plan
+
+    return plan.activation_bytes(checkpoint.adapter, frames, 0, target(settings).dtype_bytes)
+
+
+def check_frame_count(checkpoint: Any, settings: Any, frames: int) -> None:
+    """Refuse a frame count whose tensors alone exceed the RAM available (``MemoryFitError``), before the token
+    budget is made: its plan holds a position per frame, so an absurd count would take the machine first."""
+    need, room = frames_floor(checkpoint, settings, frames), available_ram()
+    if room is not None and need > room:
+        raise MemoryFitError(f"{frames} frames need at least {_gib(need)} for their tensors alone but "
+                             f"{_gib(room)} of RAM is available: try fewer --frames")
+
+
 def check(checkpoint: Any, settings: Any, questions: list[str], budget: Any, *, batch: int = 1, reserve: int = 0,
           probe: Probe | None = None) -> MemoryCheck:
     """The memory check before download and load: the largest batch up to ``batch`` that fits (its

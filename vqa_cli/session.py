@@ -106,10 +106,13 @@ def plan_model(settings: Any, questions: list[str], *, num_frames: int | None = 
                ) -> tuple[Any, Any]:
     """(checkpoint, budget) without weights: read the checkpoint's files and budget the request (it fails
     here when it cannot fit). ``reserve``: room kept for later chat turns."""
+    from vqa_cli import fit
     from vqa_cli.engine import Checkpoint
 
     with console.status("reading model config"):
         checkpoint = Checkpoint(settings.model)
+        if not settings.force:
+            fit.check_frame_count(checkpoint, settings, num_frames or checkpoint.frames_for(settings))
         planning = replace(settings, max_new_tokens=settings.max_new_tokens + reserve)
         return checkpoint, checkpoint.budget(planning, questions, num_frames=num_frames)
 

@@ -407,7 +407,7 @@ def price(request: ChatRequest, engine: Any, limit: int | None) -> None:
     view = engine.with_settings(request.settings)
     frames = view.checkpoint.frames_for(request.settings)
     tgt = fit.target(request.settings)
-    floor = plan.activation_bytes(view.checkpoint.adapter, frames, 0, tgt.dtype_bytes)
+    floor = fit.frames_floor(view.checkpoint, request.settings, frames)
     room = limit if limit is not None else fit.available_ram()  # without a limit, still no more than the RAM has
     if room is not None and floor > room:
         raise _too_much(floor, room, f"at least, for the tensors of {frames} frames")
