@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from vqa_cli import console
+from vqa_cli.fingerprint import file_stamp, sha256
 
 DISK_SUFFIX = ".safetensors"
 TMP_PREFIX = ".tmp-"  # a write in progress: TMP_PREFIX + random + DISK_SUFFIX, in the folder
@@ -56,14 +57,14 @@ def file_identity(path: str) -> dict:
 
 def bytes_identity(data: bytes) -> dict:
     """An uploaded file's identity: its content hash."""
-    return {"sha256": hashlib.sha256(data).hexdigest()}
+    return {"sha256": sha256(data)}
 
 
 def model_identity(checkpoint_dir: Path) -> dict:
     """The checkpoint's files that decide the visual tokens (weights, configs), by name, size and mtime."""
     files = sorted(p for p in Path(checkpoint_dir).iterdir() if p.suffix in (".safetensors", ".json"))
     return {"dir": os.path.realpath(checkpoint_dir),
-            "files": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]}
+            "files": [file_stamp(p) for p in files]}
 
 
 class Key(str):
@@ -73,7 +74,7 @@ class Key(str):
     inputs: str = ""
 
     def __new__(cls, inputs: str) -> Key:
-        key = super().__new__(cls, hashlib.sha256(inputs.encode()).hexdigest())
+        key = super().__new__(cls, sha256(inputs))
         key.inputs = inputs
         return key
 
@@ -301,7 +302,7 @@ class FeatureCache:
         if entry_digest(features, stored["clip"]) != stored["sha256"]:
             return self._bad(key, "damaged (it does not match its checksum)")
         inputs = stored.get("key", "")
-        if stored["name"] != key or (inputs and hashlib.sha256(inputs.encode()).hexdigest() != key):
+        if stored["name"] != key or (inputs and sha256(inputs) != key):
             return self._bad(key, "made for other settings than its name says")
         try:
             return clip_from_meta(json.loads(stored["clip"])), features

@@ -23,8 +23,6 @@ puts ``clip.srt`` where ``auto`` looks). A candidate is passed over when it is
 from __future__ import annotations
 
 import codecs
-import hashlib
-import json
 import os
 import re
 import sys
@@ -33,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vqa_cli.errors import UsageError
+from vqa_cli.fingerprint import json_sha256
 
 SUBTITLE_EXTENSIONS = (".srt", ".vtt")
 DEFAULT_SUBTITLE_TOKENS = 512  # the most prompt tokens the subtitle text may take
@@ -345,7 +344,7 @@ def digest(cues: list[Cue]) -> str:
     """What identifies ``cues`` (for feature-cache keys under ``--guide``, whose question holds them); "" for none."""
     if not cues:
         return ""
-    return hashlib.sha256(json.dumps(to_wire(cues)).encode()).hexdigest()
+    return json_sha256(to_wire(cues), sort_keys=False)
 
 
 def into_turns(turns: list[dict], cues: list[Cue], times: list[float], count_tokens: Callable[[str], int],

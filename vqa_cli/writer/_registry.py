@@ -10,10 +10,11 @@ wrote) and ``subtitles.find_sidecar`` (``--subtitles auto`` never reads vqa's ow
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
+
+from vqa_cli.fingerprint import sha256
 
 WRITTEN_FILE = "written-files.jsonl"  # in vqa's cache folder: {"sha256", "size", "path", "time"} a line
 KEEP = 5000  # entries kept when the list is trimmed (past KEEP * 400 bytes)
@@ -55,7 +56,7 @@ def wrote(data: bytes) -> bool:
     candidates = [e for e in _entries() if e.get("size") == len(data)]
     if not candidates:
         return False
-    digest = hashlib.sha256(data).hexdigest()
+    digest = sha256(data)
     return any(e.get("sha256") == digest for e in candidates)
 
 
@@ -76,7 +77,7 @@ def remember(data: bytes, path: str | None = None, keep: int = KEEP) -> None:
     for the user's own (``--subtitles auto`` may read it, and replacing it needs ``--force``)."""
     from vqa_cli import console
 
-    entry = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "path": path,
+    entry = {"sha256": sha256(data), "size": len(data), "path": path,
              "time": round(time.time(), 3)}
     target = written_list()
     try:
