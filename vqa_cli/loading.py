@@ -365,6 +365,11 @@ def resolve_dtype(dtype: str | None, device: str, *, planning: bool = False) -> 
     return getattr(torch, dtype)
 
 
+def dtype_name(dtype: Any) -> str:
+    """A torch dtype as ``--dtype`` spells it and records show it: ``torch.bfloat16`` -> ``bfloat16``."""
+    return str(dtype).removeprefix("torch.")
+
+
 def quantization_config(quant: str, adapter: FamilyAdapter, compute_dtype: Any, offload: bool = False) -> Any:
     """bitsandbytes settings; the skip list keeps vision tower, projector and head unquantized. ``offload``
     (``--max-memory``): layers placed on the CPU or disk stay unquantized, in the compute dtype."""

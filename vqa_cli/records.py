@@ -11,11 +11,12 @@ The field order is the order users see; docs/output.md and docs/usage.md describ
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any
 
 from vqa_cli.errors import describe, one_line
+from vqa_cli.fingerprint import json_sha256
+from vqa_cli.loading import dtype_name
 
 # The clip's part of every record that has one.
 CLIP_FIELDS = ("frames", "frame_indices", "timestamps", "duration", "warnings")
@@ -43,8 +44,7 @@ FRAMES_FIELDS = ("video", *CLIP_FIELDS[:-1], "fps", "total_frames", "header_fram
 
 def settings_id(identity: dict, prompt: str) -> str:
     """A short stable hash of everything that decides a caption (``RunSettings.identity`` and the prompt)."""
-    blob = json.dumps({"settings": identity, "prompt": prompt}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return json_sha256({"settings": identity, "prompt": prompt}, length=16)
 
 
 def clip_fields(clip: Any) -> dict:
@@ -70,7 +70,7 @@ def _run_fields(engine: Any, clip: Any, budget: Any, timings: dict[str, float]) 
         "timings": {k: round(v, 4) for k, v in timings.items()},
         "device": loaded.device,
         "quant": loaded.quant,
-        "dtype": str(loaded.dtype).removeprefix("torch."),
+        "dtype": dtype_name(loaded.dtype),
     }
 
 
@@ -92,7 +92,7 @@ def text_answer_record(engine: Any, *, answer: str, prompt_tokens: int, tokens: 
               "duration": None, "warnings": [], "decoder": None, "codec": None, "visual_tokens": 0, "pathways": [],
               "prompt_tokens": prompt_tokens, "rope_factor": engine.rope_factor, "generated_tokens": tokens,
               "tokens_per_second": round(tokens_per_second, 3), "timings": {k: round(v, 4) for k, v in timings.items()},
-              "device": loaded.device, "quant": loaded.quant, "dtype": str(loaded.dtype).removeprefix("torch.")}
+              "device": loaded.device, "quant": loaded.quant, "dtype": dtype_name(loaded.dtype)}
     return {k: values[k] for k in ANSWER_FIELDS}
 
 

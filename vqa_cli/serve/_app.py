@@ -19,6 +19,7 @@ from typing import Any
 from vqa_cli import console, wire
 from vqa_cli.engine import LOAD_SETTINGS
 from vqa_cli.errors import EXIT_USAGE, describe, one_line
+from vqa_cli.loading import dtype_name
 from vqa_cli.serve._requests import ApiError, ChatRequest, MediaPolicy, parse_chat, price, read_json, resolve
 from vqa_cli.serve._worker import Cancelled, Job, Result, StopFilter
 
@@ -102,7 +103,7 @@ def model_entry(state: ServerState) -> dict:
     loaded = engine.loaded
     return {"id": state.model_name, "object": "model", "created": int(state.started), "owned_by": "vqa",
             "vqa": {"family": engine.checkpoint.adapter.name, "quant": loaded.quant, "device": loaded.device,
-                    "dtype": str(loaded.dtype).removeprefix("torch."), "rope_factor": engine.rope_factor,
+                    "dtype": dtype_name(loaded.dtype), "rope_factor": engine.rope_factor,
                     "context": engine.checkpoint.context(engine.rope_factor),
                     "settings": {name: getattr(engine.settings, name) for name in LOAD_SETTINGS},
                     "defaults": {**wire.request_fields(engine.settings),
