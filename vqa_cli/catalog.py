@@ -36,13 +36,12 @@ from vqa_cli.models.registry import (
     adapter_for,
     resolve_alias,
 )
+from vqa_cli.units import GB, gib, size_text
 
 QUANTS = ("4bit", "8bit", "none")
 FP16_BYTES = 2
 DEFAULT_PROMPT_TOKENS = 64  # a short question in the chat template, for the default-request KV cache
 DEFAULT_NEW_TOKENS = 256
-_GB = 10**9
-_GIB = 1024**3
 
 
 def hub_cache_dir() -> Path:
@@ -73,10 +72,6 @@ def weight_files(snapshot: Path) -> list[Path] | None:
         names = [p.name for p in snapshot.glob("*.safetensors")]
     files = [snapshot / name for name in names]
     return files if files and all(f.is_file() for f in files) else None
-
-
-def _round(value: float) -> float:
-    return round(value, 2)
 
 
 # The published geometry of each known checkpoint: (model_type, vision tower, language model, extra config), as
@@ -156,9 +151,9 @@ def costs(config: Any) -> dict[str, Any]:
     estimates = {q: plan.estimate_memory(adapter, q, FP16_BYTES, tokens) for q in QUANTS}
     return {
         "parameters": estimates["none"].parameters,
-        "memory_gib": {q: _round(e.weight_bytes / _GIB) for q, e in estimates.items()},
-        "kv_cache_gib": _round(estimates["none"].kv_cache_bytes / _GIB),
-        "peak_gib": {s: _round(request_peak(adapter, s) / _GIB) for s in PEAKS},
+        "memory_gib": {q: gib(e.weight_bytes, 2) for q, e in estimates.items()},
+        "kv_cache_gib": gib(estimates["none"].kv_cache_bytes, 2),
+        "peak_gib": {s: gib(request_peak(adapter, s), 2) for s in PEAKS},
     }
 
 
@@ -184,7 +179,7 @@ def describe(ckpt: KnownCheckpoint, cache_dir: Path | None = None, default: str 
     row.update(costs(loading.read_config(snapshot) if snapshot else published_config(ckpt)),
                config_source="cache" if snapshot else "published")
     size = sum(f.stat().st_size for f in weights) if weights else row["parameters"] * FP16_BYTES
-    row.update(disk_bytes=size, disk_gb=_round(size / _GB), disk_estimated=weights is None)
+    row.update(disk_bytes=size, disk_gb=round(size / GB, 2), disk_estimated=weights is None)
     row.update(_quantized_copies(snapshot if weights else None))
     return row
 
@@ -241,7 +236,7 @@ def fetch_weights(name: str, *, size: Any = remote_weight_bytes, progress: bool 
     if snapshot is not None and weight_files(snapshot) is not None:
         return
     total = size(repo_id)
-    what = f"{total / _GB:.1f} GB of weights" if total else "its weights"
+    what = f"{size_text(total, 1, smaller=False, decimal=True)} of weights" if total else "its weights"
     console.info(f"downloading {repo_id}: {what} into {hub_cache_dir()} "
                  "(first run only; Ctrl-C stops, and the next run resumes)")
     try:

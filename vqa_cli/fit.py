@@ -27,12 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from vqa_cli.errors import ContextOverflowError, MemoryFitError, UsageError
+from vqa_cli.units import GIB, gib, parse_size, size_text
 
 Probe = Callable[[str], "int | None"]  # device ("cpu", "cuda", "cuda:1") -> free bytes, None if unknown here
-GIB = 1024**3
-_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]+)\s*$")
 _DEVICE = re.compile(r"^(cpu|cuda(?::\d+)?)$")
 
 
@@ -102,15 +99,6 @@ def probe_memory(device: str) -> int | None:
 # ---- --max-memory ----------------------------------------------------------------------------------
 
 
-def parse_size(text: str, flag: str = "--max-memory") -> int:
-    """``6GiB``, ``512MiB``, ``8GB`` -> bytes (GiB, MiB, KiB, TiB binary; GB, MB, KB, TB decimal)."""
-    m = _SIZE.match(text)
-    unit = m.group(2).lower() if m else ""
-    if not m or unit not in _UNITS:
-        raise UsageError(f"{flag}: {text!r} is not a size (e.g. 6GiB, 512MiB, 8GB)")
-    return int(float(m.group(1)) * _UNITS[unit])
-
-
 def parse_max_memory(text: str | None) -> tuple[tuple[str, int], ...]:
     """``cuda:0=6GiB,cpu=24GiB`` -> (("cuda:0", bytes), ("cpu", bytes)); ``cuda`` means ``cuda:0``."""
     if not text:
@@ -147,7 +135,9 @@ class Target:
 
     @property
     def dtype_name(self) -> str:
-        return str(self.dtype).removeprefix("torch.")
+        from vqa_cli.loading import dtype_name
+
+        return dtype_name(self.dtype)
 
 
 def target(settings: Any) -> Target:
@@ -231,7 +221,7 @@ class MemoryCheck:
         return out
 
     def to_dict(self) -> dict:
-        out = {"available_gib": {d: None if b is None else round(b / GIB, 3) for d, b in self.available.items()},
+        out = {"available_gib": {d: None if b is None else gib(b) for d, b in self.available.items()},
                "fits": self.fits}
         if self.estimate.cap_fits is False:
             smallest = self.smallest_caps()
@@ -351,8 +341,6 @@ def caps_text(caps: dict[str, int]) -> str:
 
 def cap_refusal(settings: Any, mem: MemoryCheck) -> str:
     """One line: why the placement does not fit ``--max-memory`` and the smallest cap that does."""
-    from vqa_cli.plan import size_text
-
     est = mem.estimate
     given = ", ".join(f"{d} {size_text(b)}" for d, b in est.caps.items())
     why = []
@@ -378,7 +366,8 @@ def cap_refusal(settings: Any, mem: MemoryCheck) -> str:
 
 
 def _gib(n: float) -> str:
-    return f"{n / GIB:.1f} GiB"
+    """The check's messages: always GiB, one decimal."""
+    return size_text(n, 1, smaller=False)
 
 
 def _where(device: str) -> str:
@@ -559,7 +548,7 @@ class FitChoice:
     def to_dict(self) -> dict:
         return {"frames": self.frames, "mode": self.mode, "requested_frames": self.requested_frames,
                 "requested_mode": self.requested_mode, "changed": self.changed,
-                "peak_gib": round(self.check.estimate.peak_bytes / GIB, 3), **self.check.to_dict()}
+                "peak_gib": gib(self.check.estimate.peak_bytes), **self.check.to_dict()}
 
 
 def _cheaper_modes(checkpoint: Any, settings: Any) -> list[Any]:

@@ -38,19 +38,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from vqa_cli.units import GIB, MIB, gib, parse_size, size_text
+
 # Bytes per quantized weight, scales included: NF4 with double quantization stores 4 bits plus
 # about 0.127 bits of constants per weight; LLM.int8 stores 8 bits plus one fp32 scale per row.
 QUANT_BYTES = {"4bit": 0.5 + 0.127 / 8, "8bit": 1.0}
 RUNTIME_BYTES = 512 * 1024**2  # allocator slack, library workspaces and buffers the terms leave out
 OFFLOAD_DEVICES = ("cpu", "disk")
-_GIB = 1024**3
 _META: dict[str, Any] = {}  # meta-device models by config, so planning, checking and --fit build each once
 _PLACED: dict[tuple, dict] = {}  # device maps by (config, quantization, dtype, budget)
 _COUNTED: dict[str, tuple[int, int]] = {}  # count_parameters by config and skip list
-
-
-def _gib(n: float) -> float:
-    return round(n / _GIB, 3)
 
 
 @dataclass
@@ -131,21 +128,21 @@ class MemoryEstimate:
         return {
             "parameters": self.parameters,
             "quantized_parameters": self.quantized_parameters,
-            "weights_gib": _gib(self.weight_bytes),
-            "kv_cache_gib": _gib(self.kv_cache_bytes),
-            "total_gib": _gib(self.total_bytes),
-            "activations_gib": _gib(self.activation_bytes),
-            "guide_gib": _gib(self.guide_bytes),
-            "runtime_gib": _gib(self.runtime_bytes),
-            "peak_gib": _gib(self.peak_bytes),
+            "weights_gib": gib(self.weight_bytes),
+            "kv_cache_gib": gib(self.kv_cache_bytes),
+            "total_gib": gib(self.total_bytes),
+            "activations_gib": gib(self.activation_bytes),
+            "guide_gib": gib(self.guide_bytes),
+            "runtime_gib": gib(self.runtime_bytes),
+            "peak_gib": gib(self.peak_bytes),
             "device": self.device,
             "batch": self.batch,
-            "placement": {d: _gib(b) for d, b in self.placement.items()} if self.placement else None,
+            "placement": {d: gib(b) for d, b in self.placement.items()} if self.placement else None,
             "placement_bytes": dict(self.placement) if self.placement else None,
             "device_map": {k: _vqa_device(v) for k, v in self.device_map.items()} if self.device_map else None,
             "max_memory": dict(self.caps) if self.caps else None,
             "max_memory_fits": self.cap_fits,
-            "disk_gib": _gib(self.disk_bytes),
+            "disk_gib": gib(self.disk_bytes),
             "offload_dir": self.offload_dir,
         }
 
@@ -361,7 +358,7 @@ def smallest_cap(est: MemoryEstimate, adapter: Any, quant: str, dtype: Any, dtyp
                           est.offload_dir).cap_fits)
 
     total = count_parameters(adapter)[0] * max(dtype_bytes, 1)
-    lo, hi = est.caps.get(device, 0), 2 * (total + est.overhead_bytes) + _GIB
+    lo, hi = est.caps.get(device, 0), 2 * (total + est.overhead_bytes) + GIB
     if not fits(hi):
         return None
     if fits(lo):
@@ -374,9 +371,7 @@ def smallest_cap(est: MemoryEstimate, adapter: Any, quant: str, dtype: Any, dtyp
 
 def cap_text(n: int) -> str:
     """A ``--max-memory`` size of at least ``n`` bytes, rounded up: ``2.3GiB`` (to a tenth), ``600MiB``, ``12KiB``."""
-    from vqa_cli.fit import parse_size
-
-    for unit, scale, step in (("GiB", _GIB, 0.1), ("MiB", 2**20, 1), ("KiB", 2**10, 1), ("B", 1, 1)):
+    for unit, scale, step in (("GiB", GIB, 0.1), ("MiB", MIB, 1), ("KiB", 2**10, 1), ("B", 1, 1)):
         if n >= scale or unit == "B":
             value = math.ceil(n / scale / step - 1e-9) * step
             while True:
@@ -385,11 +380,6 @@ def cap_text(n: int) -> str:
                     return text
                 value += step
     raise AssertionError("unreachable")
-
-
-def size_text(n: float) -> str:
-    """Bytes for people: ``3.10 GiB``, or ``12.5 MiB`` under a GiB."""
-    return f"{n / _GIB:.2f} GiB" if n >= _GIB / 10 else f"{n / 2**20:.1f} MiB"
 
 
 def describe_placement(placement: dict[str, int]) -> str:

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import contextvars
 import copy
-import hashlib
 import json
 import os
 import re
@@ -54,6 +53,9 @@ from typing import Any
 
 from vqa_cli import console, loading
 from vqa_cli.errors import CheckpointError, OutputWriteError, UsageError
+from vqa_cli.fingerprint import file_stamp, json_sha256, sha256
+from vqa_cli.loading import dtype_name  # the owner; `vqa models --quantize` reads it here too
+from vqa_cli.units import size_text
 
 CACHE_ENV = "VQA_CACHE"
 SWITCH_ENV = "VQA_QUANT_CACHE"
@@ -87,14 +89,11 @@ def mode() -> str:
 
 
 def human_size(n: int) -> str:
-    return f"{n / 1e9:.1f} GB" if n >= 10**8 else f"{n / 1e6:.1f} MB"
+    """A copy's size on disk: ``14.2 GB``, or ``95.0 MB`` under a tenth of a GB."""
+    return size_text(n, 1, decimal=True)
 
 
 # ---- what a copy's bytes depend on -------------------------------------------------------------------------
-def dtype_name(dtype: Any) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
 def quant_name(bnb: Any) -> str:
     return "4bit" if bnb.load_in_4bit else "8bit"
 
@@ -115,10 +114,10 @@ def source_identity(model_dir: Path) -> dict[str, Any]:
     """The source checkpoint as a copy is keyed by it: cheap (a stat per weight file and config.json's hash),
     and any change to the weights (a new download, an edited file) changes it."""
     resolved = model_dir.resolve()
-    weights = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in loading.weight_files(model_dir)]
+    weights = [file_stamp(f) for f in loading.weight_files(model_dir)]
     config = (model_dir / loading.CONFIG_FILE).read_bytes()
     return {"path": str(resolved), "revision": resolved.name if resolved.parent.name == "snapshots" else None,
-            "config_sha256": hashlib.sha256(config).hexdigest(), "weights": weights}
+            "config_sha256": sha256(config), "weights": weights}
 
 
 def device_kind(device_map: Any) -> str:
@@ -136,8 +135,7 @@ def _settings(bnb: Any, dtype: Any, device: str) -> dict[str, Any]:
 
 
 def _key(identity: dict[str, Any]) -> str:
-    blob = json.dumps({k: identity[k] for k in ("source", "settings", "writer")}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return json_sha256({k: identity[k] for k in ("source", "settings", "writer")}, length=16)
 
 
 def _slug(source: dict[str, Any]) -> str:

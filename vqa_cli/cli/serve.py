@@ -106,8 +106,8 @@ def serve(
 ) -> int:
     """Serve the model over an OpenAI-compatible API (POST /v1/chat/completions); the options are defaults
     that each request may override."""
-    from vqa_cli.fit import parse_size
     from vqa_cli.serve import ServeOptions, run_server
+    from vqa_cli.units import parse_size
 
     settings = run_settings(
         frames=frames, fps=fps, max_frames=max_frames, seek=seek, decoder=decoder, start=start, end=end,

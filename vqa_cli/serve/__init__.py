@@ -22,8 +22,7 @@ from typing import Any
 
 from vqa_cli import console
 from vqa_cli.errors import UsageError, VqaError, describe
-
-GIB = 1024**3
+from vqa_cli.units import GIB
 
 
 @dataclass
@@ -141,7 +140,7 @@ def run_server(settings: Any, options: ServeOptions) -> int:
             server.should_exit = True
 
     if limit is not None:
-        from vqa_cli.plan import size_text
+        from vqa_cli.units import size_text
 
         console.info(f"a request may need up to {size_text(limit)} besides the weights (--max-request-memory)")
     console.info(f"listening on http://{_url_host(host)}:{port} (loading {settings.model})")

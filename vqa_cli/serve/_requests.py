@@ -386,7 +386,7 @@ def _is_image_url(url: str) -> bool:
 
 
 def _too_much(need: int, limit: int, what: str) -> ApiError:
-    from vqa_cli.plan import size_text
+    from vqa_cli.units import size_text
 
     return ApiError(400, f"this request needs {size_text(need)} ({what}); this server takes requests of up to "
                          f"{size_text(limit)} (--max-request-memory)", param="frames", code="request_too_large")
@@ -400,7 +400,7 @@ def price(request: ChatRequest, engine: Any, limit: int | None) -> None:
     (``plan.activation_bytes``), which takes no memory however large it is: the token budget's plan holds a
     position per frame. A still image is one frame; a text-only chat is checked against the context when it
     runs."""
-    from vqa_cli import fit, plan
+    from vqa_cli import fit, units
 
     if request.text_only or (len(request.urls) == 1 and _is_image_url(request.urls[0])):
         return
@@ -417,8 +417,8 @@ def price(request: ChatRequest, engine: Any, limit: int | None) -> None:
         est = fit.estimate(view.checkpoint, settings, budget, tgt=tgt)
         need = est.kv_cache_bytes + est.activation_bytes
         if need > limit:
-            raise _too_much(need, limit, f"KV cache {plan.size_text(est.kv_cache_bytes)} and activations "
-                                         f"{plan.size_text(est.activation_bytes)} for {frames} frames and "
+            raise _too_much(need, limit, f"KV cache {units.size_text(est.kv_cache_bytes)} and activations "
+                                         f"{units.size_text(est.activation_bytes)} for {frames} frames and "
                                          f"{budget.total} tokens")
 
 
