@@ -25,7 +25,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from vqa_cli import console, records, subtitles, wire
-from vqa_cli.errors import ContextOverflowError, UsageError, VqaError
+from vqa_cli.errors import API_CODES, ContextOverflowError, UsageError, VqaError
 
 
 class ServerUnavailableError(VqaError):
@@ -118,7 +118,7 @@ def _events(response: Any) -> Iterator[dict]:
 def _error_from(error: dict) -> VqaError:
     message = error.get("message") or "the server gave no reason"
     kind = error.get("code") or error.get("type") or "error"
-    if kind == "context_length_exceeded":
+    if kind == API_CODES["context_overflow"]:
         return ContextOverflowError(message)
     return RemoteError(message, kind, int(error.get("vqa_exit_code") or 1))
 

@@ -105,6 +105,10 @@ _FOREIGN: dict[str, tuple[int, str, str | None]] = {
     "OutOfMemoryError": (EXIT_FAILURE, "out_of_memory", OOM_HINT),  # torch.cuda.OutOfMemoryError
 }
 
+INTERNAL = "internal"  # the kind of an exception the table does not know: a bug
+# Kinds the OpenAI API spells its own way: the server sends these codes and the --server client reads them back.
+API_CODES = {"context_overflow": "context_length_exceeded"}
+
 
 def one_line(text: str) -> str:
     """First non-empty line of ``text``, stripped: messages never span lines."""
@@ -112,6 +116,11 @@ def one_line(text: str) -> str:
         if line.strip():
             return line.strip()
     return str(text).strip()
+
+
+def bug_text(exc: BaseException) -> str:
+    """An exception the table does not know, in one line: its class and the first line of its message."""
+    return f"{type(exc).__name__}: {one_line(str(exc))}"
 
 
 def describe(exc: BaseException) -> tuple[int, str, str] | None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from vqa_cli.errors import describe, one_line
+from vqa_cli.errors import INTERNAL, bug_text, describe
 from vqa_cli.fingerprint import json_sha256
 from vqa_cli.loading import dtype_name
 
@@ -139,8 +139,8 @@ def error_record(video: str, settings: Any, sid: str, exc: BaseException, kind: 
     known = describe(exc)
     empty = json.loads(json.dumps(CAPTION_FIELDS))  # fresh lists and dicts for every record
     return {**empty, "video": video, "model": settings.model, "mode": settings.mode.name,
-            "error": known[2] if known else f"{type(exc).__name__}: {one_line(str(exc))}",
-            "error_kind": kind or (known[1] if known else "internal"), "settings_id": sid}
+            "error": known[2] if known else bug_text(exc),
+            "error_kind": kind or (known[1] if known else INTERNAL), "settings_id": sid}
 
 
 def frames_record(video: str, clip: Any, mode: str, pathways: list[dict]) -> dict:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from vqa_cli import console, records, writer
-from vqa_cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, UsageError, describe, one_line
+from vqa_cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, INTERNAL, UsageError, bug_text, describe
 from vqa_cli.eval._files import describe_left_out, read_benchmark
 from vqa_cli.eval._formats import Format, Item
 from vqa_cli.eval._layout import VideoFinder
@@ -75,9 +75,8 @@ def question_record(item: Item, group: Group, settings: Any, sid: str, fmt: Form
         "category": item.category, "task": item.task, "duration": item.duration, "start": group.start,
         "end": group.end, "format": fmt, "protocol": protocol, "score": score, "model": settings.model,
         "mode": settings.mode.name, "frames": frames, "timings": {k: round(v, 4) for k, v in (timings or {}).items()},
-        "error": None if error is None else (known[2] if known else f"{type(error).__name__}: "
-                                                                     f"{one_line(str(error))}"),
-        "error_kind": None if error is None else (known[1] if known else "internal"), "settings_id": sid,
+        "error": None if error is None else (known[2] if known else bug_text(error)),
+        "error_kind": None if error is None else (known[1] if known else INTERNAL), "settings_id": sid,
     }
 
 

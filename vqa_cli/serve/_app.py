@@ -18,7 +18,7 @@ from typing import Any
 
 from vqa_cli import console, wire
 from vqa_cli.engine import LOAD_SETTINGS
-from vqa_cli.errors import EXIT_USAGE, describe, one_line
+from vqa_cli.errors import API_CODES, EXIT_USAGE, INTERNAL, bug_text, describe
 from vqa_cli.loading import dtype_name
 from vqa_cli.serve._requests import ApiError, ChatRequest, MediaPolicy, parse_chat, price, read_json, resolve
 from vqa_cli.serve._worker import Cancelled, Job, Result, StopFilter
@@ -62,14 +62,13 @@ def api_error(exc: BaseException) -> ApiError:
         return exc
     known = describe(exc)
     if known is None:
-        console.error(f"internal error: {type(exc).__name__}: {one_line(str(exc))}")
+        console.error(f"internal error: {bug_text(exc)}")
         traceback.print_exception(exc)
-        return ApiError(500, f"internal error: {type(exc).__name__}: {one_line(str(exc))}", type="server_error",
-                        code="internal", exit_code=1)
+        return ApiError(500, f"internal error: {bug_text(exc)}", type="server_error", code=INTERNAL, exit_code=1)
     code, kind, message = known
     status = _STATUS.get(kind, 400 if code == EXIT_USAGE or kind == "video" else 500)
     error_type = "invalid_request_error" if status < 500 else "server_error"
-    kind = "context_length_exceeded" if kind == "context_overflow" else kind
+    kind = API_CODES.get(kind, kind)
     return ApiError(status, message, type=error_type, code=kind, exit_code=code)
 
 
