@@ -32,8 +32,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from clips import ffmpeg_exe  # noqa: E402  (one place finds ffmpeg: PATH, else imageio-ffmpeg)
+from vqa_cli.testing import ffmpeg_exe  # one place finds ffmpeg: PATH, else imageio-ffmpeg
 
 
 def make_videos(folder: Path, count: int, seconds: float, size: tuple[int, int], codec: str = "mp4v") -> list[str]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -32,13 +31,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from clips import make_clip
-
     from vqa_cli.engine import RunSettings, sample_clip
     from vqa_cli.eval import Evaluator, build, group_items, read_items
     from vqa_cli.eval._run import eval_sid
     from vqa_cli.session import open_model
+    from vqa_cli.testing import make_clip
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -120,8 +120,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         tiny_checkpoint(ckpt, geometry=args.geometry)
     video = args.video
     if video is None:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-        from clips import make_clip
+        from vqa_cli.testing import make_clip
 
         video = make_clip(str(work / "clip.mp4"), 300, fps=30.0, size=(640, 360))
 

@@ -37,7 +37,6 @@ def main() -> None:
     parser.add_argument("--model")
     parser.add_argument("--video")
     args = parser.parse_args()
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model
         if model is None:
@@ -46,7 +45,7 @@ def main() -> None:
             model = str(tiny_checkpoint(Path(tmp) / "tiny"))
         video = args.video
         if video is None:
-            from clips import make_clip
+            from vqa_cli.testing import make_clip
 
             video = make_clip(str(Path(tmp) / "clip.mp4"), 300, fps=30.0, size=(640, 360))
         vqa = [sys.executable, "-m", "vqa_cli"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,12 +32,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from clips import make_clip
-
     from vqa_cli.conversation import Conversation
     from vqa_cli.engine import RunSettings
     from vqa_cli.session import open_model
+    from vqa_cli.testing import make_clip
     from vqa_cli.video import sample_frames
 
     questions = (QUESTIONS * 2)[: args.questions]

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,8 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_segments import scene_clip  # noqa: E402  (the same generated scenes the tests detect)
+from vqa_cli.testing import scene_clip  # the same generated scenes the tests detect
 
 PROMPT = "Describe this scene in one sentence."
 

@@ -28,9 +28,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from clips import make_clip  # noqa: E402
-from serve_helpers import start  # noqa: E402
+from vqa_cli.testing import make_clip, start
 
 VQA = [sys.executable, "-m", "vqa_cli"]
 

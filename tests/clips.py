@@ -1,82 +1,29 @@
 """Synthetic test videos whose frames carry their own index.
 
-Each frame is a grid of ``BITS`` large black/white blocks (4 columns x 3 rows);
-block k is white when bit k of ``index % 2**BITS`` is set.  Big flat blocks
-survive lossy codecs (mp4v, MJPG) at any quality, and ``frame_number`` reads
-the index back by averaging the centre of each block.
+The self-numbering frames (``frame_image``, ``frame_number``), ``make_clip`` and ``ffmpeg_exe`` live in
+``vqa_cli.testing``, which the benchmarks import too; they are re-exported here beside the test-only clips
+(lying headers, rotation, codecs through ffmpeg, damage) built on them.
 """
 
 from __future__ import annotations
 
-import functools
 import os
-import shutil
 import struct
 import subprocess
 
 import cv2
 import numpy as np
 
-GRID_COLUMNS = 4
-GRID_ROWS = 3
-BITS = GRID_COLUMNS * GRID_ROWS
-MODULUS = 1 << BITS  # indices are recoverable modulo this (4096)
-
-_LOW, _HIGH = 16, 240
-
-
-def _block(shape_hw: tuple[int, int], bit: int) -> tuple[int, int, int, int]:
-    """(y0, y1, x0, x1) of block ``bit`` in a frame of the given height and width."""
-    height, width = shape_hw
-    row, col = divmod(bit, GRID_COLUMNS)
-    y0, y1 = row * height // GRID_ROWS, (row + 1) * height // GRID_ROWS
-    x0, x1 = col * width // GRID_COLUMNS, (col + 1) * width // GRID_COLUMNS
-    return y0, y1, x0, x1
-
-
-def frame_image(index: int, size: tuple[int, int] = (64, 48)) -> np.ndarray:
-    """The H x W x 3 uint8 frame that encodes ``index`` (``size`` is (width, height))."""
-    width, height = size
-    frame = np.full((height, width, 3), _LOW, dtype=np.uint8)
-    value = index % MODULUS
-    for bit in range(BITS):
-        if value >> bit & 1:
-            y0, y1, x0, x1 = _block((height, width), bit)
-            frame[y0:y1, x0:x1] = _HIGH
-    return frame
-
-
-def frame_number(rgb: np.ndarray) -> int:
-    """Read back the index encoded by ``frame_image`` (modulo ``MODULUS``) from a decoded frame."""
-    gray = rgb.astype(np.float32).mean(axis=2) if rgb.ndim == 3 else rgb.astype(np.float32)
-    value = 0
-    for bit in range(BITS):
-        y0, y1, x0, x1 = _block(gray.shape[:2], bit)
-        dy, dx = (y1 - y0) // 4, (x1 - x0) // 4
-        centre = gray[y0 + dy : y1 - dy, x0 + dx : x1 - dx]
-        if float(centre.mean()) > (_LOW + _HIGH) / 2:
-            value |= 1 << bit
-    return value
-
-
-def make_clip(
-    path: str | os.PathLike[str],
-    n_frames: int,
-    fps: float = 10.0,
-    size: tuple[int, int] = (64, 48),
-    fourcc: str = "mp4v",
-) -> str:
-    """Write a video of ``n_frames`` self-numbering frames; ``size`` is (width, height)."""
-    path = os.fspath(path)
-    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*fourcc), fps, size)
-    if not writer.isOpened():
-        raise RuntimeError(f"cv2.VideoWriter cannot write {path!r} with fourcc {fourcc!r}")
-    try:
-        for index in range(n_frames):
-            writer.write(cv2.cvtColor(frame_image(index, size), cv2.COLOR_RGB2BGR))
-    finally:
-        writer.release()
-    return path
+from vqa_cli.testing import (  # noqa: F401  (re-exported for the tests)
+    BITS,
+    GRID_COLUMNS,
+    GRID_ROWS,
+    MODULUS,
+    ffmpeg_exe,
+    frame_image,
+    frame_number,
+    make_clip,
+)
 
 
 def _header_counts(path: str) -> tuple[int, int]:
@@ -195,27 +142,6 @@ def decode_all(path: str | os.PathLike[str]) -> tuple[list[np.ndarray], list[flo
 
 
 # --------------------------------------------------------------------------- clips made by ffmpeg
-
-
-@functools.cache
-def ffmpeg_exe() -> str:
-    """The ffmpeg binary: the ``ffmpeg`` command on PATH, else the static build that imageio-ffmpeg bundles.
-
-    imageio-ffmpeg is in the ``test`` extra, so after the README's install every test that needs
-    ffmpeg runs, with or without a system ffmpeg.  Raises FileNotFoundError (never skips) when
-    neither is there, so a missing binary cannot pass for a green run.
-    """
-    found = shutil.which("ffmpeg")
-    if found:
-        return found
-    try:
-        import imageio_ffmpeg
-    except ImportError:
-        raise FileNotFoundError(
-            "no ffmpeg: install the test extra (pip install -e '.[test]', which brings imageio-ffmpeg) "
-            "or put an ffmpeg command on PATH"
-        ) from None
-    return imageio_ffmpeg.get_ffmpeg_exe()
 
 
 def ffmpeg_clip(

@@ -75,3 +75,19 @@ def test_load_benchmark_runs_end_to_end_at_the_tiny_geometry():
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [line for line in proc.stdout.splitlines() if line.startswith(("| quantize", "| pre-quantized", "| first"))]
     assert len(rows) == 3 and rows[0].split("|")[6].strip() == "1.00x"
+
+
+def test_benchmarks_import_the_project_never_tests():
+    """benchmarks/ import vqa_cli (``vqa_cli.testing`` for clips and servers), never a module of tests/."""
+    import ast
+
+    test_modules = {path.stem for path in (ROOT / "tests").glob("*.py")}
+    for script in sorted((ROOT / "benchmarks").glob("*.py")):
+        tree = ast.parse(script.read_text(encoding="utf-8"))
+        imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                    for alias in node.names}
+        imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                     if isinstance(node, ast.ImportFrom) and node.module and not node.level}
+        assert not imported & test_modules, f"{script.name} imports {sorted(imported & test_modules)} from tests/"
+        strings = {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant)}
+        assert "tests" not in strings, f"{script.name} puts tests/ on sys.path"

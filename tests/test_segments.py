@@ -14,25 +14,7 @@ from vqa_cli import segments
 from vqa_cli.cli import main
 from vqa_cli.errors import UsageError
 from vqa_cli.segments import Window
-
-# Adjacent scenes differ in hue and brightness; a square moves at a different speed in each.
-COLOURS = [(20, 20, 20), (240, 220, 40), (20, 40, 180), (235, 235, 235), (160, 20, 20), (40, 220, 120)]
-
-
-def scene_clip(path: str, lengths: list[int], fps: float = 10.0, size: tuple[int, int] = (96, 64)) -> str:
-    """A clip of concatenated scenes of ``lengths`` frames each: the cuts are at their running sums."""
-    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
-    for s, n in enumerate(lengths):
-        colour = np.array(COLOURS[s % len(COLOURS)], np.uint8)
-        for k in range(n):
-            frame = np.empty((size[1], size[0], 3), np.uint8)
-            frame[:] = colour
-            x = (k * 5 * (s + 1)) % (size[0] - 16)
-            frame[10:26, x:x + 16] = 255 - colour
-            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    writer.release()
-    return path
-
+from vqa_cli.testing import scene_clip  # the same generated scenes benchmarks/segments.py times
 
 LENGTHS = [23, 17, 31, 9, 20]  # 100 frames at 10 fps: cuts at 2.3, 4.0, 7.1, 8.0 s
 CUT_FRAMES = [23, 40, 71, 80]

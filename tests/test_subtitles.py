@@ -219,8 +219,7 @@ def test_the_readme_recipe_twice_then_a_plain_run_equal_a_run_before_it(tmp_path
     import subprocess
     import sys
 
-    from test_segments import scene_clip
-
+    from vqa_cli.testing import scene_clip
     from vqa_cli.writer._formats import format_writer
 
     video = scene_clip(str(tmp_path / "clip.mp4"), [12, 9, 14])
