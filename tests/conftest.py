@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from clips import make_clip  # noqa: E402
+from tests.clips import make_clip
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -97,7 +94,7 @@ def guide_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def clip100(tmp_path_factory) -> str:
-    from video_checks import hundred_frame_clip
+    from tests.video_checks import hundred_frame_clip
 
     return hundred_frame_clip(tmp_path_factory.mktemp("v"))
 
@@ -105,7 +102,7 @@ def clip100(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def encoded(tmp_path_factory) -> dict[str, str]:
     """Self-numbering clips from every encoder the tests use (ffmpeg's H.264 with several GOPs, OpenCV's)."""
-    from video_checks import encoded_clips
+    from tests.video_checks import encoded_clips
 
     return encoded_clips(tmp_path_factory.mktemp("encoded"))
 
@@ -113,7 +110,7 @@ def encoded(tmp_path_factory) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def oracles(encoded) -> dict:
     """Each encoded clip's frames from a full sequential decode."""
-    from clips import decode_all
+    from tests.clips import decode_all
 
     return {name: decode_all(path)[0] for name, path in encoded.items()}
 

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from benchmarks import gpu
+from benchmarks import load as load_benchmark
 
-import gpu  # noqa: E402
-import load as load_benchmark  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_decode_floor_counts_the_language_model_and_head_once(engine_factory):

@@ -7,8 +7,8 @@ import os
 import sys
 
 import pytest
-from clips import make_clip
 
+from tests.clips import make_clip
 from vqa_cli.cli import main
 from vqa_cli.inputs import expand_inputs
 from vqa_cli.records import settings_id

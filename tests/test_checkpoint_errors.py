@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cli_run import run
 
+from tests.cli_run import run
 from vqa_cli.errors import EXIT_FAILURE, VqaError, describe
 
 

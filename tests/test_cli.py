@@ -10,7 +10,8 @@ import subprocess
 import sys
 
 import pytest
-from cli_run import run
+
+from tests.cli_run import run
 
 VQA = [sys.executable, "-m", "vqa_cli"]
 

@@ -7,7 +7,8 @@ import subprocess
 import sys
 
 import pytest
-from cli_run import run
+
+from tests.cli_run import run
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from clips import make_clip
 
+from tests.clips import make_clip
 from vqa_cli.engine import RunSettings
 from vqa_cli.eval import run_eval
 from vqa_cli.eval._run import eval_sid

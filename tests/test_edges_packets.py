@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import av
 import pytest
-from clips import ffmpeg_clip, x264
 
+from tests.clips import ffmpeg_clip, x264
 from vqa_cli.video import _pyav
 from vqa_cli.video._index import scan_index
 from vqa_cli.video._inputs import Deadline

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from serve_helpers import http, raw
 
+from tests.serve_helpers import http, raw
 from vqa_cli.serve._requests import ApiError, MediaPolicy, resolve_media
 
 CANDIDATES = ["x", "hi", "ok", "Why?", "a b c d", "What is a cat?", "Name a colour.", "Count to ten", "yes", "no",
@@ -217,7 +217,8 @@ def test_logprob_tokens_concatenate_to_the_content(served):
 @pytest.mark.parametrize("n, frames", [(5, 3), (7, 4), (4, 4), (3, 8)])
 def test_frames_sent_as_images_are_at_k_seconds_spread_evenly(served, n, frames):
     import cv2
-    from clips import frame_image
+
+    from tests.clips import frame_image
 
     parts: list[dict] = [{"type": "text", "text": "What happens?"}]
     for i in range(n):

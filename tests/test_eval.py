@@ -281,7 +281,7 @@ def test_clustered_ci_matches_sandwich_estimator():
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
-    from clips import make_clip
+    from tests.clips import make_clip
 
     root = tmp_path_factory.mktemp("evalbench")
     for name in ("v1", "v2"):
@@ -415,7 +415,7 @@ def test_cli_json_summary_and_resume(tiny_dir, bench, tmp_path, capsys):
 
 @pytest.mark.heavy
 def test_resume_after_kill_9(tiny_dir, tmp_path):
-    from clips import make_clip
+    from tests.clips import make_clip
 
     videos = tmp_path / "videos"
     videos.mkdir()
@@ -490,8 +490,7 @@ def letters_dir(tiny_dir, bench, tmp_path_factory):
 
 @pytest.mark.heavy
 def test_server_gives_the_local_records(letters_dir, bench, tmp_path):
-    from serve_helpers import start
-
+    from tests.serve_helpers import start
     from vqa_cli.errors import UsageError
 
     tiny_dir = letters_dir
@@ -651,8 +650,7 @@ def test_every_family_answers_and_scores(family_dirs, bench):
 
 def test_videomme_with_subtitles_gives_the_cues_at_the_sampled_frames(tiny_dir, tmp_path, capsys, monkeypatch):
     """Video-MME's with-subtitles setting: only the cues on screen at the sampled frames, under its header."""
-    from clips import make_clip
-
+    from tests.clips import make_clip
     from vqa_cli.cli import main
     from vqa_cli.conversation import Conversation
     from vqa_cli.video import sample_frames

@@ -13,8 +13,9 @@ import json
 from pathlib import Path
 
 import pytest
-from cli_run import run
-from clips import frame_image, frame_number, make_clip
+
+from tests.cli_run import run
+from tests.clips import frame_image, frame_number, make_clip
 
 LETTERS = "ABCDE"
 

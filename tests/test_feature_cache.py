@@ -7,7 +7,8 @@ import os
 import shutil
 
 import pytest
-from cli_run import run
+
+from tests.cli_run import run
 
 SETTINGS = ["--frames", "6", "--max-new-tokens", "6"]
 
@@ -55,7 +56,7 @@ def test_a_changed_video_is_decoded_again(tiny_dir, clip_path, tmp_path, capsys)
 
 
 def test_vqa_serve_reads_what_caption_kept(tiny_dir, clip_path, tmp_path, capsys):
-    from serve_helpers import start
+    from tests.serve_helpers import start
 
     videos = tmp_path / "videos"
     videos.mkdir()

@@ -11,8 +11,8 @@ from datetime import timedelta
 import pytest
 import srt
 import webvtt
-from clips import ffmpeg_exe, make_clip
 
+from tests.clips import ffmpeg_exe, make_clip
 from vqa_cli.cli import main
 from vqa_cli.writer._formats import WRITERS, cues, format_writer
 

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-from clips import make_clip
 
+from tests.clips import make_clip
 from vqa_cli import writer
 from vqa_cli.cli import main
 from vqa_cli.inputs import expand_inputs

@@ -13,8 +13,8 @@ import time
 
 import pytest
 import torch
-from clips import make_clip
 
+from tests.clips import make_clip
 from vqa_cli import caption, writer
 from vqa_cli.caption import Captioner
 from vqa_cli.errors import UsageError

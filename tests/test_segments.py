@@ -89,7 +89,7 @@ def lossless_clip(path, frames: list[np.ndarray]) -> str:
     """``frames`` (RGB) encoded losslessly with the ffmpeg binary (FFV1 in Matroska) at ``FPS``."""
     import subprocess
 
-    from clips import ffmpeg_exe
+    from tests.clips import ffmpeg_exe
 
     cmd = [ffmpeg_exe(), "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{W}x{H}", "-r", str(FPS),
            "-i", "-", "-c:v", "ffv1", "-pix_fmt", "bgr0", str(path)]

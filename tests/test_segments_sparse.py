@@ -10,9 +10,9 @@ import math
 
 import numpy as np
 import pytest
-from cli_run import run
-from clips import frame_number, pyav_decode_all, truncate, vfr_clip
 
+from tests.cli_run import run
+from tests.clips import frame_number, pyav_decode_all, truncate, vfr_clip
 from vqa_cli.video import DecodeOptions, sample_frames
 
 SPARSE_TIMES = [0.0, 3.0, 3.5, 6.0]  # a screen recording: the first frame stays up for 3 s

@@ -17,9 +17,10 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_run import run
-from clips import make_clip
-from serve_helpers import raw, start
+
+from tests.cli_run import run
+from tests.clips import make_clip
+from tests.serve_helpers import raw, start
 
 openai = pytest.importorskip("openai")
 

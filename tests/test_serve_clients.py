@@ -15,9 +15,10 @@ import math
 
 import numpy as np
 import pytest
-from cli_run import run
-from clips import decode_all, make_clip
-from serve_helpers import raw, start
+
+from tests.cli_run import run
+from tests.clips import decode_all, make_clip
+from tests.serve_helpers import raw, start
 
 openai = pytest.importorskip("openai")
 
@@ -128,8 +129,9 @@ def test_frames_as_jpeg_image_urls_answer_like_the_model_given_those_frames(clie
 def _model_generate(tiny_dir, turns: list[dict]) -> tuple[str, int]:
     """The checkpoint's own processor renders and tokenizes the chat; the model's own ``generate`` answers."""
     import torch
-    from test_prompt_ids import _load_processor
     from transformers import LlavaNextVideoForConditionalGeneration
+
+    from tests.test_prompt_ids import _load_processor
 
     processor = _load_processor(tiny_dir)
     messages = [{"role": t["role"], "content": [{"type": "text", "text": t["content"]}]} for t in turns]

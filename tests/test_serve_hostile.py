@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from clips import make_clip
-from serve_helpers import raw, start
 
+from tests.clips import make_clip
+from tests.serve_helpers import raw, start
 from vqa_cli.serve._requests import NEUTRAL, OPENAI_FIELDS, VLLM_EXTRAS, VQA_FIELDS
 from vqa_cli.wire import FIELDS
 

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from video_checks import red_image  # noqa: E402
-
-from vqa_cli.sheet import PADDING, contact_sheet, label_height, sheet_size  # noqa: E402
-from vqa_cli.video import VideoError, read_image, sample_frames  # noqa: E402
+from tests.video_checks import red_image
+from vqa_cli.sheet import PADDING, contact_sheet, label_height, sheet_size
+from vqa_cli.video import VideoError, read_image, sample_frames
 
 
 @pytest.mark.parametrize(

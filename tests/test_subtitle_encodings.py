@@ -7,8 +7,8 @@ import codecs
 import random
 
 import pytest
-from clips import make_clip
 
+from tests.clips import make_clip
 from vqa_cli import subtitles
 from vqa_cli.cli import main
 from vqa_cli.subtitles import Cue

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from clips import make_clip
 
+from tests.clips import make_clip
 from vqa_cli import subtitles
 from vqa_cli.cli import main
 from vqa_cli.errors import UsageError

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import json
 
-from cli_run import run
-from clips import make_clip
-from serve_helpers import start
-
+from tests.cli_run import run
+from tests.clips import make_clip
+from tests.serve_helpers import start
 from vqa_cli.cli.options import run_settings
 from vqa_cli.features import feature_key
 from vqa_cli.modes import ModeSettings

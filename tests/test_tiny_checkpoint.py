@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from clips import make_clip
 
+from tests.clips import make_clip
 from vqa_cli.engine import Engine, RunSettings
 from vqa_cli.session import open_model
 from vqa_cli.testing import FAMILIES

@@ -12,9 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from clips import (  # noqa: E402
+from tests.clips import (
     audio_only,
     decode_all,
     ffmpeg_clip,
@@ -25,7 +23,7 @@ from clips import (  # noqa: E402
     make_rotated_clip,
     x264,
 )
-from video_checks import (  # noqa: E402
+from tests.video_checks import (
     FPS,
     N_FRAMES,
     SEEKS,
@@ -33,9 +31,8 @@ from video_checks import (  # noqa: E402
     assert_real_frames,
     red_image,
 )
-
-from vqa_cli.errors import EXIT_FAILURE, VqaError, describe  # noqa: E402
-from vqa_cli.video import (  # noqa: E402
+from vqa_cli.errors import EXIT_FAILURE, VqaError, describe
+from vqa_cli.video import (
     IMAGE_EXTENSIONS,
     VIDEO_EXTENSIONS,
     VideoError,

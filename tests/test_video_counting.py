@@ -3,15 +3,12 @@ what the header claims, and frames stay the real ones."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from clips import (  # noqa: E402
+from tests.clips import (
     claim_fps_mkv,
     damage,
     decode_all,
@@ -22,9 +19,8 @@ from clips import (  # noqa: E402
     truncate,
     x264,
 )
-from video_checks import FPS, SEEKS, assert_clip_consistent, assert_real_frames  # noqa: E402
-
-from vqa_cli.video import DecodeOptions, VideoError, sample_frames, uniform_indices  # noqa: E402
+from tests.video_checks import FPS, SEEKS, assert_clip_consistent, assert_real_frames
+from vqa_cli.video import DecodeOptions, VideoError, sample_frames, uniform_indices
 
 
 @pytest.mark.parametrize(

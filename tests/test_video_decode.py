@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from clips import frame_number  # noqa: E402
-from video_checks import SEEKS, assert_real_frames  # noqa: E402
-
-from vqa_cli.video import DecodeOptions, _capture, sample_frames, uniform_indices  # noqa: E402
-from vqa_cli.video._packets import PacketDecoder  # noqa: E402
+from tests.clips import frame_number
+from tests.video_checks import SEEKS, assert_real_frames
+from vqa_cli.video import DecodeOptions, _capture, sample_frames, uniform_indices
+from vqa_cli.video._packets import PacketDecoder
 
 
 def test_honest_header_decodes_once(clip100: str, monkeypatch: pytest.MonkeyPatch) -> None:

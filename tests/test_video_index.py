@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from clips import decode_all  # noqa: E402
-
-from vqa_cli.video._index import scan_index  # noqa: E402
-from vqa_cli.video._inputs import Deadline  # noqa: E402
+from tests.clips import decode_all
+from vqa_cli.video._index import scan_index
+from vqa_cli.video._inputs import Deadline
 
 
 def test_packet_index_matches_the_sequential_decode(encoded: dict[str, str]) -> None:

@@ -16,10 +16,10 @@ import av
 import cv2
 import numpy as np
 import pytest
-from clips import audio_only, av1_clip, damage, frame_number, make_rotated_clip, undecodable_video
-from test_cli import run
-from video_checks import codec_clips
 
+from tests.clips import audio_only, av1_clip, damage, frame_number, make_rotated_clip, undecodable_video
+from tests.test_cli import run
+from tests.video_checks import codec_clips
 from vqa_cli.cli.options import run_settings
 from vqa_cli.video import DECODERS, Clip, DecodeOptions, VideoError, _pyav, probe, sample_frames
 

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from clips import decode_all, frame_number, make_rotated_clip  # noqa: E402
-from video_checks import N_FRAMES, assert_real_frames  # noqa: E402
-
-from vqa_cli.video import DecodeOptions, sample_frames, uniform_indices  # noqa: E402
+from tests.clips import decode_all, frame_number, make_rotated_clip
+from tests.video_checks import N_FRAMES, assert_real_frames
+from vqa_cli.video import DecodeOptions, sample_frames, uniform_indices
 
 
 def test_keyframe_mode_snaps_targets_to_the_nearest_keyframe(encoded: dict[str, str]) -> None:

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from clips import make_clip
 
+from tests.clips import make_clip
 from vqa_cli import writer
 from vqa_cli.cli import main
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from clips import av1_clip, ffmpeg_clip, frame_number, make_clip, vpx, x264, x265
 
+from tests.clips import av1_clip, ffmpeg_clip, frame_number, make_clip, vpx, x264, x265
 from vqa_cli.video import Clip
 
 N_FRAMES = 100  # the clip100 clip: 100 frames at 10 fps, 64x48 mp4v
