@@ -96,7 +96,8 @@ OffloadDirOpt = Annotated[str | None, typer.Option(
          "written here, again for every generated token: slow); without it such a cap is refused.")]
 FitOpt = Annotated[bool, typer.Option(
     "--fit", help="Take the most frames (and if need be a cheaper mode) that fit the memory and the context.")]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Load even when the memory estimate says it does not fit.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Load even when the memory estimate says it does not fit; "
+                                      "with --out-dir, also replace files there that vqa did not write.")]
 
 # ---- prompt-guided pooling --------------------------------------------------------------------
 GuideOpt = Annotated[bool, typer.Option("--guide", help="pooled: PPLLaVA prompt-guided pooling (needs a CLIP model).")]
