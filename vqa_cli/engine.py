@@ -452,14 +452,14 @@ class Engine:
         settings = replace(self.settings, frames=len(clip.indices))
         if known is not None:
             plan = modes.image_plan(known.shape[0]) if self.uses_image_path(clip) else None
-            return self._checked_budget(settings, question, plan), known
+            return self.checked_budget(settings, question, plan), known
         if self.uses_image_path(clip):
             t = time.perf_counter()
             with torch.inference_mode():
                 features = self.adapter.image_tokens(self.model, self.checkpoint.dir, clip.frames[0])
             timings["preprocess"], timings["encode"] = 0.0, time.perf_counter() - t
-            return self._checked_budget(settings, question, modes.image_plan(features.shape[0])), features
-        budget = self._checked_budget(settings, question)
+            return self.checked_budget(settings, question, modes.image_plan(features.shape[0])), features
+        budget = self.checked_budget(settings, question)
         t = time.perf_counter()
         if frames is None:
             pixels = self.pixels(clip)
@@ -470,7 +470,7 @@ class Engine:
         timings["encode"] = timings.get("encode", 0.0) + time.perf_counter() - t
         return budget, features
 
-    def _checked_budget(self, settings: RunSettings, question: str, plan: modes.TokenPlan | None = None) -> Budget:
+    def checked_budget(self, settings: RunSettings, question: str, plan: modes.TokenPlan | None = None) -> Budget:
         """This request's budget; it must fit the RoPE factor the weights were loaded with."""
         return self.checkpoint.budget(settings, [question], num_frames=len(plan.pathways[0].frame_positions)
                                       if plan else settings.frames, plan=plan, loaded_factor=self.rope_factor)

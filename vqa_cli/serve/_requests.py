@@ -412,7 +412,7 @@ def price(request: ChatRequest, engine: Any, limit: int | None) -> None:
     if room is not None and floor > room:
         raise _too_much(floor, room, f"at least, for the tensors of {frames} frames")
     settings = replace(request.settings, frames=frames)
-    budget = view._checked_budget(settings, request.first_question)  # too many tokens: context_length_exceeded
+    budget = view.checked_budget(settings, request.first_question)  # too many tokens: context_length_exceeded
     if limit is not None:
         est = fit.estimate(view.checkpoint, settings, budget, tgt=tgt)
         need = est.kv_cache_bytes + est.activation_bytes

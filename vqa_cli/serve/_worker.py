@@ -178,7 +178,7 @@ class ModelWorker:
         image = job.media.clip is None and is_image_path(job.media.path)
         frames = 1 if image else view.checkpoint.frames_for(request.settings)
         if not image:  # a request that cannot fit fails before anything is decoded
-            view._checked_budget(replace(request.settings, frames=frames), request.first_question)
+            view.checked_budget(replace(request.settings, frames=frames), request.first_question)
         job.key = key_for(engine, job.media.source, request.settings, frames, request.first_question,
                           subtitles.digest(request.cues))
         if request.use_cache:
