@@ -67,8 +67,8 @@ def naive_loop(model_dir: str, videos: list[str], frames: int, prompt: str, max_
     import torch
     from transformers import AutoConfig, AutoTokenizer, CLIPImageProcessorPil
 
-    from vqa_cli import loading
-    from vqa_cli import prompt as prompts
+    from vqa_cli.model import loading
+    from vqa_cli.model import prompt as prompts
 
     device = loading.resolve_device(place["device"])
     model = loading.load_model(Path(model_dir), AutoConfig.from_pretrained(model_dir), device=device,

@@ -31,10 +31,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
 
-    from vqa_cli.engine import RunSettings, sample_clip
-    from vqa_cli.eval import Evaluator, build, group_items, read_items
-    from vqa_cli.eval._run import eval_sid
-    from vqa_cli.session import open_model
+    from vqa_cli.jobs.eval import Evaluator, build, group_items, read_items
+    from vqa_cli.jobs.eval._run import eval_sid
+    from vqa_cli.model.engine import RunSettings, sample_clip
+    from vqa_cli.model.session import open_model
     from vqa_cli.testing import make_clip
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -76,7 +76,7 @@ def timed_generate(model: Any, device: str, new_tokens: int, **inputs: Any) -> t
     """(seconds to first token, decode tokens/s after it) for greedy generation of exactly ``new_tokens``."""
     import torch
 
-    from vqa_cli.generate import TokenClock
+    from vqa_cli.model.generate import TokenClock
 
     clock = TokenClock()
     sync(device)
@@ -107,9 +107,9 @@ def reset_peak(device: str) -> None:
 def run(args: argparse.Namespace) -> list[dict]:
     import torch
 
-    from vqa_cli import prompt as prompts
-    from vqa_cli.engine import Checkpoint, Engine, RunSettings
-    from vqa_cli.modes import ModeSettings
+    from vqa_cli.model import prompt as prompts
+    from vqa_cli.model.engine import Checkpoint, Engine, RunSettings
+    from vqa_cli.model.modes import ModeSettings
     from vqa_cli.testing import tiny_checkpoint
     from vqa_cli.video import sample_frames
 

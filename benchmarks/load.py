@@ -1,4 +1,4 @@
-"""Loading: a pre-quantized copy (``vqa_cli.quantized``) against quantizing on load, same checkpoint, same run.
+"""Loading: a pre-quantized copy (``vqa_cli.model.quantized``) against quantizing on load, same checkpoint, same run.
 
 Baseline ("quantize on load"): vqa's loading with copies switched off (``VQA_QUANT_CACHE=0``): transformers reads
 the checkpoint's 16-bit safetensors and bitsandbytes quantizes the language model as it loads, which is what
@@ -92,7 +92,7 @@ def touch(model: Any) -> int:
 
 def _load(model_dir: Path, quant: str, dtype: Any, device: str) -> tuple[float, float, bool]:
     """One load: (load seconds, ready seconds, read from a copy)."""
-    from vqa_cli import loading
+    from vqa_cli.model import loading
 
     config, _ = loading.read_checkpoint_config(model_dir)
     started = time.perf_counter()
@@ -115,7 +115,7 @@ def load_table(model_dir: Path, *, quant: str = "4bit", dtype: str = "bfloat16",
     one-time first load that quantizes and writes the copy. ``ratio``: the baseline's ready time over the row's.
 
     The copy goes to ``cache`` (a temporary folder by default)."""
-    from vqa_cli import loading, quantized
+    from vqa_cli.model import loading, quantized
 
     device = loading.resolve_device(device)
     torch_dtype = loading.resolve_dtype(dtype, device)

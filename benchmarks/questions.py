@@ -32,9 +32,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
 
-    from vqa_cli.conversation import Conversation
-    from vqa_cli.engine import RunSettings
-    from vqa_cli.session import open_model
+    from vqa_cli.model.conversation import Conversation
+    from vqa_cli.model.engine import RunSettings
+    from vqa_cli.model.session import open_model
     from vqa_cli.testing import make_clip
     from vqa_cli.video import sample_frames
 

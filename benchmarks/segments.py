@@ -78,11 +78,11 @@ def naive(video: str, engine, frames: int) -> tuple[list[str], int]:
 
 def vqa_run(video: str, session, settings, frames: int, batch: int) -> tuple[list[str], int]:
     """``caption --segments scenes`` through its captioner; captions and frames decoded."""
-    from vqa_cli import segmented
-    from vqa_cli.records import settings_id
+    from vqa_cli.jobs import segments
+    from vqa_cli.output.records import settings_id
 
     decoded = [0]
-    original = segmented.decode_video
+    original = segments.decode_video
 
     def counting(*args, **kwargs):
         job = original(*args, **kwargs)
@@ -96,14 +96,14 @@ def vqa_run(video: str, session, settings, frames: int, batch: int) -> tuple[lis
             self.records.append(rec)
 
     sink = Sink()
-    segmented.decode_video = counting
+    segments.decode_video = counting
     try:
-        captioner = segmented.SegmentCaptioner(session.engine, settings, PROMPT, settings_id(settings.identity(),
+        captioner = segments.SegmentCaptioner(session.engine, settings, PROMPT, settings_id(settings.identity(),
                                                                                              PROMPT),
                                                batch_size=batch, workers=2, frames=frames)
         captioner.run([video], sink)
     finally:
-        segmented.decode_video = original
+        segments.decode_video = original
     rec = sink.records[0]
     assert rec["error"] is None, rec["error"]
     return [s["caption"] for s in rec["segments"]], decoded[0]
@@ -120,8 +120,8 @@ def main() -> None:
     parser.add_argument("--model", default=None)
     args = parser.parse_args()
 
-    from vqa_cli.engine import RunSettings
-    from vqa_cli.session import open_model
+    from vqa_cli.model.engine import RunSettings
+    from vqa_cli.model.session import open_model
     from vqa_cli.testing import tiny_checkpoint
 
     work = Path(tempfile.mkdtemp(prefix="vqa-segments-"))

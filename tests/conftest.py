@@ -11,7 +11,7 @@ from tests.clips import make_clip
 
 @pytest.fixture(scope="session", autouse=True)
 def _vqa_cache(tmp_path_factory):
-    """Pre-quantized copies that quantized loads write (vqa_cli.quantized) go to a temporary folder, never the
+    """Pre-quantized copies that quantized loads write (vqa_cli.model.quantized) go to a temporary folder, never the
     user's ~/.cache/vqa; set in os.environ so that `vqa` subprocesses inherit it."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("VQA_CACHE", str(tmp_path_factory.mktemp("vqa-cache")))
@@ -34,8 +34,8 @@ def clip_path(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def engine_factory(tiny_dir):
     """Build (and cache) engines on the tiny checkpoint for given settings."""
-    from vqa_cli.engine import RunSettings
-    from vqa_cli.session import open_model
+    from vqa_cli.model.engine import RunSettings
+    from vqa_cli.model.session import open_model
 
     cache: dict = {}
 
@@ -121,7 +121,7 @@ def caption_asked(tmp_path, tiny_dir, monkeypatch, capsys):
     import json
 
     from vqa_cli.cli import main
-    from vqa_cli.engine import Engine
+    from vqa_cli.model.engine import Engine
 
     asked: list[str] = []
     original = Engine.answer_batch

@@ -10,9 +10,9 @@ import pytest
 
 from tests.clips import make_clip
 from vqa_cli.cli import main
-from vqa_cli.inputs import expand_inputs
-from vqa_cli.records import settings_id
-from vqa_cli.writer import resume
+from vqa_cli.jobs.inputs import expand_inputs
+from vqa_cli.output.records import settings_id
+from vqa_cli.output.writer import resume
 
 
 @pytest.fixture()

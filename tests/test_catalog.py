@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from vqa_cli import catalog
 from vqa_cli.errors import ModelNotCachedError
-from vqa_cli.models.registry import CHECKPOINTS
+from vqa_cli.model import catalog
+from vqa_cli.model.families.registry import CHECKPOINTS
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -136,7 +136,7 @@ def _gib(n: float) -> str:
 def test_the_readme_states_the_cpu_defaults_sizes(hub_cache):
     import re
 
-    from vqa_cli.models.registry import DEFAULT_CPU_MODEL
+    from vqa_cli.model.families.registry import DEFAULT_CPU_MODEL
 
     text = (ROOT / "README.md").read_text()
     section = text[text.index("## On a laptop"):]
@@ -164,7 +164,7 @@ def test_docs_models_tables_are_the_catalogs(hub_cache):
     import re
 
     from vqa_cli.cli.models import parameters_text
-    from vqa_cli.models.registry import adapter_for
+    from vqa_cli.model.families.registry import adapter_for
 
     text = (ROOT / "docs" / "models.md").read_text()
     rows = {r["alias"]: r for r in catalog.list_models()}
@@ -216,7 +216,7 @@ def test_a_cached_checkpoint_reports_its_real_size_and_exact_memory(hub_cache, v
     import torch
     import transformers
 
-    from vqa_cli import loading
+    from vqa_cli.model import loading
 
     snapshot = _place(hub_cache, "LanguageBind/Video-LLaVA-7B-hf", video_llava_dir)
     row = _row(catalog.list_models(), "video-llava-7b")

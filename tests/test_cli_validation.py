@@ -14,7 +14,7 @@ from tests.cli_run import run
 @pytest.fixture
 def no_load(monkeypatch):
     """Loading weights fails the test: the checks must come first."""
-    from vqa_cli import engine, loading
+    from vqa_cli.model import engine, loading
 
     def never(*args, **kwargs):
         raise AssertionError("the model was loaded")

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from vqa_cli.conversation import Conversation
+from vqa_cli.model.conversation import Conversation
 from vqa_cli.video import sample_frames
 
 QUESTIONS = ["What happens in the video?", "Who is in the video?", "Describe the scene in detail.",

@@ -1,4 +1,4 @@
-"""Edges of eval's resume bookkeeping (vqa_cli/eval/_run.py): a question is done under a settings id when the
+"""Edges of eval's resume bookkeeping (vqa_cli/jobs/eval/_run.py): a question is done under a settings id when the
 output holds a record of it without an error; an error record is asked again (and its retry's record then
 counts); a re-run with nothing changed answers nothing (the model is not even loaded); a changed mode, frame
 count, protocol or score is another settings id, so every question is asked again. Oracles: the records on
@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from tests.clips import make_clip
-from vqa_cli.engine import RunSettings
-from vqa_cli.eval import run_eval
-from vqa_cli.eval._run import eval_sid
-from vqa_cli.modes import ModeSettings
+from vqa_cli.jobs.eval import run_eval
+from vqa_cli.jobs.eval._run import eval_sid
+from vqa_cli.model.engine import RunSettings
+from vqa_cli.model.modes import ModeSettings
 
 ROWS = [{"video": "one.mp4", "question": "Which shape?", "candidates": ["a square", "a circle"], "answer": "a circle"},
         {"video": "one.mp4", "question": "Which side?", "candidates": ["top", "bottom", "middle"], "answer": "top"},
@@ -57,7 +57,7 @@ def _no_loading(monkeypatch) -> None:
     def loader(*args, **kwargs):
         raise Loaded()
 
-    monkeypatch.setattr("vqa_cli.session.open_model", loader)
+    monkeypatch.setattr("vqa_cli.model.session.open_model", loader)
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_error_records_are_asked_again_and_done_ones_are_not(bench, tiny_dir, fi
     failed = {**first[1], "error": "the decoder gave up", "error_kind": "video", "answer": None}
     out.write_text("".join(json.dumps(r) + "\n" for r in (first[0], failed, first[2])))
     asked = []
-    from vqa_cli.eval import _run as run_module
+    from vqa_cli.jobs.eval import _run as run_module
 
     real_todo = run_module.Evaluator.todo
 

@@ -14,8 +14,8 @@ import pytest
 import srt
 import webvtt
 
-from vqa_cli.subtitles import parse
-from vqa_cli.writer._formats import format_writer
+from vqa_cli.output.subtitles import parse
+from vqa_cli.output.writer._formats import format_writer
 
 CLOCK = re.compile(r"(\d{2,}):([0-5]\d):([0-5]\d)([,.])(\d{3})")
 HALF_MS = Decimal("0.0005") + Decimal("1e-9")

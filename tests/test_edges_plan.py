@@ -1,4 +1,4 @@
-"""Edges of the 8-bit memory estimate (vqa_cli/plan.py): LLM.int8 stores the language model's linear weights at
+"""Edges of the 8-bit memory estimate (vqa_cli/model/memory.py): LLM.int8 stores the language model's linear weights at
 1 byte each, and everything bitsandbytes leaves alone (the vision tower, the projector, the head, embeddings,
 norms and every bias) at the compute dtype's 2 bytes; layers offloaded to the CPU stay unquantized. Oracle: the
 architecture built in the test by transformers on the meta device, its ``nn.Linear`` layers inside the language
@@ -10,7 +10,7 @@ import pytest
 import torch
 import transformers
 
-from vqa_cli import loading, plan
+from vqa_cli.model import loading, memory
 from vqa_cli.testing import tiny_checkpoint
 
 
@@ -43,15 +43,15 @@ def test_8bit_weights_are_one_byte_per_linear_weight_and_two_for_the_rest(which,
     model_dir = tiny_dir if which == "tiny" else real_7b
     total, quantized, size = _independent_bytes(model_dir, 1.0, 2)
     _, adapter = loading.read_checkpoint_config(model_dir)
-    est = plan.estimate_memory(adapter, "8bit", 2, 0)
+    est = memory.estimate_memory(adapter, "8bit", 2, 0)
     assert (est.parameters, est.quantized_parameters) == (total, quantized)
     assert 0 < quantized < total
     assert est.weight_bytes == int(size)
-    assert plan.estimate_memory(adapter, "none", 2, 0).weight_bytes == 2 * total  # nothing quantized
+    assert memory.estimate_memory(adapter, "none", 2, 0).weight_bytes == 2 * total  # nothing quantized
 
 
 def test_8bit_layers_on_the_gpu_count_one_byte_and_offloaded_ones_two(tiny_dir):
     _, adapter = loading.read_checkpoint_config(tiny_dir)
     total, _, size = _independent_bytes(tiny_dir, 1.0, 2)
-    assert plan.placement_bytes(adapter, "8bit", 2, {"": 0}) == {"cuda:0": int(size)}
-    assert plan.placement_bytes(adapter, "8bit", 2, {"": "cpu"}) == {"cpu": 2 * total}
+    assert memory.placement_bytes(adapter, "8bit", 2, {"": 0}) == {"cuda:0": int(size)}
+    assert memory.placement_bytes(adapter, "8bit", 2, {"": "cpu"}) == {"cpu": 2 * total}

@@ -1,4 +1,4 @@
-"""Edges of the pre-quantized copy's key (vqa_cli/quantized.py): the quantization, the dtype, the device kind,
+"""Edges of the pre-quantized copy's key (vqa_cli/model/quantized.py): the quantization, the dtype, the device kind,
 the source's config bytes and weight files, and the writing libraries' versions each change it; the same
 inputs give the same key. Oracle: the inputs the module docstring lists, varied one at
 a time in the test (a key that ignores one of them fails here)."""
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vqa_cli import loading, quantized
+from vqa_cli.model import loading, quantized
 
 
 @pytest.fixture

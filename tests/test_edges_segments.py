@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from vqa_cli.segments import Window, cut_windows, merge_short
+from vqa_cli.video.scenes import Window, cut_windows, merge_short
 
 
 def _model(bounds_ms: list[int], min_ms: int) -> list[tuple[int, int]]:

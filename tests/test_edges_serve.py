@@ -31,7 +31,7 @@ CANDIDATES = ["x", "hi", "ok", "Why?", "a b c d", "What is a cat?", "Name a colo
 def served(engine_factory, tmp_path_factory):
     import uvicorn
 
-    from vqa_cli.features import FeatureCache
+    from vqa_cli.model.features import FeatureCache
     from vqa_cli.serve._app import ServerState, create_app
     from vqa_cli.serve._kv import PrefixCache
     from vqa_cli.serve._worker import ModelWorker

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from vqa_cli.eval import (
+from vqa_cli.jobs.eval import (
     Evaluator,
     build,
     by_generation,
@@ -27,8 +27,8 @@ from vqa_cli.eval import (
     read_items,
     run_eval,
 )
-from vqa_cli.eval._prompts import answer_prefix
-from vqa_cli.eval._run import eval_sid
+from vqa_cli.jobs.eval._prompts import answer_prefix
+from vqa_cli.jobs.eval._run import eval_sid
 
 # ---- fixtures: a few items per format, as each benchmark publishes them -----------------------------
 
@@ -293,8 +293,8 @@ def bench(tmp_path_factory):
 
 
 def _settings(tiny_dir, mode="anyres", **kw):
-    from vqa_cli.engine import RunSettings
-    from vqa_cli.modes import ModeSettings
+    from vqa_cli.model.engine import RunSettings
+    from vqa_cli.model.modes import ModeSettings
 
     return RunSettings(model=str(tiny_dir), mode=ModeSettings(mode), frames=4, dtype="float32", max_new_tokens=6,
                        **kw)
@@ -315,8 +315,8 @@ def _evaluate(engine, settings, groups, score="generate", protocol="official"):
 def test_likelihood_matches_direct_logits(tiny_dir, engine_factory, bench):
     import torch
 
-    from vqa_cli import prompt
-    from vqa_cli.engine import sample_clip
+    from vqa_cli.model import prompt
+    from vqa_cli.model.engine import sample_clip
 
     root, ann = bench
     engine = engine_factory(frames=4)
@@ -353,7 +353,7 @@ def test_shared_encode_equals_one_question_at_a_time(tiny_dir, engine_factory, b
     key = lambda r: (r["qid"], r["raw_answer"], r["prediction"])  # noqa: E731
     assert sorted(map(key, shared)) == sorted(map(key, alone))
     # And the same as a plain `vqa ask` of the same prompt (no cache at all).
-    from vqa_cli.engine import sample_clip
+    from vqa_cli.model.engine import sample_clip
 
     first = next(r for r in shared if r["qid"] == items[0].qid)
     clip, _ = sample_clip(first["video"], engine.settings, 4)
@@ -363,8 +363,8 @@ def test_shared_encode_equals_one_question_at_a_time(tiny_dir, engine_factory, b
 
 
 def test_multi_mode_equals_separate_runs(tiny_dir, engine_factory, bench, monkeypatch):
-    from vqa_cli.engine import Engine
-    from vqa_cli.eval import _run
+    from vqa_cli.jobs.eval import _run
+    from vqa_cli.model.engine import Engine
 
     root, ann = bench
     engine = engine_factory(frames=4)
@@ -457,9 +457,9 @@ def letters_dir(tiny_dir, bench, tmp_path_factory):
     import torch
     from safetensors.torch import load_file, save_file
 
-    from vqa_cli import prompt
-    from vqa_cli.engine import RunSettings, sample_clip
-    from vqa_cli.session import open_model
+    from vqa_cli.model import prompt
+    from vqa_cli.model.engine import RunSettings, sample_clip
+    from vqa_cli.model.session import open_model
 
     root, _ = bench
     path = tmp_path_factory.mktemp("letters") / "llava-next-video"
@@ -530,7 +530,7 @@ def test_server_gives_the_local_records(letters_dir, bench, tmp_path):
 
 
 def test_likelihood_from_a_servers_top_logprobs(tmp_path):
-    from vqa_cli.eval._remote import likelihood_from_top
+    from vqa_cli.jobs.eval._remote import likelihood_from_top
 
     top = [{"token": "\u2581B", "logprob": -1.0}, {"token": "A", "logprob": -2.0}, {"token": "B", "logprob": -0.5}]
     item = read_items(_write(tmp_path / "action_count.json", MVBENCH), "mvbench")[0]
@@ -540,7 +540,7 @@ def test_likelihood_from_a_servers_top_logprobs(tmp_path):
 
 
 def test_merge_keeps_one_record_per_question(tmp_path):
-    from vqa_cli.eval._run import merge_parts
+    from vqa_cli.jobs.eval._run import merge_parts
 
     out, part = tmp_path / "o.jsonl", tmp_path / "o.jsonl.part0of2"
     rec = {"video": "v", "settings_id": "s", "error": None}
@@ -575,8 +575,8 @@ def test_two_accelerate_processes_split_and_merge(tiny_dir, bench, tmp_path):
 
 
 def test_summary_counts_and_published_figure():
-    from vqa_cli.engine import RunSettings
-    from vqa_cli.eval._run import build_summary
+    from vqa_cli.jobs.eval._run import build_summary
+    from vqa_cli.model.engine import RunSettings
 
     def rec(qid, video, correct, counted=True, unparsed=False, error=None, category="c1"):
         return {"video": video, "qid": qid, "correct": correct, "counted": counted, "unparsed": unparsed,
@@ -604,8 +604,8 @@ def test_summary_counts_and_published_figure():
 
 
 def test_official_mvbench_prefills_the_answer_prefix(engine_factory, bench):
-    from vqa_cli.engine import sample_clip
-    from vqa_cli.eval._run import prefixed_conversation
+    from vqa_cli.jobs.eval._run import prefixed_conversation
+    from vqa_cli.model.engine import sample_clip
 
     root, _ = bench
     engine = engine_factory(frames=4)
@@ -632,8 +632,8 @@ def test_a_missing_video_gives_error_records(tiny_dir, engine_factory, bench):
 
 @pytest.mark.heavy
 def test_every_family_answers_and_scores(family_dirs, bench):
-    from vqa_cli.engine import RunSettings
-    from vqa_cli.session import open_model
+    from vqa_cli.model.engine import RunSettings
+    from vqa_cli.model.session import open_model
 
     root, ann = bench
     items = read_items(ann, "mvbench")[:1]
@@ -652,7 +652,7 @@ def test_videomme_with_subtitles_gives_the_cues_at_the_sampled_frames(tiny_dir, 
     """Video-MME's with-subtitles setting: only the cues on screen at the sampled frames, under its header."""
     from tests.clips import make_clip
     from vqa_cli.cli import main
-    from vqa_cli.conversation import Conversation
+    from vqa_cli.model.conversation import Conversation
     from vqa_cli.video import sample_frames
 
     videos, subs = tmp_path / "videos", tmp_path / "subs"

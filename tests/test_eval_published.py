@@ -123,7 +123,7 @@ def test_egoschema_questions_with_the_answers_beside(tiny_dir, tmp_path, capsys)
 
 def test_egoschema_answers_named_with_an_option_or_missing(tmp_path, capsys):
     from vqa_cli.errors import UsageError
-    from vqa_cli.eval import read_benchmark
+    from vqa_cli.jobs.eval import read_benchmark
 
     root = tmp_path / "egoschema"
     questions, answers = _egoschema(root)
@@ -394,7 +394,7 @@ def test_a_name_found_twice_under_videos_is_a_usage_error(tiny_dir, tmp_path, ca
                           str(tiny_dir)], capsys)
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
     assert str(first) in err and str(second) in err
-    from vqa_cli.eval import group_items, read_items
+    from vqa_cli.jobs.eval import group_items, read_items
 
     second.unlink()  # found once, two folders down: taken
     assert [g.path for g in group_items(read_items(ann, "mvbench"), str(tmp_path / "v"))] == [str(first)]

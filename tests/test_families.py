@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from vqa_cli import modes
-from vqa_cli.engine import Checkpoint, Engine, RunSettings
-from vqa_cli.models.base import FrameFeatures
-from vqa_cli.models.registry import CHECKPOINTS, FAMILIES, adapter_for, family_for_model_type, resolve_alias
-from vqa_cli.preprocess import ProcessorConfig
-from vqa_cli.session import open_model
+from vqa_cli.model import modes
+from vqa_cli.model.engine import Checkpoint, Engine, RunSettings
+from vqa_cli.model.families.base import FrameFeatures
+from vqa_cli.model.families.registry import CHECKPOINTS, FAMILIES, adapter_for, family_for_model_type, resolve_alias
+from vqa_cli.model.session import open_model
 from vqa_cli.video import sample_frames
+from vqa_cli.video.preprocess import ProcessorConfig
 
 NEW_FAMILIES = ("video-llava", "llava-onevision")
 QUESTION = "What happens in the video?"
@@ -146,7 +146,7 @@ def test_a_video_llava_request_past_4096_positions_gets_rope_scaling(family_dirs
     ("llava-onevision", 384, 0.5, "<|im_start|>user\n<video>\nq<|im_end|>\n<|im_start|>assistant\n"),
 ])
 def test_processor_config_and_chat_template_match_the_hub_layout(family_dirs, family, side, mean, prompt):
-    from vqa_cli import prompt as prompts
+    from vqa_cli.model import prompt as prompts
 
     cfg = ProcessorConfig.from_dir(family_dirs[family])
     assert cfg.output_hw == (side, side) and cfg.mean[0] == pytest.approx(mean)

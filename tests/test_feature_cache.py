@@ -138,7 +138,7 @@ def test_a_damaged_entry_is_one_warning_and_computed_again(damage, tiny_dir, cli
 def test_an_entry_under_another_keys_name_is_not_used(tmp_path, clip_path):
     import torch
 
-    from vqa_cli.features import FeatureCache, Key
+    from vqa_cli.model.features import FeatureCache, Key
     from vqa_cli.video import sample_frames
 
     clip = sample_frames(clip_path, 2)
@@ -180,8 +180,8 @@ def test_a_full_disk_during_a_write_leaves_no_temporary_file(tiny_dir, clip_path
 
 def test_a_file_where_the_folder_should_be_is_one_warning(tiny_dir, clip_path, tmp_path, capsys):
     """The runtime side (``vqa serve`` and ``caption`` past their option checks): ``run_caption`` itself."""
-    from vqa_cli.caption import run_caption
     from vqa_cli.cli.options import run_settings
+    from vqa_cli.jobs.caption import run_caption
 
     videos = _one_video(tmp_path, clip_path)
     blocker = tmp_path / "features"
@@ -203,7 +203,7 @@ for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH: without them root o
     libc.prctl(24, cap, 0, 0, 0)  # PR_CAPBSET_DROP (effective at the exec below)
 os.execv(sys.executable, [sys.executable, "-c", '''
 import sys, torch
-from vqa_cli.features import FeatureCache, Key
+from vqa_cli.model.features import FeatureCache, Key
 from vqa_cli.video import sample_frames
 try:
     open(sys.argv[1] + "/probe", "w")
@@ -241,7 +241,7 @@ def test_a_read_only_folder_is_one_warning_and_the_memory_cache(tmp_path, clip_p
 
 
 def test_stale_temporary_files_are_removed_when_the_cache_opens(tmp_path):
-    from vqa_cli.features import STALE_TMP_SECONDS, TMP_PREFIX, FeatureCache
+    from vqa_cli.model.features import STALE_TMP_SECONDS, TMP_PREFIX, FeatureCache
 
     folder = tmp_path / "fc"
     folder.mkdir()

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from vqa_cli import catalog, fit
 from vqa_cli.cli import main
-from vqa_cli.engine import Checkpoint, RunSettings
 from vqa_cli.errors import EXIT_USAGE, MemoryFitError, UsageError, describe
-from vqa_cli.session import open_model
+from vqa_cli.model import catalog, fit
+from vqa_cli.model.engine import Checkpoint, RunSettings
+from vqa_cli.model.session import open_model
 
 GIB = 2**30
 MIB = 2**20
@@ -98,7 +98,7 @@ def test_the_estimate_is_the_documented_formula(big_dir):
 
 
 def test_a_request_too_big_for_the_ram_is_refused_before_the_weights(big_dir, monkeypatch):
-    from vqa_cli import engine
+    from vqa_cli.model import engine
 
     def never(*args, **kwargs):
         raise AssertionError("the weights were loaded")
@@ -184,7 +184,7 @@ def test_a_refused_run_touches_neither_the_network_nor_the_cache(big_dir, tmp_pa
 
 
 def test_caption_starts_from_the_largest_batch_that_fits(tiny_dir, clip_path, tmp_path, capsys, monkeypatch):
-    from vqa_cli.prompt import DEFAULT_CAPTION_PROMPT
+    from vqa_cli.model.prompt import DEFAULT_CAPTION_PROMPT
 
     videos = tmp_path / "videos"
     videos.mkdir()
@@ -224,7 +224,7 @@ def test_fit_takes_the_most_frames_that_fit_by_an_independent_computation(big_di
 
 
 def test_fit_falls_back_to_a_cheaper_mode_when_one_frame_does_not_fit(big_dir):
-    from vqa_cli.modes import ModeSettings
+    from vqa_cli.model.modes import ModeSettings
 
     settings = RunSettings(model=str(big_dir), mode=ModeSettings("pooled"), fit=True)
     checkpoint = Checkpoint(str(big_dir))
@@ -307,7 +307,7 @@ def test_the_plan_verdict_is_the_placement_the_load_gets(tiny_dir, clip_path, ca
     import torch
     import transformers
 
-    from vqa_cli import loading
+    from vqa_cli.model import loading
 
     frames, new = 3, 4
     settings = RunSettings(model=str(tiny_dir), frames=frames, max_new_tokens=new, dtype="float32")
@@ -362,7 +362,7 @@ def test_a_cap_the_weights_cannot_fit_is_refused_in_one_line_before_loading(tiny
                                                                             monkeypatch, tmp_path):
     import transformers
 
-    from vqa_cli import loading
+    from vqa_cli.model import loading
 
     def never(*args, **kwargs):
         raise AssertionError("from_pretrained was called")
@@ -390,7 +390,7 @@ def test_offloaded_layers_answer_alike(tiny_dir, clip_path, tmp_path):
     """Layers on disk (--offload-dir) are read from the safetensors when needed: the answers do not change."""
     from dataclasses import replace
 
-    from vqa_cli.engine import sample_clip
+    from vqa_cli.model.engine import sample_clip
 
     base = RunSettings(model=str(tiny_dir), frames=3, max_new_tokens=6, dtype="float32")
     params = parameters(tiny_dir)

@@ -14,7 +14,7 @@ import webvtt
 
 from tests.clips import ffmpeg_exe, make_clip
 from vqa_cli.cli import main
-from vqa_cli.writer._formats import WRITERS, cues, format_writer
+from vqa_cli.output.writer._formats import WRITERS, cues, format_writer
 
 RECORD = {"video": "/v/clip.mp4", "caption": "a\nb", "duration": 3725.5, "segments": [
     {"start": 0.0, "end": 2.3, "caption": "A red room.\n\nA cat --> sits."},
@@ -69,7 +69,7 @@ def test_chapters_are_read_by_ffmpeg(tmp_path):
 
 
 def test_every_format_has_a_writer():
-    from vqa_cli.writer._formats import OUTPUT_FORMATS
+    from vqa_cli.output.writer._formats import OUTPUT_FORMATS
 
     assert set(WRITERS) == set(OUTPUT_FORMATS) - {"jsonl"}
 

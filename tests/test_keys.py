@@ -9,8 +9,10 @@ import hashlib
 import json
 import os
 
-from vqa_cli import features, loading, quantized, records, subtitles, units
-from vqa_cli.writer import _registry
+from vqa_cli import units
+from vqa_cli.model import features, loading, quantized
+from vqa_cli.output import records, subtitles
+from vqa_cli.output.writer import _registry
 
 
 def _hex(text: str) -> str:

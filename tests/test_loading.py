@@ -8,9 +8,9 @@ import shutil
 import pytest
 import torch
 
-from vqa_cli import loading
 from vqa_cli.errors import CheckpointError, ModelNotCachedError, UnknownModelError, UnsupportedModelError
-from vqa_cli.models.registry import adapter_for, resolve_alias
+from vqa_cli.model import loading
+from vqa_cli.model.families.registry import adapter_for, resolve_alias
 from vqa_cli.video import sample_frames
 
 

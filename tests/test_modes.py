@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from vqa_cli import modes
 from vqa_cli.errors import UsageError
-from vqa_cli.modes import ModeSettings
+from vqa_cli.model import modes
+from vqa_cli.model.modes import ModeSettings
 from vqa_cli.testing import FAMILIES
 
 GRID = (24, 24)
@@ -237,9 +237,9 @@ def test_an_unknown_mode_is_refused(call):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_registered_mode_plans_the_tokens_its_apply_produces(family, family_dirs):
-    from vqa_cli.loading import read_config
-    from vqa_cli.models.base import FrameFeatures
-    from vqa_cli.models.registry import adapter_for
+    from vqa_cli.model.families.base import FrameFeatures
+    from vqa_cli.model.families.registry import adapter_for
+    from vqa_cli.model.loading import read_config
 
     adapter = adapter_for(read_config(family_dirs[family]))
     g = adapter.geometry()

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from tests.clips import make_clip
-from vqa_cli import writer
 from vqa_cli.cli import main
-from vqa_cli.inputs import expand_inputs
-from vqa_cli.records import settings_id
+from vqa_cli.jobs.inputs import expand_inputs
+from vqa_cli.output import writer
+from vqa_cli.output.records import settings_id
 
 VQA = [sys.executable, "-m", "vqa_cli"]
 TINY = ["--frames", "2", "--max-new-tokens", "2"]
@@ -216,7 +216,7 @@ def test_an_old_error_record_stays_until_a_new_record_replaces_it(videos, tiny_d
     old = _record(str(videos / "a.mp4"), sid, error="cannot decode")
     other = _record(str(videos / "zzz.mp4"), sid, error="kept: not an input of this run")
     out.write_text(json.dumps(old) + "\n" + json.dumps(other) + "\n")
-    from vqa_cli.writer import resume
+    from vqa_cli.output.writer import resume
 
     todo, _ = resume(str(out), [str(videos / "a.mp4")], sid)  # what a run does before loading the model
     assert todo == [str(videos / "a.mp4")] and _records(out) == [old, other]  # nothing deleted up front

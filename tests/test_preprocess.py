@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from transformers import CLIPImageProcessorPil
 
-from vqa_cli.preprocess import ProcessorConfig, preprocess_frames, resize_hw
 from vqa_cli.video import VIDEO_EXTENSIONS, sample_frames
+from vqa_cli.video.preprocess import ProcessorConfig, preprocess_frames, resize_hw
 
 SAMPLES = Path(os.environ.get("VQA_SAMPLE_VIDEOS", "/tmp/vqa-sample-videos"))
 
@@ -92,7 +92,7 @@ def test_column_cropped_resampling_and_lookup_give_the_same_bytes(size, resample
 
 
 def test_lookup_table_equals_the_float_formula_for_every_level():
-    from vqa_cli.preprocess import normalize
+    from vqa_cli.video.preprocess import normalize
 
     cfg = ProcessorConfig(mean=(0.5, 0.25, 0.125), std=(0.2, 0.3, 0.7), rescale_factor=1 / 255)
     levels = np.repeat(np.arange(256, dtype=np.uint8)[:, None, None], 3, axis=2)  # [256, 1, 3]
@@ -155,7 +155,7 @@ def test_engine_pixels_use_the_checkpoints_processor(family_dirs, family):
     """Engine.pixels, as ask and caption call it, on a clip of odd landscape and portrait frames."""
     import torch
 
-    from vqa_cli.engine import Checkpoint, Engine, RunSettings
+    from vqa_cli.model.engine import Checkpoint, Engine, RunSettings
     from vqa_cli.video import Clip
 
     settings = RunSettings(model=str(family_dirs[family]), dtype="float32", max_new_tokens=1)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vqa_cli import prompt
 from vqa_cli.errors import UnsupportedModelError
-from vqa_cli.generate import Generation, TimedTextStreamer
+from vqa_cli.model import prompt
+from vqa_cli.model.generate import Generation, TimedTextStreamer
 
 
 def test_the_checkpoints_template_renders_one_video_placeholder(tiny_dir):

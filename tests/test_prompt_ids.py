@@ -31,11 +31,11 @@ import numpy as np
 import pytest
 import torch
 
-from vqa_cli import prompt
-from vqa_cli.conversation import Conversation
-from vqa_cli.engine import Engine, RunSettings
-from vqa_cli.modes import ModeSettings
-from vqa_cli.session import open_model
+from vqa_cli.model import prompt
+from vqa_cli.model.conversation import Conversation
+from vqa_cli.model.engine import Engine, RunSettings
+from vqa_cli.model.modes import ModeSettings
+from vqa_cli.model.session import open_model
 from vqa_cli.video import Clip
 
 CASES = ("llava-next-video", "video-llava", "llava-onevision", "llava-next-video+bos", "video-llava+bos")

@@ -1,4 +1,4 @@
-"""Pre-quantized copies (vqa_cli.quantized): written by the first quantized load, read by the next ones with the
+"""Pre-quantized copies (vqa_cli.model.quantized): written by the first quantized load, read by the next ones with the
 same results, never used when out of date or broken, and listed by `vqa models`."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from vqa_cli import loading, quantized, rope
 from vqa_cli.errors import OutputWriteError, UsageError
+from vqa_cli.model import loading, quantized, rope
 
 IDS = torch.tensor([[1, 17, 42, 99, 7, 25, 3, 64, 12, 11, 5, 30]])  # inside the tiny vocabulary
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vqa_cli import rope
-from vqa_cli.engine import Checkpoint, RunSettings
 from vqa_cli.errors import ContextOverflowError
-from vqa_cli.modes import ModeSettings
+from vqa_cli.model import rope
+from vqa_cli.model.engine import Checkpoint, RunSettings
+from vqa_cli.model.modes import ModeSettings
 
 
 @pytest.mark.parametrize(

@@ -15,10 +15,11 @@ import pytest
 import torch
 
 from tests.clips import make_clip
-from vqa_cli import caption, writer
-from vqa_cli.caption import Captioner
 from vqa_cli.errors import UsageError
-from vqa_cli.inputs import in_shard, parse_shard
+from vqa_cli.jobs import caption
+from vqa_cli.jobs.caption import Captioner
+from vqa_cli.jobs.inputs import in_shard, parse_shard
+from vqa_cli.output import writer
 from vqa_cli.video import sample_frames
 
 VQA = [sys.executable, "-m", "vqa_cli"]
@@ -85,7 +86,7 @@ def test_out_of_memory_splits_the_batch_and_records_it(engine_factory, folder, t
     monkeypatch.setattr(engine, "answer_batch", limited)
     run = Captioner(engine, engine.settings, "Describe.", "sid", batch_size=4, workers=1, frames=4)
     videos = [str(folder / f"v{i}.mp4") for i in range(5)]
-    from vqa_cli.writer import JsonlWriter
+    from vqa_cli.output.writer import JsonlWriter
 
     with JsonlWriter(str(tmp_path / "o.jsonl")) as sink:
         summary = run.run(videos, sink)
@@ -226,7 +227,7 @@ def test_a_model_on_the_cpu_leaves_one_core_to_the_decoders(monkeypatch):
 def test_each_caption_worker_decodes_with_its_share_of_the_cores(monkeypatch):
     from types import SimpleNamespace
 
-    from vqa_cli import engine
+    from vqa_cli.model import engine
 
     seen = []
 

@@ -10,11 +10,11 @@ import cv2
 import numpy as np
 import pytest
 
-from vqa_cli import segments
 from vqa_cli.cli import main
 from vqa_cli.errors import UsageError
-from vqa_cli.segments import Window
 from vqa_cli.testing import scene_clip  # the same generated scenes benchmarks/segments.py times
+from vqa_cli.video import scenes as video_scenes
+from vqa_cli.video.scenes import Window
 
 LENGTHS = [23, 17, 31, 9, 20]  # 100 frames at 10 fps: cuts at 2.3, 4.0, 7.1, 8.0 s
 CUT_FRAMES = [23, 40, 71, 80]
@@ -29,36 +29,36 @@ def scenes(tmp_path_factory) -> str:
 
 
 def test_parse_spec():
-    assert segments.parse_spec("none") == segments.SegmentSpec("none")
-    assert segments.parse_spec("scenes").kind == "scenes"
-    assert segments.parse_spec("fixed:2.5") == segments.SegmentSpec("fixed", 2.5)
+    assert video_scenes.parse_spec("none") == video_scenes.SegmentSpec("none")
+    assert video_scenes.parse_spec("scenes").kind == "scenes"
+    assert video_scenes.parse_spec("fixed:2.5") == video_scenes.SegmentSpec("fixed", 2.5)
     for bad in ("fixed:0", "fixed:-1", "fixed:x", "shots", "fixed:inf"):
         with pytest.raises(UsageError):
-            segments.parse_spec(bad)
+            video_scenes.parse_spec(bad)
 
 
 def test_cut_windows_tile_the_video():
-    assert segments.cut_windows([2.3, 4.0, 4.0, 0.0, 12.0], 10.0) == [Window(0.0, 2.3), Window(2.3, 4.0),
+    assert video_scenes.cut_windows([2.3, 4.0, 4.0, 0.0, 12.0], 10.0) == [Window(0.0, 2.3), Window(2.3, 4.0),
                                                                       Window(4.0, 10.0)]
-    assert segments.cut_windows([], 5.0) == [Window(0.0, 5.0)]
+    assert video_scenes.cut_windows([], 5.0) == [Window(0.0, 5.0)]
 
 
 def test_fixed_windows_are_exact():
-    assert segments.fixed_windows(4.0, 10.0) == [Window(0.0, 4.0), Window(4.0, 8.0), Window(8.0, 10.0)]
-    assert segments.fixed_windows(2.5, 5.0) == [Window(0.0, 2.5), Window(2.5, 5.0)]
-    assert segments.fixed_windows(0.1, 0.3) == [Window(0.0, 0.1), Window(0.1, 0.2), Window(0.2, 0.3)]
+    assert video_scenes.fixed_windows(4.0, 10.0) == [Window(0.0, 4.0), Window(4.0, 8.0), Window(8.0, 10.0)]
+    assert video_scenes.fixed_windows(2.5, 5.0) == [Window(0.0, 2.5), Window(2.5, 5.0)]
+    assert video_scenes.fixed_windows(0.1, 0.3) == [Window(0.0, 0.1), Window(0.1, 0.2), Window(0.2, 0.3)]
 
 
 def test_short_windows_merge_with_the_shorter_neighbour():
-    windows = segments.cut_windows([2.3, 4.0, 7.1, 8.0], 10.0)  # lengths 2.3 1.7 3.1 0.9 2.0
-    merged = segments.merge_short(windows, 1.0)
+    windows = video_scenes.cut_windows([2.3, 4.0, 7.1, 8.0], 10.0)  # lengths 2.3 1.7 3.1 0.9 2.0
+    merged = video_scenes.merge_short(windows, 1.0)
     assert merged == [Window(0.0, 2.3), Window(2.3, 4.0), Window(4.0, 7.1), Window(7.1, 10.0)]  # 0.9 -> next (2.0)
     # 0.9 -> next (2.0 < 3.1), then 1.7 -> previous (2.3 < 3.1)
-    assert segments.merge_short(windows, 2.0) == [Window(0.0, 4.0), Window(4.0, 7.1), Window(7.1, 10.0)]
-    assert segments.merge_short(windows, 100.0) == [Window(0.0, 10.0)]
-    assert segments.merge_short([Window(0.0, 0.5), Window(0.5, 5.0)], 1.0) == [Window(0.0, 5.0)]  # first -> next
+    assert video_scenes.merge_short(windows, 2.0) == [Window(0.0, 4.0), Window(4.0, 7.1), Window(7.1, 10.0)]
+    assert video_scenes.merge_short(windows, 100.0) == [Window(0.0, 10.0)]
+    assert video_scenes.merge_short([Window(0.0, 0.5), Window(0.5, 5.0)], 1.0) == [Window(0.0, 5.0)]  # first -> next
     for limit in (0.5, 1.0, 2.0, 3.0):  # still a tiling, and nothing short unless one window is left
-        out = segments.merge_short(windows, limit)
+        out = video_scenes.merge_short(windows, limit)
         assert out[0].start == 0.0 and out[-1].end == 10.0
         assert all(a.end == b.start for a, b in zip(out, out[1:], strict=False))
         assert len(out) == 1 or min(w.length for w in out) >= limit
@@ -68,7 +68,7 @@ def test_short_windows_merge_with_the_shorter_neighbour():
 
 
 def test_detected_cuts_are_within_one_frame_of_the_true_cuts(scenes):
-    cuts, duration, scanned = segments.detect_cuts(scenes)
+    cuts, duration, scanned = video_scenes.detect_cuts(scenes)
     assert duration == pytest.approx(10.0) and scanned == 100
     assert len(cuts) == len(CUT_FRAMES)
     for found, frame in zip(cuts, CUT_FRAMES, strict=True):
@@ -76,7 +76,7 @@ def test_detected_cuts_are_within_one_frame_of_the_true_cuts(scenes):
 
 
 def test_a_high_threshold_finds_no_cut(scenes):
-    cuts, _, _ = segments.detect_cuts(scenes, threshold=250.0)
+    cuts, _, _ = video_scenes.detect_cuts(scenes, threshold=250.0)
     assert cuts == []
 
 
@@ -153,7 +153,7 @@ HARD_CUTS = {
 @pytest.mark.parametrize("name", list(HARD_CUTS))
 def test_the_default_detector_finds_every_hard_cut_within_one_frame(name, tmp_path):
     frames, truth = HARD_CUTS[name]
-    cuts, duration, scanned = segments.detect_cuts(lossless_clip(tmp_path / "cuts.mkv", frames))
+    cuts, duration, scanned = video_scenes.detect_cuts(lossless_clip(tmp_path / "cuts.mkv", frames))
     assert scanned == len(frames) and duration == pytest.approx(len(frames) / FPS)
     assert len(cuts) == len(truth), (cuts, truth)
     for found, frame in zip(cuts, truth, strict=True):
@@ -165,33 +165,34 @@ def test_a_fade_is_at_most_one_cut_and_a_cut_after_it_is_found(tmp_path):
     it is still found."""
     a, b = flat((0, 0, 255), 30), flat((255, 200, 0), 30)
     frames, (fade_start, fade_end, cut) = shots(a, fade(a[-1], b[0], 15), b, flat((0, 255, 0), 30))
-    cuts, _, _ = segments.detect_cuts(lossless_clip(tmp_path / "fade.mkv", frames))
+    cuts, _, _ = video_scenes.detect_cuts(lossless_clip(tmp_path / "fade.mkv", frames))
     in_fade = [c for c in cuts if fade_start - 1 <= c * FPS <= fade_end + 1]
     assert len(in_fade) <= 1 and len(cuts) == len(in_fade) + 1, cuts
     assert abs(cuts[-1] * FPS - cut) <= 1
     textured, _ = shots(noise(30, 1), fade(noise(1, 1)[0], noise(1, 2)[0], 10), noise(30, 2))  # a dissolve
-    cuts, _, _ = segments.detect_cuts(lossless_clip(tmp_path / "dissolve.mkv", textured))
+    cuts, _, _ = video_scenes.detect_cuts(lossless_clip(tmp_path / "dissolve.mkv", textured))
     assert len(cuts) <= 1 and all(29 <= c * FPS <= 41 for c in cuts), cuts
 
 
 def test_cuts_on_consecutive_frames_are_one_transition():
-    assert segments.collapse_runs([]) == []
-    assert segments.collapse_runs([30, 50]) == [30, 50]
-    assert segments.collapse_runs([31, 30, 30]) == [30]  # two: the earlier
-    assert segments.collapse_runs(list(range(30, 46)) + [75]) == [37, 75]  # 30..45: the middle (earlier of two)
-    assert segments.collapse_runs([10, 11, 12, 20]) == [11, 20]
+    assert video_scenes.collapse_runs([]) == []
+    assert video_scenes.collapse_runs([30, 50]) == [30, 50]
+    assert video_scenes.collapse_runs([31, 30, 30]) == [30]  # two: the earlier
+    assert video_scenes.collapse_runs(list(range(30, 46)) + [75]) == [37, 75]  # 30..45: the middle (earlier of two)
+    assert video_scenes.collapse_runs([10, 11, 12, 20]) == [11, 20]
 
 
 def test_each_detector_has_its_own_threshold_and_the_choice_is_in_the_settings_id():
     from vqa_cli.cli.options import run_settings
-    from vqa_cli.records import settings_id
+    from vqa_cli.output.records import settings_id
 
     assert run_settings(model="m").scene_detector == "combined"
     for detector, default in (("combined", 27.0), ("content", 27.0), ("adaptive", 3.0), ("histogram", 0.2)):
         assert run_settings(model="m", scene_detector=detector).scene_threshold == default
         assert run_settings(model="m", scene_detector=detector, scene_threshold=0.5).scene_threshold == 0.5
-    assert segments.combined_thresholds(27.0) == (27.0, 0.2) and segments.combined_thresholds(13.5) == (13.5, 0.1)
-    assert segments.combined_thresholds(135.0) == (135.0, None)  # PySceneDetect caps the histogram's at 1
+    assert video_scenes.combined_thresholds(27.0) == (27.0, 0.2)
+    assert video_scenes.combined_thresholds(13.5) == (13.5, 0.1)
+    assert video_scenes.combined_thresholds(135.0) == (135.0, None)  # PySceneDetect caps the histogram's at 1
 
     def sid(**kw):
         return settings_id(run_settings(model="m", **kw).identity(), "p")
@@ -210,7 +211,7 @@ def test_scene_detector_reaches_pyscenedetect(tmp_path, tiny_dir, capsys):
     assert all((h == luma[0]).all() for h in luma)
     clip = lossless_clip(tmp_path / "stripes.mkv", frames)
     from vqa_cli.cli.options import run_settings
-    from vqa_cli.segmented import windows_of
+    from vqa_cli.jobs.segments import windows_of
 
     for extra, windows in (({}, [(0.0, 2.5), (2.5, 5.0)]),
                            ({"scene_detector": "histogram"}, [(0.0, 5.0)]),
@@ -310,7 +311,7 @@ def test_resume_and_a_killed_run_with_segments(scenes, tiny_dir, tmp_path, capsy
 
 
 def test_an_undecodable_video_gets_one_error_record_with_every_field(tiny_dir, tmp_path, capsys):
-    from vqa_cli.records import CAPTION_FIELDS
+    from vqa_cli.output.records import CAPTION_FIELDS
 
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"\0" * 4096)
@@ -322,7 +323,7 @@ def test_an_undecodable_video_gets_one_error_record_with_every_field(tiny_dir, t
 
 def test_settings_id_follows_the_settings_that_change_captions():
     from vqa_cli.cli.options import run_settings
-    from vqa_cli.records import settings_id
+    from vqa_cli.output.records import settings_id
 
     def sid(**kw):
         return settings_id(run_settings(model="m", **kw).identity(), "p")

@@ -156,10 +156,10 @@ def vfr_scenes(tmp_path_factory) -> str:
 def test_scene_cuts_of_a_variable_frame_rate_are_at_the_frames_own_times(vfr_scenes, tiny_dir, tmp_path, capsys):
     """PySceneDetect's end is its decoded count over the nominal rate (7 frames: 0.23 s), which put every cut
     past the end; the cuts and the end are the frames' own times."""
-    from vqa_cli import segments
+    from vqa_cli.video import scenes
 
     pts = pyav_decode_all(vfr_scenes)[1]
-    cuts, duration, scanned = segments.detect_cuts(vfr_scenes)
+    cuts, duration, scanned = scenes.detect_cuts(vfr_scenes)
     assert cuts == [pts[i] for i in SCENE_STARTS] and duration > pts[-1] and scanned == len(pts)
     out = tmp_path / "c.jsonl"
     code, _, err = run(["caption", vfr_scenes, "--out", str(out), "--segments", "scenes", *_args(tiny_dir)], capsys)

@@ -145,15 +145,15 @@ def _full_prefill_logprobs(tiny_dir, media, turns, top):
     """The first new token's top log-probabilities from one forward of the whole conversation (no cache)."""
     import torch
 
-    from vqa_cli import prompt
-    from vqa_cli.conversation import Conversation
-    from vqa_cli.engine import RunSettings
-    from vqa_cli.session import open_model
+    from vqa_cli.model import prompt
+    from vqa_cli.model.conversation import Conversation
+    from vqa_cli.model.engine import RunSettings
+    from vqa_cli.model.session import open_model
 
     settings = RunSettings(model=str(tiny_dir), frames=8, max_new_tokens=8)
     session = open_model(settings, ["?"], reserve=1024)
     engine = session.engine
-    from vqa_cli.engine import sample_clip
+    from vqa_cli.model.engine import sample_clip
 
     clip, _ = sample_clip(str(media / "a.mp4"), settings, 8)
     _, features = engine._features(clip, turns[0]["text"], {})

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from vqa_cli.engine import RunSettings
 from vqa_cli.errors import ContextOverflowError, InputNotFoundError
-from vqa_cli.session import check_input, open_model, open_session
+from vqa_cli.model.engine import RunSettings
+from vqa_cli.model.session import check_input, open_model, open_session
 
 
 def test_a_missing_input_or_a_folder_fails_before_the_model_is_read(tmp_path):
@@ -21,7 +21,7 @@ def test_a_missing_input_or_a_folder_fails_before_the_model_is_read(tmp_path):
 
 
 def test_a_request_that_cannot_fit_fails_before_the_weights_load(tiny_dir, monkeypatch):
-    from vqa_cli import engine
+    from vqa_cli.model import engine
 
     def never(*args, **kwargs):
         raise AssertionError("the weights were loaded")
@@ -40,7 +40,8 @@ def test_a_session_holds_the_engine_the_budgeted_clip_and_the_timings(tiny_dir, 
 
 
 def test_the_frame_count_is_planned_from_config_json_without_transformers(tiny_dir):
-    probe = ("import sys\nfrom vqa_cli.engine import RunSettings\nfrom vqa_cli.session import planned_frames\n"
+    probe = ("import sys\nfrom vqa_cli.model.engine import RunSettings\n"
+             "from vqa_cli.model.session import planned_frames\n"
              f"print(planned_frames(RunSettings(model={str(tiny_dir)!r})), 'transformers' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120).stdout.split()
     assert out == ["32", "False"]

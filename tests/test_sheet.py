@@ -1,4 +1,4 @@
-"""Contact sheets (vqa_cli.sheet) of sampled clips."""
+"""Contact sheets (vqa_cli.output.sheet) of sampled clips."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.video_checks import red_image
-from vqa_cli.sheet import PADDING, contact_sheet, label_height, sheet_size
+from vqa_cli.output.sheet import PADDING, contact_sheet, label_height, sheet_size
 from vqa_cli.video import VideoError, read_image, sample_frames
 
 

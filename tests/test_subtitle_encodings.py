@@ -9,9 +9,9 @@ import random
 import pytest
 
 from tests.clips import make_clip
-from vqa_cli import subtitles
 from vqa_cli.cli import main
-from vqa_cli.subtitles import Cue
+from vqa_cli.output import subtitles
+from vqa_cli.output.subtitles import Cue
 
 TEXTS = ["Un café très “noir”", "Grüße aus Köln – naïve", "plain ASCII"]  # the oracle: what the test writes
 
@@ -156,7 +156,7 @@ def test_questions_that_are_not_utf8_are_one_line_and_exit_2(tmp_path, tiny_dir,
 
 def test_the_encoding_is_part_of_the_settings_only_when_given():
     from vqa_cli.cli.options import run_settings
-    from vqa_cli.records import settings_id
+    from vqa_cli.output.records import settings_id
 
     def sid(**kw):
         return settings_id(run_settings(model="m", subtitles="auto", **kw).identity(), "p")

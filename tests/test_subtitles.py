@@ -7,10 +7,10 @@ import json
 import pytest
 
 from tests.clips import make_clip
-from vqa_cli import subtitles
 from vqa_cli.cli import main
 from vqa_cli.errors import UsageError
-from vqa_cli.subtitles import Cue
+from vqa_cli.output import subtitles
+from vqa_cli.output.subtitles import Cue
 
 SRT = """\ufeff1
 00:00:00,500 --> 00:00:01,500
@@ -219,8 +219,8 @@ def test_the_readme_recipe_twice_then_a_plain_run_equal_a_run_before_it(tmp_path
     import subprocess
     import sys
 
+    from vqa_cli.output.writer._formats import format_writer
     from vqa_cli.testing import scene_clip
-    from vqa_cli.writer._formats import format_writer
 
     video = scene_clip(str(tmp_path / "clip.mp4"), [12, 9, 14])
     common = [video, "--model", str(tiny_dir), "--dtype", "float32", "--frames", "2", "--max-new-tokens", "4",

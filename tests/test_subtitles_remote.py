@@ -10,8 +10,8 @@ from tests.cli_run import run
 from tests.clips import make_clip
 from tests.serve_helpers import start
 from vqa_cli.cli.options import run_settings
-from vqa_cli.features import feature_key
-from vqa_cli.modes import ModeSettings
+from vqa_cli.model.features import feature_key
+from vqa_cli.model.modes import ModeSettings
 
 SETTINGS = ["--frames", "2", "--max-new-tokens", "4"]
 # frames 10 and 30 of a 4 s clip at 10 fps: 1.0 s and 3.0 s (with fixed:2, 0.5 s and 2.5 s)
@@ -103,8 +103,8 @@ def test_server_gives_the_subtitles_a_local_run_gives(tiny_dir, tmp_path, capsys
 def test_a_request_carries_the_cues_and_a_malformed_field_is_a_400():
     import pytest
 
-    from vqa_cli import subtitles
-    from vqa_cli.engine import RunSettings
+    from vqa_cli.model.engine import RunSettings
+    from vqa_cli.output import subtitles
     from vqa_cli.serve._requests import ApiError, parse_chat
 
     def parse(value):

@@ -336,7 +336,7 @@ def test_rotation_written_by_ffmpeg(tmp_path: Path) -> None:
 
 def test_no_torch_or_transformers_imported() -> None:
     code = (
-        "import sys, vqa_cli.video, vqa_cli.sheet; "
+        "import sys, vqa_cli.video, vqa_cli.output.sheet; "
         "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; "
         "sys.exit(1 if bad else 0)"
     )

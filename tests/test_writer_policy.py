@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.clips import make_clip
-from vqa_cli import writer
 from vqa_cli.cli import main
+from vqa_cli.output import writer
 
 HAND_MADE_SRT = b"1\r\n00:00:00,000 --> 00:00:01,000\r\nMy own subtitle, typed by hand.\r\n\r\n"
 

@@ -50,7 +50,7 @@ from vqa_cli.cli.options import (
     run_settings,
 )
 from vqa_cli.errors import UsageError
-from vqa_cli.modes import DEFAULT_MODE
+from vqa_cli.model.modes import DEFAULT_MODE
 
 
 def ask(
@@ -99,7 +99,7 @@ def ask(
     subtitle_encoding: SubtitleEncodingOpt = None,
 ) -> int:
     """Answer questions about a video, streaming the answers to stdout."""
-    from vqa_cli.ask import run_ask
+    from vqa_cli.jobs.ask import run_ask
 
     asked = list(questions or []) + _read_questions(questions_file)
     if not asked:

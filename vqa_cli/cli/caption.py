@@ -49,7 +49,7 @@ from vqa_cli.cli.options import (
     run_settings,
     writable_folder,
 )
-from vqa_cli.modes import DEFAULT_MODE
+from vqa_cli.model.modes import DEFAULT_MODE
 
 
 def caption(
@@ -107,8 +107,8 @@ def caption(
     out_dir: OutDirOpt = None,
 ) -> int:
     """Caption videos into JSON Lines, one record per video. Exit 0: all captioned; 1: some failed; 2: usage."""
-    from vqa_cli.caption import run_caption
-    from vqa_cli.prompt import DEFAULT_CAPTION_PROMPT
+    from vqa_cli.jobs.caption import run_caption
+    from vqa_cli.model.prompt import DEFAULT_CAPTION_PROMPT
 
     settings = run_settings(
         frames=frames, fps=fps, max_frames=max_frames, seek=seek, decoder=decoder, start=start, end=end,

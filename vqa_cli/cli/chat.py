@@ -34,7 +34,7 @@ from vqa_cli.cli.options import (
     VideoArg,
     run_settings,
 )
-from vqa_cli.modes import DEFAULT_MODE
+from vqa_cli.model.modes import DEFAULT_MODE
 
 
 def chat(
@@ -68,7 +68,7 @@ def chat(
     time_prompt: TimePromptOpt = False,
 ) -> int:
     """Talk about a video: the conversation stays in the KV cache (/reset, /frames, /save FILE, /quit)."""
-    from vqa_cli.chat import run_chat
+    from vqa_cli.jobs.chat import run_chat
 
     settings = run_settings(
         frames=frames, fps=fps, max_frames=max_frames, seek=seek, decoder=decoder, start=start, end=end,

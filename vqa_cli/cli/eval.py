@@ -37,10 +37,10 @@ from vqa_cli.cli.options import (
     run_settings,
 )
 from vqa_cli.errors import UsageError
-from vqa_cli.eval._formats import FormatChoice
-from vqa_cli.eval._prompts import Protocol
-from vqa_cli.eval._score import Score
-from vqa_cli.modes import DEFAULT_MODE, ModeName
+from vqa_cli.jobs.eval._formats import FormatChoice
+from vqa_cli.jobs.eval._prompts import Protocol
+from vqa_cli.jobs.eval._score import Score
+from vqa_cli.model.modes import DEFAULT_MODE, ModeName
 
 
 def _subtitles(choice: str) -> str:
@@ -119,7 +119,7 @@ def eval(  # noqa: A001 - the command's name
     time_prompt: TimePromptOpt = False,
 ) -> int:
     """Measure accuracy on a video benchmark. Exit 0: every question answered; 1: some failed; 2: usage."""
-    from vqa_cli.eval._run import run_eval
+    from vqa_cli.jobs.eval._run import run_eval
 
     if server and subtitles != "off":
         raise UsageError("--subtitles puts the cues in the prompt here: it does not go through --server")

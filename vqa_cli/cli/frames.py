@@ -22,7 +22,7 @@ from vqa_cli.cli.options import (
     run_settings,
 )
 from vqa_cli.errors import UsageError
-from vqa_cli.modes import DEFAULT_MODE, ModeName, ModeSettings
+from vqa_cli.model.modes import DEFAULT_MODE, ModeName, ModeSettings
 
 
 def frames(
@@ -41,29 +41,29 @@ def frames(
     end: EndOpt = None,
 ) -> int:
     """Show which frames the model will see: indices and timestamps (no model is loaded)."""
-    from vqa_cli.engine import frames_for, sample_clip
-    from vqa_cli.session import check_input
+    from vqa_cli.model.engine import frames_for, sample_clip
+    from vqa_cli.model.session import check_input
 
     request = run_settings(frames=frames, fps=fps, max_frames=max_frames, seek=seek, decoder=decoder, start=start,
                            end=end, mode=mode, slow_frames=slow_frames)
     if sheet:
-        from vqa_cli.sheet import SHEET_FORMATS
+        from vqa_cli.output.sheet import SHEET_FORMATS
 
         if not sheet.lower().endswith(tuple(SHEET_FORMATS)):
             raise UsageError(f"--sheet must end in one of {', '.join(sorted(SHEET_FORMATS))}")
     check_input(video)
     if sheet:
-        from vqa_cli.writer import check_output, vqa_wrote
+        from vqa_cli.output.writer import check_output, vqa_wrote
 
         check_output(sheet, [video], flag="--sheet", accept=vqa_wrote("choose another --sheet file"))
     clip, _ = sample_clip(video, request, frames_for(request))
     pathways = _frame_pathways(mode, len(clip.indices), slow_frames)
     if sheet:
-        from vqa_cli.sheet import contact_sheet
+        from vqa_cli.output.sheet import contact_sheet
 
         contact_sheet(clip, sheet)
     if as_json:
-        from vqa_cli import records
+        from vqa_cli.output import records
 
         console.emit_json(records.frames_record(video, clip, mode, pathways))
     else:
@@ -84,7 +84,7 @@ def _frame_pathways(mode: ModeName, num_frames: int, slow_frames: int | None) ->
 
     Frame selection does not depend on the model's grid, so the reference grid stands in.
     """
-    from vqa_cli import modes
+    from vqa_cli.model import modes
 
     plan = modes.plan(ModeSettings(mode, slow_frames=slow_frames), num_frames, modes.REFERENCE_GEOMETRY)
     return [{"name": p.name, "frames": list(p.frame_positions)} for p in plan.pathways]

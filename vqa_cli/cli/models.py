@@ -1,5 +1,5 @@
 """``vqa models`` and ``vqa download``: the checkpoint catalog, getting one into the cache, and its pre-quantized
-copies (``vqa_cli.quantized``)."""
+copies (``vqa_cli.model.quantized``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import typer
 
 from vqa_cli import console
 from vqa_cli.cli.options import DeviceOpt, DtypeOpt, JsonOpt
-from vqa_cli.loading import Quant
+from vqa_cli.model.loading import Quant
 
 QuantizedOpt = Annotated[bool, typer.Option(
     "--quantized", help="List the pre-quantized copies in the vqa cache instead (local directories' too).")]
@@ -23,7 +23,7 @@ def models(as_json: JsonOpt = False, quantized: QuantizedOpt = False) -> int:
     """List known checkpoints: alias, family, size, memory per quantization, whether cached (and pre-quantized)."""
     if quantized:
         return _copies(as_json)
-    from vqa_cli.catalog import list_models
+    from vqa_cli.model.catalog import list_models
 
     rows = list_models()
     if as_json:
@@ -35,7 +35,7 @@ def models(as_json: JsonOpt = False, quantized: QuantizedOpt = False) -> int:
               *(f"{r['memory_gib'][q]:.1f}" for q in ("4bit", "8bit", "none")),
               "yes" if r["cached"] else ("config" if r["config_cached"] else "no"),
               ",".join(r["quantized"]) or "-"] for r in rows]
-    from vqa_cli.models.registry import DEFAULT_CPU_MODEL, DEFAULT_MODEL
+    from vqa_cli.model.families.registry import DEFAULT_CPU_MODEL, DEFAULT_MODEL
 
     console.table(header, table, caption=f"* default on this machine (with CUDA {DEFAULT_MODEL}, without "
                   f"{DEFAULT_CPU_MODEL}); ~ not downloaded: the parameters at 16 bits")
@@ -49,7 +49,7 @@ def parameters_text(n: int) -> str:
 
 def _copies(as_json: bool) -> int:
     """Every pre-quantized copy in the vqa cache, with its source and whether it is still current."""
-    from vqa_cli.quantized import cache_dir, human_size, list_copies
+    from vqa_cli.model.quantized import cache_dir, human_size, list_copies
 
     rows = list_copies()
     if as_json:
@@ -70,13 +70,13 @@ def download(
 ) -> int:
     """Fetch a checkpoint (safetensors, configs, tokenizer) into the Hugging Face cache for offline use, and with
     --quant store a pre-quantized copy of it."""
-    from vqa_cli.catalog import download as fetch
+    from vqa_cli.model.catalog import download as fetch
 
     path = fetch(model, progress=console.stderr_is_tty())
     print(path, flush=True)
     if quant in (None, "none"):
         return 0
-    from vqa_cli import loading, quantized
+    from vqa_cli.model import loading, quantized
 
     where = loading.resolve_device(device)
     compute = loading.resolve_dtype(dtype, where)

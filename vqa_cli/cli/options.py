@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import typer
 
 from vqa_cli.errors import InvalidValueError, UsageError
-from vqa_cli.loading import Dtype, Quant
-from vqa_cli.modes import DEFAULT_MODE, ModeName, ModeSettings
-from vqa_cli.rope import RopeType
-from vqa_cli.segments import DEFAULT_SCENE_DETECTOR, SceneDetector
+from vqa_cli.model.loading import Dtype, Quant
+from vqa_cli.model.modes import DEFAULT_MODE, ModeName, ModeSettings
+from vqa_cli.model.rope import RopeType
 from vqa_cli.video import DecoderName, SeekMode
+from vqa_cli.video.scenes import DEFAULT_SCENE_DETECTOR, SceneDetector
 
 if TYPE_CHECKING:
-    from vqa_cli.engine import RunSettings
+    from vqa_cli.model.engine import RunSettings
 
 _NOT_AN_OPTION: Any = object()  # run_settings' model for a command without --model
 Stride = Literal["1", "2", "4"]  # anyres per-frame pooling strides, as typed on the command line
@@ -106,7 +106,7 @@ GuideModelOpt = Annotated[str | None, typer.Option("--guide-model", help="CLIP m
 GuideKernelOpt = Annotated[str | None, typer.Option("--guide-kernel", help="pooled --guide: window T,H,W "
                                                     "(default 2,3,3 at 24x24).", show_default=False)]
 
-# ---- captions in time: segments and subtitles (vqa_cli/segments.py, vqa_cli/subtitles.py) --------------
+# ---- captions in time: segments and subtitles (vqa_cli/video/scenes.py, vqa_cli/output/subtitles.py) --------------
 SegmentsOpt = Annotated[str, typer.Option(
     "--segments", help="One answer per segment: none, scenes (PySceneDetect, --scene-detector) or fixed:SECONDS.")]
 SceneDetectorOpt = Annotated[SceneDetector, typer.Option(
@@ -174,9 +174,9 @@ def run_settings(
     Raises ``UsageError`` for combinations the options cannot express on their own (a window that
     ends before it starts, both --frames and --fps, --guide outside --mode pooled, ...).
     """
-    from vqa_cli.engine import RunSettings
-    from vqa_cli.fit import parse_max_memory
-    from vqa_cli.guide import DEFAULT_GUIDE_MODEL
+    from vqa_cli.model.engine import RunSettings
+    from vqa_cli.model.fit import parse_max_memory
+    from vqa_cli.model.guide import DEFAULT_GUIDE_MODEL
 
     _check_window(start, end)
     _check_rate(frames, fps, max_frames)
@@ -254,9 +254,9 @@ def _time_settings(segments: str, scene_detector: str, scene_threshold: float | 
                    subtitles: str) -> dict:
     """``--segments`` (canonical: ``fixed:5`` for ``fixed:5.0``), its scene knobs (the threshold: the detector's
     default when not given) and ``--subtitles``, checked."""
-    from vqa_cli.segments import parse_spec
-    from vqa_cli.segments import scene_threshold as threshold_for
-    from vqa_cli.subtitles import check_choice
+    from vqa_cli.output.subtitles import check_choice
+    from vqa_cli.video.scenes import parse_spec
+    from vqa_cli.video.scenes import scene_threshold as threshold_for
 
     spec = parse_spec(segments)
     text = f"fixed:{spec.seconds:g}" if spec.kind == "fixed" else spec.kind
@@ -267,7 +267,7 @@ def _time_settings(segments: str, scene_detector: str, scene_threshold: float | 
 
 def _subtitle_encoding(value: str | None) -> str | None:
     """``--subtitle-encoding``: a text encoding, by its canonical name (``subtitles.check_encoding``)."""
-    from vqa_cli.subtitles import check_encoding
+    from vqa_cli.output.subtitles import check_encoding
 
     return check_encoding(value)
 
@@ -288,8 +288,9 @@ def _model(model: str | None, device: str | None) -> str:
     """``--model``, else the default for the device the run uses (``loading.default_model``: the 7B model
     with CUDA, the small one on the CPU, which a notice names). A command without ``--model`` (``frames``)
     opens no model: it gets the CUDA default without asking torch."""
-    from vqa_cli import console, loading
-    from vqa_cli.models.registry import DEFAULT_CPU_MODEL, DEFAULT_MODEL
+    from vqa_cli import console
+    from vqa_cli.model import loading
+    from vqa_cli.model.families.registry import DEFAULT_CPU_MODEL, DEFAULT_MODEL
 
     if model is _NOT_AN_OPTION:
         return os.environ.get("VQA_MODEL") or DEFAULT_MODEL

@@ -68,7 +68,7 @@ def model_names(model: str, folder: Path) -> set[str]:
     """What a request's ``model`` may say besides the served name: the ``--model`` given, the checkpoint's hub
     id and its catalog alias (when known: from the name given, or the hub cache folder it was found in), its
     folder's name and its absolute path."""
-    from vqa_cli.models.registry import CHECKPOINTS, resolve_alias
+    from vqa_cli.model.families.registry import CHECKPOINTS, resolve_alias
 
     folder = Path(folder).expanduser().absolute()
     names = {model, str(folder), str(folder.resolve())}
@@ -87,13 +87,13 @@ def model_names(model: str, folder: Path) -> set[str]:
 def run_server(settings: Any, options: ServeOptions) -> int:
     import uvicorn
 
-    from vqa_cli.chat import TURN_RESERVE
-    from vqa_cli.features import FeatureCache
+    from vqa_cli.jobs.chat import TURN_RESERVE
+    from vqa_cli.model.features import FeatureCache
+    from vqa_cli.model.session import check_memory, open_model, plan_model
     from vqa_cli.serve._app import ServerState, create_app
     from vqa_cli.serve._kv import PrefixCache
     from vqa_cli.serve._requests import MediaPolicy
     from vqa_cli.serve._worker import ModelWorker
-    from vqa_cli.session import check_memory, open_model, plan_model
 
     roots = [Path(r).expanduser() for r in (options.media_roots or ["."])]
     for root in roots:
@@ -164,7 +164,7 @@ def request_limit(checkpoint: Any, settings: Any, budget: Any, checked: Any = No
     """``--max-request-memory``'s default: the memory the computing device has at startup (``fit.probe_memory``;
     within its ``--max-memory`` cap) less what the server itself holds there: the weights, the guide model and the
     runtime allowance, as ``--plan`` estimates them. None when the device's memory is not known."""
-    from vqa_cli import fit
+    from vqa_cli.model import fit
 
     mem = checked or fit.measure(checkpoint, settings, budget, fit.probe_memory)
     est = mem.estimate

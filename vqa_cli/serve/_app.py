@@ -16,10 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from vqa_cli import console, wire
-from vqa_cli.engine import LOAD_SETTINGS
+from vqa_cli import console
 from vqa_cli.errors import API_CODES, EXIT_USAGE, INTERNAL, bug_text, describe
-from vqa_cli.loading import dtype_name
+from vqa_cli.model.engine import LOAD_SETTINGS
+from vqa_cli.model.loading import dtype_name
+from vqa_cli.remote import wire
 from vqa_cli.serve._requests import ApiError, ChatRequest, MediaPolicy, parse_chat, price, read_json, resolve
 from vqa_cli.serve._worker import Cancelled, Job, Result, StopFilter
 

@@ -13,8 +13,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from vqa_cli.conversation import common_prefix
-from vqa_cli.features import BytesLRU
+from vqa_cli.model.conversation import common_prefix
+from vqa_cli.model.features import BytesLRU
 
 
 def cache_bytes(cache: Any) -> int:

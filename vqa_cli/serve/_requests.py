@@ -21,8 +21,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from vqa_cli import subtitles, wire
 from vqa_cli.errors import InvalidValueError, UsageError
+from vqa_cli.output import subtitles
+from vqa_cli.remote import wire
 
 MAX_STOPS = 4  # as OpenAI
 MAX_TOP_LOGPROBS = 20
@@ -394,13 +395,14 @@ def _too_much(need: int, limit: int, what: str) -> ApiError:
 
 def price(request: ChatRequest, engine: Any, limit: int | None) -> None:
     """The memory the request's settings need, checked before anything is decoded or allocated for it, with
-    the estimate ``--plan`` prints (``fit.estimate``, ``plan.request_memory``): its KV cache and activations
+    the estimate ``--plan`` prints (``fit.estimate``, ``memory.request_memory``): its KV cache and activations
     must fit ``limit`` bytes (``--max-request-memory``; None: unlimited), its tokens the context
     (``context_length_exceeded``). The frame count is priced first from the clip's own tensors
-    (``plan.activation_bytes``), which takes no memory however large it is: the token budget's plan holds a
+    (``memory.activation_bytes``), which takes no memory however large it is: the token budget's plan holds a
     position per frame. A still image is one frame; a text-only chat is checked against the context when it
     runs."""
-    from vqa_cli import fit, units
+    from vqa_cli import units
+    from vqa_cli.model import fit
 
     if request.text_only or (len(request.urls) == 1 and _is_image_url(request.urls[0])):
         return
@@ -428,7 +430,7 @@ def _inside(path: Path, roots: list[Path]) -> bool:
 
 
 def _local(url: str, policy: MediaPolicy) -> Media:
-    from vqa_cli.features import file_identity
+    from vqa_cli.model.features import file_identity
 
     if url.startswith("file:"):
         parsed = urllib.parse.urlparse(url)
@@ -452,7 +454,7 @@ def _local(url: str, policy: MediaPolicy) -> Media:
 
 
 def _write_upload(data: bytes, suffix: str, policy: MediaPolicy) -> Media:
-    from vqa_cli.features import bytes_identity
+    from vqa_cli.model.features import bytes_identity
 
     fd, name = tempfile.mkstemp(prefix="vqa-upload-", suffix=suffix, dir=policy.scratch)
     with os.fdopen(fd, "wb") as f:

@@ -24,7 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from vqa_cli import console, subtitles
+from vqa_cli import console
+from vqa_cli.output import subtitles
 from vqa_cli.serve._kv import Prefix, PrefixCache
 from vqa_cli.serve._requests import ChatRequest, Media
 
@@ -166,8 +167,8 @@ class ModelWorker:
     # ---- stage 1: decode threads ---------------------------------------------------------------
     def prepare(self, job: Job) -> None:
         """Settings and budget checked, then the visual tokens from the cache, or the clip decoded."""
-        from vqa_cli.engine import sample_clip
-        from vqa_cli.features import key_for
+        from vqa_cli.model.engine import sample_clip
+        from vqa_cli.model.features import key_for
         from vqa_cli.video import is_image_path
 
         request, engine = job.request, self.engine
@@ -201,7 +202,7 @@ class ModelWorker:
         """The request's subtitles on screen at the clip's frames, before its first question, as ``vqa caption``
         gives them (``subtitles.into_turns``)."""
         if job.request.cues:
-            from vqa_cli.segmented import token_counter
+            from vqa_cli.jobs.segments import token_counter
 
             job.request.subtitle_tokens = subtitles.into_turns(job.request.turns, job.request.cues,
                                                                job.clip.timestamps, token_counter(view))
@@ -307,8 +308,8 @@ class ModelWorker:
         """One request as a conversation turn over the best kept KV prefix of its clip."""
         from transformers import DynamicCache
 
-        from vqa_cli.conversation import Conversation
-        from vqa_cli.records import answer_record, text_answer_record
+        from vqa_cli.model.conversation import Conversation
+        from vqa_cli.output.records import answer_record, text_answer_record
 
         request = job.request
         view = self.engine.with_settings(request.settings)
@@ -349,7 +350,7 @@ class ModelWorker:
     def _run_batch(self, jobs: list[Job]) -> None:
         """Compatible single questions in one batched generate; if the batch fails, one at a time (so only
         the culprit fails)."""
-        from vqa_cli.records import answer_record
+        from vqa_cli.output.records import answer_record
 
         view = self.engine.with_settings(jobs[0].request.settings)
         try:

@@ -1,0 +1,192 @@
+"""``vqa ask``: one video, one or more questions, the answers streamed (or one JSON object)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from vqa_cli import console
+from vqa_cli.model.session import Session, check_input, fit_settings, open_session, plan_model
+from vqa_cli.output import records
+
+
+def plan_record(checkpoint, settings, budget, *, fitted=None, probe=None) -> dict:
+    """``--plan``: the request's frames, tokens, RoPE factor and memory (the peak estimate, the placement with
+    ``--max-memory``, and what this machine has), for the device it names (which this machine may lack: a
+    plan for a GPU can be made on a laptop). ``fitted``: what ``--fit`` chose."""
+    from vqa_cli.model import fit
+
+    checked = fit.measure(checkpoint, settings, budget, probe or fit.probe_memory)
+    record = {
+        "model": settings.model,
+        "family": checkpoint.adapter.name,
+        **budget.to_dict(),
+        "device": checked.target.device,
+        "quant": checked.target.quant,
+        "dtype": checked.target.dtype_name,
+        "memory": {**checked.estimate.to_dict(), **checked.to_dict()},
+    }
+    if fitted is not None:
+        record["fit"] = fitted.to_dict()
+    return record
+
+
+def print_plan(record: dict, as_json: bool) -> None:
+    if as_json:
+        console.emit_json(record)
+        return
+    rows = [("model", f"{record['model']} ({record['family']})"),
+            ("mode", f"{record['mode']}, {record['frames']} frames")]
+    for p in record["pathways"]:
+        grid = "x".join(str(x) for x in p["grid"])
+        rows.append((f"  {p['name']}", f"{len(p['frames'])} frames, grid {grid}: {p['tokens']} tokens"))
+    mem = record["memory"]
+    rows += [
+        ("visual tokens", f"{record['visual_tokens']}"),
+        ("prompt tokens", f"{record['prompt_tokens']} (+ {record['max_new_tokens']} new)"),
+        *([("subtitles", f"up to {record['subtitle_tokens']} tokens (counted with the new tokens)")]
+          if record.get("subtitle_tokens") else []),
+        ("context", f"{record['total_tokens']} of {record['trained_context']} trained"
+                    f" -> RoPE factor {record['rope_factor']:g}"),
+        ("memory", f"{mem['weights_gib']:.2f} GiB weights ({record['quant']}, {record['dtype']})"
+                   f" + {mem['kv_cache_gib']:.2f} GiB KV cache = {mem['total_gib']:.2f} GiB"),
+    ]
+    rows += _memory_rows(record)
+    console.fields(rows)
+
+
+def _memory_rows(record: dict) -> list[tuple[str, str]]:
+    """The peak, the placement, what the device has and what --fit chose, for ``--plan``."""
+    from vqa_cli.model.memory import describe_placement
+
+    mem = record["memory"]
+    extra = f" + {mem['guide_gib']:.2f} GiB guide model" if mem["guide_gib"] else ""
+    rows = [("peak", f"{mem['peak_gib']:.2f} GiB (+ {mem['activations_gib']:.2f} GiB activations{extra}"
+                     f" + {mem['runtime_gib']:.2f} GiB runtime)")]
+    if mem["placement"]:
+        rows.append(("placement", describe_placement(mem["placement_bytes"])))
+    if mem.get("max_memory"):
+        rows.append(("--max-memory", _cap_verdict(mem)))
+    if mem.get("disk_gib") and mem.get("offload_dir"):
+        rows.append(("offload", f"{mem['disk_gib']:.2f} GiB of weights on disk ({mem['offload_dir']}): read from "
+                                "it again for every generated token"))
+    have = mem["available_gib"].get(mem["device"])
+    if have is not None:
+        where = "available" if mem["device"] == "cpu" else f"free on {mem['device']}"
+        verdict = "fits" if mem["fits"] else "does not fit"
+        if mem.get("max_memory_fits") is False:
+            verdict = "does not fit its --max-memory"
+        rows.append(("this machine", f"{have:.2f} GiB {where}: {verdict}"))
+    else:
+        rows.append(("this machine", f"no {mem['device']} here: not checked"))
+    if "fit" in record:
+        fit = record["fit"]
+        rows.append(("--fit", f"{fit['frames']} frames in --mode {fit['mode']}"
+                              + ("" if fit["changed"] else " (as asked)")))
+    return rows
+
+
+def _cap_verdict(mem: dict) -> str:
+    """``--plan``'s verdict on ``--max-memory`` (the placement the load will use, against the caps)."""
+    from vqa_cli.model.memory import describe_placement
+
+    caps = describe_placement(mem["max_memory"])
+    if mem["max_memory_fits"]:
+        return f"{caps}: fits"
+    smallest = mem.get("max_memory_smallest")
+    return f"{caps}: does not fit" + (f" (the smallest that fits is --max-memory {smallest})" if smallest else "")
+
+
+def run_ask(settings, video: str, questions: list[str], *, as_json: bool = False, plan_only: bool = False,
+            server: str | None = None, model_given: bool = True) -> int:
+    """One question: streamed answer. Several: one video encode and one shared prefill, then each question.
+
+    ``server``: a ``vqa serve`` URL to send the questions to instead (``client``), same output."""
+    run_started = time.perf_counter()
+    from vqa_cli.jobs.segments import ask_in_time, settle_subtitles, subtitle_reserve, uses_time
+
+    settings = settle_subtitles(settings, [video])
+    if server and settings.segments != "none":
+        from vqa_cli.errors import UsageError
+
+        raise UsageError("--segments runs on a model loaded here: drop --server (subtitles work with it)")
+    if server:
+        from vqa_cli.errors import UsageError
+        from vqa_cli.remote import client
+
+        if plan_only:
+            raise UsageError("--plan reads the model's files here: drop --server")
+        remote, settings = client.connect(server, settings, model_given=model_given)
+        if Path(video).exists():
+            check_input(video)
+        return client.run_ask(remote, settings, video, questions, as_json=as_json)
+    if not plan_only and uses_time(settings):
+        return ask_in_time(settings, video, questions, as_json)
+    if plan_only:
+        from vqa_cli.video import is_image_path
+
+        check_input(video)
+        still = is_image_path(video)
+        settings, fitted = fit_settings(replace(settings, fit=settings.fit and not still), questions)
+        reserve = subtitle_reserve(settings)
+        checkpoint, budget = plan_model(settings, questions, num_frames=1 if still else None, reserve=reserve)
+        print_plan({**plan_record(checkpoint, settings, budget, fitted=fitted), "subtitle_tokens": reserve}, as_json)
+        return 0
+    session = open_session(settings, video, questions)
+    if len(questions) > 1:
+        return _ask_many(session, video, questions, run_started, as_json)
+
+    engine, question = session.engine, questions[0]
+    printer = console.StreamPrinter(None if as_json else "encoding video and reading the prompt")
+    try:
+        answer = engine.answer(session.clip, question, on_text=None if as_json else printer, timings=session.timings)
+    finally:
+        printer.stop()
+    timings = answer.timings
+    timings["total"] = time.perf_counter() - run_started  # wall clock: decode overlaps load
+    record = records.ask_record(video, question, answer.record(engine))
+    if session.fitted is not None:
+        record["fit"] = session.fitted.to_dict()
+    if as_json:
+        console.emit_json(record)
+    else:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        if console.stderr_is_tty():
+            console.stderr.print(
+                f"[dim]{record['frames']} frames, {record['visual_tokens']} visual tokens, "
+                f"RoPE x{record['rope_factor']:g} | load {timings['load']:.1f}s, decode {timings['decode']:.2f}s, "
+                f"first token {timings['first_token']:.2f}s, {record['tokens_per_second']:.1f} tok/s[/dim]"
+            )
+    return 0
+
+
+def _ask_many(session: Session, video: str, questions: list[str], run_started: float, as_json: bool) -> int:
+    from vqa_cli.model.conversation import Conversation
+
+    engine, clip, timings = session.engine, session.clip, session.timings
+    conversation = Conversation.open(engine, clip, " ".join(questions), timings)
+    answers = []
+    for i, question in enumerate(questions):
+        if not as_json:
+            sys.stdout.write(("\n" if i else "") + f"Q: {question}\nA: ")
+        printer = console.StreamPrinter(None if as_json else "thinking")
+        try:
+            turn = conversation.ask(question, keep=False, on_text=None if as_json else printer)
+        finally:
+            printer.stop()
+        if not as_json:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        answers.append(records.turn_record(turn))
+    timings["total"] = time.perf_counter() - run_started
+    budget = engine.checkpoint.budget(engine.settings, questions, num_frames=len(clip.indices),
+                                      plan=conversation.plan)
+    if as_json:
+        record = records.answers_record(video, answers, records.run_fields(engine, clip, budget, timings))
+        if session.fitted is not None:
+            record["fit"] = session.fitted.to_dict()
+        console.emit_json(record)
+    return 0
