@@ -211,9 +211,9 @@ MUTANTS: list[Mutant] = [
       "abs(clip.frames_from_content - clip.frames_from_header) > 100", ("tests/test_output_safety.py",),
       "a file cut short is not flagged"),
     # ---- video: the PyAV fallback
-    M("pyav.no-fallback", "vqa_cli/video/_sample.py", "    if _pyav.wanted(path, fs_path, index, options.decoder):",
+    M("pyav.no-fallback", "vqa_cli/video/_sample.py", "    if _decoder.wanted(path, fs_path, index, options.decoder):",
       "    if False:", PYAV_T, "--decoder pyav (and files OpenCV cannot decode) never reach PyAV"),
-    M("pyav.forced-opencv-falls-back", "vqa_cli/video/_pyav.py", "    if decoder == \"opencv\" and not grabs:",
+    M("pyav.forced-opencv-falls-back", "vqa_cli/video/_decoder.py", "    if decoder == \"opencv\" and not grabs:",
       "    if False:", ("tests/test_video_pyav.py",), "--decoder opencv on a file OpenCV cannot decode is not refused"),
     M("pyav.no-decoder-stream", "vqa_cli/video/_pyav.py",
       "        if not container.streams.video or container.streams.video[0].codec_context is None:",

@@ -1,4 +1,4 @@
-"""The OpenCV boundary: opening captures quietly, turning decoded frames into RGB, images and probing."""
+"""The OpenCV boundary: opening captures quietly, turning decoded frames into RGB, images, first-frame grabs."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TypedDict, Unpack
 
 import cv2
 import numpy as np
 
-from vqa_cli.video._inputs import Clip, VideoError, check_file, is_image_path, quote, undecodable
+from vqa_cli.video._inputs import Clip, VideoError, check_file, quote, undecodable
+from vqa_cli.video._sampling import Timeline
 
 _open_lock = threading.Lock()
 
@@ -135,7 +136,23 @@ def rotate(frame: np.ndarray, degrees: int) -> np.ndarray:
     return frame
 
 
-def sampled(path: str, timeline: Any, chosen: list[int], frames: dict[int, np.ndarray], **facts: Any) -> Clip:
+class ClipFacts(TypedDict, total=False):
+    """The ``Clip`` fields a decoding path measures, besides the frames and the timeline's."""
+
+    frames_from_content: int
+    frames_from_header: int
+    fps_from_header: float
+    seek: str
+    decoded: int
+    damaged: int
+    warnings: list[str]
+    decoder: str
+    codec: str
+
+
+def sampled(
+    path: str, timeline: Timeline, chosen: list[int], frames: dict[int, np.ndarray], **facts: Unpack[ClipFacts]
+) -> Clip:
     """The ``Clip`` of the frames ``chosen`` (indices into ``timeline``) out of the decoded ``frames``;
     ``facts`` are the other ``Clip`` fields (frame counts, seek mode, decoder, warnings, ...)."""
     return Clip(path=path, frames=stack([frames[i] for i in chosen]), indices=list(chosen),
@@ -203,14 +220,3 @@ def grabs_a_frame(path: str, fs_path: str, threads: int) -> bool:
     finally:
         cap.release()
 
-
-def probe(path: str) -> None:
-    """Fail fast (VideoError) when ``path`` is missing or yields no frame; decodes one frame at most
-    (with OpenCV, or with PyAV where OpenCV cannot)."""
-    fs_path = check_file(path)
-    if is_image_path(path) or grabs_a_frame(path, fs_path, threads=0):
-        return
-    from vqa_cli.video import _pyav  # files OpenCV cannot decode (AV1, ...) go through PyAV
-
-    if not _pyav.first_frame(fs_path):
-        raise undecodable(path)

@@ -26,7 +26,7 @@ from vqa_cli.video import _capture
 from vqa_cli.video._h264 import h264_picture, self_contained, stream_header
 from vqa_cli.video._index import MAX_REORDER
 from vqa_cli.video._options import DecodeOptions
-from vqa_cli.video._plan import PACKET_BATCH, SEEK_LEAD, plan_runs, split
+from vqa_cli.video._runs import PACKET_BATCH, SEEK_LEAD, plan_runs, split
 from vqa_cli.video._seeking import Cancelled, Job, Walker, decode_walking
 
 # A demuxer-only capture reads at most this many packets from the start to find one.

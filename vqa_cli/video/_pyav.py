@@ -1,10 +1,7 @@
 """The PyAV decoder: files whose video stream the installed OpenCV cannot decode (AV1 in some wheels, ...),
 or every file with ``DecodeOptions(decoder="pyav")``.
 
-Decided once per file (``wanted``): with ``decoder="auto"`` a file goes through PyAV when OpenCV cannot
-grab its first frame and PyAV opens a video stream, whatever codecs the installed OpenCV has; with a
-forced decoder that cannot decode the file's first frame the call fails with one line
-(``undecodable_with``).
+Which files come here is decided once per file by ``_decoder.wanted``.
 
 The contract is the OpenCV path's: the demuxer (``container.demux``, no decoding) gives every
 packet's presentation time and keyframe flag, which make a ``PacketIndex`` (frame i is the packet
@@ -25,57 +22,33 @@ the mode, and every decoded frame is identified by its own pts.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from vqa_cli.video import _capture
 from vqa_cli.video._index import MAX_REORDER, PacketIndex
-from vqa_cli.video._inputs import Clip, Deadline, VideoError, quote, undecodable, undecodable_with
+from vqa_cli.video._inputs import Clip, Deadline, VideoError, quote, undecodable
 from vqa_cli.video._options import DecodeOptions
-from vqa_cli.video._plan import SEEK_COST
+from vqa_cli.video._runs import SEEK_COST
 from vqa_cli.video._sampling import Request, Timeline
 from vqa_cli.video._strategy import choose
+
+if TYPE_CHECKING:
+    from av.container import InputContainer
+    from av.packet import Packet
+    from av.video.frame import VideoFrame
+    from av.video.stream import VideoStream
 
 
 class Mismatch(Exception):
     """The decoder disagrees with the index; a counting pass decides."""
 
 
-def wanted(path: str, fs_path: str, index: PacketIndex | None, decoder: str = "auto") -> bool:
-    """Whether this file goes through PyAV (decided once per file, by what the installed libraries do with it):
-
-    * ``"auto"``: OpenCV cannot grab its first frame and PyAV opens a video stream;
-    * ``"opencv"``: never; VideoError (one line) when OpenCV cannot grab its first frame;
-    * ``"pyav"``: always; VideoError (one line) when PyAV cannot decode its first frame.
-    """
-    if decoder == "pyav":
-        if not first_frame(fs_path):
-            raise undecodable_with(path, "pyav", index.codec if index is not None else "")
-        return True
-    grabs = _capture.grabs_a_frame(path, fs_path, threads=1)
-    if decoder == "opencv" and not grabs:
-        raise undecodable_with(path, "opencv", index.codec if index is not None else "")
-    return not grabs and has_video(fs_path)
-
-
-def has_video(fs_path: str) -> bool:
-    """Whether PyAV opens the file and finds a video stream (nothing is decoded)."""
-    try:
-        import av
-    except ImportError:
-        return False
-    try:
-        with av.open(fs_path) as container:
-            return bool(container.streams.video)
-    except (av.FFmpegError, OSError, ValueError):
-        return False
-
-
 @contextmanager
-def _opened(path: str, fs_path: str, options: DecodeOptions) -> Iterator[tuple[Any, Any]]:
+def _opened(path: str, fs_path: str, options: DecodeOptions) -> Iterator[tuple[InputContainer, VideoStream]]:
     """(container, its first video stream), decoder threads set within ``options``' cores."""
     import av
 
@@ -95,13 +68,13 @@ def _opened(path: str, fs_path: str, options: DecodeOptions) -> Iterator[tuple[A
         container.close()
 
 
-def codec_of(stream: Any) -> str:
+def codec_of(stream: VideoStream) -> str:
     """The codec's own name ("av1", "vp9", ...), not the decoder's ("libdav1d")."""
     codec = stream.codec_context.codec
     return str(getattr(codec, "canonical_name", "") or codec.name)
 
 
-def scan(container: Any, stream: Any, deadline: Deadline) -> tuple[PacketIndex, list[int]] | None:
+def scan(container: InputContainer, stream: VideoStream, deadline: Deadline) -> tuple[PacketIndex, list[int]] | None:
     """Every video packet from the demuxer, nothing decoded: (the index, each frame's pts); None if unusable."""
     pts: list[int] = []
     keys: list[bool] = []
@@ -141,12 +114,12 @@ def scan(container: Any, stream: Any, deadline: Deadline) -> tuple[PacketIndex, 
     return index, ordered
 
 
-def _header_fps(stream: Any) -> float:
+def _header_fps(stream: VideoStream) -> float:
     rate = stream.average_rate or stream.guessed_rate
     return float(rate) if rate else 0.0
 
 
-def to_rgb(frame: Any) -> np.ndarray:
+def to_rgb(frame: VideoFrame) -> np.ndarray:
     """A decoded PyAV frame -> HxWx3 uint8 RGB, upright (its display matrix applied as OpenCV applies it)."""
     rgb = frame.to_ndarray(format="rgb24")
     # PyAV's rotation is counter-clockwise; OpenCV's orientation (and ``_capture.rotate``) clockwise.
@@ -156,9 +129,9 @@ def to_rgb(frame: Any) -> np.ndarray:
 class Decoder:
     """One PyAV decoder walking a file by demuxer seeks; frames identified by their pts."""
 
-    def __init__(self, container: Any, stream: Any, deadline: Deadline) -> None:
+    def __init__(self, container: InputContainer, stream: VideoStream, deadline: Deadline) -> None:
         self.container, self.stream, self.deadline = container, stream, deadline
-        self.packets: Iterator[Any] = iter(())
+        self.packets: Iterator[Packet] = iter(())
         self.decoded = 0
         self.damaged = 0
 
@@ -167,7 +140,7 @@ class Decoder:
         self.container.seek(pts, stream=self.stream, backward=True, any_frame=False)
         self.packets = self.container.demux(self.stream)
 
-    def frames(self, drain_each: bool = False) -> Iterator[Any]:
+    def frames(self, drain_each: bool = False) -> Iterator[VideoFrame]:
         """Decoded frames from the current position on, skipping (and counting) undecodable packets."""
         context = self.stream.codec_context
         for packet in self.packets:
@@ -203,7 +176,7 @@ def decode_exact(decoder: Decoder, index: PacketIndex, pts: list[int], targets: 
     kept: dict[int, np.ndarray] = {}
     at: int | None = None  # rank of the last frame out of the decoder; None: it must seek first
     floor = 0  # the keyframe last sought
-    source: Iterator[Any] = iter(())
+    source: Iterator[VideoFrame] = iter(())
     for t in targets:
         if t in kept:
             continue
@@ -240,7 +213,7 @@ def decode_keyframes(decoder: Decoder, pts: list[int], keys: list[int]) -> dict[
     context = decoder.stream.codec_context
     kept: dict[int, np.ndarray] = {}
 
-    def take(frames: Any) -> None:
+    def take(frames: Iterable[VideoFrame]) -> None:
         for frame in frames:
             decoder.decoded += 1
             k = wanted.get(frame.pts)
@@ -297,8 +270,8 @@ def sample_pyav(
 
 def _sample_indexed(
     path: str,
-    container: Any,
-    stream: Any,
+    container: InputContainer,
+    stream: VideoStream,
     scanned: tuple[PacketIndex, list[int]],
     request: Request,
     seek: str,
@@ -400,18 +373,3 @@ def _sample_counting(
         codec=codec,
     )
 
-
-def first_frame(fs_path: str) -> bool:
-    """Whether PyAV decodes a frame of the file's video stream (for ``probe``)."""
-    try:
-        import av
-    except ImportError:
-        return False
-    try:
-        with av.open(fs_path) as container:
-            if container.streams.video:
-                for _ in container.decode(container.streams.video[0]):
-                    return True
-    except (av.FFmpegError, OSError, ValueError):
-        return False
-    return False

@@ -1,6 +1,6 @@
 """Exact decoding by seeking and grabbing, checked frame by frame against the packet index.
 
-Targets are grouped into runs (``_plan``); inside a run a capture grabs forward (``grab()``
+Targets are grouped into runs (``_runs``); inside a run a capture grabs forward (``grab()``
 decodes without colour conversion; only kept frames are ``retrieve()``-d), and a run starts with
 a seek when the next target lies further away than a seek costs.  Every grabbed frame is
 identified by its own timestamp (``CAP_PROP_POS_MSEC``) and checked against the index, also right
@@ -20,7 +20,7 @@ from vqa_cli.video import _capture
 from vqa_cli.video._index import PacketIndex
 from vqa_cli.video._inputs import Deadline
 from vqa_cli.video._options import DecodeOptions
-from vqa_cli.video._plan import Run, plan_runs, split
+from vqa_cli.video._runs import Run, plan_runs, split
 from vqa_cli.video._sampling import plausible_fps
 
 # Overshooting seeks are retried from an earlier keyframe this often before a

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from vqa_cli.video._index import PacketIndex
 from vqa_cli.video._options import DecodeOptions
-from vqa_cli.video._plan import PACKET_BATCH, landing, plan_runs
+from vqa_cli.video._runs import PACKET_BATCH, landing, plan_runs
 from vqa_cli.video._sampling import Request, Timeline, has_key_in, nearest_keys
 
 # Exact decoding of H.264 goes through the packets (leaving out non-reference frames) when

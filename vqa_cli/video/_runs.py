@@ -1,7 +1,8 @@
-"""How frames are reached: OpenCV's seek model, runs of targets, and work split into groups.
+"""Runs: which stretches of a file are decoded to reach a set of target frames (OpenCV's seek model, runs of
+targets from one seek each, and work split into groups).
 
-Pure functions over the packet index; the decoders (``_seeking``, ``_packets``) carry the plans
-out and the cost model (``_strategy``) prices them.
+Pure functions over the packet index; the decoders (``_seeking``, ``_packets``) decode the runs and the cost
+model (``_strategy``) prices them.
 """
 
 from __future__ import annotations
