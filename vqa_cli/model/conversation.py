@@ -17,11 +17,18 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from vqa_cli.model import prompt
 from vqa_cli.model.generate import Generation, cache_kwargs, generate
 from vqa_cli.video import Clip
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import DynamicCache
+
+    from vqa_cli.model.engine import Engine
+    from vqa_cli.model.modes import TokenPlan
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -39,7 +46,8 @@ class Turn:
     generation: Generation
     fed_tokens: int  # prompt tokens this turn had to prefill (the rest came from the cache)
     context_tokens: int  # tokens in the conversation after this turn
-    first_logits: Any = None  # [vocab] logits of the first generated token; only with ask(..., first_logits=True)
+    # [vocab] logits of the first generated token; only with ask(..., first_logits=True)
+    first_logits: torch.Tensor | None = None
 
 
 @dataclass
@@ -47,16 +55,16 @@ class Conversation:
     """One clip, its visual tokens, a message history and the KV cache that holds it (``clip`` and ``features``
     None: a conversation without a video, answered by the language model alone)."""
 
-    engine: Any
+    engine: Engine
     clip: Clip | None
-    features: Any  # [N, D] visual tokens, kept to rebuild the cache if a turn diverges before them
+    features: torch.Tensor | None  # [N, D] visual tokens, kept to rebuild the cache if a turn diverges before them
     messages: list[dict] = field(default_factory=list)
-    plan: Any = None  # the clip's visual token layout (modes.TokenPlan)
-    cache: Any = None
+    plan: TokenPlan | None = None  # the clip's visual token layout
+    cache: DynamicCache | None = None
     cached_ids: list[int] = field(default_factory=list)
 
     @classmethod
-    def open(cls, engine: Any, clip: Clip, prompt_text: str = "", timings: dict | None = None) -> Conversation:
+    def open(cls, engine: Engine, clip: Clip, prompt_text: str = "", timings: dict | None = None) -> Conversation:
         """Encode the clip once and prefill the shared prefix (``prompt_text`` guides --guide pooling)."""
         timings = {} if timings is None else timings
         budget, features = engine._features(clip, prompt_text, timings)

@@ -11,15 +11,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from transformers.generation.streamers import BaseStreamer
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import Cache, PreTrainedModel, PreTrainedTokenizerBase
+    from transformers.generation.utils import GenerateOutput
 
 
 class TimedTextStreamer(BaseStreamer):
     """Incremental detokenisation with timings; the prompt (first ``put``) is skipped."""
 
-    def __init__(self, tokenizer: Any, on_text: Callable[[str], None] | None = None) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, on_text: Callable[[str], None] | None = None) -> None:
         self.tokenizer = tokenizer
         self.on_text = on_text
         self.tokens: list[int] = []
@@ -30,7 +35,7 @@ class TimedTextStreamer(BaseStreamer):
         self.last_token_at: float | None = None
         self._prompt_seen = False
 
-    def put(self, value: Any) -> None:
+    def put(self, value: torch.Tensor) -> None:
         if not self._prompt_seen:
             self._prompt_seen = True
             return
@@ -61,12 +66,12 @@ class Generation:
     first_token: float  # seconds from the call to the first new token (prefill included)
     total: float  # seconds for the whole generate call
     sequence: list[int] | None = None  # prompt and new ids as the model returned them (single prompts)
-    logits: Any = None  # [new tokens, vocab] raw logits of each new token, when asked for
+    logits: torch.Tensor | None = None  # [new tokens, vocab] raw logits of each new token, when asked for
     stopped: bool = False  # ended by ``should_stop`` (a stop string, a cancelled request), not by EOS or length
     eos: bool = False  # ended with the model's end-of-sequence token (not by the token limit)
 
     @property
-    def first_logits(self) -> Any:
+    def first_logits(self) -> torch.Tensor | None:
         """[vocab] raw logits of the first new token (None unless asked for)."""
         return None if self.logits is None else self.logits[0]
 
@@ -84,7 +89,7 @@ def sampling_kwargs(temperature: float) -> dict:
     return {"do_sample": True, "temperature": temperature, "top_p": None, "top_k": None}
 
 
-def cache_kwargs(model: Any, cache: Any) -> dict:
+def cache_kwargs(model: PreTrainedModel, cache: Cache | None) -> dict:
     """The keyword a KV cache goes by: ``cache`` in newer transformers 5.x, ``past_key_values`` before."""
     return {} if cache is None else {_cache_keyword(type(model)): cache}
 
@@ -96,13 +101,13 @@ def _cache_keyword(model_class: type) -> str:
     return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
-def eos_ids(model: Any) -> set[int]:
+def eos_ids(model: PreTrainedModel) -> set[int]:
     """The token ids that end a generation (the model's ``generation_config.eos_token_id``, one or several)."""
     eos = model.generation_config.eos_token_id
     return set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
 
 
-def pad_id(tokenizer: Any) -> int:
+def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
@@ -113,16 +118,16 @@ class _Until:
         self.should_stop = should_stop
         self.fired = False
 
-    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: object) -> torch.Tensor:
         import torch
 
         self.fired = self.fired or bool(self.should_stop())
         return torch.full((input_ids.shape[0],), self.fired, dtype=torch.bool, device=input_ids.device)
 
 
-def _run(model: Any, ids: Any, embeds: Any, mask: Any, streamer: Any, *, pad: int, max_new_tokens: int,
-         temperature: float, seed: int | None, cache: Any = None, logits: bool = False, until: _Until | None = None
-         ) -> Any:
+def _run(model: PreTrainedModel, ids: torch.Tensor, embeds: torch.Tensor, mask: torch.Tensor, streamer: BaseStreamer,
+         *, pad: int, max_new_tokens: int, temperature: float, seed: int | None, cache: Cache | None = None,
+         logits: bool = False, until: _Until | None = None) -> GenerateOutput | torch.Tensor:
     """The one call of the model's ``generate`` in vqa. A seed applies to this call only (the global RNG
     is restored afterwards). ``until`` stops the generation early when its callable says so."""
     import torch
@@ -141,16 +146,16 @@ def _run(model: Any, ids: Any, embeds: Any, mask: Any, streamer: Any, *, pad: in
 
 
 def generate(
-    model: Any,
-    tokenizer: Any,
-    ids: Any,
-    embeds: Any,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    ids: torch.Tensor,
+    embeds: torch.Tensor,
     *,
     max_new_tokens: int,
     temperature: float = 0.0,
     seed: int | None = None,
     on_text: Callable[[str], None] | None = None,
-    cache: Any = None,
+    cache: Cache | None = None,
     logits: bool = False,
     should_stop: Callable[[str], bool] | None = None,
 ) -> Generation:
@@ -186,7 +191,7 @@ class TokenClock(BaseStreamer):
         self.steps = 0
         self._prompt_seen = False
 
-    def put(self, value: Any) -> None:
+    def put(self, value: torch.Tensor) -> None:
         if not self._prompt_seen:
             self._prompt_seen = True
             return
@@ -198,7 +203,8 @@ class TokenClock(BaseStreamer):
         return None
 
 
-def left_pad(rows: list[tuple[Any, Any]], pad_id: int) -> tuple[Any, Any, Any]:
+def left_pad(rows: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """[(ids [1, L_i], embeds [1, L_i, D])] -> left-padded ids [B, L], embeds [B, L, D], attention mask."""
     import torch
 
@@ -213,9 +219,9 @@ def left_pad(rows: list[tuple[Any, Any]], pad_id: int) -> tuple[Any, Any, Any]:
 
 
 def generate_batch(
-    model: Any,
-    tokenizer: Any,
-    rows: list[tuple[Any, Any]],
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: list[tuple[torch.Tensor, torch.Tensor]],
     *,
     max_new_tokens: int,
     temperature: float = 0.0,

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from vqa_cli.errors import UnsupportedModelError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 DEFAULT_CAPTION_PROMPT = (
     "Describe this video in detail: the setting, the people and objects in it, "
@@ -25,7 +29,7 @@ TIME_INSTRUCTION = (
 )
 
 
-def load_chat_template(model_dir: Path, tokenizer: Any) -> str:
+def load_chat_template(model_dir: Path, tokenizer: PreTrainedTokenizerBase) -> str:
     """The checkpoint's chat template: ``chat_template.jinja``, ``chat_template.json``, or the tokenizer's."""
     jinja = model_dir / "chat_template.jinja"
     if jinja.is_file():
@@ -44,8 +48,8 @@ def time_instruction(duration: float, timestamps: list[float]) -> str:
     return TIME_INSTRUCTION.format(duration=duration, frames=len(timestamps), times=times)
 
 
-def render(tokenizer: Any, template: str, conversation: str | list[dict], *, media: str | None = "video",
-           time_text: str | None = None) -> str:
+def render(tokenizer: PreTrainedTokenizerBase, template: str, conversation: str | list[dict], *,
+           media: str | None = "video", time_text: str | None = None) -> str:
     """The one prompt renderer: a conversation through the checkpoint's chat template, ready for the answer.
 
     ``conversation`` is the question, or the turns so far as ``[{"role": "user"|"assistant", "text": ...}]``
@@ -63,7 +67,7 @@ def render(tokenizer: Any, template: str, conversation: str | list[dict], *, med
     return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=True)
 
 
-def token_ids(tokenizer: Any, text: str) -> list[int]:
+def token_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     """Token ids of a rendered prompt, with the tokenizer's own special tokens (BOS) as the processor adds them."""
     return list(tokenizer(text, add_special_tokens=True)["input_ids"])
 
@@ -79,7 +83,8 @@ def expand_placeholder(ids: list[int], placeholder_id: int, count: int) -> list[
     return ids[:at] + [placeholder_id] * count + ids[at + 1:]
 
 
-def embed(model: Any, ids: Any, features: Any, placeholder_id: int) -> Any:
+def embed(model: PreTrainedModel, ids: torch.Tensor, features: torch.Tensor | None, placeholder_id: int
+          ) -> torch.Tensor:
     """Input embeddings [1, L, D] with ``features`` [N, D] scattered into the N placeholder positions (``features``
     None: a prompt without media, the text's embeddings alone)."""
     embeds = model.get_input_embeddings()(ids)

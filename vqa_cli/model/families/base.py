@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     import numpy as np
     import torch
+    from transformers import PretrainedConfig, PreTrainedModel
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ class FrameFeatures:
         return cls(grid, torch.cat(prefixes) if prefixes else None)
 
 
-def layer_features(tower: Any, pixels: torch.Tensor, layer: int | Sequence[int]) -> torch.Tensor:
+def layer_features(tower: torch.nn.Module, pixels: torch.Tensor, layer: int | Sequence[int]) -> torch.Tensor:
     """Hidden states [T, L, Dv] of ``layer`` (or of several layers, concatenated on the channels).
 
     Asks the tower for those layers only, as the models' own ``get_*_features`` do.
@@ -91,7 +92,7 @@ class FamilyAdapter:
     video_token: ClassVar[str] = "<video>"
     default_frames: ClassVar[int] = 32
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: PretrainedConfig) -> None:
         self.config = config
 
     # ---- static facts -------------------------------------------------------------
@@ -114,10 +115,10 @@ class FamilyAdapter:
         """
         raise NotImplementedError
 
-    def text_config(self) -> Any:
+    def text_config(self) -> PretrainedConfig:
         return self.config.text_config
 
-    def _geometry(self, native_stride: int, **native: Any) -> Geometry:
+    def _geometry(self, native_stride: int, **native: int | bool) -> Geometry:
         """The geometry of a ViT + decoder checkpoint (``vision_config``/``text_config``); ``native``
         holds the family's extra native-path facts (``native_ceil``, ``video_suffix_tokens``, ...)."""
         v, t = self.config.vision_config, self.text_config()
@@ -138,7 +139,7 @@ class FamilyAdapter:
         )
 
     # ---- tensors ----------------------------------------------------------------------
-    def encode_frames(self, model: Any, pixels: torch.Tensor) -> FrameFeatures:
+    def encode_frames(self, model: PreTrainedModel, pixels: torch.Tensor) -> FrameFeatures:
         """Pixels [T, 3, H, W] -> vision features before the projector (grid [T, h, w, Dv]).
 
         The LLaVA default: the configured layer(s), the CLS token dropped under the "default" strategy.
@@ -148,20 +149,20 @@ class FamilyAdapter:
             feats = feats[:, 1:]
         return FrameFeatures(self.to_grid(feats))
 
-    def native_tokens(self, model: Any, frames: FrameFeatures, stride: int | None = None) -> torch.Tensor:
+    def native_tokens(self, model: PreTrainedModel, frames: FrameFeatures, stride: int | None = None) -> torch.Tensor:
         """The checkpoint's own video path after the vision tower: features -> [N, D] in LM space
         (per-frame pooling, projection, frames concatenated, any per-frame or per-video extra tokens)."""
         raise NotImplementedError
 
-    def image_tokens(self, model: Any, model_dir: Path, image: np.ndarray) -> torch.Tensor:
+    def image_tokens(self, model: PreTrainedModel, model_dir: Path, image: np.ndarray) -> torch.Tensor:
         """One RGB still [H, W, 3] -> [N, D] through the checkpoint's own image path (``image_token_id``)."""
         raise NotImplementedError(f"{self.name} has no still-image path")
 
-    def vision_tower(self, model: Any) -> Any:
+    def vision_tower(self, model: PreTrainedModel) -> torch.nn.Module:
         """The module that encodes frames (its parameters' dtype and device take the pixels)."""
         return model.model.vision_tower
 
-    def project(self, model: Any, features: torch.Tensor) -> torch.Tensor:
+    def project(self, model: PreTrainedModel, features: torch.Tensor) -> torch.Tensor:
         """Vision features [..., Dv] -> language-model embeddings [..., D] (the LLaVA two-layer MLP)."""
         projector = model.model.multi_modal_projector
         return projector(features.to(projector.linear_1.weight.dtype))

@@ -9,10 +9,15 @@ AnyRes image path instead: tiles plus an overview, unpadded, with newline embedd
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from vqa_cli.model import modes
 from vqa_cli.model.families.base import FamilyAdapter, FrameFeatures, Geometry
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from transformers import PreTrainedModel
 
 
 class LlavaNextVideoAdapter(FamilyAdapter):
@@ -27,7 +32,7 @@ class LlavaNextVideoAdapter(FamilyAdapter):
     def quant_skip_modules(self) -> list[str]:
         return ["lm_head", "model.vision_tower", "model.multi_modal_projector", "model.vision_resampler"]
 
-    def native_tokens(self, model: Any, frames: FrameFeatures, stride: int | None = None) -> Any:
+    def native_tokens(self, model: PreTrainedModel, frames: FrameFeatures, stride: int | None = None) -> torch.Tensor:
         stride = self.geometry().native_stride if stride is None else stride
         if self.config.spatial_pool_mode != "average":
             raise NotImplementedError(f"spatial_pool_mode={self.config.spatial_pool_mode!r}")
@@ -37,7 +42,7 @@ class LlavaNextVideoAdapter(FamilyAdapter):
     def image_token_id(self) -> int | None:
         return int(self.config.image_token_index)
 
-    def image_tokens(self, model: Any, model_dir: Path, image: Any) -> Any:
+    def image_tokens(self, model: PreTrainedModel, model_dir: Path, image: np.ndarray) -> torch.Tensor:
         import torch
         from transformers import LlavaNextImageProcessorPil
 

@@ -11,12 +11,16 @@ the frames and appends the learned ``image_newline`` embedding once per video: 3
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING
 
 from vqa_cli.model.families.base import FamilyAdapter, FrameFeatures, Geometry
 
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
 
-def bilinear_pool(grid: Any, stride: int) -> Any:
+
+def bilinear_pool(grid: torch.Tensor, stride: int) -> torch.Tensor:
     """[T, h, w, D] -> [T, ceil(h/s), ceil(w/s), D] by bilinear resizing (half-pixel centres)."""
     import torch.nn.functional as F
 
@@ -40,7 +44,7 @@ class LlavaOnevisionAdapter(FamilyAdapter):
     def quant_skip_modules(self) -> list[str]:
         return ["lm_head", "model.vision_tower", "model.multi_modal_projector"]
 
-    def native_tokens(self, model: Any, frames: FrameFeatures, stride: int | None = None) -> Any:
+    def native_tokens(self, model: PreTrainedModel, frames: FrameFeatures, stride: int | None = None) -> torch.Tensor:
         import torch
 
         stride = self.geometry().native_stride if stride is None else stride

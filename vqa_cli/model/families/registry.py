@@ -8,13 +8,16 @@ recipe in ``vqa_cli/testing.py``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from vqa_cli.errors import UnsupportedModelError
 from vqa_cli.model.families.base import FamilyAdapter
 from vqa_cli.model.families.llava_next_video import LlavaNextVideoAdapter
 from vqa_cli.model.families.llava_onevision import LlavaOnevisionAdapter
 from vqa_cli.model.families.video_llava import VideoLlavaAdapter
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 FAMILIES: tuple[type[FamilyAdapter], ...] = (LlavaNextVideoAdapter, VideoLlavaAdapter, LlavaOnevisionAdapter)
 
@@ -63,5 +66,5 @@ def family_for_model_type(model_type: str) -> type[FamilyAdapter]:
     raise UnsupportedModelError(f"unsupported architecture {model_type!r} (supported: {known})")
 
 
-def adapter_for(config: Any) -> FamilyAdapter:
+def adapter_for(config: PretrainedConfig) -> FamilyAdapter:
     return family_for_model_type(config.model_type)(config)

@@ -11,10 +11,14 @@ random, even at inference, which vqa never does (answers stay deterministic).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from vqa_cli.model import modes
 from vqa_cli.model.families.base import FamilyAdapter, FrameFeatures, Geometry, layer_features
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
 
 
 class VideoLlavaAdapter(FamilyAdapter):
@@ -29,14 +33,14 @@ class VideoLlavaAdapter(FamilyAdapter):
     def quant_skip_modules(self) -> list[str]:
         return ["lm_head", "model.video_tower", "model.image_tower", "model.multi_modal_projector"]
 
-    def vision_tower(self, model: Any) -> Any:
+    def vision_tower(self, model: PreTrainedModel) -> torch.nn.Module:
         return model.model.video_tower
 
-    def encode_frames(self, model: Any, pixels: Any) -> FrameFeatures:
+    def encode_frames(self, model: PreTrainedModel, pixels: torch.Tensor) -> FrameFeatures:
         feats = layer_features(self.vision_tower(model), pixels, self.config.vision_feature_layer)
         return FrameFeatures(self.to_grid(feats[:, 1:]), prefix=feats[:, :1])
 
-    def native_tokens(self, model: Any, frames: FrameFeatures, stride: int | None = None) -> Any:
+    def native_tokens(self, model: PreTrainedModel, frames: FrameFeatures, stride: int | None = None) -> torch.Tensor:
         import torch
 
         stride = self.geometry().native_stride if stride is None else stride
