@@ -33,8 +33,9 @@ def main() -> None:
 
     from vqa_cli.jobs.eval import Evaluator, build, group_items, read_items
     from vqa_cli.jobs.eval._run import eval_sid
-    from vqa_cli.model.engine import RunSettings, sample_clip
+    from vqa_cli.model.engine import sample_clip
     from vqa_cli.model.session import open_model
+    from vqa_cli.settings import RunSettings
     from vqa_cli.testing import make_clip
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -108,8 +108,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     import torch
 
     from vqa_cli.model import prompt as prompts
-    from vqa_cli.model.engine import Checkpoint, Engine, RunSettings
-    from vqa_cli.model.modes import ModeSettings
+    from vqa_cli.model.engine import Checkpoint, Engine
+    from vqa_cli.settings import ModeSettings, RunSettings
     from vqa_cli.testing import tiny_checkpoint
     from vqa_cli.video import sample_frames
 

@@ -33,8 +33,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from vqa_cli.model.conversation import Conversation
-    from vqa_cli.model.engine import RunSettings
     from vqa_cli.model.session import open_model
+    from vqa_cli.settings import RunSettings
     from vqa_cli.testing import make_clip
     from vqa_cli.video import sample_frames
 

@@ -120,8 +120,8 @@ def main() -> None:
     parser.add_argument("--model", default=None)
     args = parser.parse_args()
 
-    from vqa_cli.model.engine import RunSettings
     from vqa_cli.model.session import open_model
+    from vqa_cli.settings import RunSettings
     from vqa_cli.testing import tiny_checkpoint
 
     work = Path(tempfile.mkdtemp(prefix="vqa-segments-"))

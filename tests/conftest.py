@@ -34,8 +34,8 @@ def clip_path(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def engine_factory(tiny_dir):
     """Build (and cache) engines on the tiny checkpoint for given settings."""
-    from vqa_cli.model.engine import RunSettings
     from vqa_cli.model.session import open_model
+    from vqa_cli.settings import RunSettings
 
     cache: dict = {}
 

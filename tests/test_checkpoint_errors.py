@@ -200,8 +200,8 @@ def test_a_broken_checkpoint_is_one_line(name, command, damaged, clip_path, tmp_
 @pytest.mark.parametrize("name", list(CASES))
 def test_a_broken_checkpoint_has_its_kind(name, damaged):
     """The error table's view (caption's error records and the summary use the kind)."""
-    from vqa_cli.model.engine import RunSettings
     from vqa_cli.model.session import open_model
+    from vqa_cli.settings import RunSettings
 
     settings = RunSettings(model=str(damaged(name)), frames=2, max_new_tokens=2, device="cpu")
     with pytest.raises(VqaError) as info:

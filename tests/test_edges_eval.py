@@ -15,8 +15,7 @@ import pytest
 from tests.clips import make_clip
 from vqa_cli.jobs.eval import run_eval
 from vqa_cli.jobs.eval._run import eval_sid
-from vqa_cli.model.engine import RunSettings
-from vqa_cli.model.modes import ModeSettings
+from vqa_cli.settings import ModeSettings, RunSettings
 
 ROWS = [{"video": "one.mp4", "question": "Which shape?", "candidates": ["a square", "a circle"], "answer": "a circle"},
         {"video": "one.mp4", "question": "Which side?", "candidates": ["top", "bottom", "middle"], "answer": "top"},

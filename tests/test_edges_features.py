@@ -10,9 +10,8 @@ import random
 
 import pytest
 
-from vqa_cli.model.engine import RunSettings
 from vqa_cli.model.features import BytesLRU, feature_key
-from vqa_cli.model.modes import ModeSettings
+from vqa_cli.settings import ModeSettings, RunSettings
 
 # What each RunSettings field does to a clip's visual tokens (the mode's output that replaces the placeholder).
 # changed: a value that changes the visual tokens, so the key must change.

@@ -96,7 +96,7 @@ def test_a_still_image_in_anyres_takes_the_checkpoints_own_anyres_image_path(eng
 
 
 def test_a_still_image_in_other_modes_is_a_one_frame_video(engine_factory, tmp_path):
-    from vqa_cli.model.modes import ModeSettings
+    from vqa_cli.settings import ModeSettings
 
     engine = engine_factory(frames=4, mode=ModeSettings("slowfast"))
     answer = engine.answer(sample_frames(_still(tmp_path), 4), "What is this?")

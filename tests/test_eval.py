@@ -293,8 +293,7 @@ def bench(tmp_path_factory):
 
 
 def _settings(tiny_dir, mode="anyres", **kw):
-    from vqa_cli.model.engine import RunSettings
-    from vqa_cli.model.modes import ModeSettings
+    from vqa_cli.settings import ModeSettings, RunSettings
 
     return RunSettings(model=str(tiny_dir), mode=ModeSettings(mode), frames=4, dtype="float32", max_new_tokens=6,
                        **kw)
@@ -458,8 +457,9 @@ def letters_dir(tiny_dir, bench, tmp_path_factory):
     from safetensors.torch import load_file, save_file
 
     from vqa_cli.model import prompt
-    from vqa_cli.model.engine import RunSettings, sample_clip
+    from vqa_cli.model.engine import sample_clip
     from vqa_cli.model.session import open_model
+    from vqa_cli.settings import RunSettings
 
     root, _ = bench
     path = tmp_path_factory.mktemp("letters") / "llava-next-video"
@@ -576,7 +576,7 @@ def test_two_accelerate_processes_split_and_merge(tiny_dir, bench, tmp_path):
 
 def test_summary_counts_and_published_figure():
     from vqa_cli.jobs.eval._run import build_summary
-    from vqa_cli.model.engine import RunSettings
+    from vqa_cli.settings import RunSettings
 
     def rec(qid, video, correct, counted=True, unparsed=False, error=None, category="c1"):
         return {"video": video, "qid": qid, "correct": correct, "counted": counted, "unparsed": unparsed,
@@ -632,8 +632,8 @@ def test_a_missing_video_gives_error_records(tiny_dir, engine_factory, bench):
 
 @pytest.mark.heavy
 def test_every_family_answers_and_scores(family_dirs, bench):
-    from vqa_cli.model.engine import RunSettings
     from vqa_cli.model.session import open_model
+    from vqa_cli.settings import RunSettings
 
     root, ann = bench
     items = read_items(ann, "mvbench")[:1]

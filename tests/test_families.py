@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from vqa_cli.model import modes
-from vqa_cli.model.engine import Checkpoint, Engine, RunSettings
+from vqa_cli.model.engine import Checkpoint, Engine
 from vqa_cli.model.families.base import FrameFeatures
 from vqa_cli.model.families.registry import CHECKPOINTS, FAMILIES, adapter_for, family_for_model_type, resolve_alias
 from vqa_cli.model.session import open_model
+from vqa_cli.settings import RunSettings
 from vqa_cli.video import sample_frames
 from vqa_cli.video.preprocess import ProcessorConfig
 

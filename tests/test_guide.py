@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vqa_cli.model import modes
-from vqa_cli.model.modes import ModeSettings
+from vqa_cli.settings import ModeSettings
 
 
 def _grid(t=32, h=24, w=24, d=8):

@@ -11,7 +11,7 @@ from torch import nn
 
 from vqa_cli.errors import UsageError
 from vqa_cli.model import modes
-from vqa_cli.model.modes import ModeSettings
+from vqa_cli.settings import DEFAULT_MODE, ModeName, ModeSettings
 from vqa_cli.testing import FAMILIES
 
 GRID = (24, 24)
@@ -217,10 +217,10 @@ class _Guide:
 
 
 def test_the_registry_holds_one_mode_per_name():
-    assert tuple(m.name for m in modes.REGISTRY) == get_args(modes.ModeName)
-    for name in get_args(modes.ModeName):
+    assert tuple(m.name for m in modes.REGISTRY) == get_args(ModeName)
+    for name in get_args(ModeName):
         assert modes.mode_for(name).name == name
-    assert modes.DEFAULT_MODE in get_args(modes.ModeName)
+    assert DEFAULT_MODE in get_args(ModeName)
 
 
 @pytest.mark.parametrize("call", [

@@ -155,7 +155,8 @@ def test_engine_pixels_use_the_checkpoints_processor(family_dirs, family):
     """Engine.pixels, as ask and caption call it, on a clip of odd landscape and portrait frames."""
     import torch
 
-    from vqa_cli.model.engine import Checkpoint, Engine, RunSettings
+    from vqa_cli.model.engine import Checkpoint, Engine
+    from vqa_cli.settings import RunSettings
     from vqa_cli.video import Clip
 
     settings = RunSettings(model=str(family_dirs[family]), dtype="float32", max_new_tokens=1)

@@ -33,9 +33,9 @@ import torch
 
 from vqa_cli.model import prompt
 from vqa_cli.model.conversation import Conversation
-from vqa_cli.model.engine import Engine, RunSettings
-from vqa_cli.model.modes import ModeSettings
+from vqa_cli.model.engine import Engine
 from vqa_cli.model.session import open_model
+from vqa_cli.settings import ModeSettings, RunSettings
 from vqa_cli.video import Clip
 
 CASES = ("llava-next-video", "video-llava", "llava-onevision", "llava-next-video+bos", "video-llava+bos")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from vqa_cli.errors import ContextOverflowError
-from vqa_cli.model.engine import RunSettings
 from vqa_cli.output import records
+from vqa_cli.settings import RunSettings
 
 # The caption record's fields as docs/output.md lists them, in order.
 CAPTION_DOC = ["video", "caption", "model", "mode", "frames", "frame_indices", "timestamps", "duration", "warnings",

@@ -7,8 +7,8 @@ import torch
 
 from vqa_cli.errors import ContextOverflowError
 from vqa_cli.model import rope
-from vqa_cli.model.engine import Checkpoint, RunSettings
-from vqa_cli.model.modes import ModeSettings
+from vqa_cli.model.engine import Checkpoint
+from vqa_cli.settings import ModeSettings, RunSettings
 
 
 @pytest.mark.parametrize(

@@ -147,8 +147,8 @@ def _full_prefill_logprobs(tiny_dir, media, turns, top):
 
     from vqa_cli.model import prompt
     from vqa_cli.model.conversation import Conversation
-    from vqa_cli.model.engine import RunSettings
     from vqa_cli.model.session import open_model
+    from vqa_cli.settings import RunSettings
 
     settings = RunSettings(model=str(tiny_dir), frames=8, max_new_tokens=8)
     session = open_model(settings, ["?"], reserve=1024)

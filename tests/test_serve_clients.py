@@ -107,8 +107,8 @@ def test_frames_as_jpeg_image_urls_answer_like_the_model_given_those_frames(clie
     frames the JPEGs decode to (PIL, here) with the same settings; the server must feed exactly those."""
     from PIL import Image
 
-    from vqa_cli.model.engine import RunSettings
     from vqa_cli.model.session import open_model
+    from vqa_cli.settings import RunSettings
     from vqa_cli.video import Clip
 
     jpegs = _lmms_eval_frames(str(media / "a.mp4"), 8)

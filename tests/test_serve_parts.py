@@ -7,14 +7,13 @@ import os
 import pytest
 import torch
 
-from vqa_cli.model.engine import RunSettings
 from vqa_cli.model.features import FeatureCache, feature_key, file_identity
-from vqa_cli.model.modes import ModeSettings
 from vqa_cli.remote import wire
 from vqa_cli.serve import model_names
 from vqa_cli.serve._kv import Prefix, PrefixCache, cache_bytes
 from vqa_cli.serve._requests import ApiError, MediaPolicy, parse_chat, resolve_media
 from vqa_cli.serve._worker import StopFilter, cut_at_stop
+from vqa_cli.settings import ModeSettings, RunSettings
 
 BASE = RunSettings(model="m", frames=8, max_new_tokens=16)
 

@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from vqa_cli.errors import ContextOverflowError, InputNotFoundError
-from vqa_cli.model.engine import RunSettings
 from vqa_cli.model.session import check_input, open_model, open_session
+from vqa_cli.settings import RunSettings
 
 
 def test_a_missing_input_or_a_folder_fails_before_the_model_is_read(tmp_path):

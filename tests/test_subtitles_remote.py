@@ -11,7 +11,7 @@ from tests.clips import make_clip
 from tests.serve_helpers import start
 from vqa_cli.cli.options import run_settings
 from vqa_cli.model.features import feature_key
-from vqa_cli.model.modes import ModeSettings
+from vqa_cli.settings import ModeSettings
 
 SETTINGS = ["--frames", "2", "--max-new-tokens", "4"]
 # frames 10 and 30 of a 4 s clip at 10 fps: 1.0 s and 3.0 s (with fixed:2, 0.5 s and 2.5 s)
@@ -103,9 +103,9 @@ def test_server_gives_the_subtitles_a_local_run_gives(tiny_dir, tmp_path, capsys
 def test_a_request_carries_the_cues_and_a_malformed_field_is_a_400():
     import pytest
 
-    from vqa_cli.model.engine import RunSettings
     from vqa_cli.output import subtitles
     from vqa_cli.serve._requests import ApiError, parse_chat
+    from vqa_cli.settings import RunSettings
 
     def parse(value):
         messages = [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": "v.mp4"}},

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from tests.clips import make_clip
-from vqa_cli.model.engine import Engine, RunSettings
+from vqa_cli.model.engine import Engine
 from vqa_cli.model.session import open_model
+from vqa_cli.settings import RunSettings
 from vqa_cli.testing import FAMILIES
 from vqa_cli.video import Clip, sample_frames
 

@@ -21,7 +21,8 @@ from tests.clips import audio_only, av1_clip, damage, frame_number, make_rotated
 from tests.test_cli import run
 from tests.video_checks import codec_clips
 from vqa_cli.cli.options import run_settings
-from vqa_cli.video import DECODERS, Clip, DecodeOptions, VideoError, _pyav, probe, sample_frames
+from vqa_cli.settings import DECODERS
+from vqa_cli.video import Clip, DecodeOptions, VideoError, _pyav, probe, sample_frames
 
 CODECS = ["mpeg4", "mjpeg", "h264", "hevc", "vp8", "vp9", "av1"]
 FORCED = [d for d in DECODERS if d != "auto"]

@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from vqa_cli.model.conversation import Conversation
-from vqa_cli.model.engine import Engine, RunSettings
-from vqa_cli.model.modes import ModeSettings
+from vqa_cli.model.engine import Engine
 from vqa_cli.model.session import open_model
+from vqa_cli.settings import ModeSettings, RunSettings
 from vqa_cli.video import Clip, sample_frames
 
 QUESTION = "Where is the dog going?"

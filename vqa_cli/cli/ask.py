@@ -50,7 +50,7 @@ from vqa_cli.cli.options import (
     run_settings,
 )
 from vqa_cli.errors import UsageError
-from vqa_cli.model.modes import DEFAULT_MODE
+from vqa_cli.settings import DEFAULT_MODE
 
 
 def ask(

@@ -49,7 +49,7 @@ from vqa_cli.cli.options import (
     run_settings,
     writable_folder,
 )
-from vqa_cli.model.modes import DEFAULT_MODE
+from vqa_cli.settings import DEFAULT_MODE
 
 
 def caption(

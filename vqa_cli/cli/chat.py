@@ -34,7 +34,7 @@ from vqa_cli.cli.options import (
     VideoArg,
     run_settings,
 )
-from vqa_cli.model.modes import DEFAULT_MODE
+from vqa_cli.settings import DEFAULT_MODE
 
 
 def chat(

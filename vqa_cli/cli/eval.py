@@ -40,7 +40,7 @@ from vqa_cli.errors import UsageError
 from vqa_cli.jobs.eval._formats import FormatChoice
 from vqa_cli.jobs.eval._prompts import Protocol
 from vqa_cli.jobs.eval._score import Score
-from vqa_cli.model.modes import DEFAULT_MODE, ModeName
+from vqa_cli.settings import DEFAULT_MODE, ModeName
 
 
 def _subtitles(choice: str) -> str:

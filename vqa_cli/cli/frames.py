@@ -22,7 +22,7 @@ from vqa_cli.cli.options import (
     run_settings,
 )
 from vqa_cli.errors import UsageError
-from vqa_cli.model.modes import DEFAULT_MODE, ModeName, ModeSettings
+from vqa_cli.settings import DEFAULT_MODE, ModeName, ModeSettings
 
 
 def frames(

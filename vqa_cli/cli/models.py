@@ -9,7 +9,7 @@ import typer
 
 from vqa_cli import console
 from vqa_cli.cli.options import DeviceOpt, DtypeOpt, JsonOpt
-from vqa_cli.model.loading import Quant
+from vqa_cli.settings import Quant
 
 QuantizedOpt = Annotated[bool, typer.Option(
     "--quantized", help="List the pre-quantized copies in the vqa cache instead (local directories' too).")]

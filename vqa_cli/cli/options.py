@@ -10,22 +10,27 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any
 
 import typer
 
 from vqa_cli.errors import InvalidValueError, UsageError
-from vqa_cli.model.loading import Dtype, Quant
-from vqa_cli.model.modes import DEFAULT_MODE, ModeName, ModeSettings
-from vqa_cli.model.rope import RopeType
-from vqa_cli.video import DecoderName, SeekMode
-from vqa_cli.video.scenes import DEFAULT_SCENE_DETECTOR, SceneDetector
-
-if TYPE_CHECKING:
-    from vqa_cli.model.engine import RunSettings
+from vqa_cli.settings import (
+    DEFAULT_MODE,
+    DEFAULT_SCENE_DETECTOR,
+    DecoderName,
+    Dtype,
+    ModeName,
+    ModeSettings,
+    Quant,
+    RopeType,
+    RunSettings,
+    SceneDetector,
+    SeekMode,
+    Stride,
+)
 
 _NOT_AN_OPTION: Any = object()  # run_settings' model for a command without --model
-Stride = Literal["1", "2", "4"]  # anyres per-frame pooling strides, as typed on the command line
 
 VideoArg = Annotated[str, typer.Argument(help="Video file (or an image).", show_default=False,
                                          callback=lambda value: _check_path("the video", value) or value)]
@@ -174,9 +179,8 @@ def run_settings(
     Raises ``UsageError`` for combinations the options cannot express on their own (a window that
     ends before it starts, both --frames and --fps, --guide outside --mode pooled, ...).
     """
-    from vqa_cli.model.engine import RunSettings
     from vqa_cli.model.fit import parse_max_memory
-    from vqa_cli.model.guide import DEFAULT_GUIDE_MODEL
+    from vqa_cli.settings import DEFAULT_GUIDE_MODEL
 
     _check_window(start, end)
     _check_rate(frames, fps, max_frames)

@@ -13,8 +13,6 @@ from typing import Any
 from vqa_cli.errors import UnsupportedModelError
 from vqa_cli.model import loading, modes
 
-DEFAULT_GUIDE_MODEL = "openai/clip-vit-large-patch14-336"
-
 
 class Guide:
     def __init__(self, name: str, *, vision_hidden: int, device: str, dtype: Any) -> None:

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 from vqa_cli import console
 from vqa_cli.errors import (
@@ -40,11 +40,8 @@ from vqa_cli.model.families.registry import (
     family_for_model_type,
     resolve_alias,
 )
+from vqa_cli.settings import DTYPES, QUANTS
 
-Quant = Literal["4bit", "8bit", "none"]  # bitsandbytes 4-bit NF4, 8-bit, or full precision
-Dtype = Literal["auto", "float32", "float16", "bfloat16"]
-QUANTS: tuple[str, ...] = get_args(Quant)
-DTYPES: tuple[str, ...] = get_args(Dtype)
 CONFIG_PATTERNS = ["*.json", "*.jinja", "tokenizer.model", "*.txt", "*.tiktoken"]
 WEIGHT_PATTERNS = ["*.safetensors"]
 CONFIG_FILE = "config.json"

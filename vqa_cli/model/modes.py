@@ -19,23 +19,20 @@ each mode can be checked on random tensors against the papers' formulas.
   of each token, re-softmaxed inside the window at temperature 0.01.
 
 Adding a mode: a ``Mode`` subclass (a ``ProjectedMode`` when it works after the projector), its
-name in ``ModeName`` and an instance in ``REGISTRY``; see docs/modes.md.
+name in ``vqa_cli.settings.ModeName`` and an instance in ``REGISTRY``; see docs/modes.md.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, get_args
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from vqa_cli.errors import UsageError
+from vqa_cli.settings import MODE_NAMES, ModeName, ModeSettings
 
 if TYPE_CHECKING:
     import torch
-
-# The one list of mode names: the registry, the CLI's --mode choices and the records read it.
-ModeName = Literal["anyres", "slowfast", "pooled"]
-DEFAULT_MODE: ModeName = "anyres"
 
 # The papers' settings at the 24x24 grid they were published on; other grids derive from them.
 REFERENCE_GRID = 24
@@ -62,23 +59,6 @@ class Pathway:
     def to_dict(self) -> dict:
         return {"name": self.name, "frames": list(self.frame_positions), "grid": list(self.grid),
                 "tokens": self.tokens}
-
-
-@dataclass(frozen=True)
-class ModeSettings:
-    """A mode and its parameters. ``None`` means: derive from the family's grid."""
-
-    name: ModeName = DEFAULT_MODE
-    stride: int | None = None  # anyres: per-frame pooling stride override
-    slow_frames: int | None = None  # slowfast
-    fast_grid: int | None = None  # slowfast
-    pool: tuple[int, int, int] | None = None  # pooled: (T, H, W)
-    guide: bool = False  # pooled: PPLLaVA prompt-guided pooling instead of plain averaging
-    guide_kernel: tuple[int, int, int] | None = None  # pooled + guide: 3-D window (= stride)
-
-    def to_dict(self) -> dict:
-        """The parameters that are set (unset ones and ``guide=False`` left out)."""
-        return {k: v for k, v in self.__dict__.items() if v is not None and v is not False}
 
 
 @dataclass(frozen=True)
@@ -288,7 +268,7 @@ def mode_for(name: str) -> Mode:
     for mode in REGISTRY:
         if mode.name == name:
             return mode
-    raise UsageError(f"unknown mode {name!r} (known: {', '.join(get_args(ModeName))})")
+    raise UsageError(f"unknown mode {name!r} (known: {', '.join(MODE_NAMES)})")
 
 
 def plan(settings: ModeSettings, num_frames: int, geometry: ModeGeometry) -> TokenPlan:

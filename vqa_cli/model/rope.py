@@ -10,10 +10,10 @@ than ``MAX_FACTOR`` fails with a message that says how many frames would fit.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, get_args
+from typing import Any
 
-RopeType = Literal["linear", "dynamic"]
-ROPE_TYPES: tuple[str, ...] = get_args(RopeType)
+from vqa_cli.settings import ROPE_TYPES
+
 MAX_FACTOR = 4.0
 
 

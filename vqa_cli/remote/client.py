@@ -143,7 +143,7 @@ def connect(url: str, settings: Any, *, model_given: bool) -> tuple[Client, Any]
     if model_given and settings.model not in (entry["id"], served["model"]):
         raise UsageError(f"the server at {client.base} serves {served['model']!r}, not {settings.model!r}: "
                          "drop --model, or start a server with it")
-    from vqa_cli.model.engine import LOAD_SETTINGS, RunSettings
+    from vqa_cli.settings import LOAD_SETTINGS, RunSettings
 
     defaults = RunSettings(model=served["model"])
     changes = {}

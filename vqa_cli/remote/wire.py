@@ -12,8 +12,7 @@ from dataclasses import replace
 from typing import Any, get_args
 
 from vqa_cli.errors import UsageError
-from vqa_cli.model.modes import ModeName
-from vqa_cli.video import SeekMode
+from vqa_cli.settings import ModeName, SeekMode
 
 # name: (JSON types accepted, where it lives: "run" = RunSettings, "mode" = ModeSettings)
 FIELDS: dict[str, tuple[tuple[type, ...], str]] = {

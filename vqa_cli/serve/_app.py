@@ -18,11 +18,11 @@ from typing import Any
 
 from vqa_cli import console
 from vqa_cli.errors import API_CODES, EXIT_USAGE, INTERNAL, bug_text, describe
-from vqa_cli.model.engine import LOAD_SETTINGS
 from vqa_cli.model.loading import dtype_name
 from vqa_cli.remote import wire
 from vqa_cli.serve._requests import ApiError, ChatRequest, MediaPolicy, parse_chat, price, read_json, resolve
 from vqa_cli.serve._worker import Cancelled, Job, Result, StopFilter
+from vqa_cli.settings import LOAD_SETTINGS
 
 POLL = 0.2  # seconds between checks that a waiting client is still there
 _STATUS = {"unknown_model": 404, "out_of_memory": 503}

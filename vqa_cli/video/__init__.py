@@ -44,21 +44,16 @@ from __future__ import annotations
 from typing import Any
 
 from vqa_cli.video._inputs import (
-    DECODERS,
     IMAGE_EXTENSIONS,
-    SEEK_MODES,
     VIDEO_EXTENSIONS,
     Clip,
-    DecoderName,
-    SeekMode,
     VideoError,
     is_image_path,
 )
 from vqa_cli.video._options import AUTO_KEYFRAME_ABOVE, DecodeOptions, cpu_cores
 from vqa_cli.video._sampling import uniform_indices
 
-# The decoding side imports OpenCV and numpy: loaded on first use, so `vqa --help` (which reads
-# ``SeekMode``) stays fast.
+# The decoding side imports OpenCV and numpy: loaded on first use, so `vqa --help` stays fast.
 _LAZY = {"probe": "_capture", "read_image": "_capture", "sample_frames": "_sample", "frame_times": "_sample"}
 
 
@@ -73,14 +68,10 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "AUTO_KEYFRAME_ABOVE",
-    "DECODERS",
     "IMAGE_EXTENSIONS",
-    "SEEK_MODES",
     "VIDEO_EXTENSIONS",
     "Clip",
     "DecodeOptions",
-    "DecoderName",
-    "SeekMode",
     "VideoError",
     "cpu_cores",
     "frame_times",

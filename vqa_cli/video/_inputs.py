@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import TYPE_CHECKING
 
 from vqa_cli.errors import EXIT_FAILURE, VqaError
 
@@ -34,12 +34,6 @@ VIDEO_EXTENSIONS: frozenset[str] = frozenset(
 )
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
-SeekMode = Literal["exact", "keyframe", "auto"]
-SEEK_MODES: tuple[str, ...] = get_args(SeekMode)
-# Which library decodes a file: auto (OpenCV when it decodes the file's first frame, else PyAV), or one forced.
-# Both give the frames of a full sequential decode, so the choice never changes a run's settings id.
-DecoderName = Literal["auto", "opencv", "pyav"]
-DECODERS: tuple[str, ...] = get_args(DecoderName)
 LIBRARIES = {"opencv": "OpenCV", "pyav": "PyAV"}
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from vqa_cli.video._inputs import DECODERS, DecoderName
+from vqa_cli.settings import DECODERS, DEFAULT_DECODER, DecoderName
 
 # seek="auto" switches to keyframe seeking when exact decoding would decode more
 # frames than this (2 to 4 s of 1080p H.264 on two cores), every target has a
@@ -42,7 +42,7 @@ class DecodeOptions:
     parallel_min_decodes: int = PARALLEL_MIN_DECODES  # below this many planned decodes, one capture
     packets_for_exact: bool = True  # exact H.264 decoding may go through the packets (see _packets)
     auto_keyframe_above: int = AUTO_KEYFRAME_ABOVE  # seek="auto": exact decodes above which keyframes win
-    decoder: DecoderName = "auto"  # "auto": OpenCV when it decodes the first frame, else PyAV; or one forced
+    decoder: DecoderName = DEFAULT_DECODER  # "auto": OpenCV when it decodes the first frame, else PyAV; or one forced
 
     def __post_init__(self) -> None:
         for name in ("cores", "max_workers"):

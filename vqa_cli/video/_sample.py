@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from vqa_cli.settings import SeekMode
 from vqa_cli.video import _capture, _pyav
 from vqa_cli.video._counting import sample_counting
 from vqa_cli.video._index import PacketIndex, scan_index
-from vqa_cli.video._inputs import Clip, Deadline, SeekMode, check_file, is_image_path
+from vqa_cli.video._inputs import Clip, Deadline, check_file, is_image_path
 from vqa_cli.video._options import DecodeOptions
 from vqa_cli.video._packets import decode_from_packets
 from vqa_cli.video._sampling import Request, Timeline, plausible_fps, validate

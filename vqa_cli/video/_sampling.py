@@ -15,7 +15,8 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from vqa_cli.video._inputs import SEEK_MODES, VideoError, fmt_seconds, quote
+from vqa_cli.settings import SEEK_MODES
+from vqa_cli.video._inputs import VideoError, fmt_seconds, quote
 
 # Frame rates outside this range in a header are treated as nonsense.
 MAX_PLAUSIBLE_FPS = 1000.0

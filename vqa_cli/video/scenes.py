@@ -10,7 +10,7 @@ cut to a green one) and its histogram detector (luma histogram correlation: find
 two textures with one histogram, such as stripes turned sideways) together, and takes the cuts either finds.
 The histogram detector fires on every frame of a flat fade, so cuts on consecutive frames are one transition
 (a fade, a dissolve, a flash): one cut at its middle. ``content``, ``adaptive`` and ``histogram`` run one
-detector alone; ``--scene-threshold`` is the chosen detector's own threshold (``DEFAULT_THRESHOLDS``).
+detector alone; ``--scene-threshold`` is the chosen detector's own threshold (``settings.DEFAULT_THRESHOLDS``).
 
 Window bounds use the decoder's 3-decimal timestamps (``video._sampling.round_ts``), so a frame shown at a
 cut belongs to the segment that starts there, exactly as ``video.sample_frames`` windows ``start <= t < end``.
@@ -20,19 +20,9 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 from vqa_cli.errors import UsageError
-
-SceneDetector = Literal["combined", "content", "adaptive", "histogram"]
-SCENE_DETECTORS: tuple[str, ...] = get_args(SceneDetector)
-DEFAULT_SCENE_DETECTOR: SceneDetector = "combined"
-# Each detector's own default threshold (PySceneDetect's): ContentDetector's mean HSV change, AdaptiveDetector's
-# ratio to its neighbourhood, HistogramDetector's 1 - correlation. ``combined``'s is the content threshold; its
-# histogram threshold is scaled with it (``combined_thresholds``), so lower still finds more cuts.
-DEFAULT_THRESHOLDS: dict[str, float] = {"combined": 27.0, "content": 27.0, "adaptive": 3.0, "histogram": 0.2}
-DEFAULT_SCENE_THRESHOLD = DEFAULT_THRESHOLDS[DEFAULT_SCENE_DETECTOR]
-DEFAULT_MIN_SCENE = 0.0  # seconds; 0 keeps every scene PySceneDetect reports
+from vqa_cli.settings import DEFAULT_MIN_SCENE, DEFAULT_SCENE_DETECTOR, DEFAULT_THRESHOLDS, SCENE_DETECTORS
 
 
 @dataclass(frozen=True)
