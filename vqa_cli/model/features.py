@@ -37,10 +37,20 @@ import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from vqa_cli import console
 from vqa_cli.fingerprint import file_stamp, sha256
+
+if TYPE_CHECKING:
+    import torch
+
+    from vqa_cli.model.engine import Engine
+    from vqa_cli.settings import RunSettings
+    from vqa_cli.video import Clip
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
 
 DISK_SUFFIX = ".safetensors"
 TMP_PREFIX = ".tmp-"  # a write in progress: TMP_PREFIX + random + DISK_SUFFIX, in the folder
@@ -82,7 +92,7 @@ class Key(str):
         return Key, (self.inputs,)
 
 
-def feature_key(source: dict, settings: Any, frames: int, model: dict, *, dtype: str, device: str,
+def feature_key(source: dict, settings: RunSettings, frames: int, model: dict, *, dtype: str, device: str,
                 question: str = "", context: str = "") -> Key:
     """The cache key of a clip's visual tokens (see the module docstring); ``frames``: the planned count;
     ``context``: what else the guiding question holds (``subtitles.digest`` of the cues given before it)."""
@@ -103,7 +113,8 @@ def feature_key(source: dict, settings: Any, frames: int, model: dict, *, dtype:
     return Key(json.dumps(identity, sort_keys=True))
 
 
-def key_for(engine: Any, source: dict, settings: Any, frames: int, question: str = "", context: str = "") -> Key:
+def key_for(engine: Engine, source: dict, settings: RunSettings, frames: int, question: str = "",
+            context: str = "") -> Key:
     """``feature_key`` of a clip for ``engine`` (a loaded ``engine.Engine``): its checkpoint files, dtype, device."""
     return feature_key(source, settings, frames, _loaded_identity(str(engine.checkpoint.dir)),
                        dtype=str(engine.loaded.dtype), device=engine.loaded.device, question=question,
@@ -116,7 +127,7 @@ def _loaded_identity(checkpoint_dir: str) -> dict:
     return model_identity(Path(checkpoint_dir))
 
 
-def entry_digest(tensor: Any, clip: str) -> str:
+def entry_digest(tensor: torch.Tensor, clip: str) -> str:
     """SHA-256 of a CPU tensor's dtype, shape and bytes and of its clip record (``clip``: the JSON stored with it):
     what an entry on disk is checked against."""
     import torch
@@ -135,12 +146,12 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def clip_meta(clip: Any) -> dict:
+def clip_meta(clip: Clip) -> dict:
     """A clip without its pixels: what records and prompts need once its tokens are known."""
     return {name: getattr(clip, name) for name in _CLIP_FIELDS}
 
 
-def clip_from_meta(meta: dict) -> Any:
+def clip_from_meta(meta: dict) -> Clip:
     """A ``video.Clip`` from ``clip_meta`` (no pixels: its visual tokens come from the cache)."""
     import numpy as np
 
@@ -149,29 +160,29 @@ def clip_from_meta(meta: dict) -> Any:
     return Clip(frames=np.zeros((0, 1, 1, 3), dtype=np.uint8), **{k: meta[k] for k in _CLIP_FIELDS})
 
 
-class BytesLRU:
+class BytesLRU(Generic[_K, _V]):
     """Entries with a size, least recently used out first while their total is over ``max_bytes``; an entry
     larger than the whole budget is not kept. Not locked: its owner locks."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.bytes = 0
-        self._entries: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
+        self._entries: OrderedDict[_K, tuple[_V, int]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def __contains__(self, key: Any) -> bool:
+    def __contains__(self, key: object) -> bool:
         return key in self._entries
 
-    def get(self, key: Any) -> Any:
+    def get(self, key: _K) -> _V | None:
         """The value (now the most recently used), or None."""
         if key not in self._entries:
             return None
         self._entries.move_to_end(key)
         return self._entries[key][0]
 
-    def add(self, key: Any, value: Any, size: int) -> None:
+    def add(self, key: _K, value: _V, size: int) -> None:
         if size > self.max_bytes:
             return
         self.pop(key)
@@ -181,7 +192,7 @@ class BytesLRU:
             _, (_, old) = self._entries.popitem(last=False)
             self.bytes -= old
 
-    def pop(self, key: Any) -> Any:
+    def pop(self, key: _K) -> _V | None:
         """Remove and return the value (None when absent)."""
         if key not in self._entries:
             return None
@@ -189,14 +200,14 @@ class BytesLRU:
         self.bytes -= size
         return value
 
-    def items(self) -> list[tuple[Any, Any]]:
+    def items(self) -> list[tuple[_K, _V]]:
         return [(key, value) for key, (value, _) in self._entries.items()]
 
 
 @dataclasses.dataclass
 class Entry:
-    clip: Any  # video.Clip without pixels
-    features: Any  # [N, D] tensor on the CPU
+    clip: Clip  # without pixels
+    features: torch.Tensor  # [N, D] on the CPU
     where: str  # "memory" or "disk": where this lookup found it
 
 
@@ -205,7 +216,7 @@ class FeatureCache:
 
     def __init__(self, max_bytes: int, folder: str | Path | None = None) -> None:
         self.folder = Path(folder) if folder else None
-        self._memory = BytesLRU(max_bytes)  # key -> (clip, features)
+        self._memory: BytesLRU[str, tuple[Clip, torch.Tensor]] = BytesLRU(max_bytes)  # key -> (clip, features)
         self._lock = threading.Lock()
         self.hits = {"memory": 0, "disk": 0}
         self.misses = 0
@@ -256,7 +267,7 @@ class FeatureCache:
         self._remember(key, *found)
         return Entry(*found, "disk")
 
-    def put(self, key: str, clip: Any, features: Any) -> None:
+    def put(self, key: str, clip: Clip, features: torch.Tensor) -> None:
         """Keep ``features`` (moved to the CPU) for ``clip``; on disk too when the cache has a folder vqa can write
         (written on a thread of the cache's own: ``flush`` waits for it)."""
         features = features.detach().to("cpu").contiguous()
@@ -276,7 +287,7 @@ class FeatureCache:
                     "hits": dict(self.hits), "misses": self.misses,
                     "folder": str(self.folder) if self.folder else None}
 
-    def _remember(self, key: str, clip: Any, features: Any) -> None:
+    def _remember(self, key: str, clip: Clip, features: torch.Tensor) -> None:
         with self._lock:
             if key not in self._memory:
                 self._memory.add(key, (clip, features), features.numel() * features.element_size())
@@ -285,7 +296,7 @@ class FeatureCache:
         assert self.folder is not None
         return self.folder / f"{key}{DISK_SUFFIX}"
 
-    def _read(self, key: str) -> tuple[Any, Any] | None:
+    def _read(self, key: str) -> tuple[Clip, torch.Tensor] | None:
         """The entry on disk when it is whole and made for ``key`` (see the module docstring), else None."""
         if self.folder is None or not self._path(key).is_file():
             return None
@@ -318,7 +329,7 @@ class FeatureCache:
             console.info(f"warning: feature-cache entry {self._path(key)} is {why}: computing it again")
         return None
 
-    def _write(self, key: str, meta: dict, features: Any) -> None:
+    def _write(self, key: str, meta: dict, features: torch.Tensor) -> None:
         """``features`` to the key's file, through a temporary file removed whatever happens; a failure (a full
         disk, a folder gone read-only) is one warning and the end of disk writes for this cache."""
         from safetensors.torch import save

@@ -10,9 +10,12 @@ than ``MAX_FACTOR`` fails with a message that says how many frames would fit.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING
 
 from vqa_cli.settings import ROPE_TYPES
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 MAX_FACTOR = 4.0
 
@@ -38,7 +41,7 @@ def scaled_rope_parameters(existing: dict | None, factor: float, rope_type: str)
     return params
 
 
-def apply_to_config(text_config: Any, base: dict | None, factor: float, rope_type: str) -> None:
+def apply_to_config(text_config: PretrainedConfig, base: dict | None, factor: float, rope_type: str) -> None:
     """Set the scaling on a text config in place, from the checkpoint's own ``base`` parameters,
     before the model is built from it (so a second load never inherits an earlier factor)."""
     text_config.rope_parameters = scaled_rope_parameters(base, factor, rope_type)
