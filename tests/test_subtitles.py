@@ -11,6 +11,7 @@ from vqa_cli.cli import main
 from vqa_cli.errors import UsageError
 from vqa_cli.output import subtitles
 from vqa_cli.output.subtitles import Cue
+from vqa_cli.settings import check_subtitles
 
 SRT = """\ufeff1
 00:00:00,500 --> 00:00:01,500
@@ -84,7 +85,7 @@ def test_sidecar_and_choices(tmp_path):
     assert subtitles.cues_for(str(video), "auto")[0].text == "Hello there"
     assert subtitles.cues_for(str(video), str(tmp_path / "clip.vtt"))[0].text == "First"
     with pytest.raises(UsageError):
-        subtitles.check_choice(str(tmp_path / "missing.srt"))
+        check_subtitles(str(tmp_path / "missing.srt"))
 
 
 @pytest.fixture()
@@ -168,7 +169,7 @@ def _sidecar_seen_by_a_process(video, stdout) -> str:
     import subprocess
     import sys
 
-    code = f"import sys; from vqa_cli import subtitles; print(subtitles.find_sidecar({str(video)!r}), file=sys.stderr)"
+    code = f"import sys; from vqa_cli.output import subtitles; print(subtitles.find_sidecar({str(video)!r}), file=sys.stderr)"
     return subprocess.run([sys.executable, "-c", code], stdout=stdout, stderr=subprocess.PIPE, text=True,
                           check=True).stderr.strip()
 
