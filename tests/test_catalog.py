@@ -106,11 +106,11 @@ def test_the_cpu_default_counts_its_vision_tower(hub_cache):
 
 
 def test_the_full_test_geometries_are_the_catalogs(tmp_path):
-    """testing.py's --geometry 7b and 0.5b (the widths and depths of the real checkpoints) and the catalog's
+    """vqa_cli.testing's --geometry 7b and 0.5b (the widths and depths of the real checkpoints) and the catalog's
     published geometries are the same numbers."""
     import json
 
-    from vqa_cli import testing
+    from vqa_cli.testing import checkpoints as testing
 
     published = catalog.PUBLISHED["llava-hf/LLaVA-NeXT-Video-7B-hf"]
     built = json.loads((testing.tiny_checkpoint(tmp_path / "7b", geometry="7b", weights=False)

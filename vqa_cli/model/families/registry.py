@@ -2,7 +2,7 @@
 
 A family is found from the checkpoint's ``config.json`` ``model_type``; a checkpoint alias is a
 short name for a hub id. Adding a family means one adapter class here and one tiny-checkpoint
-recipe in ``vqa_cli/testing.py``.
+recipe in ``vqa_cli/testing/checkpoints.py``.
 """
 
 from __future__ import annotations
