@@ -21,7 +21,8 @@ import pytest
 import torch
 
 from tests.serve_helpers import http, raw
-from vqa_cli.serve._requests import ApiError, MediaPolicy, resolve_media
+from vqa_cli.serve._body import ApiError
+from vqa_cli.serve._media import MediaPolicy, resolve_media
 
 CANDIDATES = ["x", "hi", "ok", "Why?", "a b c d", "What is a cat?", "Name a colour.", "Count to ten", "yes", "no",
               "red", "blue", "one", "two", "Go.", "Stop.", "Where?", "When?", "Who?", "cat", "dog", "sun", "tree"]

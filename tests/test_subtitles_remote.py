@@ -104,7 +104,8 @@ def test_a_request_carries_the_cues_and_a_malformed_field_is_a_400():
     import pytest
 
     from vqa_cli.output import subtitles
-    from vqa_cli.serve._requests import ApiError, parse_chat
+    from vqa_cli.serve._body import ApiError
+    from vqa_cli.serve._requests import parse_chat
     from vqa_cli.settings import RunSettings
 
     def parse(value):

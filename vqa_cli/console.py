@@ -6,9 +6,13 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Protocol, TextIO
 
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, Task
+    from rich.status import Status
 
 stderr = Console(stderr=True, highlight=False)
 
@@ -37,7 +41,7 @@ def error(message: str) -> None:
 
 
 @contextmanager
-def status(message: str) -> Iterator[Any]:
+def status(message: str) -> Iterator[Status | None]:
     """A spinner on stderr while work runs; silent when stderr is not a terminal."""
     if stderr_is_tty():
         with stderr.status(message) as s:
@@ -46,13 +50,21 @@ def status(message: str) -> Iterator[Any]:
         yield None
 
 
+class Spinner(Protocol):
+    """What ``spinner`` returns: rich's ``Status``, or a no-op."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
 class _NoStatus:
     def start(self) -> None: ...
 
     def stop(self) -> None: ...
 
 
-def spinner(message: str) -> Any:
+def spinner(message: str) -> Spinner:
     """A started spinner on stderr (TTY only) with ``stop()``; a no-op object otherwise."""
     if not stderr_is_tty():
         return _NoStatus()
@@ -61,7 +73,7 @@ def spinner(message: str) -> Any:
     return s
 
 
-def emit_json(obj: Any, *, stream=None) -> None:
+def emit_json(obj: object, *, stream: TextIO | None = None) -> None:
     stream = stream or sys.stdout
     stream.write(json.dumps(obj, ensure_ascii=False) + "\n")
     stream.flush()
@@ -78,7 +90,7 @@ class _NoProgress:
         return None
 
 
-def progress(unit: str) -> Any:
+def progress(unit: str) -> Progress | _NoProgress:
     """A rich progress bar on stderr with count, rate (``unit``/s) and ETA; a falsy no-op when stderr is
     not a terminal."""
     if not stderr_is_tty():
@@ -95,7 +107,7 @@ def progress(unit: str) -> Any:
     from rich.text import Text
 
     class Rate(ProgressColumn):
-        def render(self, task: Any) -> Text:
+        def render(self, task: Task) -> Text:
             speed = task.finished_speed or task.speed
             return Text(f"-- {unit}/s" if speed is None else f"{speed:.2f} {unit}/s")
 

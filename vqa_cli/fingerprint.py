@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
 
 
 def sha256(data: bytes | str) -> str:
@@ -20,7 +19,7 @@ def sha256(data: bytes | str) -> str:
     return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
 
 
-def json_sha256(value: Any, *, sort_keys: bool = True, length: int | None = None) -> str:
+def json_sha256(value: object, *, sort_keys: bool = True, length: int | None = None) -> str:
     """The hex SHA-256 of ``json.dumps(value, sort_keys=sort_keys)`` (default separators), cut to ``length``."""
     return sha256(json.dumps(value, sort_keys=sort_keys))[:length]
 

@@ -12,11 +12,18 @@ The field order is the order users see; docs/output.md and docs/usage.md describ
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vqa_cli.errors import INTERNAL, bug_text, describe
 from vqa_cli.fingerprint import json_sha256
-from vqa_cli.model.loading import dtype_name
+from vqa_cli.model.device import dtype_name
+
+if TYPE_CHECKING:
+    from vqa_cli.model.checkpoint import Budget
+    from vqa_cli.model.conversation import Turn
+    from vqa_cli.model.engine import Answer, Engine
+    from vqa_cli.settings import RunSettings
+    from vqa_cli.video import Clip
 
 # The clip's part of every record that has one.
 CLIP_FIELDS = ("frames", "frame_indices", "timestamps", "duration", "warnings")
@@ -47,13 +54,13 @@ def settings_id(identity: dict, prompt: str) -> str:
     return json_sha256({"settings": identity, "prompt": prompt}, length=16)
 
 
-def clip_fields(clip: Any) -> dict:
+def clip_fields(clip: Clip) -> dict:
     """What every record says about the sampled frames of ``clip`` (a ``video.Clip``)."""
     return {"frames": len(clip.indices), "frame_indices": clip.indices, "timestamps": clip.timestamps,
             "duration": clip.duration, "warnings": list(clip.warnings), "decoder": clip.decoder, "codec": clip.codec}
 
 
-def _run_fields(engine: Any, clip: Any, budget: Any, timings: dict[str, float]) -> dict:
+def _run_fields(engine: Engine, clip: Clip, budget: Budget, timings: dict[str, float]) -> dict:
     """The ``ask --json`` fields every answer about ``clip`` shares: model, mode, frames, tokens, placement."""
     from vqa_cli.model import modes
 
@@ -74,7 +81,7 @@ def _run_fields(engine: Any, clip: Any, budget: Any, timings: dict[str, float]) 
     }
 
 
-def answer_record(engine: Any, clip: Any, budget: Any, *, answer: str, tokens: int, tokens_per_second: float,
+def answer_record(engine: Engine, clip: Clip, budget: Budget, *, answer: str, tokens: int, tokens_per_second: float,
                   timings: dict[str, float]) -> dict:
     """The ``ask --json`` fields of one answer (``ANSWER_FIELDS``) by ``engine`` about ``clip``."""
     values = {**_run_fields(engine, clip, budget, timings), "answer": answer, "prompt_tokens": budget.prompt_tokens,
@@ -101,7 +108,7 @@ def ask_record(video: str, question: str, answer: dict) -> dict:
     return {"video": video, "question": question, **answer}
 
 
-def run_fields(engine: Any, clip: Any, budget: Any, timings: dict[str, float]) -> dict:
+def run_fields(engine: Engine, clip: Clip, budget: Budget, timings: dict[str, float]) -> dict:
     """The ``RUN_FIELDS`` of answers by ``engine`` about ``clip``."""
     return _run_fields(engine, clip, budget, timings)
 
@@ -120,7 +127,7 @@ def question_record(question: str, answer: str, *, tokens: int, tokens_per_secon
             "timings": {"first_token": round(first_token, 4), "generate": round(generate, 4)}}
 
 
-def turn_record(turn: Any) -> dict:
+def turn_record(turn: Turn) -> dict:
     """``question_record`` of a ``conversation.Turn``."""
     gen = turn.generation
     return question_record(turn.question, turn.answer, tokens=gen.tokens, tokens_per_second=gen.tokens_per_second,
@@ -134,7 +141,7 @@ def caption_record(video: str, answer: dict, batch_size: int, sid: str) -> dict:
     return {k: values[k] for k in CAPTION_FIELDS}
 
 
-def error_record(video: str, settings: Any, sid: str, exc: BaseException, kind: str | None = None) -> dict:
+def error_record(video: str, settings: RunSettings, sid: str, exc: BaseException, kind: str | None = None) -> dict:
     """A video (or an input folder, ``kind="input"``) that got no caption: every field, empty, and the error."""
     known = describe(exc)
     empty = json.loads(json.dumps(CAPTION_FIELDS))  # fresh lists and dicts for every record
@@ -143,7 +150,7 @@ def error_record(video: str, settings: Any, sid: str, exc: BaseException, kind: 
             "error_kind": kind or (known[1] if known else INTERNAL), "settings_id": sid}
 
 
-def frames_record(video: str, clip: Any, mode: str, pathways: list[dict]) -> dict:
+def frames_record(video: str, clip: Clip, mode: str, pathways: list[dict]) -> dict:
     """``vqa frames --json``: the sampled frames, what was learnt about the file, and each pathway's frames."""
     values = {**clip_fields(clip), "video": video, "fps": clip.fps, "total_frames": clip.frames_from_content,
               "header_frames": clip.frames_from_header, "header_fps": clip.fps_from_header, "seek": clip.seek,
@@ -152,7 +159,7 @@ def frames_record(video: str, clip: Any, mode: str, pathways: list[dict]) -> dic
     return {k: values[k] for k in FRAMES_FIELDS}
 
 
-def transcript(video: str, settings: Any, clip: Any, turns: list[dict]) -> dict:
+def transcript(video: str, settings: RunSettings, clip: Clip, turns: list[dict]) -> dict:
     """What chat ``/save`` writes: the clip's frames and the turns so far."""
     return {"video": video, "model": settings.model, "mode": settings.mode.name, "frame_indices": clip.indices,
             "timestamps": clip.timestamps, "turns": turns}

@@ -1,7 +1,9 @@
 """``vqa serve``: load once, answer many, behind an OpenAI-compatible API.
 
-- ``_requests``: an OpenAI chat request -> turns, one video (path under ``--media-root``, ``data:``
-  or, with ``--allow-urls``, http(s)), vqa's per-request settings (``wire``), sampling, stop strings.
+- ``_body``: the request body as strict JSON, and ``ApiError`` (a client's mistake as OpenAI's error object);
+  ``_requests``: an OpenAI chat request -> turns, media urls, vqa's per-request settings (``apply_fields``), sampling,
+  stop strings; ``_media``: one video (path under ``--media-root``, ``data:`` or, with ``--allow-urls``,
+  http(s)) or images as frames; ``_pricing``: the request's memory and tokens, checked before any work.
 - ``_worker``: decode threads, then one model thread: the feature cache (``features``), the kept KV
   prefixes of conversations (``_kv``), batches of compatible requests, cancellation.
 - ``_app``: the routes (Starlette), errors as OpenAI error objects, server-sent events.
@@ -18,11 +20,16 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from vqa_cli import console
 from vqa_cli.errors import UsageError, VqaError, describe
 from vqa_cli.units import GIB
+
+if TYPE_CHECKING:
+    from vqa_cli.model.checkpoint import Budget, Checkpoint
+    from vqa_cli.model.fit import MemoryCheck
+    from vqa_cli.settings import RunSettings
 
 
 @dataclass
@@ -84,7 +91,7 @@ def model_names(model: str, folder: Path) -> set[str]:
     return names
 
 
-def run_server(settings: Any, options: ServeOptions) -> int:
+def run_server(settings: RunSettings, options: ServeOptions) -> int:
     import uvicorn
 
     from vqa_cli.jobs.chat import TURN_RESERVE
@@ -92,7 +99,7 @@ def run_server(settings: Any, options: ServeOptions) -> int:
     from vqa_cli.model.session import check_memory, open_model, plan_model
     from vqa_cli.serve._app import ServerState, create_app
     from vqa_cli.serve._kv import PrefixCache
-    from vqa_cli.serve._requests import MediaPolicy
+    from vqa_cli.serve._media import MediaPolicy
     from vqa_cli.serve._worker import ModelWorker
 
     roots = [Path(r).expanduser() for r in (options.media_roots or ["."])]

@@ -12,17 +12,29 @@ import asyncio
 import json
 import time
 import traceback
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from vqa_cli import console
 from vqa_cli.errors import API_CODES, EXIT_USAGE, INTERNAL, bug_text, describe
-from vqa_cli.model.loading import dtype_name
-from vqa_cli.remote import wire
-from vqa_cli.serve._requests import ApiError, ChatRequest, MediaPolicy, parse_chat, price, read_json, resolve
-from vqa_cli.serve._worker import Cancelled, Job, Result, StopFilter
-from vqa_cli.settings import LOAD_SETTINGS
+from vqa_cli.model.device import dtype_name
+from vqa_cli.serve._body import ApiError, read_json
+from vqa_cli.serve._media import MediaPolicy, resolve
+from vqa_cli.serve._pricing import price
+from vqa_cli.serve._requests import ChatRequest, parse_chat
+from vqa_cli.serve._worker import Cancelled, Job, ModelWorker, Result, StopFilter
+from vqa_cli.settings import LOAD_SETTINGS, request_fields
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+    from starlette.datastructures import Headers
+    from starlette.exceptions import HTTPException
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+
+    from vqa_cli.settings import RunSettings
 
 POLL = 0.2  # seconds between checks that a waiting client is still there
 _STATUS = {"unknown_model": 404, "out_of_memory": 503}
@@ -34,11 +46,11 @@ ROUTES = "POST /v1/chat/completions, GET /v1/models, GET /v1/models/{model}, GET
 class ServerState:
     """What the routes share. ``worker`` is None until the model has loaded."""
 
-    settings: Any  # the server's RunSettings: each request's defaults
+    settings: RunSettings  # the server's: each request's defaults
     policy: MediaPolicy
     api_key: str | None = None
     names: set[str] = field(default_factory=set)  # what a request's ``model`` may say (besides the served name)
-    worker: Any = None
+    worker: ModelWorker | None = None
     load_error: str | None = None
     decode_pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(2, "vqa-decode"))
     started: float = field(default_factory=time.time)
@@ -73,18 +85,18 @@ def api_error(exc: BaseException) -> ApiError:
     return ApiError(status, message, type=error_type, code=kind, exit_code=code)
 
 
-def _json(body: dict, status: int = 200) -> Any:
+def _json(body: dict, status: int = 200) -> JSONResponse:
     from starlette.responses import JSONResponse
 
     return JSONResponse(body, status_code=status)
 
 
-def _error(exc: BaseException) -> Any:
+def _error(exc: BaseException) -> JSONResponse:
     error = api_error(exc)
     return _json(error.body(), error.status)
 
 
-def _check_auth(state: ServerState, request: Any) -> None:
+def _check_auth(state: ServerState, request: Request) -> None:
     if state.api_key is None:
         return
     header = request.headers.get("authorization", "")
@@ -106,7 +118,7 @@ def model_entry(state: ServerState) -> dict:
                     "dtype": dtype_name(loaded.dtype), "rope_factor": engine.rope_factor,
                     "context": engine.checkpoint.context(engine.rope_factor),
                     "settings": {name: getattr(engine.settings, name) for name in LOAD_SETTINGS},
-                    "defaults": {**wire.request_fields(engine.settings),
+                    "defaults": {**request_fields(engine.settings),
                                  "max_tokens": engine.settings.max_new_tokens}}}
 
 
@@ -130,7 +142,7 @@ def completion(request: ChatRequest, result: Result) -> dict:
             "usage": _usage(result), "vqa": _vqa(result)}
 
 
-def _chunk(request: ChatRequest, delta: dict, finish: str | None = None, **extra: Any) -> str:
+def _chunk(request: ChatRequest, delta: dict, finish: str | None = None, **extra: object) -> str:
     body = {"id": request.id, "object": "chat.completion.chunk", "created": request.created, "model": request.model,
             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], **extra}
     return f"data: {json.dumps(body)}\n\n"
@@ -152,7 +164,7 @@ def _unknown_model(state: ServerState, name: str) -> ApiError:
                     code="model_not_found")
 
 
-async def _read_body(request: Any, limit: int) -> Any:
+async def _read_body(request: Request, limit: int) -> object:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"the request is {int(declared) / 2**20:.1f} MiB; this server takes up to "
@@ -168,7 +180,7 @@ async def _read_body(request: Any, limit: int) -> Any:
 JSON_TYPES = ("application/json",)  # and any application/...+json
 
 
-def _check_content_type(state: ServerState, request: Any) -> None:
+def _check_content_type(state: ServerState, request: Request) -> None:
     """Without ``--api-key``, a body must say it is JSON: any web page can make a browser POST text/plain,
     form-encoded or multipart bodies (or none with no type) to this server without asking it first (no CORS
     preflight), but not application/json. With a key such pages cannot authenticate, so any type is read."""
@@ -182,7 +194,7 @@ def _check_content_type(state: ServerState, request: Any) -> None:
                    param="content-type", code="unsupported_media_type")
 
 
-def create_app(state: ServerState) -> Any:
+def create_app(state: ServerState) -> Starlette:
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
@@ -190,7 +202,7 @@ def create_app(state: ServerState) -> Any:
     from starlette.responses import Response, StreamingResponse
     from starlette.routing import Route
 
-    async def health(request: Any) -> Any:
+    async def health(request: Request) -> Response:
         if state.worker is None:
             status = "failed" if state.load_error else "loading"
             return _json({"status": status, "model": state.model_name, "error": state.load_error}, 503)
@@ -198,7 +210,7 @@ def create_app(state: ServerState) -> Any:
         return _json({"status": "ok", "model": state.model_name, **worker.stats(),
                       "feature_cache": worker.features.stats(), "kv_cache": worker.prefixes.stats()})
 
-    async def models(request: Any) -> Any:
+    async def models(request: Request) -> Response:
         try:
             _check_auth(state, request)
             _check_ready(state)
@@ -206,7 +218,7 @@ def create_app(state: ServerState) -> Any:
             return _error(exc)
         return _json({"object": "list", "data": [model_entry(state)]})
 
-    async def model(request: Any) -> Any:
+    async def model(request: Request) -> Response:
         try:
             _check_auth(state, request)
             _check_ready(state)
@@ -217,7 +229,7 @@ def create_app(state: ServerState) -> Any:
             return _error(exc)
         return _json(model_entry(state))
 
-    async def chat(request: Any) -> Any:
+    async def chat(request: Request) -> Response:
         try:
             _check_auth(state, request)
             _check_ready(state)
@@ -238,7 +250,7 @@ def create_app(state: ServerState) -> Any:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
 
-        def emit(kind: str, value: Any) -> None:
+        def emit(kind: str, value: object) -> None:
             loop.call_soon_threadsafe(events.put_nowait, (kind, value))
 
         job = Job(parsed, media, emit)
@@ -267,12 +279,13 @@ def create_app(state: ServerState) -> Any:
             if kind == "error":
                 return _error(value)
 
-    async def _stream(request: Any, parsed: ChatRequest, job: Job, events: asyncio.Queue, headers: dict) -> Any:
+    async def _stream(request: Request, parsed: ChatRequest, job: Job, events: asyncio.Queue,
+                      headers: dict) -> Response:
         kind, value = await events.get()
         if kind == "error":
             return _error(value)
 
-        async def body() -> Any:
+        async def body() -> AsyncIterator[str]:
             stops = StopFilter(parsed.stops)
             nonlocal kind, value
             try:
@@ -308,10 +321,10 @@ def create_app(state: ServerState) -> Any:
               Route("/v1/models/{model:path}", model, methods=["GET"]),
               Route("/v1/chat/completions", chat, methods=["POST"])]
 
-    async def unexpected(request: Any, exc: Exception) -> Any:
+    async def unexpected(request: Request, exc: Exception) -> Response:
         return _error(exc)
 
-    async def http_error(request: Any, exc: Any) -> Any:
+    async def http_error(request: Request, exc: HTTPException) -> Response:
         """Starlette's own errors (no such route, a method a route does not take) as OpenAI error objects."""
         where = f"{request.method} {request.url.path}"
         if exc.status_code == 404:
@@ -330,7 +343,7 @@ def create_app(state: ServerState) -> Any:
                      exception_handlers={Exception: unexpected, HTTPException: http_error})
 
 
-def _with(error: ApiError, headers: dict) -> Any:
+def _with(error: ApiError, headers: dict) -> JSONResponse:
     response = _json(error.body(), error.status)
     response.headers.update(headers)
     return response
@@ -341,7 +354,7 @@ def cors_middleware() -> type:
     from starlette.middleware.cors import CORSMiddleware
 
     class JsonCors(CORSMiddleware):
-        def preflight_response(self, request_headers: Any) -> Any:
+        def preflight_response(self, request_headers: Headers) -> Response:
             response = super().preflight_response(request_headers)
             if response.status_code < 400:
                 return response

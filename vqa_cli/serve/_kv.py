@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from vqa_cli.model.conversation import common_prefix
 from vqa_cli.model.features import BytesLRU
 
+if TYPE_CHECKING:
+    from transformers.cache_utils import Cache
 
-def cache_bytes(cache: Any) -> int:
+
+def cache_bytes(cache: Cache) -> int:
     """Bytes held by a transformers ``DynamicCache`` (keys and values of every layer)."""
     total = 0
     for layer in getattr(cache, "layers", []):
@@ -31,7 +34,7 @@ def cache_bytes(cache: Any) -> int:
 @dataclass
 class Prefix:
     ids: list[int]  # the token ids the cache holds
-    cache: Any  # DynamicCache
+    cache: Cache  # a DynamicCache
 
 
 class PrefixCache:

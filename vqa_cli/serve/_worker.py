@@ -22,12 +22,22 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vqa_cli import console
 from vqa_cli.output import subtitles
 from vqa_cli.serve._kv import Prefix, PrefixCache
-from vqa_cli.serve._requests import ChatRequest, Media
+from vqa_cli.serve._media import Media
+from vqa_cli.serve._requests import ChatRequest
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+    from vqa_cli.model.checkpoint import Budget
+    from vqa_cli.model.engine import Engine
+    from vqa_cli.model.features import FeatureCache
+    from vqa_cli.video import Clip
 
 TEXT_KEY = "text-only"  # the kept KV caches of conversations without a video (their ids depend on no clip)
 
@@ -59,9 +69,9 @@ class Job:
     timings: dict[str, float] = field(default_factory=dict)
     queued_at: float = field(default_factory=time.perf_counter)
     key: str = ""
-    clip: Any = None
-    pixels: Any = None
-    features: Any = None
+    clip: Clip | None = None
+    pixels: torch.Tensor | None = None
+    features: torch.Tensor | None = None  # [N, D] visual tokens
     feature_hit: str | None = "miss"  # None: no video (a text-only conversation)
 
 
@@ -110,7 +120,8 @@ class StopFilter:
         return out
 
 
-def logprob_entries(tokenizer: Any, new_ids: list[int], logits: Any, top: int) -> list[dict]:
+def logprob_entries(tokenizer: PreTrainedTokenizerBase, new_ids: list[int], logits: torch.Tensor,
+                    top: int) -> list[dict]:
     """OpenAI's ``logprobs.content``: each new token's log-probability (and the ``top`` likeliest)."""
     import torch
 
@@ -128,7 +139,7 @@ def logprob_entries(tokenizer: Any, new_ids: list[int], logits: Any, top: int) -
     return out
 
 
-def _token_text(tokenizer: Any, ids: list[int], shown: str) -> tuple[str, str]:
+def _token_text(tokenizer: PreTrainedTokenizerBase, ids: list[int], shown: str) -> tuple[str, str]:
     """The text the last of ``ids`` adds to the answer as the content decodes it (leading spaces kept, special
     tokens dropped, a character split over tokens given with its last token), and the text shown so far."""
     text = tokenizer.decode(ids, skip_special_tokens=True)
@@ -137,7 +148,7 @@ def _token_text(tokenizer: Any, ids: list[int], shown: str) -> tuple[str, str]:
     return text[len(shown):], text
 
 
-def pick_frames(clip: Any, n: int) -> Any:
+def pick_frames(clip: Clip, n: int) -> Clip:
     """``n`` of ``clip``'s frames spread uniformly (all of them when it has no more)."""
     from vqa_cli.video import uniform_indices
 
@@ -149,8 +160,8 @@ def pick_frames(clip: Any, n: int) -> Any:
 class ModelWorker:
     """Owns the engine: ``prepare`` runs on decode threads, everything else on one model thread."""
 
-    def __init__(self, engine: Any, feature_cache: Any, prefix_cache: PrefixCache, *, max_batch: int = 4,
-                 batch_wait: float = 0.02) -> None:
+    def __init__(self, engine: Engine, feature_cache: FeatureCache | None, prefix_cache: PrefixCache, *,
+                 max_batch: int = 4, batch_wait: float = 0.02) -> None:
         self.engine = engine
         self.features = feature_cache
         self.prefixes = prefix_cache

@@ -9,7 +9,7 @@ make a *packet index* (``_index``).  With it:
   the requested indices, decoding as little as possible, in one of two ways:
   seeking and grabbing (``_seeking``: OpenCV's FFmpeg backend seeks to the
   keyframe at least 16 frames before the requested one and decodes forward,
-  which the planner in ``_plan`` models), or, for H.264 when that decodes
+  which ``_runs`` models), or, for H.264 when that decodes
   clearly fewer frames, decoding chosen packets (``_packets``: non-reference
   frames that are not targets are left out), checked once per file against the
   file's own decoder.
@@ -31,12 +31,12 @@ packets.  Damage in parts of a file that are not decoded cannot be seen; there
 indices follow the packets (timestamps are always the frames' own).
 
 Files whose first frame the installed OpenCV cannot decode (AV1 with some
-wheels) go through PyAV instead (``_pyav``), decided once per file, with the same
+wheels) go through PyAV instead (``_pyav``), decided once per file (``_decoder``), with the same
 contract; ``DecodeOptions.decoder`` (``--decoder``) can force either library.
 
 Modules, each depending only on those before it: ``_inputs``, ``_options``,
-``_capture``, ``_h264``, ``_sampling``, ``_index``, ``_plan``, ``_seeking``,
-``_packets``, ``_strategy``, ``_counting``, ``_pyav``, ``_sample``.
+``_capture``, ``_h264``, ``_sampling``, ``_index``, ``_runs``, ``_seeking``,
+``_packets``, ``_strategy``, ``_counting``, ``_pyav``, ``_decoder``, ``_sample``.
 """
 
 from __future__ import annotations
@@ -53,18 +53,20 @@ from vqa_cli.video._inputs import (
 from vqa_cli.video._options import AUTO_KEYFRAME_ABOVE, DecodeOptions, cpu_cores
 from vqa_cli.video._sampling import uniform_indices
 
+
 # The decoding side imports OpenCV and numpy: loaded on first use, so `vqa --help` stays fast.
-_LAZY = {"probe": "_capture", "read_image": "_capture", "sample_frames": "_sample", "frame_times": "_sample"}
-
-
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        from importlib import import_module
-
-        value = getattr(import_module(f"vqa_cli.video.{_LAZY[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'vqa_cli.video' has no attribute {name!r}")
+    if name == "probe":
+        from vqa_cli.video import _decoder as home
+    elif name == "read_image":
+        from vqa_cli.video import _capture as home
+    elif name in ("sample_frames", "frame_times"):
+        from vqa_cli.video import _sample as home
+    else:
+        raise AttributeError(f"module 'vqa_cli.video' has no attribute {name!r}")
+    value = getattr(home, name)
+    globals()[name] = value
+    return value
 
 __all__ = [
     "AUTO_KEYFRAME_ABOVE",

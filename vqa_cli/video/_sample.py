@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from vqa_cli.settings import SeekMode
-from vqa_cli.video import _capture, _pyav
+from vqa_cli.video import _capture, _decoder, _pyav
 from vqa_cli.video._counting import sample_counting
 from vqa_cli.video._index import PacketIndex, scan_index
 from vqa_cli.video._inputs import Clip, Deadline, check_file, is_image_path
@@ -81,7 +81,7 @@ def sample_frames(
     fs_path = check_file(path)
     deadline = Deadline(path, timeout)
     index = scan_index(fs_path, deadline)
-    if _pyav.wanted(path, fs_path, index, options.decoder):  # decided once per file (see _pyav.wanted)
+    if _decoder.wanted(path, fs_path, index, options.decoder):  # decided once per file (see _decoder.wanted)
         return _checked_count(_pyav.sample_pyav(path, fs_path, request, seek, deadline, options))
     if index is not None:
         try:

@@ -6,15 +6,15 @@ import contextlib
 import errno
 import json
 import os
-import stat
 import sys
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from vqa_cli.errors import OutputRefusedError, OutputWriteError
+from vqa_cli.output.writer._atomic import replace_atomically
+from vqa_cli.output.writer._registry import remember as note
 
 RECORD_KEYS = frozenset({"video", "error", "settings_id"})  # every vqa record has these
 SUMMARY_KEYS = frozenset({"videos", "processed", "ok", "errors"})  # every vqa --summary has these
@@ -132,10 +132,11 @@ def rewrite(path: str | Path, records: Iterable[dict]) -> None:
     beside the real file, so a symlinked ``path`` keeps its link and gets new contents.
     """
     with _writing(path, "rewrite"):
-        _replace(Path(os.path.realpath(path)), (json.dumps(rec, ensure_ascii=False) + "\n" for rec in records))
+        lines = (json.dumps(rec, ensure_ascii=False) + "\n" for rec in records)
+        replace_atomically(Path(os.path.realpath(path)), lines)
 
 
-def write_json(path: str | Path, obj: Any, *, remember: bool = False) -> None:
+def write_json(path: str | Path, obj: dict, *, remember: bool = False) -> None:
     """Write one JSON document atomically (creating parent folders), e.g. a ``--summary``; ``remember``: note it in
     the list of files vqa wrote (``_registry``), so that it may be replaced later (a chat ``/save``)."""
     write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n", remember=remember)
@@ -148,48 +149,9 @@ def write_text(path: str | Path, text: str | bytes, *, remember: bool = False) -
     real = Path(os.path.realpath(path))
     with _writing(path):
         real.parent.mkdir(parents=True, exist_ok=True)
-        _replace(real, [text], binary=isinstance(text, bytes))
+        replace_atomically(real, [text], binary=isinstance(text, bytes))
     if remember:
-        from vqa_cli.output.writer._registry import remember as note
-
         note(text if isinstance(text, bytes) else text.encode("utf-8"), str(real))
-
-
-def _replace(real: Path, chunks: Iterable[str] | Iterable[bytes], binary: bool = False) -> None:
-    """Atomically give ``real`` the contents ``chunks`` (its mode kept) through an exclusive temporary file."""
-    mode = stat.S_IMODE(real.stat().st_mode) if real.exists() else 0o666 & ~_umask()
-    fd, tmp = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".tmp", dir=real.parent)
-    try:
-        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8")) as f:
-            os.fchmod(f.fileno(), mode)
-            f.writelines(chunks)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, real)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(real.parent)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class JsonlWriter:

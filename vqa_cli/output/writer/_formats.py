@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import stat
-import sys
 from pathlib import Path
-from typing import Any, ClassVar, Literal, get_args
+from typing import ClassVar, Literal, get_args
 
 OutputFormat = Literal["jsonl", "srt", "vtt", "txt", "csv", "chapters"]
 OUTPUT_FORMATS: tuple[str, ...] = get_args(OutputFormat)
@@ -118,71 +115,3 @@ def sidecar_path(out_dir: str | Path, video: str, name: str) -> Path:
 
 
 SUBTITLE_FORMATS = ("srt", "vtt")  # what ``--subtitles auto`` would read back: remembered as vqa's (subtitles)
-
-
-def _stdout_file() -> os.stat_result | None:
-    """The regular file ``sys.stdout`` writes to (``> clip.srt``), if it does."""
-    try:
-        st = os.fstat(sys.stdout.fileno())
-    except (AttributeError, OSError, ValueError):  # a replaced sys.stdout without a descriptor
-        return None
-    return st if stat.S_ISREG(st.st_mode) else None
-
-
-class PrintSink:
-    """``--out -`` with a ``--format``: each record's file printed as it is written (error records are left to
-    the summary and the notices). An SRT or WebVTT file printed to a regular file (``> clip.srt``) that holds
-    exactly what was printed is remembered as vqa's (``_registry.remember``)."""
-
-    def __init__(self, name: str, stream: Any = None) -> None:
-        self.format, self.stream, self.first = format_writer(name), stream, True
-        self.printed = bytearray()  # what went to a regular-file stdout, to remember it
-        start = _stdout_file() if stream is None and name in SUBTITLE_FORMATS else None
-        self.remember = start is not None and start.st_size == 0  # appended to a user's file (>>): not ours alone
-
-    def write(self, record: dict) -> None:
-        if record.get("error") is not None:
-            return
-        stream = self.stream or sys.stdout
-        text = (self.format.text(record, header=self.first) if isinstance(self.format, CsvWriter)
-                else self.format.text(record))
-        self.first = False
-        stream.write(text)
-        stream.flush()
-        if self.remember:
-            self._remember(text, stream)
-
-    def _remember(self, text: str, stream: Any) -> None:
-        from vqa_cli.output.writer._registry import remember as remember_written
-
-        self.printed += text.encode(getattr(stream, "encoding", None) or "utf-8")
-        st = _stdout_file()
-        if st is not None and st.st_size == len(self.printed):  # the file is what vqa printed, and only that
-            where = f"/proc/self/fd/{sys.stdout.fileno()}"  # its name, where the system tells it
-            remember_written(bytes(self.printed), os.path.realpath(where) if os.path.exists(where) else None)
-
-
-class SidecarSink:
-    """``--out-dir``: each caption's file written atomically (temporary file, then rename) beside the others,
-    then its record, with ``output`` naming that file, appended to the JSON Lines index (``inner``).
-
-    Each file is remembered as vqa's (``_registry``), so a later run replaces it and ``--subtitles auto`` never
-    reads it back; a file there that vqa did not write (``check_sidecars`` refused it before the run; this
-    checks again at the write) is replaced only with ``force``. A failed write (a full disk) is one line, exit 1,
-    the temporary file removed and nothing appended to the index: the next run writes that video again."""
-
-    def __init__(self, name: str, out_dir: str | Path, inner: Any, force: bool = False) -> None:
-        self.name, self.out_dir, self.inner, self.force = name, Path(out_dir), inner, force
-        self.format = format_writer(name)
-
-    def write(self, record: dict) -> None:
-        if record.get("error") is None:
-            from vqa_cli.output.writer._files import write_text
-            from vqa_cli.output.writer._guard import vqa_wrote
-
-            path = sidecar_path(self.out_dir, record["video"], self.name)
-            if not self.force and path.is_file() and path.stat().st_size:
-                vqa_wrote("give --force to replace it, or choose another --out-dir")(str(path), "--out-dir")
-            write_text(path, self.format.text(record), remember=True)
-            record = {**record, "output": str(path)}
-        self.inner.write(record)

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from vqa_cli.fingerprint import sha256
+from vqa_cli.output.writer._atomic import replace_atomically
 
 WRITTEN_FILE = "written-files.jsonl"  # in vqa's cache folder: {"sha256", "size", "path", "time"} a line
 KEEP = 5000  # entries kept when the list is trimmed (past KEEP * 400 bytes)
@@ -94,7 +95,5 @@ def remember(data: bytes, path: str | None = None, keep: int = KEEP) -> None:
 
 def _trim(target: Path, keep: int) -> None:
     """Keep the last ``keep`` entries (atomically replaced)."""
-    from vqa_cli.output.writer._files import _replace
-
     entries = _entries()[-keep:]
-    _replace(target, [json.dumps(e) + "\n" for e in entries])
+    replace_atomically(target, [json.dumps(e) + "\n" for e in entries])
