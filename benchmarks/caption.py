@@ -67,14 +67,15 @@ def naive_loop(model_dir: str, videos: list[str], frames: int, prompt: str, max_
     import torch
     from transformers import AutoConfig, AutoTokenizer, CLIPImageProcessorPil
 
-    from vqa_cli.model import loading
+    from vqa_cli.model import device as devices
     from vqa_cli.model import prompt as prompts
+    from vqa_cli.model.weights import loader
 
-    device = loading.resolve_device(place["device"])
-    model = loading.load_model(Path(model_dir), AutoConfig.from_pretrained(model_dir), device=device,
-                               dtype=loading.resolve_dtype(place["dtype"], device),
-                               quant=loading.resolve_quant(place["quant"], device)).model
-    where = loading.input_device(model)
+    device = devices.resolve_device(place["device"])
+    loaded = loader.load_model(Path(model_dir), AutoConfig.from_pretrained(model_dir), device=device,
+                               dtype=devices.resolve_dtype(place["dtype"], device),
+                               quant=devices.resolve_quant(place["quant"], device))
+    model, where = loaded.model, loaded.input_device
     vision_dtype = next(model.model.vision_tower.parameters()).dtype
     tok = AutoTokenizer.from_pretrained(model_dir)
     processor = CLIPImageProcessorPil.from_pretrained(model_dir)

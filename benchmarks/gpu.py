@@ -108,7 +108,9 @@ def run(args: argparse.Namespace) -> list[dict]:
     import torch
 
     from vqa_cli.model import prompt as prompts
-    from vqa_cli.model.engine import Checkpoint, Engine
+    from vqa_cli.model.checkpoint import Checkpoint
+    from vqa_cli.model.engine import Engine
+    from vqa_cli.model.weights import loader
     from vqa_cli.settings import ModeSettings, RunSettings
     from vqa_cli.testing import tiny_checkpoint
     from vqa_cli.video import sample_frames
@@ -137,7 +139,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             t = time.perf_counter()
-            engine = Engine(checkpoint, settings, budget.rope_factor)
+            engine = Engine(checkpoint, settings, loader.load(checkpoint, settings, budget.rope_factor))
             load = time.perf_counter() - t
         engine.settings = settings
         device = str(engine.input_device)

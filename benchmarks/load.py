@@ -1,8 +1,8 @@
-"""Loading: a pre-quantized copy (``vqa_cli.model.quantized``) against quantizing on load, same checkpoint, same run.
+"""Loading: a pre-quantized copy (``model.weights.copies``) against quantizing on load, same checkpoint, same run.
 
 Baseline ("quantize on load"): vqa's loading with copies switched off (``VQA_QUANT_CACHE=0``): transformers reads
 the checkpoint's 16-bit safetensors and bitsandbytes quantizes the language model as it loads, which is what
-every ``--quant 4bit`` load did before copies. Against it: the same ``loading.load_model`` call reading the
+every ``--quant 4bit`` load did before copies. Against it: the same ``loader.load_model`` call reading the
 pre-quantized copy that the first quantized load wrote (``VQA_QUANT_CACHE=read``, so the timed loads never write).
 Same checkpoint, quantization, dtype and device; the methods alternate for ``--repeats`` rounds (the machines
 are noisy) and the table gives medians.
@@ -93,10 +93,11 @@ def touch(model: Any) -> int:
 def _load(model_dir: Path, quant: str, dtype: Any, device: str) -> tuple[float, float, bool]:
     """One load: (load seconds, ready seconds, read from a copy)."""
     from vqa_cli.model import loading
+    from vqa_cli.model.weights import loader
 
     config, _ = loading.read_checkpoint_config(model_dir)
     started = time.perf_counter()
-    loaded = loading.load_model(model_dir, config, device=device, dtype=dtype, quant=quant)
+    loaded = loader.load_model(model_dir, config, device=device, dtype=dtype, quant=quant)
     touch(loaded.model)
     if device.startswith("cuda"):
         import torch
@@ -115,11 +116,13 @@ def load_table(model_dir: Path, *, quant: str = "4bit", dtype: str = "bfloat16",
     one-time first load that quantizes and writes the copy. ``ratio``: the baseline's ready time over the row's.
 
     The copy goes to ``cache`` (a temporary folder by default)."""
-    from vqa_cli.model import loading, quantized
+    from vqa_cli.model import device as devices
+    from vqa_cli.model.weights import copies as stored
+    from vqa_cli.model.weights import files
 
-    device = loading.resolve_device(device)
-    torch_dtype = loading.resolve_dtype(dtype, device)
-    source = loading.weight_files(model_dir)
+    device = devices.resolve_device(device)
+    torch_dtype = devices.resolve_dtype(dtype, device)
+    source = files.weight_files(model_dir)
     with contextlib.ExitStack() as stack:
         if cache is None:
             cache = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vqa-load-bench-")))
@@ -131,7 +134,7 @@ def load_table(model_dir: Path, *, quant: str = "4bit", dtype: str = "bfloat16",
         started = time.perf_counter()
         first_load, _, used = _load(model_dir, quant, torch_dtype, device)  # quantizes and writes the copy
         first = time.perf_counter() - started
-        copies = quantized.copies_of(model_dir)
+        copies = stored.copies_of(model_dir)
         if used or not copies:
             raise RuntimeError(f"the first load did not write a copy into {cache}")
         copy_files = sorted(Path(copies[0]["path"]).glob("*.safetensors"))
@@ -151,11 +154,11 @@ def load_table(model_dir: Path, *, quant: str = "4bit", dtype: str = "bfloat16",
     rows = []
     for method, times in runs.items():
         ready = statistics.median(r for _, r in times)
-        rows.append({"method": method, "quant": quant, "dtype": quantized.dtype_name(torch_dtype), "device": device,
+        rows.append({"method": method, "quant": quant, "dtype": devices.dtype_name(torch_dtype), "device": device,
                      "cold": cold, "reads_bytes": reads[method], "load_s": statistics.median(x for x, _ in times),
                      "ready_s": ready, "each_ready_s": [r for _, r in times], "ratio": base / ready})
     rows.append({"method": "first load: quantize, then write the copy", "quant": quant,
-                 "dtype": quantized.dtype_name(torch_dtype), "device": device, "cold": cold,
+                 "dtype": devices.dtype_name(torch_dtype), "device": device, "cold": cold,
                  "reads_bytes": reads["quantize on load"], "load_s": first_load, "ready_s": None,
                  "each_ready_s": [], "ratio": None, "with_write_s": first})
     return rows

@@ -10,6 +10,7 @@ import pytest
 from vqa_cli.errors import ModelNotCachedError
 from vqa_cli.model import catalog
 from vqa_cli.model.families.registry import CHECKPOINTS
+from vqa_cli.model.weights import hub
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -239,10 +240,10 @@ def test_configs_without_weights_are_not_cached(hub_cache, video_llava_dir):
 
 def test_download_returns_the_cached_snapshot_offline(hub_cache, video_llava_dir):
     snapshot = _place(hub_cache, "LanguageBind/Video-LLaVA-7B-hf", video_llava_dir)
-    assert Path(catalog.download("video-llava-7b", progress=False)) == snapshot
-    assert catalog.download(str(video_llava_dir)) == video_llava_dir
+    assert Path(hub.download("video-llava-7b", progress=False)) == snapshot
+    assert hub.download(str(video_llava_dir)) == video_llava_dir
 
 
 def test_download_offline_of_an_uncached_model_is_a_known_error(hub_cache):
     with pytest.raises(ModelNotCachedError, match="cannot download 'llava-video-7b'"):
-        catalog.download("llava-video-7b", progress=False)
+        hub.download("llava-video-7b", progress=False)

@@ -14,13 +14,14 @@ from tests.cli_run import run
 @pytest.fixture
 def no_load(monkeypatch):
     """Loading weights fails the test: the checks must come first."""
-    from vqa_cli.model import engine, loading
+    from vqa_cli.model import engine
+    from vqa_cli.model.weights import loader
 
     def never(*args, **kwargs):
         raise AssertionError("the model was loaded")
 
     monkeypatch.setattr(engine, "Engine", never)
-    monkeypatch.setattr(loading, "load_model", never)
+    monkeypatch.setattr(loader, "load_model", never)
 
 
 def one_line(code: int, err: str) -> str:

@@ -1,4 +1,4 @@
-"""Edges of the pre-quantized copy's key (vqa_cli/model/quantized.py): the quantization, the dtype, the device kind,
+"""Edges of the pre-quantized copy's key (model/weights/copies.py): the quantization, the dtype, the device kind,
 the source's config bytes and weight files, and the writing libraries' versions each change it; the same
 inputs give the same key. Oracle: the inputs the module docstring lists, varied one at
 a time in the test (a key that ignores one of them fails here)."""
@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from vqa_cli.model import loading, quantized
+from vqa_cli.model import loading
+from vqa_cli.model.weights import copies, files, loader
 
 
 @pytest.fixture
@@ -24,11 +25,11 @@ def source(tiny_dir, tmp_path) -> Path:
 
 def _bnb(model_dir: Path, quant: str = "4bit"):
     _, adapter = loading.read_checkpoint_config(model_dir)
-    return loading.quantization_config(quant, adapter, torch.float32)
+    return loader.quantization_config(quant, adapter, torch.float32)
 
 
 def _key(model_dir: Path, quant: str = "4bit", dtype=torch.float32, device: str = "cpu") -> str:
-    return quantized.identity(model_dir, _bnb(model_dir, quant), dtype, device)["key"]
+    return copies.identity(model_dir, _bnb(model_dir, quant), dtype, device)["key"]
 
 
 def test_the_same_inputs_give_the_same_key(source):
@@ -46,8 +47,8 @@ def test_the_skip_list_changes_the_key(source):
     bnb = _bnb(source)
     other = _bnb(source)
     other.llm_int8_skip_modules = [*bnb.llm_int8_skip_modules, "language_model.lm_head"]
-    assert (quantized.identity(source, bnb, torch.float32, "cpu")["key"]
-            != quantized.identity(source, other, torch.float32, "cpu")["key"])
+    assert (copies.identity(source, bnb, torch.float32, "cpu")["key"]
+            != copies.identity(source, other, torch.float32, "cpu")["key"])
 
 
 def test_config_contents_change_the_key_at_the_same_size_and_time(source):
@@ -65,7 +66,7 @@ def test_config_contents_change_the_key_at_the_same_size_and_time(source):
 @pytest.mark.parametrize("change", ["rewrite", "grow", "rename", "add-shard"])
 def test_weight_file_changes_change_the_key(source, change):
     before = _key(source)
-    weights = loading.weight_files(source)[0]
+    weights = files.weight_files(source)[0]
     if change == "rewrite":  # new bytes, same size: a new download or an edit gets a new mtime
         data = weights.read_bytes()
         weights.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
@@ -87,20 +88,20 @@ def test_weight_file_changes_change_the_key(source, change):
 @pytest.mark.parametrize("library", ["transformers", "bitsandbytes"])
 def test_library_versions_change_the_key(source, monkeypatch, library):
     before = _key(source)
-    real = quantized._package_version
-    monkeypatch.setattr(quantized, "_package_version", lambda name: "0.0.1" if name == library else real(name))
+    real = copies._package_version
+    monkeypatch.setattr(copies, "_package_version", lambda name: "0.0.1" if name == library else real(name))
     assert _key(source) != before
-    monkeypatch.setattr(quantized, "_package_version", real)
+    monkeypatch.setattr(copies, "_package_version", real)
     assert _key(source) == before
 
 
 def test_the_format_version_changes_the_key(source, monkeypatch):
     before = _key(source)
-    monkeypatch.setattr(quantized, "FORMAT", quantized.FORMAT + 1)
+    monkeypatch.setattr(copies, "FORMAT", copies.FORMAT + 1)
     assert _key(source) != before
 
 
 def test_the_key_names_the_folder_a_load_looks_in(source):
-    ident = quantized.identity(source, _bnb(source), torch.float32, "cpu")
+    ident = copies.identity(source, _bnb(source), torch.float32, "cpu")
     assert ident["name"].endswith("-4bit-float32-" + ident["key"])
-    assert ident["name"] != quantized.identity(source, _bnb(source, "8bit"), torch.float32, "cpu")["name"]
+    assert ident["name"] != copies.identity(source, _bnb(source, "8bit"), torch.float32, "cpu")["name"]

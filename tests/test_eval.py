@@ -327,7 +327,7 @@ def test_likelihood_matches_direct_logits(tiny_dir, engine_factory, bench):
     for rec, group in zip(recs, [g for g in groups for _ in g.items], strict=True):
         item = next(it for it in group.items if it.qid == rec["qid"])
         clip, _ = sample_clip(group.path, replace(engine.settings, start=group.start, end=group.end), 4)
-        _, features = engine._features(clip, "", {})
+        _, features = engine.budgeted_tokens(clip, "", {})
         ids_t, _ = engine.prompt_inputs(build(item, "mvbench", "official"), clip, features)
         prefix = engine.checkpoint.tokenizer.encode("Best option:(", add_special_tokens=False)
         ids_t = torch.cat([ids_t, torch.tensor([prefix])], dim=1)  # the official answer prefix, prefilled
@@ -470,7 +470,7 @@ def letters_dir(tiny_dir, bench, tmp_path_factory):
     states = []
     for video in ("v1", "v2"):
         clip, _ = sample_clip(str(root / "videos" / f"{video}.mp4"), settings, 4)
-        _, features = engine._features(clip, "", {})
+        _, features = engine.budgeted_tokens(clip, "", {})
         for question in ("What is it?", "Which one?\nA. this\nB. that"):
             ids, _ = engine.prompt_inputs(question, clip, features)
             with torch.inference_mode():
@@ -610,7 +610,7 @@ def test_official_mvbench_prefills_the_answer_prefix(engine_factory, bench):
     root, _ = bench
     engine = engine_factory(frames=4)
     clip, _ = sample_clip(str(root / "videos" / "v1.mp4"), engine.settings, 4)
-    features = engine._features(clip, "", {})[1]
+    features = engine.budgeted_tokens(clip, "", {})[1]
     messages = [{"role": "user", "text": "Q?"}]
     plain = prefixed_conversation(engine, clip, features, "").ids_for(messages)
     prefixed = prefixed_conversation(engine, clip, features, "Best option:(").ids_for(messages)

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from vqa_cli.model import modes
-from vqa_cli.model.engine import Checkpoint, Engine
+from vqa_cli.model.checkpoint import Checkpoint
+from vqa_cli.model.engine import Engine
 from vqa_cli.model.families.base import FrameFeatures
 from vqa_cli.model.families.registry import CHECKPOINTS, FAMILIES, adapter_for, family_for_model_type, resolve_alias
 from vqa_cli.model.session import open_model

@@ -1,7 +1,7 @@
 """Fitting the machine: the memory check before download and load, --fit, --max-memory, and the CPU default.
 
 The memory probe is a parameter: every test gives its own (``probe=`` or, through the command line,
-``fit.probe_memory`` replaced), so the refusals are the same on any machine. Expected sizes are computed
+``machine.probe_memory`` replaced), so the refusals are the same on any machine. Expected sizes are computed
 here from config.json with the formula docs/models.md states, not with vqa's functions.
 """
 
@@ -17,9 +17,11 @@ import pytest
 
 from vqa_cli.cli import main
 from vqa_cli.errors import EXIT_USAGE, MemoryFitError, UsageError, describe
-from vqa_cli.model import catalog, fit
-from vqa_cli.model.engine import Checkpoint, RunSettings
+from vqa_cli.model import autofit, catalog, device, fit, machine
+from vqa_cli.model.checkpoint import Checkpoint
 from vqa_cli.model.session import open_model
+from vqa_cli.model.weights import files, hub, loader
+from vqa_cli.settings import RunSettings
 
 GIB = 2**30
 MIB = 2**20
@@ -98,12 +100,12 @@ def test_the_estimate_is_the_documented_formula(big_dir):
 
 
 def test_a_request_too_big_for_the_ram_is_refused_before_the_weights(big_dir, monkeypatch):
-    from vqa_cli.model import engine
+    from vqa_cli.model.weights import loader
 
     def never(*args, **kwargs):
         raise AssertionError("the weights were loaded")
 
-    monkeypatch.setattr(engine, "Engine", never)
+    monkeypatch.setattr(loader, "load", never)
     settings = RunSettings(model=str(big_dir))  # CPU: float32, no quantization: about 33 GiB
     with pytest.raises(MemoryFitError) as refused:
         open_model(settings, [QUESTION], probe=probe_of(cpu=16 * GIB))
@@ -123,12 +125,12 @@ def test_when_no_setting_of_the_model_fits_a_smaller_model_is_suggested(big_dir)
 
 def test_the_command_line_refuses_with_one_line_and_exit_2_on_cpu_and_cuda(big_dir, clip_path, capsys,
                                                                            monkeypatch):
-    monkeypatch.setattr(fit, "probe_memory", probe_of(cpu=8 * GIB))
+    monkeypatch.setattr(machine, "probe_memory", probe_of(cpu=8 * GIB))
     code, out, err = run_cli(["ask", clip_path, QUESTION, "--model", str(big_dir)], capsys)
     assert code == 2 and out == "" and err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith("error: ") and "of RAM" in err and "8.0 GiB is available" in err
     # A GPU with 6 GiB free (the probe says what the machine has): 4-bit weights alone are 4.2 GiB.
-    monkeypatch.setattr(fit, "probe_memory", probe_of(cuda=6 * GIB, cuda_0=6 * GIB, cpu=20 * GIB))
+    monkeypatch.setattr(machine, "probe_memory", probe_of(cuda=6 * GIB, cuda_0=6 * GIB, cpu=20 * GIB))
     code, out, err = run_cli(["ask", clip_path, QUESTION, "--model", str(big_dir), "--device", "cuda"], capsys)
     assert code == 2 and out == "" and err.count("\n") == 1
     assert "on cuda" in err and "6.0 GiB is free" in err and "weights 4.2 GiB in 4bit" in err
@@ -195,7 +197,7 @@ def test_caption_starts_from_the_largest_batch_that_fits(tiny_dir, clip_path, tm
     params = parameters(tiny_dir)
     two, three = (need(tiny_dir, params, 4, prompt, new_tokens=2, batch=b) for b in (2, 3))
     assert two < three
-    monkeypatch.setattr(fit, "probe_memory", probe_of(cpu=two))
+    monkeypatch.setattr(machine, "probe_memory", probe_of(cpu=two))
     out = tmp_path / "c.jsonl"
     code, _, err = run_cli(["caption", str(videos), "--out", str(out), "--model", str(tiny_dir), "--frames", "4",
                             "--max-new-tokens", "2", "--batch-size", "4", "--workers", "1"], capsys)
@@ -213,18 +215,18 @@ def test_fit_takes_the_most_frames_that_fit_by_an_independent_computation(big_di
     checkpoint = Checkpoint(str(big_dir))
     prompt, params = prompt_tokens(big_dir, settings), parameters(big_dir)
     at = {n: need(big_dir, params, n, prompt) for n in (11, 12)}
-    chosen, choice = fit.fit(checkpoint, settings, [QUESTION], probe=probe_of(cpu=at[11] + MIB))
+    chosen, choice = autofit.fit(checkpoint, settings, [QUESTION], probe=probe_of(cpu=at[11] + MIB))
     assert at[12] > at[11] + MIB
     assert (chosen.frames, chosen.mode.name, chosen.fit) == (11, "anyres", False)
     assert (choice.frames, choice.requested_frames, choice.changed) == (11, 32, True)
     # With room to spare, the context decides: -n 200 at RoPE factor 4 holds 16384 positions.
     many = RunSettings(model=str(big_dir), frames=200, fit=True)
-    chosen, _ = fit.fit(checkpoint, many, [QUESTION], probe=probe_of(cpu=1024 * GIB))
+    chosen, _ = autofit.fit(checkpoint, many, [QUESTION], probe=probe_of(cpu=1024 * GIB))
     assert chosen.frames == (4096 * 4 - 256 - prompt) // 144
 
 
 def test_fit_falls_back_to_a_cheaper_mode_when_one_frame_does_not_fit(big_dir):
-    from vqa_cli.model.modes import ModeSettings
+    from vqa_cli.settings import ModeSettings
 
     settings = RunSettings(model=str(big_dir), mode=ModeSettings("pooled"), fit=True)
     checkpoint = Checkpoint(str(big_dir))
@@ -232,7 +234,7 @@ def test_fit_falls_back_to_a_cheaper_mode_when_one_frame_does_not_fit(big_dir):
     room = need(big_dir, params, 5, prompt) + MIB  # anyres, 5 frames
     assert need(big_dir, params, 1, prompt, visual=16 * 12 * 12) > room  # pooled: 2304 tokens at any frame count
     assert need(big_dir, params, 6, prompt) > room
-    chosen, choice = fit.fit(checkpoint, settings, [QUESTION], probe=probe_of(cpu=room))
+    chosen, choice = autofit.fit(checkpoint, settings, [QUESTION], probe=probe_of(cpu=room))
     assert (chosen.mode.name, chosen.frames) == ("anyres", 5)
     assert choice.line() == ("--fit: 5 frames in --mode anyres instead of 32 in --mode pooled "
                              f"(about {choice.check.estimate.peak_bytes / GIB:.1f} GiB of {room / GIB:.1f} GiB of RAM)")
@@ -242,7 +244,7 @@ def test_fit_is_said_on_stderr_and_in_json(tiny_dir, clip_path, capsys, monkeypa
     settings = RunSettings(model=str(tiny_dir), max_new_tokens=3)
     prompt, params = prompt_tokens(tiny_dir, settings), parameters(tiny_dir)
     room = need(tiny_dir, params, 6, prompt, new_tokens=3)
-    monkeypatch.setattr(fit, "probe_memory", probe_of(cpu=room))
+    monkeypatch.setattr(machine, "probe_memory", probe_of(cpu=room))
     code, out, err = run_cli(["ask", clip_path, QUESTION, "--model", str(tiny_dir), "--max-new-tokens", "3",
                               "--fit", "--json"], capsys)
     assert code == 0, err
@@ -272,21 +274,21 @@ def test_fit_and_force_are_exclusive_and_placement_is_not_part_of_the_identity()
 
 
 def test_max_memory_parses_sizes_and_devices():
-    assert fit.parse_max_memory("cuda:0=6GiB,cpu=24GiB") == (("cuda:0", 6 * GIB), ("cpu", 24 * GIB))
-    assert fit.parse_max_memory("cuda=512MiB, cpu = 1.5GB") == (("cuda:0", 512 * MIB), ("cpu", 1_500_000_000))
-    assert fit.parse_max_memory(None) == ()
+    assert device.parse_max_memory("cuda:0=6GiB,cpu=24GiB") == (("cuda:0", 6 * GIB), ("cpu", 24 * GIB))
+    assert device.parse_max_memory("cuda=512MiB, cpu = 1.5GB") == (("cuda:0", 512 * MIB), ("cpu", 1_500_000_000))
+    assert device.parse_max_memory(None) == ()
     for bad in ("gpu=6GiB", "cuda:0=6", "cuda:0", "cpu=6GiB,cpu=1GiB", "cpu=lots"):
         with pytest.raises(UsageError, match="--max-memory"):
-            fit.parse_max_memory(bad)
+            device.parse_max_memory(bad)
 
 
 def test_max_memory_must_name_the_device_the_model_runs_on():
     with pytest.raises(UsageError, match="must give the GPU"):
-        fit.target(RunSettings(model="m", device="cuda", max_memory=(("cpu", GIB),)))
+        device.target(RunSettings(model="m", device="cuda", max_memory=(("cpu", GIB),)))
     with pytest.raises(UsageError, match="runs on cpu"):
-        fit.target(RunSettings(model="m", device="cpu", max_memory=(("cuda:0", GIB),)))
+        device.target(RunSettings(model="m", device="cpu", max_memory=(("cuda:0", GIB),)))
     with pytest.raises(UsageError, match="--quant none"):
-        fit.target(RunSettings(model="m", device="cpu", quant="4bit", max_memory=(("cpu", GIB),)))
+        device.target(RunSettings(model="m", device="cpu", quant="4bit", max_memory=(("cpu", GIB),)))
 
 
 def per_parameter(model, placed: dict | None) -> dict[str, str]:
@@ -307,7 +309,6 @@ def test_the_plan_verdict_is_the_placement_the_load_gets(tiny_dir, clip_path, ca
     import torch
     import transformers
 
-    from vqa_cli.model import loading
 
     frames, new = 3, 4
     settings = RunSettings(model=str(tiny_dir), frames=frames, max_new_tokens=new, dtype="float32")
@@ -327,8 +328,8 @@ def test_the_plan_verdict_is_the_placement_the_load_gets(tiny_dir, clip_path, ca
     smallest = refused["max_memory_smallest_bytes"]["cpu"]
     assert refused["max_memory_smallest"] == f"cpu={-(-smallest // MIB)}MiB"
     passed: list[dict] = []  # what from_pretrained got, load by load
-    real_load = loading.load_weights
-    monkeypatch.setattr(loading, "load_weights", lambda *a, **k: passed.append(k) or real_load(*a, **k))
+    real_load = files.load_weights
+    monkeypatch.setattr(files, "load_weights", lambda *a, **k: passed.append(k) or real_load(*a, **k))
     cls = transformers.LlavaNextVideoForConditionalGeneration
     for cap, allow in [(MIB, False), (MIB, True), (smallest - 1, False), (smallest - 1, True), (smallest, False),
                        (2 * GIB, False)]:
@@ -382,7 +383,7 @@ def test_a_cap_the_weights_cannot_fit_is_refused_in_one_line_before_loading(tiny
 
     config = loading.read_config(tiny_dir)
     with pytest.raises(MemoryFitError, match="--offload-dir"):
-        loading.load_model(tiny_dir, config, device="cpu", dtype=torch.float32, quant="none",
+        loader.load_model(tiny_dir, config, device="cpu", dtype=torch.float32, quant="none",
                            max_memory={"cpu": 500_000})
 
 
@@ -502,8 +503,8 @@ def test_a_first_download_says_its_size_and_destination_and_how_to_resume(tmp_pa
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     fetched = []
-    monkeypatch.setattr(catalog, "download", lambda name, progress: fetched.append((name, progress)))
-    catalog.fetch_weights("llava-onevision-0.5b", size=lambda repo: 1_790_000_000, progress=False)
+    monkeypatch.setattr(hub, "download", lambda name, progress: fetched.append((name, progress)))
+    hub.fetch_weights("llava-onevision-0.5b", size=lambda repo: 1_790_000_000, progress=False)
     err = capsys.readouterr().err
     assert fetched == [("llava-onevision-0.5b", False)]
     assert f"downloading llava-hf/llava-onevision-qwen2-0.5b-ov-hf: 1.8 GB of weights into {tmp_path}" in err
@@ -511,32 +512,32 @@ def test_a_first_download_says_its_size_and_destination_and_how_to_resume(tmp_pa
     def interrupted(name, progress):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(catalog, "download", interrupted)
+    monkeypatch.setattr(hub, "download", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        catalog.fetch_weights("llava-onevision-0.5b", size=lambda repo: None, progress=False)
+        hub.fetch_weights("llava-onevision-0.5b", size=lambda repo: None, progress=False)
     assert "run the command again, or `vqa download llava-onevision-0.5b`, to resume it" in capsys.readouterr().err
-    catalog.fetch_weights(str(tmp_path))  # a local directory: nothing to download, nothing said
+    hub.fetch_weights(str(tmp_path))  # a local directory: nothing to download, nothing said
     snapshot = tmp_path / "models--llava-hf--llava-onevision-qwen2-0.5b-ov-hf" / "snapshots" / ("0" * 40)
     snapshot.mkdir(parents=True)
     (snapshot.parent.parent / "refs").mkdir()
     (snapshot.parent.parent / "refs" / "main").write_text("0" * 40)
     (snapshot / "config.json").write_text("{}")
     (snapshot / "model.safetensors").write_bytes(b"cached")
-    monkeypatch.setattr(catalog, "download", lambda name, progress: fetched.append((name, progress)))
-    catalog.fetch_weights("llava-onevision-0.5b", size=lambda repo: 1)  # cached: nothing to download
+    monkeypatch.setattr(hub, "download", lambda name, progress: fetched.append((name, progress)))
+    hub.fetch_weights("llava-onevision-0.5b", size=lambda repo: 1)  # cached: nothing to download
     assert fetched == [("llava-onevision-0.5b", False)]
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    catalog.fetch_weights("llava-onevision-0.5b")  # offline: the load says what is missing
+    hub.fetch_weights("llava-onevision-0.5b")  # offline: the load says what is missing
     assert capsys.readouterr().err == ""
 
 
 def test_the_probe_reads_this_machine():
-    ram = fit.available_ram()
+    ram = machine.available_ram()
     assert ram is None or ram > 0
-    assert fit.probe_memory("cpu") == ram or fit.probe_memory("cpu") > 0
-    assert fit.probe_memory("mps:7") is None
+    assert machine.probe_memory("cpu") == ram or machine.probe_memory("cpu") > 0
+    assert machine.probe_memory("mps:7") is None
     if "torch" in sys.modules:
         import torch
 
         if not torch.cuda.is_available():
-            assert fit.probe_memory("cuda") is None and fit.probe_memory("cuda:0") is None
+            assert machine.probe_memory("cuda") is None and machine.probe_memory("cuda:0") is None

@@ -1,7 +1,7 @@
 """The keys vqa leaves on users' disks (settings ids, feature-cache keys, pre-quantized copy keys, the subtitle
 digest, the written-files registry) and the texts people read (sizes, dtype names), each against its formula
 written out here with hashlib and json: moving the mechanics to one owner (``fingerprint``, ``units``,
-``loading.dtype_name``) must not change one byte of them."""
+``devices.dtype_name``) must not change one byte of them."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import json
 import os
 
 from vqa_cli import units
-from vqa_cli.model import features, loading, quantized
+from vqa_cli.model import device as devices
+from vqa_cli.model import features
+from vqa_cli.model.weights import copies
 from vqa_cli.output import records, subtitles
 from vqa_cli.output.writer import _registry
 
@@ -44,12 +46,12 @@ def test_copy_and_model_keys_stamp_files_by_name_size_and_mtime(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"12345")
     os.utime(tmp_path / "model.safetensors", ns=(1_000_000_123, 1_700_000_000_000_000_456))
     stamp = ["model.safetensors", 5, 1_700_000_000_000_000_456]
-    source = quantized.source_identity(tmp_path)
+    source = copies.source_identity(tmp_path)
     assert source["config_sha256"] == hashlib.sha256(b'{"model_type": "x"}').hexdigest()
     assert source["weights"] == [stamp]
     assert [stamp] == [f for f in features.model_identity(tmp_path)["files"] if f[0] == "model.safetensors"]
     ident = {"source": {"p": 1}, "settings": {"dtype": "bfloat16"}, "writer": {"format": 1}, "key": "ignored"}
-    assert quantized._key(ident) == _hex('{"settings": {"dtype": "bfloat16"}, "source": {"p": 1}, '
+    assert copies._key(ident) == _hex('{"settings": {"dtype": "bfloat16"}, "source": {"p": 1}, '
                                          '"writer": {"format": 1}}')[:16]
 
 
@@ -75,6 +77,6 @@ def test_size_texts():
 def test_dtype_names():
     import torch
 
-    assert [loading.dtype_name(d) for d in (torch.bfloat16, torch.float32, torch.float16)] == [
+    assert [devices.dtype_name(d) for d in (torch.bfloat16, torch.float32, torch.float16)] == [
         "bfloat16", "float32", "float16"]
-    assert loading.dtype_name(loading.resolve_dtype("bfloat16", "cpu")) == "bfloat16"
+    assert devices.dtype_name(devices.resolve_dtype("bfloat16", "cpu")) == "bfloat16"

@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from vqa_cli.errors import CheckpointError, ModelNotCachedError, UnknownModelError, UnsupportedModelError
+from vqa_cli.model import device as devices
 from vqa_cli.model import loading
 from vqa_cli.model.families.registry import adapter_for, resolve_alias
+from vqa_cli.model.weights import files, hub, loader
 from vqa_cli.video import sample_frames
 
 
@@ -22,19 +24,19 @@ def test_aliases_resolve_to_hub_ids():
 
 def test_vqa_model_env_changes_the_default(monkeypatch):
     monkeypatch.setenv("VQA_MODEL", "/models/mine")
-    assert loading.default_model() == "/models/mine"
-    assert loading.default_model("cpu") == "/models/mine"
+    assert hub.default_model() == "/models/mine"
+    assert hub.default_model("cpu") == "/models/mine"
     monkeypatch.delenv("VQA_MODEL")
     # Without it: the 7B model for CUDA (a plan may name a GPU this machine lacks), the small one for the CPU.
-    assert loading.default_model("cuda") == "llava-next-video-7b"
-    assert loading.default_model("cpu") == "llava-onevision-0.5b"
+    assert hub.default_model("cuda") == "llava-next-video-7b"
+    assert hub.default_model("cpu") == "llava-onevision-0.5b"
 
 
 def test_unknown_model_names_fail_with_one_line():
     with pytest.raises(UnknownModelError, match="unknown model 'not a model'"):
-        loading.resolve_model_dir("not a model")
+        hub.resolve_model_dir("not a model")
     with pytest.raises(UnknownModelError, match="no model directory"):
-        loading.resolve_model_dir("./missing/dir")
+        hub.resolve_model_dir("./missing/dir")
 
 
 def test_hub_model_missing_from_the_cache_offline_says_so(monkeypatch, tmp_path):
@@ -45,7 +47,7 @@ def test_hub_model_missing_from_the_cache_offline_says_so(monkeypatch, tmp_path)
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(ModelNotCachedError, match="not in the local cache"):
-        loading.resolve_model_dir("llava-next-video-7b")
+        hub.resolve_model_dir("llava-next-video-7b")
 
 
 def test_unsupported_architecture_is_refused(tmp_path):
@@ -61,23 +63,23 @@ def test_pickled_weights_are_not_loaded(tiny_dir, tmp_path):
     (target / "pytorch_model.bin").write_bytes(b"pickle")
     config = loading.read_config(target)
     with pytest.raises(UnknownModelError, match="no .safetensors"):
-        loading.load_model(target, config, device="cpu", dtype=torch.float32, quant="none")
+        loader.load_model(target, config, device="cpu", dtype=torch.float32, quant="none")
 
 
 def test_cpu_defaults_are_no_quantization_and_float32():
-    assert loading.resolve_quant(None, "cpu") == "none"
-    assert loading.resolve_quant(None, "cuda") == "4bit"
-    assert loading.resolve_dtype(None, "cpu") == torch.float32
+    assert devices.resolve_quant(None, "cpu") == "none"
+    assert devices.resolve_quant(None, "cuda") == "4bit"
+    assert devices.resolve_dtype(None, "cpu") == torch.float32
 
 
 def test_quantization_config_keeps_vision_tower_and_projector_unquantized(tiny_dir):
     adapter = adapter_for(loading.read_config(tiny_dir))
-    q4 = loading.quantization_config("4bit", adapter, torch.bfloat16)
+    q4 = loader.quantization_config("4bit", adapter, torch.bfloat16)
     assert q4.load_in_4bit and q4.bnb_4bit_quant_type == "nf4" and q4.bnb_4bit_use_double_quant
     assert q4.bnb_4bit_compute_dtype == torch.bfloat16
     assert {"lm_head", "model.vision_tower", "model.multi_modal_projector"} <= set(q4.llm_int8_skip_modules)
-    assert loading.quantization_config("8bit", adapter, torch.float32).load_in_8bit
-    assert loading.quantization_config("none", adapter, torch.float32) is None
+    assert loader.quantization_config("8bit", adapter, torch.float32).load_in_8bit
+    assert loader.quantization_config("none", adapter, torch.float32) is None
 
 
 @pytest.mark.parametrize(("quant", "layer"), [("4bit", "Linear4bit"), ("8bit", "Linear8bitLt")])
@@ -143,13 +145,13 @@ def test_a_sharded_checkpoint_loads_and_a_truncated_shard_is_named(tiny_dir, tmp
     target = tmp_path / "sharded"
     _shard(tiny_dir, target)
     config = loading.read_config(target)
-    assert [p.name for p in loading.weight_files(target)] == ["model-00001-of-00002.safetensors",
+    assert [p.name for p in files.weight_files(target)] == ["model-00001-of-00002.safetensors",
                                                                "model-00002-of-00002.safetensors"]
-    assert loading.load_model(target, config, device="cpu", dtype=torch.float32, quant="none").model is not None
+    assert loader.load_model(target, config, device="cpu", dtype=torch.float32, quant="none").model is not None
     second = target / "model-00002-of-00002.safetensors"
     second.write_bytes(second.read_bytes()[:-16])
     with pytest.raises(CheckpointError, match=r"model-00002-of-00002.safetensors is truncated or corrupt"):
-        loading.load_model(target, config, device="cpu", dtype=torch.float32, quant="none")
+        loader.load_model(target, config, device="cpu", dtype=torch.float32, quant="none")
 
 
 def test_a_folder_without_tokenizer_files_is_refused_before_transformers_invents_one(tmp_path):
@@ -179,7 +181,7 @@ def test_a_read_error_while_loading_weights_names_the_file(tiny_dir, monkeypatch
 
     monkeypatch.setattr(cls, "from_pretrained", failing)
     with pytest.raises(CheckpointError, match=r"cannot read .*model.safetensors: Input/output error"):
-        loading.load_model(tiny_dir, config, device="cpu", dtype=torch.float32, quant="none")
+        loader.load_model(tiny_dir, config, device="cpu", dtype=torch.float32, quant="none")
 
 
 def test_a_processor_config_with_a_value_of_the_wrong_kind_is_named(tiny_dir, tmp_path):

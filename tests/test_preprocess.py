@@ -155,12 +155,15 @@ def test_engine_pixels_use_the_checkpoints_processor(family_dirs, family):
     """Engine.pixels, as ask and caption call it, on a clip of odd landscape and portrait frames."""
     import torch
 
-    from vqa_cli.model.engine import Checkpoint, Engine
+    from vqa_cli.model.checkpoint import Checkpoint
+    from vqa_cli.model.engine import Engine
+    from vqa_cli.model.weights import loader
     from vqa_cli.settings import RunSettings
     from vqa_cli.video import Clip
 
     settings = RunSettings(model=str(family_dirs[family]), dtype="float32", max_new_tokens=1)
-    engine = Engine(Checkpoint(settings.model), settings, 1.0)
+    checkpoint = Checkpoint(settings.model)
+    engine = Engine(checkpoint, settings, loader.load(checkpoint, settings, 1.0))
     oracle = _family_oracle(family, family_dirs[family])
     for size in [(517, 333), (480, 854)]:
         frames = np.random.default_rng(size[1]).integers(0, 256, (3, *size, 3), dtype=np.uint8)

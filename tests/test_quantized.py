@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from vqa_cli.errors import OutputWriteError, UsageError
-from vqa_cli.model import loading, quantized, rope
+from vqa_cli.model import loading, rope
+from vqa_cli.model.weights import copies, files, loader
 
 IDS = torch.tensor([[1, 17, 42, 99, 7, 25, 3, 64, 12, 11, 5, 30]])  # inside the tiny vocabulary
 
@@ -32,15 +33,15 @@ def source(tiny_dir, tmp_path) -> Path:
     return Path(shutil.copytree(tiny_dir, tmp_path / "src"))
 
 
-def _load(model_dir: Path, quant: str = "4bit", factor: float = 1.0, dtype=torch.float32) -> loading.LoadedModel:
+def _load(model_dir: Path, quant: str = "4bit", factor: float = 1.0, dtype=torch.float32) -> loader.LoadedModel:
     """What Engine does: a fresh config, the RoPE factor applied to it, then load_model."""
     config, adapter = loading.read_checkpoint_config(model_dir)
     base = dict(adapter.text_config().rope_parameters or {})
     rope.apply_to_config(adapter.text_config(), base, factor, "linear")
-    return loading.load_model(model_dir, config, device="cpu", dtype=dtype, quant=quant)
+    return loader.load_model(model_dir, config, device="cpu", dtype=dtype, quant=quant)
 
 
-def _logits(loaded: loading.LoadedModel) -> torch.Tensor:
+def _logits(loaded: loader.LoadedModel) -> torch.Tensor:
     with torch.inference_mode():
         return loaded.model(input_ids=IDS).logits
 
@@ -55,7 +56,7 @@ def spies(monkeypatch) -> dict[str, list]:
     import bitsandbytes.functional as F
 
     calls: dict[str, list] = {"quantize_4bit": [], "load_weights": []}
-    quantize, load_weights = F.quantize_4bit, loading.load_weights
+    quantize, load_weights = F.quantize_4bit, files.load_weights
 
     def counting_quantize(*args, **kwargs):
         calls["quantize_4bit"].append(1)
@@ -66,7 +67,7 @@ def spies(monkeypatch) -> dict[str, list]:
         return load_weights(cls, model_dir, **kwargs)
 
     monkeypatch.setattr(F, "quantize_4bit", counting_quantize)
-    monkeypatch.setattr(loading, "load_weights", recording_load)
+    monkeypatch.setattr(files, "load_weights", recording_load)
     return calls
 
 
@@ -77,9 +78,9 @@ def test_the_first_quantized_load_writes_a_copy_and_the_second_reads_it_without_
     assert spies["load_weights"] == [source]
     [copy] = _copies(cache)
     assert "wrote a pre-quantized 4bit copy" in capsys.readouterr().err
-    assert copy.name.startswith("src-4bit-float32-") and (copy / quantized.MANIFEST).is_file()
+    assert copy.name.startswith("src-4bit-float32-") and (copy / copies.MANIFEST).is_file()
     assert sorted(p.name for p in copy.glob("*.safetensors")) == ["model.safetensors"]
-    assert not list(cache.glob(quantized.TMP_PREFIX + "*"))  # the temporary folder was renamed
+    assert not list(cache.glob(copies.TMP_PREFIX + "*"))  # the temporary folder was renamed
 
     spies["quantize_4bit"].clear()
     spies["load_weights"].clear()
@@ -145,10 +146,10 @@ def test_a_copy_of_changed_weights_is_ignored_and_replaced(cache, source, change
     _load(source)
     [old] = _copies(cache)
     change(source / "model.safetensors")
-    assert quantized.list_copies()[0]["current"] is False and quantized.copies_of(source) == []
+    assert copies.list_copies()[0]["current"] is False and copies.copies_of(source) == []
     assert not _load(source).prequantized  # the stale copy is not read
     [new] = _copies(cache)  # ... and its replacement removed it
-    assert new != old and quantized.list_copies()[0]["current"] is True
+    assert new != old and copies.list_copies()[0]["current"] is True
     assert _load(source).prequantized
 
 
@@ -156,7 +157,7 @@ def test_copies_of_other_settings_live_side_by_side(cache, source):
     _load(source, "4bit")
     assert not _load(source, "8bit").prequantized
     assert not _load(source, "4bit", dtype=torch.bfloat16).prequantized
-    assert sorted((c["quant"], c["dtype"]) for c in quantized.copies_of(source)) == [
+    assert sorted((c["quant"], c["dtype"]) for c in copies.copies_of(source)) == [
         ("4bit", "bfloat16"), ("4bit", "float32"), ("8bit", "float32")]
     assert _load(source, "4bit").prequantized and _load(source, "8bit").prequantized
     assert _load(source, "4bit", dtype=torch.bfloat16).prequantized
@@ -167,20 +168,20 @@ def test_a_copy_made_on_another_kind_of_device_is_not_used(cache, source, monkey
     monkeypatch.setenv("VQA_QUANT_CACHE", "0")
     loaded = _load(source)
     bnb, dtype, _ = _settings(source)
-    made_on_cuda = quantized.save(loaded.model, source, bnb, dtype, "cuda")
-    assert quantized.manifest(made_on_cuda)["settings"]["device"] == "cuda"
+    made_on_cuda = copies.save(loaded.model, source, bnb, dtype, "cuda")
+    assert copies.manifest(made_on_cuda)["settings"]["device"] == "cuda"
     monkeypatch.delenv("VQA_QUANT_CACHE")
     assert not _load(source).prequantized
-    assert sorted(c["device"] for c in quantized.copies_of(source)) == ["cpu", "cuda"]
-    assert quantized.device_kind({"": "cuda:1"}) == "cuda" and quantized.device_kind("auto") == "cuda"
-    assert quantized.device_kind({"a": 0, "b": "cpu"}) == "cpu+cuda"
+    assert sorted(c["device"] for c in copies.copies_of(source)) == ["cpu", "cuda"]
+    assert copies.device_kind({"": "cuda:1"}) == "cuda" and copies.device_kind("auto") == "cuda"
+    assert copies.device_kind({"a": 0, "b": "cpu"}) == "cpu+cuda"
 
 
 def test_a_copy_written_by_other_library_versions_is_not_used(cache, source, monkeypatch):
     _load(source)
-    versions = {"transformers": "0.0.1", "bitsandbytes": quantized._package_version("bitsandbytes")}
-    monkeypatch.setattr(quantized, "_package_version", versions.get)
-    assert quantized.list_copies()[0]["current"] is False
+    versions = {"transformers": "0.0.1", "bitsandbytes": copies._package_version("bitsandbytes")}
+    monkeypatch.setattr(copies, "_package_version", versions.get)
+    assert copies.list_copies()[0]["current"] is False
     assert not _load(source).prequantized and _load(source).prequantized
     assert len(_copies(cache)) == 1  # the replaced copy was removed
 
@@ -188,7 +189,7 @@ def test_a_copy_written_by_other_library_versions_is_not_used(cache, source, mon
 def test_loading_a_copy_leaves_the_callers_config_alone(cache, source):
     _load(source)
     config, _ = loading.read_checkpoint_config(source)
-    loaded = loading.load_model(source, config, device="cpu", dtype=torch.float32, quant="4bit")
+    loaded = loader.load_model(source, config, device="cpu", dtype=torch.float32, quant="4bit")
     assert loaded.prequantized and getattr(config, "quantization_config", None) is None
     assert loaded.model.config.quantization_config.load_in_4bit
 
@@ -278,7 +279,7 @@ def test_a_copy_is_not_written_when_the_disk_is_nearly_full(cache, source, monke
     import collections
 
     usage = collections.namedtuple("usage", "total used free")
-    monkeypatch.setattr(quantized.shutil, "disk_usage", lambda path: usage(10**12, 10**12 - 10**6, 10**6))
+    monkeypatch.setattr(copies.shutil, "disk_usage", lambda path: usage(10**12, 10**12 - 10**6, 10**6))
     assert _load(source).model is not None
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("warning: could not write a pre-quantized copy") and "needed, 0.0 GB free" in line
@@ -294,21 +295,21 @@ def test_old_temporary_folders_are_cleared_and_fresh_ones_left(cache, source):
     os.utime(old, (0, 0))
     _load(source)
     assert not old.exists() and fresh.exists()
-    assert quantized.find(source, *_settings(source)) is not None  # a temporary folder is never a copy
+    assert copies.find(source, *_settings(source)) is not None  # a temporary folder is never a copy
 
 
 def _settings(model_dir: Path):
     config, adapter = loading.read_checkpoint_config(model_dir)
-    return loading.quantization_config("4bit", adapter, torch.float32), torch.float32, "cpu"
+    return loader.quantization_config("4bit", adapter, torch.float32), torch.float32, "cpu"
 
 
 def test_a_second_writer_of_the_same_copy_keeps_the_first(cache, source, monkeypatch):
     """Two runs that quantized the same checkpoint at once: the one that finishes second leaves the copy alone."""
     monkeypatch.setenv("VQA_QUANT_CACHE", "0")
     loaded = _load(source)
-    first = quantized.save(loaded.model, source, *_settings(source))
+    first = copies.save(loaded.model, source, *_settings(source))
     mtime = (first / "model.safetensors").stat().st_mtime_ns
-    assert quantized.save(loaded.model, source, *_settings(source)) == first
+    assert copies.save(loaded.model, source, *_settings(source)) == first
     assert _copies(cache) == [first] and not list(cache.glob(".tmp-*"))
     assert (first / "model.safetensors").stat().st_mtime_ns == mtime
 
@@ -316,33 +317,33 @@ def test_a_second_writer_of_the_same_copy_keeps_the_first(cache, source, monkeyp
 def test_a_folder_without_its_manifest_is_not_a_copy(cache, source, capsys):
     _load(source)
     [copy] = _copies(cache)
-    (copy / quantized.MANIFEST).unlink()
-    assert quantized.find(source, *_settings(source)) is None
+    (copy / copies.MANIFEST).unlink()
+    assert copies.find(source, *_settings(source)) is None
     assert "vqa-quantized.json is missing" in capsys.readouterr().err
     assert not copy.exists()
 
 
 def test_the_cache_location_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("VQA_CACHE", str(tmp_path / "a"))
-    assert quantized.cache_dir() == tmp_path / "a" / "quantized"
+    assert copies.cache_dir() == tmp_path / "a" / "quantized"
     monkeypatch.delenv("VQA_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert quantized.cache_dir() == tmp_path / "xdg" / "vqa" / "quantized"
+    assert copies.cache_dir() == tmp_path / "xdg" / "vqa" / "quantized"
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert quantized.cache_dir() == tmp_path / "home" / ".cache" / "vqa" / "quantized"
+    assert copies.cache_dir() == tmp_path / "home" / ".cache" / "vqa" / "quantized"
 
 
 def test_prepare_writes_even_when_automatic_copies_are_off_and_fails_loudly(cache, source, monkeypatch, tmp_path):
     monkeypatch.setenv("VQA_QUANT_CACHE", "0")
-    folder, written = quantized.prepare(source, "4bit", device="cpu", dtype=torch.float32)
-    assert written and folder.parent == cache and quantized.manifest(folder)["settings"]["quant"] == "4bit"
-    assert quantized.prepare(source, "4bit", device="cpu", dtype=torch.float32) == (folder, False)
+    folder, written = loader.prepare_copy(source, "4bit", device="cpu", dtype=torch.float32)
+    assert written and folder.parent == cache and copies.manifest(folder)["settings"]["quant"] == "4bit"
+    assert loader.prepare_copy(source, "4bit", device="cpu", dtype=torch.float32) == (folder, False)
     blocker = tmp_path / "file"
     blocker.write_text("x")
     monkeypatch.setenv("VQA_CACHE", str(blocker))
     with pytest.raises(OutputWriteError, match="cannot write the pre-quantized copy to"):
-        quantized.prepare(source, "8bit", device="cpu", dtype=torch.float32)
+        loader.prepare_copy(source, "8bit", device="cpu", dtype=torch.float32)
 
 
 # ---- the command line ------------------------------------------------------------------------------------------
@@ -413,7 +414,7 @@ def test_vqa_models_shows_the_copies_of_a_cached_alias(cache, family_dirs, tmp_p
     header, *lines = out.splitlines()
     assert header.split("\t")[-1] == "quantized"
     assert next(line for line in lines if line.startswith("llava-onevision-0.5b")).split("\t")[-1] == "4bit"
-    assert quantized.manifest(Path(folder))["source"]["revision"] == commit
+    assert copies.manifest(Path(folder))["source"]["revision"] == commit
 
 
 # ---- the full-size OneVision geometry the load benchmark uses --------------------------------------------------

@@ -7,7 +7,7 @@ import torch
 
 from vqa_cli.errors import ContextOverflowError
 from vqa_cli.model import rope
-from vqa_cli.model.engine import Checkpoint
+from vqa_cli.model.checkpoint import Checkpoint
 from vqa_cli.settings import ModeSettings, RunSettings
 
 

@@ -156,7 +156,7 @@ def _full_prefill_logprobs(tiny_dir, media, turns, top):
     from vqa_cli.model.engine import sample_clip
 
     clip, _ = sample_clip(str(media / "a.mp4"), settings, 8)
-    _, features = engine._features(clip, turns[0]["text"], {})
+    _, features = engine.budgeted_tokens(clip, turns[0]["text"], {})
     ids = Conversation(engine, clip, features).ids_for(turns)
     ids_t = torch.tensor([ids])
     with torch.inference_mode():

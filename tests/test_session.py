@@ -21,12 +21,12 @@ def test_a_missing_input_or_a_folder_fails_before_the_model_is_read(tmp_path):
 
 
 def test_a_request_that_cannot_fit_fails_before_the_weights_load(tiny_dir, monkeypatch):
-    from vqa_cli.model import engine
+    from vqa_cli.model.weights import loader
 
     def never(*args, **kwargs):
         raise AssertionError("the weights were loaded")
 
-    monkeypatch.setattr(engine, "Engine", never)
+    monkeypatch.setattr(loader, "load", never)
     with pytest.raises(ContextOverflowError, match="frames fit"):
         open_model(RunSettings(model=str(tiny_dir), frames=1000), ["q"])
 

@@ -41,7 +41,8 @@ def frames(
     end: EndOpt = None,
 ) -> int:
     """Show which frames the model will see: indices and timestamps (no model is loaded)."""
-    from vqa_cli.model.engine import frames_for, sample_clip
+    from vqa_cli.model.checkpoint import frames_for
+    from vqa_cli.model.engine import sample_clip
     from vqa_cli.model.session import check_input
 
     request = run_settings(frames=frames, fps=fps, max_frames=max_frames, seek=seek, decoder=decoder, start=start,

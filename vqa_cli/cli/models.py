@@ -1,5 +1,5 @@
 """``vqa models`` and ``vqa download``: the checkpoint catalog, getting one into the cache, and its pre-quantized
-copies (``vqa_cli.model.quantized``)."""
+copies (``vqa_cli.model.weights.copies``)."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def parameters_text(n: int) -> str:
 
 def _copies(as_json: bool) -> int:
     """Every pre-quantized copy in the vqa cache, with its source and whether it is still current."""
-    from vqa_cli.model.quantized import cache_dir, human_size, list_copies
+    from vqa_cli.model.weights.copies import cache_dir, human_size, list_copies
 
     rows = list_copies()
     if as_json:
@@ -70,21 +70,22 @@ def download(
 ) -> int:
     """Fetch a checkpoint (safetensors, configs, tokenizer) into the Hugging Face cache for offline use, and with
     --quant store a pre-quantized copy of it."""
-    from vqa_cli.model.catalog import download as fetch
+    from vqa_cli.model.weights.hub import download as fetch
 
     path = fetch(model, progress=console.stderr_is_tty())
     print(path, flush=True)
     if quant in (None, "none"):
         return 0
-    from vqa_cli.model import loading, quantized
+    from vqa_cli.model import device as devices
+    from vqa_cli.model.weights import copies, loader
 
-    where = loading.resolve_device(device)
-    compute = loading.resolve_dtype(dtype, where)
-    with console.status(f"quantizing {model} ({quant}, {quantized.dtype_name(compute)}) and writing the copy"):
-        folder, written = quantized.prepare(path, quant, device=where, dtype=compute)
-    size = (quantized.manifest(folder) or {}).get("disk_bytes", 0)
-    name = quantized.dtype_name(compute)
+    where = devices.resolve_device(device)
+    compute = devices.resolve_dtype(dtype, where)
+    with console.status(f"quantizing {model} ({quant}, {devices.dtype_name(compute)}) and writing the copy"):
+        folder, written = loader.prepare_copy(path, quant, device=where, dtype=compute)
+    size = (copies.manifest(folder) or {}).get("disk_bytes", 0)
+    name = devices.dtype_name(compute)
     console.info(f"{'wrote' if written else 'already there:'} a pre-quantized {quant} copy ({name}, "
-                 f"{quantized.human_size(size)}): loads with --quant {quant} --dtype {name} read it")
+                 f"{copies.human_size(size)}): loads with --quant {quant} --dtype {name} read it")
     print(folder)
     return 0

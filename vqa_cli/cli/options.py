@@ -179,7 +179,7 @@ def run_settings(
     Raises ``UsageError`` for combinations the options cannot express on their own (a window that
     ends before it starts, both --frames and --fps, --guide outside --mode pooled, ...).
     """
-    from vqa_cli.model.fit import parse_max_memory
+    from vqa_cli.model.device import parse_max_memory
     from vqa_cli.settings import DEFAULT_GUIDE_MODEL
 
     _check_window(start, end)
@@ -289,18 +289,18 @@ def _offload_dir(path: str | None, max_memory: str | None) -> str | None:
 
 
 def _model(model: str | None, device: str | None) -> str:
-    """``--model``, else the default for the device the run uses (``loading.default_model``: the 7B model
+    """``--model``, else the default for the device the run uses (``hub.default_model``: the 7B model
     with CUDA, the small one on the CPU, which a notice names). A command without ``--model`` (``frames``)
     opens no model: it gets the CUDA default without asking torch."""
     from vqa_cli import console
-    from vqa_cli.model import loading
     from vqa_cli.model.families.registry import DEFAULT_CPU_MODEL, DEFAULT_MODEL
+    from vqa_cli.model.weights import hub
 
     if model is _NOT_AN_OPTION:
         return os.environ.get("VQA_MODEL") or DEFAULT_MODEL
     if model:
         return model
-    chosen = loading.default_model(device)
+    chosen = hub.default_model(device)
     if chosen == DEFAULT_CPU_MODEL and not os.environ.get("VQA_MODEL"):
         console.info(f"running on the CPU: the default model is {chosen}, which fits a laptop "
                      f"(--model or $VQA_MODEL picks another)")

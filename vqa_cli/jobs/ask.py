@@ -16,9 +16,9 @@ def plan_record(checkpoint, settings, budget, *, fitted=None, probe=None) -> dic
     """``--plan``: the request's frames, tokens, RoPE factor and memory (the peak estimate, the placement with
     ``--max-memory``, and what this machine has), for the device it names (which this machine may lack: a
     plan for a GPU can be made on a laptop). ``fitted``: what ``--fit`` chose."""
-    from vqa_cli.model import fit
+    from vqa_cli.model import fit, machine
 
-    checked = fit.measure(checkpoint, settings, budget, probe or fit.probe_memory)
+    checked = fit.measure(checkpoint, settings, budget, probe or machine.probe_memory)
     record = {
         "model": settings.model,
         "family": checkpoint.adapter.name,
@@ -146,7 +146,7 @@ def run_ask(settings, video: str, questions: list[str], *, as_json: bool = False
         printer.stop()
     timings = answer.timings
     timings["total"] = time.perf_counter() - run_started  # wall clock: decode overlaps load
-    record = records.ask_record(video, question, answer.record(engine))
+    record = records.ask_record(video, question, records.answer_of(engine, answer))
     if session.fitted is not None:
         record["fit"] = session.fitted.to_dict()
     if as_json:

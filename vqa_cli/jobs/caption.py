@@ -196,7 +196,7 @@ class Captioner:
         self.summary = Summary()
 
     def record(self, video: str, answer: Any, batch: int) -> dict:
-        return records.caption_record(video, answer.record(self.engine), batch, self.sid)
+        return records.caption_record(video, records.answer_of(self.engine, answer), batch, self.sid)
 
     def caption_batch(self, items: list[Decoded]) -> list[dict]:
         """Caption decoded clips; out of memory splits the batch and lowers the batch size."""

@@ -102,7 +102,7 @@ def decode_video(path: str, settings: Any, frames: int, engine: Any, cores: int,
 def video_record(job: VideoJob, engine: Any, sid: str, batch: int, segmented: bool) -> dict:
     """The one record of a video: the first segment's run fields, the segments, and sums over them."""
     answers = [p.answer for p in job.pieces]
-    rec = records.caption_record(job.video, answers[0].record(engine), batch, sid)
+    rec = records.caption_record(job.video, records.answer_of(engine, answers[0]), batch, sid)
     rec["subtitle_tokens"] = sum(p.subtitle_tokens for p in job.pieces)
     if not segmented or job.pieces[0].window is None:  # no segments, or a still image
         return rec
@@ -313,7 +313,7 @@ def ask_in_time(settings: Any, video: str, questions: list[str], as_json: bool =
             if progress:
                 progress.advance(task, len(chunk))
     first = job.pieces[0].answer
-    record = records.ask_record(video, question, first.record(engine))
+    record = records.ask_record(video, question, records.answer_of(engine, first))
     record["subtitle_tokens"] = sum(p.subtitle_tokens for p in job.pieces)
     record["timings"]["total"] = round(time.perf_counter() - started, 4)
     segmented = job.pieces[0].window is not None

@@ -1,6 +1,6 @@
 """The known checkpoints, what they cost, and which are already on this machine (``vqa models``, ``vqa download``).
 
-Everything here is offline except ``download``. A checkpoint counts as ``cached`` when its
+Everything here is offline (downloads are ``weights.hub``'s). A checkpoint counts as ``cached`` when its
 config and every safetensors shard are in the local Hugging Face cache, so ``vqa ask`` can run
 with no network. Every size comes from the checkpoint's architecture: its cached ``config.json``, else
 its published geometry (``PUBLISHED``: the widths, depths, heads and vocabulary of its hub config), built
@@ -17,61 +17,27 @@ docs/models.md state; tests/test_catalog.py checks them):
   family's default request (``--mode anyres`` at its default frames, a 64-token prompt and 256 new
   tokens): ``cuda_4bit`` and ``cuda_bf16`` on a GPU, ``cpu_float32`` on the CPU.
 - ``quantized``: the quantizations (``4bit``, ``8bit``) with a current pre-quantized copy of the
-  cached snapshot in the vqa cache (``vqa_cli.model.quantized``), ``quantized_copies`` their details.
+  cached snapshot in the vqa cache (``vqa_cli.model.weights.copies``), ``quantized_copies`` their details.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from vqa_cli.errors import ModelNotCachedError
-from vqa_cli.model.families.registry import (
-    CHECKPOINTS,
-    DEFAULT_CPU_MODEL,
-    DEFAULT_MODEL,
-    KnownCheckpoint,
-    adapter_for,
-    resolve_alias,
-)
-from vqa_cli.settings import QUANTS
-from vqa_cli.units import GB, gib, size_text
+from vqa_cli.model.families.registry import CHECKPOINTS, DEFAULT_CPU_MODEL, DEFAULT_MODEL, KnownCheckpoint, adapter_for
+from vqa_cli.model.weights.hub import cached_snapshot, snapshot_weights
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PretrainedConfig
+
+    from vqa_cli.model.families.base import FamilyAdapter
+from vqa_cli.settings import DEFAULT_MAX_NEW_TOKENS, DEFAULT_MODE, QUANTS
+from vqa_cli.units import GB, gib
 
 FP16_BYTES = 2
 DEFAULT_PROMPT_TOKENS = 64  # a short question in the chat template, for the default-request KV cache
-DEFAULT_NEW_TOKENS = 256
-
-
-def hub_cache_dir() -> Path:
-    """The Hugging Face hub cache, from the environment at call time (``HF_HUB_CACHE``, ``HF_HOME``)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"])
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]) / "hub"
-    from huggingface_hub import constants
-
-    return Path(constants.HF_HUB_CACHE)
-
-
-def cached_snapshot(repo_id: str, cache_dir: Path | None = None) -> Path | None:
-    """The cached snapshot folder of ``repo_id``'s main revision when its config.json is there."""
-    from huggingface_hub import try_to_load_from_cache
-
-    found = try_to_load_from_cache(repo_id, "config.json", cache_dir=cache_dir or hub_cache_dir())
-    return Path(found).parent if isinstance(found, str) else None
-
-
-def weight_files(snapshot: Path) -> list[Path] | None:
-    """Every safetensors file a snapshot needs, or None when any is missing (or none is listed)."""
-    index = snapshot / "model.safetensors.index.json"
-    if index.is_file():
-        names = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
-    else:
-        names = [p.name for p in snapshot.glob("*.safetensors")]
-    files = [snapshot / name for name in names]
-    return files if files and all(f.is_file() for f in files) else None
 
 
 # The published geometry of each known checkpoint: (model_type, vision tower, language model, extra config), as
@@ -104,7 +70,7 @@ PUBLISHED: dict[str, tuple[str, dict, dict, dict]] = {
 }
 
 
-def published_config(ckpt: KnownCheckpoint) -> Any:
+def published_config(ckpt: KnownCheckpoint) -> PretrainedConfig:
     """The transformers config of ``ckpt``'s published geometry (``PUBLISHED``), without downloading anything."""
     from transformers import CONFIG_MAPPING
 
@@ -112,18 +78,19 @@ def published_config(ckpt: KnownCheckpoint) -> Any:
     return CONFIG_MAPPING[model_type](vision_config=dict(vision), text_config=dict(text), **extra)
 
 
-def default_request(adapter: Any, frames: int | None = None, mode: str = "anyres") -> tuple[int, int, int]:
+def default_request(adapter: FamilyAdapter, frames: int | None = None, mode: str = DEFAULT_MODE
+                    ) -> tuple[int, int, int]:
     """(frames, prefill tokens, total tokens) of the family's default request: ``mode`` at ``frames`` (default:
-    the family's), a ``DEFAULT_PROMPT_TOKENS`` prompt and ``DEFAULT_NEW_TOKENS`` new tokens."""
+    the family's), a ``DEFAULT_PROMPT_TOKENS`` prompt and ``DEFAULT_MAX_NEW_TOKENS`` new tokens."""
     from vqa_cli.model import modes
 
     frames = frames or adapter.default_frames
     visual = modes.plan(modes.ModeSettings(mode), frames, adapter.geometry()).total
-    return frames, visual + DEFAULT_PROMPT_TOKENS, visual + DEFAULT_PROMPT_TOKENS + DEFAULT_NEW_TOKENS
+    return frames, visual + DEFAULT_PROMPT_TOKENS, visual + DEFAULT_PROMPT_TOKENS + DEFAULT_MAX_NEW_TOKENS
 
 
-def request_peak(adapter: Any, setting: str | tuple[str, str, Any], frames: int | None = None,
-                 mode: str = "anyres") -> int:
+def request_peak(adapter: FamilyAdapter, setting: str | tuple[str, str, torch.dtype], frames: int | None = None,
+                 mode: str = DEFAULT_MODE) -> int:
     """The peak bytes (``memory.request_memory``) of the default request (``default_request``) in ``setting``:
     one of ``PEAKS`` (``cuda_4bit``: bf16 compute, ``cuda_bf16``, ``cpu_float32``) or (device, quant, torch dtype)."""
     import torch
@@ -142,7 +109,7 @@ def request_peak(adapter: Any, setting: str | tuple[str, str, Any], frames: int 
 PEAKS = ("cuda_4bit", "cuda_bf16", "cpu_float32")
 
 
-def costs(config: Any) -> dict[str, Any]:
+def costs(config: PretrainedConfig) -> dict[str, Any]:
     """Parameters, weight memory per quantization, the default request's KV cache and peaks, from a config."""
     from vqa_cli.model import memory
 
@@ -161,7 +128,7 @@ def describe(ckpt: KnownCheckpoint, cache_dir: Path | None = None, default: str 
     """One catalog row (see the module docstring for what each size means); ``default``: this machine's
     default alias (``DEFAULT_MODEL`` with CUDA, ``DEFAULT_CPU_MODEL`` without)."""
     snapshot = cached_snapshot(ckpt.repo_id, cache_dir)
-    weights = weight_files(snapshot) if snapshot else None
+    weights = snapshot_weights(snapshot) if snapshot else None
     row: dict[str, Any] = {
         "alias": ckpt.alias,
         "repo_id": ckpt.repo_id,
@@ -185,10 +152,10 @@ def describe(ckpt: KnownCheckpoint, cache_dir: Path | None = None, default: str 
 
 
 def _quantized_copies(snapshot: Path | None) -> dict[str, Any]:
-    """The current pre-quantized copies of a cached snapshot (``vqa_cli.model.quantized``; offline, manifests only)."""
-    from vqa_cli.model import quantized
+    """The current pre-quantized copies of a cached snapshot (``weights.copies``; offline, manifests only)."""
+    from vqa_cli.model.weights import copies as stored
 
-    copies = quantized.copies_of(snapshot) if snapshot else []
+    copies = stored.copies_of(snapshot) if snapshot else []
     return {"quantized": sorted({c["quant"] for c in copies}),
             "quantized_copies": [{k: c[k] for k in ("quant", "dtype", "device", "disk_bytes", "path")} for c in copies]}
 
@@ -202,72 +169,3 @@ def list_models(cache_dir: Path | None = None, cuda: bool | None = None) -> list
         cuda = torch.cuda.is_available()
     default = DEFAULT_MODEL if cuda else DEFAULT_CPU_MODEL
     return [describe(ckpt, cache_dir, default) for ckpt in CHECKPOINTS]
-
-
-def remote_weight_bytes(repo_id: str) -> int | None:
-    """The size of a hub repository's safetensors weights (one metadata request), None when unknown."""
-    try:
-        from huggingface_hub import HfApi
-
-        info = HfApi().model_info(repo_id, files_metadata=True, timeout=10)
-        sizes = [f.size or 0 for f in info.siblings or () if f.rfilename.endswith(".safetensors")]
-    except Exception:  # noqa: BLE001 - the size is a courtesy: the download itself reports real errors
-        return None
-    return sum(sizes) or None
-
-
-def fetch_weights(name: str, *, size: Any = remote_weight_bytes, progress: bool | None = None) -> None:
-    """Before a run loads a hub model whose weights are not cached yet: say what will be downloaded (size and
-    destination), then download it with progress bars and ETA on a terminal. Ctrl-C leaves the partial
-    files in the cache (``*.incomplete``), and the next run or ``vqa download`` resumes them.
-
-    Nothing happens for a local directory, a cached model or offline (``HF_HUB_OFFLINE``: the load then
-    fails with its own message). ``size``: a repository's weight bytes (tests pass their own)."""
-    from huggingface_hub import constants
-
-    from vqa_cli import console
-    from vqa_cli.model import loading
-
-    if Path(name).expanduser().is_dir() or constants.is_offline_mode():
-        return
-    repo_id = resolve_alias(name)
-    if not loading.is_hub_id(repo_id):
-        return
-    snapshot = cached_snapshot(repo_id)
-    if snapshot is not None and weight_files(snapshot) is not None:
-        return
-    total = size(repo_id)
-    what = f"{size_text(total, 1, smaller=False, decimal=True)} of weights" if total else "its weights"
-    console.info(f"downloading {repo_id}: {what} into {hub_cache_dir()} "
-                 "(first run only; Ctrl-C stops, and the next run resumes)")
-    try:
-        download(name, progress=console.stderr_is_tty() if progress is None else progress)
-    except KeyboardInterrupt:
-        console.info(f"download of {repo_id} stopped: run the command again, or `vqa download {name}`, to resume it")
-        raise
-
-
-def download(name: str, progress: bool = True) -> Path:
-    """Configs, tokenizer, chat template and safetensors weights of an alias or hub id into the HF cache.
-
-    Returns the local snapshot folder (a local directory is returned as it is). Errors are
-    ``vqa_cli.errors`` classes: unknown or gated repositories are ``UnknownModelError``, no
-    network is ``ModelNotCachedError``.
-    """
-    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
-
-    from vqa_cli.model import loading
-
-    was_disabled = are_progress_bars_disabled()
-    if not progress:
-        disable_progress_bars()
-    try:
-        path = loading.resolve_model_dir(name, weights=True)
-        if path.is_relative_to(hub_cache_dir()) and weight_files(path) is None:
-            raise ModelNotCachedError(f"{name!r}: only its configs are in the cache and the hub cannot be reached")
-        return path
-    except ModelNotCachedError as exc:
-        raise ModelNotCachedError(f"cannot download {name!r}: the hub cannot be reached") from exc
-    finally:
-        if not progress and not was_disabled:
-            enable_progress_bars()

@@ -67,7 +67,7 @@ class Conversation:
     def open(cls, engine: Engine, clip: Clip, prompt_text: str = "", timings: dict | None = None) -> Conversation:
         """Encode the clip once and prefill the shared prefix (``prompt_text`` guides --guide pooling)."""
         timings = {} if timings is None else timings
-        budget, features = engine._features(clip, prompt_text, timings)
+        budget, features = engine.budgeted_tokens(clip, prompt_text, timings)
         conversation = cls(engine, clip, features, plan=budget.plan)
         started = time.perf_counter()
         conversation.prefill()

@@ -1,8 +1,13 @@
-"""The whole job for one video: frames -> pixels -> token grid -> mode -> prompt -> answer.
+"""Answering questions about clips with loaded weights, in four stages.
 
-``Checkpoint`` is everything known without weights (config, family adapter, tokenizer, chat
-template, processor config); it plans token budgets and the RoPE factor. ``Engine`` holds the
-loaded weights and answers questions about clips. ``ask`` and ``caption`` both use it.
+1. ``Engine.prepare_clip``: a request's frames decoded (``sample_clip``) and preprocessed to pixels.
+2. ``Engine.visual_tokens``: pixels -> the vision tower (``encode``) -> the mode's visual tokens (``aggregate``).
+3. ``Engine.checked_budget``: the request's tokens must fit the context the weights were loaded with.
+4. ``Engine.generate``: the prompt with the visual tokens in place of its placeholder -> an ``Answer``.
+
+``answer`` (one clip) and ``answer_batch`` (several, one batched generation) run all four; the budget is checked
+before the vision tower whenever it is known without the tokens. ``Engine`` receives its weights
+(``weights.loader.load``, called by ``session.open_model``) and its ``Checkpoint`` (everything but the weights).
 """
 
 from __future__ import annotations
@@ -10,33 +15,27 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
-from vqa_cli.errors import ContextOverflowError, UsageError
-from vqa_cli.model import loading, modes, prompt, rope
-from vqa_cli.model.families.base import FamilyAdapter
+from vqa_cli.errors import UsageError
+from vqa_cli.model import modes, prompt
+from vqa_cli.model.checkpoint import Budget, Checkpoint
+from vqa_cli.model.memory import VISION_CHUNK
 from vqa_cli.settings import LOAD_SETTINGS, ModeSettings, RunSettings
 from vqa_cli.video import Clip
-from vqa_cli.video.preprocess import ProcessorConfig, preprocess_frames
+from vqa_cli.video.preprocess import preprocess_frames
 
-VISION_CHUNK = 16  # frames per vision-tower call: bounds activation memory on long clips
-_WORST_TIMES = 99999.99  # for budgeting the time instruction before timestamps are known
+if TYPE_CHECKING:
+    import torch
 
-
-def frames_for(settings: RunSettings, family_default: int = FamilyAdapter.default_frames) -> int:
-    """The one place the frame count of a request is decided: the most frames it samples (what the token
-    budget is planned for). ``family_default``: the checkpoint family's own count for its native mode."""
-    n = (settings.max_frames if settings.fps else settings.frames) or modes.mode_for(
-        settings.mode.name).default_frames(family_default)
-    if n < 1:
-        raise UsageError("--frames must be at least 1")
-    return n
+    from vqa_cli.model.families.base import FrameFeatures
+    from vqa_cli.model.weights.loader import LoadedModel
+    from vqa_cli.video import DecodeOptions
 
 
 def sample_clip(path: str, settings: RunSettings, frames: int, timeout: float | None = None, *,
-                options: Any = None) -> tuple[Clip, float]:
+                options: DecodeOptions | None = None) -> tuple[Clip, float]:
     """The request's frames of ``path`` (``frames``, or ``--fps`` capped at ``frames``) and the seconds taken.
 
     ``options``: a ``video.DecodeOptions`` (e.g. the cores a caption worker's decoders may use); its decoder
@@ -54,110 +53,13 @@ def sample_clip(path: str, settings: RunSettings, frames: int, timeout: float | 
 
 
 @dataclass
-class Budget:
-    plan: modes.TokenPlan
-    prompt_tokens: int
-    max_new_tokens: int
-    trained_context: int
-    rope_factor: float
+class PreparedClip:
+    """Stage 1's output: a clip and its pixels, with the seconds each took (``decode`` when it was decoded here,
+    ``preprocess`` when its pixels were made)."""
 
-    @property
-    def total(self) -> int:
-        return self.plan.total + self.prompt_tokens + self.max_new_tokens
-
-    def to_dict(self) -> dict:
-        return {
-            **self.plan.to_dict(),
-            "prompt_tokens": self.prompt_tokens,
-            "max_new_tokens": self.max_new_tokens,
-            "total_tokens": self.total,
-            "trained_context": self.trained_context,
-            "rope_factor": self.rope_factor,
-            "context": int(self.trained_context * self.rope_factor),
-        }
-
-
-class Checkpoint:
-    """A checkpoint's configs, tokenizer and template: everything but the weights."""
-
-    def __init__(self, name: str) -> None:
-        """Read the checkpoint's files; a missing or broken one is a ``CheckpointError`` naming it."""
-        self.name = name
-        self.dir: Path = loading.resolve_model_dir(name, weights=False)
-        self.config, self.adapter = loading.read_checkpoint_config(self.dir)
-        self.geometry = self.adapter.geometry()
-        self.base_rope = dict(getattr(self.adapter.text_config(), "rope_parameters", None) or {})
-        self.tokenizer = loading.load_tokenizer(self.dir)
-        self.template = loading.read_chat_template(self.dir, self.tokenizer)
-        self.processor: ProcessorConfig = loading.read_processor_config(self.dir)
-
-    def frames_for(self, settings: RunSettings) -> int:
-        return frames_for(settings, self.adapter.default_frames)
-
-    def plan(self, settings: RunSettings, num_frames: int) -> modes.TokenPlan:
-        return modes.plan(settings.mode, num_frames, self.geometry)
-
-    def prompt_ids(self, conversation: str | list[dict], time_text: str | None = None, media: str = "video"
-                   ) -> list[int]:
-        """Token ids of a question or a conversation (see ``prompt.render``), BOS included, placeholder not
-        expanded: what every prompt (budget, answer, chat turn) is counted and fed with."""
-        return prompt.token_ids(self.tokenizer, prompt.render(self.tokenizer, self.template, conversation,
-                                                              media=media, time_text=time_text))
-
-    def budget(
-        self,
-        settings: RunSettings,
-        questions: list[str],
-        num_frames: int | None = None,
-        plan: modes.TokenPlan | None = None,
-        *,
-        loaded_factor: float | None = None,
-    ) -> Budget:
-        """Token budget and RoPE factor for the longest of ``questions``; fails instead of truncating.
-
-        ``plan`` overrides the mode's layout (a still image's AnyRes tiles are only known once read).
-        ``loaded_factor``: the RoPE factor the weights were loaded with, which the request must fit.
-        """
-        n = num_frames or self.frames_for(settings)
-        time_text = prompt.time_instruction(_WORST_TIMES, [_WORST_TIMES] * n) if settings.time_prompt else None
-        prompt_tokens = max(len(self.prompt_ids(q, time_text)) for q in questions) - 1  # placeholder
-        plan = plan or self.plan(settings, n)
-        total = plan.total + prompt_tokens + settings.max_new_tokens
-        if settings.rope_scale is not None:
-            if settings.rope_scale < 1:
-                raise UsageError("--rope-scale must be at least 1")
-            factor = float(settings.rope_scale)
-        else:
-            factor = rope.required_factor(total, self.geometry.trained_context)
-        limit = rope.MAX_FACTOR if settings.rope_scale is None else factor
-        self.check_fits(total, min(factor, limit), lambda ctx: (
-            f"{plan.total} visual + {prompt_tokens} prompt + {settings.max_new_tokens} new tokens exceed the context "
-            f"({self.geometry.trained_context} x RoPE factor {limit:g} = {ctx}): at most "
-            f"{self._frames_that_fit(settings, prompt_tokens, ctx)} frames fit in --mode {settings.mode.name}"))
-        if loaded_factor is not None and settings.rope_scale is None:
-            self.check_fits(total, loaded_factor, lambda ctx: (
-                f"this request needs RoPE factor {factor:g} but the model was loaded with {loaded_factor:g}: "
-                f"load it with --rope-scale {factor:g} (vqa serve: start it so)"))
-        return Budget(plan, prompt_tokens, settings.max_new_tokens, self.geometry.trained_context, factor)
-
-    def context(self, rope_factor: float) -> int:
-        """Positions the language model holds at ``rope_factor``."""
-        return int(self.geometry.trained_context * rope_factor)
-
-    def check_fits(self, tokens: int, rope_factor: float, message: Callable[[int], str]) -> None:
-        """The one context check: ``tokens`` must fit the trained context scaled by ``rope_factor``, or a
-        ``ContextOverflowError`` with ``message(context)`` (vqa never truncates)."""
-        context = self.context(rope_factor)
-        if tokens > context:
-            raise ContextOverflowError(message(context))
-
-    def _frames_that_fit(self, settings: RunSettings, prompt_tokens: int, context: int) -> int:
-        fit = 0
-        for n in range(1, 4097):
-            if self.plan(settings, n).total + prompt_tokens + settings.max_new_tokens > context:
-                break
-            fit = n
-        return fit
+    clip: Clip
+    pixels: torch.Tensor | None  # [T, 3, H, W]; None: a still image on the family's AnyRes image path
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -168,43 +70,23 @@ class Answer:
     timings: dict[str, float]
     tokens: int
     tokens_per_second: float
-    features: Any = None  # [N, D] visual tokens the answer was given (for a feature cache)
+    features: torch.Tensor | None = None  # [N, D] visual tokens the answer was given (for a feature cache)
     eos: bool = False  # the answer ended with the end-of-sequence token (not cut at the token limit)
-
-    def record(self, engine: Engine) -> dict:
-        """The ``ask --json`` fields of this answer (see ``records.answer_record``)."""
-        from vqa_cli.output import records
-
-        return records.answer_record(engine, self.clip, self.budget, answer=self.text, tokens=self.tokens,
-                                     tokens_per_second=self.tokens_per_second, timings=self.timings)
 
 
 class Engine:
     """Loaded weights plus the checkpoint: answers questions about clips."""
 
-    def __init__(self, checkpoint: Checkpoint, settings: RunSettings, rope_factor: float,
-                 device_map: dict | None = None) -> None:
+    def __init__(self, checkpoint: Checkpoint, settings: RunSettings, loaded: LoadedModel) -> None:
+        """``loaded``: the checkpoint's weights, loaded for ``settings`` (``weights.loader.load``)."""
         self.checkpoint = checkpoint
         self.settings = settings
-        self.rope_factor = rope_factor
-        device = loading.resolve_device(settings.device)
-        dtype = loading.resolve_dtype(settings.dtype, device)
-        quant = loading.resolve_quant(settings.quant, device)
-        rope.apply_to_config(checkpoint.adapter.text_config(), checkpoint.base_rope, rope_factor, settings.rope_type)
-        weights_dir = loading.resolve_model_dir(checkpoint.name, weights=True)
-        self.loaded = loading.load_model(weights_dir, checkpoint.config, device=device, dtype=dtype, quant=quant,
-                                         max_memory=dict(settings.max_memory) or None, device_map=device_map,
-                                         offload_dir=settings.offload_dir)
-        self.model = self.loaded.model
-        self.adapter = self.loaded.adapter
-        self.input_device = loading.input_device(self.model)
-        self.guide = None
-        if settings.mode.guide:
-            from vqa_cli.model.guide import Guide
-
-            self.guide = Guide(settings.guide_model, vision_hidden=checkpoint.geometry.vision_hidden,
-                               device=str(self.input_device), dtype=dtype)
-        loading.cpu_notice(settings.device, device)
+        self.loaded = loaded
+        self.rope_factor = loaded.rope_factor
+        self.model = loaded.model
+        self.adapter = loaded.adapter
+        self.input_device = loaded.input_device
+        self.guide = loaded.guide
 
     def with_settings(self, settings: RunSettings) -> Engine:
         """This engine answering with other request settings (mode, frames, decoding...): same weights.
@@ -221,13 +103,65 @@ class Engine:
         view.settings = settings
         return view
 
-    # ---- stages --------------------------------------------------------------------------
-    def pixels(self, clip: Clip) -> Any:
+    def uses_image_path(self, clip: Clip) -> bool:
+        """A still image in anyres mode goes through the family's own AnyRes image path, when it has one."""
+        return clip.is_image and self.settings.mode.name == "anyres" and self.adapter.image_token_id() is not None
+
+    def placeholder_id(self, clip: Clip) -> int:
+        """The prompt placeholder the clip's visual tokens replace: image for the AnyRes image path, else video."""
+        return self.adapter.image_token_id() if self.uses_image_path(clip) else self.adapter.video_token_id()
+
+    # ---- stage 1: the clip ------------------------------------------------------------------
+    def prepare_clip(self, source: str | Clip, frames: int, *, settings: RunSettings | None = None,
+                     timeout: float | None = None, options: DecodeOptions | None = None) -> PreparedClip:
+        """A request's clip and its pixels: ``source`` decoded (a path: ``sample_clip`` with ``settings``, by
+        default this engine's, at ``frames``), or taken as it is (a ``Clip`` already read), then preprocessed
+        unless it is a still image on the image path (the family reads those itself in stage 2)."""
+        timings: dict[str, float] = {}
+        if isinstance(source, Clip):
+            clip = source
+        else:
+            clip, timings["decode"] = sample_clip(source, settings or self.settings, frames, timeout,
+                                                  options=options)
+        pixels = None
+        if not self.uses_image_path(clip):
+            started = time.perf_counter()
+            pixels = self.pixels(clip)
+            timings["preprocess"] = time.perf_counter() - started
+        return PreparedClip(clip, pixels, timings)
+
+    def pixels(self, clip: Clip) -> torch.Tensor:
+        """The clip's frames as the checkpoint's processor prepares them: [T, 3, H, W] float32."""
         import torch
 
         return torch.from_numpy(preprocess_frames(clip.frames, self.checkpoint.processor))
 
-    def encode(self, pixels: Any) -> Any:
+    # ---- stage 2: the visual tokens ------------------------------------------------------------
+    def visual_tokens(self, clip: Clip, question: str = "", timings: dict[str, float] | None = None, *,
+                      frames: FrameFeatures | None = None) -> torch.Tensor:
+        """The clip's visual tokens [N, D] in this engine's mode (``question`` guides ``--guide`` pooling); the
+        seconds go into ``timings`` (``preprocess``, ``encode``). ``frames``: the clip's ``FrameFeatures`` when
+        already encoded (a batch goes through the tower at once); else its pixels are made and encoded here."""
+        import torch
+
+        timings = {} if timings is None else timings
+        if self.uses_image_path(clip):
+            t = time.perf_counter()
+            with torch.inference_mode():
+                features = self.adapter.image_tokens(self.model, self.checkpoint.dir, clip.frames[0])
+            timings["preprocess"], timings["encode"] = 0.0, time.perf_counter() - t
+            return features
+        t = time.perf_counter()
+        if frames is None:
+            pixels = self.pixels(clip)
+            timings["preprocess"] = time.perf_counter() - t
+            t = time.perf_counter()
+            frames = self.encode(pixels)
+        features = self.aggregate(frames, self.settings.mode, question)
+        timings["encode"] = timings.get("encode", 0.0) + time.perf_counter() - t
+        return features
+
+    def encode(self, pixels: torch.Tensor) -> FrameFeatures:
         """Pixels [T, 3, H, W] -> FrameFeatures, through the vision tower in chunks of VISION_CHUNK frames."""
         import torch
 
@@ -240,7 +174,7 @@ class Engine:
                 for chunk in pixels.split(VISION_CHUNK)
             ])
 
-    def aggregate(self, frames: Any, settings: ModeSettings, prompt_text: str = "") -> Any:
+    def aggregate(self, frames: FrameFeatures, settings: ModeSettings, prompt_text: str = "") -> torch.Tensor:
         """FrameFeatures of one clip -> its visual token sequence [N, D] in ``settings``' mode."""
         import torch
 
@@ -250,15 +184,15 @@ class Engine:
             return mode.apply(resolved, frames, adapter=self.adapter, model=self.model, guide=self.guide,
                               prompt_text=prompt_text)
 
-    def uses_image_path(self, clip: Clip) -> bool:
-        """A still image in anyres mode goes through the family's own AnyRes image path, when it has one."""
-        return clip.is_image and self.settings.mode.name == "anyres" and self.adapter.image_token_id() is not None
+    # ---- stage 3: the budget -------------------------------------------------------------------
+    def checked_budget(self, settings: RunSettings, question: str, plan: modes.TokenPlan | None = None) -> Budget:
+        """This request's budget; it must fit the RoPE factor the weights were loaded with."""
+        return self.checkpoint.budget(settings, [question], num_frames=len(plan.pathways[0].frame_positions)
+                                      if plan else settings.frames, plan=plan, loaded_factor=self.rope_factor)
 
-    def placeholder_id(self, clip: Clip) -> int:
-        """The prompt placeholder the clip's visual tokens replace: image for the AnyRes image path, else video."""
-        return self.adapter.image_token_id() if self.uses_image_path(clip) else self.adapter.video_token_id()
-
-    def prompt_inputs(self, question: str, clip: Clip, features: Any) -> tuple[Any, Any]:
+    # ---- stage 4: the answer -------------------------------------------------------------------
+    def prompt_inputs(self, question: str, clip: Clip, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prompt's ids [1, L] (placeholder expanded to the visual tokens) and its embeddings, tokens in place."""
         import torch
 
         time_text = prompt.time_instruction(clip.duration, clip.timestamps) if self.settings.time_prompt else None
@@ -271,21 +205,13 @@ class Engine:
             embeds = prompt.embed(self.model, ids_t, features, placeholder)
         return ids_t, embeds
 
-    # ---- the job ---------------------------------------------------------------------------
-    def answer(
-        self,
-        clip: Clip,
-        question: str,
-        *,
-        on_text: Callable[[str], None] | None = None,
-        timings: dict[str, float] | None = None,
-        features: Any = None,
-    ) -> Answer:
-        """``features``: the clip's visual tokens when already known (a feature cache): not encoded again."""
+    def generate(self, clip: Clip, question: str, features: torch.Tensor, budget: Budget, *,
+                 timings: dict[str, float] | None = None, on_text: Callable[[str], None] | None = None) -> Answer:
+        """The answer to ``question`` given the clip's visual tokens ``features`` (stage 2) within ``budget``
+        (stage 3); ``on_text`` gets the text as it is generated."""
         from vqa_cli.model.generate import generate
 
-        timings = dict(timings or {})
-        budget, features = self._features(clip, question, timings, known=features)
+        timings = {} if timings is None else timings
         ids, embeds = self.prompt_inputs(question, clip, features)
         gen = generate(
             self.model,
@@ -301,8 +227,24 @@ class Engine:
         timings["generate"] = gen.total
         return Answer(gen.text, clip, budget, timings, gen.tokens, gen.tokens_per_second, features, gen.eos)
 
+    # ---- all four ------------------------------------------------------------------------------
+    def answer(
+        self,
+        clip: Clip,
+        question: str,
+        *,
+        on_text: Callable[[str], None] | None = None,
+        timings: dict[str, float] | None = None,
+        features: torch.Tensor | None = None,
+    ) -> Answer:
+        """``features``: the clip's visual tokens when already known (a feature cache): not encoded again."""
+        timings = dict(timings or {})
+        budget, features = self.budgeted_tokens(clip, question, timings, known=features)
+        return self.generate(clip, question, features, budget, timings=timings, on_text=on_text)
+
     def answer_batch(self, clips: list[Clip], question: str | list[str], timings: list[dict] | None = None,
-                     pixels: list[Any] | None = None, features: list[Any] | None = None,
+                     pixels: list[torch.Tensor | None] | None = None,
+                     features: list[torch.Tensor | None] | None = None,
                      should_stop: Callable[[], bool] | None = None) -> list[Answer]:
         """Several clips, one question (or one each), one left-padded batched ``generate`` (captioning, a
         server's concurrent requests). ``should_stop()`` ends the whole batch early.
@@ -315,7 +257,7 @@ class Engine:
 
         timings = [dict(t) for t in (timings or [{} for _ in clips])]
         known = features or [None] * len(clips)
-        encoded: list[Any] = [None] * len(clips)
+        encoded: list[FrameFeatures | None] = [None] * len(clips)
         if pixels is not None:
             import torch
 
@@ -334,7 +276,7 @@ class Engine:
         questions = [question] * len(clips) if isinstance(question, str) else question
         budgets, rows, visual = [], [], []
         for clip, q, tm, frames_i, known_i in zip(clips, questions, timings, encoded, known, strict=True):
-            budget, tokens = self._features(clip, q, tm, frames_i, known_i)
+            budget, tokens = self.budgeted_tokens(clip, q, tm, frames_i, known_i)
             budgets.append(budget)
             visual.append(tokens)
             rows.append(self.prompt_inputs(q, clip, tokens))
@@ -346,37 +288,19 @@ class Engine:
             answers.append(Answer(gen.text, clip, budget, tm, gen.tokens, gen.tokens_per_second, tokens, gen.eos))
         return answers
 
-    def _features(self, clip: Clip, question: str, timings: dict[str, float], frames: Any = None,
-                  known: Any = None) -> tuple[Budget, Any]:
-        """Budget check, then the clip's visual tokens (timing preprocess and encode into ``timings``).
-
-        ``frames``: the clip's FrameFeatures when already encoded (a batch goes through the tower at once).
-        ``known``: its visual tokens [N, D] when already known (a feature cache): only the budget is checked.
-        """
-        import torch
-
+    def budgeted_tokens(self, clip: Clip, question: str, timings: dict[str, float],
+                           frames: FrameFeatures | None = None, known: torch.Tensor | None = None
+                           ) -> tuple[Budget, torch.Tensor]:
+        """Stages 2 and 3 for one clip: its budget and visual tokens. The budget comes first when it is known
+        without the tokens (a video: a request that cannot fit costs no vision tower), after them for a still image
+        on the image path (its tiles are known once read). ``frames``: the clip's ``FrameFeatures`` when already
+        encoded; ``known``: its visual tokens when already known (a feature cache): then only the budget."""
         settings = replace(self.settings, frames=len(clip.indices))
         if known is not None:
             plan = modes.image_plan(known.shape[0]) if self.uses_image_path(clip) else None
             return self.checked_budget(settings, question, plan), known
         if self.uses_image_path(clip):
-            t = time.perf_counter()
-            with torch.inference_mode():
-                features = self.adapter.image_tokens(self.model, self.checkpoint.dir, clip.frames[0])
-            timings["preprocess"], timings["encode"] = 0.0, time.perf_counter() - t
+            features = self.visual_tokens(clip, question, timings)
             return self.checked_budget(settings, question, modes.image_plan(features.shape[0])), features
         budget = self.checked_budget(settings, question)
-        t = time.perf_counter()
-        if frames is None:
-            pixels = self.pixels(clip)
-            timings["preprocess"] = time.perf_counter() - t
-            t = time.perf_counter()
-            frames = self.encode(pixels)
-        features = self.aggregate(frames, self.settings.mode, question)
-        timings["encode"] = timings.get("encode", 0.0) + time.perf_counter() - t
-        return budget, features
-
-    def checked_budget(self, settings: RunSettings, question: str, plan: modes.TokenPlan | None = None) -> Budget:
-        """This request's budget; it must fit the RoPE factor the weights were loaded with."""
-        return self.checkpoint.budget(settings, [question], num_frames=len(plan.pathways[0].frame_positions)
-                                      if plan else settings.frames, plan=plan, loaded_factor=self.rope_factor)
+        return budget, self.visual_tokens(clip, question, timings, frames=frames)

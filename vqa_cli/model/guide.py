@@ -3,40 +3,33 @@
 The guide is the CLIP model whose vision tower the checkpoint uses (for LLaVA-NeXT-Video,
 ``openai/clip-vit-large-patch14-336``): the checkpoint's own penultimate-layer features go
 through CLIP's post-layernorm and visual projection, the prompt through CLIP's text tower and
-text projection (77 tokens at most), and ``modes.relevance`` turns both into weights.
+text projection (77 tokens at most), and ``pooling.relevance`` turns both into weights.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from vqa_cli.errors import UnsupportedModelError
-from vqa_cli.model import loading, modes
+from vqa_cli.model import loading, pooling
+from vqa_cli.model.weights import files, hub
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import CLIPModel, PreTrainedTokenizerBase
 
 
+@dataclass
 class Guide:
-    def __init__(self, name: str, *, vision_hidden: int, device: str, dtype: Any) -> None:
-        from transformers import CLIPModel
+    """The loaded CLIP guide model (``load_guide``): its text tower, post-layernorm and projections."""
 
-        directory = loading.resolve_model_dir(name, weights=True)
-        config = loading.read_config(directory)
-        if config.model_type != "clip":
-            raise UnsupportedModelError(f"--guide-model {name!r} is a {config.model_type!r} model, not CLIP")
-        if config.vision_config.hidden_size != vision_hidden:
-            raise UnsupportedModelError(
-                f"--guide-model {name!r} has vision width {config.vision_config.hidden_size}, "
-                f"the checkpoint's vision tower has {vision_hidden}: use the CLIP model it was built on"
-            )
-        model = loading.load_weights(CLIPModel, directory, dtype=dtype).to(device).eval()
-        # Only the text tower, the vision post-layernorm and the projections are used.
-        model.vision_model.encoder = None
-        model.vision_model.embeddings = None
-        self.model = model
-        self.tokenizer = loading.load_tokenizer(directory)
-        self.max_length = int(getattr(config.text_config, "max_position_embeddings", 77))
-        self.device = device
+    model: CLIPModel
+    tokenizer: PreTrainedTokenizerBase
+    max_length: int  # the text tower's positions (77 for CLIP)
+    device: str
 
-    def relevance(self, grid: Any, prompt: str) -> Any:
+    def relevance(self, grid: torch.Tensor, prompt: str) -> torch.Tensor:
         """[T, h, w, Dv] penultimate-layer features (no CLS) -> [T, h, w] relevance to ``prompt``."""
         import torch
 
@@ -47,4 +40,26 @@ class Guide:
             text = getattr(text, "pooler_output", text)[0]
             weight = m.visual_projection.weight
             visual = m.visual_projection(m.vision_model.post_layernorm(grid.to(weight.device, weight.dtype)))
-            return modes.relevance(visual, text, m.logit_scale)
+            return pooling.relevance(visual, text, m.logit_scale)
+
+
+def load_guide(name: str, *, vision_hidden: int, device: str, dtype: torch.dtype) -> Guide:
+    """The CLIP model ``name`` (``--guide-model``) on ``device``, checked to be CLIP with the vision width of the
+    checkpoint's vision tower (``vision_hidden``); only what ``relevance`` uses is kept."""
+    from transformers import CLIPModel
+
+    directory = hub.resolve_model_dir(name, weights=True)
+    config = loading.read_config(directory)
+    if config.model_type != "clip":
+        raise UnsupportedModelError(f"--guide-model {name!r} is a {config.model_type!r} model, not CLIP")
+    if config.vision_config.hidden_size != vision_hidden:
+        raise UnsupportedModelError(
+            f"--guide-model {name!r} has vision width {config.vision_config.hidden_size}, "
+            f"the checkpoint's vision tower has {vision_hidden}: use the CLIP model it was built on"
+        )
+    model = files.load_weights(CLIPModel, directory, dtype=dtype).to(device).eval()
+    # Only the text tower, the vision post-layernorm and the projections are used.
+    model.vision_model.encoder = None
+    model.vision_model.embeddings = None
+    tokenizer = loading.load_tokenizer(directory)
+    return Guide(model, tokenizer, int(getattr(config.text_config, "max_position_embeddings", 77)), device)

@@ -16,7 +16,7 @@ memory), so they are exact for the checkpoint's architecture. The peak memory of
   new) x batch.
 - **clip tensors**, kept through the request: every frame's vision features and their projection
   (frames x grid x (vision width + text width)).
-- **vision chunk**: the vision tower's activations for one call of ``engine.VISION_CHUNK`` frames:
+- **vision chunk**: the vision tower's activations for one call of ``VISION_CHUNK`` frames (``Engine.encode``):
   per frame, (grid + 1) tokens x (6 x vision width + 2 x its MLP width), plus the chunk's pixels.
 - **prefill**: the language model's activations over the prompt (visual + prompt tokens) x batch:
   per token 6 x text width + 3 x its MLP width. Attention scores are not counted (SDPA's kernels do
@@ -43,6 +43,7 @@ from vqa_cli.units import GIB, MIB, gib, parse_size, size_text
 # Bytes per quantized weight, scales included: NF4 with double quantization stores 4 bits plus
 # about 0.127 bits of constants per weight; LLM.int8 stores 8 bits plus one fp32 scale per row.
 QUANT_BYTES = {"4bit": 0.5 + 0.127 / 8, "8bit": 1.0}
+VISION_CHUNK = 16  # frames per vision-tower call (Engine.encode): bounds activation memory on long clips
 RUNTIME_BYTES = 512 * 1024**2  # allocator slack, library workspaces and buffers the terms leave out
 OFFLOAD_DEVICES = ("cpu", "disk")
 _META: dict[str, Any] = {}  # meta-device models by config, so planning, checking and --fit build each once
@@ -200,8 +201,6 @@ def _width(config: Any, name: str, default: int) -> int:
 
 def activation_bytes(adapter: Any, frames: int, prefill_tokens: int, dtype_bytes: int, batch: int = 1) -> int:
     """Clip tensors + max(one vision chunk, the prefill) of a request (see the module docstring)."""
-    from vqa_cli.model.engine import VISION_CHUNK
-
     g = adapter.geometry()
     vision, text = adapter.config.vision_config, adapter.text_config()
     grid = g.grid[0] * g.grid[1]
@@ -219,8 +218,9 @@ def guide_parameters(name: str) -> int:
     import transformers
 
     from vqa_cli.model import loading
+    from vqa_cli.model.weights import hub
 
-    model_dir = loading.resolve_model_dir(name, weights=False)
+    model_dir = hub.resolve_model_dir(name, weights=False)
     config = loading.read_config(model_dir)
     key = "guide" + config.to_json_string(use_diff=False)
     if key not in _META:

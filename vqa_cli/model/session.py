@@ -11,23 +11,33 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from vqa_cli import console
 from vqa_cli.errors import InputNotFoundError
+
+if TYPE_CHECKING:
+    from vqa_cli.model.autofit import FitChoice
+    from vqa_cli.model.checkpoint import Budget, Checkpoint
+    from vqa_cli.model.engine import Engine
+    from vqa_cli.model.fit import MemoryCheck
+    from vqa_cli.model.machine import Probe
+    from vqa_cli.model.memory import MemoryEstimate
+    from vqa_cli.settings import RunSettings
+    from vqa_cli.video import Clip
 
 
 @dataclass
 class Session:
     """A loaded model and the clip a command works on, with what opening them took (``load``, ``decode``)."""
 
-    checkpoint: Any  # engine.Checkpoint
-    budget: Any  # engine.Budget: the planned request (frames, tokens, RoPE factor)
-    engine: Any  # engine.Engine
-    clip: Any = None  # video.Clip
+    checkpoint: Checkpoint
+    budget: Budget  # the planned request (frames, tokens, RoPE factor)
+    engine: Engine
+    clip: Clip | None = None
     timings: dict[str, float] = field(default_factory=dict)
-    memory: Any = None  # fit.MemoryCheck: the peak estimate against what the device had (None with --force)
-    fitted: Any = None  # fit.FitChoice: what --fit chose
+    memory: MemoryCheck | None = None  # the peak estimate against what the device had (None with --force)
+    fitted: FitChoice | None = None  # what --fit chose
 
 
 def check_input(path: str) -> None:
@@ -42,44 +52,45 @@ def check_input(path: str) -> None:
     probe(path)
 
 
-def planned_frames(settings: Any) -> int:
+def planned_frames(settings: RunSettings) -> int:
     """The frame count a request will use, from ``config.json`` alone (no transformers import), so decoding
     can start before the model's libraries load. A broken ``config.json`` fails here with the checkpoint
     check's own message."""
     from vqa_cli.model import loading
-    from vqa_cli.model.engine import frames_for
+    from vqa_cli.model.checkpoint import frames_for
+    from vqa_cli.model.weights import hub
 
     if settings.frames and not settings.fps:
         return settings.frames
-    model_dir = loading.resolve_model_dir(settings.model, weights=False)
+    model_dir = hub.resolve_model_dir(settings.model, weights=False)
     family = loading.checkpoint_family(model_dir, loading.read_config_dict(model_dir)["model_type"])
     return frames_for(settings, family.default_frames)
 
 
-def fit_settings(settings: Any, questions: list[str], *, reserve: int = 0, probe: Any = None
-                 ) -> tuple[Any, Any]:
+def fit_settings(settings: RunSettings, questions: list[str], *, reserve: int = 0, probe: Probe | None = None
+                 ) -> tuple[RunSettings, FitChoice | None]:
     """``--fit``: the settings with the frames (and, if need be, the mode) that fit memory and context, and
-    the choice (``fit.FitChoice``, also said on stderr); without ``--fit`` the settings as they are and None.
-    ``probe``: what a device has (``fit.probe_memory`` by default)."""
+    the choice (``autofit.FitChoice``, also said on stderr); without ``--fit`` the settings as they are and None.
+    ``probe``: what a device has (``machine.probe_memory`` by default)."""
     if not settings.fit:
         return settings, None
-    from vqa_cli.model import fit
-    from vqa_cli.model.engine import Checkpoint
+    from vqa_cli.model import autofit
+    from vqa_cli.model.checkpoint import Checkpoint
 
     with console.status("fitting the request to memory"):
-        fitted, choice = fit.fit(Checkpoint(settings.model), settings, questions, reserve=reserve, probe=probe)
+        fitted, choice = autofit.fit(Checkpoint(settings.model), settings, questions, reserve=reserve, probe=probe)
     console.info(choice.line())
     return fitted, choice
 
 
-def check_memory(checkpoint: Any, settings: Any, questions: list[str], budget: Any, *, batch: int = 1,
-                 reserve: int = 0, probe: Any = None) -> Any:
+def check_memory(checkpoint: Checkpoint, settings: RunSettings, questions: list[str], budget: Budget, *,
+                 batch: int = 1, reserve: int = 0, probe: Probe | None = None) -> MemoryCheck | None:
     """The memory check before any weight is downloaded or loaded (``fit.check``): a ``MemoryFitError`` when
     the request cannot fit, else the check, whose ``estimate.batch`` is the largest batch up to ``batch``
     that fits. None with ``--force`` (which still refuses a placement outside ``--max-memory``). Then a
     ``--device`` this machine lacks fails, still before any download (the probe says what the machine has: it
     knows no memory on a device that is not there)."""
-    from vqa_cli.model import fit, loading
+    from vqa_cli.model import device, fit
 
     checked = None
     with console.status("checking memory"):
@@ -87,27 +98,29 @@ def check_memory(checkpoint: Any, settings: Any, questions: list[str], budget: A
             checked = fit.check(checkpoint, settings, questions, budget, batch=batch, reserve=reserve, probe=probe)
         else:  # --force skips the check against the machine, not the user's own --max-memory
             fit.check_caps(checkpoint, settings, budget, batch=batch)
-    loading.resolve_device(settings.device)
+    device.resolve_device(settings.device)
     return checked
 
 
-def placement(checkpoint: Any, settings: Any, budget: Any, memory: Any, batch: int = 1) -> dict | None:
+def placement(checkpoint: Checkpoint, settings: RunSettings, budget: Budget, memory: MemoryCheck | None,
+              batch: int = 1) -> dict[str, int | str] | None:
     """With ``--max-memory``, the ``device_map`` the load gets: the one the memory check placed (``memory.place``,
     the placement ``--plan`` shows), for the batch it settled on; None without ``--max-memory``."""
     if not settings.max_memory:
         return None
     from vqa_cli.model import fit
 
-    est = memory.estimate if memory is not None else fit.check_caps(checkpoint, settings, budget, batch=batch)
-    return est.device_map
+    est: MemoryEstimate | None = memory.estimate if memory is not None else fit.check_caps(checkpoint, settings,
+                                                                                            budget, batch=batch)
+    return est.device_map if est is not None else None
 
 
-def plan_model(settings: Any, questions: list[str], *, num_frames: int | None = None, reserve: int = 0
-               ) -> tuple[Any, Any]:
+def plan_model(settings: RunSettings, questions: list[str], *, num_frames: int | None = None, reserve: int = 0
+               ) -> tuple[Checkpoint, Budget]:
     """(checkpoint, budget) without weights: read the checkpoint's files and budget the request (it fails
     here when it cannot fit). ``reserve``: room kept for later chat turns."""
     from vqa_cli.model import fit
-    from vqa_cli.model.engine import Checkpoint
+    from vqa_cli.model.checkpoint import Checkpoint
 
     with console.status("reading model config"):
         checkpoint = Checkpoint(settings.model)
@@ -117,35 +130,36 @@ def plan_model(settings: Any, questions: list[str], *, num_frames: int | None = 
         return checkpoint, checkpoint.budget(planning, questions, num_frames=num_frames)
 
 
-def open_model(settings: Any, questions: list[str], *, num_frames: int | None = None, reserve: int = 0,
-               timings: dict[str, float] | None = None, batch: int = 1, probe: Any = None) -> Session:
+def open_model(settings: RunSettings, questions: list[str], *, num_frames: int | None = None, reserve: int = 0,
+               timings: dict[str, float] | None = None, batch: int = 1, probe: Probe | None = None) -> Session:
     """Read the checkpoint, budget the request and check its memory (it fails here, before any weight is
     downloaded or loaded, when it cannot fit the context or the memory), download the weights if they are
-    not cached (visibly), then load them with the RoPE factor the budget chose.
+    not cached (visibly), then load them with the RoPE factor the budget chose (``weights.loader.load``: the
+    one place a request's weights load) and give them to the ``Engine``.
 
     ``num_frames``: the frames to plan for (default: the request's); ``reserve``: room kept for later chat
     turns; ``batch``: the most clips per call (``caption``: the session's ``memory.estimate.batch`` is the
-    largest that fits); ``probe``: what a device has (``fit.probe_memory`` by default). ``--fit`` is
+    largest that fits); ``probe``: what a device has (``machine.probe_memory`` by default). ``--fit`` is
     applied here unless the caller did. The load time goes into ``timings["load"]``.
     """
-    from vqa_cli.model import catalog
     from vqa_cli.model.engine import Engine
+    from vqa_cli.model.weights import hub, loader
 
     timings = {} if timings is None else timings
     settings, fitted = fit_settings(settings, questions, reserve=reserve, probe=probe)
     checkpoint, budget = plan_model(settings, questions, num_frames=num_frames, reserve=reserve)
     memory = check_memory(checkpoint, settings, questions, budget, batch=batch, reserve=reserve, probe=probe)
     device_map = placement(checkpoint, settings, budget, memory, batch)
-    catalog.fetch_weights(settings.model)
+    hub.fetch_weights(settings.model)
     with console.status(f"loading {settings.model}"):
         started = time.perf_counter()
-        engine = Engine(checkpoint, settings, budget.rope_factor, device_map)
+        engine = Engine(checkpoint, settings, loader.load(checkpoint, settings, budget.rope_factor, device_map))
         timings["load"] = time.perf_counter() - started
     return Session(checkpoint, budget, engine, timings=timings, memory=memory, fitted=fitted)
 
 
-def open_session(settings: Any, video: str, questions: list[str], *, reserve: int = 0, probe: Any = None
-                 ) -> Session:
+def open_session(settings: RunSettings, video: str, questions: list[str], *, reserve: int = 0,
+                 probe: Probe | None = None) -> Session:
     """Check the input, then load the model while the frames decode on a worker thread (OpenCV releases
     the GIL, so decoding overlaps the imports, the configs and the weights). With ``--fit`` the frames are
     chosen first (decoding then waits for the configs)."""

@@ -89,6 +89,12 @@ def answer_record(engine: Engine, clip: Clip, budget: Budget, *, answer: str, to
     return {k: values[k] for k in ANSWER_FIELDS}
 
 
+def answer_of(engine: Engine, answer: Answer) -> dict:
+    """``answer_record`` of an ``Engine.answer``'s ``Answer``."""
+    return answer_record(engine, answer.clip, answer.budget, answer=answer.text, tokens=answer.tokens,
+                         tokens_per_second=answer.tokens_per_second, timings=answer.timings)
+
+
 def text_answer_record(engine: Any, *, answer: str, prompt_tokens: int, tokens: int, tokens_per_second: float,
                        timings: dict[str, float]) -> dict:
     """``answer_record``'s fields, in its order, for an answer without a video (a text-only chat turn on the

@@ -168,12 +168,12 @@ def run_server(settings: RunSettings, options: ServeOptions) -> int:
 
 
 def request_limit(checkpoint: Any, settings: Any, budget: Any, checked: Any = None) -> int | None:
-    """``--max-request-memory``'s default: the memory the computing device has at startup (``fit.probe_memory``;
+    """``--max-request-memory``'s default: the memory the computing device has at startup (``machine.probe_memory``;
     within its ``--max-memory`` cap) less what the server itself holds there: the weights, the guide model and the
     runtime allowance, as ``--plan`` estimates them. None when the device's memory is not known."""
-    from vqa_cli.model import fit
+    from vqa_cli.model import fit, machine
 
-    mem = checked or fit.measure(checkpoint, settings, budget, fit.probe_memory)
+    mem = checked or fit.measure(checkpoint, settings, budget, machine.probe_memory)
     est = mem.estimate
     have = mem.available.get(est.device)
     cap = est.caps.get(est.device)

@@ -178,7 +178,6 @@ class ModelWorker:
     # ---- stage 1: decode threads ---------------------------------------------------------------
     def prepare(self, job: Job) -> None:
         """Settings and budget checked, then the visual tokens from the cache, or the clip decoded."""
-        from vqa_cli.model.engine import sample_clip
         from vqa_cli.model.features import key_for
         from vqa_cli.video import is_image_path
 
@@ -199,14 +198,11 @@ class ModelWorker:
                 job.clip, job.features, job.feature_hit = found.clip, found.features, found.where
                 self._subtitles(job, view)
                 return
-        if job.media.clip is not None:  # frames sent as images: take the request's count of them, spread evenly
-            job.clip = pick_frames(job.media.clip, frames)
-        else:
-            job.clip, job.timings["decode"] = sample_clip(job.media.path, request.settings, frames)
-        if not view.uses_image_path(job.clip):
-            started = time.perf_counter()
-            job.pixels = view.pixels(job.clip)
-            job.timings["preprocess"] = time.perf_counter() - started
+        # Frames sent as images: the request's count of them, spread evenly; else the file decoded.
+        source = pick_frames(job.media.clip, frames) if job.media.clip is not None else job.media.path
+        prepared = view.prepare_clip(source, frames)
+        job.clip, job.pixels = prepared.clip, prepared.pixels
+        job.timings.update(prepared.timings)
         self._subtitles(job, view)
 
     def _subtitles(self, job: Job, view: Any) -> None:
@@ -310,7 +306,7 @@ class ModelWorker:
             started = time.perf_counter()
             frames = view.encode(job.pixels)
             job.timings["encode"] = time.perf_counter() - started
-        budget, tokens = view._features(job.clip, job.request.first_question, job.timings, frames, job.features)
+        budget, tokens = view.budgeted_tokens(job.clip, job.request.first_question, job.timings, frames, job.features)
         if job.features is None:
             self.features.put(job.key, job.clip, tokens)
         return budget, tokens

@@ -173,7 +173,7 @@ class Evaluator:
                     timings["encode"] = time.perf_counter() - started
                 context = self.subtitles(view, group, clip)
                 prompts = [build(it, self.fmt, self.protocol, context) for it in items]
-                _, features = view._features(clip, max(prompts, key=len), timings, frames=encoded[n])
+                _, features = view.budgeted_tokens(clip, max(prompts, key=len), timings, frames=encoded[n])
                 conversation = prefixed_conversation(view, clip, features, answer_prefix(self.fmt, self.protocol))
                 started = time.perf_counter()
                 conversation.prefill()

@@ -24,7 +24,7 @@ _read: dict[tuple, list[dict]] = {}  # the list as last read, by (path, size, mt
 
 
 def written_list() -> Path:
-    from vqa_cli.model.quantized import cache_dir  # the one place vqa's cache folder is spelled
+    from vqa_cli.model.weights.copies import cache_dir  # the one place vqa's cache folder is spelled
 
     return cache_dir().parent / WRITTEN_FILE
 

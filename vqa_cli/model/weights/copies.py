@@ -37,7 +37,6 @@ applies to the config reaches the model, and quantized weights do not depend on 
 
 from __future__ import annotations
 
-import contextvars
 import copy
 import json
 import os
@@ -45,18 +44,23 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vqa_cli import console
 from vqa_cli.errors import CheckpointError, OutputWriteError, UsageError
 from vqa_cli.fingerprint import file_stamp, json_sha256, sha256
-from vqa_cli.model import loading
-from vqa_cli.model.loading import dtype_name  # the owner; `vqa models --quantize` reads it here too
+from vqa_cli.model.device import dtype_name
+from vqa_cli.model.loading import CONFIG_FILE, _cause
+from vqa_cli.model.weights import files as weightfiles
 from vqa_cli.units import size_text
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import BitsAndBytesConfig, PretrainedConfig, PreTrainedModel
+
+DeviceMap = str | dict[str, int | str]  # from_pretrained's: "auto", or module -> GPU index, "cpu" or "disk"
 
 CACHE_ENV = "VQA_CACHE"
 SWITCH_ENV = "VQA_QUANT_CACHE"
@@ -67,7 +71,6 @@ STALE_TMP_SECONDS = 3600  # no write takes an hour: an older temporary folder be
 HEADROOM_BYTES = 256 * 2**20  # free space kept on the cache's disk beyond the copy itself
 _SWITCH = {"1": "on", "on": "on", "yes": "on", "true": "on", "read": "read",
            "0": "off", "off": "off", "no": "off", "false": "off"}
-_auto_write = contextvars.ContextVar("vqa_quantized_auto_write", default=True)
 
 
 def cache_dir() -> Path:
@@ -95,7 +98,7 @@ def human_size(n: int) -> str:
 
 
 # ---- what a copy's bytes depend on -------------------------------------------------------------------------
-def quant_name(bnb: Any) -> str:
+def quant_name(bnb: BitsAndBytesConfig) -> str:
     return "4bit" if bnb.load_in_4bit else "8bit"
 
 
@@ -115,22 +118,22 @@ def source_identity(model_dir: Path) -> dict[str, Any]:
     """The source checkpoint as a copy is keyed by it: cheap (a stat per weight file and config.json's hash),
     and any change to the weights (a new download, an edited file) changes it."""
     resolved = model_dir.resolve()
-    weights = [file_stamp(f) for f in loading.weight_files(model_dir)]
-    config = (model_dir / loading.CONFIG_FILE).read_bytes()
+    weights = [file_stamp(f) for f in weightfiles.weight_files(model_dir)]
+    config = (model_dir / CONFIG_FILE).read_bytes()
     return {"path": str(resolved), "revision": resolved.name if resolved.parent.name == "snapshots" else None,
             "config_sha256": sha256(config), "weights": weights}
 
 
-def device_kind(device_map: Any) -> str:
+def device_kind(device_map: DeviceMap) -> str:
     """``cpu`` or ``cuda``: where a load's ``device_map`` puts the model (``{"": device}``, or ``"auto"``, which
-    ``loading.load_model`` passes for CUDA only); several kinds are joined with ``+``."""
+    ``loader.load_model`` passes for CUDA only); several kinds are joined with ``+``."""
     if isinstance(device_map, str):
         return "cuda" if device_map == "auto" else device_map.split(":")[0]
     kinds = {"cuda" if isinstance(d, int) else str(d).split(":")[0] for d in device_map.values()}
     return "+".join(sorted(kinds))
 
 
-def _settings(bnb: Any, dtype: Any, device: str) -> dict[str, Any]:
+def _settings(bnb: BitsAndBytesConfig, dtype: torch.dtype, device: str) -> dict[str, Any]:
     return {"quant": quant_name(bnb), "dtype": dtype_name(dtype), "device": device,
             "quantization": json.loads(json.dumps(bnb.to_dict(), sort_keys=True, default=str))}
 
@@ -146,7 +149,7 @@ def _slug(source: dict[str, Any]) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:60] or "model"
 
 
-def identity(model_dir: Path, bnb: Any, dtype: Any, device: str) -> dict[str, Any]:
+def identity(model_dir: Path, bnb: BitsAndBytesConfig, dtype: torch.dtype, device: str) -> dict[str, Any]:
     """Everything a copy of ``model_dir`` quantized with ``bnb`` on a ``device`` (kind) with the unquantized
     modules in ``dtype`` depends on, with its key and folder name."""
     ident: dict[str, Any] = {"source": source_identity(model_dir), "settings": _settings(bnb, dtype, device),
@@ -194,7 +197,7 @@ def _discard(folder: Path, why: str) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def find(model_dir: Path, bnb: Any, dtype: Any, device: str) -> Path | None:
+def find(model_dir: Path, bnb: BitsAndBytesConfig, dtype: torch.dtype, device: str) -> Path | None:
     """The folder of a valid copy of ``model_dir`` for these settings, or None. A broken one is removed (with a
     warning): the load that asked quantizes the source instead and writes a new copy."""
     ident = identity(model_dir, bnb, dtype, device)
@@ -208,14 +211,14 @@ def find(model_dir: Path, bnb: Any, dtype: Any, device: str) -> Path | None:
     return folder
 
 
-def load(cls: Any, model_dir: Path, config: Any, bnb: Any, *, dtype: Any, device_map: Any,
-         **kwargs: Any) -> Any | None:
+def load(cls: type[PreTrainedModel], model_dir: Path, config: PretrainedConfig, bnb: BitsAndBytesConfig, *,
+         dtype: torch.dtype, device_map: DeviceMap, **kwargs: Any) -> PreTrainedModel | None:
     """The model from a valid copy of ``model_dir``'s weights, or None (none there, copies switched off, or the
     copy is broken: then it is removed with a warning and the caller quantizes on load).
 
     Loaded with ``config`` (a copy, with the bitsandbytes config added so transformers reads the weights as
     already quantized), so RoPE scaling applied to ``config`` reaches the model; ``kwargs`` go to
-    ``from_pretrained`` through ``loading.load_weights``."""
+    ``from_pretrained`` through ``files.load_weights``."""
     if mode() == "off":
         return None
     folder = find(model_dir, bnb, dtype, device_kind(device_map))
@@ -224,7 +227,7 @@ def load(cls: Any, model_dir: Path, config: Any, bnb: Any, *, dtype: Any, device
     prequantized = copy.deepcopy(config)
     prequantized.quantization_config = bnb.to_dict()  # transformers wants the dict form here
     try:
-        return loading.load_weights(cls, folder, config=prequantized, dtype=dtype, device_map=device_map, **kwargs)
+        return weightfiles.load_weights(cls, folder, config=prequantized, dtype=dtype, device_map=device_map, **kwargs)
     except CheckpointError as exc:
         _discard(folder, str(exc))
         return None
@@ -252,7 +255,7 @@ def _prune(keep: Path, written: dict[str, Any]) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def _write(model: Any, ident: dict[str, Any], root: Path) -> Path:
+def _write(model: PreTrainedModel, ident: dict[str, Any], root: Path) -> Path:
     """Write the copy into a temporary folder beside its final name, then rename it into place."""
     final = root / ident["name"]
     root.mkdir(parents=True, exist_ok=True)
@@ -264,7 +267,7 @@ def _write(model: Any, ident: dict[str, Any], root: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{ident['name']}-", dir=root))
     try:
         tmp.chmod(0o755)  # mkdtemp's 0700 would hide the copy from other users of a shared cache
-        with loading._quiet_transformers():
+        with weightfiles.quiet_transformers():
             model.save_pretrained(tmp)  # transformers 5 writes safetensors only; checked below
         files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
         if not any(n.endswith(".safetensors") for n in files) or any(n.endswith((".bin", ".pt")) for n in files):
@@ -288,7 +291,8 @@ def _write(model: Any, ident: dict[str, Any], root: Path) -> Path:
     return final
 
 
-def save(model: Any, model_dir: Path, bnb: Any, dtype: Any, device: str, *, strict: bool = False) -> Path | None:
+def save(model: PreTrainedModel, model_dir: Path, bnb: BitsAndBytesConfig, dtype: torch.dtype, device: str, *,
+         strict: bool = False) -> Path | None:
     """Write a copy of ``model`` (just quantized from ``model_dir`` with ``bnb``), or None when that failed.
 
     Call it before the model runs: on the CPU, bitsandbytes rewrites a 4-bit layer's quantization statistics in
@@ -300,7 +304,7 @@ def save(model: Any, model_dir: Path, bnb: Any, dtype: Any, device: str, *, stri
     try:
         return _write(model, identity(model_dir, bnb, dtype, device), root)
     except Exception as exc:  # noqa: BLE001 - never fail a load that succeeded; strict says why
-        cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else loading._cause(exc)
+        cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else _cause(exc)
         if strict:
             raise OutputWriteError(f"cannot write the pre-quantized copy to {root}: {cause}") from exc
         console.info(f"warning: could not write a pre-quantized copy to {root} ({cause}); later loads "
@@ -308,10 +312,11 @@ def save(model: Any, model_dir: Path, bnb: Any, dtype: Any, device: str, *, stri
         return None
 
 
-def remember(model: Any, model_dir: Path, bnb: Any, dtype: Any, device_map: Any) -> Path | None:
+def remember(model: PreTrainedModel, model_dir: Path, bnb: BitsAndBytesConfig, dtype: torch.dtype,
+             device_map: DeviceMap) -> Path | None:
     """After a quantize-on-load with ``device_map``: write a copy unless copies are switched off or read-only
     (``$VQA_QUANT_CACHE``)."""
-    if mode() != "on" or not _auto_write.get():
+    if mode() != "on":
         return None
     folder = save(model, model_dir, bnb, dtype, device_kind(device_map))
     if folder is not None:
@@ -321,31 +326,8 @@ def remember(model: Any, model_dir: Path, bnb: Any, dtype: Any, device_map: Any)
     return folder
 
 
-@contextmanager
-def _no_auto_write() -> Iterator[None]:
-    token = _auto_write.set(False)
-    try:
-        yield
-    finally:
-        _auto_write.reset(token)
 
 
-def prepare(model_dir: Path, quant: str, *, device: str, dtype: Any) -> tuple[Path, bool]:
-    """A valid copy of ``model_dir`` at ``quant`` for ``device`` and ``dtype`` (``vqa download --quant``):
-    (its folder, whether it was written now). Writes it whatever ``$VQA_QUANT_CACHE`` says: it was asked for."""
-    config, adapter = loading.read_checkpoint_config(model_dir)
-    bnb = loading.quantization_config(quant, adapter, dtype)
-    if bnb is None:
-        raise UsageError("--quant none: there is nothing to store; pass --quant 4bit or 8bit")
-    kind = device.split(":")[0]
-    found = find(model_dir, bnb, dtype, kind)
-    if found is not None:
-        return found, False
-    with _no_auto_write():
-        loaded = loading.load_model(model_dir, config, device=device, dtype=dtype, quant=quant)
-    folder = save(loaded.model, model_dir, bnb, dtype, kind, strict=True)
-    assert folder is not None  # strict: a failure raised
-    return folder, True
 
 
 # ---- listing -------------------------------------------------------------------------------------------------
