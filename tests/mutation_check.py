@@ -55,20 +55,21 @@ QUANT_T = ("tests/test_quantized.py",)
 
 MUTANTS: list[Mutant] = [
     # ---- modes: the papers' formulas and constants
-    M("modes.slow-positions-round", "vqa_cli/model/modes.py", "int(math.floor(i * num_frames / slow))",
+    M("modes.slow-positions-round", "vqa_cli/model/pooling.py", "int(math.floor(i * num_frames / slow))",
       "int(round(i * num_frames / slow))", MODES_T, "slow frames at round() instead of floor() of linspace"),
-    M("modes.slow-avg", "vqa_cli/model/modes.py", "slow_tokens = F.max_pool2d(x, kernel_size=(1, 2), stride=(1, 2), "
+    M("modes.slow-avg", "vqa_cli/model/pooling.py", "slow_tokens = F.max_pool2d(x, kernel_size=(1, 2), stride=(1, 2), "
       "ceil_mode=True)", "slow_tokens = F.avg_pool2d(x, kernel_size=(1, 2), stride=(1, 2), ceil_mode=True)",
       MODES_T, "slow pathway averages instead of max-pooling"),
-    M("modes.slow-columns", "vqa_cli/model/modes.py",
+    M("modes.slow-columns", "vqa_cli/model/pooling.py",
       "F.max_pool2d(x, kernel_size=(1, 2), stride=(1, 2), ceil_mode=True)",
       "F.max_pool2d(x, kernel_size=(2, 1), stride=(2, 1), ceil_mode=True)", MODES_T,
       "slow pathway pools pairs of rows instead of neighbours in a row"),
-    M("modes.order", "vqa_cli/model/modes.py", "return torch.cat([slow_tokens, fast], dim=0)",
+    M("modes.order", "vqa_cli/model/pooling.py", "return torch.cat([slow_tokens, fast], dim=0)",
       "return torch.cat([fast, slow_tokens], dim=0)", MODES_T, "fast tokens before slow"),
-    M("modes.pooled-max", "vqa_cli/model/modes.py", "out = F.adaptive_avg_pool3d(x, pool)[0]",
+    M("modes.pooled-max", "vqa_cli/model/pooling.py", "out = F.adaptive_avg_pool3d(x, pool)[0]",
       "out = F.adaptive_max_pool3d(x, pool)[0]", MODES_T, "PLLaVA pooling takes the max"),
-    M("modes.pooled-transpose", "vqa_cli/model/modes.py", "return out.permute(1, 2, 3, 0).reshape(-1, grid.shape[-1])",
+    M("modes.pooled-transpose", "vqa_cli/model/pooling.py",
+      "return out.permute(1, 2, 3, 0).reshape(-1, grid.shape[-1])",
       "return out.permute(1, 3, 2, 0).reshape(-1, grid.shape[-1])", MODES_T, "pooled tokens column-major"),
     M("modes.fast-grid-constant", "vqa_cli/model/modes.py", "SLOWFAST_FAST_GRID = 4", "SLOWFAST_FAST_GRID = 3",
       ("tests/test_modes.py",), "fast grid 3x3 instead of 4x4"),
@@ -77,15 +78,15 @@ MUTANTS: list[Mutant] = [
     M("modes.scaled-floor", "vqa_cli/model/modes.py", "return max(1, round(value * grid_side / REFERENCE_GRID))",
       "return max(1, int(value * grid_side / REFERENCE_GRID))", ("tests/test_modes.py",),
       "parameters for other grids truncated instead of rounded"),
-    M("modes.relevance-no-exp", "vqa_cli/model/modes.py",
+    M("modes.relevance-no-exp", "vqa_cli/model/pooling.py",
       "scale = torch.as_tensor(logit_scale, dtype=torch.float32).exp()",
       "scale = torch.as_tensor(logit_scale, dtype=torch.float32)", GUIDE_T, "logit scale used without exp"),
-    M("modes.relevance-no-normalise", "vqa_cli/model/modes.py",
+    M("modes.relevance-no-normalise", "vqa_cli/model/pooling.py",
       "v = torch.nn.functional.normalize(visual.float(), dim=-1)",
       "v = visual.float()", GUIDE_T, "visual embeddings not L2-normalised"),
-    M("modes.guide-temperature", "vqa_cli/model/modes.py", "r = F.pad(weights.float() / temperature,",
+    M("modes.guide-temperature", "vqa_cli/model/pooling.py", "r = F.pad(weights.float() / temperature,",
       "r = F.pad(weights.float() * temperature,", GUIDE_T, "window softmax temperature multiplied"),
-    M("modes.anyres-max", "vqa_cli/model/modes.py", "return F.avg_pool2d(x, kernel_size=stride, stride=stride)"
+    M("modes.anyres-max", "vqa_cli/model/pooling.py", "return F.avg_pool2d(x, kernel_size=stride, stride=stride)"
       ".permute(0, 2, 3, 1)", "return F.max_pool2d(x, kernel_size=stride, stride=stride).permute(0, 2, 3, 1)",
       ("tests/test_modes.py", "tests/test_engine.py"), "anyres per-frame pooling takes the max"),
     # ---- engine: wiring of the stages
@@ -147,8 +148,9 @@ MUTANTS: list[Mutant] = [
     M("generate.last-step-logits", "vqa_cli/model/generate.py", "kept = torch.stack([step[0] for step in out.logits])",
       "kept = torch.stack([step[0] for step in out.logits][::-1])", CONV_T,
       "first-step logits taken from the last step"),
-    M("prompt.media-every-turn", "vqa_cli/model/prompt.py", 'content = ([{"type": media}] if i == first_user else [])',
-      'content = ([{"type": media}])', ("tests/test_prompt_ids.py", *CONV_T),
+    M("prompt.media-every-turn", "vqa_cli/model/prompt.py",
+      'content = ([{"type": media}] if i == first_user and media else [])',
+      'content = ([{"type": media}] if media else [])', ("tests/test_prompt_ids.py", *CONV_T),
       "the video placeholder in every user turn"),
     # ---- checkpoint errors (loading)
     M("loading.json-untranslated", "vqa_cli/model/loading.py",

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from vqa_cli.model import modes
+from vqa_cli.model import modes, pooling
 from vqa_cli.settings import ModeSettings
 
 
@@ -17,7 +17,7 @@ def _grid(t=32, h=24, w=24, d=8):
 
 def test_uniform_relevance_equals_plain_average_pooling():
     grid = _grid()
-    out = modes.guided_pool(grid, torch.full((32, 24, 24), 1 / (32 * 576)), (2, 3, 3))
+    out = pooling.guided_pool(grid, torch.full((32, 24, 24), 1 / (32 * 576)), (2, 3, 3))
     ref = torch.nn.AvgPool3d((2, 3, 3))(grid.permute(3, 0, 1, 2)[None])[0].permute(1, 2, 3, 0).reshape(-1, 8)
     assert out.shape == (1024, 8)
     torch.testing.assert_close(out, ref)
@@ -27,13 +27,13 @@ def test_one_hot_relevance_picks_that_token():
     grid = _grid()
     rel = torch.zeros(32, 24, 24)
     rel[5, 7, 10] = 1.0  # window (2, 2, 3) of the 16x8x8 output
-    out = modes.guided_pool(grid, rel, (2, 3, 3)).reshape(16, 8, 8, 8)
+    out = pooling.guided_pool(grid, rel, (2, 3, 3)).reshape(16, 8, 8, 8)
     torch.testing.assert_close(out[2, 2, 3], grid[5, 7, 10])
 
 
 def test_uneven_sizes_are_padded_without_weight():
     grid = _grid(t=5, h=7, w=7)
-    out = modes.guided_pool(grid, torch.zeros(5, 7, 7), (2, 3, 3))
+    out = pooling.guided_pool(grid, torch.zeros(5, 7, 7), (2, 3, 3))
     assert out.shape == (3 * 3 * 3, 8)
     # The last temporal window holds frame 4 alone: its average is frame 4's window average.
     last = out.reshape(3, 3, 3, 8)[2, 0, 0]
@@ -43,7 +43,7 @@ def test_uneven_sizes_are_padded_without_weight():
 def test_relevance_is_a_softmax_over_all_tokens_of_scaled_cosines():
     visual = torch.randn(2, 3, 3, 4)
     text = torch.randn(4)
-    rel = modes.relevance(visual, text, torch.tensor(2.0))
+    rel = pooling.relevance(visual, text, torch.tensor(2.0))
     cos = torch.nn.functional.cosine_similarity(visual.reshape(-1, 4), text[None], dim=-1)
     torch.testing.assert_close(rel.flatten(), torch.softmax(cos * torch.e**2, 0))
 

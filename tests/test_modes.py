@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from vqa_cli.errors import UsageError
-from vqa_cli.model import modes
+from vqa_cli.model import modes, pooling
 from vqa_cli.settings import DEFAULT_MODE, ModeName, ModeSettings
 from vqa_cli.testing import FAMILIES
 
@@ -30,7 +30,7 @@ def test_token_counts_at_the_24x24_grid(mode, frames, tokens):
 
 def test_slowfast_equals_maxpool1d_slow_and_adaptiveavgpool2d_fast():
     grid = _grid(50)
-    out = modes.slowfast(grid, 10, 4)
+    out = pooling.slowfast(grid, 10, 4)
     slow_idx = torch.linspace(0, 50, 11)[:-1].long()  # 0, 5, ..., 45
     assert slow_idx.tolist() == list(range(0, 50, 5))
     # Reference: 1-D max pool (kernel 2, stride 2) over the 576 row-major tokens of each slow frame.
@@ -44,7 +44,7 @@ def test_slowfast_equals_maxpool1d_slow_and_adaptiveavgpool2d_fast():
 
 def test_pooled_equals_adaptiveavgpool3d():
     grid = _grid(32)
-    out = modes.pooled(grid, (16, 12, 12))
+    out = pooling.pooled(grid, (16, 12, 12))
     ref = nn.AdaptiveAvgPool3d((16, 12, 12))(grid.permute(3, 0, 1, 2)[None])[0]
     assert out.shape == (2304, 8)
     torch.testing.assert_close(out, ref.permute(1, 2, 3, 0).reshape(-1, 8))
@@ -52,14 +52,14 @@ def test_pooled_equals_adaptiveavgpool3d():
 
 def test_anyres_pooling_equals_avgpool2d_per_frame():
     grid = _grid(3)
-    out = modes.spatial_avg_pool(grid, 2)
+    out = pooling.spatial_avg_pool(grid, 2)
     ref = nn.AvgPool2d(2, 2)(grid.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
     torch.testing.assert_close(out, ref)
     assert modes.plan_tokens(ModeSettings("anyres"), 3, GRID, 2).total == out.shape[0] * 144
 
 
 def test_fewer_frames_than_slow_frames_uses_every_frame_once():
-    out = modes.slowfast(_grid(4), 10, 4)
+    out = pooling.slowfast(_grid(4), 10, 4)
     plan = modes.plan_tokens(ModeSettings("slowfast"), 4, GRID, 2)
     assert plan.pathways[0].frame_positions == (0, 1, 2, 3)
     assert out.shape[0] == plan.total == 4 * 288 + 4 * 16
@@ -67,7 +67,7 @@ def test_fewer_frames_than_slow_frames_uses_every_frame_once():
 
 def test_fewer_frames_than_the_pool_t_repeats_frames():
     grid = _grid(5)
-    out = modes.pooled(grid, (16, 12, 12))
+    out = pooling.pooled(grid, (16, 12, 12))
     assert out.shape == (2304, 8)
     # Adaptive pooling over time with T < 16: every output step is one whole input frame.
     first = nn.AdaptiveAvgPool2d((12, 12))(grid[0].permute(2, 0, 1)[None])[0].permute(1, 2, 0).reshape(-1, 8)
@@ -76,8 +76,8 @@ def test_fewer_frames_than_the_pool_t_repeats_frames():
 
 def test_a_single_frame_in_every_mode():
     grid = _grid(1)
-    assert modes.slowfast(grid, 10, 4).shape[0] == modes.plan_tokens(ModeSettings("slowfast"), 1, GRID, 2).total
-    assert modes.pooled(grid, (16, 12, 12)).shape[0] == 2304
+    assert pooling.slowfast(grid, 10, 4).shape[0] == modes.plan_tokens(ModeSettings("slowfast"), 1, GRID, 2).total
+    assert pooling.pooled(grid, (16, 12, 12)).shape[0] == 2304
 
 
 @pytest.mark.parametrize("grid", [(16, 16), (27, 27), (14, 14)])
@@ -87,11 +87,11 @@ def test_parameters_derive_from_other_grids_and_plans_match_tensors(grid):
         plan = modes.plan_tokens(ModeSettings(name), frames, grid, 2)
         g = _grid(frames, *grid)
         if name == "slowfast":
-            out = modes.slowfast(g, settings.slow_frames, settings.fast_grid)
+            out = pooling.slowfast(g, settings.slow_frames, settings.fast_grid)
         elif name == "pooled":
-            out = modes.pooled(g, settings.pool)
+            out = pooling.pooled(g, settings.pool)
         else:
-            out = modes.spatial_avg_pool(g, settings.stride).reshape(-1, 8)
+            out = pooling.spatial_avg_pool(g, settings.stride).reshape(-1, 8)
         assert out.shape[0] == plan.total, (name, grid)
 
 
@@ -127,7 +127,7 @@ def _reference_slow_positions(num_frames: int, slow: int) -> list[int]:
                                                for s in (10, 4, 7, 16) if f >= s])
 def test_slow_positions_equal_the_reference_linspace(frames, slow):
     expected = _reference_slow_positions(frames, slow)
-    assert modes.slow_positions(frames, slow) == expected
+    assert pooling.slow_positions(frames, slow) == expected
     plan = modes.plan_tokens(ModeSettings("slowfast", slow_frames=slow), frames, GRID, 2)
     assert list(plan.pathways[0].frame_positions) == expected
 
@@ -136,13 +136,13 @@ def test_slow_positions_equal_the_reference_linspace(frames, slow):
 def test_fewer_frames_than_slow_frames_take_the_references_frames_without_repeats(frames):
     reference = _reference_slow_positions(frames, 10)
     assert len(reference) == 10  # the reference repeats frames to make up 10
-    assert modes.slow_positions(frames, 10) == sorted(set(reference)) == list(range(frames))
+    assert pooling.slow_positions(frames, 10) == sorted(set(reference)) == list(range(frames))
 
 
 @pytest.mark.parametrize("frames", [32, 7, 11, 13, 64])
 def test_slowfast_tensors_at_other_frame_counts_equal_the_reference_pathways(frames):
     grid = _grid(frames, seed=frames)
-    out = modes.slowfast(grid, 10, 4)
+    out = pooling.slowfast(grid, 10, 4)
     idx = _reference_slow_positions(frames, 10) if frames >= 10 else list(range(frames))  # vqa's rule below 10
     tokens = grid[idx].reshape(len(idx), 576, 8).transpose(1, 2)  # [S, D, 576], row-major tokens
     slow_ref = nn.MaxPool1d(2, 2)(tokens).transpose(1, 2).reshape(-1, 8)
@@ -183,10 +183,10 @@ def test_derived_parameters_are_the_documented_numbers(side):
     assert modes.plan_tokens(ModeSettings("pooled", guide=True), 32, grid, 2).total == guide_tokens
 
     # The tensor paths produce those counts too.
-    assert modes.slowfast(_grid(50, side, side, d=2), 10, fast).shape == (sf_tokens, 2)
+    assert pooling.slowfast(_grid(50, side, side, d=2), 10, fast).shape == (sf_tokens, 2)
     g32 = _grid(32, side, side, d=2)
-    assert modes.pooled(g32, pool).shape == (pooled_tokens, 2)
-    assert modes.guided_pool(g32, torch.zeros(32, side, side), kernel).shape == (guide_tokens, 2)
+    assert pooling.pooled(g32, pool).shape == (pooled_tokens, 2)
+    assert pooling.guided_pool(g32, torch.zeros(32, side, side), kernel).shape == (guide_tokens, 2)
 
 
 # ---- the registry: every mode plans exactly what it produces --------------------------------------------------

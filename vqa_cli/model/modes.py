@@ -4,8 +4,8 @@ Each mode is one ``Mode`` object, registered in ``REGISTRY`` and found by name w
 (as model families are found in ``vqa_cli/model/families/registry.py``). A mode resolves its parameters
 from the family's grid, plans its token layout from the geometry alone (no tensors, no torch:
 ``plan`` is what ``--plan``, RoPE scaling and the placeholder count use) and applies itself to a
-clip's frame features. The tensor maths are pure functions on ``[T, h, w, D]`` grids (below) so
-each mode can be checked on random tensors against the papers' formulas.
+clip's frame features. The tensor maths are pure functions on ``[T, h, w, D]`` grids
+(``vqa_cli/model/pooling.py``) so each mode can be checked on random tensors against the papers' formulas.
 
 - ``anyres`` (LLaVA-NeXT-Video): the checkpoint's own per-frame pooling (2x2 average at a
   24x24 grid, before the projector for LLaVA-NeXT-Video), frames concatenated.
@@ -26,13 +26,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from vqa_cli.errors import UsageError
+from vqa_cli.model.pooling import guided_pool, pooled, slow_positions, slowfast
 from vqa_cli.settings import MODE_NAMES, ModeName, ModeSettings
 
 if TYPE_CHECKING:
     import torch
+    from transformers import PreTrainedModel
+
+    from vqa_cli.model.families.base import FamilyAdapter, FrameFeatures
 
 # The papers' settings at the 24x24 grid they were published on; other grids derive from them.
 REFERENCE_GRID = 24
@@ -44,7 +48,6 @@ POOLED_T = 16
 POOLED_SIDE = 12  # at a 24x24 grid
 GUIDE_KERNEL_T = 2  # PPLLaVA: windows of (2, 3, 3), stride = kernel, at a 24x24 grid ...
 GUIDE_SIDE = 8  # ... i.e. 8x8 windows per frame pair; other grids keep 8x8 windows
-GUIDE_TEMPERATURE = 0.01
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,12 @@ class ModeGeometry(Protocol):
     def frame_prefix_tokens(self) -> int: ...  # tokens its own path puts before each frame's grid
 
 
+class PromptGuide(Protocol):
+    """What a mode reads of a prompt guide: a ``vqa_cli.model.guide.Guide`` has it."""
+
+    def relevance(self, grid: torch.Tensor, prompt: str) -> torch.Tensor: ...  # [T, h, w, Dv] -> [T, h, w]
+
+
 @dataclass(frozen=True)
 class GridGeometry:
     """A ``ModeGeometry`` on its own, without a checkpoint (the module-level wrappers, ``REFERENCE_GEOMETRY``)."""
@@ -110,12 +119,6 @@ REFERENCE_GEOMETRY = GridGeometry((REFERENCE_GRID, REFERENCE_GRID), 2)
 def _scaled(value: int, grid_side: int) -> int:
     """A reference-grid parameter scaled to another grid side, at least 1."""
     return max(1, round(value * grid_side / REFERENCE_GRID))
-
-
-def slow_positions(num_frames: int, slow_frames: int) -> list[int]:
-    """``linspace(0, T, slow + 1)`` without the last, as integer positions (SlowFast-LLaVA)."""
-    slow = min(slow_frames, num_frames)
-    return [int(math.floor(i * num_frames / slow)) for i in range(slow)]
 
 
 # ---- the modes ----------------------------------------------------------------------------
@@ -141,8 +144,8 @@ class Mode:
         """The token blocks ``apply`` produces for ``num_frames`` frames, from the geometry alone."""
         raise NotImplementedError
 
-    def apply(self, settings: ModeSettings, frames: Any, *, adapter: Any, model: Any, guide: Any = None,
-              prompt_text: str = "") -> torch.Tensor:
+    def apply(self, settings: ModeSettings, frames: FrameFeatures, *, adapter: FamilyAdapter, model: PreTrainedModel,
+              guide: PromptGuide | None = None, prompt_text: str = "") -> torch.Tensor:
         """A clip's ``FrameFeatures`` (vision tower output) -> its visual token sequence [N, D] in LM space.
 
         ``adapter`` is the family's ``FamilyAdapter`` and ``model`` the loaded weights; ``guide`` (a
@@ -174,20 +177,20 @@ class AnyRes(Mode):
             blocks.append(Pathway("suffix", (), (n,), n))
         return tuple(blocks)
 
-    def apply(self, settings: ModeSettings, frames: Any, *, adapter: Any, model: Any, guide: Any = None,
-              prompt_text: str = "") -> torch.Tensor:
+    def apply(self, settings: ModeSettings, frames: FrameFeatures, *, adapter: FamilyAdapter, model: PreTrainedModel,
+              guide: PromptGuide | None = None, prompt_text: str = "") -> torch.Tensor:
         return adapter.native_tokens(model, frames, settings.stride)
 
 
 class ProjectedMode(Mode):
     """A mode that pools the projected patch grid: every frame through the projector first, then ``pool``."""
 
-    def apply(self, settings: ModeSettings, frames: Any, *, adapter: Any, model: Any, guide: Any = None,
-              prompt_text: str = "") -> torch.Tensor:
+    def apply(self, settings: ModeSettings, frames: FrameFeatures, *, adapter: FamilyAdapter, model: PreTrainedModel,
+              guide: PromptGuide | None = None, prompt_text: str = "") -> torch.Tensor:
         projected = adapter.project(model, frames.grid)  # [T, h, w, D]
         return self.pool(settings, projected, frames.grid, guide, prompt_text)
 
-    def pool(self, settings: ModeSettings, projected: torch.Tensor, grid: torch.Tensor, guide: Any,
+    def pool(self, settings: ModeSettings, projected: torch.Tensor, grid: torch.Tensor, guide: PromptGuide | None,
              prompt_text: str) -> torch.Tensor:
         """Projected grid [T, h, w, D] (and the tower's grid [T, h, w, Dv] it came from) -> [N, D]."""
         raise NotImplementedError
@@ -218,7 +221,7 @@ class SlowFast(ProjectedMode):
             Pathway("fast", tuple(range(num_frames)), fg, num_frames * fg[0] * fg[1]),
         )
 
-    def pool(self, settings: ModeSettings, projected: torch.Tensor, grid: torch.Tensor, guide: Any,
+    def pool(self, settings: ModeSettings, projected: torch.Tensor, grid: torch.Tensor, guide: PromptGuide | None,
              prompt_text: str) -> torch.Tensor:
         return slowfast(projected, settings.slow_frames, settings.fast_grid)
 
@@ -250,7 +253,7 @@ class Pooled(ProjectedMode):
             name, out = "pooled", tuple(settings.pool)
         return (Pathway(name, tuple(range(num_frames)), out, math.prod(out)),)
 
-    def pool(self, settings: ModeSettings, projected: torch.Tensor, grid: torch.Tensor, guide: Any,
+    def pool(self, settings: ModeSettings, projected: torch.Tensor, grid: torch.Tensor, guide: PromptGuide | None,
              prompt_text: str) -> torch.Tensor:
         if settings.guide:
             if guide is None:
@@ -307,89 +310,3 @@ def plan_tokens(
     describe the family's own (anyres) path (see ``ModeGeometry``)."""
     return plan(settings, num_frames, GridGeometry(grid, native_stride, native_ceil, suffix_tokens,
                                                    frame_prefix_tokens))
-
-
-# ---- tensor maths (pure functions) ------------------------------------------------------
-
-
-def spatial_avg_pool(grid: torch.Tensor, stride: int) -> torch.Tensor:
-    """[T, h, w, D] -> [T, h//s, w//s, D]: non-overlapping s x s average windows."""
-    import torch.nn.functional as F
-
-    if stride == 1:
-        return grid
-    x = grid.permute(0, 3, 1, 2)
-    return F.avg_pool2d(x, kernel_size=stride, stride=stride).permute(0, 2, 3, 1)
-
-
-def slowfast(grid: torch.Tensor, slow_frames: int, fast_grid: int) -> torch.Tensor:
-    """[T, h, w, D] (after the projector) -> [N, D]: slow pathway then fast pathway."""
-    import torch
-    import torch.nn.functional as F
-
-    t, h, w, d = grid.shape
-    slow = grid[slow_positions(t, slow_frames)]  # [S, h, w, D]
-    # Max over neighbouring pairs inside each row; an odd last column stands alone (ceil).
-    x = slow.permute(0, 3, 1, 2)
-    slow_tokens = F.max_pool2d(x, kernel_size=(1, 2), stride=(1, 2), ceil_mode=True)
-    slow_tokens = slow_tokens.permute(0, 2, 3, 1).reshape(-1, d)
-    fg = (min(fast_grid, h), min(fast_grid, w))
-    fast = F.adaptive_avg_pool2d(grid.permute(0, 3, 1, 2), fg).permute(0, 2, 3, 1).reshape(-1, d)
-    return torch.cat([slow_tokens, fast], dim=0)
-
-
-def pooled(grid: torch.Tensor, pool: tuple[int, int, int]) -> torch.Tensor:
-    """[T, h, w, D] (after the projector) -> [t*h'*w', D] by 3-D adaptive average pooling."""
-    import torch.nn.functional as F
-
-    x = grid.permute(3, 0, 1, 2).unsqueeze(0)  # [1, D, T, h, w]
-    out = F.adaptive_avg_pool3d(x, pool)[0]  # [D, t, h', w']
-    return out.permute(1, 2, 3, 0).reshape(-1, grid.shape[-1])
-
-
-def relevance(visual: torch.Tensor, text: torch.Tensor, logit_scale: float | torch.Tensor) -> torch.Tensor:
-    """PPLLaVA relevance: [T, h, w, E] visual and [E] text embeddings (CLIP space) -> [T, h, w].
-
-    Both are L2-normalised; the scaled cosine similarities are softmaxed over all T*h*w tokens.
-    """
-    import torch
-
-    v = torch.nn.functional.normalize(visual.float(), dim=-1)
-    t = torch.nn.functional.normalize(text.float(), dim=-1)
-    scale = torch.as_tensor(logit_scale, dtype=torch.float32).exp()
-    logits = (v @ t) * scale
-    return logits.flatten().softmax(0).reshape(logits.shape)
-
-
-def guided_pool(
-    grid: torch.Tensor,
-    weights: torch.Tensor,
-    kernel: tuple[int, int, int],
-    temperature: float = GUIDE_TEMPERATURE,
-) -> torch.Tensor:
-    """[T, h, w, D] features and [T, h, w] relevance -> [t*h'*w', D] (PPLLaVA prompt-guided pooling).
-
-    Non-overlapping windows of ``kernel`` (stride = kernel), ceil-padded; each window's output is the
-    average of its tokens weighted by ``softmax(relevance / temperature)`` inside the window. Padding
-    gets zero weight. Uniform relevance gives plain average pooling; one-hot relevance picks the token.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    t, h, w, d = grid.shape
-    kt, kh, kw = kernel
-    pt, ph, pw = (-t) % kt, (-h) % kh, (-w) % kw
-    x = F.pad(grid.permute(3, 0, 1, 2), (0, pw, 0, ph, 0, pt))  # [D, T', H', W']
-    r = F.pad(weights.float() / temperature, (0, pw, 0, ph, 0, pt), value=float("-inf"))
-    T, H, W = (t + pt) // kt, (h + ph) // kh, (w + pw) // kw
-
-    def windows(a: torch.Tensor) -> torch.Tensor:  # [..., T', H', W'] -> [..., T, H, W, kt*kh*kw]
-        lead = a.shape[:-3]
-        n = len(lead)
-        a = a.reshape(*lead, T, kt, H, kh, W, kw)
-        a = a.permute(*range(n), n, n + 2, n + 4, n + 1, n + 3, n + 5)
-        return a.reshape(*lead, T, H, W, kt * kh * kw)
-
-    wts = torch.softmax(windows(r), dim=-1)  # [T, H, W, K]
-    out = (windows(x) * wts.to(x.dtype)).sum(-1)  # [D, T, H, W]
-    return out.permute(1, 2, 3, 0).reshape(-1, d)

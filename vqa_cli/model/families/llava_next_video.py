@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vqa_cli.model import modes
 from vqa_cli.model.families.base import FamilyAdapter, FrameFeatures, Geometry
+from vqa_cli.model.pooling import spatial_avg_pool
 
 if TYPE_CHECKING:
     import numpy as np
@@ -36,7 +36,7 @@ class LlavaNextVideoAdapter(FamilyAdapter):
         stride = self.geometry().native_stride if stride is None else stride
         if self.config.spatial_pool_mode != "average":
             raise NotImplementedError(f"spatial_pool_mode={self.config.spatial_pool_mode!r}")
-        pooled = modes.spatial_avg_pool(frames.grid, stride)  # before the projector, as the checkpoint does
+        pooled = spatial_avg_pool(frames.grid, stride)  # before the projector, as the checkpoint does
         return self.project(model, pooled.flatten(0, 2))
 
     def image_token_id(self) -> int | None:

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from vqa_cli.model import modes
 from vqa_cli.model.families.base import FamilyAdapter, FrameFeatures, Geometry, layer_features
+from vqa_cli.model.pooling import spatial_avg_pool
 
 if TYPE_CHECKING:
     import torch
@@ -44,6 +44,6 @@ class VideoLlavaAdapter(FamilyAdapter):
         import torch
 
         stride = self.geometry().native_stride if stride is None else stride
-        grid = modes.spatial_avg_pool(frames.grid, stride)  # identity at the native stride 1
+        grid = spatial_avg_pool(frames.grid, stride)  # identity at the native stride 1
         per_frame = torch.cat([frames.prefix, grid.flatten(1, 2)], dim=1)  # [T, 1 + h*w, Dv]: CLS first
         return self.project(model, per_frame).flatten(0, 1)
