@@ -36,9 +36,15 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vqa_cli.units import GIB, MIB, gib, parse_size, size_text
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PretrainedConfig, PreTrainedModel
+
+    from vqa_cli.model.families.base import FamilyAdapter
 
 # Bytes per quantized weight, scales included: NF4 with double quantization stores 4 bits plus
 # about 0.127 bits of constants per weight; LLM.int8 stores 8 bits plus one fp32 scale per row.
@@ -148,7 +154,7 @@ class MemoryEstimate:
         }
 
 
-def meta_model(adapter: Any) -> Any:
+def meta_model(adapter: FamilyAdapter) -> PreTrainedModel:
     """The adapter's architecture on torch's ``meta`` device (shapes only), built once per config."""
     import torch
     import transformers
@@ -161,7 +167,7 @@ def meta_model(adapter: Any) -> Any:
     return _META[key]
 
 
-def quantizable_weights(adapter: Any) -> set[str]:
+def quantizable_weights(adapter: FamilyAdapter) -> set[str]:
     """Names of the weights bitsandbytes would quantize: ``nn.Linear`` weights outside the skip list."""
     import torch
 
@@ -170,7 +176,7 @@ def quantizable_weights(adapter: Any) -> set[str]:
             if isinstance(module, torch.nn.Linear) and not name.startswith(skip)}
 
 
-def count_parameters(adapter: Any) -> tuple[int, int]:
+def count_parameters(adapter: FamilyAdapter) -> tuple[int, int]:
     """(all parameters, parameters bitsandbytes would quantize) of the adapter's architecture (once per config)."""
     key = adapter.model_class + adapter.config.to_json_string(use_diff=False) + repr(adapter.quant_skip_modules())
     if key not in _COUNTED:
@@ -186,7 +192,7 @@ def _weight_bytes(total: int, quantized: int, quant: str, dtype_bytes: int) -> i
     return int((total - quantized) * dtype_bytes + quantized * QUANT_BYTES.get(quant, 0))
 
 
-def estimate_memory(adapter: Any, quant: str, dtype_bytes: int, total_tokens: int) -> MemoryEstimate:
+def estimate_memory(adapter: FamilyAdapter, quant: str, dtype_bytes: int, total_tokens: int) -> MemoryEstimate:
     """Weights and the KV cache of ``total_tokens`` (the catalog's columns; ``request_memory`` is the peak)."""
     total, quantizable = count_parameters(adapter)
     quantized = quantizable if quant in QUANT_BYTES else 0
@@ -195,11 +201,11 @@ def estimate_memory(adapter: Any, quant: str, dtype_bytes: int, total_tokens: in
     return MemoryEstimate(total, quantized, _weight_bytes(total, quantized, quant, dtype_bytes), int(kv))
 
 
-def _width(config: Any, name: str, default: int) -> int:
+def _width(config: PretrainedConfig, name: str, default: int) -> int:
     return int(getattr(config, name, None) or default)
 
 
-def activation_bytes(adapter: Any, frames: int, prefill_tokens: int, dtype_bytes: int, batch: int = 1) -> int:
+def activation_bytes(adapter: FamilyAdapter, frames: int, prefill_tokens: int, dtype_bytes: int, batch: int = 1) -> int:
     """Clip tensors + max(one vision chunk, the prefill) of a request (see the module docstring)."""
     g = adapter.geometry()
     vision, text = adapter.config.vision_config, adapter.text_config()
@@ -241,7 +247,8 @@ def _vqa_device(key: int | str) -> str:
     return f"cuda:{key}" if isinstance(key, int) else str(key)
 
 
-def device_map(adapter: Any, quant: str, dtype: Any, max_memory: dict[str, int]) -> dict[str, int | str]:
+def device_map(adapter: FamilyAdapter, quant: str, dtype: torch.dtype, max_memory: dict[str, int]
+               ) -> dict[str, int | str]:
     """The ``device_map`` ``from_pretrained`` gets with ``--max-memory``: accelerate's ``infer_auto_device_map``
     over the meta model with ``max_memory`` (keys ``cuda:N``/``cpu``; what does not fit goes to disk), sizes
     at the quantization and dtype the load will use. Values are accelerate's (GPU index, ``cpu``, ``disk``)."""
@@ -286,7 +293,8 @@ def quiet_offload() -> Iterator[None]:
             log.setLevel(level)
 
 
-def placement_bytes(adapter: Any, quant: str, dtype_bytes: int, placed: dict[str, int | str]) -> dict[str, int]:
+def placement_bytes(adapter: FamilyAdapter, quant: str, dtype_bytes: int, placed: dict[str, int | str]
+                    ) -> dict[str, int]:
     """Weight bytes per device (vqa's names) of a ``device_map``. Quantized weights count as such on a GPU
     only: bitsandbytes leaves the modules offloaded to the CPU or disk unquantized."""
     model = meta_model(adapter)
@@ -313,8 +321,8 @@ def compute_device(device: str, caps: dict[str, int] | None) -> str:
     return gpus[0] if gpus else ("cpu" if caps else device)
 
 
-def request_memory(adapter: Any, *, quant: str, dtype_bytes: int, dtype: Any, device: str, frames: int,
-                   prefill_tokens: int, total_tokens: int, batch: int = 1, guide_parameters: int = 0,
+def request_memory(adapter: FamilyAdapter, *, quant: str, dtype_bytes: int, dtype: torch.dtype, device: str,
+                   frames: int, prefill_tokens: int, total_tokens: int, batch: int = 1, guide_parameters: int = 0,
                    max_memory: dict[str, int] | None = None, offload_dir: str | None = None) -> MemoryEstimate:
     """The peak memory of a request (see the module docstring): ``device`` is the resolved device
     (``cpu``, ``cuda``, ``cuda:1``); with ``max_memory`` the weights are placed by ``place``."""
@@ -330,8 +338,8 @@ def request_memory(adapter: Any, *, quant: str, dtype_bytes: int, dtype: Any, de
     return est
 
 
-def place(est: MemoryEstimate, adapter: Any, quant: str, dtype: Any, dtype_bytes: int, caps: dict[str, int],
-          offload_dir: str | None = None) -> MemoryEstimate:
+def place(est: MemoryEstimate, adapter: FamilyAdapter, quant: str, dtype: torch.dtype, dtype_bytes: int,
+          caps: dict[str, int], offload_dir: str | None = None) -> MemoryEstimate:
     """Place ``est``'s weights within ``caps`` (``--max-memory``): accelerate gets every cap as it is, except the
     computing device's, which loses what the request holds there besides the weights (``overhead_bytes``).
     Sets ``placement``, ``device_map``, ``device``, ``weight_bytes``, ``caps`` and ``offload_dir``."""
@@ -346,8 +354,8 @@ def place(est: MemoryEstimate, adapter: Any, quant: str, dtype: Any, dtype_bytes
     return est
 
 
-def smallest_cap(est: MemoryEstimate, adapter: Any, quant: str, dtype: Any, dtype_bytes: int, device: str
-                 ) -> int | None:
+def smallest_cap(est: MemoryEstimate, adapter: FamilyAdapter, quant: str, dtype: torch.dtype, dtype_bytes: int,
+                 device: str) -> int | None:
     """The smallest cap in bytes for ``device`` (the other caps as they are) at which ``est``'s placement fits
     (``cap_fits``), found with the placement itself (the same ``place``, bisected); None when no cap of that
     device makes it fit."""
