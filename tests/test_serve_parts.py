@@ -8,12 +8,11 @@ import pytest
 import torch
 
 from vqa_cli.model.features import FeatureCache, feature_key, file_identity
-from vqa_cli.remote import wire
 from vqa_cli.serve import model_names
 from vqa_cli.serve._kv import Prefix, PrefixCache, cache_bytes
 from vqa_cli.serve._requests import ApiError, MediaPolicy, parse_chat, resolve_media
 from vqa_cli.serve._worker import StopFilter, cut_at_stop
-from vqa_cli.settings import ModeSettings, RunSettings
+from vqa_cli.settings import ModeSettings, RunSettings, apply_fields, request_fields
 
 BASE = RunSettings(model="m", frames=8, max_new_tokens=16)
 
@@ -33,16 +32,16 @@ def chat(**body):
     RunSettings(model="m", mode=ModeSettings("anyres", stride=4)),
 ])
 def test_request_fields_round_trip_to_the_same_settings(settings):
-    fields = wire.request_fields(settings)
-    back = wire.apply_fields(RunSettings(model="m", max_new_tokens=settings.max_new_tokens), fields)
+    fields = request_fields(settings)
+    back = apply_fields(RunSettings(model="m", max_new_tokens=settings.max_new_tokens), fields)
     assert back == settings
 
 
 def test_a_request_that_names_a_mode_or_frames_starts_from_their_defaults():
     base = RunSettings(model="m", mode=ModeSettings("slowfast", slow_frames=4), frames=40)
-    changed = wire.apply_fields(base, {"mode": "pooled", "fps": 1.0})
+    changed = apply_fields(base, {"mode": "pooled", "fps": 1.0})
     assert changed.mode == ModeSettings("pooled") and (changed.frames, changed.fps) == (None, 1.0)
-    kept = wire.apply_fields(base, {"start": 2})
+    kept = apply_fields(base, {"start": 2})
     assert kept.mode == base.mode and kept.frames == 40 and kept.start == 2
 
 

@@ -12,6 +12,7 @@ from tests.clips import make_clip
 from vqa_cli.cli import main
 from vqa_cli.output import subtitles
 from vqa_cli.output.subtitles import Cue
+from vqa_cli.settings import check_encoding
 
 TEXTS = ["Un café très “noir”", "Grüße aus Köln – naïve", "plain ASCII"]  # the oracle: what the test writes
 
@@ -52,7 +53,7 @@ def test_a_declared_encoding_is_honoured(tmp_path, capsys):
     path = tmp_path / "s.srt"
     latin = ["Un café très noir", "Grüße aus Köln, naïve ½ ¿"]  # what latin-1 can hold
     path.write_bytes(srt_text(latin).encode("latin-1"))
-    assert [c.text for c in subtitles.read(path, subtitles.check_encoding("latin-1"))] == latin
+    assert [c.text for c in subtitles.read(path, check_encoding("latin-1"))] == latin
     assert capsys.readouterr().err == ""  # declared: no fallback warning
     cyrillic = ["Привет, мир", "До свидания"]
     path.write_bytes(srt_text(cyrillic).encode("cp1251"))

@@ -1,17 +1,22 @@
-"""Run settings: every value a run can be given, its choices and its one default, and the checks of its values.
+"""Run settings: every value a run can be given, its choices and its one default, the checks of the values
+and of their combinations (one function per rule), and the settings' wire form.
 
-The command line (``vqa_cli/cli/options.py``), the server (``vqa_cli/serve``) and the client
-(``vqa_cli/remote``) all read the choices, the defaults and the checks here. A leaf: it imports only the
-standard library and ``vqa_cli.errors``, so ``vqa --help`` (which reads the ``Literal`` choices) stays fast.
+The command line (``vqa_cli/cli/options.py``: ``run_settings`` maps its options onto ``build``), the server
+(``vqa_cli/serve``: ``apply_fields``) and the client (``vqa_cli/remote``: ``request_fields``) all read the
+choices, the defaults and the checks here. A leaf: it imports only the standard library and ``vqa_cli.errors``,
+so ``vqa --help`` (which reads the ``Literal`` choices) stays fast.
 """
 
 from __future__ import annotations
 
+import codecs
 import math
-from dataclasses import asdict, dataclass, field
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any, Literal, get_args
 
-from vqa_cli.errors import InvalidValueError
+from vqa_cli.errors import InvalidValueError, UsageError
 
 # ---- the choices of each setting, and its default ----------------------------------------------
 # The one list of mode names: the registry (vqa_cli/model/modes.py), the CLI's --mode choices and the records read it.
@@ -54,7 +59,7 @@ DEFAULT_THRESHOLDS: dict[str, float] = {"combined": 27.0, "content": 27.0, "adap
 DEFAULT_SCENE_THRESHOLD = DEFAULT_THRESHOLDS[DEFAULT_SCENE_DETECTOR]
 DEFAULT_MIN_SCENE = 0.0  # seconds; 0 keeps every scene PySceneDetect reports
 SUBTITLES_OFF = "off"  # RunSettings' default; the commands' --subtitles default is SUBTITLES_AUTO
-SUBTITLES_AUTO = "auto"
+SUBTITLES_AUTO = "auto"  # a .srt/.vtt beside the video
 
 # The settings the weights are loaded with: one engine serves requests that differ in any other setting.
 LOAD_SETTINGS = ("model", "quant", "device", "dtype", "rope_scale", "rope_type", "max_memory", "offload_dir")
@@ -164,3 +169,232 @@ def check_values(settings: RunSettings) -> None:
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not SEEDS[0] <= seed <= SEEDS[1]):
         raise InvalidValueError(f"seed must be an integer from -2**63 to 2**64 - 1 (torch's seeds), not {_shown(seed)}",
                                 "seed")
+
+
+# ---- the values of the captions-in-time settings -------------------------------------------------------
+def parse_segments(text: str | None) -> tuple[str, float]:
+    """``--segments``: ``none``, ``scenes`` or ``fixed:SECONDS`` (SECONDS > 0) as (kind, seconds); anything else is
+    a ``UsageError``. ``video.scenes.parse_spec`` reads it so."""
+    value = (text or DEFAULT_SEGMENTS).strip().lower()
+    if value in ("none", "scenes"):
+        return value, 0.0
+    if value.startswith("fixed:"):
+        try:
+            seconds = float(value.removeprefix("fixed:"))
+        except ValueError:
+            seconds = 0.0
+        if seconds > 0 and seconds != float("inf"):
+            return "fixed", seconds
+    raise UsageError(f"--segments takes none, scenes or fixed:SECONDS (SECONDS > 0), not {text!r}")
+
+
+def canonical_segments(text: str | None) -> str:
+    """``--segments`` as settings ids spell it: ``fixed:5`` for ``fixed:5.0``."""
+    kind, seconds = parse_segments(text)
+    return f"fixed:{seconds:g}" if kind == "fixed" else kind
+
+
+def threshold_for(detector: str, threshold: float | None) -> float:
+    """``--scene-threshold`` for ``detector``: the value given, else the detector's own default."""
+    if detector not in DEFAULT_THRESHOLDS:
+        raise UsageError(f"--scene-detector takes one of {', '.join(SCENE_DETECTORS)}, not {detector!r}")
+    if detector == "histogram" and threshold is not None and threshold > 1:
+        raise UsageError("--scene-detector histogram takes a --scene-threshold up to 1 (1 - the histograms' "
+                         f"correlation), not {threshold:g}")
+    return float(DEFAULT_THRESHOLDS[detector] if threshold is None else threshold)
+
+
+def check_subtitles(value: str | None) -> str:
+    """``--subtitles``: ``auto``, ``off`` or an existing file."""
+    choice = value or SUBTITLES_AUTO
+    if choice not in (SUBTITLES_AUTO, SUBTITLES_OFF) and not Path(choice).is_file():
+        raise UsageError(f"--subtitles takes auto, off or a subtitle file; no such file: {choice!r}")
+    return choice
+
+
+def check_encoding(value: str | None) -> str | None:
+    """``--subtitle-encoding``: a text encoding Python knows, by its canonical name (``latin-1`` -> ``iso8859-1``,
+    so two spellings make one settings id); None (not given) stays None."""
+    if not value:
+        return None
+    try:
+        name = codecs.lookup(value).name
+        b"x".decode(name, errors="ignore")  # a bytes-to-bytes codec (base64, zlib) is no text encoding: LookupError
+    except LookupError:
+        raise UsageError(f"--subtitle-encoding {value!r} is not a text encoding Python knows "
+                         "(e.g. utf-8, cp1252, latin-1, utf-16, shift_jis)") from None
+    return name
+
+
+# ---- the combinations no single option's range catches: one function per rule ----------------------------
+def check_path(flag: str, path: object) -> None:
+    """A path the operating system cannot take (a NUL byte in it) is the user's mistake, said in one line."""
+    if isinstance(path, str) and "\0" in path:
+        raise UsageError(f"{flag} {path!r} has a NUL byte: no file can be named so")
+
+
+def check_window(start: float | None, end: float | None) -> None:
+    if start is not None and end is not None and end <= start:
+        raise UsageError("--end must be after --start")
+
+
+def check_rate(frames: int | None, fps: float | None, max_frames: int | None) -> None:
+    if fps and frames:
+        raise UsageError("--frames and --fps are two ways to choose frames: pick one (--max-frames caps --fps)")
+    if max_frames and not fps:
+        raise UsageError("--max-frames caps --fps; with --frames give the count itself")
+
+
+def check_fit_force(fit: bool, force: bool) -> None:
+    if fit and force:
+        raise UsageError("--fit makes the request fit and --force skips the memory check: pick one")
+
+
+def offload_folder(path: str | None, max_memory: tuple[tuple[str, int], ...]) -> str | None:
+    """``--offload-dir``: only with ``--max-memory``, and not a file; made absolute."""
+    if not path:
+        return None
+    if not max_memory:
+        raise UsageError("--offload-dir lets --max-memory put weights on disk: give --max-memory too")
+    folder = os.path.abspath(os.path.expanduser(path))
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UsageError(f"--offload-dir {path!r} is not a folder")
+    return folder
+
+
+def parse_triple(flag: str, text: str | None) -> tuple[int, int, int] | None:
+    """``--pool`` and ``--guide-kernel``: ``T,H,W``, three positive integers."""
+    if not text:
+        return None
+    try:
+        values = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or min(values) < 1:
+        raise UsageError(f"{flag} takes three positive integers T,H,W, not {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def mode_settings(mode: ModeName = DEFAULT_MODE, stride: Stride | None = None, slow_frames: int | None = None,
+                  fast_grid: int | None = None, pool: str | None = None, guide: bool = False,
+                  guide_kernel: str | None = None) -> ModeSettings:
+    """The ``ModeSettings`` of the mode options: ``--guide`` only with ``--mode pooled`` and not with ``--pool``."""
+    if (guide or guide_kernel) and mode != "pooled":
+        raise UsageError("--guide works with --mode pooled")
+    if guide and pool:
+        raise UsageError("--pool and --guide are two different poolings: pick one (--guide-kernel sets the window)")
+    return ModeSettings(mode, stride=int(stride) if stride else None, slow_frames=slow_frames, fast_grid=fast_grid,
+                        pool=parse_triple("--pool", pool), guide=guide,
+                        guide_kernel=parse_triple("--guide-kernel", guide_kernel))
+
+
+def build(*, model: str | None = None, mode: ModeName = DEFAULT_MODE, stride: Stride | None = None,
+          slow_frames: int | None = None, fast_grid: int | None = None, pool: str | None = None, guide: bool = False,
+          guide_kernel: str | None = None, frames: int | None = None, fps: float | None = None,
+          max_frames: int | None = None, seek: SeekMode = DEFAULT_SEEK, decoder: DecoderName = DEFAULT_DECODER,
+          start: float | None = None, end: float | None = None, quant: Quant | None = None, device: str | None = None,
+          dtype: Dtype | None = None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+          temperature: float = DEFAULT_TEMPERATURE, seed: int | None = None, rope_scale: float | None = None,
+          rope_type: RopeType = DEFAULT_ROPE_TYPE, time_prompt: bool = False, guide_model: str | None = None,
+          max_memory: tuple[tuple[str, int], ...] = (), offload_dir: str | None = None, fit: bool = False,
+          force: bool = False, segments: str = DEFAULT_SEGMENTS,
+          scene_detector: SceneDetector = DEFAULT_SCENE_DETECTOR, scene_threshold: float | None = None,
+          min_scene: float = DEFAULT_MIN_SCENE, subtitles: str = SUBTITLES_OFF,
+          subtitle_encoding: str | None = None) -> RunSettings:
+    """The ``RunSettings`` of a run's options as the command line names them (``pool`` as ``T,H,W``, ``stride`` as
+    typed, ``max_memory`` parsed), every rule above checked; a value ``check_values`` refuses is a ``UsageError``
+    naming the option (``--seed``). ``model``: None leaves it empty (the command line picks the default)."""
+    check_window(start, end)
+    check_rate(frames, fps, max_frames)
+    check_fit_force(fit, force)
+    modes = mode_settings(mode, stride, slow_frames, fast_grid, pool, guide, guide_kernel)
+    for flag, path in (("--model", model), ("--offload-dir", offload_dir), ("--guide-model", guide_model),
+                       ("--subtitles", subtitles)):
+        check_path(flag, path)
+    try:  # RunSettings checks its values (check_values): finite numbers, the seed's range
+        return RunSettings(model=model or "", mode=modes, frames=frames, fps=fps, max_frames=max_frames, seek=seek,
+                           decoder=decoder, start=start, end=end, quant=quant, device=device, dtype=dtype,
+                           max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, rope_scale=rope_scale,
+                           rope_type=rope_type, time_prompt=time_prompt,
+                           guide_model=guide_model or DEFAULT_GUIDE_MODEL, max_memory=max_memory,
+                           offload_dir=offload_folder(offload_dir, max_memory), fit=fit, force=force,
+                           segments=canonical_segments(segments), scene_detector=scene_detector,
+                           scene_threshold=threshold_for(scene_detector, scene_threshold),
+                           min_scene=float(min_scene), subtitles=check_subtitles(subtitles),
+                           subtitle_encoding=check_encoding(subtitle_encoding))
+    except InvalidValueError as exc:
+        raise exc.for_flag() from None
+
+
+# ---- on the wire: the request fields `vqa serve` takes beside OpenAI's ----------------------------------
+# The client (--server) writes them with ``request_fields``, the server reads them with ``apply_fields``, so a
+# setting added here works both ways. The LOAD_SETTINGS do not travel: they are the server's.
+# name: (JSON types accepted, where it lives: "run" = RunSettings, "mode" = ModeSettings)
+WIRE_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
+    "mode": ((str,), "mode"), "frames": ((int,), "run"), "fps": ((int, float), "run"), "max_frames": ((int,), "run"),
+    "start": ((int, float), "run"), "end": ((int, float), "run"), "seek": ((str,), "run"),
+    "time_prompt": ((bool,), "run"), "stride": ((int,), "mode"), "slow_frames": ((int,), "mode"),
+    "fast_grid": ((int,), "mode"), "pool": ((list,), "mode"), "guide": ((bool,), "mode"),
+    "guide_kernel": ((list,), "mode"),
+}
+MODE_PARAMETERS = ("stride", "slow_frames", "fast_grid", "pool", "guide", "guide_kernel")
+RUN_FIELDS = tuple(name for name, (_, where) in WIRE_FIELDS.items() if where == "run")
+SAMPLING_CHOICES = ("frames", "fps")  # two ways to choose frames: a request's choice replaces the server's
+_KINDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false", "list": "a list"}
+
+
+def request_fields(settings: RunSettings) -> dict:
+    """The ``WIRE_FIELDS`` of ``settings`` that are set, as JSON values."""
+    out: dict[str, Any] = {"mode": settings.mode.name}
+    for name, (_, where) in WIRE_FIELDS.items():
+        value = None if name == "mode" else getattr(settings.mode if where == "mode" else settings, name)
+        if value is not None and value is not False:
+            out[name] = list(value) if isinstance(value, tuple) else value
+    if settings.seek == DEFAULT_SEEK:
+        out.pop("seek", None)
+    return out
+
+
+def _checked(name: str, value: Any) -> Any:
+    """A request field's value checked (its JSON type, its choices, its range); lists as tuples."""
+    types, _ = WIRE_FIELDS[name]
+    if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+        raise UsageError(f"{name} must be {' or '.join(_KINDS[t.__name__] for t in types)}, not {value!r}")
+    choices = {"mode": MODE_NAMES, "seek": SEEK_MODES}.get(name)
+    if choices and value not in choices:
+        raise UsageError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+    if name in ("frames", "max_frames", "slow_frames", "fast_grid") and value < 1:
+        raise UsageError(f"{name} must be at least 1")
+    if name == "fps" and value <= 0:
+        raise UsageError(f"{name} must be positive")
+    if name in ("start", "end") and value < 0:
+        raise UsageError(f"{name} must not be negative")
+    if name == "stride" and value not in STRIDES:
+        raise UsageError(f"stride must be 1, 2 or 4, not {value!r}")
+    if name in ("pool", "guide_kernel"):
+        if len(value) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value):
+            raise UsageError(f"{name} takes three positive integers [T, H, W], not {value!r}")
+        return tuple(value)
+    return value
+
+
+def apply_fields(base: RunSettings, fields: dict) -> RunSettings:
+    """``base`` (the server's settings) with a request's ``WIRE_FIELDS`` applied, checked as the command line
+    checks them (``build``). A request that names a mode starts from that mode's defaults; one that chooses
+    frames (``frames`` or ``fps``) replaces the server's choice."""
+    values = {name: _checked(name, value) for name, value in fields.items() if value is not None}
+    mode = base.mode if "mode" not in values or values["mode"] == base.mode.name else None
+    current = {name: getattr(mode, name) if mode else None for name in MODE_PARAMETERS}
+    sampling = {"frames": base.frames, "fps": base.fps, "max_frames": base.max_frames}
+    if any(k in values for k in SAMPLING_CHOICES):
+        sampling = {"frames": None, "fps": None, "max_frames": None}
+    merged = {"start": base.start, "end": base.end, "seek": base.seek, "time_prompt": base.time_prompt,
+              **sampling, **current, "mode": base.mode.name, **values}
+    for name in ("pool", "guide_kernel"):  # as the command line spells them
+        if merged[name] is not None:
+            merged[name] = ",".join(str(v) for v in merged[name])
+    if merged["stride"] is not None:
+        merged["stride"] = str(merged["stride"])
+    merged["guide"] = bool(merged["guide"])
+    checked = build(model=base.model, **merged)
+    return replace(base, mode=checked.mode, **{name: getattr(checked, name) for name in RUN_FIELDS})

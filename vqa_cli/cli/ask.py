@@ -50,7 +50,18 @@ from vqa_cli.cli.options import (
     run_settings,
 )
 from vqa_cli.errors import UsageError
-from vqa_cli.settings import DEFAULT_MODE
+from vqa_cli.settings import (
+    DEFAULT_DECODER,
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_MIN_SCENE,
+    DEFAULT_MODE,
+    DEFAULT_ROPE_TYPE,
+    DEFAULT_SCENE_DETECTOR,
+    DEFAULT_SEEK,
+    DEFAULT_SEGMENTS,
+    DEFAULT_TEMPERATURE,
+    SUBTITLES_AUTO,
+)
 
 
 def ask(
@@ -64,8 +75,8 @@ def ask(
     frames: FramesOpt = None,
     fps: FpsOpt = None,
     max_frames: MaxFramesOpt = None,
-    seek: SeekOpt = "auto",
-    decoder: DecoderOpt = "auto",
+    seek: SeekOpt = DEFAULT_SEEK,
+    decoder: DecoderOpt = DEFAULT_DECODER,
     start: StartOpt = None,
     end: EndOpt = None,
     model: ModelOpt = None,
@@ -78,24 +89,24 @@ def ask(
     offload_dir: OffloadDirOpt = None,
     fit: FitOpt = False,
     force: ForceOpt = False,
-    max_new_tokens: MaxNewTokensOpt = 256,
-    temperature: TemperatureOpt = 0.0,
+    max_new_tokens: MaxNewTokensOpt = DEFAULT_MAX_NEW_TOKENS,
+    temperature: TemperatureOpt = DEFAULT_TEMPERATURE,
     seed: SeedOpt = None,
     stride: StrideOpt = None,
     slow_frames: SlowFramesOpt = None,
     fast_grid: FastGridOpt = None,
     pool: PoolOpt = None,
     rope_scale: RopeScaleOpt = None,
-    rope_type: RopeTypeOpt = "linear",
+    rope_type: RopeTypeOpt = DEFAULT_ROPE_TYPE,
     time_prompt: TimePromptOpt = False,
     guide: GuideOpt = False,
     guide_model: GuideModelOpt = None,
     guide_kernel: GuideKernelOpt = None,
-    segments: SegmentsOpt = "none",
-    scene_detector: SceneDetectorOpt = "combined",
+    segments: SegmentsOpt = DEFAULT_SEGMENTS,
+    scene_detector: SceneDetectorOpt = DEFAULT_SCENE_DETECTOR,
     scene_threshold: SceneThresholdOpt = None,
-    min_scene: MinSceneOpt = 0.0,
-    subtitles: SubtitlesOpt = "auto",
+    min_scene: MinSceneOpt = DEFAULT_MIN_SCENE,
+    subtitles: SubtitlesOpt = SUBTITLES_AUTO,
     subtitle_encoding: SubtitleEncodingOpt = None,
 ) -> int:
     """Answer questions about a video, streaming the answers to stdout."""

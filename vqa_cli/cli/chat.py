@@ -34,7 +34,14 @@ from vqa_cli.cli.options import (
     VideoArg,
     run_settings,
 )
-from vqa_cli.settings import DEFAULT_MODE
+from vqa_cli.settings import (
+    DEFAULT_DECODER,
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_MODE,
+    DEFAULT_ROPE_TYPE,
+    DEFAULT_SEEK,
+    DEFAULT_TEMPERATURE,
+)
 
 
 def chat(
@@ -42,8 +49,8 @@ def chat(
     frames: FramesOpt = None,
     fps: FpsOpt = None,
     max_frames: MaxFramesOpt = None,
-    seek: SeekOpt = "auto",
-    decoder: DecoderOpt = "auto",
+    seek: SeekOpt = DEFAULT_SEEK,
+    decoder: DecoderOpt = DEFAULT_DECODER,
     start: StartOpt = None,
     end: EndOpt = None,
     model: ModelOpt = None,
@@ -56,15 +63,15 @@ def chat(
     offload_dir: OffloadDirOpt = None,
     fit: FitOpt = False,
     force: ForceOpt = False,
-    max_new_tokens: MaxNewTokensOpt = 256,
-    temperature: TemperatureOpt = 0.0,
+    max_new_tokens: MaxNewTokensOpt = DEFAULT_MAX_NEW_TOKENS,
+    temperature: TemperatureOpt = DEFAULT_TEMPERATURE,
     seed: SeedOpt = None,
     stride: StrideOpt = None,
     slow_frames: SlowFramesOpt = None,
     fast_grid: FastGridOpt = None,
     pool: PoolOpt = None,
     rope_scale: RopeScaleOpt = None,
-    rope_type: RopeTypeOpt = "linear",
+    rope_type: RopeTypeOpt = DEFAULT_ROPE_TYPE,
     time_prompt: TimePromptOpt = False,
 ) -> int:
     """Talk about a video: the conversation stays in the KV cache (/reset, /frames, /save FILE, /quit)."""

@@ -40,7 +40,7 @@ from vqa_cli.errors import UsageError
 from vqa_cli.jobs.eval._formats import FormatChoice
 from vqa_cli.jobs.eval._prompts import Protocol
 from vqa_cli.jobs.eval._score import Score
-from vqa_cli.settings import DEFAULT_MODE, ModeName
+from vqa_cli.settings import DEFAULT_DECODER, DEFAULT_MODE, DEFAULT_ROPE_TYPE, DEFAULT_SEEK, SUBTITLES_OFF, ModeName
 
 
 def _subtitles(choice: str) -> str:
@@ -90,14 +90,14 @@ def eval(  # noqa: A001 - the command's name
     workers: Annotated[int, typer.Option("--workers", min=1, help="Decode-ahead threads.")] = 2,
     subtitles: Annotated[str, typer.Option(
         "--subtitles", help="Subtitles as context (Video-MME's with-subtitles setting): off, auto (a .srt/.vtt "
-        "beside each video) or a folder of VIDEO.srt files; only the cues at the sampled frames.")] = "off",
+        "beside each video) or a folder of VIDEO.srt files; only the cues at the sampled frames.")] = SUBTITLES_OFF,
     subtitle_encoding: SubtitleEncodingOpt = None,
     json_out: JsonOpt = False,
     frames: FramesOpt = None,
     fps: FpsOpt = None,
     max_frames: MaxFramesOpt = None,
-    seek: SeekOpt = "auto",
-    decoder: DecoderOpt = "auto",
+    seek: SeekOpt = DEFAULT_SEEK,
+    decoder: DecoderOpt = DEFAULT_DECODER,
     start: StartOpt = None,
     end: EndOpt = None,
     model: ModelOpt = None,
@@ -115,7 +115,7 @@ def eval(  # noqa: A001 - the command's name
     fast_grid: FastGridOpt = None,
     pool: PoolOpt = None,
     rope_scale: RopeScaleOpt = None,
-    rope_type: RopeTypeOpt = "linear",
+    rope_type: RopeTypeOpt = DEFAULT_ROPE_TYPE,
     time_prompt: TimePromptOpt = False,
 ) -> int:
     """Measure accuracy on a video benchmark. Exit 0: every question answered; 1: some failed; 2: usage."""

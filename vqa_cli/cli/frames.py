@@ -22,7 +22,7 @@ from vqa_cli.cli.options import (
     run_settings,
 )
 from vqa_cli.errors import UsageError
-from vqa_cli.settings import DEFAULT_MODE, ModeName, ModeSettings
+from vqa_cli.settings import DEFAULT_DECODER, DEFAULT_MODE, DEFAULT_SEEK, ModeName, ModeSettings
 
 
 def frames(
@@ -35,8 +35,8 @@ def frames(
     frames: FramesOpt = None,
     fps: FpsOpt = None,
     max_frames: MaxFramesOpt = None,
-    seek: SeekOpt = "auto",
-    decoder: DecoderOpt = "auto",
+    seek: SeekOpt = DEFAULT_SEEK,
+    decoder: DecoderOpt = DEFAULT_DECODER,
     start: StartOpt = None,
     end: EndOpt = None,
 ) -> int:

@@ -2,7 +2,7 @@
 the ``RunSettings`` of a run.
 
 A command lists the options it takes as its own parameters, typed with the aliases below (a value's
-choices come from the ``Literal`` of the module that owns the concept), and passes them on to
+choices and its default come from ``vqa_cli.settings``, which also checks them), and passes them on to
 ``run_settings`` by name. Nothing here imports torch: ``vqa --help`` reads these aliases.
 """
 
@@ -14,26 +14,25 @@ from typing import Annotated, Any
 
 import typer
 
-from vqa_cli.errors import InvalidValueError, UsageError
+from vqa_cli.errors import UsageError
 from vqa_cli.settings import (
-    DEFAULT_MODE,
-    DEFAULT_SCENE_DETECTOR,
     DecoderName,
     Dtype,
     ModeName,
-    ModeSettings,
     Quant,
     RopeType,
     RunSettings,
     SceneDetector,
     SeekMode,
     Stride,
+    build,
+    check_path,
 )
 
 _NOT_AN_OPTION: Any = object()  # run_settings' model for a command without --model
 
 VideoArg = Annotated[str, typer.Argument(help="Video file (or an image).", show_default=False,
-                                         callback=lambda value: _check_path("the video", value) or value)]
+                                         callback=lambda value: check_path("the video", value) or value)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")]
 
 # ---- which frames ---------------------------------------------------------------------------
@@ -72,7 +71,7 @@ DtypeOpt = Annotated[
 ]
 MaxNewTokensOpt = Annotated[int, typer.Option("--max-new-tokens", min=1, help="Most tokens to generate.")]
 TemperatureOpt = Annotated[float, typer.Option("--temperature", help="0 = greedy and deterministic (at least 0; "
-                                               "checked with the other values by engine.check_values).")]
+                                               "checked with the other values by settings.check_values).")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed for sampling (temperature > 0).")]
 StrideOpt = Annotated[Stride | None, typer.Option("--stride", help="anyres: per-frame pooling stride.",
                                                   show_default=False)]
@@ -135,81 +134,20 @@ OutDirOpt = Annotated[str | None, typer.Option(
     "index (index.jsonl) that makes the run resumable.")]
 
 
-def run_settings(
-    *,
-    frames: int | None = None,
-    fps: float | None = None,
-    max_frames: int | None = None,
-    seek: SeekMode = "auto",
-    decoder: DecoderName = "auto",
-    start: float | None = None,
-    end: float | None = None,
-    model: str | None = _NOT_AN_OPTION,
-    mode: ModeName = DEFAULT_MODE,
-    quant: Quant | None = None,
-    device: str | None = None,
-    dtype: Dtype | None = None,
-    max_new_tokens: int = 256,
-    temperature: float = 0.0,
-    seed: int | None = None,
-    stride: Stride | None = None,
-    slow_frames: int | None = None,
-    fast_grid: int | None = None,
-    pool: str | None = None,
-    rope_scale: float | None = None,
-    rope_type: RopeType = "linear",
-    time_prompt: bool = False,
-    guide: bool = False,
-    guide_model: str | None = None,
-    guide_kernel: str | None = None,
-    max_memory: str | None = None,
-    offload_dir: str | None = None,
-    fit: bool = False,
-    force: bool = False,
-    segments: str = "none",
-    scene_detector: SceneDetector = DEFAULT_SCENE_DETECTOR,
-    scene_threshold: float | None = None,
-    min_scene: float = 0.0,
-    subtitles: str = "off",
-    subtitle_encoding: str | None = None,
-) -> RunSettings:
-    """The ``RunSettings`` of the options a command was given; an option a command lacks keeps the
-    default it has where it is an option (so ``vqa frames`` and ``vqa chat`` pass only theirs).
+def run_settings(*, model: str | None = _NOT_AN_OPTION, device: str | None = None, max_memory: str | None = None,
+                 **options: object) -> RunSettings:
+    """The ``RunSettings`` of the options a command was given, by name (``settings.build`` takes them and holds
+    their defaults: an option a command lacks keeps its default, so ``vqa frames`` and ``vqa chat`` pass only
+    theirs). Here only what needs the model layer: ``--max-memory`` parsed, ``--model``'s default for the device.
 
-    Raises ``UsageError`` for combinations the options cannot express on their own (a window that
-    ends before it starts, both --frames and --fps, --guide outside --mode pooled, ...).
+    Raises ``UsageError`` for a value or a combination the options cannot express on their own (a window that
+    ends before it starts, both --frames and --fps, --guide outside --mode pooled, ...: the rules in settings).
     """
     from vqa_cli.model.device import parse_max_memory
-    from vqa_cli.settings import DEFAULT_GUIDE_MODEL
 
-    _check_window(start, end)
-    _check_rate(frames, fps, max_frames)
-    if fit and force:
-        raise UsageError("--fit makes the request fit and --force skips the memory check: pick one")
-    mode_settings = _mode_settings(mode, stride, slow_frames, fast_grid, pool, guide, guide_kernel)
-    for flag, path in (("--model", model), ("--offload-dir", offload_dir), ("--guide-model", guide_model),
-                       ("--subtitles", subtitles)):
-        _check_path(flag, path)
-    try:  # RunSettings checks its values (engine.check_values): finite numbers, the seed's range
-        settings = RunSettings(model="", mode=mode_settings, frames=frames, fps=fps,
-                               max_frames=max_frames, seek=seek, decoder=decoder, start=start, end=end, quant=quant,
-                               device=device, dtype=dtype,
-                               max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, rope_scale=rope_scale,
-                               rope_type=rope_type, time_prompt=time_prompt,
-                               guide_model=guide_model or DEFAULT_GUIDE_MODEL,
-                               max_memory=parse_max_memory(max_memory),
-                               offload_dir=_offload_dir(offload_dir, max_memory), fit=fit, force=force,
-                               **_time_settings(segments, scene_detector, scene_threshold, min_scene, subtitles),
-                               subtitle_encoding=_subtitle_encoding(subtitle_encoding))
-    except InvalidValueError as exc:
-        raise exc.for_flag() from None
+    settings = build(model=None if model is _NOT_AN_OPTION else model, device=device,
+                     max_memory=parse_max_memory(max_memory), **options)  # type: ignore[arg-type]
     return replace(settings, model=_model(model, device))  # the default model's notice only for a valid run
-
-
-def _check_path(flag: str, path: Any) -> None:
-    """A path the operating system cannot take (a NUL byte in it) is the user's mistake, said in one line."""
-    if isinstance(path, str) and "\0" in path:
-        raise UsageError(f"{flag} {path!r} has a NUL byte: no file can be named so")
 
 
 def check_server(value: str | None) -> str | None:
@@ -236,7 +174,7 @@ def writable_folder(flag: str) -> Any:
     def check(value: str | None) -> str | None:
         if not value:
             return value
-        _check_path(flag, value)
+        check_path(flag, value)
         import tempfile
         from pathlib import Path
 
@@ -252,40 +190,6 @@ def writable_folder(flag: str) -> Any:
         return value
 
     return check
-
-
-def _time_settings(segments: str, scene_detector: str, scene_threshold: float | None, min_scene: float,
-                   subtitles: str) -> dict:
-    """``--segments`` (canonical: ``fixed:5`` for ``fixed:5.0``), its scene knobs (the threshold: the detector's
-    default when not given) and ``--subtitles``, checked."""
-    from vqa_cli.output.subtitles import check_choice
-    from vqa_cli.video.scenes import parse_spec
-    from vqa_cli.video.scenes import scene_threshold as threshold_for
-
-    spec = parse_spec(segments)
-    text = f"fixed:{spec.seconds:g}" if spec.kind == "fixed" else spec.kind
-    return {"segments": text, "scene_detector": scene_detector,
-            "scene_threshold": threshold_for(scene_detector, scene_threshold), "min_scene": float(min_scene),
-            "subtitles": check_choice(subtitles)}
-
-
-def _subtitle_encoding(value: str | None) -> str | None:
-    """``--subtitle-encoding``: a text encoding, by its canonical name (``subtitles.check_encoding``)."""
-    from vqa_cli.output.subtitles import check_encoding
-
-    return check_encoding(value)
-
-
-def _offload_dir(path: str | None, max_memory: str | None) -> str | None:
-    """``--offload-dir``: only with ``--max-memory``, and not a file."""
-    if not path:
-        return None
-    if not max_memory:
-        raise UsageError("--offload-dir lets --max-memory put weights on disk: give --max-memory too")
-    folder = os.path.abspath(os.path.expanduser(path))
-    if os.path.exists(folder) and not os.path.isdir(folder):
-        raise UsageError(f"--offload-dir {path!r} is not a folder")
-    return folder
 
 
 def _model(model: str | None, device: str | None) -> str:
@@ -305,38 +209,3 @@ def _model(model: str | None, device: str | None) -> str:
         console.info(f"running on the CPU: the default model is {chosen}, which fits a laptop "
                      f"(--model or $VQA_MODEL picks another)")
     return chosen
-
-
-def _check_window(start: float | None, end: float | None) -> None:
-    if start is not None and end is not None and end <= start:
-        raise UsageError("--end must be after --start")
-
-
-def _check_rate(frames: int | None, fps: float | None, max_frames: int | None) -> None:
-    if fps and frames:
-        raise UsageError("--frames and --fps are two ways to choose frames: pick one (--max-frames caps --fps)")
-    if max_frames and not fps:
-        raise UsageError("--max-frames caps --fps; with --frames give the count itself")
-
-
-def _mode_settings(mode: ModeName, stride: Stride | None, slow_frames: int | None, fast_grid: int | None,
-                   pool: str | None, guide: bool, guide_kernel: str | None) -> ModeSettings:
-    if (guide or guide_kernel) and mode != "pooled":
-        raise UsageError("--guide works with --mode pooled")
-    if guide and pool:
-        raise UsageError("--pool and --guide are two different poolings: pick one (--guide-kernel sets the window)")
-    return ModeSettings(mode, stride=int(stride) if stride else None, slow_frames=slow_frames,
-                        fast_grid=fast_grid, pool=_triple("--pool", pool), guide=guide,
-                        guide_kernel=_triple("--guide-kernel", guide_kernel))
-
-
-def _triple(flag: str, text: str | None) -> tuple[int, int, int] | None:
-    if not text:
-        return None
-    try:
-        values = tuple(int(x) for x in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 3 or min(values) < 1:
-        raise UsageError(f"{flag} takes three positive integers T,H,W, not {text!r}")
-    return values  # type: ignore[return-value]

@@ -39,7 +39,14 @@ from vqa_cli.cli.options import (
     run_settings,
     writable_folder,
 )
-from vqa_cli.settings import DEFAULT_MODE
+from vqa_cli.settings import (
+    DEFAULT_DECODER,
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_MODE,
+    DEFAULT_ROPE_TYPE,
+    DEFAULT_SEEK,
+    DEFAULT_TEMPERATURE,
+)
 
 
 def serve(
@@ -78,8 +85,8 @@ def serve(
     frames: FramesOpt = None,
     fps: FpsOpt = None,
     max_frames: MaxFramesOpt = None,
-    seek: SeekOpt = "auto",
-    decoder: DecoderOpt = "auto",
+    seek: SeekOpt = DEFAULT_SEEK,
+    decoder: DecoderOpt = DEFAULT_DECODER,
     start: StartOpt = None,
     end: EndOpt = None,
     model: ModelOpt = None,
@@ -87,15 +94,15 @@ def serve(
     quant: QuantOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
-    max_new_tokens: MaxNewTokensOpt = 256,
-    temperature: TemperatureOpt = 0.0,
+    max_new_tokens: MaxNewTokensOpt = DEFAULT_MAX_NEW_TOKENS,
+    temperature: TemperatureOpt = DEFAULT_TEMPERATURE,
     seed: SeedOpt = None,
     stride: StrideOpt = None,
     slow_frames: SlowFramesOpt = None,
     fast_grid: FastGridOpt = None,
     pool: PoolOpt = None,
     rope_scale: RopeScaleOpt = None,
-    rope_type: RopeTypeOpt = "linear",
+    rope_type: RopeTypeOpt = DEFAULT_ROPE_TYPE,
     time_prompt: TimePromptOpt = False,
     guide: GuideOpt = False,
     guide_model: GuideModelOpt = None,

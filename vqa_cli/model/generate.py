@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from transformers.generation.streamers import BaseStreamer
 
+from vqa_cli.settings import DEFAULT_TEMPERATURE
+
 if TYPE_CHECKING:
     import torch
     from transformers import Cache, PreTrainedModel, PreTrainedTokenizerBase
@@ -152,7 +154,7 @@ def generate(
     embeds: torch.Tensor,
     *,
     max_new_tokens: int,
-    temperature: float = 0.0,
+    temperature: float = DEFAULT_TEMPERATURE,
     seed: int | None = None,
     on_text: Callable[[str], None] | None = None,
     cache: Cache | None = None,
@@ -224,7 +226,7 @@ def generate_batch(
     rows: list[tuple[torch.Tensor, torch.Tensor]],
     *,
     max_new_tokens: int,
-    temperature: float = 0.0,
+    temperature: float = DEFAULT_TEMPERATURE,
     seed: int | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> list[Generation]:

@@ -81,20 +81,6 @@ _BOMS = ((codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"),
 _warned: set[tuple[str, str]] = set()  # (file, warning): each said once a process (eval reads a file per question)
 
 
-def check_encoding(value: str | None) -> str | None:
-    """``--subtitle-encoding``: a text encoding Python knows, by its canonical name (``latin-1`` -> ``iso8859-1``,
-    so two spellings make one settings id); None (not given) stays None."""
-    if not value:
-        return None
-    try:
-        name = codecs.lookup(value).name
-        b"x".decode(name, errors="ignore")  # a bytes-to-bytes codec (base64, zlib) is no text encoding: LookupError
-    except LookupError:
-        raise UsageError(f"--subtitle-encoding {value!r} is not a text encoding Python knows "
-                         "(e.g. utf-8, cp1252, latin-1, utf-16, shift_jis)") from None
-    return name
-
-
 def _warn_once(path: str | Path, message: str) -> None:
     from vqa_cli import console
 
@@ -230,14 +216,6 @@ def _is_written(data: bytes) -> bool:
     from vqa_cli.output.writer import wrote
 
     return wrote(data)
-
-
-def check_choice(value: str | None) -> str:
-    """``--subtitles``: ``auto``, ``off`` or an existing file."""
-    choice = value or "auto"
-    if choice not in ("auto", "off") and not Path(choice).is_file():
-        raise UsageError(f"--subtitles takes auto, off or a subtitle file; no such file: {choice!r}")
-    return choice
 
 
 def cues_for(video: str, choice: str, encoding: str | None = None) -> list[Cue]:

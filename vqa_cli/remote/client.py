@@ -27,7 +27,7 @@ from typing import Any
 from vqa_cli import console
 from vqa_cli.errors import API_CODES, ContextOverflowError, UsageError, VqaError
 from vqa_cli.output import records, subtitles
-from vqa_cli.remote import wire
+from vqa_cli.settings import request_fields
 
 
 class ServerUnavailableError(VqaError):
@@ -179,7 +179,7 @@ def request_body(settings: Any, video: str, turns: list[dict], cues: list | None
         content: list[dict] = [{"type": kind, kind: {"url": media_url(video)}}] if i == 0 else []
         messages.append({"role": turn["role"], "content": content + [{"type": "text", "text": turn["text"]}]})
     body = {"model": settings.model, "messages": messages, "max_tokens": settings.max_new_tokens,
-            "temperature": settings.temperature, **wire.request_fields(settings)}
+            "temperature": settings.temperature, **request_fields(settings)}
     if settings.seed is not None:
         body["seed"] = settings.seed
     if cues:

@@ -7,12 +7,13 @@ functions that use it.
 
 from __future__ import annotations
 
+from vqa_cli.settings import DEFAULT_DECODER
 from vqa_cli.video import _capture
 from vqa_cli.video._index import PacketIndex
 from vqa_cli.video._inputs import check_file, is_image_path, undecodable, undecodable_with
 
 
-def wanted(path: str, fs_path: str, index: PacketIndex | None, decoder: str = "auto") -> bool:
+def wanted(path: str, fs_path: str, index: PacketIndex | None, decoder: str = DEFAULT_DECODER) -> bool:
     """Whether this file goes through PyAV (decided once per file, by what the installed libraries do with it):
 
     * ``"auto"``: OpenCV cannot grab its first frame and PyAV opens a video stream;

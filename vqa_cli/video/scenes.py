@@ -22,7 +22,13 @@ import bisect
 from dataclasses import dataclass
 
 from vqa_cli.errors import UsageError
-from vqa_cli.settings import DEFAULT_MIN_SCENE, DEFAULT_SCENE_DETECTOR, DEFAULT_THRESHOLDS, SCENE_DETECTORS
+from vqa_cli.settings import (
+    DEFAULT_MIN_SCENE,
+    DEFAULT_SCENE_DETECTOR,
+    DEFAULT_THRESHOLDS,
+    parse_segments,
+    threshold_for,
+)
 
 
 @dataclass(frozen=True)
@@ -51,18 +57,9 @@ class Window:
 
 
 def parse_spec(text: str | None) -> SegmentSpec:
-    """``none``, ``scenes`` or ``fixed:SECONDS`` (SECONDS > 0); anything else is a ``UsageError``."""
-    value = (text or "none").strip().lower()
-    if value in ("none", "scenes"):
-        return SegmentSpec(value)
-    if value.startswith("fixed:"):
-        try:
-            seconds = float(value.removeprefix("fixed:"))
-        except ValueError:
-            seconds = 0.0
-        if seconds > 0 and seconds != float("inf"):
-            return SegmentSpec("fixed", seconds)
-    raise UsageError(f"--segments takes none, scenes or fixed:SECONDS (SECONDS > 0), not {text!r}")
+    """``--segments`` (``settings.parse_segments``: ``none``, ``scenes`` or ``fixed:SECONDS``) as a ``SegmentSpec``;
+    anything else is a ``UsageError``."""
+    return SegmentSpec(*parse_segments(text))
 
 
 def _round(value: float) -> float:
@@ -122,16 +119,6 @@ def windows_for(spec: SegmentSpec, duration: float, cuts: list[float] | None = N
     return [Window(0.0, _round(duration))]
 
 
-def scene_threshold(detector: str, threshold: float | None) -> float:
-    """``--scene-threshold`` for ``detector``: the value given, else the detector's own default."""
-    if detector not in DEFAULT_THRESHOLDS:
-        raise UsageError(f"--scene-detector takes one of {', '.join(SCENE_DETECTORS)}, not {detector!r}")
-    if detector == "histogram" and threshold is not None and threshold > 1:
-        raise UsageError("--scene-detector histogram takes a --scene-threshold up to 1 (1 - the histograms' "
-                         f"correlation), not {threshold:g}")
-    return float(DEFAULT_THRESHOLDS[detector] if threshold is None else threshold)
-
-
 def combined_thresholds(threshold: float) -> tuple[float, float | None]:
     """``combined``'s (content, histogram) thresholds: ``threshold`` and the histogram default scaled with it;
     the histogram's is None (left out) from 1 up, where it would still cut between any two flat colours (PySceneDetect
@@ -185,7 +172,7 @@ def detect_cuts(path: str, threshold: float | None = None,
 
     from vqa_cli.video import VideoError, frame_times
 
-    detectors = _detectors(detector, scene_threshold(detector, threshold))
+    detectors = _detectors(detector, threshold_for(detector, threshold))
     try:
         video = open_video(path, backend="opencv")
     except Exception as exc:  # PySceneDetect's own errors for unreadable files
