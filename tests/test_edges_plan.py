@@ -11,6 +11,7 @@ import torch
 import transformers
 
 from vqa_cli.model import loading, memory
+from vqa_cli.model.weights import placement
 from vqa_cli.testing import tiny_checkpoint
 
 
@@ -53,5 +54,5 @@ def test_8bit_weights_are_one_byte_per_linear_weight_and_two_for_the_rest(which,
 def test_8bit_layers_on_the_gpu_count_one_byte_and_offloaded_ones_two(tiny_dir):
     _, adapter = loading.read_checkpoint_config(tiny_dir)
     total, _, size = _independent_bytes(tiny_dir, 1.0, 2)
-    assert memory.placement_bytes(adapter, "8bit", 2, {"": 0}) == {"cuda:0": int(size)}
-    assert memory.placement_bytes(adapter, "8bit", 2, {"": "cpu"}) == {"cpu": 2 * total}
+    assert placement.placement_bytes(adapter, "8bit", 2, {"": 0}) == {"cuda:0": int(size)}
+    assert placement.placement_bytes(adapter, "8bit", 2, {"": "cpu"}) == {"cpu": 2 * total}

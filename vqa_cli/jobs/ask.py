@@ -59,7 +59,7 @@ def print_plan(record: dict, as_json: bool) -> None:
 
 def _memory_rows(record: dict) -> list[tuple[str, str]]:
     """The peak, the placement, what the device has and what --fit chose, for ``--plan``."""
-    from vqa_cli.model.memory import describe_placement
+    from vqa_cli.model.weights.placement import describe_placement
 
     mem = record["memory"]
     extra = f" + {mem['guide_gib']:.2f} GiB guide model" if mem["guide_gib"] else ""
@@ -90,7 +90,7 @@ def _memory_rows(record: dict) -> list[tuple[str, str]]:
 
 def _cap_verdict(mem: dict) -> str:
     """``--plan``'s verdict on ``--max-memory`` (the placement the load will use, against the caps)."""
-    from vqa_cli.model.memory import describe_placement
+    from vqa_cli.model.weights.placement import describe_placement
 
     caps = describe_placement(mem["max_memory"])
     if mem["max_memory_fits"]:

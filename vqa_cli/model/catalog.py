@@ -101,7 +101,7 @@ def request_peak(adapter: FamilyAdapter, setting: str | tuple[str, str, torch.dt
              "cpu_float32": ("cpu", "none", torch.float32)}
     device, quant, dtype = named[setting] if isinstance(setting, str) else setting
     frames, prefill, total = default_request(adapter, frames, mode)
-    est = memory.request_memory(adapter, quant=quant, dtype_bytes=dtype.itemsize, dtype=dtype, device=device,
+    est = memory.request_memory(adapter, quant=quant, dtype_bytes=dtype.itemsize, device=device,
                               frames=frames, prefill_tokens=prefill, total_tokens=total)
     return est.peak_bytes
 

@@ -56,20 +56,20 @@ class MemoryCheck:
         """The ``--max-memory`` caps that fit, the cap of one device raised to the least that fits (the device the
         placement overflows: the computing one when the rest of the request does not fit it, else the last
         before the disk); None when the caps fit or raising that cap does not help."""
-        from vqa_cli.model import memory
+        from vqa_cli.model.weights import placement
 
         est, tgt = self.estimate, self.target
         problems = est.cap_problems()
         if not problems or self.adapter is None:
             return None
-        computing = memory.compute_device(tgt.device, est.caps)
+        computing = placement.compute_device(tgt.device, est.caps)
         if computing in problems:
             device = computing
         elif "disk" in problems:
             device = "cpu" if "cpu" in est.caps else computing
         else:
             device = problems[0]
-        cap = memory.smallest_cap(est, self.adapter, tgt.quant, tgt.dtype, tgt.dtype_bytes, device)
+        cap = placement.smallest_cap(est, self.adapter, tgt.quant, tgt.dtype, tgt.dtype_bytes, device)
         return None if cap is None else {**est.caps, device: cap}
 
     def shortfall(self) -> list[tuple[str, int, int]]:
@@ -114,15 +114,18 @@ def _guide_parameters(settings: RunSettings) -> int:
 
 def estimate(checkpoint: Checkpoint, settings: RunSettings, budget: Budget, *, batch: int = 1,
              tgt: Target | None = None) -> MemoryEstimate:
-    """The peak memory (``memory.MemoryEstimate``) of ``budget``'s request on ``settings``' target."""
+    """The peak memory (``memory.MemoryEstimate``) of ``budget``'s request on ``settings``' target, its weights
+    placed within ``--max-memory`` (``placement.place``) when it is given."""
     from vqa_cli.model import memory
+    from vqa_cli.model.weights import placement
 
     tgt = tgt or target(settings)
-    return memory.request_memory(checkpoint.adapter, quant=tgt.quant, dtype_bytes=tgt.dtype_bytes, dtype=tgt.dtype,
-                               device=tgt.device, frames=budget.plan.frames,
-                               prefill_tokens=budget.plan.total + budget.prompt_tokens, total_tokens=budget.total,
-                               batch=batch, guide_parameters=_guide_parameters(settings), max_memory=tgt.max_memory,
-                               offload_dir=tgt.offload_dir)
+    est = memory.request_memory(checkpoint.adapter, quant=tgt.quant, dtype_bytes=tgt.dtype_bytes, device=tgt.device,
+                                frames=budget.plan.frames, prefill_tokens=budget.plan.total + budget.prompt_tokens,
+                                total_tokens=budget.total, batch=batch, guide_parameters=_guide_parameters(settings))
+    if tgt.max_memory:
+        placement.place(est, checkpoint.adapter, tgt.quant, tgt.dtype, tgt.dtype_bytes, tgt.max_memory, tgt.offload_dir)
+    return est
 
 
 def measure(checkpoint: Checkpoint, settings: RunSettings, budget: Budget, probe: Probe, *, batch: int = 1
@@ -199,8 +202,8 @@ def check_caps(checkpoint: Checkpoint, settings: RunSettings, budget: Budget, *,
 
 
 def caps_text(caps: dict[str, int]) -> str:
-    """``--max-memory``'s value for ``caps`` (each size rounded up: see ``memory.cap_text``)."""
-    from vqa_cli.model.memory import cap_text
+    """``--max-memory``'s value for ``caps`` (each size rounded up: see ``placement.cap_text``)."""
+    from vqa_cli.model.weights.placement import cap_text
 
     return ",".join(f"{d}={cap_text(b)}" for d, b in caps.items())
 

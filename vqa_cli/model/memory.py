@@ -7,11 +7,9 @@ memory), so they are exact for the checkpoint's architecture. The peak memory of
 
 - **weights** at the chosen quantization (bitsandbytes quantizes the language model's ``nn.Linear``
   layers; embeddings and the skip list stay at the compute dtype). With ``--max-memory`` the layers
-  are placed by accelerate's ``infer_auto_device_map`` (``device_map``) and each device holds its
-  share; layers offloaded to the CPU or disk are not quantized (bitsandbytes keeps them in the
-  compute dtype). A ``--max-memory`` cap is for everything on its device: accelerate places the
-  weights in the computing device's cap less the KV cache, activations, guide model and runtime
-  allowance (``place``), and the same ``device_map`` is what ``from_pretrained`` gets.
+  are placed by accelerate's ``infer_auto_device_map`` (``weights.placement``) and each device holds
+  its share; layers offloaded to the CPU or disk are not quantized (bitsandbytes keeps them in the
+  compute dtype).
 - **KV cache**: 2 (keys, values) x layers x KV heads x head size x budgeted tokens (visual + prompt +
   new) x batch.
 - **clip tensors**, kept through the request: every frame's vision features and their projection
@@ -30,18 +28,12 @@ cache and the vision chunk never coexist, and it counts both.
 
 from __future__ import annotations
 
-import logging
-import math
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from vqa_cli.units import GIB, MIB, gib, parse_size, size_text
+from vqa_cli.units import gib
 
 if TYPE_CHECKING:
-    import torch
     from transformers import PretrainedConfig, PreTrainedModel
 
     from vqa_cli.model.families.base import FamilyAdapter
@@ -51,9 +43,7 @@ if TYPE_CHECKING:
 QUANT_BYTES = {"4bit": 0.5 + 0.127 / 8, "8bit": 1.0}
 VISION_CHUNK = 16  # frames per vision-tower call (Engine.encode): bounds activation memory on long clips
 RUNTIME_BYTES = 512 * 1024**2  # allocator slack, library workspaces and buffers the terms leave out
-OFFLOAD_DEVICES = ("cpu", "disk")
 _META: dict[str, Any] = {}  # meta-device models by config, so planning, checking and --fit build each once
-_PLACED: dict[tuple, dict] = {}  # device maps by (config, quantization, dtype, budget)
 _COUNTED: dict[str, tuple[int, int]] = {}  # count_parameters by config and skip list
 
 
@@ -146,7 +136,7 @@ class MemoryEstimate:
             "batch": self.batch,
             "placement": {d: gib(b) for d, b in self.placement.items()} if self.placement else None,
             "placement_bytes": dict(self.placement) if self.placement else None,
-            "device_map": {k: _vqa_device(v) for k, v in self.device_map.items()} if self.device_map else None,
+            "device_map": {k: device_name(v) for k, v in self.device_map.items()} if self.device_map else None,
             "max_memory": dict(self.caps) if self.caps else None,
             "max_memory_fits": self.cap_fits,
             "disk_gib": gib(self.disk_bytes),
@@ -235,97 +225,15 @@ def guide_parameters(name: str) -> int:
     return sum(p.numel() for p in _META[key].parameters())
 
 
-# ---- placement: --max-memory -----------------------------------------------------------------
-
-
-def _accelerate_key(device: str) -> int | str:
-    """vqa's device names (``cuda:0``, ``cpu``) -> accelerate's ``max_memory`` keys (``0``, ``cpu``)."""
-    return int(device.split(":", 1)[1]) if device.startswith("cuda:") else device
-
-
-def _vqa_device(key: int | str) -> str:
+def device_name(key: int | str) -> str:
+    """accelerate's device keys (``0``, ``cpu``, ``disk``) -> vqa's names (``cuda:0``, ``cpu``, ``disk``)."""
     return f"cuda:{key}" if isinstance(key, int) else str(key)
 
 
-def device_map(adapter: FamilyAdapter, quant: str, dtype: torch.dtype, max_memory: dict[str, int]
-               ) -> dict[str, int | str]:
-    """The ``device_map`` ``from_pretrained`` gets with ``--max-memory``: accelerate's ``infer_auto_device_map``
-    over the meta model with ``max_memory`` (keys ``cuda:N``/``cpu``; what does not fit goes to disk), sizes
-    at the quantization and dtype the load will use. Values are accelerate's (GPU index, ``cpu``, ``disk``)."""
-    import torch
-    from accelerate import infer_auto_device_map
-    from accelerate.utils import CustomDtype
-
-    key = (adapter.model_class + adapter.config.to_json_string(use_diff=False), quant, str(dtype),
-           tuple(sorted(max_memory.items())))
-    if key in _PLACED:
-        return dict(_PLACED[key])
-    model = meta_model(adapter)
-    sizes: dict[str, Any] = {}
-    if quant in QUANT_BYTES:
-        quantized = quantizable_weights(adapter)
-        sizes["dtype"] = CustomDtype.INT4 if quant == "4bit" else torch.int8
-        sizes["special_dtypes"] = {n: dtype for n, _ in [*model.named_parameters(), *model.named_buffers()]
-                                   if n not in quantized}
-    else:
-        sizes["dtype"] = dtype
-    budget = {_accelerate_key(d): int(b) for d, b in max_memory.items()}
-    with quiet_offload():  # "Device 0 is not available": a plan for another machine
-        placed = infer_auto_device_map(model, max_memory=budget,
-                                       no_split_module_classes=sorted(model._no_split_modules), **sizes)
-    _PLACED[key] = dict(placed)
-    return dict(placed)
-
-
-@contextmanager
-def quiet_offload() -> Iterator[None]:
-    """accelerate's own notices while placing and loading an offloaded model (vqa says where the layers went)."""
-    loggers = [logging.getLogger(name) for name in ("accelerate.big_modeling", "accelerate.utils.modeling")]
-    levels = [log.level for log in loggers]
-    for log in loggers:
-        log.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="The following device_map keys do not match")
-            yield
-    finally:
-        for log, level in zip(loggers, levels, strict=True):
-            log.setLevel(level)
-
-
-def placement_bytes(adapter: FamilyAdapter, quant: str, dtype_bytes: int, placed: dict[str, int | str]
-                    ) -> dict[str, int]:
-    """Weight bytes per device (vqa's names) of a ``device_map``. Quantized weights count as such on a GPU
-    only: bitsandbytes leaves the modules offloaded to the CPU or disk unquantized."""
-    model = meta_model(adapter)
-    quantized = quantizable_weights(adapter) if quant in QUANT_BYTES else set()
-    keys = sorted(placed, key=len, reverse=True)
-    out: dict[str, int] = {}
-    for name, p in model.named_parameters():
-        key = next((k for k in keys if k == "" or name == k or name.startswith(k + ".")), None)
-        device = _vqa_device(placed[key]) if key is not None else "cpu"
-        per = QUANT_BYTES[quant] if name in quantized and device not in OFFLOAD_DEVICES else dtype_bytes
-        out[device] = out.get(device, 0) + int(p.numel() * per)
-    return out
-
-
-def main_device(placed: dict[str, int | str]) -> str:
-    """Where a spread model computes: its first GPU, else the CPU."""
-    gpus = sorted(v for v in placed.values() if isinstance(v, int))
-    return f"cuda:{gpus[0]}" if gpus else "cpu"
-
-
-def compute_device(device: str, caps: dict[str, int] | None) -> str:
-    """Where a request computes: with ``--max-memory`` naming GPUs, the first of them; else ``device``."""
-    gpus = sorted((d for d in caps or () if d.startswith("cuda")), key=lambda d: int(d.split(":", 1)[1]))
-    return gpus[0] if gpus else ("cpu" if caps else device)
-
-
-def request_memory(adapter: FamilyAdapter, *, quant: str, dtype_bytes: int, dtype: torch.dtype, device: str,
-                   frames: int, prefill_tokens: int, total_tokens: int, batch: int = 1, guide_parameters: int = 0,
-                   max_memory: dict[str, int] | None = None, offload_dir: str | None = None) -> MemoryEstimate:
+def request_memory(adapter: FamilyAdapter, *, quant: str, dtype_bytes: int, device: str, frames: int,
+                   prefill_tokens: int, total_tokens: int, batch: int = 1, guide_parameters: int = 0) -> MemoryEstimate:
     """The peak memory of a request (see the module docstring): ``device`` is the resolved device
-    (``cpu``, ``cuda``, ``cuda:1``); with ``max_memory`` the weights are placed by ``place``."""
+    (``cpu``, ``cuda``, ``cuda:1``). With ``--max-memory`` the caller places the weights (``placement.place``)."""
     est = estimate_memory(adapter, quant, dtype_bytes, total_tokens)
     est.kv_cache_bytes *= batch
     est.batch = batch
@@ -333,63 +241,6 @@ def request_memory(adapter: FamilyAdapter, *, quant: str, dtype_bytes: int, dtyp
     est.guide_bytes = guide_parameters * dtype_bytes
     est.runtime_bytes = RUNTIME_BYTES
     est.device = device
-    if max_memory:
-        place(est, adapter, quant, dtype, dtype_bytes, max_memory, offload_dir)
     return est
 
 
-def place(est: MemoryEstimate, adapter: FamilyAdapter, quant: str, dtype: torch.dtype, dtype_bytes: int,
-          caps: dict[str, int], offload_dir: str | None = None) -> MemoryEstimate:
-    """Place ``est``'s weights within ``caps`` (``--max-memory``): accelerate gets every cap as it is, except the
-    computing device's, which loses what the request holds there besides the weights (``overhead_bytes``).
-    Sets ``placement``, ``device_map``, ``device``, ``weight_bytes``, ``caps`` and ``offload_dir``."""
-    computing = compute_device(est.device, caps)
-    budget = {d: max(0, b - est.overhead_bytes) if d == computing else b for d, b in caps.items()}
-    placed = device_map(adapter, quant, dtype, budget)
-    est.device_map = placed
-    est.placement = placement_bytes(adapter, quant, dtype_bytes, placed)
-    est.device = main_device(placed)
-    est.weight_bytes = sum(est.placement.values())
-    est.caps, est.offload_dir = dict(caps), offload_dir
-    return est
-
-
-def smallest_cap(est: MemoryEstimate, adapter: FamilyAdapter, quant: str, dtype: torch.dtype, dtype_bytes: int,
-                 device: str) -> int | None:
-    """The smallest cap in bytes for ``device`` (the other caps as they are) at which ``est``'s placement fits
-    (``cap_fits``), found with the placement itself (the same ``place``, bisected); None when no cap of that
-    device makes it fit."""
-    from dataclasses import replace as copy
-
-    def fits(cap: int) -> bool:
-        return bool(place(copy(est), adapter, quant, dtype, dtype_bytes, {**est.caps, device: cap},
-                          est.offload_dir).cap_fits)
-
-    total = count_parameters(adapter)[0] * max(dtype_bytes, 1)
-    lo, hi = est.caps.get(device, 0), 2 * (total + est.overhead_bytes) + GIB
-    if not fits(hi):
-        return None
-    if fits(lo):
-        return lo
-    while hi - lo > 1:  # fits(hi), not fits(lo): more room never moves a weight off this device
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
-    return hi
-
-
-def cap_text(n: int) -> str:
-    """A ``--max-memory`` size of at least ``n`` bytes, rounded up: ``2.3GiB`` (to a tenth), ``600MiB``, ``12KiB``."""
-    for unit, scale, step in (("GiB", GIB, 0.1), ("MiB", MIB, 1), ("KiB", 2**10, 1), ("B", 1, 1)):
-        if n >= scale or unit == "B":
-            value = math.ceil(n / scale / step - 1e-9) * step
-            while True:
-                text = f"{value:.1f}{unit}" if step < 1 else f"{int(value)}{unit}"
-                if parse_size(text) >= n:
-                    return text
-                value += step
-    raise AssertionError("unreachable")
-
-
-def describe_placement(placement: dict[str, int]) -> str:
-    """``cuda:0 3.10 GiB, cpu 1.20 GiB, disk 512.0 MiB``."""
-    return ", ".join(f"{d} {size_text(b)}" for d, b in placement.items())

@@ -104,7 +104,7 @@ def check_memory(checkpoint: Checkpoint, settings: RunSettings, questions: list[
 
 def placement(checkpoint: Checkpoint, settings: RunSettings, budget: Budget, memory: MemoryCheck | None,
               batch: int = 1) -> dict[str, int | str] | None:
-    """With ``--max-memory``, the ``device_map`` the load gets: the one the memory check placed (``memory.place``,
+    """With ``--max-memory``, the ``device_map`` the load gets: the one the memory check placed (``placement.place``,
     the placement ``--plan`` shows), for the batch it settled on; None without ``--max-memory``."""
     if not settings.max_memory:
         return None

@@ -3,7 +3,7 @@
 - bitsandbytes 4-bit NF4 (double quant) or 8-bit, with the vision tower and projector kept in full precision;
   the first quantized load of a checkpoint writes a pre-quantized copy (``copies``), later loads read it.
 - Placement: one device, ``device_map="auto"`` on CUDA, or with ``--max-memory`` the ``device_map`` the memory
-  check computed (``memory.place``), spilling to the CPU and (with ``--offload-dir``) the disk.
+  check computed (``placement.place``), spilling to the CPU and (with ``--offload-dir``) the disk.
 - ``load`` is what ``session.open_model`` calls: the checkpoint's weights with the RoPE factor its budget chose,
   and the CLIP guide model for ``--guide``. ``Engine`` receives them.
 """
@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 from vqa_cli import console
 from vqa_cli.errors import MemoryFitError, UnknownModelError, UsageError
 from vqa_cli.model import device as devices
-from vqa_cli.model import loading, memory, rope
+from vqa_cli.model import loading, rope
 from vqa_cli.model.families.base import FamilyAdapter
 from vqa_cli.model.families.registry import adapter_for
-from vqa_cli.model.weights import copies, files, hub
+from vqa_cli.model.weights import copies, files, hub, placement
 
 if TYPE_CHECKING:
     import torch
@@ -88,8 +88,8 @@ def load_model(model_dir: Path, config: PretrainedConfig, *, device: str, dtype:
 
     ``max_memory`` (``--max-memory``, bytes per ``cuda:N``/``cpu``): accelerate places the layers within it, and
     what does not fit goes to the CPU, then to disk (read from the safetensors). ``device_map``: that placement
-    as the memory check computed it (``memory.place``: the caps less the KV cache and activations), so the load
-    is what ``--plan`` showed; without it ``memory.device_map`` places the weights in the caps as they are. A
+    as the memory check computed it (``placement.place``: the caps less the KV cache and activations), so the load
+    is what ``--plan`` showed; without it ``placement.device_map`` places the weights in the caps as they are. A
     placement with disk is refused unless ``offload_dir`` (``--offload-dir``) allows it: it is never passed to
     ``from_pretrained`` otherwise. ``write_copy``: the first quantized load writes a pre-quantized copy (unless
     ``$VQA_QUANT_CACHE`` says not to)."""
@@ -104,11 +104,12 @@ def load_model(model_dir: Path, config: PretrainedConfig, *, device: str, dtype:
     cls = getattr(transformers, adapter.model_class)
     offload: dict[str, Any] = {}
     if max_memory:
-        device_map = dict(device_map or memory.device_map(adapter, quant, dtype, max_memory))
+        device_map = dict(device_map or placement.device_map(adapter, quant, dtype, max_memory))
         if "disk" in device_map.values():
             if not offload_dir:
-                raise MemoryFitError(f"--max-memory ({memory.describe_placement(max_memory)}) cannot hold the weights "
-                                     "of this model without the disk: raise it, or allow the disk with --offload-dir")
+                caps = placement.describe_placement(max_memory)
+                raise MemoryFitError(f"--max-memory ({caps}) cannot hold the weights of this model without the disk: "
+                                     "raise it, or allow the disk with --offload-dir")
             offload["offload_folder"] = str(offload_dir)
     else:
         device_map = "auto" if device == "cuda" else {"": device}
@@ -120,7 +121,7 @@ def load_model(model_dir: Path, config: PretrainedConfig, *, device: str, dtype:
         if bnb and not max_memory else None
     prequantized = model is not None
     if model is None:
-        with memory.quiet_offload() if max_memory else contextlib.nullcontext():
+        with placement.quiet_offload() if max_memory else contextlib.nullcontext():
             model = files.load_weights(cls, model_dir, config=config, dtype=dtype,
                                  quantization_config=bnb, device_map=device_map, **offload)
         if max_memory:
