@@ -14,6 +14,9 @@ import pytest
 
 from vqa_cli import settings
 from vqa_cli.errors import UsageError
+from vqa_cli.jobs.eval import EVAL_MAX_NEW_TOKENS
+from vqa_cli.jobs.eval._prompts import DEFAULT_PROTOCOL
+from vqa_cli.jobs.eval._score import DEFAULT_SCORE
 from vqa_cli.settings import ModeSettings, RunSettings, apply_fields, request_fields
 
 PACKAGE = Path(settings.__file__).parent
@@ -36,12 +39,24 @@ def _literal_defaults(tree: ast.AST) -> list[tuple[int, str, object]]:
     return found
 
 
+# The commands' own options (not run settings) and the one default each has: the command line's and the job's.
+OPTION_DEFAULTS = {"workers": settings.DEFAULT_WORKERS, "batch_size": settings.DEFAULT_BATCH,
+                   "max_batch": settings.DEFAULT_BATCH, "batch": settings.DEFAULT_BATCH,
+                   "output_format": settings.DEFAULT_CAPTION_FORMAT, "host": settings.SERVE_HOST,
+                   "port": settings.SERVE_PORT, "max_upload_mb": settings.SERVE_MAX_UPLOAD_MB,
+                   "feature_cache_gib": settings.SERVE_FEATURE_CACHE_GIB, "kv_cache_gib": settings.SERVE_KV_CACHE_GIB,
+                   "protocol": DEFAULT_PROTOCOL, "score": DEFAULT_SCORE}
+
+
 def _repeated_defaults(root: Path) -> list[str]:
     """Where a module other than settings.py spells a run setting's default again as a literal: a parameter or a
-    field named like the setting whose default is that setting's own default value (None and flags aside)."""
+    field named like the setting whose default is that setting's own default value (None and flags aside); and the
+    same for the commands' own options (``OPTION_DEFAULTS``)."""
     defaults = {f.name: f.default for f in dataclasses.fields(RunSettings) if f.default is not dataclasses.MISSING}
     defaults["mode"] = ModeSettings().name  # a parameter named mode takes a mode name
-    also = {"subtitles": {settings.SUBTITLES_AUTO}}  # the commands' own --subtitles default
+    defaults.update(OPTION_DEFAULTS)
+    also = {"subtitles": {settings.SUBTITLES_AUTO},  # the commands' own --subtitles default
+            "max_new_tokens": {EVAL_MAX_NEW_TOKENS}}  # vqa eval's
     out = []
     for path in sorted(root.rglob("*.py")):
         if path.name == "settings.py" or path.parent.name == "testing" or path.name == "testing.py":
@@ -59,16 +74,17 @@ def test_no_module_repeats_a_run_settings_default():
 
 
 def test_the_repeated_default_scan_sees_a_copy(tmp_path):
-    """The scan above can fail: a module that spells --max-new-tokens' default and --seek's again is caught,
-    a different value (the library's own seek) is not."""
+    """The scan above can fail: a module that spells --max-new-tokens' default, --seek's or serve's --port again is
+    caught, a different value (the library's own seek) is not."""
     package = tmp_path / "pkg"
     package.mkdir()
     (package / "copy.py").write_text(
         "def ask(max_new_tokens: int = 256, seek: str = 'auto', frames: int | None = None, fit: bool = False):\n"
         "    pass\n\n\ndef sample(seek: str = 'exact'):\n    pass\n\n\n"
-        "class Options:\n    temperature: float = 0.0\n    subtitles: str = 'auto'\n")
+        "class Options:\n    temperature: float = 0.0\n    subtitles: str = 'auto'\n    port: int = 8000\n")
     assert _repeated_defaults(package) == ["pkg/copy.py:1: max_new_tokens=256", "pkg/copy.py:1: seek='auto'",
-                                           "pkg/copy.py:10: temperature=0.0", "pkg/copy.py:11: subtitles='auto'"]
+                                           "pkg/copy.py:10: temperature=0.0", "pkg/copy.py:11: subtitles='auto'",
+                                           "pkg/copy.py:12: port=8000"]
 
 
 def test_settings_is_a_leaf():

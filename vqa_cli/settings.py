@@ -1,10 +1,7 @@
-"""Run settings: every value a run can be given, its choices and its one default, the checks of the values
-and of their combinations (one function per rule), and the settings' wire form.
-
-The command line (``vqa_cli/cli/options.py``: ``run_settings`` maps its options onto ``build``), the server
-(``vqa_cli/serve``: ``apply_fields``) and the client (``vqa_cli/remote``: ``request_fields``) all read the
-choices, the defaults and the checks here. A leaf: it imports only the standard library and ``vqa_cli.errors``,
-so ``vqa --help`` (which reads the ``Literal`` choices) stays fast.
+"""Run settings: each value's choices and one default, the checks of values and combinations (one function per
+rule) and the wire form, for the command line (``cli.options.run_settings`` maps options onto ``build``), the
+server (``apply_fields``) and the client (``request_fields``). A leaf (the standard library and ``vqa_cli.errors``
+only), so ``vqa --help``, which reads the ``Literal`` choices, stays fast.
 """
 
 from __future__ import annotations
@@ -65,6 +62,13 @@ SUBTITLES_AUTO = "auto"  # a .srt/.vtt beside the video
 LOAD_SETTINGS = ("model", "quant", "device", "dtype", "rope_scale", "rope_type", "max_memory", "offload_dir")
 SEEDS = (-(2**63), 2**64 - 1)  # the seeds torch.manual_seed takes
 FINITE = ("fps", "start", "end", "temperature", "rope_scale", "scene_threshold", "min_scene")  # RunSettings' floats
+
+# The commands' own options: each default once, for the command line and the job or server it runs.
+DEFAULT_WORKERS = 2  # decode threads: caption, eval, serve
+DEFAULT_BATCH = 4  # caption: videos per generate call; serve: most requests in one
+DEFAULT_CAPTION_FORMAT = "jsonl"
+SERVE_HOST, SERVE_PORT, SERVE_MAX_UPLOAD_MB = "127.0.0.1", 8000, 256.0  # this machine only; data: and http(s) videos
+SERVE_FEATURE_CACHE_GIB = SERVE_KV_CACHE_GIB = 2.0  # memory for visual tokens, and for conversations' KV caches
 
 
 @dataclass(frozen=True)
@@ -275,9 +279,8 @@ def parse_triple(flag: str, text: str | None) -> tuple[int, int, int] | None:
     return values  # type: ignore[return-value]
 
 
-def mode_settings(mode: ModeName = DEFAULT_MODE, stride: Stride | None = None, slow_frames: int | None = None,
-                  fast_grid: int | None = None, pool: str | None = None, guide: bool = False,
-                  guide_kernel: str | None = None) -> ModeSettings:
+def mode_settings(mode: ModeName, stride: Stride | int | None, slow_frames: int | None, fast_grid: int | None,
+                  pool: str | None, guide: bool, guide_kernel: str | None) -> ModeSettings:
     """The ``ModeSettings`` of the mode options: ``--guide`` only with ``--mode pooled`` and not with ``--pool``."""
     if (guide or guide_kernel) and mode != "pooled":
         raise UsageError("--guide works with --mode pooled")
@@ -327,9 +330,8 @@ def build(*, model: str | None = None, mode: ModeName = DEFAULT_MODE, stride: St
 
 
 # ---- on the wire: the request fields `vqa serve` takes beside OpenAI's ----------------------------------
-# The client (--server) writes them with ``request_fields``, the server reads them with ``apply_fields``, so a
-# setting added here works both ways. The LOAD_SETTINGS do not travel: they are the server's.
-# name: (JSON types accepted, where it lives: "run" = RunSettings, "mode" = ModeSettings)
+# The client writes them (``request_fields``), the server reads them (``apply_fields``); the LOAD_SETTINGS are the
+# server's. name: (JSON types accepted, where it lives: "run" = RunSettings, "mode" = ModeSettings)
 WIRE_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
     "mode": ((str,), "mode"), "frames": ((int,), "run"), "fps": ((int, float), "run"), "max_frames": ((int,), "run"),
     "start": ((int, float), "run"), "end": ((int, float), "run"), "seek": ((str,), "run"),
@@ -393,8 +395,6 @@ def apply_fields(base: RunSettings, fields: dict) -> RunSettings:
     for name in ("pool", "guide_kernel"):  # as the command line spells them
         if merged[name] is not None:
             merged[name] = ",".join(str(v) for v in merged[name])
-    if merged["stride"] is not None:
-        merged["stride"] = str(merged["stride"])
     merged["guide"] = bool(merged["guide"])
     checked = build(model=base.model, **merged)
     return replace(base, mode=checked.mode, **{name: getattr(checked, name) for name in RUN_FIELDS})

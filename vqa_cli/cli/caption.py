@@ -50,6 +50,8 @@ from vqa_cli.cli.options import (
     writable_folder,
 )
 from vqa_cli.settings import (
+    DEFAULT_BATCH,
+    DEFAULT_CAPTION_FORMAT,
     DEFAULT_DECODER,
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_MIN_SCENE,
@@ -59,6 +61,7 @@ from vqa_cli.settings import (
     DEFAULT_SEEK,
     DEFAULT_SEGMENTS,
     DEFAULT_TEMPERATURE,
+    DEFAULT_WORKERS,
     SUBTITLES_AUTO,
 )
 
@@ -69,8 +72,9 @@ def caption(
     out: Annotated[str, typer.Option("--out", "-o", help="JSON Lines output (- for stdout); re-runs resume it.")] = "-",
     prompt: Annotated[str | None, typer.Option("--prompt", help="The captioning instruction.",
                                                show_default=False)] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Videos per generate call.")] = 4,
-    workers: Annotated[int, typer.Option("--workers", min=1, help="Decode-ahead threads.")] = 2,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Videos per generate call.")]
+    = DEFAULT_BATCH,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Decode-ahead threads.")] = DEFAULT_WORKERS,
     shard: Annotated[str | None, typer.Option("--shard", help="Take share I of N (I/N, 0-based): array jobs.",
                                               show_default=False)] = None,
     summary: Annotated[str | None, typer.Option("--summary", help="Also write the run summary as JSON here.",
@@ -114,7 +118,7 @@ def caption(
     min_scene: MinSceneOpt = DEFAULT_MIN_SCENE,
     subtitles: SubtitlesOpt = SUBTITLES_AUTO,
     subtitle_encoding: SubtitleEncodingOpt = None,
-    output_format: FormatOpt = "jsonl",
+    output_format: FormatOpt = DEFAULT_CAPTION_FORMAT,
     out_dir: OutDirOpt = None,
 ) -> int:
     """Caption videos into JSON Lines, one record per video. Exit 0: all captioned; 1: some failed; 2: usage."""

@@ -37,10 +37,19 @@ from vqa_cli.cli.options import (
     run_settings,
 )
 from vqa_cli.errors import UsageError
+from vqa_cli.jobs.eval import EVAL_MAX_NEW_TOKENS
 from vqa_cli.jobs.eval._formats import FormatChoice
-from vqa_cli.jobs.eval._prompts import Protocol
-from vqa_cli.jobs.eval._score import Score
-from vqa_cli.settings import DEFAULT_DECODER, DEFAULT_MODE, DEFAULT_ROPE_TYPE, DEFAULT_SEEK, SUBTITLES_OFF, ModeName
+from vqa_cli.jobs.eval._prompts import DEFAULT_PROTOCOL, Protocol
+from vqa_cli.jobs.eval._score import DEFAULT_SCORE, Score
+from vqa_cli.settings import (
+    DEFAULT_DECODER,
+    DEFAULT_MODE,
+    DEFAULT_ROPE_TYPE,
+    DEFAULT_SEEK,
+    DEFAULT_WORKERS,
+    SUBTITLES_OFF,
+    ModeName,
+)
 
 
 def _subtitles(choice: str) -> str:
@@ -80,14 +89,14 @@ def eval(  # noqa: A001 - the command's name
     summary: Annotated[str | None, typer.Option("--summary", help="Also write the summary as JSON here.",
                                                 show_default=False)] = None,
     protocol: Annotated[Protocol, typer.Option("--protocol", help="Prompt and answer-parsing rules: the "
-                                               "benchmark's own or lmms-eval's.")] = "official",
+                                               "benchmark's own or lmms-eval's.")] = DEFAULT_PROTOCOL,
     score: Annotated[Score, typer.Option("--score", help="generate: parse the answer's letter; likelihood: the "
-                                         "option letter with the highest log-probability.")] = "generate",
+                                         "option letter with the highest log-probability.")] = DEFAULT_SCORE,
     mode: Annotated[str, typer.Option("--mode", help="Mode, or a comma list (anyres,slowfast,pooled): each video "
                                       "is decoded once and every mode is evaluated.")] = DEFAULT_MODE,
     shard: Annotated[str | None, typer.Option("--shard", help="Take share I of N (I/N) of the videos.",
                                               show_default=False)] = None,
-    workers: Annotated[int, typer.Option("--workers", min=1, help="Decode-ahead threads.")] = 2,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Decode-ahead threads.")] = DEFAULT_WORKERS,
     subtitles: Annotated[str, typer.Option(
         "--subtitles", help="Subtitles as context (Video-MME's with-subtitles setting): off, auto (a .srt/.vtt "
         "beside each video) or a folder of VIDEO.srt files; only the cues at the sampled frames.")] = SUBTITLES_OFF,
@@ -109,7 +118,7 @@ def eval(  # noqa: A001 - the command's name
     offload_dir: OffloadDirOpt = None,
     force: ForceOpt = False,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Most tokens per answer "
-                                                "(--score generate).")] = 16,
+                                                "(--score generate).")] = EVAL_MAX_NEW_TOKENS,
     stride: StrideOpt = None,
     slow_frames: SlowFramesOpt = None,
     fast_grid: FastGridOpt = None,

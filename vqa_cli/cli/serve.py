@@ -40,19 +40,27 @@ from vqa_cli.cli.options import (
     writable_folder,
 )
 from vqa_cli.settings import (
+    DEFAULT_BATCH,
     DEFAULT_DECODER,
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_MODE,
     DEFAULT_ROPE_TYPE,
     DEFAULT_SEEK,
     DEFAULT_TEMPERATURE,
+    DEFAULT_WORKERS,
+    SERVE_FEATURE_CACHE_GIB,
+    SERVE_HOST,
+    SERVE_KV_CACHE_GIB,
+    SERVE_MAX_UPLOAD_MB,
+    SERVE_PORT,
 )
 
 
 def serve(
     host: Annotated[str, typer.Option("--host", help="Address to listen on (127.0.0.1: this machine only).")]
-    = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0: any free one, printed).")] = 8000,
+    = SERVE_HOST,
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0: any free one, printed).")]
+    = SERVE_PORT,
     media_root: Annotated[list[str] | None, typer.Option(
         "--media-root", help="Folder requests may read videos from (repeatable; default: the current folder).",
         show_default=False)] = None,
@@ -60,17 +68,17 @@ def serve(
     api_key: Annotated[str | None, typer.Option("--api-key", help="Require 'Authorization: Bearer KEY' "
                                                 "(default: $VQA_API_KEY).", show_default=False)] = None,
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=1, help="Largest data: or http(s) video.")]
-    = 256.0,
+    = SERVE_MAX_UPLOAD_MB,
     feature_cache: Annotated[str | None, typer.Option("--feature-cache", help="Also keep visual tokens on disk in "
                                                       "this folder (survives restarts).", show_default=False,
                                                       callback=writable_folder("--feature-cache"))] = None,
     feature_cache_gib: Annotated[float, typer.Option("--feature-cache-gib", min=0,
-                                                     help="Memory for visual tokens.")] = 2.0,
+                                                     help="Memory for visual tokens.")] = SERVE_FEATURE_CACHE_GIB,
     kv_cache_gib: Annotated[float, typer.Option("--kv-cache-gib", min=0,
-                                                help="Memory for conversations' KV caches.")] = 2.0,
+                                                help="Memory for conversations' KV caches.")] = SERVE_KV_CACHE_GIB,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1,
-                                            help="Most concurrent requests in one generate call.")] = 4,
-    workers: Annotated[int, typer.Option("--workers", min=1, help="Decode threads.")] = 2,
+                                            help="Most concurrent requests in one generate call.")] = DEFAULT_BATCH,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Decode threads.")] = DEFAULT_WORKERS,
     max_request_memory: Annotated[str | None, typer.Option(
         "--max-request-memory", show_default=False,
         help="Most memory one request may need beyond the weights (its KV cache and activations, as --plan "

@@ -33,6 +33,7 @@ from vqa_cli import console
 from vqa_cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, InputNotFoundError, UsageError, describe
 from vqa_cli.jobs.inputs import Inputs, expand_inputs, in_shard, parse_shard
 from vqa_cli.output import records, writer
+from vqa_cli.settings import DEFAULT_BATCH, DEFAULT_CAPTION_FORMAT, DEFAULT_WORKERS
 from vqa_cli.video import VIDEO_EXTENSIONS, Clip, cpu_cores
 
 
@@ -327,10 +328,11 @@ def _distributed() -> Any:
     return PartialState(cpu=not torch.cuda.is_available())
 
 
-def run_caption(settings: Any, inputs: list[str], out: str, prompt: str, *, batch_size: int = 4, workers: int = 2,
+def run_caption(settings: Any, inputs: list[str], out: str, prompt: str, *, batch_size: int = DEFAULT_BATCH,
+                workers: int = DEFAULT_WORKERS,
                 shard: str | None = None, summary_path: str | None = None, stdin: Any = None,
                 server: str | None = None, model_given: bool = True, feature_cache: str | None = None,
-                output_format: str = "jsonl", out_dir: str | None = None) -> int:
+                output_format: str = DEFAULT_CAPTION_FORMAT, out_dir: str | None = None) -> int:
     """``server``: a ``vqa serve`` URL that captions instead of a model loaded here (same records).
     ``feature_cache``: a folder keeping each video's visual tokens, so a re-run with another prompt skips
     decoding and encoding."""

@@ -29,6 +29,7 @@ from vqa_cli.jobs.caption import (
     keep,
 )
 from vqa_cli.output import records, subtitles, writer
+from vqa_cli.settings import DEFAULT_BATCH
 from vqa_cli.video import cpu_cores, scenes
 
 SUM_TIMINGS = ("scenes", "decode", "preprocess", "encode", "first_token", "generate")
@@ -283,7 +284,8 @@ def settle_subtitles(settings: Any, videos: list[str], outputs: list[str] | None
     return settings
 
 
-def ask_in_time(settings: Any, video: str, questions: list[str], as_json: bool = False, batch: int = 4) -> int:
+def ask_in_time(settings: Any, video: str, questions: list[str], as_json: bool = False,
+                batch: int = DEFAULT_BATCH) -> int:
     """``vqa ask`` with ``--segments`` (one answer per segment) or with subtitles: the question asked of each
     segment's clip (after its subtitle text), in batches of ``batch`` segments, printed in time order."""
     import sys

@@ -24,6 +24,15 @@ from typing import TYPE_CHECKING
 
 from vqa_cli import console
 from vqa_cli.errors import UsageError, VqaError, describe
+from vqa_cli.settings import (
+    DEFAULT_BATCH,
+    DEFAULT_WORKERS,
+    SERVE_FEATURE_CACHE_GIB,
+    SERVE_HOST,
+    SERVE_KV_CACHE_GIB,
+    SERVE_MAX_UPLOAD_MB,
+    SERVE_PORT,
+)
 from vqa_cli.units import GIB
 
 if TYPE_CHECKING:
@@ -34,18 +43,18 @@ if TYPE_CHECKING:
 
 @dataclass
 class ServeOptions:
-    host: str = "127.0.0.1"
-    port: int = 8000
+    host: str = SERVE_HOST
+    port: int = SERVE_PORT
     media_roots: list[str] | None = None  # None: the current folder
     allow_urls: bool = False
     api_key: str | None = None
-    max_upload_mb: float = 256.0
+    max_upload_mb: float = SERVE_MAX_UPLOAD_MB
     feature_cache: str | None = None  # a folder: visual tokens kept on disk too
-    feature_cache_gib: float = 2.0
-    kv_cache_gib: float = 2.0
-    max_batch: int = 4
+    feature_cache_gib: float = SERVE_FEATURE_CACHE_GIB
+    kv_cache_gib: float = SERVE_KV_CACHE_GIB
+    max_batch: int = DEFAULT_BATCH
     batch_wait: float = 0.02
-    workers: int = 2
+    workers: int = DEFAULT_WORKERS
     served_name: str | None = None  # the model's id on the API; None: the --model given
     cors_origins: list[str] | None = None  # browser origins allowed to call the server (CORS); None: none
     max_request_memory: int | None = None  # bytes one request may need besides the weights; None: request_limit

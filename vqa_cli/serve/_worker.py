@@ -29,6 +29,7 @@ from vqa_cli.output import subtitles
 from vqa_cli.serve._kv import Prefix, PrefixCache
 from vqa_cli.serve._media import Media
 from vqa_cli.serve._requests import ChatRequest
+from vqa_cli.settings import DEFAULT_BATCH
 
 if TYPE_CHECKING:
     import torch
@@ -161,7 +162,7 @@ class ModelWorker:
     """Owns the engine: ``prepare`` runs on decode threads, everything else on one model thread."""
 
     def __init__(self, engine: Engine, feature_cache: FeatureCache | None, prefix_cache: PrefixCache, *,
-                 max_batch: int = 4, batch_wait: float = 0.02) -> None:
+                 max_batch: int = DEFAULT_BATCH, batch_wait: float = 0.02) -> None:
         self.engine = engine
         self.features = feature_cache
         self.prefixes = prefix_cache

@@ -12,6 +12,7 @@ from typing import Literal
 from vqa_cli.jobs.eval._formats import LETTERS, Format, Item
 
 Protocol = Literal["official", "lmms-eval"]
+DEFAULT_PROTOCOL: Protocol = "official"
 
 DIRECT = "Answer with the option's letter from the given choices directly."
 MVBENCH_SYSTEM = ("Carefully watch the video and pay attention to the cause and sequence of events, the detail and "

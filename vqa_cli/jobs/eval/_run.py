@@ -22,12 +22,13 @@ from vqa_cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, INTERNAL, Us
 from vqa_cli.jobs.eval._files import describe_left_out, read_benchmark
 from vqa_cli.jobs.eval._formats import Format, Item
 from vqa_cli.jobs.eval._layout import VideoFinder
-from vqa_cli.jobs.eval._prompts import Protocol, answer_prefix, build
+from vqa_cli.jobs.eval._prompts import DEFAULT_PROTOCOL, Protocol, answer_prefix, build
 from vqa_cli.jobs.eval._published import published
-from vqa_cli.jobs.eval._score import Score, Scored, by_generation, by_likelihood
+from vqa_cli.jobs.eval._score import DEFAULT_SCORE, Score, Scored, by_generation, by_likelihood
 from vqa_cli.jobs.eval._stats import summarize
 from vqa_cli.jobs.inputs import in_shard, parse_shard
 from vqa_cli.output import records, writer
+from vqa_cli.settings import DEFAULT_WORKERS
 
 EVAL_MAX_NEW_TOKENS = 16  # lmms-eval's generation length for these benchmarks
 
@@ -120,7 +121,8 @@ class Evaluator:
     """Answers the questions of clip groups in one or several modes over one loaded model."""
 
     def __init__(self, engine: Any, mode_settings: list[Any], fmt: Format, protocol: Protocol, score: Score,
-                 sids: list[str], done: set[tuple[str, str]] | None = None, workers: int = 2) -> None:
+                 sids: list[str], done: set[tuple[str, str]] | None = None,
+                 workers: int = DEFAULT_WORKERS) -> None:
         self.fmt, self.protocol, self.score, self.sids = fmt, protocol, score, sids
         self.done = done or set()
         self.workers = workers
@@ -257,8 +259,10 @@ def latest(recs: list[dict], sid: str) -> list[dict]:
 
 
 def run_eval(settings_per_mode: list[Any], annotations: str, fmt: Format | str, videos: str, *, out: str = "-",
-             summary_path: str | None = None, protocol: Protocol = "official", score: Score = "generate",
-             shard: str | None = None, workers: int = 2, json_out: bool = False, server: str | None = None,
+             summary_path: str | None = None, protocol: Protocol = DEFAULT_PROTOCOL,
+             score: Score = DEFAULT_SCORE,
+             shard: str | None = None, workers: int = DEFAULT_WORKERS, json_out: bool = False,
+             server: str | None = None,
              model_given: bool = True, answers: str | None = None, video_map: str | None = None) -> int:
     """The whole command; the exit code (0 all answered, 1 some questions failed, 130 interrupted).
 

@@ -17,6 +17,7 @@ from vqa_cli.jobs.eval._formats import LETTERS, Format, Item
 from vqa_cli.jobs.eval._prompts import Protocol
 
 Score = Literal["generate", "likelihood"]
+DEFAULT_SCORE: Score = "generate"
 
 
 @dataclass
