@@ -85,7 +85,7 @@ def main() -> None:
         default_threads = torch.get_num_threads()
 
         def naive_fewer_threads() -> dict[str, str]:
-            # vqa eval's model leaves a core to its decode workers (caption._model_threads); the naive loop
+            # vqa eval's model leaves a core to its decode workers (harness.model_threads); the naive loop
             # is timed both ways and its better time counts, so the comparison never favours vqa eval.
             torch.set_num_threads(max(1, default_threads - 1))
             try:

@@ -79,6 +79,7 @@ def naive(video: str, engine, frames: int) -> tuple[list[str], int]:
 def vqa_run(video: str, session, settings, frames: int, batch: int) -> tuple[list[str], int]:
     """``caption --segments scenes`` through its captioner; captions and frames decoded."""
     from vqa_cli.jobs import segments
+    from vqa_cli.jobs.captioner import Captioner
     from vqa_cli.output.records import settings_id
 
     decoded = [0]
@@ -98,9 +99,8 @@ def vqa_run(video: str, session, settings, frames: int, batch: int) -> tuple[lis
     sink = Sink()
     segments.decode_video = counting
     try:
-        captioner = segments.SegmentCaptioner(session.engine, settings, PROMPT, settings_id(settings.identity(),
-                                                                                             PROMPT),
-                                               batch_size=batch, workers=2, frames=frames)
+        captioner = Captioner(session.engine, settings, PROMPT, settings_id(settings.identity(), PROMPT),
+                              batch_size=batch, workers=2, frames=frames)
         captioner.run([video], sink)
     finally:
         segments.decode_video = original

@@ -173,9 +173,9 @@ MUTANTS: list[Mutant] = [
       '        cpu_notice(None, "cpu")\n        return "cuda" if torch.cuda.is_available() else "cpu"', CKPT_T,
       "the CPU notice comes before a failed load (two lines)"),
     M("caption.repairs-before-load", "vqa_cli/jobs/caption.py",
-      "    session = (open_model(settings, [prompt], batch=batch_size, reserve=subtitle_reserve(settings))\n",
+      "    captioner = (backend.captioner(settings, prompt, sid, batch_size=batch_size, workers=workers,\n",
       "    writer.resume(target, todo, sid)\n"
-      "    session = (open_model(settings, [prompt], batch=batch_size, reserve=subtitle_reserve(settings))\n",
+      "    captioner = (backend.captioner(settings, prompt, sid, batch_size=batch_size, workers=workers,\n",
       CKPT_T,
       "a broken checkpoint still repairs the output"),
     # ---- preprocess
@@ -409,8 +409,8 @@ MUTANTS: list[Mutant] = [
       "key_ranks = [rank for rank, d in enumerate(order) if keys[rank]]", ("tests/test_edges_packets.py",),
       "OpenCV index: keyframe flags read in decode order"),
     M("edges.eval-errors-done", "vqa_cli/jobs/eval/_run.py",
-      'done = {(r["settings_id"], r.get("qid")) for r in earlier if r.get("error") is None}',
-      'done = {(r["settings_id"], r.get("qid")) for r in earlier}', ("tests/test_edges_eval.py",),
+      'done = {(r["settings_id"], r.get("qid")) for r in done_before if r.get("error") is None}',
+      'done = {(r["settings_id"], r.get("qid")) for r in done_before}', ("tests/test_edges_eval.py",),
       "eval resume counts error records as done"),
     M("edges.eval-sid-no-protocol", "vqa_cli/jobs/eval/_run.py", 'f"eval:{fmt}:{protocol}:{score}"',
       'f"eval:{fmt}:{score}"', ("tests/test_edges_eval.py",), "another --protocol resumes the old answers"),

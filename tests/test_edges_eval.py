@@ -87,16 +87,16 @@ def test_error_records_are_asked_again_and_done_ones_are_not(bench, tiny_dir, fi
     failed = {**first[1], "error": "the decoder gave up", "error_kind": "video", "answer": None}
     out.write_text("".join(json.dumps(r) + "\n" for r in (first[0], failed, first[2])))
     asked = []
-    from vqa_cli.jobs.eval import _run as run_module
+    from vqa_cli.jobs.eval import _evaluate as answering
 
-    real_todo = run_module.Evaluator.todo
+    real_todo = answering.Evaluator.todo
 
     def todo(self, group, m):
         items = real_todo(self, group, m)
         asked.extend(it.qid for it in items)
         return items
 
-    monkeypatch.setattr(run_module.Evaluator, "todo", todo)
+    monkeypatch.setattr(answering.Evaluator, "todo", todo)
     assert _run(bench, settings, out) == 0
     assert set(asked) == {failed["qid"]}
     latest = {}

@@ -362,7 +362,7 @@ def test_shared_encode_equals_one_question_at_a_time(tiny_dir, engine_factory, b
 
 
 def test_multi_mode_equals_separate_runs(tiny_dir, engine_factory, bench, monkeypatch):
-    from vqa_cli.jobs.eval import _run
+    from vqa_cli.jobs.eval import _evaluate as answering
     from vqa_cli.model.engine import Engine
 
     root, ann = bench
@@ -378,7 +378,7 @@ def test_multi_mode_equals_separate_runs(tiny_dir, engine_factory, bench, monkey
         return wrapper
 
     with monkeypatch.context() as patch:
-        patch.setattr(_run, "_decode", counted("decode", _run._decode))
+        patch.setattr(answering, "_decode", counted("decode", answering._decode))
         patch.setattr(Engine, "encode", counted("encode", Engine.encode))
         combined = _evaluate(engine, modes, groups)
     assert calls == {"decode": len(groups), "encode": len(groups)}  # once per clip for both modes
@@ -604,7 +604,7 @@ def test_summary_counts_and_published_figure():
 
 
 def test_official_mvbench_prefills_the_answer_prefix(engine_factory, bench):
-    from vqa_cli.jobs.eval._run import prefixed_conversation
+    from vqa_cli.jobs.eval._evaluate import prefixed_conversation
     from vqa_cli.model.engine import sample_clip
 
     root, _ = bench

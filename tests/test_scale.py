@@ -16,8 +16,8 @@ import torch
 
 from tests.clips import make_clip
 from vqa_cli.errors import UsageError
-from vqa_cli.jobs import caption
-from vqa_cli.jobs.caption import Captioner
+from vqa_cli.jobs import harness, segments
+from vqa_cli.jobs.captioner import Captioner
 from vqa_cli.jobs.inputs import in_shard, parse_shard
 from vqa_cli.output import writer
 from vqa_cli.video import sample_frames
@@ -197,28 +197,28 @@ def test_decode_workers_run_at_a_lower_priority_than_the_model():
     seen: dict[str, int] = {}
 
     def worker() -> None:
-        caption._lower_priority()
+        harness.lower_priority()
         seen["worker"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
     before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     thread = threading.Thread(target=worker)
     thread.start()
     thread.join()
-    assert seen["worker"] == min(19, before + caption.WORKER_NICENESS)
+    assert seen["worker"] == min(19, before + harness.WORKER_NICENESS)
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before  # the model's thread keeps its own
 
 
 def test_a_model_on_the_cpu_leaves_one_core_to_the_decoders(monkeypatch):
     from types import SimpleNamespace
 
-    monkeypatch.setattr(caption, "cpu_cores", lambda: 4)
+    monkeypatch.setattr(harness, "cpu_cores", lambda: 4)
     previous = torch.get_num_threads()
     torch.set_num_threads(4)
     try:
-        with caption._model_threads(SimpleNamespace(input_device=torch.device("cpu"))):
+        with harness.model_threads(SimpleNamespace(input_device=torch.device("cpu"))):
             assert torch.get_num_threads() == 3
         assert torch.get_num_threads() == 4
-        with caption._model_threads(SimpleNamespace(input_device=torch.device("cuda", 0))):
+        with harness.model_threads(SimpleNamespace(input_device=torch.device("cuda", 0))):
             assert torch.get_num_threads() == 4  # a GPU model keeps torch's setting
     finally:
         torch.set_num_threads(previous)
@@ -237,5 +237,5 @@ def test_each_caption_worker_decodes_with_its_share_of_the_cores(monkeypatch):
 
     monkeypatch.setattr(engine, "sample_clip", sample)
     with pytest.raises(engine.UsageError):
-        caption._decode("v.mp4", SimpleNamespace(), 4, None, 3)
+        segments.decode("v.mp4", SimpleNamespace(), 4, engine.Engine.__new__(engine.Engine), 3)  # decodes first
     assert seen[0].cores == 3 and seen[0].decoder_threads == 3

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import replace
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vqa_cli import console
-from vqa_cli.model.session import Session, check_input, fit_settings, open_session, plan_model
-from vqa_cli.output import records
+from vqa_cli.jobs.backend import backend_for
+from vqa_cli.jobs.segments import settle_subtitles
+from vqa_cli.model.session import check_input, fit_settings, plan_model
+
+if TYPE_CHECKING:
+    from vqa_cli.settings import RunSettings
 
 
 def plan_record(checkpoint, settings, budget, *, fitted=None, probe=None) -> dict:
@@ -99,94 +102,32 @@ def _cap_verdict(mem: dict) -> str:
     return f"{caps}: does not fit" + (f" (the smallest that fits is --max-memory {smallest})" if smallest else "")
 
 
-def run_ask(settings, video: str, questions: list[str], *, as_json: bool = False, plan_only: bool = False,
-            server: str | None = None, model_given: bool = True) -> int:
+def run_ask(settings: RunSettings, video: str, questions: list[str], *, as_json: bool = False,
+            plan_only: bool = False, server: str | None = None, model_given: bool = True) -> int:
     """One question: streamed answer. Several: one video encode and one shared prefill, then each question.
 
     ``server``: a ``vqa serve`` URL to send the questions to instead (``client``), same output."""
     run_started = time.perf_counter()
-    from vqa_cli.jobs.segments import ask_in_time, settle_subtitles, subtitle_reserve, uses_time
-
+    backend = backend_for(server, model_given)
     settings = settle_subtitles(settings, [video])
-    if server and settings.segments != "none":
-        from vqa_cli.errors import UsageError
-
-        raise UsageError("--segments runs on a model loaded here: drop --server (subtitles work with it)")
-    if server:
-        from vqa_cli.errors import UsageError
-        from vqa_cli.remote import client
-
-        if plan_only:
-            raise UsageError("--plan reads the model's files here: drop --server")
-        remote, settings = client.connect(server, settings, model_given=model_given)
-        if Path(video).exists():
-            check_input(video)
-        return client.run_ask(remote, settings, video, questions, as_json=as_json)
-    if not plan_only and uses_time(settings):
-        return ask_in_time(settings, video, questions, as_json)
+    if settings.segments != "none":
+        backend.require_local("--segments runs on a model loaded here: drop --server (subtitles work with it)")
     if plan_only:
-        from vqa_cli.video import is_image_path
-
-        check_input(video)
-        still = is_image_path(video)
-        settings, fitted = fit_settings(replace(settings, fit=settings.fit and not still), questions)
-        reserve = subtitle_reserve(settings)
-        checkpoint, budget = plan_model(settings, questions, num_frames=1 if still else None, reserve=reserve)
-        print_plan({**plan_record(checkpoint, settings, budget, fitted=fitted), "subtitle_tokens": reserve}, as_json)
-        return 0
-    session = open_session(settings, video, questions)
-    if len(questions) > 1:
-        return _ask_many(session, video, questions, run_started, as_json)
-
-    engine, question = session.engine, questions[0]
-    printer = console.StreamPrinter(None if as_json else "encoding video and reading the prompt")
-    try:
-        answer = engine.answer(session.clip, question, on_text=None if as_json else printer, timings=session.timings)
-    finally:
-        printer.stop()
-    timings = answer.timings
-    timings["total"] = time.perf_counter() - run_started  # wall clock: decode overlaps load
-    record = records.ask_record(video, question, records.answer_of(engine, answer))
-    if session.fitted is not None:
-        record["fit"] = session.fitted.to_dict()
-    if as_json:
-        console.emit_json(record)
-    else:
-        sys.stdout.write("\n")
-        sys.stdout.flush()
-        if console.stderr_is_tty():
-            console.stderr.print(
-                f"[dim]{record['frames']} frames, {record['visual_tokens']} visual tokens, "
-                f"RoPE x{record['rope_factor']:g} | load {timings['load']:.1f}s, decode {timings['decode']:.2f}s, "
-                f"first token {timings['first_token']:.2f}s, {record['tokens_per_second']:.1f} tok/s[/dim]"
-            )
-    return 0
+        backend.require_local("--plan reads the model's files here: drop --server")
+        return _plan(settings, video, questions, as_json)
+    settings = backend.settle(settings)
+    return backend.ask(settings, video, questions, as_json=as_json, started=run_started)
 
 
-def _ask_many(session: Session, video: str, questions: list[str], run_started: float, as_json: bool) -> int:
-    from vqa_cli.model.conversation import Conversation
+def _plan(settings: RunSettings, video: str, questions: list[str], as_json: bool) -> int:
+    """``--plan``: what the request needs, read from the model's files here; nothing loads."""
+    from vqa_cli.jobs.segments import subtitle_reserve
+    from vqa_cli.video import is_image_path
 
-    engine, clip, timings = session.engine, session.clip, session.timings
-    conversation = Conversation.open(engine, clip, " ".join(questions), timings)
-    answers = []
-    for i, question in enumerate(questions):
-        if not as_json:
-            sys.stdout.write(("\n" if i else "") + f"Q: {question}\nA: ")
-        printer = console.StreamPrinter(None if as_json else "thinking")
-        try:
-            turn = conversation.ask(question, keep=False, on_text=None if as_json else printer)
-        finally:
-            printer.stop()
-        if not as_json:
-            sys.stdout.write("\n")
-            sys.stdout.flush()
-        answers.append(records.turn_record(turn))
-    timings["total"] = time.perf_counter() - run_started
-    budget = engine.checkpoint.budget(engine.settings, questions, num_frames=len(clip.indices),
-                                      plan=conversation.plan)
-    if as_json:
-        record = records.answers_record(video, answers, records.run_fields(engine, clip, budget, timings))
-        if session.fitted is not None:
-            record["fit"] = session.fitted.to_dict()
-        console.emit_json(record)
+    check_input(video)
+    still = is_image_path(video)
+    settings, fitted = fit_settings(replace(settings, fit=settings.fit and not still), questions)
+    reserve = subtitle_reserve(settings)
+    checkpoint, budget = plan_model(settings, questions, num_frames=1 if still else None, reserve=reserve)
+    print_plan({**plan_record(checkpoint, settings, budget, fitted=fitted), "subtitle_tokens": reserve}, as_json)
     return 0

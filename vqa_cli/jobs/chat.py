@@ -9,13 +9,15 @@ line. Commands: ``/reset`` (forget the turns, keep the video), ``/frames``, ``/s
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from vqa_cli import console
 from vqa_cli.errors import ContextOverflowError, VqaError
-from vqa_cli.model.session import open_session
+from vqa_cli.jobs.backend import backend_for
 from vqa_cli.output import records, writer
+
+if TYPE_CHECKING:
+    from vqa_cli.settings import RunSettings
 
 TURN_RESERVE = 1024  # context kept free for later turns when choosing the RoPE factor
 WARN_AT = 0.9  # warn when this share of the context is used
@@ -33,34 +35,14 @@ def _read(interactive: bool) -> str | None:
         return None
 
 
-def _open(settings: Any, video: str, interactive: bool, server: str | None, model_given: bool) -> tuple[Any, Any]:
-    """(settings, conversation): the video encoded here, or a ``client.RemoteConversation`` with ``server``."""
-    if server:
-        from vqa_cli.model.session import check_input
-        from vqa_cli.remote import client
-
-        remote, settings = client.connect(server, settings, model_given=model_given)
-        if Path(video).exists():
-            check_input(video)
-        if interactive:
-            console.stderr.print(f"[dim]{video} on {remote.base}. {HELP}[/dim]")
-        return settings, client.RemoteConversation(remote, settings, video)
-    from vqa_cli.model.conversation import Conversation
-
-    session = open_session(settings, video, ["?"], reserve=TURN_RESERVE)
-    engine, clip = session.engine, session.clip
-    with console.status("encoding the video"):
-        conversation = Conversation.open(engine, clip)
-    if interactive:
-        console.stderr.print(f"[dim]{video}: {len(clip.indices)} frames, {conversation.features.shape[0]} visual "
-                             f"tokens, context {conversation.context_limit}. {HELP}[/dim]")
-    return settings, conversation
-
-
-def run_chat(settings: Any, video: str, *, server: str | None = None, model_given: bool = True) -> int:
+def run_chat(settings: RunSettings, video: str, *, server: str | None = None, model_given: bool = True) -> int:
     """The conversation loop; ``server``: a ``vqa serve`` URL that answers instead (same output)."""
     interactive = sys.stdin.isatty() and console.stderr_is_tty()
-    settings, conversation = _open(settings, video, interactive, server, model_given)
+    backend = backend_for(server, model_given)
+    settings = backend.settle(settings)
+    conversation, about = backend.conversation(settings, video, TURN_RESERVE)
+    if interactive:
+        console.stderr.print(f"[dim]{about}. {HELP}[/dim]")
     turns: list[dict] = []
     while True:
         line = _read(interactive)

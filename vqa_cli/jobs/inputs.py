@@ -12,7 +12,6 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from vqa_cli.errors import InputNotFoundError, UsageError
 from vqa_cli.video import VIDEO_EXTENSIONS
@@ -26,7 +25,7 @@ class Inputs:
     unreadable: list[tuple[str, str]] = field(default_factory=list)
 
 
-def stdin_paths(stream: Any) -> list[str]:
+def stdin_paths(stream: Iterable[str]) -> list[str]:
     """One path per line: only the line ending is removed (names may start or end with spaces);
     blank lines are skipped."""
     out = []
@@ -50,7 +49,7 @@ def walk_videos(folder: Path, unreadable: list[tuple[str, str]]) -> list[str]:
     return sorted(found)
 
 
-def expand_inputs(paths: Iterable[str], stdin: Any = None) -> Inputs:
+def expand_inputs(paths: Iterable[str], stdin: Iterable[str] | None = None) -> Inputs:
     """Videos named by ``paths``: files as given, folders searched recursively, ``-`` = stdin lines."""
     out: list[str] = []
     unreadable: list[tuple[str, str]] = []

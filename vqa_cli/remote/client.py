@@ -18,16 +18,15 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import IO, Any
 
 from vqa_cli import console
 from vqa_cli.errors import API_CODES, ContextOverflowError, UsageError, VqaError
 from vqa_cli.output import records, subtitles
-from vqa_cli.settings import request_fields
+from vqa_cli.settings import RunSettings, request_fields
 
 
 class ServerUnavailableError(VqaError):
@@ -55,7 +54,7 @@ class Client:
         self.api_key = api_key
         self.timeout = timeout
 
-    def _open(self, path: str, body: dict | None = None) -> Any:
+    def _open(self, path: str, body: dict | None = None) -> IO[bytes]:
         headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -106,7 +105,7 @@ class Client:
         return out
 
 
-def _events(response: Any) -> Iterator[dict]:
+def _events(response: IO[bytes]) -> Iterator[dict]:
     for raw in response:
         line = raw.decode("utf-8").rstrip("\r\n")
         if not line.startswith("data:"):
@@ -134,7 +133,7 @@ def _remote_error(exc: urllib.error.HTTPError) -> VqaError:
 
 
 # ---- settings ----------------------------------------------------------------------------------------
-def connect(url: str, settings: Any, *, model_given: bool) -> tuple[Client, Any]:
+def connect(url: str, settings: RunSettings, *, model_given: bool) -> tuple[Client, RunSettings]:
     """The client and ``settings`` with the server's model and load settings (a conflicting one: UsageError)."""
     client = Client(url, api_key=os.environ.get("VQA_API_KEY") or None)
     entry = client.model()
@@ -166,7 +165,7 @@ def media_url(path: str) -> str:
     return Path(path).resolve().as_uri() if Path(path).exists() else path
 
 
-def request_body(settings: Any, video: str, turns: list[dict], cues: list | None = None) -> dict:
+def request_body(settings: RunSettings, video: str, turns: list[dict], cues: list | None = None) -> dict:
     """An OpenAI chat request for ``turns`` about ``video`` with ``settings`` (vqa's fields at the top level,
     as the ``openai`` client's ``extra_body`` sends them). ``cues``: the video's subtitles (``subtitles.Cue``),
     sent whole (those within ``--start``/``--end``): the server puts the ones on screen at the frames it samples
@@ -188,14 +187,14 @@ def request_body(settings: Any, video: str, turns: list[dict], cues: list | None
     return body
 
 
-def cues_of(settings: Any, video: str) -> list:
+def cues_of(settings: RunSettings, video: str) -> list[subtitles.Cue]:
     """The subtitles ``--subtitles`` gives ``video`` (read here, where the sidecar is), to send with its requests."""
     if settings.subtitles == "off":
         return []
     return subtitles.cues_for(video, settings.subtitles, settings.subtitle_encoding)
 
 
-def with_subtitle_tokens(fields: dict, vqa: dict, settings: Any) -> dict:
+def with_subtitle_tokens(fields: dict, vqa: dict, settings: RunSettings) -> dict:
     """``fields`` with the ``subtitle_tokens`` the server gave, as a run here records them (with subtitles)."""
     return {**fields, "subtitle_tokens": vqa.get("subtitle_tokens", 0)} if settings.subtitles != "off" else fields
 
@@ -218,10 +217,10 @@ class RemoteConversation:
     KV cache the server keeps."""
 
     client: Client
-    settings: Any
+    settings: RunSettings
     video: str
     messages: list[dict] = field(default_factory=list)
-    clip: Any = field(default_factory=lambda: SimpleNamespace(indices=[], timestamps=[]))
+    clip: SimpleNamespace = field(default_factory=lambda: SimpleNamespace(indices=[], timestamps=[]))
     context_limit: int = 0
     used: int = 0
 
@@ -243,7 +242,7 @@ class RemoteConversation:
 
 
 # ---- ask ------------------------------------------------------------------------------------------------
-def run_ask(client: Client, settings: Any, video: str, questions: list[str], *, as_json: bool) -> int:
+def run_ask(client: Client, settings: RunSettings, video: str, questions: list[str], *, as_json: bool) -> int:
     """``vqa ask --server``: the same output as ``ask.run_ask``."""
     started = time.perf_counter()
     answers, last = [], None
@@ -284,50 +283,16 @@ def run_ask(client: Client, settings: Any, video: str, questions: list[str], *, 
 
 
 # ---- caption --------------------------------------------------------------------------------------------
-class RemoteCaptioner:
-    """``caption.Captioner``'s job over a server: ``batch_size`` requests in flight (the server batches
-    them), records written in input order."""
-
-    def __init__(self, client: Client, settings: Any, prompt: str, sid: str, *, batch_size: int) -> None:
-        from vqa_cli.jobs.caption import Summary
-
-        self.client, self.settings, self.prompt, self.sid = client, settings, prompt, sid
-        self.batch_size = batch_size
-        self.summary = Summary()
-
-    def _caption(self, video: str) -> dict:
-        try:
-            body = request_body(self.settings, video, [{"role": "user", "text": self.prompt}],
-                                cues_of(self.settings, video))
-            reply = self.client.chat(body)
-        except ServerUnavailableError:
-            raise
-        except VqaError as exc:
-            return records.error_record(video, self.settings, self.sid, exc)
-        vqa = reply["vqa"]
-        fields = with_subtitle_tokens(answer_fields(vqa), vqa, self.settings)
-        return records.caption_record(video, fields, vqa["batch_size"], self.sid)
-
-    def run(self, videos: list[str], sink: Any) -> Any:
-        from vqa_cli.jobs.caption import _StopFlag, keep
-
-        started = time.perf_counter()
-        progress = console.progress("videos")
-        with ThreadPoolExecutor(self.batch_size) as pool, progress, _StopFlag() as flag:
-            task = progress.add_task("captioning", total=len(videos)) if progress else None
-            queue = iter(videos)
-            pending: list[Future] = []
-            for video in queue:
-                pending.append(pool.submit(self._caption, video))
-                if len(pending) < 2 * self.batch_size:
-                    continue
-                keep(pending.pop(0).result(), sink, self.summary, progress, task)
-                if flag.stop:
-                    break
-            while pending and not flag.stop:
-                keep(pending.pop(0).result(), sink, self.summary, progress, task)
-            self.summary.interrupted = flag.stop and (bool(pending) or next(queue, None) is not None)
-            for future in pending:
-                future.cancel()
-        self.summary.wall_seconds = time.perf_counter() - started
-        return self.summary
+def caption_record(client: Client, settings: RunSettings, prompt: str, sid: str, video: str) -> dict:
+    """One video's caption record from the server (the record a run here writes); an error it answers with is an
+    error record, a server that cannot be reached raises ``ServerUnavailableError``."""
+    try:
+        body = request_body(settings, video, [{"role": "user", "text": prompt}], cues_of(settings, video))
+        reply = client.chat(body)
+    except ServerUnavailableError:
+        raise
+    except VqaError as exc:
+        return records.error_record(video, settings, sid, exc)
+    vqa = reply["vqa"]
+    fields = with_subtitle_tokens(answer_fields(vqa), vqa, settings)
+    return records.caption_record(video, fields, vqa["batch_size"], sid)

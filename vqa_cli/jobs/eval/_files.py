@@ -55,7 +55,7 @@ def describe_left_out(left_out: dict[str, int]) -> str:
     return ", ".join(f"{n} {LEFT_OUT.get(k, (k, k))[n != 1]}" for k, n in left_out.items() if n)
 
 
-def load(path: Path) -> Any:
+def load(path: Path) -> object:
     """The file's data as published: JSON's value, a list of rows for JSON Lines, CSV (every field a string,
     as written: NExT-QA's ``video`` digits stay text) and parquet."""
     if path.suffix == ".parquet":
@@ -85,7 +85,7 @@ def _is_answers(data: Any) -> bool:
     return isinstance(data, dict) and bool(data) and all(isinstance(v, (int, str)) for v in data.values())
 
 
-def rows_of(data: Any, path: Path) -> list[dict]:
+def rows_of(data: object, path: Path) -> list[dict]:
     """Rows (one dict per question) of a file's data; objects keyed by video carry the key as ``_key``."""
     if _is_answers(data):
         raise UsageError(f"{path} holds answers ({{question id: answer}}), not questions: give the questions file "
@@ -108,7 +108,7 @@ def rows_of(data: Any, path: Path) -> list[dict]:
     return data
 
 
-def detect(data: Any, path: Path) -> tuple[Format | None, str]:
+def detect(data: object, path: Path) -> tuple[Format | None, str]:
     """The benchmark a file's data is published by, and the reason in words (None: not one vqa knows)."""
     if isinstance(data, dict):
         values = [v for v in data.values() if isinstance(v, dict)]

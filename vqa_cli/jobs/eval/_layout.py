@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Protocol
 
 from vqa_cli.errors import UsageError
 
@@ -58,6 +58,19 @@ def mlvu_location(stem: str, video: str) -> str:
     return f"{stem}/{video}"
 
 
+class Located(Protocol):
+    """What a question says about its video (``_formats.Item``)."""
+
+    @property
+    def video(self) -> str: ...
+
+    @property
+    def location(self) -> str: ...
+
+    @property
+    def frame_rate(self) -> float | None: ...
+
+
 class VideoFinder:
     """The file (or frame folder) of each question's video under ``--videos``."""
 
@@ -81,7 +94,7 @@ class VideoFinder:
                     self._index.setdefault(name, []).append(Path(top) / name)
         return self._index
 
-    def find(self, item: Any) -> str:
+    def find(self, item: Located) -> str:
         """``item``'s video (its ``location``, else its ``video``); the path as given under the root when
         nothing is found there (the question then gets an error record)."""
         rel = item.location or item.video

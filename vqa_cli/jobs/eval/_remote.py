@@ -11,13 +11,18 @@ every letter's log-probability, so its likelihood never fails to parse.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING
 
-from vqa_cli import console
+from vqa_cli.jobs.eval._evaluate import Group, GroupAnswerer, question_record
 from vqa_cli.jobs.eval._formats import LETTERS, Format, Item
 from vqa_cli.jobs.eval._prompts import Protocol, build
 from vqa_cli.jobs.eval._score import Score, Scored, by_generation
+
+if TYPE_CHECKING:
+    from vqa_cli.remote.client import Client
+    from vqa_cli.settings import RunSettings
 
 MAX_TOP = 20  # the most top_logprobs a vqa server (and OpenAI's API) returns
 
@@ -36,15 +41,15 @@ def likelihood_from_top(top: list[dict], item: Item) -> Scored:
     return Scored(letter, "", False, True, logprobs={k: round(v, 6) for k, v in sorted(best.items())})
 
 
-class RemoteEvaluator:
-    """``Evaluator``'s interface (``run(groups, sink, progress, stop)``) over a ``client.Client``."""
+class RemoteEvaluator(GroupAnswerer):
+    """``Evaluator``'s answers from a server: each question one request (in order, one at a time)."""
 
-    def __init__(self, client: Any, mode_settings: list[Any], fmt: Format, protocol: Protocol, score: Score,
-                 sids: list[str], done: set[tuple[str, str]] | None = None) -> None:
+    def __init__(self, client: Client, mode_settings: list[RunSettings], fmt: Format, protocol: Protocol,
+                 score: Score, sids: list[str], done: set[tuple[str, str]] | None = None) -> None:
         self.client, self.settings, self.fmt, self.protocol, self.score = client, mode_settings, fmt, protocol, score
         self.sids, self.done = sids, done or set()
 
-    def _ask(self, settings: Any, group: Any, item: Item) -> tuple[Scored, dict]:
+    def _ask(self, settings: RunSettings, group: Group, item: Item) -> tuple[Scored, dict]:
         from vqa_cli.remote.client import request_body
 
         windowed = replace(settings, start=group.start, end=group.end,
@@ -58,33 +63,20 @@ class RemoteEvaluator:
             return likelihood_from_top(content[0].get("top_logprobs") or [], item), answer.get("vqa") or {}
         return by_generation(answer["text"].strip(), item, self.fmt, self.protocol), answer.get("vqa") or {}
 
-    def run(self, groups: list[Any], sink: Any, progress: Any = None, stop: Any = None) -> int:
-        from vqa_cli.jobs.eval._run import question_record
+    def answer_group(self, group: Group, prepared: object) -> Iterator[dict]:
+        from vqa_cli.remote.client import ServerUnavailableError
 
-        written = 0
-        for group in groups:
-            if stop is not None and stop.stop:
-                break
-            for m, settings in enumerate(self.settings):
-                for item in group.items:
-                    if (self.sids[m], item.qid) in self.done:
-                        continue
-                    started = time.perf_counter()
-                    try:
-                        scored, vqa = self._ask(settings, group, item)
-                        rec = question_record(item, group, settings, self.sids[m], self.fmt, self.protocol,
-                                              self.score, scored, frames=vqa.get("frames") or 0,
-                                              timings={"answer": time.perf_counter() - started})
-                    except Exception as exc:  # noqa: BLE001 - recorded, the run goes on
-                        from vqa_cli.remote.client import ServerUnavailableError
-
-                        if isinstance(exc, ServerUnavailableError):
-                            raise
-                        rec = question_record(item, group, settings, self.sids[m], self.fmt, self.protocol,
-                                              self.score, None, error=exc)
-                        console.info(f"{rec['video']} ({rec['qid']}): {rec['error']}")
-                    sink.write(rec)
-                    written += 1
-            if progress is not None:
-                progress()
-        return written
+        for m, settings in enumerate(self.settings):
+            for item in self.todo(group, m):
+                started = time.perf_counter()
+                try:
+                    scored, vqa = self._ask(settings, group, item)
+                except ServerUnavailableError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - recorded, the run goes on
+                    yield question_record(item, group, settings, self.sids[m], self.fmt, self.protocol, self.score,
+                                          None, error=exc)
+                    continue
+                yield question_record(item, group, settings, self.sids[m], self.fmt, self.protocol, self.score,
+                                      scored, frames=vqa.get("frames") or 0,
+                                      timings={"answer": time.perf_counter() - started})

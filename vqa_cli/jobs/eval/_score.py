@@ -9,12 +9,16 @@ option letter's token ids. A letter may have several tokens in the vocabulary ("
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from vqa_cli.errors import UsageError
 from vqa_cli.jobs.eval._extract import extract, guess, unparsed_policy
 from vqa_cli.jobs.eval._formats import LETTERS, Format, Item
 from vqa_cli.jobs.eval._prompts import Protocol
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
 
 Score = Literal["generate", "likelihood"]
 DEFAULT_SCORE: Score = "generate"
@@ -30,7 +34,7 @@ class Scored:
     logprobs: dict[str, float] | None = None  # likelihood: each option letter's log-probability
 
 
-def letter_ids(tokenizer: Any, n: int) -> list[list[int]]:
+def letter_ids(tokenizer: PreTrainedTokenizerBase, n: int) -> list[list[int]]:
     """Per option letter, the ids of the vocabulary's tokens that spell it alone: ``A``, and the word-initial
     ``\u2581A`` (SentencePiece) and ``\u0120A`` (byte-level BPE) where the vocabulary has them."""
     vocab = tokenizer.get_vocab()
@@ -43,7 +47,7 @@ def letter_ids(tokenizer: Any, n: int) -> list[list[int]]:
     return out
 
 
-def letter_logprobs(logits: Any, ids: list[list[int]]) -> list[float]:
+def letter_logprobs(logits: torch.Tensor, ids: list[list[int]]) -> list[float]:
     """Log-softmax of ``logits`` [vocab] over the whole vocabulary, read at each letter's best spelling."""
     import torch
 
@@ -51,7 +55,7 @@ def letter_logprobs(logits: Any, ids: list[list[int]]) -> list[float]:
     return [max(float(logp[i]) for i in spellings) for spellings in ids]
 
 
-def by_likelihood(logits: Any, tokenizer: Any, item: Item) -> Scored:
+def by_likelihood(logits: torch.Tensor, tokenizer: PreTrainedTokenizerBase, item: Item) -> Scored:
     scores = letter_logprobs(logits, letter_ids(tokenizer, len(item.options)))
     best = max(range(len(scores)), key=lambda i: scores[i])
     return Scored(LETTERS[best], "", False, True,

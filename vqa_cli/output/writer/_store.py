@@ -75,16 +75,18 @@ def compact(out: str, resolved: Callable[[dict], bool] = lambda rec: False) -> i
     return len(drop)
 
 
-def merge_parts(out: str, parts: list[str]) -> None:
-    """Fold part files into ``out``: one record per (video, settings), a caption beating an error."""
+def merge_parts(out: str, parts: list[str], key: Callable[[dict], tuple] | None = None) -> None:
+    """Fold part files into ``out``: one record per ``key`` (by default (video, settings): eval's records are
+    one per (settings, question)), an answer beating an error."""
+    key = key or (lambda rec: (rec.get("video"), rec.get("settings_id")))
     records = read_records(out)
     for part in parts:
         records.extend(read_records(part))
     merged: dict[tuple, dict] = {}
-    for rec in records:  # in order: a later record replaces an earlier error, never an earlier caption
-        key = (rec.get("video"), rec.get("settings_id"))
-        if key not in merged or merged[key].get("error") is not None:
-            merged[key] = rec
+    for rec in records:  # in order: a later record replaces an earlier error, never an earlier answer
+        k = key(rec)
+        if k not in merged or merged[k].get("error") is not None:
+            merged[k] = rec
     rewrite(out, list(merged.values()))
     for part in parts:
         Path(part).unlink(missing_ok=True)
