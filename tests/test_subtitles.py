@@ -169,7 +169,8 @@ def _sidecar_seen_by_a_process(video, stdout) -> str:
     import subprocess
     import sys
 
-    code = f"import sys; from vqa_cli.output import subtitles; print(subtitles.find_sidecar({str(video)!r}), file=sys.stderr)"
+    code = (f"import sys; from vqa_cli.output import subtitles; "
+            f"print(subtitles.find_sidecar({str(video)!r}), file=sys.stderr)")
     return subprocess.run([sys.executable, "-c", code], stdout=stdout, stderr=subprocess.PIPE, text=True,
                           check=True).stderr.strip()
 
