@@ -9,8 +9,10 @@ import torch
 
 from vqa_cli.model.features import FeatureCache, feature_key, file_identity
 from vqa_cli.serve import model_names
+from vqa_cli.serve._body import ApiError
 from vqa_cli.serve._kv import Prefix, PrefixCache, cache_bytes
-from vqa_cli.serve._requests import ApiError, MediaPolicy, parse_chat, resolve_media
+from vqa_cli.serve._media import MediaPolicy, resolve_media
+from vqa_cli.serve._requests import parse_chat
 from vqa_cli.serve._worker import StopFilter, cut_at_stop
 from vqa_cli.settings import ModeSettings, RunSettings, apply_fields, request_fields
 

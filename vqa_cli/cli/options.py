@@ -9,6 +9,7 @@ choices and its default come from ``vqa_cli.settings``, which also checks them),
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Annotated, Any
 
@@ -167,7 +168,7 @@ def check_server(value: str | None) -> str | None:
     return value
 
 
-def writable_folder(flag: str) -> Any:
+def writable_folder(flag: str) -> Callable[[str | None], str | None]:
     """A typer callback: the option's folder (made if missing) must be a folder this process can write, so a
     file, a path under a file or a read-only place fails in one line before the model loads."""
 

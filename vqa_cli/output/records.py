@@ -95,7 +95,7 @@ def answer_of(engine: Engine, answer: Answer) -> dict:
                          tokens_per_second=answer.tokens_per_second, timings=answer.timings)
 
 
-def text_answer_record(engine: Any, *, answer: str, prompt_tokens: int, tokens: int, tokens_per_second: float,
+def text_answer_record(engine: Engine, *, answer: str, prompt_tokens: int, tokens: int, tokens_per_second: float,
                        timings: dict[str, float]) -> dict:
     """``answer_record``'s fields, in its order, for an answer without a video (a text-only chat turn on the
     server): no mode, no frames (``frames`` 0, ``decoder`` None), no visual tokens."""

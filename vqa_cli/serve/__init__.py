@@ -176,7 +176,8 @@ def run_server(settings: RunSettings, options: ServeOptions) -> int:
     return 0
 
 
-def request_limit(checkpoint: Any, settings: Any, budget: Any, checked: Any = None) -> int | None:
+def request_limit(checkpoint: Checkpoint, settings: RunSettings, budget: Budget,
+                  checked: MemoryCheck | None = None) -> int | None:
     """``--max-request-memory``'s default: the memory the computing device has at startup (``machine.probe_memory``;
     within its ``--max-memory`` cap) less what the server itself holds there: the weights, the guide model and the
     runtime allowance, as ``--plan`` estimates them. None when the device's memory is not known."""

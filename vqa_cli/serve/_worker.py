@@ -206,7 +206,7 @@ class ModelWorker:
         job.timings.update(prepared.timings)
         self._subtitles(job, view)
 
-    def _subtitles(self, job: Job, view: Any) -> None:
+    def _subtitles(self, job: Job, view: Engine) -> None:
         """The request's subtitles on screen at the clip's frames, before its first question, as ``vqa caption``
         gives them (``subtitles.into_turns``)."""
         if job.request.cues:
@@ -300,7 +300,7 @@ class ModelWorker:
             result.record["subtitle_tokens"] = job.request.subtitle_tokens
         job.emit("done", result)
 
-    def _visual(self, view: Any, job: Job) -> tuple[Any, Any]:
+    def _visual(self, view: Engine, job: Job) -> tuple[Budget, torch.Tensor]:
         """(budget, visual tokens) of the job's clip: encoded now unless cached, and then cached."""
         frames = None
         if job.features is None and job.pixels is not None:
