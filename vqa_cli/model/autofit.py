@@ -13,14 +13,14 @@ from vqa_cli.errors import MemoryFitError
 from vqa_cli.model import machine
 from vqa_cli.model.fit import (
     MemoryCheck,
-    _budget,
-    _gib,
-    _memo,
-    _where,
-    _with_frames,
+    budget_at,
+    gib_text,
     largest_frames,
     measure,
+    memo,
     refusal,
+    where_text,
+    with_frames,
 )
 from vqa_cli.settings import ModeSettings
 from vqa_cli.units import gib
@@ -48,7 +48,8 @@ class FitChoice:
 
     def line(self) -> str:
         est, have = self.check.estimate, self.check.available.get(self.check.estimate.device)
-        room = f"about {_gib(est.peak_bytes)}" + ("" if have is None else f" of {_gib(have)} {_where(est.device)}")
+        room = f"about {gib_text(est.peak_bytes)}"
+        room += "" if have is None else f" of {gib_text(have)} {where_text(est.device)}"
         if not self.changed:
             return f"--fit: the request fits as asked: {self.frames} frames in --mode {self.mode} ({room})"
         if self.mode == self.requested_mode:
@@ -77,7 +78,7 @@ def fit(checkpoint: Checkpoint, settings: RunSettings, questions: list[str], *, 
     """``--fit``: the request with the most frames, up to those asked for, that fit memory and context;
     when not even one frame fits its mode, the cheaper mode that fits the most frames. Returns the settings to run
     (frames explicit, ``fit`` off) and the choice; a ``MemoryFitError`` when nothing fits."""
-    probe = _memo(probe or machine.probe_memory)
+    probe = memo(probe or machine.probe_memory)
     asked = checkpoint.frames_for(settings)
     found = largest_frames(checkpoint, settings, questions, reserve, probe, asked)
     mode = settings.mode
@@ -88,9 +89,9 @@ def fit(checkpoint: Checkpoint, settings: RunSettings, questions: list[str], *, 
                 found, mode = there, other
     if found is not None:
         n, mem = found
-        chosen = replace(_with_frames(replace(settings, mode=mode), n), fit=False)
+        chosen = replace(with_frames(replace(settings, mode=mode), n), fit=False)
         return chosen, FitChoice(n, mode.name, asked, settings.mode.name, mem)
-    budget = _budget(checkpoint, settings, questions, reserve, 1)
+    budget = budget_at(checkpoint, settings, questions, reserve, 1)
     if budget is None:  # not even one frame fits the context: its own message
         checkpoint.budget(replace(settings, max_new_tokens=settings.max_new_tokens + reserve), questions, num_frames=1)
     mem = measure(checkpoint, settings, budget, probe)

@@ -92,7 +92,7 @@ class MemoryCheck:
         return out
 
 
-def _memo(probe: Probe) -> Probe:
+def memo(probe: Probe) -> Probe:
     """Each device probed once per check (the probe is asked again for every candidate)."""
     seen: dict[str, int | None] = {}
 
@@ -137,8 +137,8 @@ def measure(checkpoint: Checkpoint, settings: RunSettings, budget: Budget, probe
     return MemoryCheck(est, {d: probe(d) for d in est.devices()}, tgt, checkpoint.adapter)
 
 
-def _budget(checkpoint: Checkpoint, settings: RunSettings, questions: list[str], reserve: int, frames: int | None
-            ) -> Budget | None:
+def budget_at(checkpoint: Checkpoint, settings: RunSettings, questions: list[str], reserve: int, frames: int | None
+              ) -> Budget | None:
     """The budget of ``settings`` at ``frames`` (chat's ``reserve`` included), or None when the context
     cannot hold it."""
     planning = replace(settings, max_new_tokens=settings.max_new_tokens + reserve)
@@ -161,15 +161,15 @@ def check_frame_count(checkpoint: Checkpoint, settings: RunSettings, frames: int
     budget is made: its plan holds a position per frame, so an absurd count would take the machine first."""
     need, room = frames_floor(checkpoint, settings, frames), machine.available_ram()
     if room is not None and need > room:
-        raise MemoryFitError(f"{frames} frames need at least {_gib(need)} for their tensors alone but "
-                             f"{_gib(room)} of RAM is available: try fewer --frames")
+        raise MemoryFitError(f"{frames} frames need at least {gib_text(need)} for their tensors alone but "
+                             f"{gib_text(room)} of RAM is available: try fewer --frames")
 
 
 def check(checkpoint: Checkpoint, settings: RunSettings, questions: list[str], budget: Budget, *, batch: int = 1,
           reserve: int = 0, probe: Probe | None = None) -> MemoryCheck:
     """The memory check before download and load: the largest batch up to ``batch`` that fits (its
     ``estimate.batch``), or a ``MemoryFitError`` naming what it needs, what there is and what would fit."""
-    probe = _memo(probe or machine.probe_memory)
+    probe = memo(probe or machine.probe_memory)
     first = measure(checkpoint, settings, budget, probe, batch=batch)
     if first.fits is not False:
         return first
@@ -234,12 +234,12 @@ def cap_refusal(settings: RunSettings, mem: MemoryCheck) -> str:
 # ---- the refusal and its suggestions ---------------------------------------------------------------
 
 
-def _gib(n: float) -> str:
+def gib_text(n: float) -> str:
     """The check's messages: always GiB, one decimal."""
     return size_text(n, 1, smaller=False)
 
 
-def _where(device: str) -> str:
+def where_text(device: str) -> str:
     return "of RAM" if device == "cpu" else f"on {device}"
 
 
@@ -247,7 +247,7 @@ def _fits(checkpoint: Checkpoint, settings: RunSettings, questions: list[str], r
           frames: int | None = None) -> MemoryCheck | None:
     """The check of ``settings`` at ``frames`` when it fits the context and the memory (or the device is not
     on this machine, so only the context counts), else None."""
-    budget = _budget(checkpoint, settings, questions, reserve, frames)
+    budget = budget_at(checkpoint, settings, questions, reserve, frames)
     if budget is None:
         return None
     try:
@@ -276,14 +276,14 @@ def _needed(found: MemoryCheck) -> str:
     """What a variant needs where the request computes (its GPU, when layers are offloaded to the CPU)."""
     est = found.estimate
     where = "" if not est.placement or est.device == "cpu" else f" on {est.device}"
-    return _gib(est.peak_on(est.device)) + where
+    return gib_text(est.peak_on(est.device)) + where
 
 
 def _frames_flag(settings: RunSettings, n: int) -> str:
     return f"--max-frames {n}" if settings.fps else f"--frames {n}"
 
 
-def _with_frames(settings: RunSettings, n: int) -> RunSettings:
+def with_frames(settings: RunSettings, n: int) -> RunSettings:
     return replace(settings, max_frames=n) if settings.fps else replace(settings, frames=n)
 
 
@@ -370,17 +370,18 @@ def refusal(checkpoint: Checkpoint, settings: RunSettings, questions: list[str],
         return cap_refusal(settings, mem)
     device, need, have = mem.shortfall()[0]
     if device == est.device:
-        parts = [f"weights {_gib(est.weights_on(device))} in {tgt.quant if tgt.quant != 'none' else tgt.dtype_name}",
-                 f"KV cache {_gib(est.kv_cache_bytes)}", f"activations {_gib(est.activation_bytes)}"]
+        held = tgt.quant if tgt.quant != "none" else tgt.dtype_name
+        parts = [f"weights {gib_text(est.weights_on(device))} in {held}",
+                 f"KV cache {gib_text(est.kv_cache_bytes)}", f"activations {gib_text(est.activation_bytes)}"]
         if est.guide_bytes:
-            parts.append(f"guide model {_gib(est.guide_bytes)}")
+            parts.append(f"guide model {gib_text(est.guide_bytes)}")
         if est.batch > 1:
             parts.append(f"batch of {est.batch}")
-        what = f"needs about {_gib(need)} {_where(device)} ({', '.join(parts)})"
+        what = f"needs about {gib_text(need)} {where_text(device)} ({', '.join(parts)})"
     else:
-        what = f"needs about {_gib(need)} {_where(device)} for the layers offloaded there"
+        what = f"needs about {gib_text(need)} {where_text(device)} for the layers offloaded there"
     there = "available" if device == "cpu" else "free"
     tips = suggestions(checkpoint, settings, questions, mem, frames, reserve=reserve, probe=probe)
     advice = f"try {', '.join(tips[:-1]) + ' or ' + tips[-1] if len(tips) > 1 else tips[0]}" if tips \
         else "no smaller setting of this model fits"
-    return f"{settings.model} {what} but {_gib(have)} is {there}: {advice}; --force loads it anyway"
+    return f"{settings.model} {what} but {gib_text(have)} is {there}: {advice}; --force loads it anyway"

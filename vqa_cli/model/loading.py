@@ -29,7 +29,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt
 TOKENIZER_JSON = ("tokenizer_config.json", "tokenizer.json", "special_tokens_map.json")
 
 
-def _cause(exc: BaseException) -> str:
+def short_cause(exc: BaseException) -> str:
     """A library exception's message as a short cause on one line."""
     if isinstance(exc, KeyError) and exc.args:
         return f"no {exc.args[0]!r} entry"
@@ -49,8 +49,8 @@ def file_problem(path: Path, exc: BaseException) -> str:
     if isinstance(exc, UnicodeDecodeError):
         return f"{path} is not UTF-8 text (byte {exc.start})"
     if isinstance(exc, OSError):
-        return f"cannot read {path}: {exc.strerror or _cause(exc)}"
-    return f"{path}: {_cause(exc)}"
+        return f"cannot read {path}: {exc.strerror or short_cause(exc)}"
+    return f"{path}: {short_cause(exc)}"
 
 
 def read_json(path: Path) -> dict:
@@ -100,9 +100,9 @@ def read_config(model_dir: Path) -> PretrainedConfig:
     try:
         return AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
     except StrictDataclassError as exc:  # a field of the wrong type: the cause says which
-        raise CheckpointError(f"{path}: {_cause(exc.__cause__ or exc).split('. Errors:')[0]}") from exc
+        raise CheckpointError(f"{path}: {short_cause(exc.__cause__ or exc).split('. Errors:')[0]}") from exc
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{path}: {_cause(exc)}") from exc
+        raise CheckpointError(f"{path}: {short_cause(exc)}") from exc
 
 
 def read_checkpoint_config(model_dir: Path) -> tuple[PretrainedConfig, FamilyAdapter]:
@@ -138,7 +138,7 @@ def _tokenizer_problem(model_dir: Path, exc: BaseException) -> str:
         if (model_dir / name).is_file():
             read_json(model_dir / name)  # a file that is not a JSON object says so itself
     source = model_dir / "tokenizer.json"
-    return f"{source if source.is_file() else model_dir}: cannot load the tokenizer: {_cause(exc)}"
+    return f"{source if source.is_file() else model_dir}: cannot load the tokenizer: {short_cause(exc)}"
 
 
 def read_chat_template(model_dir: Path, tokenizer: PreTrainedTokenizerBase) -> str:
@@ -170,4 +170,4 @@ def read_processor_config(model_dir: Path) -> ProcessorConfig:
     try:
         return ProcessorConfig.from_dir(model_dir)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:  # a value of the wrong kind
-        raise CheckpointError(f"{path or model_dir}: {_cause(exc)}") from exc
+        raise CheckpointError(f"{path or model_dir}: {short_cause(exc)}") from exc

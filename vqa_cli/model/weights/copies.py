@@ -52,7 +52,7 @@ from vqa_cli import console
 from vqa_cli.errors import CheckpointError, OutputWriteError, UsageError
 from vqa_cli.fingerprint import file_stamp, json_sha256, sha256
 from vqa_cli.model.device import dtype_name
-from vqa_cli.model.loading import CONFIG_FILE, _cause
+from vqa_cli.model.loading import CONFIG_FILE, short_cause
 from vqa_cli.model.weights import files as weightfiles
 from vqa_cli.units import size_text
 
@@ -304,7 +304,7 @@ def save(model: PreTrainedModel, model_dir: Path, bnb: BitsAndBytesConfig, dtype
     try:
         return _write(model, identity(model_dir, bnb, dtype, device), root)
     except Exception as exc:  # noqa: BLE001 - never fail a load that succeeded; strict says why
-        cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else _cause(exc)
+        cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else short_cause(exc)
         if strict:
             raise OutputWriteError(f"cannot write the pre-quantized copy to {root}: {cause}") from exc
         console.info(f"warning: could not write a pre-quantized copy to {root} ({cause}); later loads "

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from vqa_cli import console
 from vqa_cli.errors import CheckpointError
-from vqa_cli.model.loading import _cause, file_problem, read_json
+from vqa_cli.model.loading import file_problem, read_json, short_cause
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -47,7 +47,7 @@ def _safetensors_problem(model_dir: Path, files: list[Path], exc: BaseException)
     from safetensors import SafetensorError, safe_open
 
     def detail(e: BaseException) -> str:
-        return _cause(e).removeprefix("Error while deserializing header: ")
+        return short_cause(e).removeprefix("Error while deserializing header: ")
 
     for path in files:
         try:
@@ -75,7 +75,7 @@ def load_weights(cls: type[PreTrainedModel], model_dir: Path, **kwargs: Any) -> 
         raise CheckpointError(_safetensors_problem(model_dir, files, exc)) from exc
     except OSError as exc:  # a file that vanished or cannot be read
         where = exc.filename or f"the weights in {model_dir}"
-        raise CheckpointError(f"cannot read {where}: {exc.strerror or _cause(exc)}") from exc
+        raise CheckpointError(f"cannot read {where}: {exc.strerror or short_cause(exc)}") from exc
     mismatched = sorted(info.get("mismatched_keys") or ())
     if mismatched:
         name, found, expected = mismatched[0]
