@@ -111,7 +111,7 @@ class Captioner:
             rec = records.error_record(job.video, self.settings, self.sid, job.error)
         else:  # a video of one clip was captioned in one batch: its size; a segmented one's lasts until written
             rec = segments.video_record(job, self.engine, self.sid, batch if segmented else job.pieces[0].batch,
-                                        segmented, timed=segments.uses_time(self.settings))
+                                        segmented)
         keep(rec, sink, self.summary, progress, task)
 
 

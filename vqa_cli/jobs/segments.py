@@ -141,13 +141,11 @@ def decode_video(path: str, settings: RunSettings, frames: int, engine: Engine, 
     return VideoJob(path, pieces, scene_seconds, frames_scanned=scanned)
 
 
-def video_record(job: VideoJob, engine: Engine, sid: str, batch: int, segmented: bool, timed: bool = True) -> dict:
-    """The one record of a video: the first segment's run fields, the segments, and sums over them. ``timed``:
-    the run gives segments or subtitles (``uses_time``), and its records count the subtitle tokens."""
+def video_record(job: VideoJob, engine: Engine, sid: str, batch: int, segmented: bool) -> dict:
+    """The one record of a video: the first segment's run fields, the segments, and sums over them."""
     answers = [p.answer for p in job.pieces]
     rec = records.caption_record(job.video, records.answer_of(engine, answers[0]), batch, sid)
-    if timed:
-        rec["subtitle_tokens"] = sum(p.subtitle_tokens for p in job.pieces)
+    rec["subtitle_tokens"] = sum(p.subtitle_tokens for p in job.pieces)
     if not segmented or job.pieces[0].window is None:  # no segments, or a still image
         return rec
     segs = []
