@@ -194,8 +194,11 @@ def test_4bit_loading_keeps_the_towers_and_projector_unquantized(family_dirs, cl
 
 def test_registry_finds_each_family_and_every_alias_names_a_family():
     names = {f.name for f in FAMILIES}
-    assert names == {"llava-next-video", "video-llava", "llava-onevision"}
+    assert names == {"llava-next-video", "video-llava", "llava-onevision", "qwen-vl"}
     assert family_for_model_type("video_llava").name == "video-llava"
+    assert family_for_model_type("qwen3_vl").name == family_for_model_type("qwen3_vl_moe").name == "qwen-vl"
+    assert resolve_alias("qwen3-vl-2b") == "Qwen/Qwen3-VL-2B-Instruct"
+    assert resolve_alias("qwen3-vl-30b-a3b") == "Qwen/Qwen3-VL-30B-A3B-Instruct"
     assert family_for_model_type("llava_onevision").name == "llava-onevision"
     assert all(c.family in names for c in CHECKPOINTS)
     assert resolve_alias("video-llava-7b") == "LanguageBind/Video-LLaVA-7B-hf"

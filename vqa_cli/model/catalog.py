@@ -58,7 +58,29 @@ _QWEN2_7B = {**_QWEN2, "hidden_size": 3584, "intermediate_size": 18944, "num_hid
              "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152128, "tie_word_embeddings": False}
 _LLAVA = {"vision_feature_layer": -2, "vision_feature_select_strategy": "default"}
 _ONEVISION = ("llava_onevision", _SIGLIP_SO400M, {"vision_feature_layer": -1, "vision_feature_select_strategy": "full"})
+# Qwen3-VL (REFERENCES.md section 13 and public copies of the hub config.json): M-RoPE over 262144 positions, the
+# 24 x 1024 vision tower (DeepStack after blocks 5, 11, 17) of the 2B and 4B, the 27 x 1152 one (8, 16, 24) of the
+# 30B-A3B. The 8B is left out: its text widths could not be checked here.
+_QWEN3_TEXT = {"vocab_size": 151936, "max_position_embeddings": 262144, "head_dim": 128, "rms_norm_eps": 1e-6,
+               "rope_parameters": {"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [24, 20, 20],
+                                   "mrope_interleaved": True}}
+_QWEN3_VIT_24 = {"depth": 24, "hidden_size": 1024, "intermediate_size": 4096, "num_heads": 16,
+                 "deepstack_visual_indexes": [5, 11, 17]}
+_QWEN3_VIT_27 = {"depth": 27, "hidden_size": 1152, "intermediate_size": 4304, "num_heads": 16,
+                 "deepstack_visual_indexes": [8, 16, 24]}
 PUBLISHED: dict[str, tuple[str, dict, dict, dict]] = {
+    "Qwen/Qwen3-VL-2B-Instruct": ("qwen3_vl", {**_QWEN3_VIT_24, "out_hidden_size": 2048}, {
+        **_QWEN3_TEXT, "hidden_size": 2048, "intermediate_size": 6144, "num_hidden_layers": 28,
+        "num_attention_heads": 16, "num_key_value_heads": 8, "tie_word_embeddings": True},
+        {"tie_word_embeddings": True}),
+    "Qwen/Qwen3-VL-4B-Instruct": ("qwen3_vl", {**_QWEN3_VIT_24, "out_hidden_size": 2560}, {
+        **_QWEN3_TEXT, "hidden_size": 2560, "intermediate_size": 9728, "num_hidden_layers": 36,
+        "num_attention_heads": 32, "num_key_value_heads": 8, "tie_word_embeddings": True},
+        {"tie_word_embeddings": True}),
+    "Qwen/Qwen3-VL-30B-A3B-Instruct": ("qwen3_vl_moe", {**_QWEN3_VIT_27, "out_hidden_size": 2048}, {
+        **_QWEN3_TEXT, "hidden_size": 2048, "intermediate_size": 6144, "num_hidden_layers": 48,
+        "num_attention_heads": 32, "num_key_value_heads": 4, "num_experts": 128, "num_experts_per_tok": 8,
+        "moe_intermediate_size": 768, "decoder_sparse_step": 1}, {"tie_word_embeddings": False}),
     "llava-hf/LLaVA-NeXT-Video-7B-hf": ("llava_next_video", {**_CLIP_L14, "image_size": 336}, _VICUNA_7B,
                                         {**_LLAVA, "spatial_pool_stride": 2, "spatial_pool_mode": "average"}),
     "llava-hf/LLaVA-NeXT-Video-7B-DPO-hf": ("llava_next_video", {**_CLIP_L14, "image_size": 336}, _VICUNA_7B,

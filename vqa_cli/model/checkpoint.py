@@ -83,6 +83,9 @@ class Checkpoint:
         return frames_for(settings, self.adapter.default_frames)
 
     def plan(self, settings: RunSettings, num_frames: int) -> modes.TokenPlan:
+        if settings.mode.name not in self.adapter.modes:
+            raise UsageError(f"--mode {settings.mode.name} is not available for {self.adapter.name} "
+                             f"(available: {', '.join(self.adapter.modes)})")
         return modes.plan(settings.mode, num_frames, self.geometry)
 
     def prompt_ids(self, conversation: str | list[dict], time_text: str | None = None, media: str = "video"

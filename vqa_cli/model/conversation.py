@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from vqa_cli.errors import UsageError
 from vqa_cli.model import prompt
 from vqa_cli.model.generate import Generation, cache_kwargs, generate
 from vqa_cli.video import Clip
@@ -67,6 +68,8 @@ class Conversation:
     def open(cls, engine: Engine, clip: Clip, prompt_text: str = "", timings: dict | None = None) -> Conversation:
         """Encode the clip once and prefill the shared prefix (``prompt_text`` guides --guide pooling)."""
         timings = {} if timings is None else timings
+        if not engine.adapter.embeds_prompt:
+            raise UsageError(f"vqa chat is not available for {engine.adapter.name} yet: ask one question at a time")
         budget, features = engine.budgeted_tokens(clip, prompt_text, timings)
         conversation = cls(engine, clip, features, plan=budget.plan)
         started = time.perf_counter()

@@ -24,7 +24,6 @@ from vqa_cli.model.checkpoint import Budget, Checkpoint
 from vqa_cli.model.memory import VISION_CHUNK
 from vqa_cli.settings import LOAD_SETTINGS, ModeSettings, RunSettings
 from vqa_cli.video import Clip
-from vqa_cli.video.preprocess import preprocess_frames
 
 if TYPE_CHECKING:
     import torch
@@ -35,17 +34,19 @@ if TYPE_CHECKING:
 
 
 def sample_clip(path: str, settings: RunSettings, frames: int, timeout: float | None = None, *,
-                options: DecodeOptions | None = None) -> tuple[Clip, float]:
+                options: DecodeOptions | None = None, native_fps: float | None = None) -> tuple[Clip, float]:
     """The request's frames of ``path`` (``frames``, or ``--fps`` capped at ``frames``) and the seconds taken.
 
     ``options``: a ``video.DecodeOptions`` (e.g. the cores a caption worker's decoders may use); its decoder
-    is the request's (``--decoder``)."""
+    is the request's (``--decoder``). ``native_fps``: the family's own rate (``FamilyAdapter.sample_fps``),
+    used like ``--fps`` when the request names neither ``--fps`` nor ``--frames``."""
     from vqa_cli.video import DecodeOptions, sample_frames
 
     options = replace(options or DecodeOptions(), decoder=settings.decoder)
     started = time.perf_counter()
-    if settings.fps:
-        clip = sample_frames(path, None, settings.start, settings.end, timeout, fps=settings.fps, max_frames=frames,
+    fps = settings.fps or (None if settings.frames else native_fps)
+    if fps:
+        clip = sample_frames(path, None, settings.start, settings.end, timeout, fps=fps, max_frames=frames,
                              seek=settings.seek, options=options)
     else:
         clip = sample_frames(path, frames, settings.start, settings.end, timeout, seek=settings.seek, options=options)
@@ -122,7 +123,7 @@ class Engine:
             clip = source
         else:
             clip, timings["decode"] = sample_clip(source, settings or self.settings, frames, timeout,
-                                                  options=options)
+                                                  options=options, native_fps=self.adapter.sample_fps)
         pixels = None
         if not self.uses_image_path(clip):
             started = time.perf_counter()
@@ -132,9 +133,7 @@ class Engine:
 
     def pixels(self, clip: Clip) -> torch.Tensor:
         """The clip's frames as the checkpoint's processor prepares them: [T, 3, H, W] float32."""
-        import torch
-
-        return torch.from_numpy(preprocess_frames(clip.frames, self.checkpoint.processor))
+        return self.adapter.pixels(clip.frames, self.checkpoint.dir, self.checkpoint.processor)
 
     # ---- stage 2: the visual tokens ------------------------------------------------------------
     def visual_tokens(self, clip: Clip, question: str = "", timings: dict[str, float] | None = None, *,
@@ -191,19 +190,15 @@ class Engine:
                                       if plan else settings.frames, plan=plan, loaded_factor=self.rope_factor)
 
     # ---- stage 4: the answer -------------------------------------------------------------------
-    def prompt_inputs(self, question: str, clip: Clip, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The prompt's ids [1, L] (placeholder expanded to the visual tokens) and its embeddings, tokens in place."""
-        import torch
-
+    def prompt_inputs(self, question: str, clip: Clip, features: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor | dict[str, object]]:
+        """The prompt's ids [1, L] (placeholder expanded to the visual tokens) and what ``generate`` feeds with them:
+        its embeddings, tokens in place, or the family's own inputs (``FamilyAdapter.prompt_inputs``)."""
         time_text = prompt.time_instruction(clip.duration, clip.timestamps) if self.settings.time_prompt else None
         image = self.uses_image_path(clip)
         ids = self.checkpoint.prompt_ids(question, None if image else time_text, media="image" if image else "video")
-        placeholder = self.placeholder_id(clip)
-        ids = prompt.expand_placeholder(ids, placeholder, features.shape[0])
-        ids_t = torch.tensor([ids], device=self.input_device)
-        with torch.inference_mode():
-            embeds = prompt.embed(self.model, ids_t, features, placeholder)
-        return ids_t, embeds
+        return self.adapter.prompt_inputs(self.model, self.checkpoint.tokenizer, ids, self.placeholder_id(clip),
+                                          features, clip, self.checkpoint.dir, self.input_device)
 
     def generate(self, clip: Clip, question: str, features: torch.Tensor, budget: Budget, *,
                  timings: dict[str, float] | None = None, on_text: Callable[[str], None] | None = None) -> Answer:
@@ -258,7 +253,7 @@ class Engine:
         timings = [dict(t) for t in (timings or [{} for _ in clips])]
         known = features or [None] * len(clips)
         encoded: list[FrameFeatures | None] = [None] * len(clips)
-        if pixels is not None:
+        if pixels is not None and self.adapter.embeds_prompt:
             import torch
 
             video = [i for i, c in enumerate(clips)
@@ -279,7 +274,11 @@ class Engine:
             budget, tokens = self.budgeted_tokens(clip, q, tm, frames_i, known_i)
             budgets.append(budget)
             visual.append(tokens)
-            rows.append(self.prompt_inputs(q, clip, tokens))
+            if self.adapter.embeds_prompt:
+                rows.append(self.prompt_inputs(q, clip, tokens))
+        if not self.adapter.embeds_prompt:  # the family's own inputs do not left-pad into one batch: one at a time
+            return [self.generate(clip, q, tokens, budget, timings=tm)
+                    for clip, q, tokens, budget, tm in zip(clips, questions, visual, budgets, timings, strict=True)]
         gens = generate_batch(self.model, self.checkpoint.tokenizer, rows, max_new_tokens=self.settings.max_new_tokens,
                               temperature=self.settings.temperature, seed=self.settings.seed, should_stop=should_stop)
         answers = []
@@ -297,10 +296,11 @@ class Engine:
         encoded; ``known``: its visual tokens when already known (a feature cache): then only the budget."""
         settings = replace(self.settings, frames=len(clip.indices))
         if known is not None:
-            plan = modes.image_plan(known.shape[0]) if self.uses_image_path(clip) else None
+            plan = (modes.image_plan(known.shape[0]) if self.uses_image_path(clip)
+                    else self.adapter.clip_plan(clip, self.checkpoint.dir))
             return self.checked_budget(settings, question, plan), known
         if self.uses_image_path(clip):
             features = self.visual_tokens(clip, question, timings)
             return self.checked_budget(settings, question, modes.image_plan(features.shape[0])), features
-        budget = self.checked_budget(settings, question)
+        budget = self.checked_budget(settings, question, self.adapter.clip_plan(clip, self.checkpoint.dir))
         return budget, self.visual_tokens(clip, question, timings, frames=frames)

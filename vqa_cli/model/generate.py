@@ -8,7 +8,7 @@ token) and decode speed are measured where they happen.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -127,22 +127,25 @@ class _Until:
         return torch.full((input_ids.shape[0],), self.fired, dtype=torch.bool, device=input_ids.device)
 
 
-def _run(model: PreTrainedModel, ids: torch.Tensor, embeds: torch.Tensor, mask: torch.Tensor, streamer: BaseStreamer,
+def _run(model: PreTrainedModel, ids: torch.Tensor, embeds: torch.Tensor | Mapping[str, object], mask: torch.Tensor,
+         streamer: BaseStreamer,
          *, pad: int, max_new_tokens: int, temperature: float, seed: int | None, cache: Cache | None = None,
          logits: bool = False, until: _Until | None = None) -> GenerateOutput | torch.Tensor:
     """The one call of the model's ``generate`` in vqa. A seed applies to this call only (the global RNG
-    is restored afterwards). ``until`` stops the generation early when its callable says so."""
+    is restored afterwards). ``until`` stops the generation early when its callable says so. ``embeds``: the prompt's
+    embeddings, or the other inputs a family feeds with the ids (``FamilyAdapter.prompt_inputs``)."""
     import torch
     from transformers import StoppingCriteriaList
 
     extra: dict[str, Any] = {"output_logits": True, "return_dict_in_generate": True} if logits else {}
+    extra.update(embeds if isinstance(embeds, Mapping) else {"inputs_embeds": embeds})
     if until is not None:
         extra["stopping_criteria"] = StoppingCriteriaList([until])
     devices = [ids.device.index or 0] if ids.device.type == "cuda" else []
     with torch.inference_mode(), torch.random.fork_rng(devices=devices, enabled=seed is not None and temperature > 0):
         if seed is not None and temperature > 0:
             torch.manual_seed(seed)
-        return model.generate(input_ids=ids, inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
+        return model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                               streamer=streamer, pad_token_id=pad, **cache_kwargs(model, cache),
                               **sampling_kwargs(temperature), **extra)
 
@@ -151,7 +154,7 @@ def generate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     ids: torch.Tensor,
-    embeds: torch.Tensor,
+    embeds: torch.Tensor | Mapping[str, object],
     *,
     max_new_tokens: int,
     temperature: float = DEFAULT_TEMPERATURE,
@@ -161,7 +164,7 @@ def generate(
     logits: bool = False,
     should_stop: Callable[[str], bool] | None = None,
 ) -> Generation:
-    """Generate from prompt embeddings [1, L, D], streaming text to ``on_text``.
+    """Generate from prompt embeddings [1, L, D] (or a family's own inputs: ``_run``), streaming text to ``on_text``.
 
     ``cache``: a KV cache holding a prefix of the prompt (only the rest is prefilled). ``logits`` keeps the
     raw logits of every new token (for log-probabilities, and for checking a cached prefill against a full

@@ -67,6 +67,18 @@ def planned_frames(settings: RunSettings) -> int:
     return frames_for(settings, family.default_frames)
 
 
+def native_fps(settings: RunSettings) -> float | None:
+    """The family's own sampling rate when the request names neither ``--fps`` nor ``--frames`` (Qwen-VL samples
+    at 2 fps), from ``config.json`` alone like ``planned_frames``; None: the request's frame count."""
+    from vqa_cli.model import loading
+    from vqa_cli.model.weights import hub
+
+    if settings.fps or settings.frames:
+        return None
+    model_dir = hub.resolve_model_dir(settings.model, weights=False)
+    return loading.checkpoint_family(model_dir, loading.read_config_dict(model_dir)["model_type"]).sample_fps
+
+
 def fit_settings(settings: RunSettings, questions: list[str], *, reserve: int = 0, probe: Probe | None = None
                  ) -> tuple[RunSettings, FitChoice | None]:
     """``--fit``: the settings with the frames (and, if need be, the mode) that fit memory and context, and
@@ -173,7 +185,7 @@ def open_session(settings: RunSettings, video: str, questions: list[str], *, res
                                     probe=probe)
     frames = 1 if still else planned_frames(settings)
     with ThreadPoolExecutor(max_workers=1) as pool:
-        decoding = pool.submit(sample_clip, video, settings, frames)
+        decoding = pool.submit(sample_clip, video, settings, frames, native_fps=None if still else native_fps(settings))
         session = open_model(settings, questions, num_frames=frames, reserve=reserve, probe=probe)
         session.fitted = fitted
         with console.status(f"decoding {frames} frames"):

@@ -8,7 +8,15 @@ imports it.
 - ``servers``: ``start`` runs a real ``vqa serve`` on a free port (``Server``, ``http``).
 """
 
-from vqa_cli.testing.checkpoints import FAMILIES, FULL_GEOMETRIES, GEOMETRIES, build_tokenizer, main, tiny_checkpoint
+from vqa_cli.testing.checkpoints import (
+    FAMILIES,
+    FULL_GEOMETRIES,
+    GEOMETRIES,
+    QWEN_RECIPES,
+    build_tokenizer,
+    main,
+    tiny_checkpoint,
+)
 from vqa_cli.testing.clips import (
     BITS,
     GRID_COLUMNS,
@@ -25,6 +33,6 @@ from vqa_cli.testing.servers import LISTENING, Server, http, start
 
 __all__ = [
     "BITS", "FAMILIES", "FULL_GEOMETRIES", "GEOMETRIES", "GRID_COLUMNS", "GRID_ROWS", "LISTENING", "MODULUS",
-    "SCENE_COLOURS", "Server", "build_tokenizer", "ffmpeg_exe", "frame_image", "frame_number", "http", "main",
-    "make_clip", "scene_clip", "start", "tiny_checkpoint",
+    "QWEN_RECIPES", "SCENE_COLOURS", "Server", "build_tokenizer", "ffmpeg_exe", "frame_image", "frame_number", "http",
+    "main", "make_clip", "scene_clip", "start", "tiny_checkpoint",
 ]

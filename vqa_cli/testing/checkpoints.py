@@ -74,6 +74,9 @@ QWEN_SPECIALS = {
 }
 
 FAMILIES = ("llava-next-video", "video-llava", "llava-onevision")
+# Qwen-VL recipes (family qwen-vl; vqa_cli/testing/qwen_checkpoints.py): kept out of FAMILIES, whose tests run every
+# mode and the image path on each recipe.
+QWEN_RECIPES = ("qwen3-vl", "qwen3-vl-moe")
 
 # Tiny sizes shared by every recipe: only widths and depths shrink, never the token geometry.
 _TINY_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
@@ -97,6 +100,7 @@ def build_tokenizer(
     eos: str = "</s>",
     pad: str = "<unk>",
     extra: tuple[str, ...] = ("<video>", "<image>"),
+    alphabet_extra: str = "",
 ):
     """A byte-level BPE tokenizer trained offline, with LLaVA's special tokens (or those given)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -107,7 +111,8 @@ def build_tokenizer(
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
-    alphabet = sorted(set(_CORPUS.replace("\n", " ")) | set("0123456789.,:;?!'-()\n") | set(_CORPUS.upper()))
+    alphabet = sorted(set(_CORPUS.replace("\n", " ")) | set("0123456789.,:;?!'-()\n") | set(_CORPUS.upper())
+                      | set(alphabet_extra))
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size - 2,
         special_tokens=["<unk>", "<s>", "</s>"],
@@ -324,7 +329,17 @@ def _llava_onevision(out: Path, seed: int, geometry: str = "tiny") -> None:
     })
 
 
-_BUILDERS = {"llava-next-video": _llava_next_video, "video-llava": _video_llava, "llava-onevision": _llava_onevision}
+def _qwen3_vl(out: Path, seed: int, moe: bool = False) -> None:
+    """Qwen3-VL (``moe``: Qwen3-VL-MoE) at its real video geometry: see ``vqa_cli/testing/qwen_checkpoints.py``."""
+    from vqa_cli.testing import qwen_checkpoints as qwen
+
+    tokenizer = build_tokenizer(**qwen.QWEN_VL_SPECIALS, alphabet_extra="<>")
+    config = qwen.config(tokenizer, TINY_INITIALIZER_RANGE, moe)
+    _save(out, _build(config, qwen.model_class(moe), seed), tokenizer, qwen.QWEN_VL_TEMPLATE, qwen.FILES)
+
+
+_BUILDERS = {"llava-next-video": _llava_next_video, "video-llava": _video_llava, "llava-onevision": _llava_onevision,
+             "qwen3-vl": _qwen3_vl, "qwen3-vl-moe": lambda out, seed: _qwen3_vl(out, seed, moe=True)}
 
 
 def tiny_checkpoint(out: str | Path, family: str = "llava-next-video", seed: int = 0, geometry: str = "tiny",
@@ -357,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     tiny = sub.add_parser("tiny-checkpoint", help="write a random-weight checkpoint with real geometry")
     tiny.add_argument("dir")
-    tiny.add_argument("--family", default="llava-next-video", choices=FAMILIES)
+    tiny.add_argument("--family", default="llava-next-video", choices=FAMILIES + QWEN_RECIPES)
     tiny.add_argument("--seed", type=int, default=0)
     tiny.add_argument("--geometry", default="tiny", choices=GEOMETRIES,
                       help="tiny widths (default), or the real sizes: 7b (llava-next-video), 0.5b (llava-onevision)")

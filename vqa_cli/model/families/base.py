@@ -17,7 +17,11 @@ if TYPE_CHECKING:
 
     import numpy as np
     import torch
-    from transformers import PretrainedConfig, PreTrainedModel
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+    from vqa_cli.model.modes import TokenPlan
+    from vqa_cli.video import Clip
+    from vqa_cli.video.preprocess import ProcessorConfig
 
 
 @dataclass(frozen=True)
@@ -49,13 +53,15 @@ class FrameFeatures:
 
     grid: torch.Tensor  # [T, h, w, Dv]
     prefix: torch.Tensor | None = None  # [T, k, Dv]
+    deepstack: list[torch.Tensor] | None = None  # Qwen3-VL: per DeepStack layer, [T, h, w, D] like ``grid``
 
     def __len__(self) -> int:
         return int(self.grid.shape[0])
 
     def slice(self, start: int, stop: int) -> FrameFeatures:
         """Frames ``start:stop`` (one clip out of a batch encoded together)."""
-        return FrameFeatures(self.grid[start:stop], None if self.prefix is None else self.prefix[start:stop])
+        return FrameFeatures(self.grid[start:stop], None if self.prefix is None else self.prefix[start:stop],
+                             None if self.deepstack is None else [d[start:stop] for d in self.deepstack])
 
     @classmethod
     def cat(cls, parts: Sequence[FrameFeatures]) -> FrameFeatures:
@@ -66,7 +72,11 @@ class FrameFeatures:
         prefixes = [p.prefix for p in parts if p.prefix is not None]
         if prefixes and len(prefixes) != len(parts):
             raise ValueError("some chunks carry prefix tokens and some do not")
-        return cls(grid, torch.cat(prefixes) if prefixes else None)
+        stacks = [p.deepstack for p in parts if p.deepstack is not None]
+        if stacks and len(stacks) != len(parts):
+            raise ValueError("some chunks carry DeepStack features and some do not")
+        deepstack = [torch.cat(layer) for layer in zip(*stacks, strict=True)] if stacks else None
+        return cls(grid, torch.cat(prefixes) if prefixes else None, deepstack)
 
 
 def layer_features(tower: torch.nn.Module, pixels: torch.Tensor, layer: int | Sequence[int]) -> torch.Tensor:
@@ -91,6 +101,11 @@ class FamilyAdapter:
     model_class: ClassVar[str]  # transformers class name, imported lazily
     video_token: ClassVar[str] = "<video>"
     default_frames: ClassVar[int] = 32
+    sample_fps: ClassVar[float | None] = None  # the family's own sampling rate (frames per second), capped by frames
+    modes: ClassVar[tuple[str, ...]] = ("anyres", "slowfast", "pooled")  # the modes it answers in
+    # The language model takes input embeddings with the visual tokens in place, so prompts left-pad into one batch
+    # and a chat's prefix caches as embeddings; False: ``prompt_inputs`` feeds ids and the family's own inputs.
+    embeds_prompt: ClassVar[bool] = True
 
     def __init__(self, config: PretrainedConfig) -> None:
         self.config = config
@@ -138,7 +153,21 @@ class FamilyAdapter:
             **native,
         )
 
+    def clip_plan(self, clip: Clip, model_dir: Path) -> TokenPlan | None:
+        """The token layout of this clip when it depends on the clip (a dynamic resolution), else None: the
+        mode's plan from the static geometry holds."""
+        return None
+
     # ---- tensors ----------------------------------------------------------------------
+    def pixels(self, frames: np.ndarray, model_dir: Path, processor: ProcessorConfig) -> torch.Tensor:
+        """Decoded frames [T, H, W, 3] uint8 -> the vision input [T, 3, h, w] float32 (the checkpoint's processor
+        config, ``processor``, read by ``video.preprocess``)."""
+        import torch
+
+        from vqa_cli.video.preprocess import preprocess_frames
+
+        return torch.from_numpy(preprocess_frames(frames, processor))
+
     def encode_frames(self, model: PreTrainedModel, pixels: torch.Tensor) -> FrameFeatures:
         """Pixels [T, 3, H, W] -> vision features before the projector (grid [T, h, w, Dv]).
 
@@ -157,6 +186,20 @@ class FamilyAdapter:
     def image_tokens(self, model: PreTrainedModel, model_dir: Path, image: np.ndarray) -> torch.Tensor:
         """One RGB still [H, W, 3] -> [N, D] through the checkpoint's own image path (``image_token_id``)."""
         raise NotImplementedError(f"{self.name} has no still-image path")
+
+    def prompt_inputs(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ids: list[int],
+                      placeholder: int, features: torch.Tensor, clip: Clip, model_dir: Path,
+                      device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor | dict[str, object]]:
+        """A rendered prompt's ids with ``placeholder`` once -> (ids [1, L] with the placeholder expanded to the N
+        visual tokens ``features`` [N, D], what ``generate`` feeds besides them): the LLaVA way, the embeddings
+        [1, L, D] with the tokens scattered in (``prompt.embed``)."""
+        import torch
+
+        from vqa_cli.model import prompt
+
+        ids_t = torch.tensor([prompt.expand_placeholder(ids, placeholder, features.shape[0])], device=device)
+        with torch.inference_mode():
+            return ids_t, prompt.embed(model, ids_t, features, placeholder)
 
     def vision_tower(self, model: PreTrainedModel) -> torch.nn.Module:
         """The module that encodes frames (its parameters' dtype and device take the pixels)."""

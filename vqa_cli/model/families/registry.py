@@ -14,12 +14,14 @@ from vqa_cli.errors import UnsupportedModelError
 from vqa_cli.model.families.base import FamilyAdapter
 from vqa_cli.model.families.llava_next_video import LlavaNextVideoAdapter
 from vqa_cli.model.families.llava_onevision import LlavaOnevisionAdapter
+from vqa_cli.model.families.qwen_vl import QwenVLAdapter
 from vqa_cli.model.families.video_llava import VideoLlavaAdapter
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
 
-FAMILIES: tuple[type[FamilyAdapter], ...] = (LlavaNextVideoAdapter, VideoLlavaAdapter, LlavaOnevisionAdapter)
+FAMILIES: tuple[type[FamilyAdapter], ...] = (LlavaNextVideoAdapter, VideoLlavaAdapter, LlavaOnevisionAdapter,
+                                             QwenVLAdapter)
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,9 @@ CHECKPOINTS: tuple[KnownCheckpoint, ...] = (
     KnownCheckpoint("llava-onevision-7b", "llava-hf/llava-onevision-qwen2-7b-ov-hf", "llava-onevision", "7B"),
     # LLaVA-Video has OneVision's architecture; transformers loads it as ``llava_onevision``.
     KnownCheckpoint("llava-video-7b", "llava-hf/LLaVA-Video-7B-Qwen2-hf", "llava-onevision", "7B"),
+    KnownCheckpoint("qwen3-vl-2b", "Qwen/Qwen3-VL-2B-Instruct", "qwen-vl", "2B"),
+    KnownCheckpoint("qwen3-vl-4b", "Qwen/Qwen3-VL-4B-Instruct", "qwen-vl", "4B"),
+    KnownCheckpoint("qwen3-vl-30b-a3b", "Qwen/Qwen3-VL-30B-A3B-Instruct", "qwen-vl", "30B"),
 )
 
 DEFAULT_MODEL = "llava-next-video-7b"  # the default with CUDA (4-bit)

@@ -1,0 +1,141 @@
+"""The qwen-vl family (Qwen3-VL dense and MoE) end to end on tiny checkpoints at the real video geometry.
+
+Oracles: the model's own forward from pixels (transformers' ``model(input_ids, pixel_values_videos, video_grid_thw,
+mm_token_type_ids)``, the pixels patchified by transformers' own video processor), a full sequential PyAV decode
+for the presentation times, and the M-RoPE position formula written out here.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.clips import make_clip, pyav_decode_all, vfr_clip
+from vqa_cli.model.generate import generate
+from vqa_cli.model.session import open_model
+from vqa_cli.settings import ModeSettings, RunSettings
+
+QUESTION = "What happens in the video?"
+SIZE = (96, 64)  # width, height: multiples of 32 within the budget, so the clip keeps its size: 2 x 3 tokens a group
+# A variable frame rate (at a nominal 60 fps): 2 fps sampling picks 7 frames, an odd count (the last is repeated).
+VFR_TIMES = [0.0, 0.12, 0.2, 0.61, 0.9, 1.0, 1.33, 1.7, 2.2, 2.25, 2.3, 2.87, 3.1, 3.44, 3.6]
+
+
+@pytest.fixture(scope="module")
+def qwen_dirs(tmp_path_factory) -> dict[str, str]:
+    from vqa_cli.testing import QWEN_RECIPES, tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("qwen")
+    return {r: str(tiny_checkpoint(root / r, family=r)) for r in QWEN_RECIPES}
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> str:
+    """3 s at 10 fps: 2 fps sampling picks 6 frames, 3 temporal groups."""
+    return make_clip(str(tmp_path_factory.mktemp("qclip") / "clip.mp4"), 30, fps=10.0, size=SIZE)
+
+
+@pytest.fixture(scope="module")
+def vfr(tmp_path_factory) -> str:
+    return vfr_clip(tmp_path_factory.mktemp("qvfr") / "vfr.mkv", VFR_TIMES, fps=60.0, size=SIZE)
+
+
+_ENGINES: dict[str, object] = {}
+
+
+def engine_for(model_dir: str):
+    if model_dir not in _ENGINES:
+        settings = RunSettings(model=model_dir, dtype="float32", max_new_tokens=4)
+        _ENGINES[model_dir] = open_model(settings, [QUESTION]).engine
+    return _ENGINES[model_dir]
+
+
+def vqa_inputs(engine, path: str):
+    """vqa's own path: decode at the family's rate, pixels, tower, tokens, prompt inputs."""
+    prepared = engine.prepare_clip(path, engine.checkpoint.frames_for(engine.settings))
+    features = engine.visual_tokens(prepared.clip, QUESTION)
+    ids, inputs = engine.prompt_inputs(QUESTION, prepared.clip, features)
+    return prepared, ids, inputs
+
+
+@pytest.mark.parametrize("recipe", ["qwen3-vl", "qwen3-vl-moe"])
+def test_logits_equal_the_models_own_forward_from_pixels(qwen_dirs, clip, recipe):
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+    engine = engine_for(qwen_dirs[recipe])
+    prepared, ids, inputs = vqa_inputs(engine, clip)
+    assert prepared.pixels.shape == (6, 3, SIZE[1], SIZE[0])
+    gen = generate(engine.model, engine.checkpoint.tokenizer, ids, inputs, max_new_tokens=1, logits=True)
+    # The reference: transformers' own patch layout of the same pixels, its own positions, tower and DeepStack.
+    values, *grid = Qwen3VLVideoProcessor.patchify(None, prepared.pixels[None], 16, 2, 2)
+    types = (ids == engine.model.config.video_token_id).long() * 2
+    with torch.inference_mode():
+        engine.model.model.rope_deltas = None
+        ref = engine.model(input_ids=ids, pixel_values_videos=values[0], video_grid_thw=torch.tensor([grid]),
+                           mm_token_type_ids=types).logits[0, -1]
+    assert int(types.sum()) // 2 == 3 * 2 * 3
+    assert torch.allclose(gen.first_logits, ref, atol=1e-4), (gen.first_logits - ref).abs().max()
+
+
+def test_positions_are_the_mrope_formula(qwen_dirs, clip):
+    engine = engine_for(qwen_dirs["qwen3-vl"])
+    _, ids, inputs = vqa_inputs(engine, clip)
+    pos = inputs["position_ids"][:, 0]
+    pad = engine.model.config.video_token_id
+    h, w = SIZE[1] // 32, SIZE[0] // 32
+    expected, s, i, row = [], 0, 0, ids[0].tolist()
+    while i < len(row):
+        if row[i] != pad:
+            expected.append((s, s, s))
+            s, i = s + 1, i + 1
+            continue
+        expected += [(s, s + r, s + c) for r in range(h) for c in range(w)]
+        s, i = s + max(h, w), i + h * w
+    assert pos[0].tolist() == list(range(len(row)))
+    assert pos[1:].T.tolist() == [list(p) for p in expected]
+
+
+def test_prompt_timestamps_are_the_decoders_presentation_times(qwen_dirs, vfr):
+    engine = engine_for(qwen_dirs["qwen3-vl"])
+    prepared, ids, _ = vqa_inputs(engine, vfr)
+    times = pyav_decode_all(vfr)[1]
+    chosen = [times[i] for i in prepared.clip.indices]
+    assert len(chosen) % 2 == 1  # the last group repeats its frame
+    chosen.append(chosen[-1])
+    stamps = [f"<{(chosen[g] + chosen[g + 1]) / 2:.1f} seconds>" for g in range(0, len(chosen), 2)]
+    by_index = [f"<{(i + j) / 2 / 60:.1f} seconds>" for i, j in zip(prepared.clip.indices[::2],
+                                                                    prepared.clip.indices[1::2], strict=False)]
+    assert stamps[:len(by_index)] != by_index  # index / fps would say otherwise: the test can tell them apart
+    tok, config = engine.checkpoint.tokenizer, engine.model.config
+    row = ids[0].tolist()
+    starts = [i for i, t in enumerate(row) if t == config.vision_start_token_id]
+    ends = [i for i, t in enumerate(row) if t == config.vision_end_token_id]
+    assert len(starts) == len(stamps)
+    for k, (start, stamp) in enumerate(zip(starts, stamps, strict=True)):
+        stamp_ids = tok(stamp, add_special_tokens=False)["input_ids"]
+        before = row[ends[k - 1] + 1:start] if k else row[start - len(stamp_ids):start]
+        assert before == stamp_ids, (k, tok.decode(before), stamp)
+        assert row[start + 1:ends[k]] == [config.video_token_id] * (SIZE[1] // 32) * (SIZE[0] // 32)
+
+
+def test_pooled_and_slowfast_are_refused_in_one_line(qwen_dirs, clip):
+    from vqa_cli.errors import UsageError
+
+    for mode in ("pooled", "slowfast"):
+        settings = RunSettings(model=qwen_dirs["qwen3-vl"], dtype="float32", mode=ModeSettings(mode))
+        with pytest.raises(UsageError, match=f"--mode {mode} is not available for qwen-vl"):
+            open_model(settings, [QUESTION])
+
+
+def test_ask_in_4bit_through_the_command_line(qwen_dirs, clip, capsys):
+    from vqa_cli.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["ask", clip, QUESTION, "--model", qwen_dirs["qwen3-vl-moe"], "--quant", "4bit", "--max-new-tokens", "4",
+              "--json"])
+    assert exit_.value.code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["family"] == "qwen-vl" and out["quant"] == "4bit" and out["answer"]
+    assert out["frames"] == 6 and out["visual_tokens"] == 3 * (SIZE[1] // 32) * (SIZE[0] // 32)

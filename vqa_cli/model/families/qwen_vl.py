@@ -1,0 +1,178 @@
+"""Qwen3-VL (``Qwen/Qwen3-VL-*-Instruct``: dense ``qwen3_vl``, MoE ``qwen3_vl_moe``), through transformers' own classes.
+
+Native dynamic resolution: every clip keeps its aspect ratio, resized so that frames x h x w fits the processor's
+pixel budget (sides multiples of patch 16 x merge 2 = 32, ``qwen_geometry.clip_size``); two consecutive frames
+make one temporal group, each group gives (h/32) x (w/32) merged tokens. The vision tower (``model.model.visual``)
+holds the 2x2 merger (no separate projector) and DeepStack mergers whose features are added to the hidden states of
+the first decoder layers at the visual positions. In the prompt each group is ``<{t:.1f} seconds>`` +
+``<|vision_start|>`` + pads + ``<|vision_end|>``, ``t`` the mean presentation time of the group's first and last
+frame as the decoder read them; positions are 3-D M-RoPE from the model's own ``get_rope_index``.
+
+vqa's visual tokens for this family carry the DeepStack features with them: a [N, D x (1 + k)] tensor, the merged
+token then each of the k DeepStack features on the channels (``pack``/``unpack``), so every stage that holds a
+clip's tokens (feature cache included) holds all the model needs. Generation feeds them as the model's own encoder
+output (``mm_encoder_outputs``) with explicit 4-row position ids (text row + T/H/W).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from vqa_cli.errors import CheckpointError, UsageError
+from vqa_cli.model.families import qwen_geometry as qg
+from vqa_cli.model.families.base import FamilyAdapter, FrameFeatures, Geometry
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from vqa_cli.model.modes import TokenPlan
+    from vqa_cli.video import Clip
+    from vqa_cli.video.preprocess import ProcessorConfig
+
+NOMINAL_SIDE = 448  # the frame side budgets and plans assume before a clip's own size is known (14x14 merged tokens)
+_CLASSES = {"qwen3_vl": "Qwen3VLForConditionalGeneration", "qwen3_vl_moe": "Qwen3VLMoeForConditionalGeneration"}
+
+
+@lru_cache(maxsize=16)
+def _processor_json(path: str, mtime: float) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable video processor config ({exc})") from exc
+
+
+def pack(tokens: torch.Tensor, deepstack: list[torch.Tensor]) -> torch.Tensor:
+    """Merged tokens [N, D] and k DeepStack features [N, D] -> one [N, D x (1 + k)] tensor."""
+    import torch
+
+    return torch.cat([tokens, *deepstack], dim=-1)
+
+
+def unpack(features: torch.Tensor, hidden: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``pack``'s inverse: (merged tokens [N, D], DeepStack features [N, D] each)."""
+    parts = list(features.split(hidden, dim=-1))
+    return parts[0], parts[1:]
+
+
+class QwenVLAdapter(FamilyAdapter):
+    name = "qwen-vl"
+    model_types = ("qwen3_vl", "qwen3_vl_moe")
+    video_token = "<|video_pad|>"
+    default_frames = 64  # the most frames sampled (at the model's 2 fps); more only shrink each frame in the budget
+    sample_fps = 2.0
+    modes = ("anyres",)
+    embeds_prompt = False
+
+    @property
+    def model_class(self) -> str:  # type: ignore[override]
+        return _CLASSES[self.config.model_type]
+
+    # ---- static facts -------------------------------------------------------------
+    def geometry(self) -> Geometry:
+        v, t = self.config.vision_config, self.text_config()
+        side = NOMINAL_SIDE // v.patch_size
+        return Geometry(image_size=NOMINAL_SIDE, grid=(side, side), native_stride=v.spatial_merge_size,
+                        vision_hidden=v.hidden_size, text_hidden=t.hidden_size,
+                        trained_context=int(t.max_position_embeddings), text_layers=t.num_hidden_layers,
+                        kv_heads=t.num_key_value_heads, head_dim=t.head_dim, vocab_size=t.vocab_size)
+
+    def video_token_id(self) -> int:
+        return int(self.config.video_token_id)
+
+    def vision_ids(self) -> qg.VisionTokens:
+        c = self.config
+        return qg.VisionTokens(int(c.vision_start_token_id), int(c.video_token_id), int(c.vision_end_token_id))
+
+    def quant_skip_modules(self) -> list[str]:
+        return ["lm_head", "model.visual"]  # the tower with its merger and DeepStack mergers
+
+    def vision_tower(self, model: PreTrainedModel) -> torch.nn.Module:
+        return model.model.visual
+
+    def processing(self, model_dir: Path) -> qg.VideoProcessing:
+        """The checkpoint's video processor settings (its ``video_preprocessor_config.json`` over transformers'
+        defaults), with the patch geometry of its vision config."""
+        v = self.config.vision_config
+        cfg = replace(qg.QWEN3_VL, patch=v.patch_size, merge=v.spatial_merge_size, temporal=v.temporal_patch_size)
+        path = Path(model_dir) / "video_preprocessor_config.json"
+        if path.is_file():
+            cfg = cfg.from_dict(_processor_json(str(path), path.stat().st_mtime))
+        return cfg
+
+    # ---- tensors ----------------------------------------------------------------------
+    def pixels(self, frames: np.ndarray, model_dir: Path, processor: ProcessorConfig) -> torch.Tensor:
+        """Decoded frames [T, H, W, 3] -> [T, 3, h, w] at the clip's budgeted size, normalised (the checkpoint's
+        Qwen video processor settings, not the LLaVA-style ``processor``)."""
+        import torch
+
+        return qg.preprocess(torch.from_numpy(frames), self.processing(model_dir))
+
+    def encode_frames(self, model: PreTrainedModel, pixels: torch.Tensor) -> FrameFeatures:
+        """Frames [T, 3, h, w] -> one grid [T/2, h/32, w/32, D] of merged tokens per temporal group (in LM space),
+        with the DeepStack features in the same layout."""
+        import torch
+
+        v = self.config.vision_config
+        cfg = replace(qg.QWEN3_VL, patch=v.patch_size, merge=v.spatial_merge_size, temporal=v.temporal_patch_size)
+        values, (gt, gh, gw) = qg.patchify(pixels, cfg)
+        out = model.model.get_video_features(values, torch.tensor([[gt, gh, gw]], device=values.device),
+                                             return_dict=True)
+        shape = (gt, gh // cfg.merge, gw // cfg.merge, -1)
+        tokens = torch.cat(list(out.pooler_output)).reshape(shape)
+        deepstack = [torch.cat(list(f)).reshape(shape) for f in out.deepstack_features]
+        return FrameFeatures(tokens, deepstack=deepstack)
+
+    def native_tokens(self, model: PreTrainedModel, frames: FrameFeatures, stride: int | None = None) -> torch.Tensor:
+        if stride not in (None, self.geometry().native_stride):
+            raise UsageError(f"--stride is not available for {self.name} (its merger fixes 2x2)")
+        return pack(frames.grid.flatten(0, 2), [d.flatten(0, 2) for d in frames.deepstack or []])
+
+    def project(self, model: PreTrainedModel, features: torch.Tensor) -> torch.Tensor:
+        raise UsageError(f"{self.name} answers in --mode anyres only (its own dynamic resolution)")
+
+    # ---- prompt -----------------------------------------------------------------------
+    def blocks(self, clip: Clip, model_dir: Path) -> list[qg.Block]:
+        """The clip's prompt blocks: one per temporal group at its merged grid, at the group's real time."""
+        cfg = self.processing(model_dir)
+        frames = clip.frames
+        grid = qg.clip_grid(len(frames), frames.shape[1], frames.shape[2], cfg)
+        return qg.anyres_blocks(grid, qg.group_times(clip.timestamps, cfg.temporal), cfg.merge)
+
+    def clip_plan(self, clip: Clip, model_dir: Path) -> TokenPlan:
+        """One pathway of the clip's temporal groups at its merged grid."""
+        from vqa_cli.model.modes import Pathway, TokenPlan
+
+        blocks = self.blocks(clip, model_dir)
+        return TokenPlan("anyres", len(clip.frames), (Pathway("frames", tuple(range(len(blocks))),
+                                                              (blocks[0].h, blocks[0].w), qg.visual_tokens(blocks)),))
+
+    def prompt_inputs(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ids: list[int],
+                      placeholder: int, features: torch.Tensor, clip: Clip, model_dir: Path,
+                      device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor | dict[str, object]]:
+        """(ids [1, L], the rest of ``generate``'s inputs): the template's video wrapper expanded to the timestamped
+        blocks, 4-row position ids from the model's ``get_rope_index`` and the tokens as its encoder output."""
+        import torch
+        from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
+
+        blocks = self.blocks(clip, model_dir)
+        if qg.visual_tokens(blocks) != features.shape[0]:
+            raise ValueError(f"{features.shape[0]} visual tokens for a clip laid out as {qg.visual_tokens(blocks)}")
+        expanded, types = qg.expand_video(ids, blocks, self.vision_ids(),
+                                          lambda text: list(tokenizer(text, add_special_tokens=False)["input_ids"]))
+        ids_t = torch.tensor([expanded], device=device)
+        types_t = torch.tensor([types], device=device)
+        rows = torch.tensor(qg.rope_rows(blocks, self.config.vision_config.spatial_merge_size), device=device)
+        positions, _ = model.model.get_rope_index(ids_t, types_t, video_grid_thw=rows)
+        text = torch.arange(ids_t.shape[1], device=device)[None, None]
+        tokens, deepstack = unpack(features, self.text_config().hidden_size)
+        dtype = model.get_input_embeddings().weight.dtype
+        encoded = BaseModelOutputWithDeepstackFeatures(
+            pooler_output=(tokens.to(device, dtype),), deepstack_features=[(d.to(device, dtype),) for d in deepstack])
+        position_ids = torch.cat([text, positions.to(device)])
+        return ids_t, {"position_ids": position_ids, "mm_encoder_outputs": {"video": encoded}}
