@@ -540,13 +540,14 @@ def test_likelihood_from_a_servers_top_logprobs(tmp_path):
 
 
 def test_merge_keeps_one_record_per_question(tmp_path):
-    from vqa_cli.jobs.eval._run import merge_parts
+    from vqa_cli.jobs.eval._run import question_key
+    from vqa_cli.output.writer import merge_parts
 
     out, part = tmp_path / "o.jsonl", tmp_path / "o.jsonl.part0of2"
     rec = {"video": "v", "settings_id": "s", "error": None}
     out.write_text(json.dumps({**rec, "qid": "q1", "error": "boom"}) + "\n")
     part.write_text("".join(json.dumps({**rec, "qid": q}) + "\n" for q in ("q1", "q2", "q3")))
-    merge_parts(str(out), [str(part)])
+    merge_parts(str(out), [str(part)], question_key)
     got = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(r["qid"], r["error"]) for r in got] == [("q1", None), ("q2", None), ("q3", None)]
     assert not part.exists()

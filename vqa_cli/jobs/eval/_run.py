@@ -148,12 +148,6 @@ def question_key(rec: dict) -> tuple:
     return rec.get("settings_id"), rec.get("qid")
 
 
-def merge_parts(out: str, parts: list[str]) -> None:
-    """Fold the processes' part files into ``out``: one record per (settings, question), an answer beating an
-    error."""
-    writer.merge_parts(out, parts, question_key)
-
-
 class _null:
     def __enter__(self) -> None:
         return None
