@@ -139,3 +139,30 @@ def test_ask_in_4bit_through_the_command_line(qwen_dirs, clip, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["family"] == "qwen-vl" and out["quant"] == "4bit" and out["answer"]
     assert out["frames"] == 6 and out["visual_tokens"] == 3 * (SIZE[1] // 32) * (SIZE[0] // 32)
+
+
+def test_max_pixels_lowers_the_clip_size_within_the_budget(qwen_dirs, clip, capsys):
+    import math
+
+    from vqa_cli.cli import main
+
+    budget = 12288
+    with pytest.raises(SystemExit) as exit_:
+        main(["ask", clip, QUESTION, "--model", qwen_dirs["qwen3-vl"], "--max-pixels", str(budget),
+              "--max-new-tokens", "2", "--json"])
+    assert exit_.value.code == 0
+    out = json.loads(capsys.readouterr().out)
+    # Qwen's smart_resize: 6 frames x 64 x 96 is over the budget, so both sides shrink by the same factor.
+    beta = math.sqrt(6 * SIZE[0] * SIZE[1] / budget)
+    h, w = (max(32, math.floor(side / beta / 32) * 32) for side in (SIZE[1], SIZE[0]))
+    assert out["mode_settings"]["max_pixels"] == budget
+    assert out["pathways"][0]["grid"] == [h // 32, w // 32]
+    assert out["visual_tokens"] == 3 * (h // 32) * (w // 32) < 3 * (SIZE[1] // 32) * (SIZE[0] // 32)
+
+
+def test_max_pixels_is_refused_for_a_family_without_a_pixel_budget(tiny_dir):
+    from vqa_cli.errors import UsageError
+
+    settings = RunSettings(model=str(tiny_dir), dtype="float32", mode=ModeSettings(max_pixels=65536))
+    with pytest.raises(UsageError, match="--max-pixels is for native-resolution families"):
+        open_model(settings, [QUESTION])

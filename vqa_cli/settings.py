@@ -1,8 +1,7 @@
 """Run settings: each value's choices and one default, the checks of values and combinations (one function per
 rule) and the wire form, for the command line (``cli.options.run_settings`` maps options onto ``build``), the
 server (``apply_fields``) and the client (``request_fields``). A leaf (the standard library and ``vqa_cli.errors``
-only), so ``vqa --help``, which reads the ``Literal`` choices, stays fast.
-"""
+only), so ``vqa --help``, which reads the ``Literal`` choices, stays fast."""
 
 from __future__ import annotations
 
@@ -82,6 +81,7 @@ class ModeSettings:
     pool: tuple[int, int, int] | None = None  # pooled: (T, H, W)
     guide: bool = False  # pooled: PPLLaVA prompt-guided pooling instead of plain averaging
     guide_kernel: tuple[int, int, int] | None = None  # pooled + guide: 3-D window (= stride)
+    max_pixels: int | None = None  # anyres of a native-resolution family (qwen-vl): pixel budget per clip
 
     def to_dict(self) -> dict:
         """The parameters that are set (unset ones and ``guide=False`` left out)."""

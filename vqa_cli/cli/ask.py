@@ -25,6 +25,7 @@ from vqa_cli.cli.options import (
     MaxFramesOpt,
     MaxMemoryOpt,
     MaxNewTokensOpt,
+    MaxPixelsOpt,
     MinSceneOpt,
     ModelOpt,
     ModeOpt,
@@ -48,6 +49,7 @@ from vqa_cli.cli.options import (
     TimePromptOpt,
     VideoArg,
     run_settings,
+    with_max_pixels,
 )
 from vqa_cli.errors import UsageError
 from vqa_cli.settings import (
@@ -75,6 +77,7 @@ def ask(
     frames: FramesOpt = None,
     fps: FpsOpt = None,
     max_frames: MaxFramesOpt = None,
+    max_pixels: MaxPixelsOpt = None,
     seek: SeekOpt = DEFAULT_SEEK,
     decoder: DecoderOpt = DEFAULT_DECODER,
     start: StartOpt = None,
@@ -115,6 +118,8 @@ def ask(
     asked = list(questions or []) + _read_questions(questions_file)
     if not asked:
         raise UsageError("give a question (or --questions FILE)")
+    if server and max_pixels:
+        raise UsageError("--max-pixels works with a local model, not with --server")
 
     settings = run_settings(
         frames=frames, fps=fps, max_frames=max_frames, seek=seek, decoder=decoder, start=start, end=end,
@@ -127,6 +132,7 @@ def ask(
         segments=segments, scene_detector=scene_detector, scene_threshold=scene_threshold, min_scene=min_scene,
         subtitles=subtitles, subtitle_encoding=subtitle_encoding,
     )
+    settings = with_max_pixels(settings, max_pixels)
     return run_ask(settings, video, asked, as_json=as_json, plan_only=plan, server=server,
                    model_given=model is not None)
 

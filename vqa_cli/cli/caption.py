@@ -24,6 +24,7 @@ from vqa_cli.cli.options import (
     MaxFramesOpt,
     MaxMemoryOpt,
     MaxNewTokensOpt,
+    MaxPixelsOpt,
     MinSceneOpt,
     ModelOpt,
     ModeOpt,
@@ -47,8 +48,10 @@ from vqa_cli.cli.options import (
     TemperatureOpt,
     TimePromptOpt,
     run_settings,
+    with_max_pixels,
     writable_folder,
 )
+from vqa_cli.errors import UsageError
 from vqa_cli.settings import (
     DEFAULT_BATCH,
     DEFAULT_CAPTION_FORMAT,
@@ -85,6 +88,7 @@ def caption(
     frames: FramesOpt = None,
     fps: FpsOpt = None,
     max_frames: MaxFramesOpt = None,
+    max_pixels: MaxPixelsOpt = None,
     seek: SeekOpt = DEFAULT_SEEK,
     decoder: DecoderOpt = DEFAULT_DECODER,
     start: StartOpt = None,
@@ -125,6 +129,8 @@ def caption(
     from vqa_cli.jobs.caption import run_caption
     from vqa_cli.model.prompt import DEFAULT_CAPTION_PROMPT
 
+    if server and max_pixels:
+        raise UsageError("--max-pixels works with a local model, not with --server")
     settings = run_settings(
         frames=frames, fps=fps, max_frames=max_frames, seek=seek, decoder=decoder, start=start, end=end,
         model=model or (SERVED_MODEL if server else None), mode=mode, quant=quant, device=device, dtype=dtype,
@@ -136,6 +142,7 @@ def caption(
         segments=segments, scene_detector=scene_detector, scene_threshold=scene_threshold, min_scene=min_scene,
         subtitles=subtitles, subtitle_encoding=subtitle_encoding,
     )
+    settings = with_max_pixels(settings, max_pixels)
     return run_caption(settings, paths, out, prompt if prompt is not None else DEFAULT_CAPTION_PROMPT,
                        batch_size=batch_size, workers=workers, shard=shard, summary_path=summary, server=server,
                        model_given=model is not None, feature_cache=feature_cache, output_format=output_format,

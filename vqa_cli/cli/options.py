@@ -42,6 +42,10 @@ FpsOpt = Annotated[float | None, typer.Option("--fps", min=0.001, help="Sample a
                                               show_default=False)]
 MaxFramesOpt = Annotated[int | None, typer.Option("--max-frames", min=1, show_default=False,
                                                   help="Cap for --fps (default: the mode's frames).")]
+MaxPixelsOpt = Annotated[int | None, typer.Option(
+    "--max-pixels", min=1024, show_default=False,
+    help="Pixel budget per clip (frames x height x width) of a native-resolution family (qwen-vl: the checkpoint's "
+    "25165824 by default); lower it on a CPU.")]
 SeekOpt = Annotated[SeekMode, typer.Option(
     "--seek", help="exact frames, nearest keyframes (fast on long videos), or auto (keyframes when exact would decode "
     "over 1000 frames).")]
@@ -149,6 +153,15 @@ def run_settings(*, model: str | None = _NOT_AN_OPTION, device: str | None = Non
     settings = build(model=None if model is _NOT_AN_OPTION else model, device=device,
                      max_memory=parse_max_memory(max_memory), **options)  # type: ignore[arg-type]
     return replace(settings, model=_model(model, device))  # the default model's notice only for a valid run
+
+
+def with_max_pixels(settings: RunSettings, max_pixels: int | None) -> RunSettings:
+    """``--max-pixels`` into the anyres mode's settings (a native-resolution family's pixel budget per clip)."""
+    if max_pixels is None:
+        return settings
+    if settings.mode.name != "anyres":
+        raise UsageError("--max-pixels works with --mode anyres")
+    return replace(settings, mode=replace(settings.mode, max_pixels=max_pixels))
 
 
 def check_server(value: str | None) -> str | None:

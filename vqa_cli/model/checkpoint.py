@@ -86,6 +86,8 @@ class Checkpoint:
         if settings.mode.name not in self.adapter.modes:
             raise UsageError(f"--mode {settings.mode.name} is not available for {self.adapter.name} "
                              f"(available: {', '.join(self.adapter.modes)})")
+        if settings.mode.max_pixels and not self.adapter.pixel_budget:
+            raise UsageError(f"--max-pixels is for native-resolution families (qwen-vl), not {self.adapter.name}")
         return modes.plan(settings.mode, num_frames, self.geometry)
 
     def prompt_ids(self, conversation: str | list[dict], time_text: str | None = None, media: str = "video"

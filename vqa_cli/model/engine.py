@@ -133,7 +133,8 @@ class Engine:
 
     def pixels(self, clip: Clip) -> torch.Tensor:
         """The clip's frames as the checkpoint's processor prepares them: [T, 3, H, W] float32."""
-        return self.adapter.pixels(clip.frames, self.checkpoint.dir, self.checkpoint.processor)
+        return self.adapter.pixels(clip.frames, self.checkpoint.dir, self.checkpoint.processor,
+                                   max_pixels=self.settings.mode.max_pixels)
 
     # ---- stage 2: the visual tokens ------------------------------------------------------------
     def visual_tokens(self, clip: Clip, question: str = "", timings: dict[str, float] | None = None, *,
@@ -198,7 +199,8 @@ class Engine:
         image = self.uses_image_path(clip)
         ids = self.checkpoint.prompt_ids(question, None if image else time_text, media="image" if image else "video")
         return self.adapter.prompt_inputs(self.model, self.checkpoint.tokenizer, ids, self.placeholder_id(clip),
-                                          features, clip, self.checkpoint.dir, self.input_device)
+                                          features, clip, self.checkpoint.dir, self.input_device,
+                                          max_pixels=self.settings.mode.max_pixels)
 
     def generate(self, clip: Clip, question: str, features: torch.Tensor, budget: Budget, *,
                  timings: dict[str, float] | None = None, on_text: Callable[[str], None] | None = None) -> Answer:
@@ -297,10 +299,11 @@ class Engine:
         settings = replace(self.settings, frames=len(clip.indices))
         if known is not None:
             plan = (modes.image_plan(known.shape[0]) if self.uses_image_path(clip)
-                    else self.adapter.clip_plan(clip, self.checkpoint.dir))
+                    else self.adapter.clip_plan(clip, self.checkpoint.dir, self.settings.mode.max_pixels))
             return self.checked_budget(settings, question, plan), known
         if self.uses_image_path(clip):
             features = self.visual_tokens(clip, question, timings)
             return self.checked_budget(settings, question, modes.image_plan(features.shape[0])), features
-        budget = self.checked_budget(settings, question, self.adapter.clip_plan(clip, self.checkpoint.dir))
+        budget = self.checked_budget(settings, question,
+                                     self.adapter.clip_plan(clip, self.checkpoint.dir, self.settings.mode.max_pixels))
         return budget, self.visual_tokens(clip, question, timings, frames=frames)

@@ -165,7 +165,7 @@ class AnyRes(Mode):
         return family_default
 
     def resolve(self, settings: ModeSettings, geometry: ModeGeometry) -> ModeSettings:
-        return ModeSettings("anyres", stride=settings.stride or geometry.native_stride)
+        return ModeSettings("anyres", stride=settings.stride or geometry.native_stride, max_pixels=settings.max_pixels)
 
     def layout(self, settings: ModeSettings, num_frames: int, geometry: ModeGeometry) -> tuple[Pathway, ...]:
         (h, w), s = geometry.grid, settings.stride

@@ -103,6 +103,7 @@ class FamilyAdapter:
     default_frames: ClassVar[int] = 32
     sample_fps: ClassVar[float | None] = None  # the family's own sampling rate (frames per second), capped by frames
     modes: ClassVar[tuple[str, ...]] = ("anyres", "slowfast", "pooled")  # the modes it answers in
+    pixel_budget: ClassVar[bool] = False  # its frames' size comes from a pixel budget per clip (--max-pixels)
     # The language model takes input embeddings with the visual tokens in place, so prompts left-pad into one batch
     # and a chat's prefix caches as embeddings; False: ``prompt_inputs`` feeds ids and the family's own inputs.
     embeds_prompt: ClassVar[bool] = True
@@ -153,15 +154,17 @@ class FamilyAdapter:
             **native,
         )
 
-    def clip_plan(self, clip: Clip, model_dir: Path) -> TokenPlan | None:
-        """The token layout of this clip when it depends on the clip (a dynamic resolution), else None: the
-        mode's plan from the static geometry holds."""
+    def clip_plan(self, clip: Clip, model_dir: Path, max_pixels: int | None = None) -> TokenPlan | None:
+        """The token layout of this clip when it depends on the clip (a dynamic resolution, within ``max_pixels``:
+        ``--max-pixels``), else None: the mode's plan from the static geometry holds."""
         return None
 
     # ---- tensors ----------------------------------------------------------------------
-    def pixels(self, frames: np.ndarray, model_dir: Path, processor: ProcessorConfig) -> torch.Tensor:
+    def pixels(self, frames: np.ndarray, model_dir: Path, processor: ProcessorConfig, *,
+               max_pixels: int | None = None) -> torch.Tensor:
         """Decoded frames [T, H, W, 3] uint8 -> the vision input [T, 3, h, w] float32 (the checkpoint's processor
-        config, ``processor``, read by ``video.preprocess``)."""
+        config, ``processor``, read by ``video.preprocess``). ``max_pixels`` (``--max-pixels``) is for families with
+        a native resolution."""
         import torch
 
         from vqa_cli.video.preprocess import preprocess_frames
@@ -189,10 +192,11 @@ class FamilyAdapter:
 
     def prompt_inputs(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ids: list[int],
                       placeholder: int, features: torch.Tensor, clip: Clip, model_dir: Path,
-                      device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor | dict[str, object]]:
+                      device: torch.device | str, *, max_pixels: int | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor | dict[str, object]]:
         """A rendered prompt's ids with ``placeholder`` once -> (ids [1, L] with the placeholder expanded to the N
         visual tokens ``features`` [N, D], what ``generate`` feeds besides them): the LLaVA way, the embeddings
-        [1, L, D] with the tokens scattered in (``prompt.embed``)."""
+        [1, L, D] with the tokens scattered in (``prompt.embed``). ``max_pixels``: as for ``pixels``."""
         import torch
 
         from vqa_cli.model import prompt

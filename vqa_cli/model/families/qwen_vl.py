@@ -67,6 +67,7 @@ class QwenVLAdapter(FamilyAdapter):
     default_frames = 64  # the most frames sampled (at the model's 2 fps); more only shrink each frame in the budget
     sample_fps = 2.0
     modes = ("anyres",)
+    pixel_budget = True
     embeds_prompt = False
 
     @property
@@ -95,23 +96,27 @@ class QwenVLAdapter(FamilyAdapter):
     def vision_tower(self, model: PreTrainedModel) -> torch.nn.Module:
         return model.model.visual
 
-    def processing(self, model_dir: Path) -> qg.VideoProcessing:
+    def processing(self, model_dir: Path, max_pixels: int | None = None) -> qg.VideoProcessing:
         """The checkpoint's video processor settings (its ``video_preprocessor_config.json`` over transformers'
-        defaults), with the patch geometry of its vision config."""
+        defaults), with the patch geometry of its vision config; ``max_pixels`` (``--max-pixels``) replaces its
+        pixel budget per clip."""
         v = self.config.vision_config
         cfg = replace(qg.QWEN3_VL, patch=v.patch_size, merge=v.spatial_merge_size, temporal=v.temporal_patch_size)
         path = Path(model_dir) / "video_preprocessor_config.json"
         if path.is_file():
             cfg = cfg.from_dict(_processor_json(str(path), path.stat().st_mtime))
+        if max_pixels is not None:
+            cfg = replace(cfg, max_pixels=max_pixels, min_pixels=min(cfg.min_pixels, max_pixels))
         return cfg
 
     # ---- tensors ----------------------------------------------------------------------
-    def pixels(self, frames: np.ndarray, model_dir: Path, processor: ProcessorConfig) -> torch.Tensor:
+    def pixels(self, frames: np.ndarray, model_dir: Path, processor: ProcessorConfig, *,
+               max_pixels: int | None = None) -> torch.Tensor:
         """Decoded frames [T, H, W, 3] -> [T, 3, h, w] at the clip's budgeted size, normalised (the checkpoint's
         Qwen video processor settings, not the LLaVA-style ``processor``)."""
         import torch
 
-        return qg.preprocess(torch.from_numpy(frames), self.processing(model_dir))
+        return qg.preprocess(torch.from_numpy(frames), self.processing(model_dir, max_pixels))
 
     def encode_frames(self, model: PreTrainedModel, pixels: torch.Tensor) -> FrameFeatures:
         """Frames [T, 3, h, w] -> one grid [T/2, h/32, w/32, D] of merged tokens per temporal group (in LM space),
@@ -137,30 +142,31 @@ class QwenVLAdapter(FamilyAdapter):
         raise UsageError(f"{self.name} answers in --mode anyres only (its own dynamic resolution)")
 
     # ---- prompt -----------------------------------------------------------------------
-    def blocks(self, clip: Clip, model_dir: Path) -> list[qg.Block]:
+    def blocks(self, clip: Clip, model_dir: Path, max_pixels: int | None = None) -> list[qg.Block]:
         """The clip's prompt blocks: one per temporal group at its merged grid, at the group's real time."""
-        cfg = self.processing(model_dir)
+        cfg = self.processing(model_dir, max_pixels)
         frames = clip.frames
         grid = qg.clip_grid(len(frames), frames.shape[1], frames.shape[2], cfg)
         return qg.anyres_blocks(grid, qg.group_times(clip.timestamps, cfg.temporal), cfg.merge)
 
-    def clip_plan(self, clip: Clip, model_dir: Path) -> TokenPlan:
+    def clip_plan(self, clip: Clip, model_dir: Path, max_pixels: int | None = None) -> TokenPlan:
         """One pathway of the clip's temporal groups at its merged grid."""
         from vqa_cli.model.modes import Pathway, TokenPlan
 
-        blocks = self.blocks(clip, model_dir)
+        blocks = self.blocks(clip, model_dir, max_pixels)
         return TokenPlan("anyres", len(clip.frames), (Pathway("frames", tuple(range(len(blocks))),
                                                               (blocks[0].h, blocks[0].w), qg.visual_tokens(blocks)),))
 
     def prompt_inputs(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ids: list[int],
                       placeholder: int, features: torch.Tensor, clip: Clip, model_dir: Path,
-                      device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor | dict[str, object]]:
+                      device: torch.device | str, *, max_pixels: int | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor | dict[str, object]]:
         """(ids [1, L], the rest of ``generate``'s inputs): the template's video wrapper expanded to the timestamped
         blocks, 4-row position ids from the model's ``get_rope_index`` and the tokens as its encoder output."""
         import torch
         from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
 
-        blocks = self.blocks(clip, model_dir)
+        blocks = self.blocks(clip, model_dir, max_pixels)
         if qg.visual_tokens(blocks) != features.shape[0]:
             raise ValueError(f"{features.shape[0]} visual tokens for a clip laid out as {qg.visual_tokens(blocks)}")
         expanded, types = qg.expand_video(ids, blocks, self.vision_ids(),
