@@ -134,6 +134,25 @@ def test_shards_resume_into_one_output_through_the_harness(tiny_dir, tmp_path, c
     assert out.read_text().count("\n") == len(videos)
 
 
+def test_an_undecodable_video_is_written_before_the_captions_of_its_batch(tiny_dir, tmp_path, capsys):
+    """docs/output.md's order: records follow the input batch by batch, a video that cannot be decoded first."""
+    from vqa_cli.cli import main
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    good = [str(make_clip(folder / f"{name}.mp4", 6)) for name in ("a", "c")]
+    (folder / "b.mp4").write_bytes(b"\0" * 2048)
+    out = tmp_path / "c.jsonl"
+    with pytest.raises(SystemExit) as code:
+        main(["caption", str(folder), "--out", str(out), "--model", str(tiny_dir), "--frames", "2",
+              "--max-new-tokens", "2", "--batch-size", "3", "--workers", "1"])
+    assert code.value.code == 1
+    recs = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [(Path(r["video"]).name, r["error"] is None) for r in recs] == [("b.mp4", False), ("a.mp4", True),
+                                                                            ("c.mp4", True)]
+    assert [r["batch_size"] for r in recs[1:]] == [2, 2] and good == [r["video"] for r in recs[1:]]
+
+
 def test_the_backend_is_chosen_by_one_function():
     assert isinstance(backend_for(None), Here) and isinstance(backend_for("http://127.0.0.1:9"), Server)
     Here().require_local("--plan reads the model's files here: drop --server")  # nothing to refuse here

@@ -224,18 +224,18 @@ def test_a_model_on_the_cpu_leaves_one_core_to_the_decoders(monkeypatch):
         torch.set_num_threads(previous)
 
 
-def test_each_caption_worker_decodes_with_its_share_of_the_cores(monkeypatch):
+def test_each_caption_worker_decodes_with_its_share_of_the_cores(monkeypatch, engine_factory):
     from types import SimpleNamespace
 
     from vqa_cli.model import engine
 
     seen = []
 
-    def sample(path, settings, frames, timeout=None, *, options=None):
+    def sample(path, settings, frames, timeout=None, *, options=None, **kw):
         seen.append(options)
         raise engine.UsageError("stop here")
 
     monkeypatch.setattr(engine, "sample_clip", sample)
     with pytest.raises(engine.UsageError):
-        segments.decode("v.mp4", SimpleNamespace(), 4, engine.Engine.__new__(engine.Engine), 3)  # decodes first
+        segments.decode("v.mp4", SimpleNamespace(), 4, engine_factory(frames=4), 3)
     assert seen[0].cores == 3 and seen[0].decoder_threads == 3

@@ -4,7 +4,8 @@
 (``segments.decode_video``; one clip without ``--segments``) while the model thread captions the clips in
 batches across segments and videos (left-padded batched generate). Batches start from the largest size the
 memory check found to fit; on out of memory a batch is split in halves and retried, and later batches stay
-smaller. Records are written in input order, one per video, as soon as its clips are captioned.
+smaller. Records are written in input order, one per video, as soon as its clips are captioned; a video that
+cannot be decoded is recorded when its turn comes, before the captions of the batch being formed.
 
 ``RemoteCaptioner``: a running ``vqa serve`` captions: ``batch_size`` requests in flight (the server batches
 them), records written in input order.
@@ -78,11 +79,13 @@ class Captioner:
             found = 0  # segments found so far: the segment bar's total grows as videos decode
             while (ahead or jobs) and not flag.stop:
                 while ahead and sum(len(j.open()) for j in jobs) < self.batch_size:
-                    video, got = ahead.take()  # an undecodable video is recorded, the run goes on
-                    job = segments.VideoJob(video, [], error=got) if isinstance(got, Exception) else got
-                    jobs.append(job)
+                    video, got = ahead.take()
+                    if isinstance(got, Exception):  # undecodable: its record now, before the batch's; the run goes on
+                        self._write(segments.VideoJob(video, [], error=got), sink, segmented, 0, progress, task)
+                        continue
+                    jobs.append(got)
                     if seg_task is not None:
-                        found += len(job.pieces)
+                        found += len(got.pieces)
                         progress.update(seg_task, total=found)
                 batch = [p for j in jobs for p in j.open()][:self.batch_size]
                 owners = {id(p): j for j in jobs for p in j.pieces}

@@ -85,8 +85,9 @@ class RunAhead(Generic[T, R]):
 
     def _refill(self) -> None:
         while len(self._pending) < self._window:
-            item = next(self._queue, None)
-            if item is None:
+            try:
+                item = next(self._queue)
+            except StopIteration:
                 return
             self._pending.append((item, self._pool.submit(self._prepare, item)))
 
