@@ -120,13 +120,67 @@ def test_prompt_timestamps_are_the_decoders_presentation_times(qwen_dirs, vfr):
         assert row[start + 1:ends[k]] == [config.video_token_id] * (SIZE[1] // 32) * (SIZE[0] // 32)
 
 
-def test_pooled_and_slowfast_are_refused_in_one_line(qwen_dirs, clip):
-    from vqa_cli.errors import UsageError
+def _windows(n: int, out: int) -> list[list[int]]:
+    """Adaptive pooling's windows, written out: floor(i n / out) to ceil((i + 1) n / out)."""
+    return [list(range(i * n // out, -(-(i + 1) * n // out))) for i in range(out)]
 
-    for mode in ("pooled", "slowfast"):
-        settings = RunSettings(model=qwen_dirs["qwen3-vl"], dtype="float32", mode=ModeSettings(mode))
-        with pytest.raises(UsageError, match=f"--mode {mode} is not available for qwen-vl"):
-            open_model(settings, [QUESTION])
+
+def _pooled_by_hand(grid: torch.Tensor, mode: ModeSettings) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """The papers' pooling of a merged grid [T, h, w, C] channel by channel (tokens and DeepStack alike), and the
+    (h, w) of each prompt block in order."""
+    t, h, w, _ = grid.shape
+    if mode.name == "pooled":
+        pt, ph, pw = mode.pool
+        rows = [grid[wt][:, wh][:, :, ww].mean(dim=(0, 1, 2)) for wt in _windows(t, pt) for wh in _windows(h, ph)
+                for ww in _windows(w, pw)]
+        return torch.stack(rows), [(ph, pw)] * pt
+    slow = [i * t // mode.slow_frames for i in range(mode.slow_frames)]
+    pairs = [list(range(c, min(c + 2, w))) for c in range(0, w, 2)]
+    rows = [grid[f, r, pair].amax(dim=0) for f in slow for r in range(h) for pair in pairs]
+    rows += [grid[f].mean(dim=(0, 1)) for f in range(t)]  # fast: 1 x 1
+    return torch.stack(rows), [(h, len(pairs))] * len(slow) + [(1, 1)] * t
+
+
+@pytest.mark.parametrize("mode", [ModeSettings("pooled", pool=(2, 1, 2)),
+                                  ModeSettings("slowfast", slow_frames=2, fast_grid=1)], ids=["pooled", "slowfast"])
+def test_pooled_and_slowfast_pool_deepstack_alike_and_place_each_block(qwen_dirs, clip, mode):
+    """Each mode pools the tokens and the DeepStack features with the same formula; the language model, called
+    directly with the test's own positions and DeepStack injection, gives vqa's first logits."""
+    from dataclasses import replace
+
+    base = engine_for(qwen_dirs["qwen3-vl"])
+    engine = base.with_settings(replace(base.settings, mode=mode))
+    prepared = engine.prepare_clip(clip, 6)
+    frames = engine.encode(prepared.pixels)
+    anyres = engine.aggregate(frames, ModeSettings())
+    expected, blocks = _pooled_by_hand(anyres.reshape(3, SIZE[1] // 32, SIZE[0] // 32, -1), mode)
+    features = engine.visual_tokens(prepared.clip, QUESTION, frames=frames)
+    assert torch.allclose(features, expected, atol=1e-6)
+    ids, inputs = engine.prompt_inputs(QUESTION, prepared.clip, features)
+    row, pad = ids[0].tolist(), engine.model.config.video_token_id
+    positions, s, i, b = [], 0, 0, 0
+    while i < len(row):
+        if row[i] != pad:
+            positions.append((s, s, s))
+            s, i = s + 1, i + 1
+            continue
+        h, w = blocks[b]
+        positions += [(s, s + r, s + c) for r in range(h) for c in range(w)]
+        s, i, b = s + max(h, w), i + h * w, b + 1
+    assert b == len(blocks)
+    pos = torch.cat([torch.arange(len(row))[None], torch.tensor(positions).T])[:, None]
+    assert torch.equal(inputs["position_ids"], pos)
+    hidden = engine.model.config.text_config.hidden_size
+    tokens, *deepstack = expected.split(hidden, dim=-1)
+    model = engine.model
+    with torch.inference_mode():
+        mask = ids == pad
+        embeds = model.get_input_embeddings()(ids).masked_scatter(mask[..., None], tokens)
+        out = model.model.language_model(inputs_embeds=embeds, position_ids=pos, visual_pos_masks=mask,
+                                         deepstack_visual_embeds=list(deepstack))
+        direct = model.lm_head(out.last_hidden_state)[0, -1]
+    gen = generate(model, engine.checkpoint.tokenizer, ids, inputs, max_new_tokens=1, logits=True)
+    assert torch.allclose(gen.first_logits, direct, atol=1e-4), (gen.first_logits - direct).abs().max()
 
 
 def test_ask_in_4bit_through_the_command_line(qwen_dirs, clip, capsys):

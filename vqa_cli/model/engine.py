@@ -157,7 +157,7 @@ class Engine:
             timings["preprocess"] = time.perf_counter() - t
             t = time.perf_counter()
             frames = self.encode(pixels)
-        features = self.aggregate(frames, self.settings.mode, question)
+        features = self.aggregate(frames, self.settings.mode, question, clip)
         timings["encode"] = timings.get("encode", 0.0) + time.perf_counter() - t
         return features
 
@@ -174,15 +174,25 @@ class Engine:
                 for chunk in pixels.split(VISION_CHUNK)
             ])
 
-    def aggregate(self, frames: FrameFeatures, settings: ModeSettings, prompt_text: str = "") -> torch.Tensor:
-        """FrameFeatures of one clip -> its visual token sequence [N, D] in ``settings``' mode."""
+    def aggregate(self, frames: FrameFeatures, settings: ModeSettings, prompt_text: str = "",
+                  clip: Clip | None = None) -> torch.Tensor:
+        """FrameFeatures of one clip -> its visual token sequence [N, D] in ``settings``' mode (resolved on the
+        ``clip``'s own grid when the family's depends on the clip: ``resolved_mode``)."""
         import torch
 
         mode = modes.mode_for(settings.name)
-        resolved = mode.resolve(settings, self.checkpoint.geometry)
+        resolved = self.resolved_mode(clip, settings) if clip is not None else mode.resolve(settings,
+                                                                                           self.checkpoint.geometry)
         with torch.inference_mode():
             return mode.apply(resolved, frames, adapter=self.adapter, model=self.model, guide=self.guide,
                               prompt_text=prompt_text)
+
+    def resolved_mode(self, clip: Clip, settings: ModeSettings | None = None) -> ModeSettings:
+        """``settings`` (this engine's mode by default) with every parameter filled as the clip's tokens are made:
+        from the family's grid, or the clip's own for a dynamic resolution (``FamilyAdapter.clip_geometry``)."""
+        settings = settings or self.settings.mode
+        geometry = self.adapter.clip_geometry(clip, self.checkpoint.dir, settings) or self.checkpoint.geometry
+        return modes.mode_for(settings.name).resolve(settings, geometry)
 
     # ---- stage 3: the budget -------------------------------------------------------------------
     def checked_budget(self, settings: RunSettings, question: str, plan: modes.TokenPlan | None = None) -> Budget:
@@ -200,7 +210,7 @@ class Engine:
         ids = self.checkpoint.prompt_ids(question, None if image else time_text, media="image" if image else "video")
         return self.adapter.prompt_inputs(self.model, self.checkpoint.tokenizer, ids, self.placeholder_id(clip),
                                           features, clip, self.checkpoint.dir, self.input_device,
-                                          max_pixels=self.settings.mode.max_pixels)
+                                          mode=self.settings.mode)
 
     def generate(self, clip: Clip, question: str, features: torch.Tensor, budget: Budget, *,
                  timings: dict[str, float] | None = None, on_text: Callable[[str], None] | None = None) -> Answer:
@@ -299,11 +309,11 @@ class Engine:
         settings = replace(self.settings, frames=len(clip.indices))
         if known is not None:
             plan = (modes.image_plan(known.shape[0]) if self.uses_image_path(clip)
-                    else self.adapter.clip_plan(clip, self.checkpoint.dir, self.settings.mode.max_pixels))
+                    else self.adapter.clip_plan(clip, self.checkpoint.dir, self.settings.mode))
             return self.checked_budget(settings, question, plan), known
         if self.uses_image_path(clip):
             features = self.visual_tokens(clip, question, timings)
             return self.checked_budget(settings, question, modes.image_plan(features.shape[0])), features
         budget = self.checked_budget(settings, question,
-                                     self.adapter.clip_plan(clip, self.checkpoint.dir, self.settings.mode.max_pixels))
+                                     self.adapter.clip_plan(clip, self.checkpoint.dir, self.settings.mode))
         return budget, self.visual_tokens(clip, question, timings, frames=frames)

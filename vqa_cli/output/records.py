@@ -62,14 +62,12 @@ def clip_fields(clip: Clip) -> dict:
 
 def _run_fields(engine: Engine, clip: Clip, budget: Budget, timings: dict[str, float]) -> dict:
     """The ``ask --json`` fields every answer about ``clip`` shares: model, mode, frames, tokens, placement."""
-    from vqa_cli.model import modes
-
-    settings, loaded, geometry = engine.settings, engine.loaded, engine.checkpoint.geometry
+    settings, loaded = engine.settings, engine.loaded
     return {
         "model": settings.model,
         "family": engine.checkpoint.adapter.name,
         "mode": settings.mode.name,
-        "mode_settings": modes.mode_for(settings.mode.name).resolve(settings.mode, geometry).to_dict(),
+        "mode_settings": engine.resolved_mode(clip).to_dict(),
         **clip_fields(clip),
         "visual_tokens": budget.plan.total,
         "pathways": [p.to_dict() for p in budget.plan.pathways],

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     import torch
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-    from vqa_cli.model.modes import TokenPlan
+    from vqa_cli.model.modes import GridGeometry, TokenPlan
+    from vqa_cli.settings import ModeSettings
     from vqa_cli.video import Clip
     from vqa_cli.video.preprocess import ProcessorConfig
 
@@ -53,15 +54,13 @@ class FrameFeatures:
 
     grid: torch.Tensor  # [T, h, w, Dv]
     prefix: torch.Tensor | None = None  # [T, k, Dv]
-    deepstack: list[torch.Tensor] | None = None  # Qwen3-VL: per DeepStack layer, [T, h, w, D] like ``grid``
 
     def __len__(self) -> int:
         return int(self.grid.shape[0])
 
     def slice(self, start: int, stop: int) -> FrameFeatures:
         """Frames ``start:stop`` (one clip out of a batch encoded together)."""
-        return FrameFeatures(self.grid[start:stop], None if self.prefix is None else self.prefix[start:stop],
-                             None if self.deepstack is None else [d[start:stop] for d in self.deepstack])
+        return FrameFeatures(self.grid[start:stop], None if self.prefix is None else self.prefix[start:stop])
 
     @classmethod
     def cat(cls, parts: Sequence[FrameFeatures]) -> FrameFeatures:
@@ -72,11 +71,7 @@ class FrameFeatures:
         prefixes = [p.prefix for p in parts if p.prefix is not None]
         if prefixes and len(prefixes) != len(parts):
             raise ValueError("some chunks carry prefix tokens and some do not")
-        stacks = [p.deepstack for p in parts if p.deepstack is not None]
-        if stacks and len(stacks) != len(parts):
-            raise ValueError("some chunks carry DeepStack features and some do not")
-        deepstack = [torch.cat(layer) for layer in zip(*stacks, strict=True)] if stacks else None
-        return cls(grid, torch.cat(prefixes) if prefixes else None, deepstack)
+        return cls(grid, torch.cat(prefixes) if prefixes else None)
 
 
 def layer_features(tower: torch.nn.Module, pixels: torch.Tensor, layer: int | Sequence[int]) -> torch.Tensor:
@@ -154,9 +149,14 @@ class FamilyAdapter:
             **native,
         )
 
-    def clip_plan(self, clip: Clip, model_dir: Path, max_pixels: int | None = None) -> TokenPlan | None:
-        """The token layout of this clip when it depends on the clip (a dynamic resolution, within ``max_pixels``:
-        ``--max-pixels``), else None: the mode's plan from the static geometry holds."""
+    def clip_plan(self, clip: Clip, model_dir: Path, mode: ModeSettings) -> TokenPlan | None:
+        """The token layout of this clip in ``mode`` when it depends on the clip (a dynamic resolution, within
+        ``mode.max_pixels``: ``--max-pixels``), else None: the mode's plan from the static geometry holds."""
+        return None
+
+    def clip_geometry(self, clip: Clip, model_dir: Path, mode: ModeSettings) -> GridGeometry | None:
+        """The grid the modes resolve their parameters on for this clip when it is the clip's own (a dynamic
+        resolution), else None: the static ``geometry()``."""
         return None
 
     # ---- tensors ----------------------------------------------------------------------
@@ -192,11 +192,11 @@ class FamilyAdapter:
 
     def prompt_inputs(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ids: list[int],
                       placeholder: int, features: torch.Tensor, clip: Clip, model_dir: Path,
-                      device: torch.device | str, *, max_pixels: int | None = None
+                      device: torch.device | str, *, mode: ModeSettings | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor | dict[str, object]]:
         """A rendered prompt's ids with ``placeholder`` once -> (ids [1, L] with the placeholder expanded to the N
         visual tokens ``features`` [N, D], what ``generate`` feeds besides them): the LLaVA way, the embeddings
-        [1, L, D] with the tokens scattered in (``prompt.embed``). ``max_pixels``: as for ``pixels``."""
+        [1, L, D] with the tokens scattered in (``prompt.embed``). ``mode``: the request's mode settings."""
         import torch
 
         from vqa_cli.model import prompt

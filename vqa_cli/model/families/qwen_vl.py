@@ -25,13 +25,14 @@ from typing import TYPE_CHECKING
 from vqa_cli.errors import CheckpointError, UsageError
 from vqa_cli.model.families import qwen_geometry as qg
 from vqa_cli.model.families.base import FamilyAdapter, FrameFeatures, Geometry
+from vqa_cli.settings import ModeSettings
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from vqa_cli.model.modes import TokenPlan
+    from vqa_cli.model.modes import GridGeometry, TokenPlan
     from vqa_cli.video import Clip
     from vqa_cli.video.preprocess import ProcessorConfig
 
@@ -66,7 +67,7 @@ class QwenVLAdapter(FamilyAdapter):
     video_token = "<|video_pad|>"
     default_frames = 64  # the most frames sampled (at the model's 2 fps); more only shrink each frame in the budget
     sample_fps = 2.0
-    modes = ("anyres",)
+    modes = ("anyres", "slowfast", "pooled")
     pixel_budget = True
     embeds_prompt = False
 
@@ -119,8 +120,9 @@ class QwenVLAdapter(FamilyAdapter):
         return qg.preprocess(torch.from_numpy(frames), self.processing(model_dir, max_pixels))
 
     def encode_frames(self, model: PreTrainedModel, pixels: torch.Tensor) -> FrameFeatures:
-        """Frames [T, 3, h, w] -> one grid [T/2, h/32, w/32, D] of merged tokens per temporal group (in LM space),
-        with the DeepStack features in the same layout."""
+        """Frames [T, 3, h, w] -> one grid [T/2, h/32, w/32, D x (1 + k)] per temporal group: the merged tokens (in
+        LM space) with the k DeepStack features packed on the channels (``pack``), so that every mode pools them
+        channel by channel, exactly as it pools the tokens."""
         import torch
 
         v = self.config.vision_config
@@ -131,42 +133,52 @@ class QwenVLAdapter(FamilyAdapter):
         shape = (gt, gh // cfg.merge, gw // cfg.merge, -1)
         tokens = torch.cat(list(out.pooler_output)).reshape(shape)
         deepstack = [torch.cat(list(f)).reshape(shape) for f in out.deepstack_features]
-        return FrameFeatures(tokens, deepstack=deepstack)
+        return FrameFeatures(pack(tokens, deepstack))
 
     def native_tokens(self, model: PreTrainedModel, frames: FrameFeatures, stride: int | None = None) -> torch.Tensor:
-        if stride not in (None, self.geometry().native_stride):
+        if stride not in (None, 1, self.geometry().native_stride):  # 1 on the merged grid (``clip_geometry``)
             raise UsageError(f"--stride is not available for {self.name} (its merger fixes 2x2)")
-        return pack(frames.grid.flatten(0, 2), [d.flatten(0, 2) for d in frames.deepstack or []])
+        return frames.grid.flatten(0, 2)
 
     def project(self, model: PreTrainedModel, features: torch.Tensor) -> torch.Tensor:
-        raise UsageError(f"{self.name} answers in --mode anyres only (its own dynamic resolution)")
+        """The identity: the tower's merger already projected the tokens (and DeepStack's mergers theirs)."""
+        return features
+
+    def clip_geometry(self, clip: Clip, model_dir: Path, mode: ModeSettings) -> GridGeometry:
+        """Modes resolve on the clip's merged grid per temporal group (a "frame" is a group here)."""
+        from vqa_cli.model.modes import GridGeometry
+
+        cfg = self.processing(model_dir, mode.max_pixels)
+        _, gh, gw = qg.clip_grid(len(clip.frames), clip.frames.shape[1], clip.frames.shape[2], cfg)
+        return GridGeometry((gh // cfg.merge, gw // cfg.merge), 1)
 
     # ---- prompt -----------------------------------------------------------------------
-    def blocks(self, clip: Clip, model_dir: Path, max_pixels: int | None = None) -> list[qg.Block]:
-        """The clip's prompt blocks: one per temporal group at its merged grid, at the group's real time."""
-        cfg = self.processing(model_dir, max_pixels)
-        frames = clip.frames
-        grid = qg.clip_grid(len(frames), frames.shape[1], frames.shape[2], cfg)
-        return qg.anyres_blocks(grid, qg.group_times(clip.timestamps, cfg.temporal), cfg.merge)
+    def plan_blocks(self, clip: Clip, model_dir: Path, mode: ModeSettings) -> tuple[TokenPlan, list[qg.Block]]:
+        """The clip's token plan in ``mode`` and its prompt blocks: the mode laid out on the clip's merged grid with
+        one "frame" per temporal group, each block at its groups' real time (``qg.pathway_blocks``)."""
+        from vqa_cli.model import modes
 
-    def clip_plan(self, clip: Clip, model_dir: Path, max_pixels: int | None = None) -> TokenPlan:
-        """One pathway of the clip's temporal groups at its merged grid."""
-        from vqa_cli.model.modes import Pathway, TokenPlan
+        if mode.guide or mode.stride is not None:
+            raise UsageError(f"{'--guide' if mode.guide else '--stride'} is not available for {self.name}")
+        temporal = self.config.vision_config.temporal_patch_size
+        groups = -(-len(clip.frames) // temporal)
+        plan = modes.plan(mode, groups, self.clip_geometry(clip, model_dir, mode))
+        return replace(plan, frames=len(clip.frames)), qg.pathway_blocks(plan.pathways,
+                                                                          qg.group_times(clip.timestamps, temporal))
 
-        blocks = self.blocks(clip, model_dir, max_pixels)
-        return TokenPlan("anyres", len(clip.frames), (Pathway("frames", tuple(range(len(blocks))),
-                                                              (blocks[0].h, blocks[0].w), qg.visual_tokens(blocks)),))
+    def clip_plan(self, clip: Clip, model_dir: Path, mode: ModeSettings) -> TokenPlan:
+        return self.plan_blocks(clip, model_dir, mode)[0]
 
     def prompt_inputs(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ids: list[int],
                       placeholder: int, features: torch.Tensor, clip: Clip, model_dir: Path,
-                      device: torch.device | str, *, max_pixels: int | None = None
+                      device: torch.device | str, *, mode: ModeSettings | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor | dict[str, object]]:
         """(ids [1, L], the rest of ``generate``'s inputs): the template's video wrapper expanded to the timestamped
         blocks, 4-row position ids from the model's ``get_rope_index`` and the tokens as its encoder output."""
         import torch
         from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
 
-        blocks = self.blocks(clip, model_dir, max_pixels)
+        _, blocks = self.plan_blocks(clip, model_dir, mode or ModeSettings())
         if qg.visual_tokens(blocks) != features.shape[0]:
             raise ValueError(f"{features.shape[0]} visual tokens for a clip laid out as {qg.visual_tokens(blocks)}")
         expanded, types = qg.expand_video(ids, blocks, self.vision_ids(),
