@@ -220,3 +220,35 @@ def test_max_pixels_is_refused_for_a_family_without_a_pixel_budget(tiny_dir):
     settings = RunSettings(model=str(tiny_dir), dtype="float32", mode=ModeSettings(max_pixels=65536))
     with pytest.raises(UsageError, match="--max-pixels is for native-resolution families"):
         open_model(settings, [QUESTION])
+
+
+def test_qwen2_5_vl_logits_equal_the_models_own_forward_with_real_group_intervals(qwen_dirs, vfr):
+    """Qwen2.5-VL: one run of tokens, no timestamps; its time axis takes the mean real interval between temporal
+    groups (from PyAV's presentation times; not temporal patch / fps), given to the model's own forward here as
+    second_per_grid_ts."""
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+    from dataclasses import replace
+
+    base = engine_for(qwen_dirs["qwen2.5-vl"])
+    engine = base.with_settings(replace(base.settings, frames=4))  # 4 frames over 3.6 s: groups ~1.8 s apart
+    prepared, ids, inputs = vqa_inputs(engine, vfr)
+    times = [pyav_decode_all(vfr)[1][i] for i in prepared.clip.indices]
+    assert len(times) == 4
+    groups = [(times[g] + times[g + 1]) / 2 for g in range(0, len(times), 2)]
+    interval = (groups[-1] - groups[0]) / (len(groups) - 1)
+    gen = generate(engine.model, engine.checkpoint.tokenizer, ids, inputs, max_new_tokens=1, logits=True)
+    values, *grid = Qwen3VLVideoProcessor.patchify(None, prepared.pixels[None], 14, 2, 2)
+    types = (ids == engine.model.config.video_token_id).long() * 2
+    with torch.inference_mode():
+        engine.model.model.rope_deltas = None
+        ref = engine.model(input_ids=ids, pixel_values_videos=values[0], video_grid_thw=torch.tensor([grid]),
+                           mm_token_type_ids=types, second_per_grid_ts=torch.tensor([interval])).logits[0, -1]
+        engine.model.model.rope_deltas = None
+        wrong = engine.model(input_ids=ids, pixel_values_videos=values[0], video_grid_thw=torch.tensor([grid]),
+                             mm_token_type_ids=types, second_per_grid_ts=torch.tensor([interval * 2])).logits[0, -1]
+    row = ids[0].tolist()
+    assert row.count(engine.model.config.vision_start_token_id) == 1  # one run, no timestamps
+    assert int(types.sum()) // 2 == grid[0] * grid[1] * grid[2] // 4
+    assert not torch.allclose(wrong, ref, atol=1e-4)  # the interval matters
+    assert torch.allclose(gen.first_logits, ref, atol=1e-4), (gen.first_logits - ref).abs().max()

@@ -76,7 +76,7 @@ QWEN_SPECIALS = {
 FAMILIES = ("llava-next-video", "video-llava", "llava-onevision")
 # Qwen-VL recipes (family qwen-vl; vqa_cli/testing/qwen_checkpoints.py): kept out of FAMILIES, whose tests run every
 # mode and the image path on each recipe.
-QWEN_RECIPES = ("qwen3-vl", "qwen3-vl-moe")
+QWEN_RECIPES = ("qwen3-vl", "qwen3-vl-moe", "qwen2.5-vl")
 
 # Tiny sizes shared by every recipe: only widths and depths shrink, never the token geometry.
 _TINY_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
@@ -329,17 +329,22 @@ def _llava_onevision(out: Path, seed: int, geometry: str = "tiny") -> None:
     })
 
 
-def _qwen3_vl(out: Path, seed: int, moe: bool = False) -> None:
-    """Qwen3-VL (``moe``: Qwen3-VL-MoE) at its real video geometry: see ``vqa_cli/testing/qwen_checkpoints.py``."""
+def _qwen3_vl(out: Path, seed: int, moe: bool | None = False) -> None:
+    """Qwen3-VL (``moe``: Qwen3-VL-MoE; None: Qwen2.5-VL) at its real video geometry: see ``qwen_checkpoints``."""
     from vqa_cli.testing import qwen_checkpoints as qwen
 
     tokenizer = build_tokenizer(**qwen.QWEN_VL_SPECIALS, alphabet_extra="<>")
-    config = qwen.config(tokenizer, TINY_INITIALIZER_RANGE, moe)
-    _save(out, _build(config, qwen.model_class(moe), seed), tokenizer, qwen.QWEN_VL_TEMPLATE, qwen.FILES)
+    if moe is None:  # Qwen2.5-VL
+        config = qwen.qwen2_5_config(tokenizer, TINY_INITIALIZER_RANGE)
+        name, files = qwen.QWEN2_5_CLASS, qwen.QWEN2_5_FILES
+    else:
+        config, name, files = qwen.config(tokenizer, TINY_INITIALIZER_RANGE, moe), qwen.model_class(moe), qwen.FILES
+    _save(out, _build(config, name, seed), tokenizer, qwen.QWEN_VL_TEMPLATE, files)
 
 
 _BUILDERS = {"llava-next-video": _llava_next_video, "video-llava": _video_llava, "llava-onevision": _llava_onevision,
-             "qwen3-vl": _qwen3_vl, "qwen3-vl-moe": lambda out, seed: _qwen3_vl(out, seed, moe=True)}
+             "qwen3-vl": _qwen3_vl, "qwen3-vl-moe": lambda out, seed: _qwen3_vl(out, seed, moe=True),
+             "qwen2.5-vl": lambda out, seed: _qwen3_vl(out, seed, moe=None)}
 
 
 def tiny_checkpoint(out: str | Path, family: str = "llava-next-video", seed: int = 0, geometry: str = "tiny",

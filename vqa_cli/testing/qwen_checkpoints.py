@@ -67,17 +67,47 @@ FILES = {
 }
 
 
+# Qwen2.5-VL: patch 14, windowed attention (112 px windows, full attention in blocks 1 and 3 of 4), 2 tokens per
+# second on the time axis, CLIP's mean and std, a budget per frame (transformers' Qwen2-VL video processor defaults).
+QWEN2_5_VL_VIDEO_PROCESSOR = {**_PROCESSING, "video_processor_type": "Qwen2VLVideoProcessor", "patch_size": 14,
+                              "size": {"longest_edge": 768 * 28 * 28, "shortest_edge": 128 * 28 * 28},
+                              "image_mean": [0.48145466, 0.4578275, 0.40821073],
+                              "image_std": [0.26862954, 0.26130258, 0.27577711]}
+QWEN2_5_CLASS = "Qwen2_5_VLForConditionalGeneration"
+QWEN2_5_FILES = {
+    "video_preprocessor_config.json": QWEN2_5_VL_VIDEO_PROCESSOR,
+    "preprocessor_config.json": {**QWEN2_5_VL_VIDEO_PROCESSOR, "image_processor_type": "Qwen2VLImageProcessor"},
+    "processor_config.json": {"processor_class": "Qwen2_5_VLProcessor"},
+}
+
+
 def model_class(moe: bool) -> str:
     return "Qwen3VLMoeForConditionalGeneration" if moe else "Qwen3VLForConditionalGeneration"
+
+
+def qwen2_5_config(tokenizer: PreTrainedTokenizerFast, initializer_range: float) -> PretrainedConfig:
+    """A tiny Qwen2.5-VL config with ``tokenizer``'s ids."""
+    from transformers import Qwen2_5_VLConfig
+
+    text = {**_text(tokenizer, initializer_range, False), "head_dim": 16, "max_position_embeddings": 128000,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]}}
+    vision = {"depth": 4, "hidden_size": 64, "intermediate_size": 128, "num_heads": 4, "patch_size": 14,
+              "temporal_patch_size": 2, "spatial_merge_size": 2, "window_size": 112, "fullatt_block_indexes": [1, 3],
+              "out_hidden_size": 64, "tokens_per_second": 2}
+    return Qwen2_5_VLConfig(vision_config=vision, text_config=text, tie_word_embeddings=True, **_ids(tokenizer))
+
+
+def _ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
+    return {name: tokenizer.convert_tokens_to_ids(token) for name, token in (
+        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
 
 
 def config(tokenizer: PreTrainedTokenizerFast, initializer_range: float, moe: bool = False) -> PretrainedConfig:
     """A tiny Qwen3-VL (``moe``: Qwen3-VL-MoE) config with ``tokenizer``'s ids (built by ``checkpoints``)."""
     from transformers import Qwen3VLConfig, Qwen3VLMoeConfig
 
-    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in (
-        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
-        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
+    ids = _ids(tokenizer)
     config_class = Qwen3VLMoeConfig if moe else Qwen3VLConfig
     return config_class(vision_config={**_VISION, "out_hidden_size": 64},
                         text_config=_text(tokenizer, initializer_range, moe), tie_word_embeddings=True, **ids)

@@ -37,7 +37,9 @@ if TYPE_CHECKING:
     from vqa_cli.video.preprocess import ProcessorConfig
 
 NOMINAL_SIDE = 448  # the frame side budgets and plans assume before a clip's own size is known (14x14 merged tokens)
-_CLASSES = {"qwen3_vl": "Qwen3VLForConditionalGeneration", "qwen3_vl_moe": "Qwen3VLMoeForConditionalGeneration"}
+_CLASSES = {"qwen3_vl": "Qwen3VLForConditionalGeneration", "qwen3_vl_moe": "Qwen3VLMoeForConditionalGeneration",
+            "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
+QWEN2_5 = "qwen2_5_vl"  # Qwen2.5-VL: a budget per frame, no timestamps in the prompt (time is in the positions)
 
 
 @lru_cache(maxsize=16)
@@ -63,17 +65,21 @@ def unpack(features: torch.Tensor, hidden: int) -> tuple[torch.Tensor, list[torc
 
 class QwenVLAdapter(FamilyAdapter):
     name = "qwen-vl"
-    model_types = ("qwen3_vl", "qwen3_vl_moe")
+    model_types = ("qwen3_vl", "qwen3_vl_moe", QWEN2_5)
     video_token = "<|video_pad|>"
     default_frames = 64  # the most frames sampled (at the model's 2 fps); more only shrink each frame in the budget
     sample_fps = 2.0
-    modes = ("anyres", "slowfast", "pooled")
     pixel_budget = True
     embeds_prompt = False
 
     @property
     def model_class(self) -> str:  # type: ignore[override]
         return _CLASSES[self.config.model_type]
+
+    @property
+    def modes(self) -> tuple[str, ...]:  # type: ignore[override]
+        """Qwen2.5-VL's one timed run of tokens per video has no per-block layout: anyres only."""
+        return ("anyres",) if self.config.model_type == QWEN2_5 else ("anyres", "slowfast", "pooled")
 
     # ---- static facts -------------------------------------------------------------
     def geometry(self) -> Geometry:
@@ -82,7 +88,8 @@ class QwenVLAdapter(FamilyAdapter):
         return Geometry(image_size=NOMINAL_SIDE, grid=(side, side), native_stride=v.spatial_merge_size,
                         vision_hidden=v.hidden_size, text_hidden=t.hidden_size,
                         trained_context=int(t.max_position_embeddings), text_layers=t.num_hidden_layers,
-                        kv_heads=t.num_key_value_heads, head_dim=t.head_dim, vocab_size=t.vocab_size)
+                        kv_heads=t.num_key_value_heads, vocab_size=t.vocab_size,
+                        head_dim=getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads)
 
     def video_token_id(self) -> int:
         return int(self.config.video_token_id)
@@ -102,7 +109,8 @@ class QwenVLAdapter(FamilyAdapter):
         defaults), with the patch geometry of its vision config; ``max_pixels`` (``--max-pixels``) replaces its
         pixel budget per clip."""
         v = self.config.vision_config
-        cfg = replace(qg.QWEN3_VL, patch=v.patch_size, merge=v.spatial_merge_size, temporal=v.temporal_patch_size)
+        cfg = replace(qg.QWEN2_5_VL if self.config.model_type == QWEN2_5 else qg.QWEN3_VL, patch=v.patch_size,
+                      merge=v.spatial_merge_size, temporal=v.temporal_patch_size)
         path = Path(model_dir) / "video_preprocessor_config.json"
         if path.is_file():
             cfg = cfg.from_dict(_processor_json(str(path), path.stat().st_mtime))
@@ -132,7 +140,7 @@ class QwenVLAdapter(FamilyAdapter):
                                              return_dict=True)
         shape = (gt, gh // cfg.merge, gw // cfg.merge, -1)
         tokens = torch.cat(list(out.pooler_output)).reshape(shape)
-        deepstack = [torch.cat(list(f)).reshape(shape) for f in out.deepstack_features]
+        deepstack = [torch.cat(list(f)).reshape(shape) for f in getattr(out, "deepstack_features", None) or []]
         return FrameFeatures(pack(tokens, deepstack))
 
     def native_tokens(self, model: PreTrainedModel, frames: FrameFeatures, stride: int | None = None) -> torch.Tensor:
@@ -178,6 +186,8 @@ class QwenVLAdapter(FamilyAdapter):
         import torch
         from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
 
+        if self.config.model_type == QWEN2_5:
+            return self._qwen2_5_inputs(model, ids, features, clip, model_dir, device, mode or ModeSettings())
         _, blocks = self.plan_blocks(clip, model_dir, mode or ModeSettings())
         if qg.visual_tokens(blocks) != features.shape[0]:
             raise ValueError(f"{features.shape[0]} visual tokens for a clip laid out as {qg.visual_tokens(blocks)}")
@@ -194,3 +204,29 @@ class QwenVLAdapter(FamilyAdapter):
             pooler_output=(tokens.to(device, dtype),), deepstack_features=[(d.to(device, dtype),) for d in deepstack])
         position_ids = torch.cat([text, positions.to(device)])
         return ids_t, {"position_ids": position_ids, "mm_encoder_outputs": {"video": encoded}}
+
+    def _qwen2_5_inputs(self, model: PreTrainedModel, ids: list[int], features: torch.Tensor, clip: Clip,
+                        model_dir: Path, device: torch.device | str, mode: ModeSettings
+                        ) -> tuple[torch.Tensor, dict[str, object]]:
+        """Qwen2.5-VL: the wrapper holds one run of all the video's tokens; its time axis is in the positions
+        (``second_per_grid_ts``: the mean real interval between consecutive temporal groups, from the decoder's
+        presentation times, where the processor would say temporal patch / fps)."""
+        import torch
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        cfg = self.processing(model_dir, mode.max_pixels)
+        groups, gh, gw = qg.clip_grid(len(clip.frames), clip.frames.shape[1], clip.frames.shape[2], cfg)
+        times = qg.group_times(clip.timestamps, cfg.temporal)
+        interval = (times[-1] - times[0]) / (groups - 1) if groups > 1 else cfg.temporal / cfg.fps
+        run = qg.Block(groups * gh // cfg.merge, gw // cfg.merge, times[0], tuple(range(groups)))
+        if run.tokens != features.shape[0]:
+            raise ValueError(f"{features.shape[0]} visual tokens for a clip laid out as {run.tokens}")
+        expanded, types = qg.expand_video(ids, [run], self.vision_ids(), lambda text: [])
+        ids_t = torch.tensor([expanded], device=device)
+        positions, _ = model.model.get_rope_index(
+            ids_t, torch.tensor([types], device=device), video_grid_thw=torch.tensor([[groups, gh, gw]], device=device),
+            second_per_grid_ts=torch.tensor([interval], device=device))
+        text = torch.arange(ids_t.shape[1], device=device)[None, None]
+        tokens = features.to(device, model.get_input_embeddings().weight.dtype)
+        return ids_t, {"position_ids": torch.cat([text, positions.to(device)]),
+                       "mm_encoder_outputs": {"video": BaseModelOutputWithPooling(pooler_output=(tokens,))}}
