@@ -226,9 +226,9 @@ def test_qwen2_5_vl_logits_equal_the_models_own_forward_with_real_group_interval
     """Qwen2.5-VL: one run of tokens, no timestamps; its time axis takes the mean real interval between temporal
     groups (from PyAV's presentation times; not temporal patch / fps), given to the model's own forward here as
     second_per_grid_ts."""
-    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
-
     from dataclasses import replace
+
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
     base = engine_for(qwen_dirs["qwen2.5-vl"])
     engine = base.with_settings(replace(base.settings, frames=4))  # 4 frames over 3.6 s: groups ~1.8 s apart
