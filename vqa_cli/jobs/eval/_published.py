@@ -31,6 +31,8 @@ VIDEO_PAPER = "LLaVA-Video paper (arXiv 2410.02713), Table 2"
 SEEN = "; the model's training data includes this benchmark's training set"
 FULL_TEST = " (the full test set, scored by its server)"
 VIDEOMME_BOARD = "Video-MME leaderboard, as quoted in the VideoLLaMA2 paper (arXiv 2406.07476), Table 5"
+QWEN3_VL = ("Qwen3-VL's published Video-MME (without subtitles) as quoted in vqa's issue 27; primary source: the "
+            "Qwen3-VL model cards and technical report (arXiv 2511.21631)")
 
 PUBLISHED: tuple[Published, ...] = (
     Published(OV_05B, "mvbench", 45.5, None, OV_PAPER, metric="category_mean"),
@@ -58,6 +60,9 @@ PUBLISHED: tuple[Published, ...] = (
     Published(VIDEO_7B, "perceptiontest", 67.9, 64, VIDEO_PAPER + SEEN),
     Published(VIDEO_7B, "longvideobench", 58.2, 64, VIDEO_PAPER),
     Published(VIDEO_7B, "mlvu", 70.8, 64, VIDEO_PAPER + " (M-Avg)", metric="category_mean"),
+    Published("Qwen/Qwen3-VL-2B-Instruct", "videomme", 61.9, None, QWEN3_VL),
+    Published("Qwen/Qwen3-VL-4B-Instruct", "videomme", 69.3, None, QWEN3_VL),
+    Published("Qwen/Qwen3-VL-8B-Instruct", "videomme", 71.4, None, QWEN3_VL),
     Published(VLLAVA_7B, "videomme", 39.9, 8, VIDEOMME_BOARD),
     Published(VLLAVA_7B, "videomme", 41.6, 8, VIDEOMME_BOARD, subtitles=True),
     # MLVU's README names "Video-LLaVA" (linked to PKU-YuanGroup/Video-LLaVA) without a size; its M-Avg column.
