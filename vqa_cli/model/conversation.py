@@ -10,6 +10,10 @@ cropped back to that point and extended. So
   so memory never grows with the number of questions;
 - a chat keeps every turn in the cache and only feeds the new user message (plus the previous
   answer again in the rare case its text re-tokenizes differently from the ids generated).
+
+A family that feeds ids and its own inputs (``FamilyAdapter.embeds_prompt`` False: Qwen-VL's encoder output and
+M-RoPE positions) gets them from its ``prompt_inputs`` for the whole conversation every turn (positions over all of
+it); the encoder output is fed only while the cache does not hold the whole video yet.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from vqa_cli.errors import UsageError
 from vqa_cli.model import prompt
 from vqa_cli.model.generate import Generation, cache_kwargs, generate
 from vqa_cli.video import Clip
@@ -63,13 +66,13 @@ class Conversation:
     plan: TokenPlan | None = None  # the clip's visual token layout
     cache: DynamicCache | None = None
     cached_ids: list[int] = field(default_factory=list)
+    answer_prefix: list[int] = field(default_factory=list)  # ids every prompt ends with (a prefilled answer start)
+    _inputs: dict[tuple[int, ...], tuple[torch.Tensor, dict]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def open(cls, engine: Engine, clip: Clip, prompt_text: str = "", timings: dict | None = None) -> Conversation:
         """Encode the clip once and prefill the shared prefix (``prompt_text`` guides --guide pooling)."""
         timings = {} if timings is None else timings
-        if not engine.adapter.embeds_prompt:
-            raise UsageError(f"vqa chat is not available for {engine.adapter.name} yet: ask one question at a time")
         budget, features = engine.budgeted_tokens(clip, prompt_text, timings)
         conversation = cls(engine, clip, features, plan=budget.plan)
         started = time.perf_counter()
@@ -87,11 +90,43 @@ class Conversation:
         shared = a[: common_prefix(a, b)]
         self.cache = DynamicCache(config=self.engine.model.config)
         ids_t = torch.tensor([shared], device=self.engine.input_device)
+        if not self.engine.adapter.embeds_prompt:
+            self._prefill_family(a, len(shared))
+            return
         with torch.inference_mode():
             embeds = prompt.embed(self.engine.model, ids_t, self.features, self._placeholder())
             self.engine.model(inputs_embeds=embeds, attention_mask=torch.ones_like(ids_t), use_cache=True,
                               **cache_kwargs(self.engine.model, self.cache))
         self.cached_ids = shared
+
+    def _prefill_family(self, ids: list[int], cut: int) -> None:
+        """The shared prefix ``ids[:cut]`` into the cache through the family's own inputs, when it holds the whole
+        video (its encoder output cannot be split); else nothing is cached (the first turn feeds it all)."""
+        import torch
+
+        self.cached_ids = []
+        if self._video_end(ids) > cut:
+            return
+        ids_t, inputs = self._family_inputs(ids)
+        inputs["position_ids"] = inputs["position_ids"][..., :cut]
+        with torch.inference_mode():
+            self.engine.model(input_ids=ids_t[:, :cut], attention_mask=torch.ones_like(ids_t[:, :cut]),
+                              use_cache=True, **inputs, **cache_kwargs(self.engine.model, self.cache))
+        self.cached_ids = ids[:cut]
+
+    def _family_inputs(self, ids: list[int]) -> tuple[torch.Tensor, dict[str, object]]:
+        """The family's own inputs (``FamilyAdapter.prompt_inputs``) for ``ids`` as ``ids_for`` made them."""
+        import torch
+
+        if self.clip is None:
+            return torch.tensor([ids], device=self.engine.input_device), {}
+        ids_t, inputs = self._inputs[tuple(ids)]
+        return ids_t, dict(inputs)
+
+    def _video_end(self, ids: list[int]) -> int:
+        """One past the last visual token in ``ids`` (0 without any)."""
+        placeholder = self._placeholder()
+        return max((i + 1 for i, t in enumerate(ids) if t == placeholder), default=0)
 
     @property
     def context_limit(self) -> int:
@@ -101,13 +136,23 @@ class Conversation:
         """Token ids of the whole conversation, video placeholder expanded, ready for the next answer."""
         engine = self.engine
         if self.clip is None:
-            return engine.checkpoint.prompt_ids(messages, media=None)
+            return engine.checkpoint.prompt_ids(messages, media=None) + self.answer_prefix
         image = engine.uses_image_path(self.clip)
         time_text = None
         if engine.settings.time_prompt and not image:
             time_text = prompt.time_instruction(self.clip.duration, self.clip.timestamps)
         ids = engine.checkpoint.prompt_ids(messages, time_text, media="image" if image else "video")
-        return prompt.expand_placeholder(ids, engine.placeholder_id(self.clip), self.features.shape[0])
+        if engine.adapter.embeds_prompt:
+            return prompt.expand_placeholder(ids, engine.placeholder_id(self.clip), self.features.shape[0]) + \
+                self.answer_prefix
+        ids_t, inputs = engine.adapter.prompt_inputs(engine.model, engine.checkpoint.tokenizer,
+                                                     ids + self.answer_prefix, self._placeholder(), self.features,
+                                                     self.clip, engine.checkpoint.dir, engine.input_device,
+                                                     mode=engine.settings.mode)
+        expanded = ids_t[0].tolist()
+        # The last two prompts' inputs (``prefill`` compares two), for ``ask`` and ``prefill``.
+        self._inputs = {**dict(list(self._inputs.items())[-1:]), tuple(expanded): (ids_t, inputs)}
+        return expanded
 
     def ask(self, question: str, *, keep: bool, on_text: Callable[[str], None] | None = None,
             first_logits: bool = False, logits: bool = False, should_stop: Callable[[str], bool] | None = None
@@ -133,9 +178,18 @@ class Conversation:
         reuse = min(common_prefix(ids, self.cached_ids), len(ids) - 1)
         if self.cache.get_seq_length() > reuse:
             self.cache.crop(reuse - self.cache.get_seq_length())
-        ids_t = torch.tensor([ids], device=engine.input_device)
-        with torch.inference_mode():
-            embeds = prompt.embed(engine.model, ids_t, self.features, self._placeholder())
+        if engine.adapter.embeds_prompt:
+            ids_t = torch.tensor([ids], device=engine.input_device)
+            with torch.inference_mode():
+                embeds = prompt.embed(engine.model, ids_t, self.features, self._placeholder())
+        else:
+            ids_t, embeds = self._family_inputs(ids)
+            if self._video_end(ids) > reuse:  # the cache does not hold the whole video: feed it all again
+                if self.cache.get_seq_length():
+                    self.cache.crop(-self.cache.get_seq_length())
+                reuse = 0
+            else:  # the video's effect is in the cached keys and values: no encoder output again
+                embeds.pop("mm_encoder_outputs", None)
         gen = generate(engine.model, engine.checkpoint.tokenizer, ids_t, embeds, max_new_tokens=settings.max_new_tokens,
                        temperature=settings.temperature, seed=settings.seed, on_text=on_text, cache=self.cache,
                        logits=first_logits or logits, should_stop=should_stop)

@@ -148,15 +148,8 @@ def prefixed_conversation(view: Engine, clip: Clip, features: torch.Tensor, pref
     header (the answer prefix some protocols prefill), or a plain one when ``prefix`` is empty."""
     from vqa_cli.model.conversation import Conversation
 
-    if not prefix:
-        return Conversation(view, clip, features)
-    extra = view.checkpoint.tokenizer.encode(prefix, add_special_tokens=False)
-
-    class Prefixed(Conversation):
-        def ids_for(self, messages: list[dict]) -> list[int]:
-            return super().ids_for(messages) + extra
-
-    return Prefixed(view, clip, features)
+    extra = view.checkpoint.tokenizer.encode(prefix, add_special_tokens=False) if prefix else []
+    return Conversation(view, clip, features, answer_prefix=extra)
 
 
 class Evaluator(GroupAnswerer):
