@@ -90,3 +90,33 @@ def test_benchmarks_import_the_project_never_tests():
         assert not imported & test_modules, f"{script.name} imports {sorted(imported & test_modules)} from tests/"
         strings = {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant)}
         assert "tests" not in strings, f"{script.name} puts tests/ on sys.path"
+
+
+def test_cpu_default_answer_latency_and_the_3x_rule():
+    from benchmarks import cpu_default
+
+    def row(model, prefill, per_token, head):
+        return {"model": model, "who": "vqa", "mode": "anyres", "decode_s": 1.0, "preprocess_s": 0.5, "encode_s": 2.5,
+                "prefill_s": prefill, "per_token_s": per_token, "head_s": head}
+
+    small = row("llava-onevision-0.5b", 6.0, 0.5, 0.1)  # first token at 10 s, then 0.6 s a token with the head
+    assert cpu_default.answer_s(small, 11) == 1.0 + 0.5 + 2.5 + 6.0 + 10 * 0.5
+    assert cpu_default.answer_s(small, 11, real_head=True) == 10.0 + 10 * 0.6
+    within = row("qwen3-vl-2b", 44.0, 0.9, 0.1)  # 48 + 10 x 1.0 = 58 s = 3.625x of 16 s: over
+    assert "3.62x" in cpu_default.verdict([small, within], 11) and "keep the 0.5B" in cpu_default.verdict(
+        [small, within], 11)
+    assert "within 3x" in cpu_default.verdict([small, row("qwen3-vl-2b", 34.0, 0.9, 0.1)], 11)  # 48 / 16 = 3.0
+
+
+@pytest.mark.heavy
+def test_cpu_default_benchmark_runs_end_to_end_at_the_tiny_geometry(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cpu_default.py"), "--geometry", "tiny",
+                           "--modes", "anyres", "--new-tokens", "3", "--workdir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line.split("|") for line in proc.stdout.splitlines() if line.startswith("| qwen3") or
+            line.startswith("| llava")]
+    assert [(r[1].strip(), r[2].strip()) for r in rows] == [(m, w) for m in ("llava-onevision-0.5b", "qwen3-vl-2b")
+                                                            for w in ("vqa", "transformers")]
+    assert [r[6].strip() for r in rows] == ["1569", "1569", "880", "880"]  # 8 x 196 + 1; 4 groups of 11 x 20
+    assert "rule (anyres" in proc.stdout
