@@ -247,3 +247,17 @@ def test_download_returns_the_cached_snapshot_offline(hub_cache, video_llava_dir
 def test_download_offline_of_an_uncached_model_is_a_known_error(hub_cache):
     with pytest.raises(ModelNotCachedError, match="cannot download 'llava-video-7b'"):
         hub.download("llava-video-7b", progress=False)
+
+
+def test_vqa_models_shows_the_published_video_mme_figures(hub_cache, capsys):
+    """Video-MME without subtitles, as the sources in docs/eval.md give it; none where no source is known."""
+    import json
+
+    from vqa_cli.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["models", "--json"])
+    figures = {r["alias"]: r["videomme"] for r in json.loads(capsys.readouterr().out)}
+    assert figures["qwen3-vl-2b"] == 61.9 and figures["qwen3-vl-4b"] == 69.3
+    assert figures["llava-video-7b"] == 63.3 and figures["llava-onevision-0.5b"] == 44.0
+    assert figures["llava-next-video-7b"] is None and figures["qwen3-vl-30b-a3b"] is None

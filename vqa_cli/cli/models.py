@@ -23,22 +23,29 @@ def models(as_json: JsonOpt = False, quantized: QuantizedOpt = False) -> int:
     """List known checkpoints: alias, family, size, memory per quantization, whether cached (and pre-quantized)."""
     if quantized:
         return _copies(as_json)
+    from vqa_cli.jobs.eval import published
     from vqa_cli.model.catalog import list_models
 
     rows = list_models()
+    for r in rows:  # the published Video-MME accuracy (without subtitles), where a source gives one
+        figure = published(r["repo_id"], "videomme")
+        r["videomme"] = figure["accuracy"] if figure else None
     if as_json:
         console.emit_json(rows)
         return 0
-    header = ["alias", "family", "params", "disk GB", "4bit GiB", "8bit GiB", "bf16 GiB", "cached", "quantized"]
+    header = ["alias", "family", "params", "disk GB", "4bit GiB", "8bit GiB", "bf16 GiB", "cached", "quantized",
+              "Video-MME %"]
     table = [[r["alias"] + (" *" if r["default"] else ""), r["family"], parameters_text(r["parameters"]),
               f"{r['disk_gb']:.1f}" + ("~" if r["disk_estimated"] else ""),
               *(f"{r['memory_gib'][q]:.1f}" for q in ("4bit", "8bit", "none")),
               "yes" if r["cached"] else ("config" if r["config_cached"] else "no"),
-              ",".join(r["quantized"]) or "-"] for r in rows]
+              ",".join(r["quantized"]) or "-", "-" if r["videomme"] is None else f"{r['videomme']:.1f}"]
+             for r in rows]
     from vqa_cli.model.families.registry import DEFAULT_CPU_MODEL, DEFAULT_MODEL
 
     console.table(header, table, caption=f"* default on this machine (with CUDA {DEFAULT_MODEL}, without "
-                  f"{DEFAULT_CPU_MODEL}); ~ not downloaded: the parameters at 16 bits")
+                  f"{DEFAULT_CPU_MODEL}); ~ not downloaded: the parameters at 16 bits; Video-MME: published, without "
+                  "subtitles (docs/eval.md names the sources)")
     return 0
 
 

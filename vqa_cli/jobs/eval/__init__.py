@@ -14,6 +14,7 @@ from vqa_cli.jobs.eval._files import Benchmark, detect, read_benchmark, read_ite
 from vqa_cli.jobs.eval._formats import LETTERS, Format, Item
 from vqa_cli.jobs.eval._layout import VideoFinder, resolve_video
 from vqa_cli.jobs.eval._prompts import Protocol, build
+from vqa_cli.jobs.eval._published import published
 from vqa_cli.jobs.eval._run import EVAL_MAX_NEW_TOKENS, run_eval
 from vqa_cli.jobs.eval._score import Score, by_generation, by_likelihood, letter_ids, letter_logprobs
 from vqa_cli.jobs.eval._stats import clustered_ci, summarize
@@ -21,6 +22,6 @@ from vqa_cli.jobs.eval._stats import clustered_ci, summarize
 __all__ = [
     "EVAL_MAX_NEW_TOKENS", "LETTERS", "Benchmark", "Evaluator", "Format", "Item", "Protocol", "Score", "VideoFinder",
     "build", "by_generation", "by_likelihood", "clustered_ci", "detect", "extract", "group_items", "guess",
-    "letter_ids", "letter_logprobs", "read_benchmark", "read_items", "resolve_video", "run_eval",
+    "letter_ids", "letter_logprobs", "published", "read_benchmark", "read_items", "resolve_video", "run_eval",
     "summarize", "unparsed_policy",
 ]
