@@ -219,7 +219,7 @@ def measure_mode(model: str, view: Any, clip: Any, decode_s: float, args: argpar
         pixels = view.pixels(clip)
         preprocess_s = time.perf_counter() - t
         t, cpu = time.perf_counter(), time.process_time()
-        features = view.aggregate(view.encode(pixels), view.settings.mode, QUESTION)
+        features = view.visual_tokens(clip, QUESTION, frames=view.encode(pixels))  # the tower, then the mode
         encode_s, encode_cpu_s = time.perf_counter() - t, time.process_time() - cpu
         ids, inputs = view.prompt_inputs(QUESTION, clip, features)
         extra = dict(inputs) if isinstance(inputs, dict) else {"inputs_embeds": inputs}
