@@ -7,6 +7,10 @@ published geometry formulas written out here, and the module list of the quantiz
 
 from __future__ import annotations
 
+import json
+import math
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -95,3 +99,143 @@ def test_independent_questions_share_the_video_prefix(qwen_dirs, clips):
     assert all(t.fed_tokens <= ids.shape[1] - video_end for t in turns)  # the shared prefix was prefilled once
     full = own_forward_logits(engine, prepared.pixels, ids)
     assert (turns[1].first_logits - full).abs().max().item() <= 1e-4
+
+
+# ---- batches: left padding, positions with the attention mask ----------------------------------------------------
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_a_left_padded_batch_gives_each_rows_own_forward(qwen_dirs, clips, recipe):
+    from vqa_cli.model.generate import left_pad_inputs, pad_id
+
+    engine = engine_for(qwen_dirs[recipe])
+    prepared = [engine.prepare_clip(c, engine.checkpoint.frames_for(engine.settings)) for c in clips]
+    rows = [engine.prompt_inputs(q, p.clip, engine.visual_tokens(p.clip, q))
+            for p, q in zip(prepared, QUESTIONS, strict=True)]
+    assert rows[0][0].shape[1] != rows[1][0].shape[1]  # the shorter prompt is padded
+    ids, inputs, mask = left_pad_inputs(rows, pad_id(engine.checkpoint.tokenizer))
+    with torch.inference_mode():
+        batched = engine.model(input_ids=ids, attention_mask=mask, **inputs).logits[:, -1]
+    for b, (p, (row_ids, _)) in enumerate(zip(prepared, rows, strict=True)):
+        alone = own_forward_logits(engine, p.pixels, row_ids)
+        assert (batched[b] - alone).abs().max().item() <= 1e-4
+
+
+def test_answer_batch_equals_one_at_a_time(qwen_dirs, clips, monkeypatch):
+    import vqa_cli.model.generate as gen_module
+
+    engine = engine_for(qwen_dirs["qwen3-vl-moe"])
+    prepared = [engine.prepare_clip(c, engine.checkpoint.frames_for(engine.settings)) for c in clips]
+    alone = [engine.answer(p.clip, q).text for p, q in zip(prepared, QUESTIONS, strict=True)]
+    calls = []
+    real = gen_module._run
+    monkeypatch.setattr(gen_module, "_run", lambda model, ids, *a, **k: calls.append(ids.shape) or real(model, ids, *a,
+                                                                                                          **k))
+    batch = engine.answer_batch([p.clip for p in prepared], QUESTIONS)
+    assert [a.text for a in batch] == alone
+    assert len(calls) == 1 and calls[0][0] == 2  # one generate call over both rows
+
+
+# ---- serve: a chat completion through a real server, the feature and KV caches on a second request -------------
+def test_serve_answers_as_vqa_ask_and_reuses_the_video_on_a_second_request(qwen_dirs, clips, capsys):
+    from tests.cli_run import run
+    from vqa_cli.testing import start
+
+    model, folder = qwen_dirs["qwen3-vl"], str(Path(clips[0]).parent)
+    settings = ["--max-new-tokens", "4"]
+    code, out, err = run(["ask", clips[0], QUESTIONS[0], "--model", model, *settings, "--json"], capsys)
+    assert code == 0, err
+    local = json.loads(out)
+    server = start(["--model", model, "--media-root", folder, *settings], cwd=folder)
+    try:
+        def ask(question: str) -> dict:
+            content = [{"type": "video_url", "video_url": {"url": "a.mp4"}}, {"type": "text", "text": question}]
+            status, body = server.post("/v1/chat/completions",
+                                       {"model": model, "messages": [{"role": "user", "content": content}]})
+            assert status == 200, (body, "".join(server.stderr))
+            return body
+
+        first, second = ask(QUESTIONS[0]), ask(QUESTIONS[1])
+    finally:
+        server.stop()
+    assert first["choices"][0]["message"]["content"] == local["answer"]
+    assert first["vqa"]["visual_tokens"] == local["visual_tokens"] == 3 * 2 * 3
+    assert first["vqa"]["cache"]["features"] == "miss" and "encode" in first["vqa"]["timings"]
+    assert second["vqa"]["cache"]["features"] == "memory" and "encode" not in second["vqa"]["timings"]
+    assert second["usage"]["prompt_tokens_details"]["cached_tokens"] >= local["visual_tokens"]
+
+
+# ---- --plan before loading: the token budget per mode from the published formula -----------------------------------
+def published_grid(frames: int, height: int, width: int, max_pixels: int, min_pixels: int = 4096,
+                   factor: int = 32) -> tuple[int, int, int]:
+    """Qwen3-VL's video smart resize, its budget over the whole clip (frames rounded to the temporal patch of 2), as
+    the processor publishes it: -> (temporal groups, patch rows, patch columns) at patch 16."""
+    t = round(frames / 2) * 2
+    h, w = round(height / factor) * factor, round(width / factor) * factor
+    if t * h * w > max_pixels:
+        beta = math.sqrt(frames * height * width / max_pixels)
+        h, w = max(factor, math.floor(height / beta / factor) * factor), max(factor, math.floor(width / beta / factor)
+                                                                             * factor)
+    elif t * h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (frames * height * width))
+        h, w = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
+    return math.ceil(frames / 2), h // 16, w // 16
+
+
+@pytest.mark.parametrize(("mode", "frames", "max_pixels"), [
+    ("anyres", 64, None), ("anyres", 64, 64 * 448 * 448 // 4), ("anyres", 10, 10 * 300 * 300), ("pooled", 32, None),
+    ("pooled", 20, None)])
+def test_plan_counts_the_published_formula_before_loading(qwen_dirs, clips, tmp_path, capsys, mode, frames,
+                                                          max_pixels):
+    import shutil
+
+    from tests.cli_run import run
+
+    configs_only = tmp_path / "configs"  # no weights: --plan reads configs only
+    shutil.copytree(qwen_dirs["qwen3-vl-moe"], configs_only, ignore=shutil.ignore_patterns("*.safetensors"))
+    argv = ["ask", clips[0], "q", "--model", str(configs_only), "--plan", "--json", "--mode", mode]
+    argv += ["--frames", str(frames)] + (["--max-pixels", str(max_pixels)] if max_pixels else [])
+    code, out, err = run(argv, capsys)
+    assert code == 0, err
+    plan = json.loads(out)
+    gt, gh, gw = published_grid(frames, 448, 448, max_pixels or 25165824)  # before the clip: a nominal 448 x 448
+    if mode == "anyres":
+        assert plan["visual_tokens"] == gt * gh * gw // 4
+    else:  # the groups pooled to --pool's default T of 16, each merged grid (h/2) 2x2 average-pooled, rounded up
+        assert plan["visual_tokens"] == 16 * math.ceil(gh / 2 / 2) * math.ceil(gw / 2 / 2)
+    assert plan["frames"] == frames and plan["memory"]["parameters"] > 0
+
+
+# ---- 4-bit and 8-bit: the skip list, MoE experts, pre-quantized copies, the memory estimate ------------------------
+@pytest.mark.parametrize("quant", ["4bit", "8bit"])
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_quantized_loads_keep_the_tower_and_head_and_copies_give_the_same_model(qwen_dirs, tmp_path, monkeypatch,
+                                                                                recipe, quant):
+    from vqa_cli.model import loading, memory
+    from vqa_cli.model.weights import loader
+
+    monkeypatch.setenv("VQA_CACHE", str(tmp_path / "vqa"))
+    monkeypatch.delenv("VQA_QUANT_CACHE", raising=False)
+    model_dir = Path(qwen_dirs[recipe])
+    config, adapter = loading.read_checkpoint_config(model_dir)
+    on_load = loader.load_model(model_dir, config, device="cpu", dtype=torch.float32, quant=quant)
+    from_copy = loader.load_model(model_dir, loading.read_checkpoint_config(model_dir)[0], device="cpu",
+                                  dtype=torch.float32, quant=quant)
+    assert not on_load.prequantized and from_copy.prequantized
+    assert len(list((tmp_path / "vqa" / "quantized").iterdir())) == 1
+    kind = "Linear4bit" if quant == "4bit" else "Linear8bitLt"
+    quantized = 0
+    for name, module in from_copy.model.named_modules():
+        if name.startswith(("model.visual", "lm_head")):
+            assert type(module).__name__ not in {"Linear4bit", "Linear8bitLt"}, name  # the skip list
+        elif isinstance(module, torch.nn.Linear):
+            assert type(module).__name__ == kind, name
+            quantized += module.in_features * module.out_features
+    experts = [p for n, p in from_copy.model.named_parameters() if ".experts." in n]
+    assert (recipe == "qwen3-vl-moe") == bool(experts)
+    assert all(p.dtype == torch.float32 and p.dim() == 3 for p in experts)  # experts: 3-D parameters, not quantized
+    a, b = on_load.model.state_dict(), from_copy.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # The memory estimate counts as quantized exactly what bitsandbytes quantized (experts stay 16-bit).
+    est = memory.estimate_memory(adapter, quant, 2, 0)
+    assert est.quantized_parameters == quantized
+    total = sum(p.numel() for p in on_load.model.parameters() if p.dtype != torch.uint8 and p.dtype != torch.int8)
+    assert est.parameters > total > 0

@@ -88,7 +88,8 @@ class Checkpoint:
                              f"(available: {', '.join(self.adapter.modes)})")
         if settings.mode.max_pixels and not self.adapter.pixel_budget:
             raise UsageError(f"--max-pixels is for native-resolution families (qwen-vl), not {self.adapter.name}")
-        return modes.plan(settings.mode, num_frames, self.geometry)
+        return (self.adapter.frames_plan(num_frames, self.dir, settings.mode)
+                or modes.plan(settings.mode, num_frames, self.geometry))
 
     def prompt_ids(self, conversation: str | list[dict], time_text: str | None = None, media: str = "video"
                    ) -> list[int]:

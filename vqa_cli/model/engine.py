@@ -286,11 +286,7 @@ class Engine:
             budget, tokens = self.budgeted_tokens(clip, q, tm, frames_i, known_i)
             budgets.append(budget)
             visual.append(tokens)
-            if self.adapter.embeds_prompt:
-                rows.append(self.prompt_inputs(q, clip, tokens))
-        if not self.adapter.embeds_prompt:  # the family's own inputs do not left-pad into one batch: one at a time
-            return [self.generate(clip, q, tokens, budget, timings=tm)
-                    for clip, q, tokens, budget, tm in zip(clips, questions, visual, budgets, timings, strict=True)]
+            rows.append(self.prompt_inputs(q, clip, tokens))
         gens = generate_batch(self.model, self.checkpoint.tokenizer, rows, max_new_tokens=self.settings.max_new_tokens,
                               temperature=self.settings.temperature, seed=self.settings.seed, should_stop=should_stop)
         answers = []

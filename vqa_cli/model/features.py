@@ -147,17 +147,22 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def clip_meta(clip: Clip) -> dict:
-    """A clip without its pixels: what records and prompts need once its tokens are known."""
-    return {name: getattr(clip, name) for name in _CLIP_FIELDS}
+    """A clip without its pixels: what records and prompts need once its tokens are known (the frames' size
+    included: a native-resolution family lays its tokens out on it)."""
+    return {**{name: getattr(clip, name) for name in _CLIP_FIELDS}, "frame_size": list(clip.frames.shape[1:3])}
 
 
 def clip_from_meta(meta: dict) -> Clip:
-    """A ``video.Clip`` from ``clip_meta`` (no pixels: its visual tokens come from the cache)."""
+    """A ``video.Clip`` from ``clip_meta`` (no pixels: its visual tokens come from the cache). Its ``frames`` are a
+    read-only zero-stride view of one black pixel with the clip's shape (frames, height, width): no memory."""
     import numpy as np
 
     from vqa_cli.video import Clip
 
-    return Clip(frames=np.zeros((0, 1, 1, 3), dtype=np.uint8), **{k: meta[k] for k in _CLIP_FIELDS})
+    height, width = meta.get("frame_size") or (1, 1)
+    count = len(meta["indices"]) if meta.get("frame_size") else 0
+    frames = np.broadcast_to(np.zeros((1, 1, 1, 3), dtype=np.uint8), (count, height, width, 3))
+    return Clip(frames=frames, **{k: meta[k] for k in _CLIP_FIELDS})
 
 
 class BytesLRU(Generic[_K, _V]):

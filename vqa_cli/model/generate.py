@@ -223,10 +223,47 @@ def left_pad(rows: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int
     return torch.cat(ids_out), torch.cat(emb_out), torch.cat(mask_out)
 
 
+def left_pad_inputs(rows: list[tuple[torch.Tensor, Mapping[str, object]]], pad_id: int
+                    ) -> tuple[torch.Tensor, dict[str, object], torch.Tensor]:
+    """[(ids [1, L_i], a family's own inputs)] -> left-padded ids [B, L], inputs, attention mask. Position ids
+    [..., 1, L_i] are left-padded with 0 (a real token's positions start at its row's first token, as the model's
+    own ``get_rope_index`` with the attention mask gives them); encoder outputs are joined in batch order (the model
+    scatters them over the visual tokens row by row)."""
+    import torch
+
+    width = max(ids.shape[1] for ids, _ in rows)
+    ids, mask, inputs = [], [], {}
+    for row_ids, _ in rows:
+        pad = width - row_ids.shape[1]
+        ids.append(torch.cat([row_ids.new_full((1, pad), pad_id), row_ids], dim=1))
+        mask.append(torch.cat([row_ids.new_zeros((1, pad)), torch.ones_like(row_ids)], dim=1))
+    for key in rows[0][1]:
+        values = [extra[key] for _, extra in rows]
+        if key == "position_ids":
+            inputs[key] = torch.cat([torch.nn.functional.pad(v, (width - v.shape[-1], 0)) for v in values], dim=-2)
+        elif key == "mm_encoder_outputs":
+            inputs[key] = {media: _joined([v[media] for v in values]) for media in values[0]}
+        else:
+            raise ValueError(f"{key}: no batched form")
+    return torch.cat(ids), inputs, torch.cat(mask)
+
+
+def _joined(outputs: list[Mapping[str, object]]) -> object:
+    """Several prompts' encoder outputs (tuples of per-video tensors, or lists of such tuples per layer) as one."""
+    fields = {}
+    for name, first in outputs[0].items():
+        parts = [o[name] for o in outputs]
+        if isinstance(first, tuple):
+            fields[name] = tuple(t for p in parts for t in p)
+        else:  # a list over layers of per-video tuples (DeepStack)
+            fields[name] = [tuple(t for p in parts for t in p[k]) for k in range(len(first))]
+    return type(outputs[0])(**fields)
+
+
 def generate_batch(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    rows: list[tuple[torch.Tensor, torch.Tensor]],
+    rows: list[tuple[torch.Tensor, torch.Tensor | Mapping[str, object]]],
     *,
     max_new_tokens: int,
     temperature: float = DEFAULT_TEMPERATURE,
@@ -234,11 +271,13 @@ def generate_batch(
     should_stop: Callable[[], bool] | None = None,
 ) -> list[Generation]:
     """Left-padded batched generation for several prompts at once (no streaming); ``should_stop()`` ends
-    the whole batch early (every request in it cancelled)."""
+    the whole batch early (every request in it cancelled). ``rows``: (ids, embeddings), or (ids, a family's own
+    inputs: ``left_pad_inputs``)."""
     import torch
 
     pad = pad_id(tokenizer)
-    ids, embeds, mask = left_pad(rows, pad)
+    family = isinstance(rows[0][1], Mapping)
+    ids, embeds, mask = left_pad_inputs(rows, pad) if family else left_pad(rows, pad)
     clock = TokenClock()
     out = _run(model, ids, embeds, mask, clock, pad=pad, max_new_tokens=max_new_tokens, temperature=temperature,
                seed=seed, until=_Until(should_stop) if should_stop is not None else None)

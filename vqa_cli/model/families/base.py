@@ -154,6 +154,12 @@ class FamilyAdapter:
         ``mode.max_pixels``: ``--max-pixels``), else None: the mode's plan from the static geometry holds."""
         return None
 
+    def frames_plan(self, num_frames: int, model_dir: Path, mode: ModeSettings) -> TokenPlan | None:
+        """The token layout of ``num_frames`` frames in ``mode`` before any clip is read (``--plan``, budgets,
+        ``--fit``) when the family's is not the mode's plan on the static geometry (a pixel budget per clip: at a
+        nominal frame size), else None."""
+        return None
+
     def clip_geometry(self, clip: Clip, model_dir: Path, mode: ModeSettings) -> GridGeometry | None:
         """The grid the modes resolve their parameters on for this clip when it is the clip's own (a dynamic
         resolution), else None: the static ``geometry()``."""

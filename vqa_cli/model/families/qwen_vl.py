@@ -164,15 +164,26 @@ class QwenVLAdapter(FamilyAdapter):
     def plan_blocks(self, clip: Clip, model_dir: Path, mode: ModeSettings) -> tuple[TokenPlan, list[qg.Block]]:
         """The clip's token plan in ``mode`` and its prompt blocks: the mode laid out on the clip's merged grid with
         one "frame" per temporal group, each block at its groups' real time (``qg.pathway_blocks``)."""
+        temporal = self.config.vision_config.temporal_patch_size
+        plan = self.sized_plan(len(clip.frames), clip.frames.shape[1], clip.frames.shape[2], model_dir, mode)
+        return plan, qg.pathway_blocks(plan.pathways, qg.group_times(clip.timestamps, temporal))
+
+    def sized_plan(self, num_frames: int, height: int, width: int, model_dir: Path, mode: ModeSettings) -> TokenPlan:
+        """The token plan of ``num_frames`` frames of ``height`` x ``width`` in ``mode``: the mode laid out with one
+        "frame" per temporal group on the merged grid the pixel budget gives them."""
         from vqa_cli.model import modes
 
         if mode.guide or mode.stride is not None:
             raise UsageError(f"{'--guide' if mode.guide else '--stride'} is not available for {self.name}")
-        temporal = self.config.vision_config.temporal_patch_size
-        groups = -(-len(clip.frames) // temporal)
-        plan = modes.plan(mode, groups, self.clip_geometry(clip, model_dir, mode))
-        return replace(plan, frames=len(clip.frames)), qg.pathway_blocks(plan.pathways,
-                                                                          qg.group_times(clip.timestamps, temporal))
+        cfg = self.processing(model_dir, mode.max_pixels)
+        _, gh, gw = qg.clip_grid(num_frames, height, width, cfg)
+        groups = -(-num_frames // cfg.temporal)
+        plan = modes.plan(mode, groups, modes.GridGeometry((gh // cfg.merge, gw // cfg.merge), 1))
+        return replace(plan, frames=num_frames)
+
+    def frames_plan(self, num_frames: int, model_dir: Path, mode: ModeSettings) -> TokenPlan:
+        """Before a clip is read (``--plan``, budgets, ``--fit``): its frames at the nominal size."""
+        return self.sized_plan(num_frames, NOMINAL_SIDE, NOMINAL_SIDE, model_dir, mode)
 
     def clip_plan(self, clip: Clip, model_dir: Path, mode: ModeSettings) -> TokenPlan:
         return self.plan_blocks(clip, model_dir, mode)[0]
