@@ -239,3 +239,114 @@ def test_quantized_loads_keep_the_tower_and_head_and_copies_give_the_same_model(
     assert est.quantized_parameters == quantized
     total = sum(p.numel() for p in on_load.model.parameters() if p.dtype != torch.uint8 and p.dtype != torch.int8)
     assert est.parameters > total > 0
+
+
+# ---- eval: both protocols, the letters' log-probabilities against the model's own forward -------------------------
+@pytest.mark.parametrize("protocol", ["official", "lmms-eval"])
+def test_eval_scores_like_the_models_own_forward(qwen_dirs, clips, tmp_path, capsys, protocol):
+    from tests.cli_run import run
+    from vqa_cli.jobs.eval import build, letter_ids, read_items
+    from vqa_cli.jobs.eval._prompts import answer_prefix
+
+    model = qwen_dirs["qwen3-vl"]
+    rows = [{"video": "a.mp4", "question": "What is shown?", "candidates": ["a square", "a circle", "a line"],
+             "answer": "a circle"},
+            {"video": "b.mp4", "question": "Which way does it go?", "candidates": ["up", "down"], "answer": "up"}]
+    ann = tmp_path / "mvb" / "object_shuffle.json"  # MVBench's layout: one JSON list per task
+    ann.parent.mkdir()
+    ann.write_text(json.dumps(rows))
+    out = tmp_path / "r.jsonl"
+    code, printed, err = run(["eval", str(ann), "--format", "mvbench", "--videos", str(Path(clips[0]).parent),
+                              "--model", model, "--dtype", "float32", "--protocol", protocol, "--score", "likelihood",
+                              "--out", str(out), "--json"], capsys)
+    assert code == 0, err
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert json.loads(printed)["n"] == len(records) == 2 and all(r["error"] is None for r in records)
+    engine = engine_for(model)
+    tokenizer = engine.checkpoint.tokenizer
+    for item in read_items(str(ann), "mvbench"):
+        record = next(r for r in records if r["qid"] == item.qid)
+        prepared = engine.prepare_clip(str(Path(clips[0]).parent / item.video), engine.checkpoint.frames_for(
+            engine.settings))
+        ids, _ = engine.prompt_inputs(build(item, "mvbench", protocol), prepared.clip,
+                                      engine.visual_tokens(prepared.clip, ""))
+        prefix = tokenizer.encode(answer_prefix("mvbench", protocol), add_special_tokens=False)
+        ids = torch.cat([ids, torch.tensor([prefix], dtype=ids.dtype)], dim=1)  # official: "Best option:(" prefilled
+        logp = torch.log_softmax(own_forward_logits(engine, prepared.pixels, ids).float(), -1)
+        letters = letter_ids(tokenizer, len(item.options))
+        direct = {"ABC"[k]: max(float(logp[i]) for i in letters[k]) for k in range(len(item.options))}
+        assert record["letter_logprobs"] == pytest.approx(direct, abs=1e-3)
+        assert record["protocol"] == protocol
+
+
+# ---- caption (plain and --segments) and vqa ask --json records -----------------------------------------------------
+def test_caption_records_plain_batched_and_in_segments(qwen_dirs, clips, tmp_path, capsys):
+    from tests.cli_run import run
+
+    model, folder = qwen_dirs["qwen3-vl"], Path(clips[0]).parent
+    common = ["--model", model, "--dtype", "float32", "--max-new-tokens", "4", "--prompt", QUESTIONS[0]]
+    code, _, err = run(["caption", str(folder), "--batch-size", "2", "--out", str(tmp_path / "c.jsonl"), *common],
+                       capsys)
+    assert code == 0, err
+    plain = {Path(r["video"]).name: r for r in map(json.loads, (tmp_path / "c.jsonl").read_text().splitlines())}
+    engine = engine_for(model)
+    for name, groups, hw in (("a.mp4", 3, 2 * 3), ("b.mp4", 2, 3 * 2)):  # 2 fps: 6 and 4 frames; 96x64 and 64x96
+        prepared = engine.prepare_clip(str(folder / name), engine.checkpoint.frames_for(engine.settings))
+        assert plain[name]["caption"] == engine.answer(prepared.clip, QUESTIONS[0]).text  # batched == one at a time
+        assert plain[name]["visual_tokens"] == groups * hw and plain[name]["frames"] == 2 * groups
+    code, _, err = run(["caption", str(folder), "--segments", "fixed:1", "--out", str(tmp_path / "s.jsonl"), *common],
+                       capsys)
+    assert code == 0, err
+    segmented = {Path(r["video"]).name: r for r in map(json.loads, (tmp_path / "s.jsonl").read_text().splitlines())}
+    for name, seconds in (("a.mp4", 3), ("b.mp4", 2)):
+        spans = [(s["start"], s["end"]) for s in segmented[name]["segments"]]
+        assert spans == [(float(i), float(i + 1)) for i in range(seconds)]
+        assert all(s["caption"] for s in segmented[name]["segments"])
+
+
+def test_ask_json_record(qwen_dirs, clips, capsys):
+    from tests.cli_run import run
+    from tests.clips import pyav_decode_all
+
+    code, out, err = run(["ask", clips[0], *QUESTIONS, "--model", qwen_dirs["qwen3-vl-moe"], "--dtype", "float32",
+                          "--max-new-tokens", "3", "--json"], capsys)
+    assert code == 0, err
+    record = json.loads(out)
+    assert [a["question"] for a in record["answers"]] == QUESTIONS and all(a["answer"] for a in record["answers"])
+    assert record["family"] == "qwen-vl" and record["visual_tokens"] == 3 * 2 * 3
+    times = pyav_decode_all(clips[0])[1]
+    assert record["timestamps"] == [round(times[i], 3) for i in record["frame_indices"]]
+
+
+# ---- --fit and the memory check ------------------------------------------------------------------------------------
+def test_fit_picks_the_frames_that_fit_and_the_check_refuses_before_the_weights(qwen_dirs, clips, capsys, monkeypatch):
+    from dataclasses import replace
+
+    from tests.cli_run import run
+    from vqa_cli.errors import MemoryFitError
+    from vqa_cli.model import fit, machine
+    from vqa_cli.model.checkpoint import Checkpoint
+    from vqa_cli.model.weights import loader
+
+    model = qwen_dirs["qwen3-vl-moe"]
+    settings = RunSettings(model=model, dtype="float32", max_new_tokens=3, frames=16)
+    checkpoint = Checkpoint(model)
+    budget = checkpoint.budget(settings, [QUESTIONS[0]])
+    room = fit.measure(checkpoint, settings, budget, lambda device: 10**13).estimate.peak_bytes
+    monkeypatch.setattr(machine, "probe_memory", lambda device: room if device == "cpu" else None)
+    code, out, err = run(["ask", clips[0], QUESTIONS[0], "--model", model, "--dtype", "float32", "--max-new-tokens",
+                          "3", "--frames", "64", "--fit", "--plan", "--json"], capsys)
+    assert code == 0, err
+    plan = json.loads(out)
+    frames = plan["fit"]["frames"]
+    assert 16 <= frames < 64 and plan["frames"] == frames and plan["memory"]["fits"] is True
+    gt, gh, gw = published_grid(frames, 448, 448, 25165824)
+    assert plan["visual_tokens"] == gt * gh * gw // 4
+
+    def never(*args, **kwargs):
+        raise AssertionError("the weights were loaded")
+
+    monkeypatch.setattr(loader, "load", never)
+    with pytest.raises(MemoryFitError) as refused:
+        open_model(replace(settings, frames=64), [QUESTIONS[0]], probe=lambda device: room // 2)
+    assert "\n" not in str(refused.value)
