@@ -135,6 +135,20 @@ def test_answer_batch_equals_one_at_a_time(qwen_dirs, clips, monkeypatch):
 
 
 # ---- serve: a chat completion through a real server, the feature and KV caches on a second request -------------
+def test_a_cached_clip_keeps_the_layout_of_its_tokens(qwen_dirs, clips):
+    """A feature-cache hit has no pixels; its clip must still lay the tokens out as the decoded clip did."""
+    from vqa_cli.model.features import clip_from_meta, clip_meta
+
+    engine = engine_for(qwen_dirs["qwen3-vl"])
+    for path in clips:
+        clip = engine.prepare_clip(path, engine.checkpoint.frames_for(engine.settings)).clip
+        cached = clip_from_meta(json.loads(json.dumps(clip_meta(clip))))  # as the disk cache stores it
+        assert cached.frames.shape == clip.frames.shape
+        plan = engine.adapter.clip_plan(cached, engine.checkpoint.dir, engine.settings.mode)
+        assert plan == engine.adapter.clip_plan(clip, engine.checkpoint.dir, engine.settings.mode)
+
+
+@pytest.mark.heavy
 def test_serve_answers_as_vqa_ask_and_reuses_the_video_on_a_second_request(qwen_dirs, clips, capsys):
     from tests.cli_run import run
     from vqa_cli.testing import start
