@@ -464,12 +464,13 @@ def test_offloaded_layers_are_counted_unquantized(big_dir, clip_path, capsys):
 # ---- the default without CUDA ---------------------------------------------------------------------------
 
 
-def test_without_cuda_the_default_is_the_small_model_and_says_so(monkeypatch, capsys):
+def test_without_cuda_the_default_is_the_cpu_model_and_says_so(monkeypatch, capsys):
     from vqa_cli.cli.options import run_settings
 
     monkeypatch.delenv("VQA_MODEL", raising=False)
-    assert run_settings(model=None, device="cpu").model == "llava-onevision-0.5b"
-    assert "the default model is llava-onevision-0.5b" in capsys.readouterr().err
+    assert run_settings(model=None, device="cpu").model == "qwen3-vl-2b"
+    notice = capsys.readouterr().err
+    assert "the default model is qwen3-vl-2b" in notice and "--model llava-onevision-0.5b for a slow" in notice
     assert run_settings(model=None, device="cuda").model == "llava-next-video-7b"
     assert run_settings(model="x/y", device="cpu").model == "x/y"
     assert capsys.readouterr().err == ""
@@ -485,9 +486,9 @@ def test_models_json_marks_the_default_of_each_device(capsys, monkeypatch, tmp_p
     code, out, _ = run_cli(["models", "--json"], capsys)
     rows = {r["alias"]: r for r in json.loads(out)}
     assert code == 0
-    assert [a for a, r in rows.items() if r["default_cpu"]] == ["llava-onevision-0.5b"]
+    assert [a for a, r in rows.items() if r["default_cpu"]] == ["qwen3-vl-2b"]
     assert [a for a, r in rows.items() if r["default_cuda"]] == ["llava-next-video-7b"]
-    here = "llava-next-video-7b" if torch.cuda.is_available() else "llava-onevision-0.5b"
+    here = "llava-next-video-7b" if torch.cuda.is_available() else "qwen3-vl-2b"
     assert [a for a, r in rows.items() if r["default"]] == [here]
     cuda_rows = catalog.list_models(tmp_path, cuda=True)
     assert [r["alias"] for r in cuda_rows if r["default"]] == ["llava-next-video-7b"]

@@ -27,9 +27,9 @@ def test_vqa_model_env_changes_the_default(monkeypatch):
     assert hub.default_model() == "/models/mine"
     assert hub.default_model("cpu") == "/models/mine"
     monkeypatch.delenv("VQA_MODEL")
-    # Without it: the 7B model for CUDA (a plan may name a GPU this machine lacks), the small one for the CPU.
+    # Without it: the 7B model for CUDA (a plan may name a GPU this machine lacks), Qwen3-VL-2B for the CPU.
     assert hub.default_model("cuda") == "llava-next-video-7b"
-    assert hub.default_model("cpu") == "llava-onevision-0.5b"
+    assert hub.default_model("cpu") == "qwen3-vl-2b"
 
 
 def test_unknown_model_names_fail_with_one_line():

@@ -60,7 +60,7 @@ ModelOpt = Annotated[
     str | None,
     typer.Option("--model", "-m", show_default=False,
                  help="Hub id, local directory or alias (default: $VQA_MODEL, else llava-next-video-7b with CUDA, "
-                      "llava-onevision-0.5b on the CPU)."),
+                      "qwen3-vl-2b on the CPU)."),
 ]
 ModeOpt = Annotated[ModeName, typer.Option("--mode", help="How frames become tokens.")]
 QuantOpt = Annotated[
@@ -208,10 +208,10 @@ def writable_folder(flag: str) -> Callable[[str | None], str | None]:
 
 def _model(model: str | None, device: str | None) -> str:
     """``--model``, else the default for the device the run uses (``hub.default_model``: the 7B model
-    with CUDA, the small one on the CPU, which a notice names). A command without ``--model`` (``frames``)
+    with CUDA, Qwen3-VL-2B on the CPU, which a notice names). A command without ``--model`` (``frames``)
     opens no model: it gets the CUDA default without asking torch."""
     from vqa_cli import console
-    from vqa_cli.model.families.registry import DEFAULT_CPU_MODEL, DEFAULT_MODEL
+    from vqa_cli.model.families.registry import DEFAULT_CPU_MODEL, DEFAULT_MODEL, SMALL_CPU_MODEL
     from vqa_cli.model.weights import hub
 
     if model is _NOT_AN_OPTION:
@@ -220,6 +220,6 @@ def _model(model: str | None, device: str | None) -> str:
         return model
     chosen = hub.default_model(device)
     if chosen == DEFAULT_CPU_MODEL and not os.environ.get("VQA_MODEL"):
-        console.info(f"running on the CPU: the default model is {chosen}, which fits a laptop "
-                     f"(--model or $VQA_MODEL picks another)")
+        console.info(f"running on the CPU: the default model is {chosen} (--model or $VQA_MODEL picks another; "
+                     f"--model {SMALL_CPU_MODEL} for a slow or small machine)")
     return chosen

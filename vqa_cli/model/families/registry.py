@@ -52,7 +52,10 @@ CHECKPOINTS: tuple[KnownCheckpoint, ...] = (
 )
 
 DEFAULT_MODEL = "llava-next-video-7b"  # the default with CUDA (4-bit)
-DEFAULT_CPU_MODEL = "llava-onevision-0.5b"  # the default without: runs on a laptop CPU in float32
+# The default without: Qwen3-VL-2B in float32, an 8-frame answer within 1.1x of the 0.5B model's CPU time
+# (benchmarks/cpu_default.py, docs/performance.md); the 0.5B stays the choice for a slow or small machine.
+DEFAULT_CPU_MODEL = "qwen3-vl-2b"
+SMALL_CPU_MODEL = "llava-onevision-0.5b"
 
 
 def resolve_alias(name: str) -> str:

@@ -29,7 +29,7 @@ _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 def default_model(device: str | None = None) -> str:
     """``$VQA_MODEL``, else the default for the device the run will use (``--device``, else CUDA when
-    available): ``DEFAULT_MODEL`` (7B, 4-bit) with CUDA, the small ``DEFAULT_CPU_MODEL`` on the CPU."""
+    available): ``DEFAULT_MODEL`` (7B, 4-bit) with CUDA, ``DEFAULT_CPU_MODEL`` (2B, float32) on the CPU."""
     if os.environ.get("VQA_MODEL"):
         return os.environ["VQA_MODEL"]
     cuda = device_module.resolve_device(device, planning=True).startswith("cuda")
