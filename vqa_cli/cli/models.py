@@ -33,14 +33,14 @@ def models(as_json: JsonOpt = False, quantized: QuantizedOpt = False) -> int:
     if as_json:
         console.emit_json(rows)
         return 0
-    header = ["alias", "family", "params", "disk GB", "4bit GiB", "8bit GiB", "bf16 GiB", "cached", "quantized",
-              "Video-MME %"]
+    header = ["alias", "family", "params", "disk GB", "4bit GiB", "8bit GiB", "bf16 GiB", "Video-MME %", "cached",
+              "quantized"]
     table = [[r["alias"] + (" *" if r["default"] else ""), r["family"], parameters_text(r["parameters"]),
               f"{r['disk_gb']:.1f}" + ("~" if r["disk_estimated"] else ""),
               *(f"{r['memory_gib'][q]:.1f}" for q in ("4bit", "8bit", "none")),
+              "-" if r["videomme"] is None else f"{r['videomme']:.1f}",
               "yes" if r["cached"] else ("config" if r["config_cached"] else "no"),
-              ",".join(r["quantized"]) or "-", "-" if r["videomme"] is None else f"{r['videomme']:.1f}"]
-             for r in rows]
+              ",".join(r["quantized"]) or "-"] for r in rows]
     from vqa_cli.model.families.registry import DEFAULT_CPU_MODEL, DEFAULT_MODEL
 
     console.table(header, table, caption=f"* default on this machine (with CUDA {DEFAULT_MODEL}, without "
