@@ -125,6 +125,17 @@ def test_the_full_test_geometries_are_the_catalogs(tmp_path):
     assert all(onevision[1][k] == v for k, v in testing._05B_VISION.items())
 
 
+# The hub's own parameter totals (the safetensors metadata of the hub API, as public records of it quote them: the
+# Qwen3-VL-8B-Instruct revision 0c351dd0 lists 8767123696; MTEB's model metadata gives the Qwen2.5-VL 3B and 7B
+# Instruct 3754622976 and 8292166656): the published geometry must count every one of those weights.
+HUB_PARAMETERS = {"qwen3-vl-8b": 8_767_123_696, "qwen2.5-vl-3b": 3_754_622_976, "qwen2.5-vl-7b": 8_292_166_656}
+
+
+@pytest.mark.parametrize("alias", sorted(HUB_PARAMETERS))
+def test_published_geometry_counts_the_hubs_parameters(hub_cache, alias):
+    assert _row(catalog.list_models(), alias)["parameters"] == HUB_PARAMETERS[alias]
+
+
 # ---- the figures README.md and docs/models.md state are the catalog's ------------------------------------------
 
 ROOT = Path(__file__).resolve().parent.parent

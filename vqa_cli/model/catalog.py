@@ -60,7 +60,9 @@ _LLAVA = {"vision_feature_layer": -2, "vision_feature_select_strategy": "default
 _ONEVISION = ("llava_onevision", _SIGLIP_SO400M, {"vision_feature_layer": -1, "vision_feature_select_strategy": "full"})
 # Qwen3-VL (REFERENCES.md section 13 and public copies of the hub config.json): M-RoPE over 262144 positions, the
 # 24 x 1024 vision tower (DeepStack after blocks 5, 11, 17) of the 2B and 4B, the 27 x 1152 one (8, 16, 24) of the
-# 30B-A3B. The 8B is left out: its text widths could not be checked here.
+# 8B and the 30B-A3B. The 8B's widths are those of a public copy of its config.json (GitHub
+# nikolay-grudanov/Team_5_AI_Tutor, models/Qwen3-VL-8B-Instruct/config.json; that copy's max_position_embeddings
+# is a local 8192, the hub revision's 262144 as other public copies of its text_config state).
 _QWEN3_TEXT = {"vocab_size": 151936, "max_position_embeddings": 262144, "head_dim": 128, "rms_norm_eps": 1e-6,
                "rope_parameters": {"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [24, 20, 20],
                                    "mrope_interleaved": True}}
@@ -68,6 +70,16 @@ _QWEN3_VIT_24 = {"depth": 24, "hidden_size": 1024, "intermediate_size": 4096, "n
                  "deepstack_visual_indexes": [5, 11, 17]}
 _QWEN3_VIT_27 = {"depth": 27, "hidden_size": 1152, "intermediate_size": 4304, "num_heads": 16,
                  "deepstack_visual_indexes": [8, 16, 24]}
+# Qwen2.5-VL (public copies of the hub config.json: GitHub zhanggaojian/Qwen2.5-VL-3B-LLMQ_Samples,
+# models/Qwen2.5-VL-3B-Instruct/config.json, and Harrison-HXLiu/vlm_api_test,
+# models/Qwen2.5-VL-7B-Instruct/config.json):
+# contiguous M-RoPE [16, 24, 24] over 128000 positions, the 32 x 1280 windowed vision tower (full attention in blocks
+# 7, 15, 23, 31), no DeepStack; the 3B ties its embeddings, the 7B does not.
+_QWEN2_5_TEXT = {"max_position_embeddings": 128000, "rms_norm_eps": 1e-6,
+                 "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]}}
+_QWEN2_5_VIT = {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16, "patch_size": 14,
+                "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 112,
+                "fullatt_block_indexes": [7, 15, 23, 31], "tokens_per_second": 2}
 PUBLISHED: dict[str, tuple[str, dict, dict, dict]] = {
     "Qwen/Qwen3-VL-2B-Instruct": ("qwen3_vl", {**_QWEN3_VIT_24, "out_hidden_size": 2048}, {
         **_QWEN3_TEXT, "hidden_size": 2048, "intermediate_size": 6144, "num_hidden_layers": 28,
@@ -77,10 +89,20 @@ PUBLISHED: dict[str, tuple[str, dict, dict, dict]] = {
         **_QWEN3_TEXT, "hidden_size": 2560, "intermediate_size": 9728, "num_hidden_layers": 36,
         "num_attention_heads": 32, "num_key_value_heads": 8, "tie_word_embeddings": True},
         {"tie_word_embeddings": True}),
+    "Qwen/Qwen3-VL-8B-Instruct": ("qwen3_vl", {**_QWEN3_VIT_27, "out_hidden_size": 4096}, {
+        **_QWEN3_TEXT, "hidden_size": 4096, "intermediate_size": 12288, "num_hidden_layers": 36,
+        "num_attention_heads": 32, "num_key_value_heads": 8}, {"tie_word_embeddings": False}),
     "Qwen/Qwen3-VL-30B-A3B-Instruct": ("qwen3_vl_moe", {**_QWEN3_VIT_27, "out_hidden_size": 2048}, {
         **_QWEN3_TEXT, "hidden_size": 2048, "intermediate_size": 6144, "num_hidden_layers": 48,
         "num_attention_heads": 32, "num_key_value_heads": 4, "num_experts": 128, "num_experts_per_tok": 8,
         "moe_intermediate_size": 768, "decoder_sparse_step": 1}, {"tie_word_embeddings": False}),
+    "Qwen/Qwen2.5-VL-3B-Instruct": ("qwen2_5_vl", {**_QWEN2_5_VIT, "out_hidden_size": 2048}, {
+        **_QWEN2_5_TEXT, "vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36,
+        "num_attention_heads": 16, "num_key_value_heads": 2, "tie_word_embeddings": True},
+        {"tie_word_embeddings": True}),
+    "Qwen/Qwen2.5-VL-7B-Instruct": ("qwen2_5_vl", {**_QWEN2_5_VIT, "out_hidden_size": 3584}, {
+        **_QWEN2_5_TEXT, "vocab_size": 152064, "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+        "num_attention_heads": 28, "num_key_value_heads": 4}, {"tie_word_embeddings": False}),
     "llava-hf/LLaVA-NeXT-Video-7B-hf": ("llava_next_video", {**_CLIP_L14, "image_size": 336}, _VICUNA_7B,
                                         {**_LLAVA, "spatial_pool_stride": 2, "spatial_pool_mode": "average"}),
     "llava-hf/LLaVA-NeXT-Video-7B-DPO-hf": ("llava_next_video", {**_CLIP_L14, "image_size": 336}, _VICUNA_7B,

@@ -48,7 +48,10 @@ CHECKPOINTS: tuple[KnownCheckpoint, ...] = (
     KnownCheckpoint("llava-video-7b", "llava-hf/LLaVA-Video-7B-Qwen2-hf", "llava-onevision", "7B"),
     KnownCheckpoint("qwen3-vl-2b", "Qwen/Qwen3-VL-2B-Instruct", "qwen-vl", "2B"),
     KnownCheckpoint("qwen3-vl-4b", "Qwen/Qwen3-VL-4B-Instruct", "qwen-vl", "4B"),
+    KnownCheckpoint("qwen3-vl-8b", "Qwen/Qwen3-VL-8B-Instruct", "qwen-vl", "8B"),
     KnownCheckpoint("qwen3-vl-30b-a3b", "Qwen/Qwen3-VL-30B-A3B-Instruct", "qwen-vl", "30B"),
+    KnownCheckpoint("qwen2.5-vl-3b", "Qwen/Qwen2.5-VL-3B-Instruct", "qwen-vl", "3B"),
+    KnownCheckpoint("qwen2.5-vl-7b", "Qwen/Qwen2.5-VL-7B-Instruct", "qwen-vl", "7B"),
 )
 
 DEFAULT_MODEL = "llava-next-video-7b"  # the default with CUDA (4-bit)
