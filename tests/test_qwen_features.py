@@ -1,8 +1,10 @@
-"""Everything the other families do, for the qwen-vl family (Qwen3-VL dense and MoE) on tiny checkpoints.
+"""Everything the other families do, for the qwen-vl family (Qwen3-VL dense and MoE; Qwen2.5-VL's chat, batches
+and 4-bit) on tiny checkpoints.
 
 Oracles: the model's own forward from pixels (transformers' ``model(input_ids, pixel_values_videos, video_grid_thw,
-mm_token_type_ids)`` with its own positions, the pixels patchified by transformers' own video processor), the
-published geometry formulas written out here, and the module list of the quantized model itself.
+mm_token_type_ids)`` with its own positions, the pixels patchified by transformers' own video processor; for
+Qwen2.5-VL with ``second_per_grid_ts`` from PyAV's presentation times), the published geometry formulas written out
+here, and the module list of the quantized model itself.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.clips import make_clip
+from tests.clips import make_clip, pyav_decode_all
 from vqa_cli.model.session import open_model
 from vqa_cli.settings import RunSettings
 
 QUESTIONS = ["What happens in the video?", "What colour is it?"]
 SIZE = (96, 64)  # width, height: kept as is by the budget: 2 x 3 merged tokens a temporal group
 RECIPES = ["qwen3-vl", "qwen3-vl-moe"]
+QWEN2_5 = "qwen2.5-vl"
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +31,7 @@ def qwen_dirs(tmp_path_factory) -> dict[str, str]:
     from vqa_cli.testing import tiny_checkpoint
 
     root = tmp_path_factory.mktemp("qwenf")
-    return {r: str(tiny_checkpoint(root / r, family=r)) for r in RECIPES}
+    return {r: str(tiny_checkpoint(root / r, family=r)) for r in [*RECIPES, QWEN2_5]}
 
 
 @pytest.fixture(scope="module")
@@ -50,20 +53,29 @@ def engine_for(model_dir: str, **kw):
     return _ENGINES[key]
 
 
-def own_forward_logits(engine, pixels: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """The oracle: the model's own forward of ``ids`` from the pixels, its own patch layout and positions."""
+def own_forward_logits(engine, pixels: torch.Tensor, ids: torch.Tensor, prepared=None) -> torch.Tensor:
+    """The oracle: the model's own forward of ``ids`` from the pixels, its own patch layout and positions (Qwen2.5-VL:
+    its time axis from the mean interval between temporal groups, at PyAV's presentation times of ``prepared``'s
+    frames)."""
     from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
-    values, *grid = Qwen3VLVideoProcessor.patchify(None, pixels[None], 16, 2, 2)
-    types = (ids == engine.model.config.video_token_id).long() * 2
+    config = engine.model.config
+    values, *grid = Qwen3VLVideoProcessor.patchify(None, pixels[None], config.vision_config.patch_size, 2, 2)
+    types = (ids == config.video_token_id).long() * 2
+    extra = {}
+    if config.model_type == "qwen2_5_vl":
+        times = [pyav_decode_all(prepared.clip.path)[1][i] for i in prepared.clip.indices]
+        times += times[-1:] * (len(times) % 2)  # an odd count: the last group repeats its frame
+        groups = [(times[g] + times[g + 1]) / 2 for g in range(0, len(times), 2)]
+        extra["second_per_grid_ts"] = torch.tensor([(groups[-1] - groups[0]) / (len(groups) - 1)])
     with torch.inference_mode():
         engine.model.model.rope_deltas = None
         return engine.model(input_ids=ids, pixel_values_videos=values[0], video_grid_thw=torch.tensor([grid]),
-                            mm_token_type_ids=types).logits[0, -1]
+                            mm_token_type_ids=types, **extra).logits[0, -1]
 
 
 # ---- chat: the KV cache reused across turns ----------------------------------------------------------------------
-@pytest.mark.parametrize("recipe", RECIPES)
+@pytest.mark.parametrize("recipe", [*RECIPES, QWEN2_5])
 def test_a_second_chat_turn_reuses_the_cache_and_equals_a_fresh_forward(qwen_dirs, clips, recipe, monkeypatch):
     from vqa_cli.model.conversation import Conversation
 
@@ -81,7 +93,7 @@ def test_a_second_chat_turn_reuses_the_cache_and_equals_a_fresh_forward(qwen_dir
     ids = torch.tensor([conversation.ids_for(whole)])
     video_end = 1 + max(i for i, t in enumerate(ids[0].tolist()) if t == engine.model.config.video_token_id)
     assert turn.fed_tokens <= ids.shape[1] - video_end  # everything up to the video's end came from the cache
-    full = own_forward_logits(engine, prepared.pixels, ids)
+    full = own_forward_logits(engine, prepared.pixels, ids, prepared)
     assert (turn.first_logits - full).abs().max().item() <= 1e-4
 
 
@@ -119,10 +131,11 @@ def test_a_left_padded_batch_gives_each_rows_own_forward(qwen_dirs, clips, recip
         assert (batched[b] - alone).abs().max().item() <= 1e-4
 
 
-def test_answer_batch_equals_one_at_a_time(qwen_dirs, clips, monkeypatch):
+@pytest.mark.parametrize("recipe", ["qwen3-vl-moe", QWEN2_5])
+def test_answer_batch_equals_one_at_a_time(qwen_dirs, clips, monkeypatch, recipe):
     import vqa_cli.model.generate as gen_module
 
-    engine = engine_for(qwen_dirs["qwen3-vl-moe"])
+    engine = engine_for(qwen_dirs[recipe])
     prepared = [engine.prepare_clip(c, engine.checkpoint.frames_for(engine.settings)) for c in clips]
     alone = [engine.answer(p.clip, q).text for p, q in zip(prepared, QUESTIONS, strict=True)]
     calls = []
@@ -219,8 +232,7 @@ def test_plan_counts_the_published_formula_before_loading(qwen_dirs, clips, tmp_
 
 
 # ---- 4-bit and 8-bit: the skip list, MoE experts, pre-quantized copies, the memory estimate ------------------------
-@pytest.mark.parametrize("quant", ["4bit", "8bit"])
-@pytest.mark.parametrize("recipe", RECIPES)
+@pytest.mark.parametrize(("recipe", "quant"), [(r, q) for r in RECIPES for q in ("4bit", "8bit")] + [(QWEN2_5, "4bit")])
 def test_quantized_loads_keep_the_tower_and_head_and_copies_give_the_same_model(qwen_dirs, tmp_path, monkeypatch,
                                                                                 recipe, quant):
     from vqa_cli.model import loading, memory
