@@ -376,3 +376,13 @@ def test_fit_picks_the_frames_that_fit_and_the_check_refuses_before_the_weights(
     with pytest.raises(MemoryFitError) as refused:
         open_model(replace(settings, frames=64), [QUESTIONS[0]], probe=lambda device: room // 2)
     assert "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize("mode", ["pooled", "slowfast"])
+def test_qwen2_5_refuses_the_pooled_modes_in_one_line(qwen_dirs, clips, capsys, mode):
+    """Qwen2.5-VL's one timed run of tokens has no per-block layout: a usage error (exit 2), one line, no traceback."""
+    from tests.cli_run import run
+
+    code, out, err = run(["ask", clips[0], QUESTIONS[0], "--model", qwen_dirs[QWEN2_5], "--mode", mode], capsys)
+    assert code == 2 and out == ""
+    assert err.strip().count("\n") == 0 and f"--mode {mode} is not available" in err and "Traceback" not in err
