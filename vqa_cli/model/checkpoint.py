@@ -85,7 +85,7 @@ class Checkpoint:
     def plan(self, settings: RunSettings, num_frames: int) -> modes.TokenPlan:
         if settings.mode.name not in self.adapter.modes:
             raise UsageError(f"--mode {settings.mode.name} is not available for {self.adapter.name} "
-                             f"(available: {', '.join(self.adapter.modes)})")
+                             f"({self.config.model_type}; available: {', '.join(self.adapter.modes)})")
         if settings.mode.max_pixels and not self.adapter.pixel_budget:
             raise UsageError(f"--max-pixels is for native-resolution families (qwen-vl), not {self.adapter.name}")
         return (self.adapter.frames_plan(num_frames, self.dir, settings.mode)
