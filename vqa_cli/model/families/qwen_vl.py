@@ -118,6 +118,13 @@ class QwenVLAdapter(FamilyAdapter):
             cfg = replace(cfg, max_pixels=max_pixels, min_pixels=min(cfg.min_pixels, max_pixels))
         return cfg
 
+    def grid(self, num_frames: int, height: int, width: int, model_dir: Path, max_pixels: int | None = None
+             ) -> tuple[qg.VideoProcessing, int, int, int]:
+        """The processor settings and the patch grid ``(t, h, w)`` of ``num_frames`` frames of ``height`` x ``width``
+        within the checkpoint's pixel budget (``max_pixels``: ``--max-pixels``)."""
+        cfg = self.processing(model_dir, max_pixels)
+        return (cfg, *qg.clip_grid(num_frames, height, width, cfg))
+
     # ---- tensors ----------------------------------------------------------------------
     def pixels(self, frames: np.ndarray, model_dir: Path, processor: ProcessorConfig, *,
                max_pixels: int | None = None) -> torch.Tensor:
@@ -156,8 +163,8 @@ class QwenVLAdapter(FamilyAdapter):
         """Modes resolve on the clip's merged grid per temporal group (a "frame" is a group here)."""
         from vqa_cli.model.modes import GridGeometry
 
-        cfg = self.processing(model_dir, mode.max_pixels)
-        _, gh, gw = qg.clip_grid(len(clip.frames), clip.frames.shape[1], clip.frames.shape[2], cfg)
+        cfg, _, gh, gw = self.grid(len(clip.frames), clip.frames.shape[1], clip.frames.shape[2], model_dir,
+                                   mode.max_pixels)
         return GridGeometry((gh // cfg.merge, gw // cfg.merge), 1)
 
     # ---- prompt -----------------------------------------------------------------------
@@ -175,8 +182,7 @@ class QwenVLAdapter(FamilyAdapter):
 
         if mode.guide or mode.stride is not None:
             raise UsageError(f"{'--guide' if mode.guide else '--stride'} is not available for {self.name}")
-        cfg = self.processing(model_dir, mode.max_pixels)
-        _, gh, gw = qg.clip_grid(num_frames, height, width, cfg)
+        cfg, _, gh, gw = self.grid(num_frames, height, width, model_dir, mode.max_pixels)
         groups = -(-num_frames // cfg.temporal)
         plan = modes.plan(mode, groups, modes.GridGeometry((gh // cfg.merge, gw // cfg.merge), 1))
         return replace(plan, frames=num_frames)
@@ -225,8 +231,8 @@ class QwenVLAdapter(FamilyAdapter):
         import torch
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-        cfg = self.processing(model_dir, mode.max_pixels)
-        groups, gh, gw = qg.clip_grid(len(clip.frames), clip.frames.shape[1], clip.frames.shape[2], cfg)
+        cfg, groups, gh, gw = self.grid(len(clip.frames), clip.frames.shape[1], clip.frames.shape[2], model_dir,
+                                        mode.max_pixels)
         times = qg.group_times(clip.timestamps, cfg.temporal)
         interval = (times[-1] - times[0]) / (groups - 1) if groups > 1 else cfg.temporal / cfg.fps
         run = qg.Block(groups * gh // cfg.merge, gw // cfg.merge, times[0], tuple(range(groups)))
