@@ -213,14 +213,21 @@ def left_pad(rows: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int
     """[(ids [1, L_i], embeds [1, L_i, D])] -> left-padded ids [B, L], embeds [B, L, D], attention mask."""
     import torch
 
-    width = max(ids.shape[1] for ids, _ in rows)
-    ids_out, emb_out, mask_out = [], [], []
-    for ids, emb in rows:
-        pad = width - ids.shape[1]
-        ids_out.append(torch.cat([ids.new_full((1, pad), pad_id), ids], dim=1))
-        emb_out.append(torch.cat([emb.new_zeros((1, pad, emb.shape[2])), emb], dim=1))
-        mask_out.append(torch.cat([ids.new_zeros((1, pad)), torch.ones_like(ids)], dim=1))
-    return torch.cat(ids_out), torch.cat(emb_out), torch.cat(mask_out)
+    ids, mask = _left_pad_ids([row_ids for row_ids, _ in rows], pad_id)
+    width = ids.shape[1]
+    embeds = torch.cat([torch.cat([emb.new_zeros((1, width - emb.shape[1], emb.shape[2])), emb], dim=1)
+                        for _, emb in rows])
+    return ids, embeds, mask
+
+
+def _left_pad_ids(rows: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[ids [1, L_i]] -> ids [B, L] left-padded with ``pad_id`` and their attention mask (0 on the padding)."""
+    import torch
+
+    width = max(ids.shape[1] for ids in rows)
+    ids = [torch.cat([row.new_full((1, width - row.shape[1]), pad_id), row], dim=1) for row in rows]
+    mask = [torch.cat([row.new_zeros((1, width - row.shape[1])), torch.ones_like(row)], dim=1) for row in rows]
+    return torch.cat(ids), torch.cat(mask)
 
 
 def left_pad_inputs(rows: list[tuple[torch.Tensor, Mapping[str, object]]], pad_id: int
@@ -231,12 +238,9 @@ def left_pad_inputs(rows: list[tuple[torch.Tensor, Mapping[str, object]]], pad_i
     scatters them over the visual tokens row by row)."""
     import torch
 
-    width = max(ids.shape[1] for ids, _ in rows)
-    ids, mask, inputs = [], [], {}
-    for row_ids, _ in rows:
-        pad = width - row_ids.shape[1]
-        ids.append(torch.cat([row_ids.new_full((1, pad), pad_id), row_ids], dim=1))
-        mask.append(torch.cat([row_ids.new_zeros((1, pad)), torch.ones_like(row_ids)], dim=1))
+    ids, mask = _left_pad_ids([row_ids for row_ids, _ in rows], pad_id)
+    width = ids.shape[1]
+    inputs: dict[str, object] = {}
     for key in rows[0][1]:
         values = [extra[key] for _, extra in rows]
         if key == "position_ids":
@@ -245,7 +249,7 @@ def left_pad_inputs(rows: list[tuple[torch.Tensor, Mapping[str, object]]], pad_i
             inputs[key] = {media: _joined([v[media] for v in values]) for media in values[0]}
         else:
             raise ValueError(f"{key}: no batched form")
-    return torch.cat(ids), inputs, torch.cat(mask)
+    return ids, inputs, mask
 
 
 def _joined(outputs: list[Mapping[str, object]]) -> object:
