@@ -379,10 +379,18 @@ def test_fit_picks_the_frames_that_fit_and_the_check_refuses_before_the_weights(
 
 
 @pytest.mark.parametrize("mode", ["pooled", "slowfast"])
-def test_qwen2_5_refuses_the_pooled_modes_in_one_line(qwen_dirs, clips, capsys, mode):
-    """Qwen2.5-VL's one timed run of tokens has no per-block layout: a usage error (exit 2), one line, no traceback."""
+def test_qwen2_5_answers_in_the_pooled_modes_and_a_mode_a_family_lacks_is_one_line(qwen_dirs, clips, capsys,
+                                                                                   monkeypatch, mode):
+    """Qwen2.5-VL answers in every mode; a family that lacks a mode says so with its model type: a usage error
+    (exit 2), one line, no traceback."""
     from tests.cli_run import run
+    from vqa_cli.model.families.qwen_vl import QwenVLAdapter
 
-    code, out, err = run(["ask", clips[0], QUESTIONS[0], "--model", qwen_dirs[QWEN2_5], "--mode", mode], capsys)
+    args = ["ask", clips[0], QUESTIONS[0], "--model", qwen_dirs[QWEN2_5], "--mode", mode, "--json"]
+    code, out, err = run(args, capsys)
+    assert code == 0 and json.loads(out)["mode"] == mode, err
+    monkeypatch.setattr(QwenVLAdapter, "modes", ("anyres",))
+    code, out, err = run(args, capsys)
     assert code == 2 and out == ""
-    assert err.strip().count("\n") == 0 and f"--mode {mode} is not available" in err and "Traceback" not in err
+    assert err.strip().count("\n") == 0 and "Traceback" not in err
+    assert f"--mode {mode} is not available for qwen-vl (qwen2_5_vl; available: anyres)" in err

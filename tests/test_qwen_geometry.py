@@ -390,3 +390,75 @@ def test_pooled_and_slowfast_positions(tiny_model, mode):
     assert ids.count(TOKENS.start) == len(blocks)
     ours = _model_positions(tiny_model, ids, types, qg.rope_rows(blocks, 2))
     assert torch.equal(ours, _positions_by_formula(types, blocks))
+
+
+# ---- Qwen2.5-VL: one untimed run per pathway, time in the positions ---------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen2_5():
+    """A tiny random Qwen2_5_VLModel from a config: only its ``get_rope_index`` is used (published
+    ``tokens_per_second`` 2)."""
+    from transformers import Qwen2_5_VLConfig
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLModel
+
+    vision = dict(depth=1, hidden_size=16, intermediate_size=16, num_heads=1, out_hidden_size=16,
+                  tokens_per_second=2, fullatt_block_indexes=[0])
+    text = dict(vocab_size=64, hidden_size=16, intermediate_size=16, num_hidden_layers=1, num_attention_heads=1,
+                num_key_value_heads=1, rope_parameters={"rope_type": "default", "rope_theta": 1e6,
+                                                        "mrope_section": [4, 2, 2]})
+    config = Qwen2_5_VLConfig(vision_config=vision, text_config=text, image_token_id=60, video_token_id=TOKENS.pad,
+                              vision_start_token_id=TOKENS.start, vision_end_token_id=TOKENS.end)
+    return Qwen2_5_VLModel(config).eval()
+
+
+def _qwen2_5_positions_by_formula(types: list[int], runs: list[tuple[int, int, list[float]]]) -> torch.Tensor:
+    """(3, L) for runs of (h, w, step times): text counts on along all three axes; step k of a run starting at s
+    gets T = s + int(k x tokens per second (2) x the mean interval between the run's steps), H = s + row,
+    W = s + column; what follows starts at s + max(h, w) (the installed model's rule)."""
+    rows, s, i, queue = [], 0, 0, iter(runs)
+    while i < len(types):
+        if types[i] == 0:
+            rows.append((s, s, s))
+            s, i = s + 1, i + 1
+            continue
+        h, w, times = next(queue)
+        step = (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else 0.0
+        rows += [(s + int(k * 2 * step), s + r, s + c) for k in range(len(times)) for r in range(h)
+                 for c in range(w)]
+        s, i = s + max(h, w), i + len(times) * h * w
+    return torch.tensor(rows).T
+
+
+@pytest.mark.parametrize("mode", ["anyres", "pooled", "pooled3d", "slowfast"])
+def test_qwen2_5_runs_are_one_per_pathway_with_the_mean_real_interval(tiny_qwen2_5, mode):
+    """The runs' tokens, grid rows and intervals, written out from the mode's layout; the positions the model's own
+    ``get_rope_index`` gives them equal the formula (uneven times: the interval is their mean step)."""
+    merged, times = (5, 7), [0.25, 1.0, 2.5, 3.0, 4.75, 5.5, 7.0]
+    layout = {"anyres": [_Pathway(tuple(range(7)), merged)],
+              "pooled": [_Pathway(tuple(range(7)), qg.pooled_hw(*merged, 2))],
+              "pooled3d": [_Pathway(tuple(range(7)), (3, 2, 3))],
+              "slowfast": [_Pathway((0, 3, 5), merged), _Pathway(tuple(range(7)), qg.pooled_hw(*merged, 3))]}[mode]
+    windows = [[0, 1, 2], [2, 3, 4], [4, 5, 6]]  # adaptive pooling of 7 steps to 3
+    expected = {"anyres": [(5, 7, times)], "pooled": [(3, 4, times)],
+                "pooled3d": [(2, 3, [sum(times[g] for g in win) / len(win) for win in windows])],
+                "slowfast": [(5, 7, [times[0], times[3], times[5]]), (2, 3, times)]}[mode]
+    runs = qg.pathway_runs(layout, times)
+    assert [(r.blocks[0].h, r.blocks[0].w, [b.time for b in r.blocks]) for r in runs] == [
+        (h, w, pytest.approx(t)) for h, w, t in expected]
+    assert [r.rope_row(2) for r in runs] == [(len(t), 2 * h, 2 * w) for h, w, t in expected]
+    assert [r.interval(9.0) for r in runs] == pytest.approx([(t[-1] - t[0]) / (len(t) - 1) for _, _, t in expected])
+    text = "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>Describe it.<|im_end|>"
+    ids, types = qg.expand_video(_encode(text), runs, TOKENS, lambda stamp: [])  # Qwen2.5: no timestamps
+    assert len(ids) == len(_encode(text)) - 3 + sum(2 + r.tokens for r in runs)  # start + pads + end per run
+    assert types.count(2) == qg.visual_tokens(runs) == sum(len(t) * h * w for h, w, t in expected)
+    pos, _ = tiny_qwen2_5.get_rope_index(torch.tensor([ids]), torch.tensor([types]),
+                                         video_grid_thw=torch.tensor([r.rope_row(2) for r in runs]),
+                                         second_per_grid_ts=torch.tensor([r.interval(9.0) for r in runs]))
+    assert torch.equal(pos[:, 0], _qwen2_5_positions_by_formula(types, expected))
+
+
+def test_a_run_needs_blocks_of_one_size():
+    with pytest.raises(ValueError, match="one size"):
+        qg.Run((qg.Block(2, 3, 0.0, (0,)), qg.Block(3, 2, 1.0, (1,))))
+    assert qg.Run((qg.Block(2, 3, 0.5, (0,)),)).interval(1.0) == 1.0

@@ -252,3 +252,46 @@ def test_qwen2_5_vl_logits_equal_the_models_own_forward_with_real_group_interval
     assert int(types.sum()) // 2 == grid[0] * grid[1] * grid[2] // 4
     assert not torch.allclose(wrong, ref, atol=1e-4)  # the interval matters
     assert torch.allclose(gen.first_logits, ref, atol=1e-4), (gen.first_logits - ref).abs().max()
+
+
+@pytest.mark.parametrize("mode", [ModeSettings("pooled", pool=(2, 1, 2)),
+                                  ModeSettings("slowfast", slow_frames=2, fast_grid=1)], ids=["pooled", "slowfast"])
+def test_qwen2_5_pooled_and_slowfast_are_one_run_per_pathway_at_the_real_interval(qwen_dirs, vfr, mode):
+    """Qwen2.5-VL: the mode pools the merged tokens by the papers' formula; each pathway is one untimed run whose
+    time axis steps by the mean real interval of its steps (PyAV's presentation times of a variable-rate clip);
+    the language model, called directly with the test's own positions, gives vqa's first logits."""
+    from dataclasses import replace
+
+    from tests.test_qwen_geometry import _qwen2_5_positions_by_formula
+
+    base = engine_for(qwen_dirs["qwen2.5-vl"])
+    engine = base.with_settings(replace(base.settings, mode=mode))
+    prepared = engine.prepare_clip(vfr, engine.checkpoint.frames_for(engine.settings))
+    times = [pyav_decode_all(vfr)[1][i] for i in prepared.clip.indices]
+    times += times[-1:] * (len(times) % 2)
+    groups = [(times[g] + times[g + 1]) / 2 for g in range(0, len(times), 2)]
+    t, h, w = len(groups), prepared.pixels.shape[2] // 28, prepared.pixels.shape[3] // 28
+    assert t == 4 and (h, w) == (10, 14)  # the per-frame least budget (128 x 28 x 28) scales 96 x 64 up
+    frames = engine.encode(prepared.pixels)
+    anyres = engine.aggregate(frames, ModeSettings())
+    expected, blocks = _pooled_by_hand(anyres.reshape(t, h, w, -1), mode)
+    features = engine.visual_tokens(prepared.clip, QUESTION, frames=frames)
+    assert torch.allclose(features, expected, atol=1e-6)
+    if mode.name == "pooled":  # windows [0, 1] and [2, 3] of the 4 groups
+        runs = [(*blocks[0], [(groups[0] + groups[1]) / 2, (groups[2] + groups[3]) / 2])]
+    else:  # slow groups 0 and 2 at full size, then every group at 1 x 1
+        runs = [(*blocks[0], [groups[0], groups[2]]), (1, 1, groups)]
+    ids, inputs = engine.prompt_inputs(QUESTION, prepared.clip, features)
+    row, pad = ids[0].tolist(), engine.model.config.video_token_id
+    assert row.count(engine.model.config.vision_start_token_id) == len(runs)
+    types = [2 if tok == pad else 0 for tok in row]
+    pos = torch.cat([torch.arange(len(row))[None], _qwen2_5_positions_by_formula(types, runs)])[:, None]
+    assert torch.equal(inputs["position_ids"], pos)
+    model = engine.model
+    with torch.inference_mode():
+        mask = ids == pad
+        embeds = model.get_input_embeddings()(ids).masked_scatter(mask[..., None], expected)
+        out = model.model.language_model(inputs_embeds=embeds, position_ids=pos)
+        direct = model.lm_head(out.last_hidden_state)[0, -1]
+    gen = generate(model, engine.checkpoint.tokenizer, ids, inputs, max_new_tokens=1, logits=True)
+    assert torch.allclose(gen.first_logits, direct, atol=1e-4), (gen.first_logits - direct).abs().max()

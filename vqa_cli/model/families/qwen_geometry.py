@@ -11,7 +11,8 @@ The numbers follow transformers' Qwen3-VL and Qwen2-VL video processors (``Qwen3
 - prompt: ``group_times`` (one time per temporal group, from the decoder's real presentation times) and
   ``expand_video`` (``<{t:.1f} seconds>`` + start + pads + end per block, replacing the template's wrapper);
 - modes: ``Block`` (h x w merged tokens standing for some temporal groups, with their time), the blocks of each
-  mode's pathways, ``rope_rows`` (the stand-in ``video_grid_thw`` rows that make the model's ``get_rope_index``
+  mode's pathways (Qwen2.5-VL: one untimed ``Run`` of blocks per pathway, ``pathway_runs``), ``rope_rows`` (the
+  stand-in ``video_grid_thw`` rows that make the model's ``get_rope_index``
   give each block its own h x w positions) and ``visual_tokens``.
 """
 
@@ -248,12 +249,42 @@ class VisionTokens:
     end: int
 
 
+@dataclass(frozen=True)
+class Run:
+    """Qwen2.5-VL: one untimed run of video pads standing for a pathway's blocks (steps x h x w merged tokens, in
+    block order). Its time axis is in the positions: the model spaces its steps by ``second_per_grid_ts``."""
+
+    blocks: tuple[Block, ...]
+
+    def __post_init__(self) -> None:
+        if not self.blocks or len({(b.h, b.w) for b in self.blocks}) != 1:
+            raise ValueError(f"a run needs blocks of one size, got {[(b.h, b.w) for b in self.blocks]}")
+
+    @property
+    def tokens(self) -> int:
+        return sum(b.tokens for b in self.blocks)
+
+    @property
+    def time(self) -> float:
+        return self.blocks[0].time
+
+    def rope_row(self, merge: int) -> tuple[int, int, int]:
+        """Its ``video_grid_thw`` row: (steps, merge h, merge w)."""
+        return len(self.blocks), merge * self.blocks[0].h, merge * self.blocks[0].w
+
+    def interval(self, default: float) -> float:
+        """Its ``second_per_grid_ts``: the mean real interval between consecutive steps (``default`` for one step,
+        where no interval is read)."""
+        steps = self.blocks
+        return (steps[-1].time - steps[0].time) / (len(steps) - 1) if len(steps) > 1 else default
+
+
 def time_text(seconds: float) -> str:
     """The timestamp Qwen3-VL reads before each block, with one decimal."""
     return f"<{seconds:.1f} seconds>"
 
 
-def expand_video(ids: Sequence[int], blocks: Sequence[Block], tokens: VisionTokens,
+def expand_video(ids: Sequence[int], blocks: Sequence[Block] | Sequence[Run], tokens: VisionTokens,
                  encode: Callable[[str], list[int]]) -> tuple[list[int], list[int]]:
     """The rendered prompt's one video placeholder expanded: (ids, mm_token_type_ids).
 
@@ -329,6 +360,11 @@ def pathway_blocks(pathways: Sequence[PathwayShape], times: Sequence[float],
     return blocks
 
 
+def pathway_runs(pathways: Sequence[PathwayShape], times: Sequence[float]) -> list[Run]:
+    """Qwen2.5-VL's layout of a mode: one run per pathway (its blocks, ``pathway_blocks``), in prompt order."""
+    return [Run(tuple(pathway_blocks([pathway], times))) for pathway in pathways]
+
+
 def anyres_blocks(grid_thw: tuple[int, int, int], times: Sequence[float], merge: int) -> list[Block]:
     """The model's own layout: every temporal group at its merged grid (gh / merge, gw / merge)."""
     gt, gh, gw = grid_thw
@@ -356,6 +392,6 @@ def rope_rows(blocks: Sequence[Block], merge: int) -> list[tuple[int, int, int]]
     return [(1, merge * b.h, merge * b.w) for b in blocks]
 
 
-def visual_tokens(blocks: Sequence[Block]) -> int:
+def visual_tokens(blocks: Sequence[Block] | Sequence[Run]) -> int:
     """The video pads in the prompt (and the visual token rows fed to the language model)."""
     return sum(b.tokens for b in blocks)

@@ -76,11 +76,6 @@ class QwenVLAdapter(FamilyAdapter):
     def model_class(self) -> str:  # type: ignore[override]
         return _CLASSES[self.config.model_type]
 
-    @property
-    def modes(self) -> tuple[str, ...]:  # type: ignore[override]
-        """Qwen2.5-VL's one timed run of tokens per video has no per-block layout: anyres only."""
-        return ("anyres",) if self.config.model_type == QWEN2_5 else ("anyres", "slowfast", "pooled")
-
     # ---- static facts -------------------------------------------------------------
     def geometry(self) -> Geometry:
         v, t = self.config.vision_config, self.text_config()
@@ -225,24 +220,24 @@ class QwenVLAdapter(FamilyAdapter):
     def _qwen2_5_inputs(self, model: PreTrainedModel, ids: list[int], features: torch.Tensor, clip: Clip,
                         model_dir: Path, device: torch.device | str, mode: ModeSettings
                         ) -> tuple[torch.Tensor, dict[str, object]]:
-        """Qwen2.5-VL: the wrapper holds one run of all the video's tokens; its time axis is in the positions
-        (``second_per_grid_ts``: the mean real interval between consecutive temporal groups, from the decoder's
-        presentation times, where the processor would say temporal patch / fps)."""
+        """Qwen2.5-VL: no timestamps in the prompt; each of the mode's pathways is one run of pads (``qg.Run``: the
+        whole video in anyres and pooled, the slow then the fast pathway in slowfast) with its own grid row
+        (steps, 2h, 2w) and its time axis in the positions (``second_per_grid_ts``: the mean real interval between
+        its steps, from the decoder's presentation times, where the processor would say temporal patch / fps)."""
         import torch
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-        cfg, groups, gh, gw = self.grid(len(clip.frames), clip.frames.shape[1], clip.frames.shape[2], model_dir,
-                                        mode.max_pixels)
-        times = qg.group_times(clip.timestamps, cfg.temporal)
-        interval = (times[-1] - times[0]) / (groups - 1) if groups > 1 else cfg.temporal / cfg.fps
-        run = qg.Block(groups * gh // cfg.merge, gw // cfg.merge, times[0], tuple(range(groups)))
-        if run.tokens != features.shape[0]:
-            raise ValueError(f"{features.shape[0]} visual tokens for a clip laid out as {run.tokens}")
-        expanded, types = qg.expand_video(ids, [run], self.vision_ids(), lambda text: [])
+        cfg = self.processing(model_dir, mode.max_pixels)
+        plan = self.sized_plan(len(clip.frames), clip.frames.shape[1], clip.frames.shape[2], model_dir, mode)
+        runs = qg.pathway_runs(plan.pathways, qg.group_times(clip.timestamps, cfg.temporal))
+        if qg.visual_tokens(runs) != features.shape[0]:
+            raise ValueError(f"{features.shape[0]} visual tokens for a clip laid out as {qg.visual_tokens(runs)}")
+        expanded, types = qg.expand_video(ids, runs, self.vision_ids(), lambda text: [])
         ids_t = torch.tensor([expanded], device=device)
         positions, _ = model.model.get_rope_index(
-            ids_t, torch.tensor([types], device=device), video_grid_thw=torch.tensor([[groups, gh, gw]], device=device),
-            second_per_grid_ts=torch.tensor([interval], device=device))
+            ids_t, torch.tensor([types], device=device),
+            video_grid_thw=torch.tensor([run.rope_row(cfg.merge) for run in runs], device=device),
+            second_per_grid_ts=torch.tensor([run.interval(cfg.temporal / cfg.fps) for run in runs], device=device))
         text = torch.arange(ids_t.shape[1], device=device)[None, None]
         tokens = features.to(device, model.get_input_embeddings().weight.dtype)
         return ids_t, {"position_ids": torch.cat([text, positions.to(device)]),
