@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent / "vqa_cli"
 LAYERS = {
     "vqa_cli.errors": 0,
     "vqa_cli.settings": 0,
+    "vqa_cli.wire": 0,
     "vqa_cli.fingerprint": 0,
     "vqa_cli.units": 0,
     "vqa_cli.console": 0,

@@ -18,7 +18,7 @@ import pytest
 from tests.clips import make_clip
 from tests.serve_helpers import raw, start
 from vqa_cli.serve._requests import NEUTRAL, OPENAI_FIELDS, VLLM_EXTRAS, VQA_FIELDS
-from vqa_cli.settings import WIRE_FIELDS as FIELDS
+from vqa_cli.wire import WIRE_FIELDS as FIELDS
 
 JSON = {"Content-Type": "application/json"}
 HEADROOM = 3 * 2**30  # address space the server may add to what it has mapped once loaded

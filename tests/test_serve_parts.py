@@ -14,7 +14,8 @@ from vqa_cli.serve._kv import Prefix, PrefixCache, cache_bytes
 from vqa_cli.serve._media import MediaPolicy, resolve_media
 from vqa_cli.serve._requests import parse_chat
 from vqa_cli.serve._worker import StopFilter, cut_at_stop
-from vqa_cli.settings import ModeSettings, RunSettings, apply_fields, request_fields
+from vqa_cli.settings import ModeSettings, RunSettings
+from vqa_cli.wire import apply_fields, request_fields
 
 BASE = RunSettings(model="m", frames=8, max_new_tokens=16)
 

@@ -1,4 +1,4 @@
-"""vqa_cli/settings.py: the one owner of the run settings' defaults, a leaf, and the settings' wire form.
+"""vqa_cli/settings.py: the one owner of the run settings' defaults, a leaf; vqa_cli/wire.py: their wire form.
 
 The oracles are written here: the standard library's module list, the JSON a client sends for a settings
 (docs/serve.md's vqa fields, spelled out by hand), and the defaults the CLI reference documents."""
@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from vqa_cli import settings
+from vqa_cli import settings, wire
 from vqa_cli.errors import UsageError
 from vqa_cli.jobs.eval import EVAL_MAX_NEW_TOKENS
 from vqa_cli.jobs.eval._prompts import DEFAULT_PROTOCOL
 from vqa_cli.jobs.eval._score import DEFAULT_SCORE
-from vqa_cli.settings import ModeSettings, RunSettings, apply_fields, request_fields
+from vqa_cli.settings import ModeSettings, RunSettings
+from vqa_cli.wire import apply_fields, request_fields
 
 PACKAGE = Path(settings.__file__).parent
 
@@ -116,7 +117,7 @@ ROUND_TRIPS = [
 def test_the_two_round_trips_cover_every_wire_field():
     sent = set().union(*(body for _, body in ROUND_TRIPS))
     assert sent == {"mode", "frames", "fps", "max_frames", "start", "end", "seek", "time_prompt", "stride",
-                    "slow_frames", "fast_grid", "pool", "guide", "guide_kernel"} == set(settings.WIRE_FIELDS)
+                    "slow_frames", "fast_grid", "pool", "guide", "guide_kernel"} == set(wire.WIRE_FIELDS)
 
 
 @pytest.mark.parametrize(("run", "body"), ROUND_TRIPS)

@@ -1,6 +1,6 @@
 """Run settings: each value's choices and one default, the checks of values and combinations (one function per
-rule) and the wire form, for the command line (``cli.options.run_settings`` maps options onto ``build``), the
-server (``apply_fields``) and the client (``request_fields``). A leaf (the standard library and ``vqa_cli.errors``
+rule), for the command line (``cli.options.run_settings`` maps options onto ``build``) and the server and client
+(``vqa_cli.wire``: the same settings as request fields). A leaf (the standard library and ``vqa_cli.errors``
 only), so ``vqa --help``, which reads the ``Literal`` choices, stays fast."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import codecs
 import math
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -327,74 +327,3 @@ def build(*, model: str | None = None, mode: ModeName = DEFAULT_MODE, stride: St
                            subtitle_encoding=check_encoding(subtitle_encoding))
     except InvalidValueError as exc:
         raise exc.for_flag() from None
-
-
-# ---- on the wire: the request fields `vqa serve` takes beside OpenAI's ----------------------------------
-# The client writes them (``request_fields``), the server reads them (``apply_fields``); the LOAD_SETTINGS are the
-# server's. name: (JSON types accepted, where it lives: "run" = RunSettings, "mode" = ModeSettings)
-WIRE_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
-    "mode": ((str,), "mode"), "frames": ((int,), "run"), "fps": ((int, float), "run"), "max_frames": ((int,), "run"),
-    "start": ((int, float), "run"), "end": ((int, float), "run"), "seek": ((str,), "run"),
-    "time_prompt": ((bool,), "run"), "stride": ((int,), "mode"), "slow_frames": ((int,), "mode"),
-    "fast_grid": ((int,), "mode"), "pool": ((list,), "mode"), "guide": ((bool,), "mode"),
-    "guide_kernel": ((list,), "mode"),
-}
-MODE_PARAMETERS = ("stride", "slow_frames", "fast_grid", "pool", "guide", "guide_kernel")
-RUN_FIELDS = tuple(name for name, (_, where) in WIRE_FIELDS.items() if where == "run")
-SAMPLING_CHOICES = ("frames", "fps")  # two ways to choose frames: a request's choice replaces the server's
-_KINDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false", "list": "a list"}
-
-
-def request_fields(settings: RunSettings) -> dict:
-    """The ``WIRE_FIELDS`` of ``settings`` that are set, as JSON values."""
-    out: dict[str, Any] = {"mode": settings.mode.name}
-    for name, (_, where) in WIRE_FIELDS.items():
-        value = None if name == "mode" else getattr(settings.mode if where == "mode" else settings, name)
-        if value is not None and value is not False:
-            out[name] = list(value) if isinstance(value, tuple) else value
-    if settings.seek == DEFAULT_SEEK:
-        out.pop("seek", None)
-    return out
-
-
-def _checked(name: str, value: Any) -> Any:
-    """A request field's value checked (its JSON type, its choices, its range); lists as tuples."""
-    types, _ = WIRE_FIELDS[name]
-    if isinstance(value, bool) and bool not in types or not isinstance(value, types):
-        raise UsageError(f"{name} must be {' or '.join(_KINDS[t.__name__] for t in types)}, not {value!r}")
-    choices = {"mode": MODE_NAMES, "seek": SEEK_MODES}.get(name)
-    if choices and value not in choices:
-        raise UsageError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
-    if name in ("frames", "max_frames", "slow_frames", "fast_grid") and value < 1:
-        raise UsageError(f"{name} must be at least 1")
-    if name == "fps" and value <= 0:
-        raise UsageError(f"{name} must be positive")
-    if name in ("start", "end") and value < 0:
-        raise UsageError(f"{name} must not be negative")
-    if name == "stride" and value not in STRIDES:
-        raise UsageError(f"stride must be 1, 2 or 4, not {value!r}")
-    if name in ("pool", "guide_kernel"):
-        if len(value) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value):
-            raise UsageError(f"{name} takes three positive integers [T, H, W], not {value!r}")
-        return tuple(value)
-    return value
-
-
-def apply_fields(base: RunSettings, fields: dict) -> RunSettings:
-    """``base`` (the server's settings) with a request's ``WIRE_FIELDS`` applied, checked as the command line
-    checks them (``build``). A request that names a mode starts from that mode's defaults; one that chooses
-    frames (``frames`` or ``fps``) replaces the server's choice."""
-    values = {name: _checked(name, value) for name, value in fields.items() if value is not None}
-    mode = base.mode if "mode" not in values or values["mode"] == base.mode.name else None
-    current = {name: getattr(mode, name) if mode else None for name in MODE_PARAMETERS}
-    sampling = {"frames": base.frames, "fps": base.fps, "max_frames": base.max_frames}
-    if any(k in values for k in SAMPLING_CHOICES):
-        sampling = {"frames": None, "fps": None, "max_frames": None}
-    merged = {"start": base.start, "end": base.end, "seek": base.seek, "time_prompt": base.time_prompt,
-              **sampling, **current, "mode": base.mode.name, **values}
-    for name in ("pool", "guide_kernel"):  # as the command line spells them
-        if merged[name] is not None:
-            merged[name] = ",".join(str(v) for v in merged[name])
-    merged["guide"] = bool(merged["guide"])
-    checked = build(model=base.model, **merged)
-    return replace(base, mode=checked.mode, **{name: getattr(checked, name) for name in RUN_FIELDS})

@@ -26,7 +26,8 @@ from typing import IO, Any
 from vqa_cli import console
 from vqa_cli.errors import API_CODES, ContextOverflowError, UsageError, VqaError
 from vqa_cli.output import records, subtitles
-from vqa_cli.settings import RunSettings, request_fields
+from vqa_cli.settings import RunSettings
+from vqa_cli.wire import request_fields
 
 
 class ServerUnavailableError(VqaError):

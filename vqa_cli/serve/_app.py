@@ -25,7 +25,8 @@ from vqa_cli.serve._media import MediaPolicy, resolve
 from vqa_cli.serve._pricing import price
 from vqa_cli.serve._requests import ChatRequest, parse_chat
 from vqa_cli.serve._worker import Cancelled, Job, ModelWorker, Result, StopFilter
-from vqa_cli.settings import LOAD_SETTINGS, request_fields
+from vqa_cli.settings import LOAD_SETTINGS
+from vqa_cli.wire import request_fields
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from vqa_cli.errors import InvalidValueError, UsageError
 from vqa_cli.output import subtitles
 from vqa_cli.serve._body import bad
-from vqa_cli.settings import WIRE_FIELDS, apply_fields
+from vqa_cli.wire import WIRE_FIELDS, apply_fields
 
 if TYPE_CHECKING:
     from vqa_cli.settings import RunSettings
@@ -29,7 +29,7 @@ OPENAI_FIELDS = {"model", "messages", "stream", "stream_options", "max_tokens", 
                  "temperature", "seed", "stop", "logprobs", "top_logprobs", "n", "user", "metadata", "store",
                  "response_format"}
 NEUTRAL = {"top_p": 1, "frequency_penalty": 0, "presence_penalty": 0, "n": 1}
-VQA_FIELDS = {"cache", "subtitles"}  # vqa's own, besides the settings in ``settings.WIRE_FIELDS`` (subtitles: cues)
+VQA_FIELDS = {"cache", "subtitles"}  # vqa's own, besides the settings in ``wire.WIRE_FIELDS`` (subtitles: cues)
 # vLLM's request extras (what lmms-eval and other vLLM clients send): read where they map onto vqa's settings,
 # every other key inside them ignored and named (``ChatRequest.ignored``), never refused.
 VLLM_EXTRAS = ("media_io_kwargs", "mm_processor_kwargs", "chat_template_kwargs")
@@ -197,7 +197,7 @@ def _sampling(values: dict, prefix: str) -> dict:
 
 
 def vllm_fields(body: dict) -> tuple[dict, list[str]]:
-    """vLLM's request extras as vqa's settings (``settings.WIRE_FIELDS``), and the keys that had no effect.
+    """vLLM's request extras as vqa's settings (``wire.WIRE_FIELDS``), and the keys that had no effect.
 
     ``media_io_kwargs.video`` and ``mm_processor_kwargs`` may say ``num_frames`` and ``fps``: ``num_frames``
     alone is vqa's ``frames``; ``fps`` is vqa's ``fps``, capped by ``num_frames`` as ``max_frames``. The first
