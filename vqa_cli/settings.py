@@ -56,6 +56,22 @@ DEFAULT_SCENE_THRESHOLD = DEFAULT_THRESHOLDS[DEFAULT_SCENE_DETECTOR]
 DEFAULT_MIN_SCENE = 0.0  # seconds; 0 keeps every scene PySceneDetect reports
 SUBTITLES_OFF = "off"  # RunSettings' default; the commands' --subtitles default is SUBTITLES_AUTO
 SUBTITLES_AUTO = "auto"  # a .srt/.vtt beside the video
+SUBTITLES_ASR = "asr"  # the video's speech, transcribed (vqa_cli/video/audio.py, vqa_cli/model/speech.py)
+AsrFallback = Literal["off", "auto"]  # --asr auto: transcribe when --subtitles auto finds no sidecar file
+ASR_FALLBACKS: tuple[str, ...] = get_args(AsrFallback)
+DEFAULT_ASR: AsrFallback = "off"
+DEFAULT_BEAM_SIZE = 5  # faster-whisper's and Whisper's own
+
+
+@dataclass(frozen=True)
+class SpeechSettings:
+    """Everything that changes a transcript (faster-whisper): the transcript cache's key with the file and model."""
+
+    model: str | None = None  # --asr-model NAME|DIR; None: the default for the device (vqa_cli/model/speech.py)
+    language: str | None = None  # --language: an ISO 639-1 code; None: detected
+    audio_stream: int | None = None  # --audio-stream N: the Nth audio stream (0-based); None: the first
+    vad: bool = True  # faster-whisper's Silero VAD filter: skips silence
+    beam_size: int = DEFAULT_BEAM_SIZE
 
 # The settings the weights are loaded with: one engine serves requests that differ in any other setting.
 LOAD_SETTINGS = ("model", "quant", "device", "dtype", "rope_scale", "rope_type", "max_memory", "offload_dir")
@@ -118,6 +134,8 @@ class RunSettings:
     min_scene: float = DEFAULT_MIN_SCENE  # --min-scene: seconds; shorter scenes merge with a neighbour
     subtitles: str = SUBTITLES_OFF  # --subtitles: auto | FILE | off (the commands' default is auto)
     subtitle_encoding: str | None = None  # --subtitle-encoding (codec name); None: BOM, UTF-8, else cp1252
+    asr: AsrFallback = DEFAULT_ASR  # --asr: auto = --subtitles auto transcribes a video without a sidecar
+    speech: SpeechSettings = field(default_factory=SpeechSettings)  # how (--asr-model, --language, ...)
     # Placement and the memory check (see vqa_cli/model/fit.py): where the weights go, not what they answer.
     max_memory: tuple[tuple[str, int], ...] = ()  # --max-memory: (device, bytes) pairs, e.g. ("cuda:0", 6 GiB)
     offload_dir: str | None = None  # --offload-dir: weights past --max-memory may go to disk (read from there)
@@ -149,6 +167,10 @@ class RunSettings:
             d.pop("subtitles")
         if self.subtitles == SUBTITLES_OFF or self.subtitle_encoding is None:  # the default keeps the ids it had
             d.pop("subtitle_encoding")
+        if self.asr == DEFAULT_ASR or self.subtitles != SUBTITLES_AUTO:
+            d.pop("asr")
+        if not (self.subtitles == SUBTITLES_ASR or self.subtitles == SUBTITLES_AUTO and self.asr != DEFAULT_ASR):
+            d.pop("speech")  # no transcript can be read
         return d
 
 
