@@ -1,0 +1,162 @@
+"""Video token reduction (vqa_cli/model/reduce.py) against each method's reference formula, written here.
+
+The oracles are plain loops over the grid in float64, written from the papers and their reference code
+(EVS: vLLM's ``vllm/multimodal/evs.py``), never by calling vqa.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from decimal import Decimal
+
+import pytest
+import torch
+
+from vqa_cli.model import reduce
+
+SHAPES = [(1, 3, 5, 8), (2, 4, 4, 16), (5, 3, 7, 12), (8, 6, 6, 32), (4, 1, 1, 3)]
+KEEPS = [0.1, 0.25, 0.29, 0.5, 0.77]
+
+
+def floor_of(total: int, keep: float) -> int:
+    """floor(total * keep) of the ratio as written (exact decimal arithmetic)."""
+    return int(Decimal(repr(keep)) * total)
+
+
+def cosine(a: list[float], b: list[float]) -> float:
+    """torch's cosine similarity: a.b / (max(|a|, 1e-8) * max(|b|, 1e-8))."""
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
+    na = max(math.sqrt(sum(x * x for x in a)), 1e-8)
+    nb = max(math.sqrt(sum(y * y for y in b)), 1e-8)
+    return dot / (na * nb)
+
+
+def evs_reference(grid: torch.Tensor, keep: float) -> tuple[set[tuple[int, int, int]], list[float]]:
+    """EVS (vLLM): the first frame scores 255, later places 1 - cos(to the same place one frame earlier); keep the
+    max(h*w, floor(T*h*w*keep)) highest, equal scores in (t, row, col) order. Returns the kept places and the
+    sorted scores (to check the cut is not a float near-tie)."""
+    t, h, w, _ = grid.shape
+    g = grid.double().tolist()
+    scored = []
+    for ti in range(t):
+        for r in range(h):
+            for c in range(w):
+                score = 255.0 if ti == 0 else 1.0 - cosine(g[ti][r][c], g[ti - 1][r][c])
+                scored.append((score, (ti, r, c)))
+    count = max(h * w, floor_of(t * h * w, keep))
+    ranked = sorted(scored, key=lambda item: -item[0])  # Python's sort is stable: ties keep grid order
+    return {place for _, place in ranked[:count]}, [s for s, _ in ranked]
+
+
+def places(mask: torch.Tensor) -> set[tuple[int, int, int]]:
+    return {tuple(int(i) for i in idx) for idx in mask.nonzero().tolist()}
+
+
+def grid_order_values(grid: torch.Tensor, kept: set[tuple[int, int, int]]) -> torch.Tensor:
+    rows = [grid[t, r, c] for t, r, c in sorted(kept)]
+    return torch.stack(rows) if rows else grid.new_zeros((0, grid.shape[-1]))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("keep", KEEPS)
+def test_evs_keeps_the_reference_places_and_values(shape: tuple[int, int, int, int], keep: float) -> None:
+    gen = torch.Generator().manual_seed(hash((shape, keep)) % 2**31)
+    grid = torch.randn(shape, generator=gen)
+    kept, ranked = evs_reference(grid, keep)
+    count = len(kept)
+    if 0 < count < len(ranked):
+        assert ranked[count - 1] - ranked[count] > 1e-5, "the random cut is a float near-tie; pick another seed"
+    out = reduce.reduce_grid("evs", grid, keep)
+    assert out.mask.dtype == torch.bool and out.mask.shape == shape[:3]
+    assert places(out.mask) == kept
+    assert torch.equal(out.values, grid_order_values(grid, kept))
+    assert out.mask[0].all()  # the first frame is always kept
+    assert reduce.kept_tokens("evs", *shape[:3], keep) == count
+
+
+def test_evs_ties_keep_the_earlier_place() -> None:
+    """One-hot tokens give exact cosines (0 or 1): many equal scores, broken by grid order."""
+    t, h, w, d = 4, 3, 3, 4
+    gen = torch.Generator().manual_seed(7)
+    hot = torch.randint(0, d, (t, h, w), generator=gen)
+    hot[2] = hot[1]  # frame 2 repeats frame 1 exactly: all its scores are 0
+    grid = torch.nn.functional.one_hot(hot, d).float() * 3.0
+    for keep in (0.3, 0.5, 0.6, 0.9):
+        kept, _ = evs_reference(grid, keep)
+        out = reduce.reduce_grid("evs", grid, keep)
+        assert places(out.mask) == kept, keep
+        assert torch.equal(out.values, grid_order_values(grid, kept))
+
+
+def test_evs_zero_tokens_follow_torch_cosine() -> None:
+    """A zero token has cosine 0 to anything (the 1e-8 norm floor), so it scores 1."""
+    grid = torch.randn(3, 2, 2, 5, generator=torch.Generator().manual_seed(3))
+    grid[1, 0, 0] = 0.0
+    grid[2, 1, 1] = 0.0
+    kept, _ = evs_reference(grid, 0.5)
+    assert places(reduce.reduce_grid("evs", grid, 0.5).mask) == kept
+
+
+@pytest.mark.parametrize("method", reduce.METHODS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_keep_one_is_the_identity(method: str, dtype: torch.dtype) -> None:
+    grid = torch.randn(3, 5, 4, 6, generator=torch.Generator().manual_seed(1)).to(dtype)
+    out = reduce.reduce_grid(method, grid, 1.0)
+    assert out.mask.all() and out.mask.shape == (3, 5, 4)
+    assert out.values.dtype == dtype
+    assert torch.equal(out.values, grid.reshape(-1, 6))
+    assert reduce.kept_tokens(method, 3, 5, 4, 1.0) == 60
+
+
+def test_none_keeps_everything_at_any_ratio() -> None:
+    grid = torch.randn(2, 3, 3, 4)
+    out = reduce.reduce_grid("none", grid, 0.1)
+    assert out.mask.all() and torch.equal(out.values, grid.reshape(-1, 4))
+
+
+@pytest.mark.parametrize("method", [m for m in reduce.METHODS if m != "none"])
+def test_deterministic_and_input_untouched(method: str) -> None:
+    grid = torch.randn(6, 5, 5, 8, generator=torch.Generator().manual_seed(11))
+    before = grid.clone()
+    a = reduce.reduce_grid(method, grid, 0.3)
+    b = reduce.reduce_grid(method, grid.clone(), 0.3)
+    assert torch.equal(grid, before)
+    assert torch.equal(a.mask, b.mask) and torch.equal(a.values, b.values)
+    assert a.values.shape == (int(a.mask.sum()), 8)
+
+
+@pytest.mark.parametrize("total", [0, 1, 7, 100, 196, 4608])
+@pytest.mark.parametrize("keep", [0.01, 0.1, 0.25, 0.29, 0.3, 0.57, 0.7, 0.999, 1.0])
+def test_kept_count_floors_the_ratio_as_written(total: int, keep: float) -> None:
+    assert reduce.kept_count(total, keep, minimum=0) == floor_of(total, keep)
+    assert reduce.kept_count(total, keep) == min(total, max(1, floor_of(total, keep)))
+    assert reduce.kept_count(total, keep, minimum=50) == min(total, max(50, floor_of(total, keep)))
+
+
+def test_kept_count_examples() -> None:
+    assert reduce.kept_count(100, 0.29) == 29  # 100 * 0.29 == 28.999999999999996 in floating point
+    assert reduce.kept_count(4608, 1000 / 4608) == 1000  # a budget turned into a ratio gives the budget back
+    assert reduce.kept_count(10, 0.05) == 1  # at least the minimum
+    assert reduce.kept_tokens("evs", 8, 12, 12, 0.05) == 144  # EVS: never fewer than one frame
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: reduce.reduce_grid("fastest", torch.zeros(1, 2, 2, 3), 0.5),
+        lambda: reduce.reduce_grid("evs", torch.zeros(1, 2, 2, 3), 0.0),
+        lambda: reduce.reduce_grid("evs", torch.zeros(1, 2, 2, 3), 1.5),
+        lambda: reduce.reduce_grid("evs", torch.zeros(1, 2, 2, 3), float("nan")),
+        lambda: reduce.reduce_grid("evs", torch.zeros(4, 3), 0.5),
+        lambda: reduce.reduce_grid("evs", torch.zeros(0, 2, 2, 3), 0.5),
+        lambda: reduce.reduce_grid("evs", torch.zeros(2, 2, 2, 3, dtype=torch.long), 0.5),
+        lambda: reduce.reduce_grid("evs", torch.full((2, 2, 2, 3), float("inf")), 0.5),
+        lambda: reduce.kept_count(-1, 0.5),
+        lambda: reduce.kept_count(10, 0.5, minimum=-1),
+        lambda: reduce.kept_tokens("evs", 0, 2, 2, 0.5),
+    ],
+)
+def test_bad_inputs_are_value_errors(call: Callable[[], object]) -> None:
+    with pytest.raises(ValueError):
+        call()

@@ -1,0 +1,136 @@
+"""Training-free, query-agnostic video token reduction: pure functions on ``[T, h, w, D]`` token grids.
+
+Each method is one paper's formula, applied after the projector (and the mode) and before the language model,
+without the question, so one reduced video serves every question, chat turn and request (docs/reduction.md).
+A method answers with a :class:`Reduced`: which grid places are kept (their original ``(t, row, col)``, so
+rotary positions and layouts can be rebuilt from them) and the kept tokens' values in grid order.
+
+- ``evs``: Efficient Video Sampling as vLLM ships it (``vllm/multimodal/evs.py``): every token of the first
+  frame, then the tokens that changed most (cosine) from the same place in the previous frame.
+
+torch is imported inside the functions, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+METHODS: tuple[str, ...] = ("none", "evs")
+
+_FIRST_FRAME = 255.0  # EVS: the first frame's score, above any cosine dissimilarity (at most 2)
+_COUNT_SLACK = 1e-9  # float noise in total * keep (0.29 * 100 = 28.999999999999996) is not a lost token
+
+
+@dataclass(frozen=True)
+class Reduced:
+    """What a method keeps of a ``[T, h, w, D]`` grid."""
+
+    mask: torch.Tensor  # bool [T, h, w]: the kept places
+    values: torch.Tensor  # [mask.sum(), D]: the kept tokens in grid order (t, row, col); merged values if merging
+
+
+def kept_count(total: int, keep: float, *, minimum: int = 1) -> int:
+    """How many of ``total`` tokens a ratio keeps: ``floor(total * keep)``, at least ``minimum``, at most ``total``.
+
+    The floor is vLLM's EVS rule (``int(total * (1 - q))`` for a pruning rate ``q = 1 - keep``), taken of the ratio
+    as written: 0.29 of 100 tokens is 29, although ``100 * 0.29`` is 28.999999999999996 in floating point.
+    """
+    _check_keep(keep)
+    if isinstance(total, bool) or not isinstance(total, int) or total < 0:
+        raise ValueError(f"the token count must be a non-negative integer, not {total!r}")
+    if isinstance(minimum, bool) or not isinstance(minimum, int) or minimum < 0:
+        raise ValueError(f"the minimum must be a non-negative integer, not {minimum!r}")
+    return min(total, max(minimum, math.floor(total * keep + _COUNT_SLACK)))
+
+
+def kept_tokens(method: str, frames: int, h: int, w: int, keep: float) -> int:
+    """How many tokens ``reduce_grid(method, grid, keep)`` keeps of a ``[frames, h, w, D]`` grid, without torch."""
+    _check_method(method)
+    _check_shape(frames, h, w)
+    total = frames * h * w
+    if method == "none" or keep == 1.0:
+        _check_keep(keep)
+        return total
+    return kept_count(total, keep, minimum=h * w)  # evs: never fewer than one frame's tokens
+
+
+def reduce_grid(method: str, grid: torch.Tensor, keep: float) -> Reduced:
+    """Reduce a ``[T, h, w, D]`` grid to about ``keep`` of its tokens; deterministic and blind to the question.
+
+    ``keep == 1.0`` (or ``method == "none"``) keeps every token, bit for bit.
+    """
+    import torch
+
+    _check_method(method)
+    _check_keep(keep)
+    if not isinstance(grid, torch.Tensor) or grid.dim() != 4:
+        raise ValueError(f"the token grid must be a [T, h, w, D] tensor, not {_shape_text(grid)}")
+    t, h, w, d = grid.shape
+    _check_shape(t, h, w)
+    if d < 1:
+        raise ValueError("the token grid has no channels (D = 0)")
+    if not (grid.is_floating_point() and bool(torch.isfinite(grid).all())):
+        raise ValueError("the token grid must hold finite floating-point values")
+    if method == "none" or keep == 1.0:
+        mask = torch.ones((t, h, w), dtype=torch.bool, device=grid.device)
+        return Reduced(mask=mask, values=grid.reshape(-1, d))
+    mask = evs_mask(grid, keep)
+    return Reduced(mask=mask, values=grid[mask])
+
+
+def evs_scores(grid: torch.Tensor) -> torch.Tensor:
+    """EVS: ``[T, h, w]`` scores; ``1 - cos(x[t, i, j], x[t-1, i, j])`` for ``t >= 1``, 255 for the first frame.
+
+    Computed in float32 at least (a bfloat16 cosine has too few values to rank); torch's cosine:
+    ``a.b / (max(|a|, 1e-8) * max(|b|, 1e-8))``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    x = grid if grid.dtype == torch.float64 else grid.float()
+    first = torch.full_like(x[:1, :, :, 0], _FIRST_FRAME)
+    if x.shape[0] == 1:
+        return first
+    dissimilarity = 1.0 - F.cosine_similarity(x[1:], x[:-1], dim=-1)
+    return torch.cat([first, dissimilarity], dim=0)
+
+
+def evs_mask(grid: torch.Tensor, keep: float) -> torch.Tensor:
+    """EVS: bool ``[T, h, w]``, the ``kept_tokens`` highest scores; equal scores keep the earlier place (t, row, col).
+
+    vLLM: a stable descending argsort of the flattened scores, the first ``max(h*w, int(T*h*w*(1-q)))``.
+    """
+    import torch
+
+    t, h, w, _ = grid.shape
+    scores = evs_scores(grid).reshape(-1)
+    order = torch.argsort(scores, descending=True, stable=True)
+    mask = torch.zeros(t * h * w, dtype=torch.bool, device=grid.device)
+    mask[order[: kept_tokens("evs", t, h, w, keep)]] = True
+    return mask.reshape(t, h, w)
+
+
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"unknown reduction method {method!r}: choose one of {', '.join(METHODS)}")
+
+
+def _check_keep(keep: float) -> None:
+    if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not (0.0 < keep <= 1.0):
+        raise ValueError(f"the kept ratio must be a number in (0, 1], not {keep!r}")
+
+
+def _check_shape(frames: int, h: int, w: int) -> None:
+    for name, value in (("frames", frames), ("rows", h), ("columns", w)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"the token grid needs at least one of each dimension: {name} = {value!r}")
+
+
+def _shape_text(grid: object) -> str:
+    shape = getattr(grid, "shape", None)
+    return f"shape {list(shape)}" if shape is not None else type(grid).__name__
