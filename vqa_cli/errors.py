@@ -73,6 +73,12 @@ class InvalidValueError(UsageError):
         return UsageError(flag + text[len(self.param):] if text.startswith(self.param) else text)
 
 
+class NoAudioError(UsageError):
+    """A video without an audio stream (or without the one ``--audio-stream`` names): nothing to transcribe."""
+
+    kind = "no_audio"
+
+
 class MemoryFitError(UsageError):
     """The request cannot fit the memory its device has (checked before any weight is downloaded or loaded)."""
 
