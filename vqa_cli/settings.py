@@ -72,6 +72,7 @@ class SpeechSettings:
     audio_stream: int | None = None  # --audio-stream N: the Nth audio stream (0-based); None: the first
     vad: bool = True  # faster-whisper's Silero VAD filter: skips silence
     beam_size: int = DEFAULT_BEAM_SIZE
+    words: bool = False  # word timestamps too (Segment.words): a second alignment pass; vqa transcribe --words
 
 # The settings the weights are loaded with: one engine serves requests that differ in any other setting.
 LOAD_SETTINGS = ("model", "quant", "device", "dtype", "rope_scale", "rope_type", "max_memory", "offload_dir")
