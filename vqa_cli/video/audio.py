@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 RATE = 16000  # Hz: Whisper's input rate
 CHUNK_SECONDS = 30.0  # audio per chunk: Whisper's window
-GAP_SAMPLES = 2  # a frame this many samples (at RATE) later than the signal so far: zeros fill the gap
+GAP_SAMPLES = 2  # a frame this many samples (at RATE) beyond its time base's rounding late: zeros fill the gap
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,7 @@ def chunks(path: str, *, stream: int | None = None, start: float | None = None, 
             container.seek(max(0, int(out.origin / source.time_base)), stream=source, backward=True)
         resampler = av.AudioResampler(format="flt", layout="mono", rate=RATE)
         expected: float | None = None  # where the next frame starts if the stream is continuous (samples)
+        slack = GAP_SAMPLES + float(source.time_base or 0) * RATE  # timestamps are rounded to the time base (MKV: ms)
         try:
             for frame in container.decode(source):
                 at = out.position_of(frame.time) if frame.time is not None else expected
@@ -60,9 +61,9 @@ def chunks(path: str, *, stream: int | None = None, start: float | None = None, 
                     at = 0.0
                 if expected is None:
                     yield from out.begin(round(at))
-                elif at > expected + GAP_SAMPLES:  # a gap: what the resampler holds goes first, then zeros
+                elif at > expected + slack:  # a gap: what the resampler holds goes first, then zeros
                     for piece in resampler.resample(None):
-                        yield from out.place(piece.to_ndarray()[0])
+                        yield from out.place(piece.to_ndarray()[0], until=round(expected))
                     resampler = av.AudioResampler(format="flt", layout="mono", rate=RATE)
                     yield from out.silence_to(round(at))
                 else:
@@ -72,9 +73,9 @@ def chunks(path: str, *, stream: int | None = None, start: float | None = None, 
                     yield from out.place(piece.to_ndarray()[0])
                 if out.done:
                     break
-            else:
+            else:  # the resampler's tail, up to where the stream's last frame ends (not its filter's ringing)
                 for piece in resampler.resample(None):
-                    yield from out.place(piece.to_ndarray()[0])
+                    yield from out.place(piece.to_ndarray()[0], until=round(expected or 0))
         except av.FFmpegError as exc:
             raise VideoError(f"cannot decode the audio of {quote(path)}: {exc}") from None
         if end is not None:
@@ -128,7 +129,9 @@ class _Signal:
         if position > self.written:
             yield from self.place(np.zeros(position - self.written, dtype=np.float32))
 
-    def place(self, samples: np.ndarray) -> Iterator[Chunk]:
+    def place(self, samples: np.ndarray, until: int | None = None) -> Iterator[Chunk]:
+        if until is not None:
+            samples = samples[:max(0, until - self.written)]
         begin = self.written
         self.written += len(samples)
         lo = max(0, -begin)  # samples before the window's start are dropped
