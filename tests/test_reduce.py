@@ -1,12 +1,14 @@
 """Video token reduction (vqa_cli/model/reduce.py) against each method's reference formula, written here.
 
 The oracles are plain loops over the grid in float64, written from the papers and their reference code
-(EVS: vLLM's ``vllm/multimodal/evs.py``), never by calling vqa.
+(EVS: vLLM's ``vllm/multimodal/evs.py``; VidCom2: xuyang-liu16/VidCom2 ``token_compressor/vidcom2/vidcom2.py``),
+never by calling vqa.
 """
 
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Callable
 from decimal import Decimal
 
@@ -49,6 +51,74 @@ def evs_reference(grid: torch.Tensor, keep: float) -> tuple[set[tuple[int, int, 
     return {place for _, place in ranked[:count]}, [s for s, _ in ranked]
 
 
+ALPHAS = [2.0**k for k in range(-3, 2)]
+
+
+def vidcom2_reference(grid: torch.Tensor, keep: float) -> tuple[list[list[float]], list[float], list[int]]:
+    """VidCom2's scoring as its reference code does it: per frame the token scores (video + frame similarity),
+    the frames' shares of h*w (``s_t * M``) and the reference's own per-frame counts ``max(1, round(s_t * M))``."""
+    t, h, w, d = grid.shape
+    m = h * w
+    tokens = grid.double().reshape(t * m, d).tolist()
+    n = len(tokens)
+    variances = []
+    for c in range(d):
+        mean = sum(tok[c] for tok in tokens) / n
+        variances.append(sum((tok[c] - mean) ** 2 for tok in tokens) / n)
+    chosen = sorted(range(d), key=lambda c: variances[c])[: max(1, d // 2)]  # least variance, ties: lower channel
+    unit = []
+    for tok in tokens:
+        sel = [tok[c] for c in chosen]
+        norm = max(math.sqrt(sum(v * v for v in sel)), 1e-12)
+        unit.append([v / norm for v in sel])
+    k = len(chosen)
+    video_centre = [sum(u[c] for u in unit) / n for c in range(k)]
+    frame_centres = [[sum(unit[f * m + j][c] for j in range(m)) / m for c in range(k)] for f in range(t)]
+
+    def gaussian(u: list[float], centre: list[float]) -> float:
+        dist = sum((a - b) ** 2 for a, b in zip(u, centre, strict=True))
+        return sum(math.exp(-dist / (2 * a)) for a in ALPHAS)
+
+    video = [[gaussian(unit[f * m + j], video_centre) for j in range(m)] for f in range(t)]
+    frame = [[gaussian(unit[f * m + j], frame_centres[f]) for j in range(m)] for f in range(t)]
+    uniqueness = [-sum(row) / m for row in video]
+    top = max(uniqueness)
+    exps = [math.exp((u - top) / 0.01) for u in uniqueness]
+    probs = [e / sum(exps) for e in exps]
+    mean_p = sum(probs) / t
+    shares = [min(1.0, keep * (1 + p - mean_p)) * m for p in probs]
+    scores = [[video[f][j] + frame[f][j] for j in range(m)] for f in range(t)]
+    return scores, shares, [max(1, round(q)) for q in shares]
+
+
+def apportion(shares: list[float], budget: int, m: int) -> list[int]:
+    """Floors (1..m), then one token at a time to the largest remainder (ties: earlier frame), or back from the
+    smallest (ties: later frame)."""
+    counts = [min(m, max(1, math.floor(q))) for q in shares]
+    while sum(counts) < budget:
+        best = None
+        for i in range(len(counts)):
+            if counts[i] < m and (best is None or shares[i] - counts[i] > shares[best] - counts[best]):
+                best = i
+        counts[best] += 1
+    while sum(counts) > budget:
+        worst = None
+        for i in range(len(counts)):
+            if counts[i] > 1 and (worst is None or shares[i] - counts[i] <= shares[worst] - counts[worst]):
+                worst = i
+        counts[worst] -= 1
+    return counts
+
+
+def vidcom2_places(scores: list[list[float]], counts: list[int], h: int, w: int) -> set[tuple[int, int, int]]:
+    """In each frame its count of the lowest scores; equal scores keep the earlier place."""
+    kept = set()
+    for f, (row, count) in enumerate(zip(scores, counts, strict=True)):
+        for j in sorted(range(len(row)), key=lambda j: row[j])[:count]:
+            kept.add((f, j // w, j % w))
+    return kept
+
+
 def places(mask: torch.Tensor) -> set[tuple[int, int, int]]:
     return {tuple(int(i) for i in idx) for idx in mask.nonzero().tolist()}
 
@@ -61,7 +131,7 @@ def grid_order_values(grid: torch.Tensor, kept: set[tuple[int, int, int]]) -> to
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("keep", KEEPS)
 def test_evs_keeps_the_reference_places_and_values(shape: tuple[int, int, int, int], keep: float) -> None:
-    gen = torch.Generator().manual_seed(hash((shape, keep)) % 2**31)
+    gen = torch.Generator().manual_seed(zlib.crc32(repr((shape, keep)).encode()))
     grid = torch.randn(shape, generator=gen)
     kept, ranked = evs_reference(grid, keep)
     count = len(kept)
@@ -96,6 +166,63 @@ def test_evs_zero_tokens_follow_torch_cosine() -> None:
     grid[2, 1, 1] = 0.0
     kept, _ = evs_reference(grid, 0.5)
     assert places(reduce.reduce_grid("evs", grid, 0.5).mask) == kept
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("keep", KEEPS)
+def test_vidcom2_keeps_the_reference_places_and_values(shape: tuple[int, int, int, int], keep: float) -> None:
+    gen = torch.Generator().manual_seed(zlib.crc32(repr((shape, keep, "vidcom2")).encode()))
+    grid = torch.randn(shape, generator=gen) * torch.rand(shape[0], 1, 1, 1, generator=gen) * 3
+    t, h, w, _ = shape
+    scores, shares, reference_counts = vidcom2_reference(grid, keep)
+    budget = min(t * h * w, max(t, floor_of(t * h * w, keep)))
+    counts = apportion(shares, budget, h * w)
+    if max(shares) < h * w:  # no frame keeps all its tokens: within one of the reference's own rounding
+        assert all(abs(a - b) <= 1 for a, b in zip(counts, reference_counts, strict=True))
+    kept = vidcom2_places(scores, counts, h, w)
+    out = reduce.reduce_grid("vidcom2", grid, keep)
+    assert places(out.mask) == kept
+    assert torch.equal(out.values, grid_order_values(grid, kept))
+    assert int(out.mask.sum()) == budget == reduce.kept_tokens("vidcom2", t, h, w, keep)
+    assert [int(c) for c in out.mask.reshape(t, -1).sum(dim=1)] == counts
+
+
+def test_vidcom2_is_the_reference_where_its_rounding_meets_the_budget() -> None:
+    """Where the reference's own per-frame rounding sums to the budget, the kept places are exactly its places."""
+    met = 0
+    for seed in range(40):
+        gen = torch.Generator().manual_seed(seed)
+        t, h, w = 2 + seed % 5, 3 + seed % 3, 4
+        grid = torch.randn(t, h, w, 6, generator=gen) * torch.rand(t, 1, 1, 1, generator=gen) * 3
+        keep = (0.15, 0.25, 0.4)[seed % 3]
+        scores, _, reference_counts = vidcom2_reference(grid, keep)
+        if sum(reference_counts) != reduce.kept_tokens("vidcom2", t, h, w, keep):
+            continue
+        met += 1
+        assert places(reduce.reduce_grid("vidcom2", grid, keep).mask) == vidcom2_places(scores, reference_counts, h, w)
+    assert met >= 10
+
+
+def test_vidcom2_ties_keep_the_earlier_place() -> None:
+    """Repeated one-hot tokens, 16 of them so every mean is exact: equal variances and equal scores, so the lower
+    channel, the earlier frame and the earlier place win; frames 0 and 2 are the same frame."""
+    t, h, w, d = 4, 2, 2, 4
+    hot = torch.tensor([[[0, 1], [0, 2]], [[2, 2], [3, 3]], [[0, 1], [0, 2]], [[1, 1], [1, 0]]])
+    grid = torch.nn.functional.one_hot(hot, d).double()
+    for keep in (0.2, 0.25, 0.4, 0.5, 0.7):
+        scores, shares, _ = vidcom2_reference(grid, keep)
+        counts = apportion(shares, reduce.kept_tokens("vidcom2", t, h, w, keep), h * w)
+        assert places(reduce.reduce_grid("vidcom2", grid, keep).mask) == vidcom2_places(scores, counts, h, w), keep
+
+
+def test_vidcom2_gives_a_unique_frame_more_tokens() -> None:
+    """Seven near-identical frames and one unlike them: the unique frame gets about twice the average budget."""
+    gen = torch.Generator().manual_seed(5)
+    base = torch.randn(1, 4, 4, 16, generator=gen)
+    grid = base.repeat(8, 1, 1, 1) + 0.01 * torch.randn(8, 4, 4, 16, generator=gen)
+    grid[5] = torch.randn(4, 4, 16, generator=gen)
+    counts = reduce.reduce_grid("vidcom2", grid, 0.25).mask.reshape(8, -1).sum(dim=1).tolist()
+    assert counts[5] == max(counts) and counts[5] >= 7 and sum(counts) == 32
 
 
 @pytest.mark.parametrize("method", reduce.METHODS)
@@ -139,6 +266,8 @@ def test_kept_count_examples() -> None:
     assert reduce.kept_count(4608, 1000 / 4608) == 1000  # a budget turned into a ratio gives the budget back
     assert reduce.kept_count(10, 0.05) == 1  # at least the minimum
     assert reduce.kept_tokens("evs", 8, 12, 12, 0.05) == 144  # EVS: never fewer than one frame
+    assert reduce.kept_tokens("vidcom2", 8, 12, 12, 0.001) == 8  # VidCom2: at least one token a frame
+    assert reduce.kept_tokens("vidcom2", 32, 14, 14, 0.25) == 1568  # LLaVA-OV's 32 x 196 at 25 %
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,8 @@ rotary positions and layouts can be rebuilt from them) and the kept tokens' valu
 
 - ``evs``: Efficient Video Sampling as vLLM ships it (``vllm/multimodal/evs.py``): every token of the first
   frame, then the tokens that changed most (cosine) from the same place in the previous frame.
+- ``vidcom2``: VidCom2 (Liu et al., EMNLP 2025; xuyang-liu16/VidCom2 ``vidcom2.py``): a budget per frame from the
+  frame's uniqueness against the whole video, then in each frame the tokens least like the video and the frame.
 
 torch is imported inside the functions, so importing this module stays cheap.
 """
@@ -20,10 +22,13 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-METHODS: tuple[str, ...] = ("none", "evs")
+METHODS: tuple[str, ...] = ("none", "evs", "vidcom2")
 
 _FIRST_FRAME = 255.0  # EVS: the first frame's score, above any cosine dissimilarity (at most 2)
 _COUNT_SLACK = 1e-9  # float noise in total * keep (0.29 * 100 = 28.999999999999996) is not a lost token
+VIDCOM2_CHANNELS = 0.5  # VidCom2: the share of channels scored, those of least variance over the video
+VIDCOM2_ALPHAS = (0.125, 0.25, 0.5, 1.0, 2.0)  # VidCom2: the Gaussian kernels' bandwidths, 2**k for k in -3..1
+VIDCOM2_TEMPERATURE = 0.01  # VidCom2: the softmax temperature of the frames' uniqueness
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,8 @@ def kept_tokens(method: str, frames: int, h: int, w: int, keep: float) -> int:
     if method == "none" or keep == 1.0:
         _check_keep(keep)
         return total
+    if method == "vidcom2":
+        return kept_count(total, keep, minimum=frames)  # at least one token per frame
     return kept_count(total, keep, minimum=h * w)  # evs: never fewer than one frame's tokens
 
 
@@ -79,7 +86,7 @@ def reduce_grid(method: str, grid: torch.Tensor, keep: float) -> Reduced:
     if method == "none" or keep == 1.0:
         mask = torch.ones((t, h, w), dtype=torch.bool, device=grid.device)
         return Reduced(mask=mask, values=grid.reshape(-1, d))
-    mask = evs_mask(grid, keep)
+    mask = evs_mask(grid, keep) if method == "evs" else vidcom2_mask(grid, keep)
     return Reduced(mask=mask, values=grid[mask])
 
 
@@ -112,6 +119,78 @@ def evs_mask(grid: torch.Tensor, keep: float) -> torch.Tensor:
     order = torch.argsort(scores, descending=True, stable=True)
     mask = torch.zeros(t * h * w, dtype=torch.bool, device=grid.device)
     mask[order[: kept_tokens("evs", t, h, w, keep)]] = True
+    return mask.reshape(t, h, w)
+
+
+def vidcom2_scores(grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """VidCom2: ``(video, frame)`` similarities, each ``[T, h*w]``, in float64.
+
+    Of the tokens' channels, the half with the least (population) variance over all tokens (equal variances: the
+    lower channel); each token's selected channels are L2-normalized (``x / max(|x|, 1e-12)``); a similarity to a
+    centre ``c`` (the mean normalized token of the video, or of the token's frame) is the multi-scale Gaussian
+    kernel ``sum over a of exp(-|x - c|^2 / (2a))``, a in ``VIDCOM2_ALPHAS``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    t, h, w, d = grid.shape
+    x = grid.reshape(t * h * w, d).double()
+    variance = x.var(dim=0, unbiased=False)
+    channels = torch.argsort(variance, stable=True)[: max(1, int(d * VIDCOM2_CHANNELS))]
+    frames = F.normalize(x[:, channels], dim=-1).reshape(t, h * w, -1)
+    video_centre = frames.mean(dim=(0, 1), keepdim=True)
+    frame_centre = frames.mean(dim=1, keepdim=True)
+
+    def kernel(centre: torch.Tensor) -> torch.Tensor:
+        distance = ((frames - centre) ** 2).sum(dim=-1)
+        return sum(torch.exp(-distance / (2 * a)) for a in VIDCOM2_ALPHAS)
+
+    return kernel(video_centre), kernel(frame_centre)
+
+
+def vidcom2_frame_counts(video: torch.Tensor, keep: float) -> list[int]:
+    """VidCom2: how many tokens each frame keeps, from its uniqueness ``u_t = -mean(video similarity of frame t)``.
+
+    The reference's share of frame t is ``s_t = min(1, keep * (1 + p_t - mean(p)))`` with
+    ``p = softmax((u - max u) / 0.01)``, so ``s_t * h*w`` tokens; it rounds each frame on its own
+    (``max(1, round(s_t * h*w))``), which lets the total drift from the budget by up to half a token a frame. Here
+    the same shares are apportioned so the total is exactly ``kept_tokens`` (a plan knows it before the video):
+    each frame gets ``floor`` of its share (1 to h*w), then the tokens left go one at a time to the frame with the
+    largest remainder (equal remainders: the earlier frame), or, over budget, come back from the smallest (the later
+    frame). Each frame's count is within one of the reference's rounding while no share reaches ``h*w``; when one
+    does (``keep`` above about 1/2) the reference keeps fewer than the budget, and here the other frames get the rest.
+    """
+    import torch
+
+    t, m = video.shape
+    uniqueness = -video.mean(dim=-1)
+    p = torch.softmax((uniqueness - uniqueness.max()) / VIDCOM2_TEMPERATURE, dim=0)
+    shares = (keep * (1 + p - p.mean())).clamp(max=1.0) * m
+    quota = [float(q) for q in shares]
+    counts = [min(m, max(1, math.floor(q))) for q in quota]
+    budget = kept_tokens("vidcom2", t, m, 1, keep)
+    while sum(counts) < budget:
+        open_frames = [i for i in range(t) if counts[i] < m]
+        best = max(open_frames, key=lambda i: (quota[i] - counts[i], -i))
+        counts[best] += 1
+    while sum(counts) > budget:
+        open_frames = [i for i in range(t) if counts[i] > 1]
+        worst = min(open_frames, key=lambda i: (quota[i] - counts[i], -i))
+        counts[worst] -= 1
+    return counts
+
+
+def vidcom2_mask(grid: torch.Tensor, keep: float) -> torch.Tensor:
+    """VidCom2: bool ``[T, h, w]``; in each frame its count of the tokens with the lowest ``video + frame``
+    similarity (the most distinct; equal scores keep the earlier place)."""
+    import torch
+
+    t, h, w, _ = grid.shape
+    video, frame = vidcom2_scores(grid)
+    score = video + frame
+    mask = torch.zeros((t, h * w), dtype=torch.bool, device=grid.device)
+    for i, count in enumerate(vidcom2_frame_counts(video, keep)):
+        mask[i, torch.argsort(score[i], stable=True)[:count]] = True
     return mask.reshape(t, h, w)
 
 
