@@ -8,7 +8,7 @@ from __future__ import annotations
 import codecs
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -232,11 +232,31 @@ def threshold_for(detector: str, threshold: float | None) -> float:
 
 
 def check_subtitles(value: str | None) -> str:
-    """``--subtitles``: ``auto``, ``off`` or an existing file."""
+    """``--subtitles``: ``auto``, ``asr`` (the video's speech), ``off`` or an existing file."""
     choice = value or SUBTITLES_AUTO
-    if choice not in (SUBTITLES_AUTO, SUBTITLES_OFF) and not Path(choice).is_file():
-        raise UsageError(f"--subtitles takes auto, off or a subtitle file; no such file: {choice!r}")
+    if choice not in (SUBTITLES_AUTO, SUBTITLES_ASR, SUBTITLES_OFF) and not Path(choice).is_file():
+        raise UsageError(f"--subtitles takes auto, asr, off or a subtitle file; no such file: {choice!r}")
     return choice
+
+
+def check_speech(subtitles: str, asr: str, speech: SpeechSettings) -> SpeechSettings:
+    """``--asr auto`` only with ``--subtitles auto``; the speech options only where a transcript can be read
+    (``--subtitles asr``, or ``auto`` with ``--asr auto``); ``--language`` a language code (``en``, ``yue``)."""
+    if asr not in ASR_FALLBACKS:
+        raise UsageError(f"--asr takes {' or '.join(ASR_FALLBACKS)}, not {asr!r}")
+    if asr != DEFAULT_ASR and subtitles != SUBTITLES_AUTO:
+        raise UsageError(f"--asr {asr} is what --subtitles auto does without a subtitle file (transcribe): it does "
+                         f"not go with --subtitles {subtitles}")
+    given = [flag for flag, value in (("--asr-model", speech.model), ("--language", speech.language),
+                                      ("--audio-stream", speech.audio_stream)) if value is not None]
+    if given and not (subtitles == SUBTITLES_ASR or subtitles == SUBTITLES_AUTO and asr != DEFAULT_ASR):
+        raise UsageError(f"{given[0]} is for the transcript: give --subtitles asr (or --asr auto)")
+    if speech.language is not None and not (speech.language.isascii() and speech.language.isalpha()
+                                            and 2 <= len(speech.language) <= 3):
+        raise UsageError(f"--language takes a language code such as en, de or yue, not {speech.language!r}")
+    if speech.audio_stream is not None and speech.audio_stream < 0:
+        raise UsageError(f"--audio-stream counts the audio streams from 0, not {speech.audio_stream}")
+    return replace(speech, language=speech.language.lower()) if speech.language else speech
 
 
 def check_encoding(value: str | None) -> str | None:
@@ -326,7 +346,8 @@ def build(*, model: str | None = None, mode: ModeName = DEFAULT_MODE, stride: St
           force: bool = False, segments: str = DEFAULT_SEGMENTS,
           scene_detector: SceneDetector = DEFAULT_SCENE_DETECTOR, scene_threshold: float | None = None,
           min_scene: float = DEFAULT_MIN_SCENE, subtitles: str = SUBTITLES_OFF,
-          subtitle_encoding: str | None = None) -> RunSettings:
+          subtitle_encoding: str | None = None, asr: AsrFallback = DEFAULT_ASR, asr_model: str | None = None,
+          language: str | None = None, audio_stream: int | None = None) -> RunSettings:
     """The ``RunSettings`` of a run's options as the command line names them (``pool`` as ``T,H,W``, ``stride`` as
     typed, ``max_memory`` parsed), every rule above checked; a value ``check_values`` refuses is a ``UsageError``
     naming the option (``--seed``). ``model``: None leaves it empty (the command line picks the default)."""
@@ -335,8 +356,10 @@ def build(*, model: str | None = None, mode: ModeName = DEFAULT_MODE, stride: St
     check_fit_force(fit, force)
     modes = mode_settings(mode, stride, slow_frames, fast_grid, pool, guide, guide_kernel)
     for flag, path in (("--model", model), ("--offload-dir", offload_dir), ("--guide-model", guide_model),
-                       ("--subtitles", subtitles)):
+                       ("--subtitles", subtitles), ("--asr-model", asr_model)):
         check_path(flag, path)
+    speech = check_speech(check_subtitles(subtitles), asr, SpeechSettings(asr_model or None, language or None,
+                                                                         audio_stream))
     try:  # RunSettings checks its values (check_values): finite numbers, the seed's range
         return RunSettings(model=model or "", mode=modes, frames=frames, fps=fps, max_frames=max_frames, seek=seek,
                            decoder=decoder, start=start, end=end, quant=quant, device=device, dtype=dtype,
@@ -347,6 +370,6 @@ def build(*, model: str | None = None, mode: ModeName = DEFAULT_MODE, stride: St
                            segments=canonical_segments(segments), scene_detector=scene_detector,
                            scene_threshold=threshold_for(scene_detector, scene_threshold),
                            min_scene=float(min_scene), subtitles=check_subtitles(subtitles),
-                           subtitle_encoding=check_encoding(subtitle_encoding))
+                           subtitle_encoding=check_encoding(subtitle_encoding), asr=asr, speech=speech)
     except InvalidValueError as exc:
         raise exc.for_flag() from None

@@ -9,6 +9,9 @@ import typer
 
 from vqa_cli.cli.options import (
     SERVED_MODEL,
+    AsrModelOpt,
+    AsrOpt,
+    AudioStreamOpt,
     DecoderOpt,
     DeviceOpt,
     DtypeOpt,
@@ -22,6 +25,7 @@ from vqa_cli.cli.options import (
     GuideModelOpt,
     GuideOpt,
     JsonOpt,
+    LanguageOpt,
     MaxFramesOpt,
     MaxMemoryOpt,
     MaxNewTokensOpt,
@@ -53,6 +57,7 @@ from vqa_cli.cli.options import (
 )
 from vqa_cli.errors import UsageError
 from vqa_cli.settings import (
+    DEFAULT_ASR,
     DEFAULT_DECODER,
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_MIN_SCENE,
@@ -111,6 +116,10 @@ def ask(
     min_scene: MinSceneOpt = DEFAULT_MIN_SCENE,
     subtitles: SubtitlesOpt = SUBTITLES_AUTO,
     subtitle_encoding: SubtitleEncodingOpt = None,
+    asr: AsrOpt = DEFAULT_ASR,
+    asr_model: AsrModelOpt = None,
+    language: LanguageOpt = None,
+    audio_stream: AudioStreamOpt = None,
 ) -> int:
     """Answer questions about a video, streaming the answers to stdout."""
     from vqa_cli.jobs.ask import run_ask
@@ -130,7 +139,8 @@ def ask(
         guide=guide, guide_model=guide_model, guide_kernel=guide_kernel,
         max_memory=max_memory, offload_dir=offload_dir, fit=fit, force=force,
         segments=segments, scene_detector=scene_detector, scene_threshold=scene_threshold, min_scene=min_scene,
-        subtitles=subtitles, subtitle_encoding=subtitle_encoding,
+        subtitles=subtitles, subtitle_encoding=subtitle_encoding, asr=asr, asr_model=asr_model, language=language,
+        audio_stream=audio_stream,
     )
     settings = with_max_pixels(settings, max_pixels)
     return run_ask(settings, video, asked, as_json=as_json, plan_only=plan, server=server,

@@ -8,6 +8,9 @@ import typer
 
 from vqa_cli.cli.options import (
     SERVED_MODEL,
+    AsrModelOpt,
+    AsrOpt,
+    AudioStreamOpt,
     DecoderOpt,
     DeviceOpt,
     DtypeOpt,
@@ -21,6 +24,7 @@ from vqa_cli.cli.options import (
     GuideKernelOpt,
     GuideModelOpt,
     GuideOpt,
+    LanguageOpt,
     MaxFramesOpt,
     MaxMemoryOpt,
     MaxNewTokensOpt,
@@ -53,6 +57,7 @@ from vqa_cli.cli.options import (
 )
 from vqa_cli.errors import UsageError
 from vqa_cli.settings import (
+    DEFAULT_ASR,
     DEFAULT_BATCH,
     DEFAULT_CAPTION_FORMAT,
     DEFAULT_DECODER,
@@ -122,6 +127,10 @@ def caption(
     min_scene: MinSceneOpt = DEFAULT_MIN_SCENE,
     subtitles: SubtitlesOpt = SUBTITLES_AUTO,
     subtitle_encoding: SubtitleEncodingOpt = None,
+    asr: AsrOpt = DEFAULT_ASR,
+    asr_model: AsrModelOpt = None,
+    language: LanguageOpt = None,
+    audio_stream: AudioStreamOpt = None,
     output_format: FormatOpt = DEFAULT_CAPTION_FORMAT,
     out_dir: OutDirOpt = None,
 ) -> int:
@@ -140,7 +149,8 @@ def caption(
         guide=guide, guide_model=guide_model, guide_kernel=guide_kernel,
         max_memory=max_memory, offload_dir=offload_dir, fit=fit, force=force,
         segments=segments, scene_detector=scene_detector, scene_threshold=scene_threshold, min_scene=min_scene,
-        subtitles=subtitles, subtitle_encoding=subtitle_encoding,
+        subtitles=subtitles, subtitle_encoding=subtitle_encoding, asr=asr, asr_model=asr_model, language=language,
+        audio_stream=audio_stream,
     )
     settings = with_max_pixels(settings, max_pixels)
     return run_caption(settings, paths, out, prompt if prompt is not None else DEFAULT_CAPTION_PROMPT,

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from vqa_cli.cli.options import (
     SERVED_MODEL,
+    AsrModelOpt,
+    AsrOpt,
+    AudioStreamOpt,
     DecoderOpt,
     DeviceOpt,
     DtypeOpt,
@@ -13,6 +16,7 @@ from vqa_cli.cli.options import (
     ForceOpt,
     FpsOpt,
     FramesOpt,
+    LanguageOpt,
     MaxFramesOpt,
     MaxMemoryOpt,
     MaxNewTokensOpt,
@@ -29,18 +33,22 @@ from vqa_cli.cli.options import (
     SlowFramesOpt,
     StartOpt,
     StrideOpt,
+    SubtitleEncodingOpt,
+    SubtitlesOpt,
     TemperatureOpt,
     TimePromptOpt,
     VideoArg,
     run_settings,
 )
 from vqa_cli.settings import (
+    DEFAULT_ASR,
     DEFAULT_DECODER,
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_MODE,
     DEFAULT_ROPE_TYPE,
     DEFAULT_SEEK,
     DEFAULT_TEMPERATURE,
+    SUBTITLES_AUTO,
 )
 
 
@@ -73,6 +81,12 @@ def chat(
     rope_scale: RopeScaleOpt = None,
     rope_type: RopeTypeOpt = DEFAULT_ROPE_TYPE,
     time_prompt: TimePromptOpt = False,
+    subtitles: SubtitlesOpt = SUBTITLES_AUTO,
+    subtitle_encoding: SubtitleEncodingOpt = None,
+    asr: AsrOpt = DEFAULT_ASR,
+    asr_model: AsrModelOpt = None,
+    language: LanguageOpt = None,
+    audio_stream: AudioStreamOpt = None,
 ) -> int:
     """Talk about a video: the conversation stays in the KV cache (/reset, /frames, /save FILE, /quit)."""
     from vqa_cli.jobs.chat import run_chat
@@ -84,5 +98,7 @@ def chat(
         temperature=temperature, seed=seed, stride=stride, slow_frames=slow_frames, fast_grid=fast_grid, pool=pool,
         rope_scale=rope_scale, rope_type=rope_type, time_prompt=time_prompt,
         max_memory=max_memory, offload_dir=offload_dir, fit=fit, force=force,
+        subtitles=subtitles, subtitle_encoding=subtitle_encoding, asr=asr, asr_model=asr_model, language=language,
+        audio_stream=audio_stream,
     )
     return run_chat(settings, video, server=server, model_given=model is not None)

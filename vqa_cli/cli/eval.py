@@ -10,6 +10,9 @@ import typer
 
 from vqa_cli.cli.options import (
     SERVED_MODEL,
+    AsrModelOpt,
+    AsrOpt,
+    AudioStreamOpt,
     DecoderOpt,
     DeviceOpt,
     DtypeOpt,
@@ -19,6 +22,7 @@ from vqa_cli.cli.options import (
     FpsOpt,
     FramesOpt,
     JsonOpt,
+    LanguageOpt,
     MaxFramesOpt,
     MaxMemoryOpt,
     ModelOpt,
@@ -42,6 +46,7 @@ from vqa_cli.jobs.eval._formats import FormatChoice
 from vqa_cli.jobs.eval._prompts import DEFAULT_PROTOCOL, Protocol
 from vqa_cli.jobs.eval._score import DEFAULT_SCORE, Score
 from vqa_cli.settings import (
+    DEFAULT_ASR,
     DEFAULT_DECODER,
     DEFAULT_MODE,
     DEFAULT_ROPE_TYPE,
@@ -53,11 +58,11 @@ from vqa_cli.settings import (
 
 
 def _subtitles(choice: str) -> str:
-    """``--subtitles``: off, auto or a folder (one subtitle file per video, named after it)."""
-    if choice in ("off", "auto"):
+    """``--subtitles``: off, auto, asr or a folder (one subtitle file per video, named after it)."""
+    if choice in ("off", "auto", "asr"):
         return choice
     if not Path(choice).is_dir():
-        raise UsageError(f"--subtitles takes off, auto or a folder of VIDEO.srt files, not {choice!r}")
+        raise UsageError(f"--subtitles takes off, auto, asr or a folder of VIDEO.srt files, not {choice!r}")
     return str(Path(choice).resolve())
 
 
@@ -99,8 +104,13 @@ def eval(  # noqa: A001 - the command's name
     workers: Annotated[int, typer.Option("--workers", min=1, help="Decode-ahead threads.")] = DEFAULT_WORKERS,
     subtitles: Annotated[str, typer.Option(
         "--subtitles", help="Subtitles as context (Video-MME's with-subtitles setting): off, auto (a .srt/.vtt "
-        "beside each video) or a folder of VIDEO.srt files; only the cues at the sampled frames.")] = SUBTITLES_OFF,
+        "beside each video), asr (the speech, transcribed) or a folder of VIDEO.srt files; only the cues at the "
+        "sampled frames. With --asr auto a video without a subtitle file gets its transcript.")] = SUBTITLES_OFF,
     subtitle_encoding: SubtitleEncodingOpt = None,
+    asr: AsrOpt = DEFAULT_ASR,
+    asr_model: AsrModelOpt = None,
+    language: LanguageOpt = None,
+    audio_stream: AudioStreamOpt = None,
     json_out: JsonOpt = False,
     frames: FramesOpt = None,
     fps: FpsOpt = None,
@@ -144,7 +154,9 @@ def eval(  # noqa: A001 - the command's name
             slow_frames=slow_frames if name == "slowfast" else None,
             fast_grid=fast_grid if name == "slowfast" else None, pool=pool if name == "pooled" else None,
             rope_scale=rope_scale, rope_type=rope_type, time_prompt=time_prompt, max_memory=max_memory,
-            offload_dir=offload_dir, force=force, subtitle_encoding=subtitle_encoding)
+            offload_dir=offload_dir, force=force, subtitle_encoding=subtitle_encoding, asr=asr, asr_model=asr_model,
+            language=language, audio_stream=audio_stream,  # (a folder of subtitle files is checked as auto is)
+            subtitles=subtitles if subtitles in ("off", "asr") else "auto")
         chosen_model = s.model  # the default model is chosen (and announced) once
         settings.append(replace(s, subtitles=_subtitles(subtitles)))
     return run_eval(settings, annotations, fmt, videos, out=out, summary_path=summary, protocol=protocol, score=score,

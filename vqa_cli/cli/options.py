@@ -17,6 +17,7 @@ import typer
 
 from vqa_cli.errors import UsageError
 from vqa_cli.settings import (
+    AsrFallback,
     DecoderName,
     Dtype,
     ModeName,
@@ -127,8 +128,20 @@ SceneThresholdOpt = Annotated[float | None, typer.Option(
 MinSceneOpt = Annotated[float, typer.Option(
     "--min-scene", min=0, help="--segments scenes: scenes shorter than this many seconds merge with a neighbour.")]
 SubtitlesOpt = Annotated[str, typer.Option(
-    "--subtitles", help="The video's subtitles as context: auto (a .srt/.vtt beside the video), a file, or off. "
-    "Only the cues shown at the sampled frames (or within the segment) are given.")]
+    "--subtitles", help="The video's subtitles as context: auto (a .srt/.vtt beside the video), asr (its speech, "
+    "transcribed: faster-whisper), a file, or off. Only the cues shown at the sampled frames (or within the segment) "
+    "are given.")]
+AsrOpt = Annotated[AsrFallback, typer.Option(
+    "--asr", help="auto: --subtitles auto transcribes a video that has no subtitle file beside it.")]
+AsrModelOpt = Annotated[str | None, typer.Option(
+    "--asr-model", show_default=False, help="--subtitles asr: the faster-whisper model, a name (tiny, base, small, "
+    "medium, large-v3, turbo, tiny.en, ...) or a CTranslate2 folder (default: see docs/speech.md).")]
+LanguageOpt = Annotated[str | None, typer.Option(
+    "--language", show_default=False, help="--subtitles asr: the spoken language's code (en, de, ...; default: "
+    "detected).")]
+AudioStreamOpt = Annotated[int | None, typer.Option(
+    "--audio-stream", min=0, show_default=False, help="--subtitles asr: which audio stream to transcribe, from 0 "
+    "(default: the first).")]
 SubtitleEncodingOpt = Annotated[str | None, typer.Option(
     "--subtitle-encoding", show_default=False, help="The subtitle files' encoding (e.g. latin-1, shift_jis). "
     "Default: a byte-order mark decides (UTF-8/16/32), else UTF-8, else cp1252 with a warning.")]

@@ -8,6 +8,9 @@ from typing import Annotated
 import typer
 
 from vqa_cli.cli.options import (
+    AsrModelOpt,
+    AsrOpt,
+    AudioStreamOpt,
     DecoderOpt,
     DeviceOpt,
     DtypeOpt,
@@ -19,6 +22,7 @@ from vqa_cli.cli.options import (
     GuideKernelOpt,
     GuideModelOpt,
     GuideOpt,
+    LanguageOpt,
     MaxFramesOpt,
     MaxMemoryOpt,
     MaxNewTokensOpt,
@@ -34,12 +38,15 @@ from vqa_cli.cli.options import (
     SlowFramesOpt,
     StartOpt,
     StrideOpt,
+    SubtitlesOpt,
     TemperatureOpt,
     TimePromptOpt,
     run_settings,
     writable_folder,
 )
+from vqa_cli.errors import UsageError
 from vqa_cli.settings import (
+    DEFAULT_ASR,
     DEFAULT_BATCH,
     DEFAULT_DECODER,
     DEFAULT_MAX_NEW_TOKENS,
@@ -53,6 +60,7 @@ from vqa_cli.settings import (
     SERVE_KV_CACHE_GIB,
     SERVE_MAX_UPLOAD_MB,
     SERVE_PORT,
+    SUBTITLES_OFF,
 )
 
 
@@ -118,19 +126,28 @@ def serve(
     max_memory: MaxMemoryOpt = None,
     offload_dir: OffloadDirOpt = None,
     force: ForceOpt = False,
+    subtitles: SubtitlesOpt = SUBTITLES_OFF,
+    asr: AsrOpt = DEFAULT_ASR,
+    asr_model: AsrModelOpt = None,
+    language: LanguageOpt = None,
+    audio_stream: AudioStreamOpt = None,
 ) -> int:
     """Serve the model over an OpenAI-compatible API (POST /v1/chat/completions); the options are defaults
     that each request may override."""
     from vqa_cli.serve import ServeOptions, run_server
     from vqa_cli.units import parse_size
 
+    if subtitles not in ("off", "auto", "asr"):
+        raise UsageError("vqa serve --subtitles is every request's default: off, auto (a .srt/.vtt beside the video) "
+                         f"or asr (its speech, transcribed), not a file ({subtitles!r})")
     settings = run_settings(
         frames=frames, fps=fps, max_frames=max_frames, seek=seek, decoder=decoder, start=start, end=end,
         model=model, mode=mode, quant=quant, device=device, dtype=dtype, max_new_tokens=max_new_tokens,
         temperature=temperature, seed=seed, stride=stride, slow_frames=slow_frames, fast_grid=fast_grid, pool=pool,
         rope_scale=rope_scale, rope_type=rope_type, time_prompt=time_prompt,
         guide=guide, guide_model=guide_model, guide_kernel=guide_kernel, max_memory=max_memory,
-        offload_dir=offload_dir, force=force,
+        offload_dir=offload_dir, force=force, subtitles=subtitles, asr=asr, asr_model=asr_model, language=language,
+        audio_stream=audio_stream,
     )
     options = ServeOptions(host=host, port=port, media_roots=media_root, allow_urls=allow_urls,
                            api_key=api_key or os.environ.get("VQA_API_KEY") or None, max_upload_mb=max_upload_mb,

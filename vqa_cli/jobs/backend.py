@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from vqa_cli import console
 from vqa_cli.errors import UsageError
-from vqa_cli.output import records
+from vqa_cli.output import records, subtitles
 
 if TYPE_CHECKING:
     from vqa_cli.jobs.eval._evaluate import GroupAnswerer
@@ -22,9 +22,11 @@ if TYPE_CHECKING:
     from vqa_cli.jobs.eval._score import Score
     from vqa_cli.jobs.harness import Sink, Summary
     from vqa_cli.model.conversation import Conversation
+    from vqa_cli.model.engine import Engine
     from vqa_cli.model.session import Session
     from vqa_cli.remote.client import Client, RemoteConversation
     from vqa_cli.settings import RunSettings
+    from vqa_cli.video import Clip
 
 
 class Captioning(Protocol):
@@ -55,8 +57,9 @@ class Backend(Protocol):
         """``vqa ask``: the answers printed (or one JSON object); the exit code."""
 
     def conversation(self, settings: RunSettings, video: str, reserve: int) -> tuple[Conversation | RemoteConversation,
-                                                                                     str]:
-        """``vqa chat``'s conversation about ``video`` and a line describing it."""
+                                                                                     str, str]:
+        """``vqa chat``'s conversation about ``video``, a line describing it, and the subtitle text its first user
+        turn starts with ("" where none, or where the server puts it)."""
 
     def captioner(self, settings: RunSettings, prompt: str, sid: str, *, batch_size: int, workers: int,
                   feature_cache: str | None) -> Captioning:
@@ -91,12 +94,12 @@ class Here:
 
     def ask(self, settings: RunSettings, video: str, questions: list[str], *, as_json: bool, started: float) -> int:
         """One question: streamed answer. Several: one video encode and one shared prefill, then each question."""
-        from vqa_cli.jobs.segments import ask_in_time, uses_time
+        from vqa_cli.jobs.segments import ask_in_time, subtitle_reserve, uses_time
         from vqa_cli.model.session import open_session
 
-        if uses_time(settings):
+        if settings.segments != "none" or uses_time(settings) and len(questions) == 1:
             return ask_in_time(settings, video, questions, as_json)
-        session = open_session(settings, video, questions)
+        session = open_session(settings, video, questions, reserve=subtitle_reserve(settings))
         if len(questions) > 1:
             return _ask_many(session, video, questions, started, as_json)
         engine, question = session.engine, questions[0]
@@ -124,16 +127,18 @@ class Here:
                 )
         return 0
 
-    def conversation(self, settings: RunSettings, video: str, reserve: int) -> tuple[Conversation, str]:
+    def conversation(self, settings: RunSettings, video: str, reserve: int) -> tuple[Conversation, str, str]:
+        from vqa_cli.jobs.segments import subtitle_reserve
         from vqa_cli.model.conversation import Conversation
         from vqa_cli.model.session import open_session
 
-        session = open_session(settings, video, ["?"], reserve=reserve)
+        session = open_session(settings, video, ["?"], reserve=reserve + subtitle_reserve(settings))
         engine, clip = session.engine, session.clip
         with console.status("encoding the video"):
             conversation = Conversation.open(engine, clip)
+        said, _ = subtitle_text(engine, video, clip)
         return conversation, (f"{video}: {len(clip.indices)} frames, {conversation.features.shape[0]} visual "
-                              f"tokens, context {conversation.context_limit}")
+                              f"tokens, context {conversation.context_limit}"), said
 
     def captioner(self, settings: RunSettings, prompt: str, sid: str, *, batch_size: int, workers: int,
                   feature_cache: str | None) -> Captioning:
@@ -171,29 +176,45 @@ def _batch_that_fits(session: Session, batch_size: int) -> int:
     return fits
 
 
+def subtitle_text(engine: Engine, video: str, clip: Clip) -> tuple[str, int]:
+    """The subtitle text (and its tokens) of the cues on screen at ``clip``'s sampled frames, under the engine's
+    ``--subtitles`` (``subtitles.context``: a sidecar, a file or the transcript); ``("", 0)`` without."""
+    from vqa_cli.jobs.segments import token_counter
+
+    settings = engine.settings
+    if settings.subtitles == "off":
+        return "", 0
+    return subtitles.context(video, settings.subtitles, clip.timestamps, token_counter(engine),
+                             encoding=settings.subtitle_encoding, run=settings)
+
+
 def _ask_many(session: Session, video: str, questions: list[str], run_started: float, as_json: bool) -> int:
     from vqa_cli.model.conversation import Conversation
 
     engine, clip, timings = session.engine, session.clip, session.timings
     conversation = Conversation.open(engine, clip, " ".join(questions), timings)
+    said, said_tokens = subtitle_text(engine, video, clip)  # before each question, as for one question
     answers = []
     for i, question in enumerate(questions):
         if not as_json:
             sys.stdout.write(("\n" if i else "") + f"Q: {question}\nA: ")
         printer = console.StreamPrinter(None if as_json else "thinking")
         try:
-            turn = conversation.ask(question, keep=False, on_text=None if as_json else printer)
+            turn = conversation.ask(subtitles.with_subtitles(question, said), keep=False,
+                                    on_text=None if as_json else printer)
         finally:
             printer.stop()
         if not as_json:
             sys.stdout.write("\n")
             sys.stdout.flush()
-        answers.append(records.turn_record(turn))
+        answers.append({**records.turn_record(turn), "question": question})
     timings["total"] = time.perf_counter() - run_started
     budget = engine.checkpoint.budget(engine.settings, questions, num_frames=len(clip.indices),
                                       plan=conversation.plan)
     if as_json:
         record = records.answers_record(video, answers, records.run_fields(engine, clip, budget, timings))
+        if engine.settings.subtitles != "off":
+            record["subtitle_tokens"] = said_tokens
         if session.fitted is not None:
             record["fit"] = session.fitted.to_dict()
         console.emit_json(record)
@@ -238,11 +259,14 @@ class Server:
         self._check(video)
         return run_ask(self._client(), settings, video, questions, as_json=as_json)
 
-    def conversation(self, settings: RunSettings, video: str, reserve: int) -> tuple[RemoteConversation, str]:
+    def conversation(self, settings: RunSettings, video: str, reserve: int) -> tuple[RemoteConversation, str, str]:
         from vqa_cli.remote.client import RemoteConversation
 
         self._check(video)
-        return RemoteConversation(self._client(), settings, video), f"{video} on {self._client().base}"
+        from vqa_cli.remote.client import cues_of
+
+        return (RemoteConversation(self._client(), settings, video, cues=cues_of(settings, video)),
+                f"{video} on {self._client().base}", "")
 
     def captioner(self, settings: RunSettings, prompt: str, sid: str, *, batch_size: int, workers: int,
                   feature_cache: str | None) -> Captioning:

@@ -150,7 +150,7 @@ def prepare(settings: RunSettings, videos: list[str], out: str, output_format: s
         if output_format in ("srt", "vtt", "chapters") and len(videos) > 1:
             raise UsageError(f"--format {output_format} prints one video's file: for several videos give --out-dir")
     settings = settle_subtitles(settings, videos, [out])
-    if settings.subtitles not in ("auto", "off") and len(videos) > 1:
+    if settings.subtitles not in ("auto", "asr", "off") and len(videos) > 1:
         raise UsageError("--subtitles FILE is one video's subtitles: with several videos use auto (NAME.srt beside "
                          "each video)")
     if settings.segments != "none":

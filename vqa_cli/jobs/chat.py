@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 from vqa_cli import console
 from vqa_cli.errors import ContextOverflowError, VqaError
 from vqa_cli.jobs.backend import backend_for
-from vqa_cli.output import records, writer
+from vqa_cli.jobs.segments import settle_subtitles
+from vqa_cli.output import records, subtitles, writer
 
 if TYPE_CHECKING:
     from vqa_cli.settings import RunSettings
@@ -39,8 +40,8 @@ def run_chat(settings: RunSettings, video: str, *, server: str | None = None, mo
     """The conversation loop; ``server``: a ``vqa serve`` URL that answers instead (same output)."""
     interactive = sys.stdin.isatty() and console.stderr_is_tty()
     backend = backend_for(server, model_given)
-    settings = backend.settle(settings)
-    conversation, about = backend.conversation(settings, video, TURN_RESERVE)
+    settings = backend.settle(settle_subtitles(settings, [video]))
+    conversation, about, said = backend.conversation(settings, video, TURN_RESERVE)
     if interactive:
         console.stderr.print(f"[dim]{about}. {HELP}[/dim]")
     turns: list[dict] = []
@@ -84,7 +85,9 @@ def run_chat(settings: RunSettings, video: str, *, server: str | None = None, mo
             continue
         printer = console.StreamPrinter("thinking" if interactive else None)
         try:
-            turn = conversation.ask(text, keep=True, on_text=printer)
+            # the subtitles go before the conversation's first question, as before a single question
+            turn = conversation.ask(text if turns else subtitles.with_subtitles(text, said), keep=True,
+                                    on_text=printer)
         except ContextOverflowError as exc:
             printer.stop()
             console.error(str(exc))

@@ -129,7 +129,7 @@ def decode_video(path: str, settings: RunSettings, frames: int, engine: Engine, 
     """A worker's share for one video: its windows, each window's clip and pixels (or its visual tokens from the
     feature ``cache``: keyed by the window, as ``--start``/``--end`` would be), each clip's question."""
     windows, scene_seconds, scanned = windows_of(path, settings)
-    cues = subtitles.cues_for(path, getattr(settings, "subtitles", "off"), getattr(settings, "subtitle_encoding", None))
+    cues = subtitles.cues_for(path, settings.subtitles, settings.subtitle_encoding, run=settings)
     pieces = []
     for window in windows:
         windowed = settings if window is None else replace(settings, start=window.start, end=window.end)
@@ -174,11 +174,11 @@ def uses_time(settings: RunSettings) -> bool:
 
 
 def settle_subtitles(settings: RunSettings, videos: list[str], outputs: list[str] | None = None) -> RunSettings:
-    """``--subtitles auto`` is ``off`` when none of ``videos`` has a sidecar (same settings_id as no subtitles).
-    ``outputs``: the files the run writes (``--out``), never read as a sidecar (nor is stdout, nor anything vqa
-    wrote: ``subtitles.find_sidecar``)."""
+    """``--subtitles auto`` is ``off`` when none of ``videos`` has a sidecar (same settings_id as no subtitles), unless
+    ``--asr auto`` transcribes those. ``outputs``: the files the run writes (``--out``), never read as a sidecar (nor
+    is stdout, nor anything vqa wrote: ``subtitles.find_sidecar``)."""
     subtitles.set_outputs(outputs or [])
-    if settings.subtitles == "auto" and not any(subtitles.find_sidecar(v) for v in videos):
+    if settings.subtitles == "auto" and settings.asr == "off" and not any(subtitles.find_sidecar(v) for v in videos):
         return replace(settings, subtitles="off")
     return settings
 
@@ -194,7 +194,7 @@ def ask_in_time(settings: RunSettings, video: str, questions: list[str], as_json
     from vqa_cli.video import cpu_cores
 
     if len(questions) != 1:
-        raise UsageError("--segments and subtitles take one question (ask the others in their own runs)")
+        raise UsageError("--segments takes one question (ask the others in their own runs)")
     check_input(video)
     started = time.perf_counter()
     session = open_model(settings, questions, reserve=subtitle_reserve(settings))

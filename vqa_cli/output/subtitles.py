@@ -1,4 +1,4 @@
-"""A video's own subtitles as context (``--subtitles auto|FILE|off``), as Video-MME's with-subtitles setting
+"""A video's own subtitles as context (``--subtitles auto|asr|FILE|off``), as Video-MME's with-subtitles setting
 gives them: only the cues shown at the sampled frames (or within the segment), in time order, within a
 token budget.
 
@@ -29,9 +29,14 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vqa_cli.errors import UsageError
 from vqa_cli.fingerprint import json_sha256
+from vqa_cli.settings import SUBTITLES_ASR, SUBTITLES_AUTO, SUBTITLES_OFF
+
+if TYPE_CHECKING:
+    from vqa_cli.settings import RunSettings
 
 SUBTITLE_EXTENSIONS = (".srt", ".vtt")
 DEFAULT_SUBTITLE_TOKENS = 512  # the most prompt tokens the subtitle text may take
@@ -218,13 +223,31 @@ def _is_written(data: bytes) -> bool:
     return wrote(data)
 
 
-def cues_for(video: str, choice: str, encoding: str | None = None) -> list[Cue]:
-    """The cues ``--subtitles`` gives ``video``: none for ``off``, the sidecar for ``auto``, else the file;
-    ``encoding``: ``--subtitle-encoding`` (see ``decode``)."""
-    if choice == "off":
+def cues_for(video: str, choice: str, encoding: str | None = None, *, run: RunSettings | None = None) -> list[Cue]:
+    """The cues ``--subtitles`` gives ``video``: none for ``off``, the sidecar for ``auto``, the transcript of its
+    speech for ``asr`` (and for ``auto`` without a sidecar under ``--asr auto``), else the file; ``encoding``:
+    ``--subtitle-encoding`` (see ``decode``). ``run``: the run's settings, for a transcript (``heard``)."""
+    if choice == SUBTITLES_OFF:
         return []
-    path = find_sidecar(video) if choice == "auto" else Path(choice)
+    if choice == SUBTITLES_ASR:
+        return heard(video, run)
+    path = find_sidecar(video) if choice == SUBTITLES_AUTO else Path(choice)
+    if path is None and choice == SUBTITLES_AUTO and run is not None and run.asr == "auto":
+        return heard(video, run)
     return read(path, encoding) if path is not None else []
+
+
+def heard(video: str, run: RunSettings | None = None) -> list[Cue]:
+    """The transcript of ``video``'s speech as cues (``model.speech.transcript``: cached on disk by the file, the
+    model and the speech settings), within the run's ``--start``/``--end``, on the run's device."""
+    from vqa_cli.model.speech import transcript
+    from vqa_cli.settings import SpeechSettings
+
+    speech = run.speech if run is not None else SpeechSettings()
+    segments = transcript(video, speech, device=run.device if run else None, start=run.start if run else None,
+                          end=run.end if run else None)
+    cues = [Cue(float(s.start), float(s.end), " ".join(s.text.split())) for s in segments]
+    return sorted((c for c in cues if c.text and c.end > c.start), key=lambda c: (c.start, c.end))
 
 
 def overlapping(cues: list[Cue], times: list[float], window: tuple[float, float] | None = None) -> list[Cue]:
@@ -285,14 +308,17 @@ def _cut(cue: str, whole: Callable[[str], str], count_tokens: Callable[[str], in
 
 def context(video: str, choice: str, times: list[float], count_tokens: Callable[[str], int],
             window: tuple[float, float] | None = None, budget: int = DEFAULT_SUBTITLE_TOKENS,
-            header: str = SUBTITLE_HEADER, encoding: str | None = None) -> tuple[str, int]:
+            header: str = SUBTITLE_HEADER, encoding: str | None = None, *, run: RunSettings | None = None
+            ) -> tuple[str, int]:
     """The subtitle text (and its tokens) ``--subtitles choice`` gives a clip of ``video`` sampled at ``times``
     (or a segment ``window``): Video-MME's with-subtitles setting in one call, for ``eval`` and the commands;
-    ``encoding``: ``--subtitle-encoding``."""
-    return render(overlapping(cues_for(video, choice, encoding), times, window), count_tokens, budget, header)
+    ``encoding``: ``--subtitle-encoding``; ``run``: the run's settings (``cues_for``)."""
+    return render(overlapping(cues_for(video, choice, encoding, run=run), times, window), count_tokens, budget,
+                  header)
 
 
 WIRE_FIELD = "subtitles"  # a chat request's cues for ``vqa serve``: [[start, end, text], ...] (``--server``)
+WIRE_CHOICES = (SUBTITLES_ASR, SUBTITLES_OFF)  # or, instead of cues: the server transcribes, or gives none
 MAX_WIRE_CUES = 20_000
 
 

@@ -153,6 +153,9 @@ def connect(url: str, settings: RunSettings, *, model_given: bool) -> tuple[Clie
             raise UsageError(f"--{name.replace('_', '-')} {asked} differs from the server's "
                              f"({loaded.get(name, theirs)}): it is fixed when the server loads the model")
         changes[name] = theirs
+    if settings.speech != defaults.speech:  # the server transcribes with its own (``vqa serve --asr-model ...``)
+        raise UsageError("--asr-model, --language and --audio-stream are the server's with --server: give them to "
+                         "`vqa serve`")
     return client, replace(settings, **changes)
 
 
@@ -166,11 +169,12 @@ def media_url(path: str) -> str:
     return Path(path).resolve().as_uri() if Path(path).exists() else path
 
 
-def request_body(settings: RunSettings, video: str, turns: list[dict], cues: list | None = None) -> dict:
+def request_body(settings: RunSettings, video: str, turns: list[dict], cues: list | str | None = None) -> dict:
     """An OpenAI chat request for ``turns`` about ``video`` with ``settings`` (vqa's fields at the top level,
     as the ``openai`` client's ``extra_body`` sends them). ``cues``: the video's subtitles (``subtitles.Cue``),
     sent whole (those within ``--start``/``--end``): the server puts the ones on screen at the frames it samples
-    before the first question, as a run here does."""
+    before the first question, as a run here does; ``"asr"`` or ``"off"`` (``cues_of``): the server transcribes the
+    video's speech, or gives none."""
     from vqa_cli.video import is_image_path
 
     kind = "image_url" if is_image_path(video) else "video_url"
@@ -182,16 +186,25 @@ def request_body(settings: RunSettings, video: str, turns: list[dict], cues: lis
             "temperature": settings.temperature, **request_fields(settings)}
     if settings.seed is not None:
         body["seed"] = settings.seed
-    if cues:
+    if isinstance(cues, str):
+        body[subtitles.WIRE_FIELD] = cues
+    elif cues:
         window = (settings.start or 0.0, settings.end if settings.end is not None else float("inf"))
         body[subtitles.WIRE_FIELD] = subtitles.to_wire(subtitles.overlapping(cues, [], window))
     return body
 
 
-def cues_of(settings: RunSettings, video: str) -> list[subtitles.Cue]:
-    """The subtitles ``--subtitles`` gives ``video`` (read here, where the sidecar is), to send with its requests."""
+def cues_of(settings: RunSettings, video: str) -> list[subtitles.Cue] | str:
+    """What ``--subtitles`` gives ``video``'s requests: the cues of a subtitle file (read here, where the sidecar
+    is), or ``"asr"`` where the transcript is wanted (the server transcribes the video it reads, with its speech
+    model, and keeps the transcript), or ``"off"`` (a request that says nothing gets the server's ``--subtitles``)."""
+    from vqa_cli.settings import SUBTITLES_ASR
+
     if settings.subtitles == "off":
-        return []
+        return "off"
+    if settings.subtitles == SUBTITLES_ASR or (settings.subtitles == "auto" and settings.asr == "auto"
+                                               and subtitles.find_sidecar(video) is None):
+        return SUBTITLES_ASR
     return subtitles.cues_for(video, settings.subtitles, settings.subtitle_encoding)
 
 
@@ -221,13 +234,14 @@ class RemoteConversation:
     settings: RunSettings
     video: str
     messages: list[dict] = field(default_factory=list)
+    cues: list | str | None = None  # the video's subtitles (``cues_of``): sent with every turn
     clip: SimpleNamespace = field(default_factory=lambda: SimpleNamespace(indices=[], timestamps=[]))
     context_limit: int = 0
     used: int = 0
 
     def ask(self, question: str, *, keep: bool, on_text: Callable[[str], None] | None = None) -> RemoteTurn:
         turns = self.messages + [{"role": "user", "text": question}]
-        reply = self.client.chat(request_body(self.settings, self.video, turns), on_text)
+        reply = self.client.chat(request_body(self.settings, self.video, turns, self.cues), on_text)
         vqa = reply["vqa"]
         self.clip = SimpleNamespace(indices=vqa["frame_indices"], timestamps=vqa["timestamps"])
         self.context_limit, self.used = vqa["context"], reply["usage"]["total_tokens"]
@@ -248,8 +262,6 @@ def run_ask(client: Client, settings: RunSettings, video: str, questions: list[s
     started = time.perf_counter()
     answers, last = [], None
     cues = cues_of(settings, video)
-    if cues and len(questions) > 1:
-        raise UsageError("--segments and subtitles take one question (ask the others in their own runs)")
     for i, question in enumerate(questions):
         if not as_json and len(questions) > 1:
             _out(("\n" if i else "") + f"Q: {question}\nA: ")
@@ -274,7 +286,7 @@ def run_ask(client: Client, settings: RunSettings, video: str, questions: list[s
             console.emit_json(with_subtitle_tokens(records.ask_record(video, questions[0], answer_fields(last)),
                                                    last, settings))
         else:
-            console.emit_json(records.answers_record(video, answers, last))
+            console.emit_json(with_subtitle_tokens(records.answers_record(video, answers, last), last, settings))
     elif console.stderr_is_tty():
         cache = last["cache"]
         console.stderr.print(f"[dim]{last['frames']} frames, {last['visual_tokens']} visual tokens | server: "

@@ -49,6 +49,7 @@ class ChatRequest:
     top_logprobs: int = 0
     use_cache: bool = True
     cues: list = field(default_factory=list)  # the video's subtitles (``subtitles.from_wire``)
+    cues_given: bool = False  # the request sent them (else the settings' --subtitles decide: ``_worker``)
     subtitle_tokens: int = 0  # what those on screen at the sampled frames took (``subtitles.into_turns``)
     created: int = field(default_factory=lambda: int(time.time()))
     ignored: list[str] = field(default_factory=list)  # request keys that had no effect (``x-vqa-ignored``)
@@ -268,12 +269,19 @@ def parse_chat(body: object, defaults: RunSettings) -> ChatRequest:
         raise bad(str(exc), exc.param) from None
     except UsageError as exc:
         raise bad(str(exc), next((k for k in WIRE_FIELDS if str(exc).startswith(k + " ")), None)) from None
+    said = body.get(subtitles.WIRE_FIELD)
+    if isinstance(said, str):  # "asr": the video's speech, transcribed here; "off": none (else: the server's)
+        if said not in subtitles.WIRE_CHOICES:
+            raise bad(f"subtitles must be {' or '.join(map(repr, subtitles.WIRE_CHOICES))} or a list of [start, "
+                      f"end, text] cues, not {_shown(said)}", subtitles.WIRE_FIELD)
+        settings, said = replace(settings, subtitles=said), None
     try:
-        cues = subtitles.from_wire(body.get(subtitles.WIRE_FIELD))
+        cues = subtitles.from_wire(said)
     except UsageError as exc:
         raise bad(str(exc), subtitles.WIRE_FIELD) from None
     options = _object(body, "stream_options")
     return ChatRequest(id=f"chatcmpl-{uuid.uuid4().hex}", model=body.get("model"), turns=turns, urls=urls,
                        settings=settings, stream=stream, include_usage=bool(options.get("include_usage")),
                        stops=_stops(body.get("stop")), logprobs=bool(logprobs), top_logprobs=top,
-                       use_cache=body.get("cache", True) is not False, ignored=ignored, cues=cues)
+                       use_cache=body.get("cache", True) is not False, ignored=ignored, cues=cues,
+                       cues_given=said is not None)

@@ -191,6 +191,9 @@ class ModelWorker:
         frames = 1 if image else view.checkpoint.frames_for(request.settings)
         if not image:  # a request that cannot fit fails before anything is decoded
             view.checked_budget(replace(request.settings, frames=frames), request.first_question)
+        if not request.cues_given and job.media.clip is None:  # the --subtitles of the request (or the server's)
+            request.cues = subtitles.cues_for(job.media.path, request.settings.subtitles,
+                                              request.settings.subtitle_encoding, run=request.settings)
         job.key = key_for(engine, job.media.source, request.settings, frames, request.first_question,
                           subtitles.digest(request.cues))
         if request.use_cache:

@@ -61,8 +61,9 @@ def group_items(items: list[Item], videos: str | VideoFinder, start: float | Non
 
 def question_record(item: Item, group: Group, settings: RunSettings, sid: str, fmt: Format, protocol: Protocol,
                     score: Score, scored: Scored | None, *, frames: int = 0, timings: dict | None = None,
-                    error: BaseException | None = None) -> dict:
-    """One JSON Lines record per question (an error record has every field, empty where nothing is known)."""
+                    error: BaseException | None = None, transcript: bool = False) -> dict:
+    """One JSON Lines record per question (an error record has every field, empty where nothing is known);
+    ``transcript``: its subtitles were the transcript of the video's speech (no subtitle file)."""
     known = describe(error) if error is not None else None
     return {
         "video": group.path, "qid": item.qid, "question": item.question, "options": list(item.options),
@@ -76,6 +77,7 @@ def question_record(item: Item, group: Group, settings: RunSettings, sid: str, f
         "mode": settings.mode.name, "frames": frames, "timings": {k: round(v, 4) for k, v in (timings or {}).items()},
         "error": None if error is None else (known[2] if known else bug_text(error)),
         "error_kind": None if error is None else (known[1] if known else INTERNAL), "settings_id": sid,
+        "transcript": transcript,
     }
 
 
@@ -182,24 +184,31 @@ class Evaluator(GroupAnswerer):
                 decoded[n] = exc
         return decoded
 
-    def subtitles(self, view: Engine, group: Group, clip: Clip) -> str:
-        """The cues on screen at the clip's sampled frames, under Video-MME's header ("" without ``--subtitles``)."""
-        choice = view.settings.subtitles
+    def subtitles(self, view: Engine, group: Group, clip: Clip) -> tuple[str, bool]:
+        """The cues on screen at the clip's sampled frames, under Video-MME's header ("" without ``--subtitles``),
+        and whether they are the transcript of its speech (``--subtitles asr``, or ``--asr auto`` where the video has
+        no subtitle file)."""
+        settings = view.settings
+        choice = settings.subtitles
         if choice == "off":
-            return ""
+            return "", False
         from vqa_cli.jobs.eval._prompts import VIDEOMME_SUBTITLES
         from vqa_cli.jobs.segments import token_counter
         from vqa_cli.output import subtitles
 
-        if Path(choice).is_dir():  # a folder of VIDEO.srt / VIDEO.vtt files, as Video-MME ships them
-            named = [Path(choice) / f"{Path(group.path).stem}{ext}" for ext in (".srt", ".vtt")]
-            found = [path for path in named if path.is_file()]
-            if not found:
-                return ""
-            choice = str(found[0])
+        if choice != "asr":  # the video's subtitle file; without one, the transcript under --asr auto, else none
+            if Path(choice).is_dir():  # a folder of VIDEO.srt / VIDEO.vtt files, as Video-MME ships them
+                named = [Path(choice) / f"{Path(group.path).stem}{ext}" for ext in (".srt", ".vtt")]
+                file = next((path for path in named if path.is_file()), None)
+            else:
+                file = subtitles.find_sidecar(group.path) if choice == "auto" else Path(choice)
+            choice = str(file) if file else "asr" if settings.asr == "auto" else "off"
+        if choice == "asr" and group.frame_rate is not None:  # a folder of frames has no sound
+            return "", False
         text, _ = subtitles.context(group.path, choice, clip.timestamps, token_counter(view),
-                                    header=VIDEOMME_SUBTITLES, encoding=view.settings.subtitle_encoding)
-        return text
+                                    header=VIDEOMME_SUBTITLES, encoding=settings.subtitle_encoding,
+                                    run=replace(settings, start=group.start, end=group.end))
+        return text, choice == "asr"
 
     def answer_group(self, group: Group, decoded: Decoded) -> Iterator[dict]:
         """Records of ``group``'s open questions in every mode; ``decoded``: frame count -> (clip, pixels, timings)
@@ -220,7 +229,7 @@ class Evaluator(GroupAnswerer):
                     started = time.perf_counter()
                     encoded[n] = view.encode(pixels)
                     timings["encode"] = time.perf_counter() - started
-                context = self.subtitles(view, group, clip)
+                context, heard = self.subtitles(view, group, clip)
                 prompts = [build(it, self.fmt, self.protocol, context) for it in items]
                 _, features = view.budgeted_tokens(clip, max(prompts, key=len), timings, frames=encoded.get(n))
                 conversation = prefixed_conversation(view, clip, features, answer_prefix(self.fmt, self.protocol))
@@ -247,5 +256,5 @@ class Evaluator(GroupAnswerer):
                     scored = by_generation(read, it, self.fmt, self.protocol)
                 yield question_record(it, group, self.settings[m], self.sids[m], self.fmt, self.protocol, self.score,
                                       scored, frames=len(clip.indices),
-                                      timings={**timings, "answer": time.perf_counter() - started})
+                                      timings={**timings, "answer": time.perf_counter() - started}, transcript=heard)
                 timings = {}  # the shared stages are counted on a clip's first question only

@@ -161,8 +161,11 @@ def build_summary(all_recs: list[dict], settings_per_mode: list[RunSettings], si
     """The run's summary: the first mode's figures at the top, every mode's under ``modes``."""
     modes: dict[str, dict] = {}
     for s, sid in zip(settings_per_mode, sids, strict=True):
-        part = summarize(latest(all_recs, sid))
+        recs = latest(all_recs, sid)
+        part = summarize(recs)
         part["settings_id"] = sid
+        if s.subtitles != "off":  # the videos whose subtitles were the transcript of their speech (no subtitle file)
+            part["transcribed_videos"] = len({r["video"] for r in recs if r.get("transcript")})
         part["published"] = published(s.model, fmt, subtitles=s.subtitles != "off")
         modes[s.mode.name] = part
     first = modes[settings_per_mode[0].mode.name]
@@ -187,6 +190,10 @@ def _table(summary: dict, to_stdout: bool = True) -> None:
                      "-" if mean is None else f"{100 * mean:.1f}", str(m["n"]), str(m["unparsed"]),
                      f"{p['accuracy']} ({'category mean, ' if p['metric'] == 'category_mean' else ''}{p['source']})"
                      if p else "-"])
+    heard = summary.get("transcribed_videos")
+    if heard:
+        console.info(f"subtitles: the transcript of the speech for {heard} of {summary['videos']} videos "
+                     "(no subtitle file)")
     if to_stdout:
         console.table(header, rows, caption=f"{summary['format']} ({summary['protocol']}, {summary['score']})")
     else:
