@@ -225,6 +225,15 @@ def test_vidcom2_gives_a_unique_frame_more_tokens() -> None:
     assert counts[5] == max(counts) and counts[5] >= 7 and sum(counts) == 32
 
 
+@pytest.mark.parametrize("method", ["evs", "vidcom2"])
+def test_half_precision_grids_rank_as_their_float32_values(method: str) -> None:
+    """A bfloat16 grid is scored on its own values (upcast), so it keeps what its float32 copy keeps, in bfloat16."""
+    grid = torch.randn(6, 5, 4, 24, generator=torch.Generator().manual_seed(9)).to(torch.bfloat16)
+    half, full = reduce.reduce_grid(method, grid, 0.3), reduce.reduce_grid(method, grid.float(), 0.3)
+    assert torch.equal(half.mask, full.mask)
+    assert half.values.dtype == torch.bfloat16 and torch.equal(half.values, grid[half.mask])
+
+
 @pytest.mark.parametrize("method", reduce.METHODS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 def test_keep_one_is_the_identity(method: str, dtype: torch.dtype) -> None:

@@ -144,7 +144,7 @@ def evs_mask(grid: torch.Tensor, keep: float) -> torch.Tensor:
 
 
 def vidcom2_scores(grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """VidCom2: ``(video, frame)`` similarities, each ``[T, h*w]``, in float64.
+    """VidCom2: ``(video, frame)`` similarities, each ``[T, h*w]``, in float64 (the variances in float32 at least).
 
     Of the tokens' channels, the half with the least (population) variance over all tokens (equal variances: the
     lower channel); each token's selected channels are L2-normalized (``x / max(|x|, 1e-12)``); a similarity to a
@@ -155,10 +155,11 @@ def vidcom2_scores(grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     import torch.nn.functional as F
 
     t, h, w, d = grid.shape
-    x = grid.reshape(t * h * w, d).double()
+    x = grid.reshape(t * h * w, d)
+    x = x if x.dtype in (torch.float32, torch.float64) else x.float()
     variance = x.var(dim=0, unbiased=False)
     channels = torch.argsort(variance, stable=True)[: max(1, int(d * VIDCOM2_CHANNELS))]
-    frames = F.normalize(x[:, channels], dim=-1).reshape(t, h * w, -1)
+    frames = F.normalize(x[:, channels].double(), dim=-1).reshape(t, h * w, -1)
     video_centre = frames.mean(dim=(0, 1), keepdim=True)
     frame_centre = frames.mean(dim=1, keepdim=True)
 
