@@ -452,6 +452,27 @@ MUTANTS: list[Mutant] = [
       '        return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}',
       '        return {"do_sample": True, "temperature": 1.0, "top_p": None, "top_k": None}',
       ("tests/test_edges_serve.py",), "temperature 0 samples"),
+    # ---- reduce: the token reduction methods' formulas (EVS, VidCom2), against tests/test_reduce.py
+    M("reduce.evs-unstable", "vqa_cli/model/reduce.py", "descending=True, stable=True)",
+      "descending=True, stable=False)", ("tests/test_reduce.py",), "EVS ties not broken by grid order"),
+    M("reduce.evs-first-frame", "vqa_cli/model/reduce.py", "x[1:], x[:-1]", "x[1:], x[:1].expand_as(x[1:])",
+      ("tests/test_reduce.py",), "EVS compares every frame with the first, not the previous"),
+    M("reduce.evs-minimum", "vqa_cli/model/reduce.py", "minimum=h * w)", "minimum=1)", ("tests/test_reduce.py",),
+      "EVS may keep less than the first frame"),
+    M("reduce.count-float-floor", "vqa_cli/model/reduce.py", "math.floor(total * keep + _COUNT_SLACK)",
+      "math.floor(total * keep)", ("tests/test_reduce.py",), "0.29 of 100 tokens keeps 28"),
+    M("reduce.vidcom2-high-variance", "vqa_cli/model/reduce.py", "torch.argsort(variance, stable=True)",
+      "torch.argsort(variance, descending=True, stable=True)", ("tests/test_reduce.py",),
+      "VidCom2 scores the channels of most variance"),
+    M("reduce.vidcom2-alphas", "vqa_cli/model/reduce.py", "VIDCOM2_ALPHAS = (0.125, 0.25, 0.5, 1.0, 2.0)",
+      "VIDCOM2_ALPHAS = (0.25, 0.5, 1.0, 2.0)", ("tests/test_reduce.py",), "one Gaussian bandwidth missing"),
+    M("reduce.vidcom2-uniqueness-sign", "vqa_cli/model/reduce.py", "uniqueness = -video.mean(dim=-1)",
+      "uniqueness = video.mean(dim=-1)", ("tests/test_reduce.py",), "common frames get the larger budgets"),
+    M("reduce.vidcom2-video-only", "vqa_cli/model/reduce.py", "score = video + frame", "score = video",
+      ("tests/test_reduce.py",), "tokens scored against the video centre only"),
+    M("reduce.vidcom2-most-similar", "vqa_cli/model/reduce.py", "torch.argsort(score[i], stable=True)[:count]",
+      "torch.argsort(score[i], descending=True, stable=True)[:count]", ("tests/test_reduce.py",),
+      "each frame keeps its least distinct tokens"),
 ]
 
 
