@@ -16,7 +16,7 @@ from vqa_cli.cli.reference import REGENERATE, reference
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI_MD = ROOT / "docs" / "cli.md"
-COMMANDS = ("ask", "chat", "caption", "frames", "models", "download", "serve", "eval")
+COMMANDS = ("ask", "chat", "caption", "frames", "models", "download", "serve", "eval", "transcribe")
 
 
 def _sections(markdown: str) -> dict[str, str]:

@@ -69,9 +69,10 @@ def test_chapters_are_read_by_ffmpeg(tmp_path):
 
 
 def test_every_format_has_a_writer():
+    from vqa_cli.jobs.transcribe import TRANSCRIBE_FORMATS
     from vqa_cli.output.writer._formats import OUTPUT_FORMATS
 
-    assert set(WRITERS) == set(OUTPUT_FORMATS) - {"jsonl"}
+    assert set(WRITERS) == (set(OUTPUT_FORMATS) - {"jsonl"}) | set(TRANSCRIBE_FORMATS)  # caption's and transcribe's
 
 
 def _run(argv, capsys):

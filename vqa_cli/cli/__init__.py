@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from vqa_cli import __version__, console
-from vqa_cli.cli import ask, caption, chat, frames, models, serve
+from vqa_cli.cli import ask, caption, chat, frames, models, serve, transcribe
 from vqa_cli.cli import eval as eval_command
 from vqa_cli.errors import EXIT_USAGE, describe
 
@@ -56,6 +56,7 @@ app.command()(models.models)
 app.command()(models.download)
 app.command()(serve.serve)
 app.command(name="eval")(eval_command.eval)
+app.command()(transcribe.transcribe)
 
 
 def _version(value: bool) -> None:

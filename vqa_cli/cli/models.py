@@ -13,16 +13,21 @@ from vqa_cli.settings import Quant
 
 QuantizedOpt = Annotated[bool, typer.Option(
     "--quantized", help="List the pre-quantized copies in the vqa cache instead (local directories' too).")]
+SpeechOpt = Annotated[bool, typer.Option(
+    "--speech", help="List the speech models (faster-whisper, for vqa transcribe and --subtitles asr) instead.")]
 DownloadQuantOpt = Annotated[Quant | None, typer.Option(
     "--quant", show_default=False,
     help="Also store a pre-quantized copy (4bit, 8bit) that later loads with this --quant read instead of "
          "quantizing again. Made for --device and --dtype as a run would pick them: pass the --dtype your runs use.")]
 
 
-def models(as_json: JsonOpt = False, quantized: QuantizedOpt = False) -> int:
+def models(as_json: JsonOpt = False, quantized: QuantizedOpt = False, speech: SpeechOpt = False,
+           device: DeviceOpt = None) -> int:
     """List known checkpoints: alias, family, size, memory per quantization, whether cached (and pre-quantized)."""
     if quantized:
         return _copies(as_json)
+    if speech:
+        return _speech_models(as_json, device)
     from vqa_cli.jobs.eval import published
     from vqa_cli.model.catalog import list_models
 
@@ -54,6 +59,25 @@ def parameters_text(n: int) -> str:
     return f"{n / 1e9:.2f}B"
 
 
+def _speech_models(as_json: bool, device: str | None) -> int:
+    """Each faster-whisper size: disk, memory on the device, multilingual, cached, the default here."""
+    from vqa_cli.model import speech_models
+    from vqa_cli.model.device import resolve_device
+
+    where = resolve_device(device)
+    rows = [speech_models.describe(name, where) for name in speech_models.SPEECH_MODELS]
+    if as_json:
+        console.emit_json(rows)
+        return 0
+    header = ["name", "repository", "disk MB", "memory MB", "languages", "cached"]
+    table = [[r["name"] + (" *" if r["default"] else ""), r["repo"], str(r["disk_mb"]), str(r["memory_mb"]),
+              "many" if r["multilingual"] else "English", "yes" if r["cached"] else "no"] for r in rows]
+    console.table(header, table, caption=f"* default on {where} (with CUDA {speech_models.DEFAULT_CUDA}, without "
+                  f"{speech_models.DEFAULT_CPU}); memory: the weights in {'float16' if where != 'cpu' else 'int8'}; "
+                  "disk: the published float16 model.bin")
+    return 0
+
+
 def _copies(as_json: bool) -> int:
     """Every pre-quantized copy in the vqa cache, with its source and whether it is still current."""
     from vqa_cli.model.weights.copies import cache_dir, human_size, list_copies
@@ -75,10 +99,19 @@ def download(
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
 ) -> int:
-    """Fetch a checkpoint (safetensors, configs, tokenizer) into the Hugging Face cache for offline use, and with
-    --quant store a pre-quantized copy of it."""
+    """Fetch a checkpoint (safetensors, configs, tokenizer) or a speech model (tiny ... large-v3, turbo: vqa models
+    --speech) into the Hugging Face cache for offline use, and with --quant store a pre-quantized copy of it."""
+    from vqa_cli.model import speech_models
     from vqa_cli.model.weights.hub import download as fetch
 
+    if model in speech_models.SPEECH_MODELS:  # a faster-whisper size (vqa transcribe, --subtitles asr)
+        if quant not in (None, "none"):
+            from vqa_cli.errors import UsageError
+
+            raise UsageError(f"--quant is for the vision checkpoints; {model} is a speech model (int8 on the CPU "
+                             "and float16 on CUDA, chosen when it loads)")
+        print(speech_models.resolve(model), flush=True)
+        return 0
     path = fetch(model, progress=console.stderr_is_tty())
     print(path, flush=True)
     if quant in (None, "none"):

@@ -4,7 +4,8 @@
   ``question_record`` each (several); a server's text-only answer: ``text_answer_record`` (the same fields);
 - ``caption``: ``caption_record`` and ``error_record`` share ``CAPTION_FIELDS`` (an error record has
   every field, empty where nothing is known), identified by ``settings_id``;
-- ``frames --json``: ``frames_record``; chat ``/save``: ``transcript``.
+- ``frames --json``: ``frames_record``; chat ``/save``: ``transcript``;
+- ``transcribe``: ``transcript_record`` and ``transcript_error_record`` share ``TRANSCRIPT_FIELDS``.
 
 The field order is the order users see; docs/output.md and docs/usage.md describe the fields.
 """
@@ -167,3 +168,31 @@ def transcript(video: str, settings: RunSettings, clip: Clip, turns: list[dict])
     """What chat ``/save`` writes: the clip's frames and the turns so far."""
     return {"video": video, "model": settings.model, "mode": settings.mode.name, "frame_indices": clip.indices,
             "timestamps": clip.timestamps, "turns": turns}
+
+
+# ``vqa transcribe``: one record per video, the same fields for a transcript and an error (``record_kind``:
+# ``transcript`` marks them); each segment ``{start, end, text}`` and, with ``--words``, its ``words``.
+TRANSCRIPT_FIELDS: dict[str, Any] = {
+    "video": None, "transcript": None, "segments": [], "model": None, "language": None, "start": None, "end": None,
+    "seconds": None, "error": None, "error_kind": None, "settings_id": None,
+}
+
+
+def transcript_record(video: str, segments: list, *, model: str, language: str | None, start: float | None,
+                      end: float | None, seconds: float, sid: str) -> dict:
+    """A video's speech: ``segments`` are ``model.speech.Segment``s (start, end, text, words)."""
+    rows = [{"start": s.start, "end": s.end, "text": s.text,
+             **({"words": [{"start": w.start, "end": w.end, "text": w.text} for w in s.words]} if s.words else {})}
+            for s in segments]
+    values = {"video": video, "transcript": " ".join(s.text for s in segments), "segments": rows, "model": model,
+              "language": language, "start": start, "end": end, "seconds": round(seconds, 3), "error": None,
+              "error_kind": None, "settings_id": sid}
+    return {k: values[k] for k in TRANSCRIPT_FIELDS}
+
+
+def transcript_error_record(video: str, model: str, sid: str, exc: BaseException) -> dict:
+    """A video that got no transcript: every field, empty, and the error."""
+    known = describe(exc)
+    empty = json.loads(json.dumps(TRANSCRIPT_FIELDS))
+    return {**empty, "video": video, "model": model, "error": known[2] if known else bug_text(exc),
+            "error_kind": known[1] if known else INTERNAL, "settings_id": sid}

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from vqa_cli.errors import NoAudioError
+from vqa_cli.errors import NoAudioError, VqaError
 from vqa_cli.video._inputs import VideoError, check_file, quote, undecodable
 
 if TYPE_CHECKING:
@@ -167,5 +167,5 @@ def duration_hint(path: str, stream: int | None = None) -> float | None:
             if source.duration is not None and source.time_base is not None:  # type: ignore[attr-defined]
                 return float(source.duration * source.time_base)  # type: ignore[attr-defined]
             return container.duration / 1e6 if container.duration else None
-    except (av.FFmpegError, OSError):
+    except (av.FFmpegError, OSError, VqaError):  # the transcription itself says what is wrong
         return None

@@ -62,8 +62,9 @@ def _is_record(obj: Any, keys: frozenset[str]) -> bool:
 
 
 def record_kind(record: dict) -> str:
-    """What wrote a vqa record: ``eval`` (one per question: ``qid``) or ``caption`` (one per video)."""
-    return "eval" if "qid" in record else "caption"
+    """What wrote a vqa record: ``eval`` (one per question: ``qid``), ``transcribe`` (``transcript``) or ``caption``
+    (one per video)."""
+    return "eval" if "qid" in record else "transcribe" if "transcript" in record else "caption"
 
 
 def read_output(path: str | Path, keys: frozenset[str] = RECORD_KEYS, kind: str | None = None) -> Output:

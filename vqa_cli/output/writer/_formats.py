@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 from typing import ClassVar, Literal, get_args
 
@@ -19,7 +20,8 @@ def cues(record: dict) -> list[tuple[float, float, str]]:
     """``(start, end, caption)`` of each segment of a caption record, in time order."""
     segments = record.get("segments")
     if segments:
-        return [(float(s["start"]), float(s["end"]), (s.get("caption") or "").strip()) for s in segments]
+        return [(float(s["start"]), float(s["end"]), (s.get("caption") or s.get("text") or "").strip())
+                for s in segments]  # a caption's segments, or a transcript's (``text``)
     return [(0.0, float(record.get("duration") or 0.0), (record.get("caption") or "").strip())]
 
 
@@ -100,8 +102,17 @@ class ChaptersWriter(FormatWriter):
         return "".join(blocks)
 
 
+class JsonWriter(FormatWriter):
+    """The record itself on one line (``vqa transcribe --format json``: a file per video, JSON Lines on stdout)."""
+
+    extension = "json"
+
+    def text(self, record: dict) -> str:
+        return json.dumps(record, ensure_ascii=False) + "\n"
+
+
 WRITERS: dict[str, type[FormatWriter]] = {w.extension: w for w in (SrtWriter, VttWriter, TxtWriter, CsvWriter,
-                                                                   ChaptersWriter)}
+                                                                   ChaptersWriter, JsonWriter)}
 
 
 def format_writer(name: str) -> FormatWriter:
