@@ -4,7 +4,9 @@ token budget.
 
 SRT and WebVTT are parsed here without a dependency: both are cue blocks of ``start --> end`` and text
 lines, which a dozen lines read (formatting tags are dropped, VTT's header, NOTE/STYLE/REGION blocks and
-cue settings skipped). ``find_sidecar`` is ``auto``: ``clip.srt`` or ``clip.vtt`` beside ``clip.mp4``.
+cue settings skipped). ``find_sidecar`` is ``auto``: ``clip.srt`` or ``clip.vtt`` beside ``clip.mp4``. ``asr`` (and
+``auto`` without a sidecar under ``--asr auto``) is the video's speech: ``model.speech.transcript``'s segments as cues
+(``heard``), cached there, so every question, turn, segment and request about a file reads one transcript.
 
 ``auto`` never reads vqa's own output back as subtitles (``vqa caption clip.mp4 --format srt > clip.srt``
 puts ``clip.srt`` where ``auto`` looks). A candidate is passed over when it is
