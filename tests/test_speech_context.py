@@ -317,3 +317,29 @@ def test_speech_settings_enter_the_id_only_where_a_transcript_is_read(tiny_en):
     english = build(model="m", subtitles="asr", language="en")
     ids = {settings_id(s.identity(), "Describe.") for s in (plain, asr, fallback, english)}
     assert len(ids) == 4
+
+
+def test_the_transcript_covers_the_window(fresh, tiny_en, tiny_dir, asked, runs, capsys):
+    code, out, err = _run(capsys, "ask", fresh, QUESTION, "--subtitles", "asr", "--asr-model", tiny_en, "--start",
+                          "5", "--end", "9", "--frames", "2", "--model", str(tiny_dir), "--dtype", "float32",
+                          "--max-new-tokens", "2", "--json")
+    assert code == 0, err
+    assert len(runs) == 1 and abs(runs[0] - 4 * 16000) <= 16  # the 4 s of --start/--end, not the whole file
+    segments = speech.transcript(fresh, SpeechSettings(model=tiny_en), start=5.0, end=9.0)
+    assert len(runs) == 1  # the run's own transcript, from the cache
+    times = _pyav_times(fresh, json.loads(out)["frame_indices"])
+    assert all(5 <= t < 9 for t in times) and _lines(QUESTION, asked[-1]) == _expected(segments, times) != []
+
+
+def test_the_client_asks_the_server_to_transcribe(tmp_path):
+    from vqa_cli.remote.client import cues_of, request_body
+
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"")
+    asr = build(model="m", subtitles="asr")
+    fallback = build(model="m", subtitles="auto", asr="auto")
+    assert cues_of(asr, str(video)) == cues_of(fallback, str(video)) == "asr"
+    assert request_body(asr, str(video), [{"role": "user", "text": "?"}], "asr")["subtitles"] == "asr"
+    assert cues_of(build(model="m", subtitles="off"), str(video)) == "off"
+    (tmp_path / "v.srt").write_text("1\n00:00:01,000 --> 00:00:02,000\nwritten\n")
+    assert [c.text for c in cues_of(fallback, str(video))] == ["written"]  # a sidecar here: its cues, no transcript
