@@ -111,13 +111,18 @@ ROUND_TRIPS = [
     (RunSettings(model="m", frames=12, mode=ModeSettings("pooled", pool=(8, 6, 6))),
      {"mode": "pooled", "frames": 12, "pool": [8, 6, 6]}),
     (RunSettings(model="m"), {"mode": "anyres"}),  # defaults: only the mode travels (seek "auto" is the default)
+    (RunSettings(model="m", mode=ModeSettings("slowfast", reduce="evs", keep=0.5)),
+     {"mode": "slowfast", "reduce": "evs", "keep": 0.5}),
+    (RunSettings(model="m", mode=ModeSettings("anyres", reduce="evs", max_visual_tokens=300)),
+     {"mode": "anyres", "reduce": "evs", "max_visual_tokens": 300}),
 ]
 
 
 def test_the_two_round_trips_cover_every_wire_field():
     sent = set().union(*(body for _, body in ROUND_TRIPS))
     assert sent == {"mode", "frames", "fps", "max_frames", "start", "end", "seek", "time_prompt", "stride",
-                    "slow_frames", "fast_grid", "pool", "guide", "guide_kernel"} == set(wire.WIRE_FIELDS)
+                    "slow_frames", "fast_grid", "pool", "guide", "guide_kernel", "reduce", "keep",
+                    "max_visual_tokens"} == set(wire.WIRE_FIELDS)
 
 
 @pytest.mark.parametrize(("run", "body"), ROUND_TRIPS)

@@ -21,6 +21,9 @@ MODE_NAMES: tuple[str, ...] = get_args(ModeName)
 DEFAULT_MODE: ModeName = "anyres"
 Stride = Literal["1", "2", "4"]  # anyres per-frame pooling strides, as typed on the command line
 STRIDES: tuple[int, ...] = tuple(int(s) for s in get_args(Stride))
+ReduceName = Literal["none", "evs", "vidcom2"]  # video token reduction after the mode (model/reduce.py, reduction.py)
+REDUCE_METHODS: tuple[str, ...] = get_args(ReduceName)
+DEFAULT_KEEP = 0.25  # --reduce without --keep or --max-visual-tokens keeps a quarter of the video's tokens
 
 SeekMode = Literal["exact", "keyframe", "auto"]  # see vqa_cli/video (sample_frames)
 SEEK_MODES: tuple[str, ...] = get_args(SeekMode)
@@ -99,6 +102,9 @@ class ModeSettings:
     guide: bool = False  # pooled: PPLLaVA prompt-guided pooling instead of plain averaging
     guide_kernel: tuple[int, int, int] | None = None  # pooled + guide: 3-D window (= stride)
     max_pixels: int | None = None  # anyres of a native-resolution family (qwen-vl): pixel budget per clip
+    reduce: ReduceName | None = None  # --reduce: the visual tokens reduced after the mode; None: not ("none")
+    keep: float | None = None  # --keep: the ratio of the video's tokens a reduction keeps, in (0, 1]
+    max_visual_tokens: int | None = None  # --max-visual-tokens: the ratio that leaves about this many (per clip)
 
     def to_dict(self) -> dict:
         """The parameters that are set (unset ones and ``guide=False`` left out)."""
@@ -322,21 +328,38 @@ def parse_triple(flag: str, text: str | None) -> tuple[int, int, int] | None:
     return values  # type: ignore[return-value]
 
 
+def check_reduce_given(reduce: str | None, keep: float | None, max_visual_tokens: int | None) -> None:
+    if (keep is not None or max_visual_tokens is not None) and reduce in (None, "none"):
+        raise UsageError(f"{'--keep' if keep is not None else '--max-visual-tokens'} sets a reduction: give --reduce")
+
+
+def check_keep_or_budget(keep: float | None, max_visual_tokens: int | None) -> None:
+    if keep is not None and max_visual_tokens is not None:
+        raise UsageError("--keep and --max-visual-tokens are two ways to choose the ratio: pick one")
+
+
 def mode_settings(mode: ModeName, stride: Stride | int | None, slow_frames: int | None, fast_grid: int | None,
-                  pool: str | None, guide: bool, guide_kernel: str | None) -> ModeSettings:
+                  pool: str | None, guide: bool, guide_kernel: str | None, *, reduce: str | None = None,
+                  keep: float | None = None, max_visual_tokens: int | None = None) -> ModeSettings:
     """The ``ModeSettings`` of the mode options: ``--guide`` only with ``--mode pooled`` and not with ``--pool``."""
     if (guide or guide_kernel) and mode != "pooled":
         raise UsageError("--guide works with --mode pooled")
     if guide and pool:
         raise UsageError("--pool and --guide are two different poolings: pick one (--guide-kernel sets the window)")
+    check_reduce_given(reduce, keep, max_visual_tokens)
+    check_keep_or_budget(keep, max_visual_tokens)
+    on = reduce not in (None, "none")
+    ratio = float(keep) if keep is not None else DEFAULT_KEEP if on and not max_visual_tokens else None
     return ModeSettings(mode, stride=int(stride) if stride else None, slow_frames=slow_frames, fast_grid=fast_grid,
                         pool=parse_triple("--pool", pool), guide=guide,
-                        guide_kernel=parse_triple("--guide-kernel", guide_kernel))
+                        guide_kernel=parse_triple("--guide-kernel", guide_kernel), reduce=reduce if on else None,
+                        keep=ratio, max_visual_tokens=max_visual_tokens)
 
 
 def build(*, model: str | None = None, mode: ModeName = DEFAULT_MODE, stride: Stride | None = None,
           slow_frames: int | None = None, fast_grid: int | None = None, pool: str | None = None, guide: bool = False,
-          guide_kernel: str | None = None, frames: int | None = None, fps: float | None = None,
+          guide_kernel: str | None = None, reduce: str | None = None, keep: float | None = None,
+          max_visual_tokens: int | None = None, frames: int | None = None, fps: float | None = None,
           max_frames: int | None = None, seek: SeekMode = DEFAULT_SEEK, decoder: DecoderName = DEFAULT_DECODER,
           start: float | None = None, end: float | None = None, quant: Quant | None = None, device: str | None = None,
           dtype: Dtype | None = None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
@@ -354,7 +377,8 @@ def build(*, model: str | None = None, mode: ModeName = DEFAULT_MODE, stride: St
     check_window(start, end)
     check_rate(frames, fps, max_frames)
     check_fit_force(fit, force)
-    modes = mode_settings(mode, stride, slow_frames, fast_grid, pool, guide, guide_kernel)
+    modes = mode_settings(mode, stride, slow_frames, fast_grid, pool, guide, guide_kernel, reduce=reduce, keep=keep,
+                          max_visual_tokens=max_visual_tokens)
     for flag, path in (("--model", model), ("--offload-dir", offload_dir), ("--guide-model", guide_model),
                        ("--subtitles", subtitles), ("--asr-model", asr_model)):
         check_path(flag, path)

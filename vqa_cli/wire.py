@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 from vqa_cli.errors import UsageError
-from vqa_cli.settings import DEFAULT_SEEK, MODE_NAMES, SEEK_MODES, STRIDES, RunSettings, build
+from vqa_cli.settings import DEFAULT_SEEK, MODE_NAMES, REDUCE_METHODS, SEEK_MODES, STRIDES, RunSettings, build
 
 # The client writes them (``request_fields``), the server reads them (``apply_fields``); the LOAD_SETTINGS are the
 # server's. name: (JSON types accepted, where it lives: "run" = RunSettings, "mode" = ModeSettings)
@@ -17,9 +17,11 @@ WIRE_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
     "start": ((int, float), "run"), "end": ((int, float), "run"), "seek": ((str,), "run"),
     "time_prompt": ((bool,), "run"), "stride": ((int,), "mode"), "slow_frames": ((int,), "mode"),
     "fast_grid": ((int,), "mode"), "pool": ((list,), "mode"), "guide": ((bool,), "mode"),
-    "guide_kernel": ((list,), "mode"),
+    "guide_kernel": ((list,), "mode"), "reduce": ((str,), "mode"), "keep": ((int, float), "mode"),
+    "max_visual_tokens": ((int,), "mode"),
 }
 MODE_PARAMETERS = ("stride", "slow_frames", "fast_grid", "pool", "guide", "guide_kernel")
+REDUCTION = ("reduce", "keep", "max_visual_tokens")  # after the mode: kept when a request names another mode
 RUN_FIELDS = tuple(name for name, (_, where) in WIRE_FIELDS.items() if where == "run")
 SAMPLING_CHOICES = ("frames", "fps")  # two ways to choose frames: a request's choice replaces the server's
 _KINDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false", "list": "a list"}
@@ -42,13 +44,17 @@ def _checked(name: str, value: Any) -> Any:
     types, _ = WIRE_FIELDS[name]
     if isinstance(value, bool) and bool not in types or not isinstance(value, types):
         raise UsageError(f"{name} must be {' or '.join(_KINDS[t.__name__] for t in types)}, not {value!r}")
-    choices = {"mode": MODE_NAMES, "seek": SEEK_MODES}.get(name)
+    choices = {"mode": MODE_NAMES, "seek": SEEK_MODES, "reduce": REDUCE_METHODS}.get(name)
     if choices and value not in choices:
         raise UsageError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
     if name in ("frames", "max_frames", "slow_frames", "fast_grid") and value < 1:
         raise UsageError(f"{name} must be at least 1")
     if name == "fps" and value <= 0:
         raise UsageError(f"{name} must be positive")
+    if name == "keep" and not 0 < value <= 1:
+        raise UsageError(f"keep must be a ratio in (0, 1], not {value!r}")
+    if name == "max_visual_tokens" and value < 1:
+        raise UsageError(f"{name} must be at least 1")
     if name in ("start", "end") and value < 0:
         raise UsageError(f"{name} must not be negative")
     if name == "stride" and value not in STRIDES:
@@ -67,6 +73,9 @@ def apply_fields(base: RunSettings, fields: dict) -> RunSettings:
     values = {name: _checked(name, value) for name, value in fields.items() if value is not None}
     mode = base.mode if "mode" not in values or values["mode"] == base.mode.name else None
     current = {name: getattr(mode, name) if mode else None for name in MODE_PARAMETERS}
+    # the server's reduction holds for every mode; a request's method or ratio replaces it (the ratio: both ways)
+    current |= {"reduce": base.mode.reduce, **({} if {"keep", "max_visual_tokens"} & values.keys() or "reduce"
+                in values else {"keep": base.mode.keep, "max_visual_tokens": base.mode.max_visual_tokens})}
     sampling = {"frames": base.frames, "fps": base.fps, "max_frames": base.max_frames}
     if any(k in values for k in SAMPLING_CHOICES):
         sampling = {"frames": None, "fps": None, "max_frames": None}

@@ -22,9 +22,11 @@ from vqa_cli.cli.options import (
     FpsOpt,
     FramesOpt,
     JsonOpt,
+    KeepOpt,
     LanguageOpt,
     MaxFramesOpt,
     MaxMemoryOpt,
+    MaxVisualTokensOpt,
     ModelOpt,
     OffloadDirOpt,
     PoolOpt,
@@ -52,6 +54,7 @@ from vqa_cli.settings import (
     DEFAULT_ROPE_TYPE,
     DEFAULT_SEEK,
     DEFAULT_WORKERS,
+    REDUCE_METHODS,
     SUBTITLES_OFF,
     ModeName,
 )
@@ -74,6 +77,17 @@ def parse_modes(text: str) -> list[ModeName]:
     if bad or not names:
         raise UsageError(f"--mode takes a comma list of {', '.join(known)}, not {text!r}")
     return list(dict.fromkeys(names))  # type: ignore[arg-type]
+
+
+def parse_reductions(text: str | None) -> list[str | None]:
+    """``none,evs`` -> the reductions, in order, each once (None: the option not given); an unknown one is a usage
+    error."""
+    if text is None:
+        return [None]
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    if not names or any(m not in REDUCE_METHODS for m in names):
+        raise UsageError(f"--reduce takes a comma list of {', '.join(REDUCE_METHODS)}, not {text!r}")
+    return list(dict.fromkeys(names))
 
 
 def eval(  # noqa: A001 - the command's name
@@ -99,6 +113,12 @@ def eval(  # noqa: A001 - the command's name
                                          "option letter with the highest log-probability.")] = DEFAULT_SCORE,
     mode: Annotated[str, typer.Option("--mode", help="Mode, or a comma list (anyres,slowfast,pooled): each video "
                                       "is decoded once and every mode is evaluated.")] = DEFAULT_MODE,
+    reduce: Annotated[str | None, typer.Option(
+        "--reduce", show_default=False, help="Reduce the video's tokens (docs/reduction.md): none, evs, vidcom2, or a "
+        "comma list (none,evs,vidcom2): every setting answers the same questions, side by side (with each --mode).")
+    ] = None,
+    keep: KeepOpt = None,
+    max_visual_tokens: MaxVisualTokensOpt = None,
     shard: Annotated[str | None, typer.Option("--shard", help="Take share I of N (I/N) of the videos.",
                                               show_default=False)] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Decode-ahead threads.")] = DEFAULT_WORKERS,
@@ -143,10 +163,13 @@ def eval(  # noqa: A001 - the command's name
     if server and subtitles != "off":
         raise UsageError("--subtitles puts the cues in the prompt here: it does not go through --server")
     names = parse_modes(mode)
+    methods = parse_reductions(reduce)
     chosen_model = model or (SERVED_MODEL if server else None)
     settings = []
-    for name in names:  # each mode takes only its own parameters
+    for name, method in [(n, m) for n in names for m in methods]:  # each mode takes only its own parameters
+        ratio = {"keep": keep, "max_visual_tokens": max_visual_tokens} if method != "none" or len(methods) == 1 else {}
         s = run_settings(
+            reduce=method, **ratio,
             frames=frames, fps=fps, max_frames=max_frames, seek=seek, decoder=decoder, start=start, end=end,
             model=chosen_model,
             mode=name, quant=quant, device=device, dtype=dtype, max_new_tokens=max_new_tokens, temperature=0.0,

@@ -22,6 +22,7 @@ from vqa_cli.settings import (
     Dtype,
     ModeName,
     Quant,
+    ReduceName,
     RopeType,
     RunSettings,
     SceneDetector,
@@ -84,6 +85,15 @@ StrideOpt = Annotated[Stride | None, typer.Option("--stride", help="anyres: per-
 SlowFramesOpt = Annotated[int | None, typer.Option("--slow-frames", min=1, help="slowfast: slow-pathway frames.")]
 FastGridOpt = Annotated[int | None, typer.Option("--fast-grid", min=1, help="slowfast: fast-pathway grid side.")]
 PoolOpt = Annotated[str | None, typer.Option("--pool", help="pooled: output T,H,W (default 16,12,12 at 24x24).")]
+ReduceOpt = Annotated[ReduceName | None, typer.Option(
+    "--reduce", show_default=False, help="Reduce the video's tokens after the mode, before the language model, blind "
+    "to the question (docs/reduction.md): none; evs (Efficient Video Sampling: the tokens that changed most since "
+    "the previous frame); vidcom2 (VidCom2: more tokens for the more unique frames, their most distinct tokens).")]
+KeepOpt = Annotated[float | None, typer.Option("--keep", min=0.001, max=1.0, show_default=False,
+                                               help="--reduce: the ratio of the video's tokens kept (default 0.25).")]
+MaxVisualTokensOpt = Annotated[int | None, typer.Option(
+    "--max-visual-tokens", min=1, show_default=False,
+    help="--reduce: the ratio that leaves about this many visual tokens per clip, instead of --keep.")]
 RopeScaleOpt = Annotated[float | None, typer.Option("--rope-scale", min=1, help="Force a RoPE scaling factor.")]
 RopeTypeOpt = Annotated[RopeType, typer.Option("--rope-type", help="RoPE scaling kind.")]
 TimePromptOpt = Annotated[bool, typer.Option("--time-prompt", help="Tell the model the duration and frame times.")]

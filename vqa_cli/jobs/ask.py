@@ -44,9 +44,12 @@ def print_plan(record: dict, as_json: bool) -> None:
             ("mode", f"{record['mode']}, {record['frames']} frames")]
     for p in record["pathways"]:
         grid = "x".join(str(x) for x in p["grid"])
-        rows.append((f"  {p['name']}", f"{len(p['frames'])} frames, grid {grid}: {p['tokens']} tokens"))
+        before = f"{p['tokens_before']} -> " if "tokens_before" in p else ""
+        rows.append((f"  {p['name']}", f"{len(p['frames'])} frames, grid {grid}: {before}{p['tokens']} tokens"))
     mem = record["memory"]
     rows += [
+        *([("reduction", f"{record['reduce']}, keep {record['keep']:.4g}: {record['visual_tokens_before']} -> "
+                         f"{record['visual_tokens']} visual tokens")] if record.get("reduce") else []),
         ("visual tokens", f"{record['visual_tokens']}"),
         ("prompt tokens", f"{record['prompt_tokens']} (+ {record['max_new_tokens']} new)"),
         *([("subtitles", f"up to {record['subtitle_tokens']} tokens (counted with the new tokens)")]

@@ -177,22 +177,30 @@ class Engine:
     def aggregate(self, frames: FrameFeatures, settings: ModeSettings, prompt_text: str = "",
                   clip: Clip | None = None) -> torch.Tensor:
         """FrameFeatures of one clip -> its visual token sequence [N, D] in ``settings``' mode (resolved on the
-        ``clip``'s own grid when the family's depends on the clip: ``resolved_mode``)."""
+        ``clip``'s own grid when the family's depends on the clip: ``resolved_mode``), then reduced when the settings
+        say so (``--reduce``: ``reduction.reduce_tokens``, the family's ``reduced_tokens``), blind to the prompt."""
         import torch
 
+        from vqa_cli.model import reduction
+
         mode = modes.mode_for(settings.name)
-        resolved = self.resolved_mode(clip, settings) if clip is not None else mode.resolve(settings,
-                                                                                           self.checkpoint.geometry)
+        geometry = (clip is not None and self.adapter.clip_geometry(clip, self.checkpoint.dir, settings)
+                    or self.checkpoint.geometry)
+        resolved = modes.resolved(settings, geometry)
         with torch.inference_mode():
-            return mode.apply(resolved, frames, adapter=self.adapter, model=self.model, guide=self.guide,
-                              prompt_text=prompt_text)
+            tokens = mode.apply(resolved, frames, adapter=self.adapter, model=self.model, guide=self.guide,
+                                prompt_text=prompt_text)
+            if not reduction.active(resolved):
+                return tokens
+            kept, index = reduction.reduce_tokens(tokens, mode.layout(resolved, len(frames), geometry), resolved)
+            return self.adapter.reduced_tokens(kept, index)
 
     def resolved_mode(self, clip: Clip, settings: ModeSettings | None = None) -> ModeSettings:
         """``settings`` (this engine's mode by default) with every parameter filled as the clip's tokens are made:
         from the family's grid, or the clip's own for a dynamic resolution (``FamilyAdapter.clip_geometry``)."""
         settings = settings or self.settings.mode
         geometry = self.adapter.clip_geometry(clip, self.checkpoint.dir, settings) or self.checkpoint.geometry
-        return modes.mode_for(settings.name).resolve(settings, geometry)
+        return modes.resolved(settings, geometry)
 
     # ---- stage 3: the budget -------------------------------------------------------------------
     def checked_budget(self, settings: RunSettings, question: str, plan: modes.TokenPlan | None = None) -> Budget:

@@ -25,7 +25,7 @@ name in ``vqa_cli.settings.ModeName`` and an instance in ``REGISTRY``; see docs/
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from vqa_cli.errors import UsageError
@@ -58,10 +58,12 @@ class Pathway:
     frame_positions: tuple[int, ...]  # which sampled frames (0-based positions) feed this block
     grid: tuple[int, ...]  # token grid per frame, or (T', h', w') for a 3-D pool
     tokens: int
+    before: int | None = None  # the tokens before a reduction (``--reduce``: model/reduction.py); None: not reduced
 
     def to_dict(self) -> dict:
+        reduced = {} if self.before is None else {"tokens_before": self.before}
         return {"name": self.name, "frames": list(self.frame_positions), "grid": list(self.grid),
-                "tokens": self.tokens}
+                "tokens": self.tokens, **reduced}
 
 
 @dataclass(frozen=True)
@@ -69,13 +71,22 @@ class TokenPlan:
     mode: ModeName
     frames: int
     pathways: tuple[Pathway, ...] = field(default_factory=tuple)
+    reduce: str | None = None  # the reduction method its pathways went through (``--reduce``), None: none
+    keep: float | None = None  # and the ratio it kept (``--keep``, or the one ``--max-visual-tokens`` chose)
 
     @property
     def total(self) -> int:
         return sum(p.tokens for p in self.pathways)
 
+    @property
+    def before(self) -> int:
+        """The visual tokens before any reduction."""
+        return sum(p.tokens if p.before is None else p.before for p in self.pathways)
+
     def to_dict(self) -> dict:
-        return {"mode": self.mode, "frames": self.frames, "visual_tokens": self.total,
+        reduced = {} if self.reduce is None else {"reduce": self.reduce, "keep": self.keep,
+                                                  "visual_tokens_before": self.before}
+        return {"mode": self.mode, "frames": self.frames, "visual_tokens": self.total, **reduced,
                 "pathways": [p.to_dict() for p in self.pathways]}
 
 
@@ -153,7 +164,11 @@ class Mode:
         raise NotImplementedError
 
     def plan(self, settings: ModeSettings, num_frames: int, geometry: ModeGeometry) -> TokenPlan:
-        return TokenPlan(self.name, num_frames, self.layout(self.resolve(settings, geometry), num_frames, geometry))
+        """The layout of ``num_frames`` frames, reduced as ``settings`` say (``reduction.reduced_plan``)."""
+        from vqa_cli.model.reduction import reduced_plan
+
+        layout = self.layout(self.resolve(settings, geometry), num_frames, geometry)
+        return reduced_plan(TokenPlan(self.name, num_frames, layout), settings)
 
 
 class AnyRes(Mode):
@@ -264,6 +279,13 @@ class Pooled(ProjectedMode):
 
 
 REGISTRY: tuple[Mode, ...] = (AnyRes(), SlowFast(), Pooled())
+
+
+def resolved(settings: ModeSettings, geometry: ModeGeometry) -> ModeSettings:
+    """``settings``' mode resolved on ``geometry``, with the reduction it is followed by (``reduce``, ``keep``,
+    ``max_visual_tokens``: not the mode's own parameters, so ``Mode.resolve`` leaves them out)."""
+    out = mode_for(settings.name).resolve(settings, geometry)
+    return replace(out, reduce=settings.reduce, keep=settings.keep, max_visual_tokens=settings.max_visual_tokens)
 
 
 def mode_for(name: str) -> Mode:

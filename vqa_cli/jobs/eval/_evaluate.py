@@ -20,6 +20,7 @@ from vqa_cli.jobs.eval._layout import VideoFinder
 from vqa_cli.jobs.eval._prompts import Protocol, answer_prefix, build
 from vqa_cli.jobs.eval._score import Score, Scored, by_generation, by_likelihood
 from vqa_cli.jobs.harness import RunAhead, Sink, StopFlag, model_threads
+from vqa_cli.model import reduction
 from vqa_cli.settings import DEFAULT_WORKERS
 
 if TYPE_CHECKING:
@@ -74,7 +75,8 @@ def question_record(item: Item, group: Group, settings: RunSettings, sid: str, f
         "counted": bool(scored and scored.counted), "letter_logprobs": scored.logprobs if scored else None,
         "category": item.category, "task": item.task, "duration": item.duration, "start": group.start,
         "end": group.end, "format": fmt, "protocol": protocol, "score": score, "model": settings.model,
-        "mode": settings.mode.name, "frames": frames, "timings": {k: round(v, 4) for k, v in (timings or {}).items()},
+        "mode": settings.mode.name, "reduction": reduction.described(settings.mode),
+        "frames": frames, "timings": {k: round(v, 4) for k, v in (timings or {}).items()},
         "error": None if error is None else (known[2] if known else bug_text(error)),
         "error_kind": None if error is None else (known[1] if known else INTERNAL), "settings_id": sid,
         "transcript": transcript,

@@ -22,6 +22,7 @@ from vqa_cli.jobs.eval._score import DEFAULT_SCORE, Score
 from vqa_cli.jobs.eval._stats import summarize
 from vqa_cli.jobs.harness import Processes, StopFlag, earlier, processes
 from vqa_cli.jobs.inputs import in_shard, parse_shard
+from vqa_cli.model import reduction
 from vqa_cli.output import records, writer
 from vqa_cli.settings import DEFAULT_WORKERS
 
@@ -158,17 +159,19 @@ class _null:
 
 def build_summary(all_recs: list[dict], settings_per_mode: list[RunSettings], sids: list[str], fmt: Format,
                   protocol: Protocol, score: Score, seconds: float) -> dict:
-    """The run's summary: the first mode's figures at the top, every mode's under ``modes``."""
+    """The run's summary: the first setting's figures at the top, every setting's under ``modes`` (by its mode's name,
+    with its reduction when it has one: ``reduction.label``)."""
     modes: dict[str, dict] = {}
     for s, sid in zip(settings_per_mode, sids, strict=True):
         recs = latest(all_recs, sid)
         part = summarize(recs)
         part["settings_id"] = sid
+        part["reduction"] = reduction.described(s.mode)
         if s.subtitles != "off":  # the videos whose subtitles were the transcript of their speech (no subtitle file)
             part["transcribed_videos"] = len({r["video"] for r in recs if r.get("transcript")})
         part["published"] = published(s.model, fmt, subtitles=s.subtitles != "off")
-        modes[s.mode.name] = part
-    first = modes[settings_per_mode[0].mode.name]
+        modes[reduction.label(s.mode)] = part
+    first = modes[reduction.label(settings_per_mode[0].mode)]
     processed = sum(m["questions"] + m["errors"] for m in modes.values())
     return {**first, "format": fmt, "protocol": protocol, "score": score, "model": settings_per_mode[0].model,
             "mode": settings_per_mode[0].mode.name, "modes": modes, "seconds": round(seconds, 3),

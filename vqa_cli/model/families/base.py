@@ -192,6 +192,13 @@ class FamilyAdapter:
         (per-frame pooling, projection, frames concatenated, any per-frame or per-video extra tokens)."""
         raise NotImplementedError
 
+    def reduced_tokens(self, kept: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """A reduction's kept visual tokens [M, D] (``--reduce``: ``model.reduction``) and their indices [M] in the
+        unreduced sequence -> what the family's ``prompt_inputs`` take. LLaVA's layout needs no more than the
+        tokens in order (its layout tokens were kept in place); a family with positions per patch keeps the indices.
+        """
+        return kept
+
     def image_tokens(self, model: PreTrainedModel, model_dir: Path, image: np.ndarray) -> torch.Tensor:
         """One RGB still [H, W, 3] -> [N, D] through the checkpoint's own image path (``image_token_id``)."""
         raise NotImplementedError(f"{self.name} has no still-image path")

@@ -154,6 +154,13 @@ class QwenVLAdapter(FamilyAdapter):
         """The identity: the tower's merger already projected the tokens (and DeepStack's mergers theirs)."""
         return features
 
+    def reduced_tokens(self, kept: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Kept tokens (DeepStack packed with them, reduced alike) with their indices on the channels
+        (``reduction.with_index``): ``prompt_inputs`` gives each its original position."""
+        from vqa_cli.model import reduction
+
+        return reduction.with_index(kept, index)
+
     def clip_geometry(self, clip: Clip, model_dir: Path, mode: ModeSettings) -> GridGeometry:
         """Modes resolve on the clip's merged grid per temporal group (a "frame" is a group here)."""
         from vqa_cli.model.modes import GridGeometry
@@ -201,14 +208,14 @@ class QwenVLAdapter(FamilyAdapter):
         if self.config.model_type == QWEN2_5:
             return self._qwen2_5_inputs(model, ids, features, clip, model_dir, device, mode or ModeSettings())
         _, blocks = self.plan_blocks(clip, model_dir, mode or ModeSettings())
-        if qg.visual_tokens(blocks) != features.shape[0]:
-            raise ValueError(f"{features.shape[0]} visual tokens for a clip laid out as {qg.visual_tokens(blocks)}")
+        features, kept = self._kept(features, qg.visual_tokens(blocks))
         expanded, types = qg.expand_video(ids, blocks, self.vision_ids(),
                                           lambda text: list(tokenizer(text, add_special_tokens=False)["input_ids"]))
         ids_t = torch.tensor([expanded], device=device)
         types_t = torch.tensor([types], device=device)
         rows = torch.tensor(qg.rope_rows(blocks, self.config.vision_config.spatial_merge_size), device=device)
         positions, _ = model.model.get_rope_index(ids_t, types_t, video_grid_thw=rows)
+        ids_t, positions = self._drop_removed(ids_t, positions, kept)
         text = torch.arange(ids_t.shape[1], device=device)[None, None]
         tokens, deepstack = unpack(features, self.text_config().hidden_size)
         dtype = model.get_input_embeddings().weight.dtype
@@ -230,15 +237,37 @@ class QwenVLAdapter(FamilyAdapter):
         cfg = self.processing(model_dir, mode.max_pixels)
         plan = self.sized_plan(len(clip.frames), clip.frames.shape[1], clip.frames.shape[2], model_dir, mode)
         runs = qg.pathway_runs(plan.pathways, qg.group_times(clip.timestamps, cfg.temporal))
-        if qg.visual_tokens(runs) != features.shape[0]:
-            raise ValueError(f"{features.shape[0]} visual tokens for a clip laid out as {qg.visual_tokens(runs)}")
+        features, kept = self._kept(features, qg.visual_tokens(runs))
         expanded, types = qg.expand_video(ids, runs, self.vision_ids(), lambda text: [])
         ids_t = torch.tensor([expanded], device=device)
         positions, _ = model.model.get_rope_index(
             ids_t, torch.tensor([types], device=device),
             video_grid_thw=torch.tensor([run.rope_row(cfg.merge) for run in runs], device=device),
             second_per_grid_ts=torch.tensor([run.interval(cfg.temporal / cfg.fps) for run in runs], device=device))
+        ids_t, positions = self._drop_removed(ids_t, positions, kept)
         text = torch.arange(ids_t.shape[1], device=device)[None, None]
         tokens = features.to(device, model.get_input_embeddings().weight.dtype)
         return ids_t, {"position_ids": torch.cat([text, positions.to(device)]),
                        "mm_encoder_outputs": {"video": BaseModelOutputWithPooling(pooler_output=(tokens,))}}
+
+    def _kept(self, features: torch.Tensor, laid_out: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(the tokens, the indices of a reduction's kept tokens among the ``laid_out`` pads, or None: all kept)."""
+        from vqa_cli.model import reduction
+
+        tokens, kept = reduction.split_index(features, self.text_config().hidden_size)
+        if kept is None and tokens.shape[0] != laid_out or kept is not None and (
+                kept.numel() and int(kept.max()) >= laid_out or not bool((kept[1:] > kept[:-1]).all())):
+            raise ValueError(f"{tokens.shape[0]} visual tokens for a clip laid out as {laid_out}")
+        return tokens, kept
+
+    def _drop_removed(self, ids: torch.Tensor, positions: torch.Tensor, kept: torch.Tensor | None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The full layout's ids [1, L] and positions [3, 1, L] without the pads a reduction removed: every kept
+        token, and the text after the video, keeps the position it has in the full layout (vLLM's EVS for Qwen-VL);
+        a block whose tokens were all removed keeps its timestamp and start/end tokens."""
+        if kept is None:
+            return ids, positions
+        pads = (ids[0] == self.video_token_id()).nonzero().squeeze(1)
+        keep = ids[0] != self.video_token_id()
+        keep[pads[kept.to(pads.device)]] = True
+        return ids[:, keep], positions[..., keep]
