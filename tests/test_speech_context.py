@@ -213,14 +213,17 @@ def test_asr_auto_transcribes_only_a_video_without_a_subtitle_file(fresh, tiny_e
     assert len(runs) == 1 and _lines(QUESTION, asked[-1]) == []
 
 
-def test_a_video_without_sound_is_one_line_exit_2(tmp_path, tiny_en, tiny_dir, capsys):
+def test_a_video_without_sound_is_one_line_exit_2(tmp_path, tiny_en, tiny_dir, asked, capsys):
     from tests.clips import make_clip
 
     video = make_clip(str(tmp_path / "silent.mp4"), 20, fps=10.0)
-    code, out, err = _run(capsys, "ask", video, QUESTION, "--subtitles", "asr", "--asr-model", tiny_en, "--model",
-                          str(tiny_dir), "--dtype", "float32", "--max-new-tokens", "2")
+    common = ["--asr-model", tiny_en, "--model", str(tiny_dir), "--dtype", "float32", "--max-new-tokens", "2"]
+    code, out, err = _run(capsys, "ask", video, QUESTION, "--subtitles", "asr", *common)
     assert code == 2 and out == ""
-    assert len(err.strip().splitlines()) == 1 and "no audio stream" in err and "Traceback" not in err
+    said = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(said) == 1 and "no audio stream" in said[0] and "Traceback" not in err
+    code, out, err = _run(capsys, "ask", video, QUESTION, "--asr", "auto", *common)  # a fallback: nothing is said
+    assert code == 0 and out.strip() and asked[-1] == QUESTION, err
 
 
 def test_eval_uses_the_transcript_where_a_video_has_no_subtitle_file(tmp_path, tiny_en, tiny_dir, runs, capsys,
@@ -231,9 +234,12 @@ def test_eval_uses_the_transcript_where_a_video_has_no_subtitle_file(tmp_path, t
     _talk(videos / "v1.mp4", codec="aac")  # speech, no subtitle file: its transcript
     _talk(videos / "v2.mp4", codec="aac")
     (videos / "v2.srt").write_text("1\n00:00:00,000 --> 00:00:30,000\nwritten words\n")  # a subtitle file
+    from tests.clips import make_clip
+
+    make_clip(str(videos / "v3.mp4"), 20, fps=10.0)  # no sound, no subtitle file: none (not an error)
     rows = [{"video_id": f"00{n}", "duration": "short", "domain": "Knowledge", "sub_category": "Astronomy",
              "question_id": f"00{n}-1", "task_type": "Counting Problem", "videoID": f"v{n}", "question": "How many?",
-             "options": ["A. One.", "B. Two.", "C. Three.", "D. Four."], "answer": "C"} for n in (1, 2)]
+             "options": ["A. One.", "B. Two.", "C. Three.", "D. Four."], "answer": "C"} for n in (1, 2, 3)]
     (tmp_path / "vm.json").write_text(json.dumps(rows))
     summary = tmp_path / "summary.json"
     code, _, err = _run(capsys, "eval", str(tmp_path / "vm.json"), "--format", "videomme", "--videos", str(videos),
@@ -243,9 +249,10 @@ def test_eval_uses_the_transcript_where_a_video_has_no_subtitle_file(tmp_path, t
     assert code == 0, err
     recs = {json.loads(line)["video"].rsplit("/", 1)[-1]: json.loads(line)
             for line in (tmp_path / "r.jsonl").read_text().splitlines()}
-    assert {k: r["transcript"] for k, r in recs.items()} == {"v1.mp4": True, "v2.mp4": False}
+    assert {k: r["transcript"] for k, r in recs.items()} == {"v1.mp4": True, "v2.mp4": False, "v3.mp4": False}
+    assert all(r["error"] is None for r in recs.values())
     assert json.loads(summary.read_text())["transcribed_videos"] == 1 and len(runs) == 1
-    assert "transcript of the speech for 1 of 2 videos" in err
+    assert "transcript of the speech for 1 of 3 videos" in err
 
 
 def test_the_server_transcribes_a_video_once_for_its_requests(engine_factory, talk, tiny_en, tmp_path, runs,

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vqa_cli.errors import UsageError
+from vqa_cli.errors import NoAudioError, UsageError
 from vqa_cli.fingerprint import json_sha256
 from vqa_cli.settings import SUBTITLES_ASR, SUBTITLES_AUTO, SUBTITLES_OFF
 
@@ -235,7 +235,12 @@ def cues_for(video: str, choice: str, encoding: str | None = None, *, run: RunSe
         return heard(video, run)
     path = find_sidecar(video) if choice == SUBTITLES_AUTO else Path(choice)
     if path is None and choice == SUBTITLES_AUTO and run is not None and run.asr == "auto":
-        return heard(video, run)
+        try:
+            return heard(video, run)
+        except NoAudioError:  # --asr auto: a video without sound says nothing (--subtitles asr: an error)
+            if run.speech.audio_stream is not None:  # the stream named is not there: said
+                raise
+            return []
     return read(path, encoding) if path is not None else []
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vqa_cli import console
-from vqa_cli.errors import INTERNAL, bug_text, describe
+from vqa_cli.errors import INTERNAL, NoAudioError, bug_text, describe
 from vqa_cli.jobs.eval._formats import Format, Item
 from vqa_cli.jobs.eval._layout import VideoFinder
 from vqa_cli.jobs.eval._prompts import Protocol, answer_prefix, build
@@ -207,9 +207,14 @@ class Evaluator(GroupAnswerer):
             choice = str(file) if file else "asr" if settings.asr == "auto" else "off"
         if choice == "asr" and group.frame_rate is not None:  # a folder of frames has no sound
             return "", False
-        text, _ = subtitles.context(group.path, choice, clip.timestamps, token_counter(view),
-                                    header=VIDEOMME_SUBTITLES, encoding=settings.subtitle_encoding,
-                                    run=replace(settings, start=group.start, end=group.end))
+        try:
+            text, _ = subtitles.context(group.path, choice, clip.timestamps, token_counter(view),
+                                        header=VIDEOMME_SUBTITLES, encoding=settings.subtitle_encoding,
+                                        run=replace(settings, start=group.start, end=group.end))
+        except NoAudioError:  # --asr auto: a video without sound has no transcript (--subtitles asr: an error)
+            if settings.subtitles == "asr" or settings.speech.audio_stream is not None:
+                raise
+            return "", False
         return text, choice == "asr"
 
     def answer_group(self, group: Group, decoded: Decoded) -> Iterator[dict]:
