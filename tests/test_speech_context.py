@@ -213,15 +213,19 @@ def test_asr_auto_transcribes_only_a_video_without_a_subtitle_file(fresh, tiny_e
     assert len(runs) == 1 and _lines(QUESTION, asked[-1]) == []
 
 
-def test_a_video_without_sound_is_one_line_exit_2(tmp_path, tiny_en, tiny_dir, asked, capsys):
+def test_a_video_without_sound_is_one_line_exit_2(tmp_path, tiny_en, tiny_dir, asked, capsys, monkeypatch):
     from tests.clips import make_clip
+    from vqa_cli.model import session
 
     video = make_clip(str(tmp_path / "silent.mp4"), 20, fps=10.0)
     common = ["--asr-model", tiny_en, "--model", str(tiny_dir), "--dtype", "float32", "--max-new-tokens", "2"]
-    code, out, err = _run(capsys, "ask", video, QUESTION, "--subtitles", "asr", *common)
-    assert code == 2 and out == ""
-    said = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(said) == 1 and "no audio stream" in said[0] and "Traceback" not in err
+    for command in (["ask", video, QUESTION], ["ask", video, QUESTION, "Why?"], ["chat", video]):
+        with monkeypatch.context() as patch:  # said before the model loads
+            patch.setattr(session, "open_model", lambda *a, **k: pytest.fail("the model loaded"))
+            code, out, err = _run(capsys, *command, "--subtitles", "asr", *common)
+        assert code == 2 and out == "", command
+        said = [line for line in err.splitlines() if line.startswith("error:")]
+        assert len(said) == 1 and "no audio stream" in said[0] and "Traceback" not in err
     code, out, err = _run(capsys, "ask", video, QUESTION, "--asr", "auto", *common)  # a fallback: nothing is said
     assert code == 0 and out.strip() and asked[-1] == QUESTION, err
 

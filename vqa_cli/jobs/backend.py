@@ -97,6 +97,7 @@ class Here:
         from vqa_cli.jobs.segments import ask_in_time, subtitle_reserve, uses_time
         from vqa_cli.model.session import open_session
 
+        transcribe_first(settings, video)
         if settings.segments != "none" or uses_time(settings) and len(questions) == 1:
             return ask_in_time(settings, video, questions, as_json)
         session = open_session(settings, video, questions, reserve=subtitle_reserve(settings))
@@ -132,6 +133,7 @@ class Here:
         from vqa_cli.model.conversation import Conversation
         from vqa_cli.model.session import open_session
 
+        transcribe_first(settings, video)
         session = open_session(settings, video, ["?"], reserve=reserve + subtitle_reserve(settings))
         engine, clip = session.engine, session.clip
         with console.status("encoding the video"):
@@ -174,6 +176,14 @@ def _batch_that_fits(session: Session, batch_size: int) -> int:
     console.info(f"--batch-size {batch_size} does not fit the memory ({session.memory.target.device}): "
                  f"starting at {fits}")
     return fits
+
+
+def transcribe_first(settings: RunSettings, video: str) -> None:
+    """The transcript ``--subtitles asr`` (or ``--asr auto`` without a sidecar) reads, made before the model loads
+    (cached: the run then reads it), under a spinner: a video without sound fails in a second, not after a load."""
+    if settings.subtitles == "asr" or settings.subtitles == "auto" and settings.asr == "auto":
+        with console.status("transcribing the speech"):
+            subtitles.cues_for(video, settings.subtitles, settings.subtitle_encoding, run=settings)
 
 
 def subtitle_text(engine: Engine, video: str, clip: Clip) -> tuple[str, int]:
