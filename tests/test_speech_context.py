@@ -310,6 +310,10 @@ def test_the_server_transcribes_a_video_once_for_its_requests(engine_factory, ta
     try:
         first, second = ask("What?"), ask("Why?")
         off = ask("What?", subtitles="off")
+        from vqa_cli.remote.client import connect
+
+        _, settled = connect(url, build(model="tiny", subtitles="asr"), model_given=False)  # the --server client
+        assert settled.speech == defaults.speech  # its settings_id names the server's speech settings
     finally:
         server.should_exit = True
         state.worker.stop()

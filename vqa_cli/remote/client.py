@@ -156,6 +156,13 @@ def connect(url: str, settings: RunSettings, *, model_given: bool) -> tuple[Clie
     if settings.speech != defaults.speech:  # the server transcribes with its own (``vqa serve --asr-model ...``)
         raise UsageError("--asr-model, --language and --audio-stream are the server's with --server: give them to "
                          "`vqa serve`")
+    if isinstance(loaded.get("speech"), dict):  # so a transcript's settings_id names the server's speech settings
+        from dataclasses import fields
+
+        from vqa_cli.settings import SpeechSettings
+
+        known = {f.name for f in fields(SpeechSettings)}
+        changes["speech"] = SpeechSettings(**{k: v for k, v in loaded["speech"].items() if k in known})
     return client, replace(settings, **changes)
 
 

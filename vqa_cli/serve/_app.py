@@ -14,7 +14,7 @@ import time
 import traceback
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 from vqa_cli import console
@@ -119,6 +119,7 @@ def model_entry(state: ServerState) -> dict:
                     "dtype": dtype_name(loaded.dtype), "rope_factor": engine.rope_factor,
                     "context": engine.checkpoint.context(engine.rope_factor),
                     "settings": {name: getattr(engine.settings, name) for name in LOAD_SETTINGS},
+                    "speech": asdict(state.settings.speech),  # how it transcribes (``"subtitles": "asr"``)
                     "defaults": {**request_fields(engine.settings),
                                  "max_tokens": engine.settings.max_new_tokens}}}
 
