@@ -41,6 +41,13 @@ def qwen_dir(tmp_path_factory) -> str:
     return str(tiny_checkpoint(tmp_path_factory.mktemp("rqwen") / "qwen3-vl", family="qwen3-vl"))
 
 
+@pytest.fixture(scope="module")
+def qwen2_5_dir(tmp_path_factory) -> str:
+    from vqa_cli.testing import tiny_checkpoint
+
+    return str(tiny_checkpoint(tmp_path_factory.mktemp("rqwen25") / "qwen2.5-vl", family="qwen2.5-vl"))
+
+
 _ENGINES: dict[str, object] = {}
 
 
@@ -75,10 +82,11 @@ def first_logits(engine, clip, features: torch.Tensor) -> tuple[torch.Tensor, to
     return gen.first_logits, ids, inputs
 
 
-@pytest.mark.parametrize("method", ["evs", "vidcom2"])
-@pytest.mark.parametrize("family", ["llava-onevision", "video-llava", "qwen3-vl"])
-def test_keep_one_gives_the_unreduced_logits_exactly(family, method, family_dirs, qwen_dir, clip_file):
-    model_dir = qwen_dir if family == "qwen3-vl" else family_dirs[family]
+@pytest.mark.parametrize(("family", "method"), [("llava-onevision", "evs"), ("llava-onevision", "vidcom2"),
+                                                ("video-llava", "evs"), ("qwen3-vl", "evs"), ("qwen3-vl", "vidcom2"),
+                                                ("qwen2.5-vl", "evs")])
+def test_keep_one_gives_the_unreduced_logits_exactly(family, method, family_dirs, qwen_dir, qwen2_5_dir, clip_file):
+    model_dir = {"qwen3-vl": qwen_dir, "qwen2.5-vl": qwen2_5_dir}.get(family) or family_dirs[family]
     plain, kept = engine_for(model_dir), engine_for(model_dir, reduce=method, keep=1.0)
     prepared = plain.prepare_clip(clip_file, 6)
     frames = plain.encode(prepared.pixels)
@@ -129,7 +137,8 @@ def test_qwen_kept_tokens_keep_their_full_layout_positions(qwen_dir, clip_file, 
     with torch.inference_mode():
         model.model.rope_deltas = None
         full_pos, _ = model.model.get_rope_index(full_ids, types, video_grid_thw=torch.tensor([[3, 4, 6]]))
-    mask = kept_places(method, full.reshape(3, 2, 3, -1), keep).flatten()
+    hidden = model.config.text_config.hidden_size
+    mask = kept_places(method, full[:, :hidden].reshape(3, 2, 3, -1), keep).flatten()  # scored on the tokens
     assert int(mask.sum()) == max(6 if method == "evs" else 3, math.floor(18 * keep))
     columns = full_ids[0] != pad
     columns[(full_ids[0] == pad).nonzero().squeeze(1)[mask]] = True
@@ -140,8 +149,7 @@ def test_qwen_kept_tokens_keep_their_full_layout_positions(qwen_dir, clip_file, 
     assert torch.equal(inputs["position_ids"][0, 0], torch.arange(ids.shape[1]))
     start = model.config.vision_start_token_id
     assert int((ids == start).sum()) == 3  # a block left without tokens (EVS at 0.1) keeps its timestamp, wrapper
-    hidden = model.config.text_config.hidden_size
-    tokens, *deepstack = full[mask].split(hidden, dim=-1)
+    tokens, *deepstack = full[mask].split(hidden, dim=-1)  # DeepStack kept at the same places
     with torch.inference_mode():
         visual = ids == pad
         embeds = model.get_input_embeddings()(ids).masked_scatter(visual[..., None], tokens)
@@ -281,3 +289,27 @@ def test_eval_runs_each_reduction_side_by_side(tiny_dir, tmp_path, capsys, monke
     recs = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(recs) == 4 and len({r["settings_id"] for r in recs}) == 2
     assert sorted(str(r["reduction"]) for r in recs) == ["None", "None"] + [str({"reduce": "evs", "keep": 0.25})] * 2
+
+
+def test_the_benchmark_table_states_ratios_against_none():
+    from benchmarks import reduce as bench
+
+    row = {"model": "m", "reduce": "none", "keep": 1.0, "visual_tokens": 400, "prompt_tokens": 420, "encode_s": 6.0,
+           "reduce_s": 1.0, "prefill_s": 9.0, "prefill_cpu_s": 16.0, "kv_bytes": 4 * 2**20}
+    fast = dict(row, reduce="evs", keep=0.25, visual_tokens=100, reduce_s=0.5, prefill_s=2.0, prefill_cpu_s=4.0,
+                kv_bytes=2**20)
+    line = bench.table([row, fast]).splitlines()[-1]
+    # TTFT 10 / 2.5 = 4x; CPU 16 / 4 = 4x; from pixels 16 / 8.5; KV 1/4
+    assert "| 2.50 | 4.00x | 4.00 | 4.00x | 8.50 | 1.88x | 1.0 | 0.250 |" in line
+
+
+@pytest.mark.heavy
+def test_the_benchmark_runs_end_to_end_at_the_tiny_geometry(tmp_path, capsys):
+    from benchmarks import reduce as bench
+
+    assert bench.main(["--geometry", "tiny", "--frames", "8", "--repeats", "1", "--workdir", str(tmp_path),
+                       "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [r["reduce"] for r in rows] == ["none", "evs", "vidcom2"]
+    assert rows[1]["visual_tokens"] == math.floor((rows[0]["visual_tokens"] - 1) * 0.25) + 1
+    assert all(r["kv_bytes"] * rows[0]["prompt_tokens"] == rows[0]["kv_bytes"] * r["prompt_tokens"] for r in rows)

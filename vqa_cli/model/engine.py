@@ -192,7 +192,8 @@ class Engine:
                                 prompt_text=prompt_text)
             if not reduction.active(resolved):
                 return tokens
-            kept, index = reduction.reduce_tokens(tokens, mode.layout(resolved, len(frames), geometry), resolved)
+            kept, index = reduction.reduce_tokens(tokens, mode.layout(resolved, len(frames), geometry), resolved,
+                                                  self.adapter.reduction_channels())
             return self.adapter.reduced_tokens(kept, index)
 
     def resolved_mode(self, clip: Clip, settings: ModeSettings | None = None) -> ModeSettings:

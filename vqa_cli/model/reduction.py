@@ -87,10 +87,14 @@ def reduced_plan(plan: TokenPlan, settings: ModeSettings) -> TokenPlan:
     return reduced
 
 
-def reduce_tokens(tokens: torch.Tensor, pathways: Sequence[Pathway], settings: ModeSettings
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def reduce_tokens(tokens: torch.Tensor, pathways: Sequence[Pathway], settings: ModeSettings,
+                  scored: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """A mode's visual tokens [N, D] laid out as ``pathways`` (unreduced) -> (the kept tokens [M, D] in sequence
-    order, their indices [M] in the unreduced sequence). Each grid goes through ``reduce.reduce_grid`` once."""
+    order, their indices [M] in the unreduced sequence). Each grid goes through ``reduce.reduce_grid`` once.
+
+    ``scored``: the leading channels the method reads (the tokens themselves, where a family packs more on the
+    channels: Qwen3-VL's DeepStack features); the kept places then select every channel alike (the methods select,
+    they do not merge). None: all of them."""
     import torch
 
     if tokens.shape[0] != sum(p.tokens for p in pathways):
@@ -111,11 +115,14 @@ def reduce_tokens(tokens: torch.Tensor, pathways: Sequence[Pathway], settings: M
         steps, h, w, prefix = shape
         per_step = part.reshape(steps, prefix + h * w, -1)
         at = positions.reshape(steps, prefix + h * w)
-        got = methods.reduce_grid(settings.reduce, per_step[:, prefix:].reshape(steps, h, w, -1), keep)
+        grid = per_step[:, prefix:].reshape(steps, h, w, -1)
+        got = methods.reduce_grid(settings.reduce, grid if scored is None else grid[..., :scored], keep)
         expected = methods.kept_tokens(settings.reduce, steps, h, w, keep)
         if int(got.mask.sum()) != expected or got.values.shape[0] != expected:
             raise ValueError(f"{settings.reduce} kept {int(got.mask.sum())} of a {steps}x{h}x{w} grid, "
                              f"planned {expected}")
+        if scored is not None:
+            got = methods.Reduced(got.mask, grid[got.mask])
         if not prefix:
             values.append(got.values)
             index.append(at[got.mask.reshape(steps, h * w)])

@@ -192,6 +192,11 @@ class FamilyAdapter:
         (per-frame pooling, projection, frames concatenated, any per-frame or per-video extra tokens)."""
         raise NotImplementedError
 
+    def reduction_channels(self) -> int | None:
+        """The leading channels of the visual tokens a reduction scores (``--reduce``), where the family packs more
+        than the tokens on them; None: all (LLaVA's tokens are just the tokens)."""
+        return None
+
     def reduced_tokens(self, kept: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """A reduction's kept visual tokens [M, D] (``--reduce``: ``model.reduction``) and their indices [M] in the
         unreduced sequence -> what the family's ``prompt_inputs`` take. LLaVA's layout needs no more than the

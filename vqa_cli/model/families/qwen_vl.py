@@ -154,8 +154,13 @@ class QwenVLAdapter(FamilyAdapter):
         """The identity: the tower's merger already projected the tokens (and DeepStack's mergers theirs)."""
         return features
 
+    def reduction_channels(self) -> int:
+        """A reduction scores the merged tokens, as vLLM's EVS and VidCom2's Qwen integration do; their DeepStack
+        features go with them (``reduced_tokens``)."""
+        return int(self.text_config().hidden_size)
+
     def reduced_tokens(self, kept: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """Kept tokens (DeepStack packed with them, reduced alike) with their indices on the channels
+        """Kept tokens (DeepStack packed with them, kept at the same places) with their indices on the channels
         (``reduction.with_index``): ``prompt_inputs`` gives each its original position."""
         from vqa_cli.model import reduction
 
