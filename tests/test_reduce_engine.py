@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.clips import make_clip
+from vqa_cli.errors import UsageError
 from vqa_cli.model import reduce as methods
 from vqa_cli.model.generate import generate
 from vqa_cli.model.session import open_model
@@ -313,3 +314,42 @@ def test_the_benchmark_runs_end_to_end_at_the_tiny_geometry(tmp_path, capsys):
     assert [r["reduce"] for r in rows] == ["none", "evs", "vidcom2"]
     assert rows[1]["visual_tokens"] == math.floor((rows[0]["visual_tokens"] - 1) * 0.25) + 1
     assert all(r["kv_bytes"] * rows[0]["prompt_tokens"] == rows[0]["kv_bytes"] * r["prompt_tokens"] for r in rows)
+
+
+def test_a_caption_rerun_reads_the_reduced_tokens_and_answers_as_a_fresh_run(qwen_dir, clip_file, tmp_path, capsys,
+                                                                             monkeypatch):
+    """``caption --feature-cache``: the second prompt reduces nothing and answers as a run without the cache does
+    (Qwen3-VL: the kept tokens' places come back from the disk with them)."""
+    from tests.cli_run import run
+
+    calls = []
+    monkeypatch.setattr(methods, "reduce_grid", lambda *a, **k: calls.append(1) or _reduce_grid(*a, **k))
+    base = ["caption", clip_file, "--model", qwen_dir, "--max-new-tokens", "5", "--dtype", "float32",
+            "--reduce", "evs", "--keep", "0.5", "--prompt", "List the objects."]
+    code, _, err = run(base + ["--feature-cache", str(tmp_path / "f"), "--prompt", "Describe it.",
+                               "--out", str(tmp_path / "one.jsonl")], capsys)
+    assert code == 0 and len(calls) == 1, err
+    code, _, err = run(base + ["--feature-cache", str(tmp_path / "f"), "--out", str(tmp_path / "two.jsonl")], capsys)
+    assert code == 0 and len(calls) == 1, err
+    code, _, err = run(base + ["--out", str(tmp_path / "fresh.jsonl")], capsys)
+    assert code == 0 and len(calls) == 2, err
+    cached, fresh = (json.loads((tmp_path / f"{n}.jsonl").read_text()) for n in ("two", "fresh"))
+    assert cached["caption"] == fresh["caption"] and cached["visual_tokens"] == fresh["visual_tokens"] == 9
+    assert "encode" not in cached["timings"] and cached["settings_id"] == fresh["settings_id"]
+
+
+def test_a_servers_reduction_holds_for_every_mode_and_a_request_replaces_it():
+    from vqa_cli.wire import apply_fields
+
+    served = build(model="m", reduce="evs", keep=0.5)
+    assert apply_fields(served, {"mode": "slowfast"}).mode.to_dict() == {"name": "slowfast", "reduce": "evs",
+                                                                         "keep": 0.5}
+    assert apply_fields(served, {"max_visual_tokens": 900}).mode.to_dict() == {
+        "name": "anyres", "reduce": "evs", "max_visual_tokens": 900}
+    assert apply_fields(served, {"reduce": "none"}).mode.to_dict() == {"name": "anyres"}
+    assert apply_fields(served, {"reduce": "vidcom2"}).mode.keep == 0.25  # a method named: its default ratio
+    for bad in ({"keep": 0}, {"keep": 1.5}, {"reduce": "fastv"}, {"max_visual_tokens": 0}, {"keep": "half"}):
+        with pytest.raises(UsageError):
+            apply_fields(served, bad)
+    with pytest.raises(UsageError, match="--keep sets a reduction"):
+        apply_fields(build(model="m"), {"keep": 0.5})
