@@ -52,6 +52,7 @@ CKPT_T = ("tests/test_checkpoint_errors.py", "tests/test_loading.py")
 FIT_T = ("tests/test_fit.py",)
 SERVE_T = ("tests/test_serve_parts.py", "tests/test_serve.py")
 QUANT_T = ("tests/test_quantized.py",)
+_RE = "tests/test_reduce_engine.py::"  # the reduction wiring's tests
 
 MUTANTS: list[Mutant] = [
     # ---- modes: the papers' formulas and constants
@@ -473,6 +474,27 @@ MUTANTS: list[Mutant] = [
     M("reduce.vidcom2-most-similar", "vqa_cli/model/reduce.py", "torch.argsort(score[i], stable=True)[:count]",
       "torch.argsort(score[i], descending=True, stable=True)[:count]", ("tests/test_reduce.py",),
       "each frame keeps its least distinct tokens"),
+    # ---- reduction: where --reduce applies (engine, families, plans, eval), against tests/test_reduce_engine.py
+    M("reduction.not-applied", "vqa_cli/model/engine.py", "            if not reduction.active(resolved):",
+      "            if True:", (_RE + "test_llava_layout_tokens_stay_in_place_and_the_grid_is_reduced_by_the_formula",),
+      "the engine never reduces"),
+    M("reduction.layout-after", "vqa_cli/model/reduction.py", "values += [per_step[step, :prefix], kept]",
+      "values += [kept, per_step[step, :prefix]]",
+      (_RE + "test_llava_layout_tokens_stay_in_place_and_the_grid_is_reduced_by_the_formula",),
+      "Video-LLaVA's CLS after its frame's kept tokens"),
+    M("reduction.qwen-first-pads", "vqa_cli/model/families/qwen_vl.py", "keep[pads[kept.to(pads.device)]] = True",
+      "keep[pads[:kept.numel()]] = True", (_RE + "test_qwen_kept_tokens_keep_their_full_layout_positions",),
+      "Qwen keeps the first pads' positions, not the kept tokens'"),
+    M("reduction.qwen-scores-deepstack", "vqa_cli/model/families/qwen_vl.py",
+      "        return int(self.text_config().hidden_size)\n", "        return None\n",
+      (_RE + "test_qwen_kept_tokens_keep_their_full_layout_positions",), "Qwen's DeepStack channels scored too"),
+    M("reduction.budget-without-layout", "vqa_cli/model/reduction.py",
+      "return max(settings.max_visual_tokens - layout, 1) / grids", "return settings.max_visual_tokens / grids",
+      (_RE + "test_plan_shows_the_tokens_before_and_after",), "--max-visual-tokens forgets the newline"),
+    M("reduction.eval-one-row", "vqa_cli/model/reduction.py",
+      '''    return f"{settings.name} {what['reduce']} {ratio}"''', "    return settings.name",
+      (_RE + "test_eval_runs_each_reduction_side_by_side",),
+      "eval's settings share one row"),
 ]
 
 
