@@ -353,3 +353,31 @@ def test_a_servers_reduction_holds_for_every_mode_and_a_request_replaces_it():
             apply_fields(served, bad)
     with pytest.raises(UsageError, match="--keep sets a reduction"):
         apply_fields(build(model="m"), {"keep": 0.5})
+
+
+@pytest.mark.heavy  # a server starts (about 15 s)
+def test_a_served_video_is_reduced_once_and_a_request_may_ask_for_none(tiny_dir, clip_file, tmp_path):
+    """``vqa serve --reduce evs --keep 0.5``: a second question about the video takes the reduced tokens from the
+    feature cache (no decode, no tower); a request's ``"reduce": "none"`` is another key: the unreduced tokens."""
+    import shutil
+
+    from tests.serve_helpers import start
+
+    shutil.copy(clip_file, tmp_path / "a.mp4")
+    srv = start(["--model", str(tiny_dir), "--media-root", str(tmp_path), "--frames", "4", "--max-new-tokens", "2",
+                 "--dtype", "float32", "--reduce", "evs", "--keep", "0.5"])
+
+    def ask(question: str, **fields: object) -> dict:
+        status, reply = srv.post("/v1/chat/completions", {"model": str(tiny_dir), **fields, "messages": [
+            {"role": "user", "content": [{"type": "video_url", "video_url": {"url": "a.mp4"}},
+                                         {"type": "text", "text": question}]}]})
+        assert status == 200, reply
+        return reply["vqa"]
+
+    try:
+        first, second, plain = ask("What is it?"), ask("And then?"), ask("What is it?", reduce="none")
+    finally:
+        srv.stop()
+    assert first["mode_settings"]["reduce"] == "evs" and first["visual_tokens"] * 2 == plain["visual_tokens"]
+    assert second["cache"]["features"] == "memory" and not {"decode", "encode"} & set(second["timings"])
+    assert plain["cache"]["features"] != "memory" and "reduce" not in plain["mode_settings"]
