@@ -62,9 +62,9 @@ def parameters_text(n: int) -> str:
 def _speech_models(as_json: bool, device: str | None) -> int:
     """Each faster-whisper size: disk, memory on the device, multilingual, cached, the default here."""
     from vqa_cli.model import speech_models
-    from vqa_cli.model.device import resolve_device
+    from vqa_cli.model.speech import speech_device
 
-    where = resolve_device(device)
+    where = speech_device(device)
     rows = [speech_models.describe(name, where) for name in speech_models.SPEECH_MODELS]
     if as_json:
         console.emit_json(rows)

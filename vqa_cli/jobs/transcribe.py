@@ -24,7 +24,7 @@ from typing import IO
 from vqa_cli import console
 from vqa_cli.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, NoAudioError, UsageError
 from vqa_cli.fingerprint import json_sha256
-from vqa_cli.jobs.harness import Progress, Sink, StopFlag, Summary, earlier, keep
+from vqa_cli.jobs.harness import Progress, Sink, StopFlag, Summary, keep
 from vqa_cli.jobs.inputs import expand_inputs
 from vqa_cli.output import records, writer
 from vqa_cli.settings import SpeechSettings, check_window
@@ -41,7 +41,7 @@ def run_transcribe(speech: SpeechSettings, inputs: list[str], *, device: str | N
                    stdin: IO[str] | None = None) -> int:
     """Transcribe ``inputs``' videos; the exit code (0: all done, 1: some failed, 130: interrupted)."""
     from vqa_cli.model import speech_models
-    from vqa_cli.model.device import resolve_device
+    from vqa_cli.model.speech import speech_device
 
     if output_format not in TRANSCRIBE_FORMATS:
         raise UsageError(f"--format takes one of {', '.join(TRANSCRIBE_FORMATS)}, not {output_format!r}")
@@ -52,7 +52,7 @@ def run_transcribe(speech: SpeechSettings, inputs: list[str], *, device: str | N
         raise UsageError(f"no videos found in {' '.join(inputs)} (known extensions: "
                          f"{' '.join(sorted(VIDEO_EXTENSIONS))})")
     index = _check_outputs(videos, output_format, out_dir, force)
-    target = resolve_device(device)
+    target = speech_device(device)
     speech = replace(speech, model=speech.model or speech_models.default_model(target))
     speech_models.resolve(speech.model)  # a bad or missing model is one line before any video
     sid = json_sha256({"speech": asdict(speech), "window": [start, end], "format": output_format}, length=16)
@@ -86,10 +86,8 @@ def _run(speech: SpeechSettings, videos: list[str], index: str | None, sid: str,
     from vqa_cli.output.writer._sinks import PrintSink, SidecarSink
 
     todo, repaired = list(videos), writer.Repair()
-    if index is not None:
-        existing, done_before = earlier(index, index)
-        done = writer.captioned_in(done_before, sid)
-        todo, repaired = writer.resume(index, [v for v in videos if v not in done], sid, existing)
+    if index is not None:  # the videos the index holds under these settings are done; a cut-off last line repaired
+        todo, repaired = writer.resume(index, videos, sid)
     summary = Summary(videos=len(videos), skipped=len(videos) - len(todo), repair=repaired)
     started = time.monotonic()
     with StopFlag() as flag:

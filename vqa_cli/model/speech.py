@@ -67,11 +67,10 @@ def transcript(video: str | Path, speech: SpeechSettings, *, device: str | None 
     segments; from the cache when this file, model and settings were transcribed before. ``progress`` is told the
     seconds of audio done (video time) after each piece."""
     from vqa_cli.model import speech_models
-    from vqa_cli.model.device import resolve_device
     from vqa_cli.video._inputs import check_file
 
     path = check_file(str(video))
-    target = resolve_device(device)
+    target = speech_device(device)
     model_dir = speech_models.resolve(speech.model or speech_models.default_model(target))
     compute = COMPUTE_TYPES["cuda" if target.startswith("cuda") else "cpu"]
     inputs = {"format": FORMAT, "file": _file_identity(path), "model": _model_identity(model_dir),
@@ -85,6 +84,26 @@ def transcript(video: str | Path, speech: SpeechSettings, *, device: str | None 
     segments = list(_pieces(model, path, speech, start, end, progress))
     _write(key, inputs, segments)
     return segments
+
+
+def speech_device(device: str | None) -> str:
+    """The device the speech model runs on: ``cuda`` when CTranslate2 sees a GPU and none was asked for, else ``cpu``
+    (CTranslate2's own view, not torch's: a CPU build of torch beside a CUDA CTranslate2 still transcribes on the
+    GPU, and torch is not imported for it)."""
+    cuda = _cuda_devices()
+    if device in (None, "", "auto"):
+        return "cuda" if cuda else "cpu"
+    if device.startswith("cuda") and not cuda:
+        raise UsageError(f"--device {device}: no CUDA GPU is available here")
+    return device
+
+
+def _cuda_devices() -> int:
+    try:
+        import ctranslate2
+    except ImportError:  # no speech extra: the CPU (the missing package is said when the model loads)
+        return 0
+    return ctranslate2.get_cuda_device_count()
 
 
 def cache_folder() -> Path:
