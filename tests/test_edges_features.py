@@ -40,7 +40,9 @@ GUIDED_ONLY = {"guide_model": "openai/clip-vit-base-patch16"}  # read only by pr
 MODES = [ModeSettings("slowfast"), ModeSettings("slowfast", slow_frames=4), ModeSettings("slowfast", fast_grid=3),
          ModeSettings("pooled"), ModeSettings("pooled", pool=(8, 6, 6)), ModeSettings("anyres", stride=3),
          ModeSettings("pooled", guide=True), ModeSettings("pooled", guide=True, guide_kernel=(2, 2, 2)),
-         ModeSettings("anyres", max_pixels=65536)]
+         ModeSettings("anyres", max_pixels=65536), ModeSettings("anyres", reduce="evs", keep=0.25),
+         ModeSettings("anyres", reduce="evs", keep=0.5), ModeSettings("anyres", reduce="vidcom2", keep=0.25),
+         ModeSettings("anyres", reduce="evs", max_visual_tokens=500)]  # a reduction's method and ratio, too
 SOURCE = {"path": "/v/clip.mp4", "size": 10, "mtime_ns": 1}
 MODEL = {"dir": "/m", "files": [["model.safetensors", 100, 1]]}
 
