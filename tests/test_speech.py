@@ -158,3 +158,24 @@ def test_missing_faster_whisper_is_one_line(speech_video, fresh_cache, monkeypat
     with pytest.raises(UsageError) as caught:
         speech.transcript(path, SpeechSettings(model=str(model)))
     assert caught.value.exit_code == EXIT_USAGE and "pip install 'vqa-cli[speech]'" in str(caught.value)
+
+
+def test_model_names_are_faster_whispers():
+    """Every size faster-whisper names is in the catalog, from the hub repository faster-whisper itself uses."""
+    from faster_whisper import utils
+
+    from vqa_cli.model import speech_models
+
+    assert set(speech_models.SPEECH_MODELS) == set(utils.available_models())
+    assert {n: m.repo for n, m in speech_models.SPEECH_MODELS.items()} == utils._MODELS
+    assert speech_models.default_model("cpu") == "small" and speech_models.default_model("cuda:1") == "turbo"
+
+
+def test_model_folder_checked(tmp_path):
+    from vqa_cli.errors import UnknownModelError
+    from vqa_cli.model import speech_models
+
+    with pytest.raises(UnknownModelError, match="model.bin"):
+        speech_models.resolve(str(tmp_path))
+    with pytest.raises(UnknownModelError, match="unknown speech model"):
+        speech_models.resolve("tiny-xl")

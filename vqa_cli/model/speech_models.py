@@ -53,10 +53,13 @@ SPEECH_MODELS["large"] = SpeechModel("large", "Systran/faster-whisper-large-v3",
 SPEECH_MODELS["turbo"] = SpeechModel("turbo", "mobiuslabsgmbh/faster-whisper-large-v3-turbo", 1620, 809, True)
 SPEECH_MODELS["large-v3-turbo"] = SpeechModel("large-v3-turbo", "mobiuslabsgmbh/faster-whisper-large-v3-turbo", 1620,
                                               809, True)
-SPEECH_MODELS["distil-large-v3"] = SpeechModel("distil-large-v3", "Systran/faster-distil-whisper-large-v3", 1510,
-                                               756, True)
-SPEECH_MODELS["distil-small.en"] = SpeechModel("distil-small.en", "Systran/faster-distil-whisper-small.en", 333, 166,
-                                               False)
+for _name, _repo, _disk, _params, _multi in (
+        ("distil-large-v2", "Systran/faster-distil-whisper-large-v2", 1510, 756, True),
+        ("distil-large-v3", "Systran/faster-distil-whisper-large-v3", 1510, 756, True),
+        ("distil-large-v3.5", "distil-whisper/distil-large-v3.5-ct2", 1510, 756, True),
+        ("distil-medium.en", "Systran/faster-distil-whisper-medium.en", 789, 394, False),
+        ("distil-small.en", "Systran/faster-distil-whisper-small.en", 333, 166, False)):
+    SPEECH_MODELS[_name] = SpeechModel(_name, _repo, _disk, _params, _multi)
 
 
 def default_model(device: str) -> str:
