@@ -58,12 +58,11 @@ def test_chunks_bounded_and_timed(tone_clip):
     assert [c.start for c in parts] == [0.0, 0.75, 1.5, 2.25, 3.0, 3.75]
 
 
-def test_end_past_the_stream_is_silence(tone_clip):
+def test_end_past_the_stream_stops_with_it(tone_clip):
+    """A window past the stream's end: the samples up to its end, no silence made up after it."""
     path, signal = tone_clip
-    got = decoded(path, start=3.5, end=5.0)
-    assert len(got) == 1.5 * RATE
-    np.testing.assert_array_equal(got[:8000], signal[56000:].astype(np.float32) / 32768)
-    assert not got[8000:].any()
+    got = decoded(path, start=3.5, end=500.0)
+    np.testing.assert_array_equal(got, signal[56000:].astype(np.float32) / 32768)
 
 
 def test_stream_starting_late_keeps_the_video_clock(tmp_path):

@@ -5,8 +5,9 @@ resamples it with FFmpeg's resampler (through PyAV) to ``RATE`` Hz mono float32 
 takes. The samples form one continuous signal on the video's own clock: sample ``i`` of the whole signal is at
 ``origin + i / RATE`` seconds, where ``origin`` is ``start`` (else 0); silence (zeros) stands where the stream has
 no samples (before its first frame, in a gap between frames), so a time in a transcript is a time in the video.
-``end`` cuts the signal there; without it the stream's last sample ends it. Chunks hold at most ``chunk_seconds``
-of audio each, so a two-hour file never sits in memory: the caller keeps what it needs.
+``end`` cuts the signal there; the stream's last sample ends it sooner (a window past the end is no error, and no
+silence is made up after the stream). Chunks hold at most ``chunk_seconds`` of audio each, so a two-hour file never
+sits in memory: the caller keeps what it needs.
 
 A file without an audio stream (or without the one asked for) is ``NoAudioError``: one line, exit 2.
 """
@@ -78,8 +79,6 @@ def chunks(path: str, *, stream: int | None = None, start: float | None = None, 
                     yield from out.place(piece.to_ndarray()[0], until=round(expected or 0))
         except av.FFmpegError as exc:
             raise VideoError(f"cannot decode the audio of {quote(path)}: {exc}") from None
-        if end is not None:
-            yield from out.silence_to(out.stop or 0)  # a stream shorter than the window: silence, not an error
         yield from out.flush()
 
 
