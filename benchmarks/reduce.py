@@ -64,7 +64,8 @@ def prefill(view: Any, ids: Any, inputs: Any) -> tuple[float, float, int, int]:
     with torch.inference_mode():
         out = view.model(attention_mask=torch.ones_like(ids), use_cache=True, logits_to_keep=1, **extra)
         first = int(out.logits[0, -1].argmax())
-    return time.perf_counter() - t, time.process_time() - cpu, first, kv_bytes(out.past_key_values)
+    cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+    return time.perf_counter() - t, time.process_time() - cpu, first, kv_bytes(cache)
 
 
 def measure(model: str, model_dir: Path, video: str, args: argparse.Namespace) -> list[dict]:
