@@ -11,7 +11,7 @@ import random
 import pytest
 
 from vqa_cli.model.features import BytesLRU, feature_key
-from vqa_cli.settings import ModeSettings, RunSettings
+from vqa_cli.settings import ModeSettings, RunSettings, SpeechSettings
 
 # What each RunSettings field does to a clip's visual tokens (the mode's output that replaces the placeholder).
 # changed: a value that changes the visual tokens, so the key must change.
@@ -34,6 +34,7 @@ NOT_VISUAL = {
     # the windows reach the key as start/end (segmented.py replaces them per window)
     "subtitles": "auto", "subtitle_encoding": "cp1252",  # text in the prompt; read by the key only with the
     # guide (through ``context``, the digest of the cues)
+    "asr": "auto", "speech": SpeechSettings(model="tiny.en", language="en"),  # how cues are heard: text, as above
     "max_memory": (("cpu", 2**30),), "offload_dir": "/tmp/x", "force": True, "fit": True,  # placement
 }
 GUIDED_ONLY = {"guide_model": "openai/clip-vit-base-patch16"}  # read only by prompt-guided pooling
