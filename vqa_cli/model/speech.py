@@ -5,8 +5,9 @@
 
 - Audio: ``video.audio.chunks`` (PyAV, 16 kHz mono float32, bounded chunks). The model gets bounded *pieces*
   (``PIECE_SECONDS``), so a two-hour file never sits in memory: a piece is cut at the quietest stretch of its
-  last ``CUT_SEARCH_SECONDS`` (a pause between words: no word is cut in two, none is heard twice), the text so far
-  is the next piece's prompt (as faster-whisper conditions each 30 s window on the text before it) and the
+  last ``CUT_SEARCH_SECONDS`` (a pause between words: no word is cut in two, none is heard twice), the tokens so
+  far (timestamps included) are the next piece's prompt, as faster-whisper conditions each 30 s window on the tokens
+  before it (plain text as the prompt made Whisper leave out the timestamps: minute-long segments), and the
   language found in the first piece is kept. Segment times, relative to the piece, are shifted to the video's.
 - The model: a faster-whisper name or a local CTranslate2 folder (``speech_models.resolve``); int8 on the CPU,
   float16 on CUDA; loaded once per process (``_loaded``). ``_run_model`` is the only place the model runs.
@@ -36,12 +37,13 @@ if TYPE_CHECKING:
     from faster_whisper import WhisperModel
 
 SPEECH_EXTRA = "pip install 'vqa-cli[speech]'"
-FORMAT = 1  # the cache entries' layout and this module's cutting: bump it when either changes
+FORMAT = 2  # the cache entries' layout and this module's cutting: bump it when either changes
 CACHE_FOLDER = "transcripts"  # in vqa's cache folder
 PIECE_SECONDS = 900.0  # audio the model gets at once (15 min: 58 MB of float32 samples)
 CUT_SEARCH_SECONDS = 60.0  # a piece ends at the quietest stretch of its last minute
 QUIET_SECONDS = 0.4  # the stretch whose energy decides the cut
-PROMPT_CHARS = 1000  # the previous text given as the next piece's prompt (faster-whisper keeps its last 223 tokens)
+PROMPT_TOKENS = 223  # the tokens carried to the next piece as its prompt (faster-whisper's own cap: 448 // 2 - 1)
+RESET_TEMPERATURE = 0.5  # faster-whisper's prompt_reset_on_temperature: a window decoded hotter starts a fresh prompt
 COMPUTE_TYPES = {"cpu": "int8", "cuda": "float16"}  # CTranslate2's: int8 is the fast CPU path; float16 on a GPU
 
 
@@ -163,7 +165,7 @@ def _pieces(model: WhisperModel, path: str, speech: SpeechSettings, start: float
     held: list[np.ndarray] = []
     held_size = 0
     held_start = float(start or 0.0)
-    language, prompt = speech.language, ""
+    language, prompt = speech.language, []
     for chunk in chunks(path, stream=speech.audio_stream, start=start, end=end):
         held.append(chunk.samples)
         held_size += len(chunk.samples)
@@ -171,16 +173,15 @@ def _pieces(model: WhisperModel, path: str, speech: SpeechSettings, start: float
             continue
         audio = np.concatenate(held)
         cut = quiet_cut(audio, limit)
-        segments, language = _run_model(model, audio[:cut], speech, language, prompt)
+        segments, language, prompt = _run_model(model, audio[:cut], speech, language, prompt)
         yield from _shifted(segments, held_start)
-        prompt = _tail(prompt, segments)
         held, held_size, held_start = [audio[cut:]], len(audio) - cut, held_start + cut / RATE
         del audio
         if progress:
             progress(held_start)
     if held_size:
         audio = np.concatenate(held)
-        segments, language = _run_model(model, audio, speech, language, prompt)
+        segments, language, _ = _run_model(model, audio, speech, language, prompt)
         yield from _shifted(segments, held_start)
         if progress:
             progress(held_start + len(audio) / RATE)
@@ -206,16 +207,21 @@ def quiet_cut(audio: np.ndarray, limit: int) -> int:
 
 
 def _run_model(model: WhisperModel, audio: np.ndarray, speech: SpeechSettings, language: str | None,
-               prompt: str) -> tuple[list[Segment], str | None]:
-    """The one place the model runs: one piece of audio (16 kHz mono float32) -> its segments (times relative to
-    the piece) and the language it is in."""
+               prompt: list[int]) -> tuple[list[Segment], str | None, list[int]]:
+    """The one place the model runs: one piece of audio (16 kHz mono float32), the previous tokens as its prompt ->
+    its segments (times relative to the piece), the language it is in and the prompt for the next piece (the tokens
+    since faster-whisper's last prompt reset, the last ``PROMPT_TOKENS``)."""
     with _run_lock:
         found, info = model.transcribe(audio, language=language, beam_size=speech.beam_size, vad_filter=speech.vad,
                                        word_timestamps=speech.words, initial_prompt=prompt or None)
-        segments = [Segment(float(s.start), float(s.end), s.text.strip(),
-                            tuple(Word(float(w.start), float(w.end), w.word.strip()) for w in s.words or ()))
-                    for s in found]
-    return segments, language or (info.language if segments else None)
+        raw = list(found)
+    segments = [Segment(float(s.start), float(s.end), s.text.strip(),
+                        tuple(Word(float(w.start), float(w.end), w.word.strip()) for w in s.words or ()))
+                for s in raw]
+    carried = list(prompt)
+    for s in raw:  # as faster-whisper: a window decoded above RESET_TEMPERATURE resets the prompt after it
+        carried = [] if s.temperature > RESET_TEMPERATURE else carried + list(s.tokens)
+    return segments, language or (info.language if segments else None), carried[-PROMPT_TOKENS:]
 
 
 def _shifted(segments: list[Segment], offset: float) -> Iterator[Segment]:
@@ -227,11 +233,6 @@ def _shifted(segments: list[Segment], offset: float) -> Iterator[Segment]:
 
 def _t(seconds: float) -> float:
     return round(seconds, 3)
-
-
-def _tail(prompt: str, segments: list[Segment]) -> str:
-    text = " ".join([prompt, *(s.text for s in segments)]).strip()
-    return text[-PROMPT_CHARS:]
 
 
 def _entry_path(key: str) -> Path:
