@@ -102,3 +102,17 @@ def test_no_audio_is_one_usage_line(tmp_path):
         decoded(path)
     assert caught.value.exit_code == EXIT_USAGE
     assert "has no audio stream" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_same_samples_as_faster_whispers_decoding(tmp_path):
+    """A 48 kHz stereo AAC track: the samples faster-whisper's own ``decode_audio`` gives (the oracle: its
+    implementation), to the last few samples of the resampler's tail."""
+    fw_audio = pytest.importorskip("faster_whisper.audio")
+    rng = np.random.default_rng(1)
+    noise = (rng.standard_normal((2, 48000 * 3)) * 3000).astype(np.int16)
+    path = mux_audio(tmp_path / "aac.mp4", [Track(noise, 48000, codec="aac")])
+    theirs = fw_audio.decode_audio(str(path))
+    ours = decoded(path)
+    assert abs(len(ours) - len(theirs)) <= 16
+    n = min(len(ours), len(theirs)) - 16
+    np.testing.assert_array_equal(ours[:n], theirs[:n])

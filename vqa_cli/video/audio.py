@@ -1,10 +1,11 @@
 """A video's sound: one audio stream decoded with PyAV, as 16 kHz mono float32, in bounded chunks.
 
 ``chunks`` decodes the first audio stream (or the ``stream``-th, 0-based, among the file's audio streams) and
-resamples it with FFmpeg's resampler (through PyAV) to ``RATE`` Hz mono float32 in [-1, 1], the input Whisper
-takes. The samples form one continuous signal on the video's own clock: sample ``i`` of the whole signal is at
-``origin + i / RATE`` seconds, where ``origin`` is ``start`` (else 0); silence (zeros) stands where the stream has
-no samples (before its first frame, in a gap between frames), so a time in a transcript is a time in the video.
+resamples it with FFmpeg's resampler (through PyAV) to ``RATE`` Hz mono 16-bit samples, as float32 in [-1, 1]: the
+input Whisper takes, sample for sample what faster-whisper's own decoding gives. The samples form one continuous
+signal on the video's own clock: sample ``i`` of the whole signal is at ``origin + i / RATE`` seconds, where
+``origin`` is ``start`` (else 0); silence (zeros) stands where the stream has no samples (before its first frame, in
+a gap between frames), so a time in a transcript is a time in the video.
 ``end`` cuts the signal there; the stream's last sample ends it sooner (a window past the end is no error, and no
 silence is made up after the stream). Chunks hold at most ``chunk_seconds`` of audio each, so a two-hour file never
 sits in memory: the caller keeps what it needs.
@@ -52,7 +53,7 @@ def chunks(path: str, *, stream: int | None = None, start: float | None = None, 
         out = _Signal(float(start or 0.0), end, max(1, int(chunk_seconds * RATE)))
         if out.origin > 0:
             container.seek(max(0, int(out.origin / source.time_base)), stream=source, backward=True)
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=RATE)
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
         expected: float | None = None  # where the next frame starts if the stream is continuous (samples)
         slack = GAP_SAMPLES + float(source.time_base or 0) * RATE  # timestamps are rounded to the time base (MKV: ms)
         try:
@@ -64,22 +65,30 @@ def chunks(path: str, *, stream: int | None = None, start: float | None = None, 
                     yield from out.begin(round(at))
                 elif at > expected + slack:  # a gap: what the resampler holds goes first, then zeros
                     for piece in resampler.resample(None):
-                        yield from out.place(piece.to_ndarray()[0], until=round(expected))
-                    resampler = av.AudioResampler(format="flt", layout="mono", rate=RATE)
+                        yield from out.place(_floats(piece), until=round(expected))
+                    resampler = av.AudioResampler(format="s16", layout="mono", rate=RATE)
                     yield from out.silence_to(round(at))
                 else:
                     at = expected  # continuous: the frame's rounded time does not move the signal
                 expected = at + frame.samples * RATE / frame.sample_rate
                 for piece in resampler.resample(frame):
-                    yield from out.place(piece.to_ndarray()[0])
+                    yield from out.place(_floats(piece))
                 if out.done:
                     break
             else:  # the resampler's tail, up to where the stream's last frame ends (not its filter's ringing)
                 for piece in resampler.resample(None):
-                    yield from out.place(piece.to_ndarray()[0], until=round(expected or 0))
+                    yield from out.place(_floats(piece), until=round(expected or 0))
         except av.FFmpegError as exc:
             raise VideoError(f"cannot decode the audio of {quote(path)}: {exc}") from None
         yield from out.flush()
+
+
+def _floats(frame: object) -> np.ndarray:
+    """A resampled frame's 16-bit samples as float32 in [-1, 1): as faster-whisper's own ``decode_audio`` makes
+    them (FFmpeg's resampler to s16, then / 32768), so both give Whisper the same samples."""
+    import numpy as np
+
+    return frame.to_ndarray()[0].astype(np.float32) / 32768.0  # type: ignore[attr-defined]
 
 
 def _stream(container: object, path: str, index: int | None) -> object:
