@@ -5,6 +5,7 @@ once; pieces cut at silences lose and double no word."""
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 
@@ -107,6 +108,9 @@ def test_cache_runs_the_model_once(speech_video, tiny_en, fresh_cache, runs):
     speech.transcript(path, settings, start=1.0)  # another window: another entry
     assert len(runs) == 3
     assert len(list(fresh_cache.glob("transcripts/*.json"))) == 3
+    stat = os.stat(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the file changed: its transcript is stale
+    assert speech.transcript(path, settings) == first and len(runs) == 4
 
 
 def test_cache_entry_damaged_is_a_miss(speech_video, tiny_en, fresh_cache, runs):

@@ -69,13 +69,14 @@ def transcript(video: str | Path, speech: SpeechSettings, *, device: str | None 
     segments; from the cache when this file, model and settings were transcribed before. ``progress`` is told the
     seconds of audio done (video time) after each piece."""
     from vqa_cli.model import speech_models
+    from vqa_cli.model.features import file_identity  # the feature cache's: resolved path, size, mtime
     from vqa_cli.video._inputs import check_file
 
     path = check_file(str(video))
     target = speech_device(device)
     model_dir = speech_models.resolve(speech.model or speech_models.default_model(target))
     compute = COMPUTE_TYPES["cuda" if target.startswith("cuda") else "cpu"]
-    inputs = {"format": FORMAT, "file": _file_identity(path), "model": _model_identity(model_dir),
+    inputs = {"format": FORMAT, "file": file_identity(path), "model": _model_identity(model_dir),
               "compute_type": compute, "settings": {k: v for k, v in asdict(speech).items() if k != "model"},
               "window": [start, end]}
     key = json_sha256(inputs)
@@ -112,11 +113,6 @@ def cache_folder() -> Path:
     from vqa_cli.model.weights.copies import cache_dir  # the one place vqa's cache folder is spelled
 
     return cache_dir().parent / CACHE_FOLDER
-
-
-def _file_identity(path: str) -> dict:
-    st = os.stat(path)
-    return {"path": os.path.realpath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def _model_identity(model_dir: Path) -> dict:
