@@ -144,3 +144,19 @@ def caption_asked(tmp_path, tiny_dir, monkeypatch, capsys):
         return info.value.code, recs, list(asked), err
 
     return run
+
+
+@pytest.fixture
+def runs(monkeypatch) -> list[int]:
+    """The speech model's runs (``speech._run_model`` is the only place it runs): the samples of each run."""
+    from vqa_cli.model import speech
+
+    calls: list[int] = []
+    real = speech._run_model
+
+    def counted(*args, **kw):
+        calls.append(len(args[1]))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(speech, "_run_model", counted)
+    return calls

@@ -64,20 +64,6 @@ def speech_video(tmp_path_factory):
 
 
 @pytest.fixture
-def runs(monkeypatch):
-    """Count the model's runs (speech._run_model is the only place it runs)."""
-    calls: list[int] = []
-    real = speech._run_model
-
-    def counted(*args, **kw):
-        calls.append(len(args[1]))
-        return real(*args, **kw)
-
-    monkeypatch.setattr(speech, "_run_model", counted)
-    return calls
-
-
-@pytest.fixture
 def fresh_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("VQA_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"

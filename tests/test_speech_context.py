@@ -60,20 +60,6 @@ def fresh(talk, tmp_path, monkeypatch) -> str:
 
 
 @pytest.fixture
-def runs(monkeypatch) -> list[int]:
-    """The model's runs (``speech._run_model``): one entry per run."""
-    calls: list[int] = []
-    real = speech._run_model
-
-    def counted(*args, **kw):
-        calls.append(len(args[1]))
-        return real(*args, **kw)
-
-    monkeypatch.setattr(speech, "_run_model", counted)
-    return calls
-
-
-@pytest.fixture
 def asked(monkeypatch) -> list[str]:
     """Every question text the model is given (a batch's, a conversation turn's)."""
     from vqa_cli.model.conversation import Conversation
