@@ -339,6 +339,41 @@ def test_a_damaged_av1_file_reports_the_damage(av1, tmp_path, decoder):
     assert clip.frames_from_content < 300
 
 
+def test_a_packet_ffmpeg_refuses_with_any_error_is_damage_and_python_errors_are_not():
+    """Damaged packets come back as whatever error FFmpeg's decoder returns: invalid data, or ENOMEM (PyAV's
+    ``av.error.MemoryError``, as dav1d reports some damaged AV1 packets); each is counted and skipped. A Python error
+    from the decode is not damage: it goes up."""
+    import av
+
+    from vqa_cli.video._inputs import Deadline
+
+    class Packet:
+        def __init__(self, n: int) -> None:
+            self.n, self.size = n, 1
+
+    refusals = {1: av.error.MemoryError(12, "Cannot allocate memory", "avcodec_send_packet()"),
+                2: av.error.InvalidDataError(1094995529, "Invalid data found when processing input")}
+
+    class Context:
+        def decode(self, packet):
+            if packet is None:
+                return []
+            if packet.n in refusals:
+                raise refusals[packet.n]
+            if packet.n == 9:
+                raise MemoryError("python")
+            return [f"frame {packet.n}"]
+
+    stream = type("Stream", (), {"codec_context": Context()})()
+    decoder = _pyav.Decoder(None, stream, Deadline("x", None))
+    decoder.packets = iter([Packet(n) for n in range(5)])
+    assert list(decoder.frames()) == ["frame 0", "frame 3", "frame 4"]
+    assert (decoder.decoded, decoder.damaged) == (3, 2)
+    decoder.packets = iter([Packet(9)])
+    with pytest.raises(MemoryError, match="python"):
+        list(decoder.frames())
+
+
 def test_pyav_decoder_threads_stay_within_the_cores(av1):
     with _pyav._opened("x", av1["g60.mkv"], DecodeOptions(cores=1)) as (_, stream):
         assert stream.codec_context.thread_count == 1

@@ -151,7 +151,7 @@ class Decoder:
                 out = context.decode(packet)
                 if drain_each and packet is not None:
                     out = [*out, *context.decode(None)]
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, MemoryError) as exc:  # PyAV's FFmpeg errors subclass one of these
                 if not _is_data_error(exc):
                     raise
                 self.damaged += 1
@@ -164,6 +164,8 @@ class Decoder:
 
 
 def _is_data_error(exc: BaseException) -> bool:
+    """An error FFmpeg gave for a packet (damaged data: invalid data, or ENOMEM as dav1d reports some damaged AV1
+    packets), not the end of the file; Python's own errors are not."""
     import av
 
     return isinstance(exc, av.error.FFmpegError) and not isinstance(exc, av.error.EOFError)
