@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
-import threading
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.serve_helpers import http, raw
+from tests.serve_helpers import http, in_process, raw
 from vqa_cli.serve._body import ApiError
 from vqa_cli.serve._media import MediaPolicy, resolve_media
 
@@ -30,10 +27,8 @@ CANDIDATES = ["x", "hi", "ok", "Why?", "a b c d", "What is a cat?", "Name a colo
 
 @pytest.fixture(scope="module")
 def served(engine_factory, tmp_path_factory):
-    import uvicorn
-
     from vqa_cli.model.features import FeatureCache
-    from vqa_cli.serve._app import ServerState, create_app
+    from vqa_cli.serve._app import ServerState
     from vqa_cli.serve._kv import PrefixCache
     from vqa_cli.serve._worker import ModelWorker
 
@@ -42,27 +37,8 @@ def served(engine_factory, tmp_path_factory):
     policy = MediaPolicy([media.resolve()], 2**20, scratch=media)
     state = ServerState(engine.settings, policy, None, set(), served_name="tiny")
     state.worker = ModelWorker(engine, FeatureCache(2**28), PrefixCache(2**28), max_batch=1, batch_wait=0.0)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(state), log_level="warning", access_log=False,
-                                           lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    deadline = time.time() + 30
-    while True:
-        try:
-            if http(url + "/health")[0] == 200:
-                break
-        except OSError:  # not listening yet
-            pass
-        assert time.time() < deadline, "the in-process server did not start"
-        time.sleep(0.05)
-    yield url
-    server.should_exit = True
-    thread.join(10)
-    state.worker.stop()
-    sock.close()
+    with in_process(state) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

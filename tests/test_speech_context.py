@@ -247,17 +247,12 @@ def test_eval_uses_the_transcript_where_a_video_has_no_subtitle_file(tmp_path, t
 
 def test_the_server_transcribes_a_video_once_for_its_requests(engine_factory, talk, tiny_en, tmp_path, runs,
                                                               monkeypatch):
-    import socket
-    import threading
-    import time
     from dataclasses import replace
     from pathlib import Path
 
-    import uvicorn
-
-    from tests.serve_helpers import http
+    from tests.serve_helpers import http, in_process
     from vqa_cli.model.features import FeatureCache
-    from vqa_cli.serve._app import ServerState, create_app
+    from vqa_cli.serve._app import ServerState
     from vqa_cli.serve._kv import PrefixCache
     from vqa_cli.serve._media import MediaPolicy
     from vqa_cli.serve._worker import ModelWorker
@@ -270,39 +265,21 @@ def test_the_server_transcribes_a_video_once_for_its_requests(engine_factory, ta
     state = ServerState(defaults, MediaPolicy([tmp_path.resolve()], 2**20, scratch=tmp_path), None, set(),
                         served_name="tiny")
     state.worker = ModelWorker(engine, FeatureCache(2**28), PrefixCache(2**28), max_batch=1, batch_wait=0.0)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(state), log_level="warning", access_log=False,
-                                           lifespan="off"))
-    threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True).start()
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    deadline = time.time() + 30
-    while True:
-        try:
-            if http(url + "/health")[0] == 200:
-                break
-        except OSError:
-            pass
-        assert time.time() < deadline
-        time.sleep(0.05)
 
-    def ask(question: str, **extra) -> dict:
+    def ask(url: str, question: str, **extra) -> dict:
         body = {"model": "tiny", "max_tokens": 2, "frames": 1, **extra, "messages": [{"role": "user", "content": [
             {"type": "video_url", "video_url": {"url": Path(video).as_uri()}}, {"type": "text", "text": question}]}]}
         status, reply = http(url + "/v1/chat/completions", body)
         assert status == 200, reply
         return reply["vqa"]
 
-    try:
-        first, second = ask("What?"), ask("Why?")
-        off = ask("What?", subtitles="off")
+    with in_process(state) as url:
+        first, second = ask(url, "What?"), ask(url, "Why?")
+        off = ask(url, "What?", subtitles="off")
         from vqa_cli.remote.client import connect
 
         _, settled = connect(url, build(model="tiny", subtitles="asr"), model_given=False)  # the --server client
         assert settled.speech == defaults.speech  # its settings_id names the server's speech settings
-    finally:
-        server.should_exit = True
-        state.worker.stop()
     assert len(runs) == 1  # the second request read the transcript the first one made
     assert first["subtitle_tokens"] == second["subtitle_tokens"] > 0 and off.get("subtitle_tokens", 0) == 0
 
