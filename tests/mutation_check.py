@@ -251,7 +251,7 @@ MUTANTS: list[Mutant] = [
     M("writer.no-undo", "vqa_cli/output/writer/_files.py",
       "                os.ftruncate(self._fd, good)  # no partial line left behind", "                pass", SAFE_T,
       "a refused write leaves a partial line"),
-    M("writer.temp-through-symlink", "vqa_cli/output/writer/_atomic.py",
+    M("writer.temp-through-symlink", "vqa_cli/atomic.py",
       "    fd, tmp = tempfile.mkstemp(prefix=f\".{real.name}.\", suffix=\".tmp\", dir=real.parent)\n    try:",
       "    tmp = str(real.with_name(f\".{real.name}.tmp\"))\n"
       "    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)\n    try:", SAFE_T,

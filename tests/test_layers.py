@@ -37,6 +37,7 @@ LAYERS = {
     "vqa_cli.errors": 0,
     "vqa_cli.settings": 0,
     "vqa_cli.wire": 0,
+    "vqa_cli.atomic": 0,
     "vqa_cli.fingerprint": 0,
     "vqa_cli.units": 0,
     "vqa_cli.console": 0,

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -246,24 +245,14 @@ def _read(key: str, inputs: dict) -> list[Segment] | None:
 
 
 def _write(key: str, inputs: dict, segments: list[Segment]) -> None:
-    """Write the entry atomically (a temporary file renamed into place); a cache that cannot be written is skipped:
-    the transcript is still returned."""
-    folder = cache_folder()
+    """Write the entry atomically (``vqa_cli.atomic``); a cache that cannot be written is skipped: the transcript is
+    still returned."""
+    from vqa_cli.atomic import replace_atomically
+
     body = {"inputs": inputs,
             "segments": [[s.start, s.end, s.text, [[w.start, w.end, w.text] for w in s.words]] for s in segments]}
-    tmp = None
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(body, f, ensure_ascii=False)
-        os.replace(tmp, _entry_path(key))
-        tmp = None
+        cache_folder().mkdir(parents=True, exist_ok=True)
+        replace_atomically(_entry_path(key), [json.dumps(body, ensure_ascii=False)])
     except OSError:
         pass
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from vqa_cli.atomic import replace_atomically
 from vqa_cli.errors import OutputRefusedError, OutputWriteError
-from vqa_cli.output.writer._atomic import replace_atomically
 from vqa_cli.output.writer._registry import remember as note
 
 RECORD_KEYS = frozenset({"video", "error", "settings_id"})  # every vqa record has these

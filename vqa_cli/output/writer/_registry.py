@@ -14,8 +14,8 @@ import json
 import time
 from pathlib import Path
 
+from vqa_cli.atomic import replace_atomically
 from vqa_cli.fingerprint import sha256
-from vqa_cli.output.writer._atomic import replace_atomically
 
 WRITTEN_FILE = "written-files.jsonl"  # in vqa's cache folder: {"sha256", "size", "path", "time"} a line
 KEEP = 5000  # entries kept when the list is trimmed (past KEEP * 400 bytes)
