@@ -279,22 +279,6 @@ def test_kept_count_examples() -> None:
     assert reduce.kept_tokens("vidcom2", 32, 14, 14, 0.25) == 1568  # LLaVA-OV's 32 x 196 at 25 %
 
 
-@pytest.mark.parametrize("method", ["evs", "vidcom2"])
-@pytest.mark.parametrize("geometry", [(1, 3, 5), (8, 12, 12), (32, 14, 14), (16, 13, 13), (7, 1, 3)])
-def test_a_budget_gives_the_largest_ratio_that_fits(method: str, geometry: tuple[int, int, int]) -> None:
-    frames, h, w = geometry
-    total = frames * h * w
-    minimum = h * w if method == "evs" else frames
-    for budget in range(1, total + 3):
-        if budget < minimum:
-            with pytest.raises(ValueError):
-                reduce.keep_for_tokens(method, frames, h, w, budget)
-            continue
-        keep = reduce.keep_for_tokens(method, frames, h, w, budget)
-        assert reduce.kept_tokens(method, frames, h, w, keep) == min(budget, total)
-        assert keep == 1.0 if budget >= total else keep < 1.0
-
-
 @pytest.mark.parametrize(
     "call",
     [
@@ -309,7 +293,6 @@ def test_a_budget_gives_the_largest_ratio_that_fits(method: str, geometry: tuple
         lambda: reduce.kept_count(-1, 0.5),
         lambda: reduce.kept_count(10, 0.5, minimum=-1),
         lambda: reduce.kept_tokens("evs", 0, 2, 2, 0.5),
-        lambda: reduce.keep_for_tokens("evs", 2, 2, 2, 0),
     ],
 )
 def test_bad_inputs_are_value_errors(call: Callable[[], object]) -> None:

@@ -66,27 +66,6 @@ def kept_tokens(method: str, frames: int, h: int, w: int, keep: float) -> int:
     return kept_count(total, keep, minimum=h * w)  # evs: never fewer than one frame's tokens
 
 
-def keep_for_tokens(method: str, frames: int, h: int, w: int, max_tokens: int) -> float:
-    """The largest ratio whose ``kept_tokens`` fits ``max_tokens`` (1.0 when every token fits), for a token budget.
-
-    Raises ValueError when even the method's minimum (EVS: one frame; VidCom2: one token a frame) is over it.
-    """
-    _check_method(method)
-    _check_shape(frames, h, w)
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-        raise ValueError(f"the visual token budget must be a positive integer, not {max_tokens!r}")
-    total = frames * h * w
-    if max_tokens >= total or method == "none":
-        return 1.0
-    keep = max_tokens / total  # kept_count floors total * keep back to max_tokens
-    fewest = kept_tokens(method, frames, h, w, keep)
-    if fewest > max_tokens:
-        raise ValueError(
-            f"--reduce {method} keeps at least {fewest} of {total} visual tokens here, over the budget of {max_tokens}"
-        )
-    return keep
-
-
 def reduce_grid(method: str, grid: torch.Tensor, keep: float) -> Reduced:
     """Reduce a ``[T, h, w, D]`` grid to about ``keep`` of its tokens; deterministic and blind to the question.
 
